@@ -1,0 +1,26 @@
+"""The typed API of tuneloop.dev/v1alpha1: the source of truth for CRDs, validation and docs."""
+
+from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus
+from .finetunejob import FineTuneJob, FineTuneJobSpec
+from .modelversion import ModelVersion, ModelVersionSpec
+from .rollout import Rollout, RolloutSpec
+from .status import FineTuneJobPhase, FineTuneJobStatus
+
+KINDS = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout}
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "KINDS",
+    "Condition",
+    "ConditionStatus",
+    "FineTuneJob",
+    "FineTuneJobSpec",
+    "FineTuneJobPhase",
+    "FineTuneJobStatus",
+    "ModelVersion",
+    "ModelVersionSpec",
+    "Rollout",
+    "RolloutSpec",
+]

@@ -1,0 +1,225 @@
+"""Generate structural CRDs from the pydantic models.
+
+    python -m tuneloop.api.crdgen [--out crds/] [--chart charts/tuneloop/crds-templates]
+
+Pydantic's JSON Schema is turned into a Kubernetes structural schema: `$ref`s inlined,
+`anyOf [X, null]` → X + `nullable`, `const` → enum, JSON-Schema-2020 exclusive bounds → OpenAPI 3.0,
+titles dropped, object fields with a default factory defaulted to `{}` so the API server fills
+their scalar defaults, and `x-kubernetes-validations` (CEL) carried from the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import KINDS
+from .common import GROUP, VERSION
+
+ROOT = Path(__file__).resolve().parents[3]
+CRD_DIR = ROOT / "crds"
+CHART_CRD_DIR = ROOT / "charts" / "tuneloop" / "templates" / "crds"
+
+NAMES = {
+    "FineTuneJob": {"plural": "finetunejobs", "singular": "finetunejob", "shortNames": ["ftj"]},
+    "ModelVersion": {"plural": "modelversions", "singular": "modelversion", "shortNames": ["mv"]},
+    "Rollout": {"plural": "rollouts", "singular": "rollout", "shortNames": ["tlro"]},
+}
+
+AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+COLUMNS = {
+    "FineTuneJob": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
+        {"name": "Base model", "type": "string", "jsonPath": ".status.baseModel"},
+        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+        AGE,
+    ],
+    "ModelVersion": [
+        {"name": "Model", "type": "string", "jsonPath": ".spec.modelName"},
+        {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Verdict", "type": "string", "jsonPath": ".spec.evaluation.verdict"},
+        AGE,
+    ],
+    "Rollout": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Stable", "type": "string", "jsonPath": ".status.stableModelVersion"},
+        {"name": "Candidate", "type": "string", "jsonPath": ".status.candidateModelVersion"},
+        {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        AGE,
+    ],
+}
+
+_KEEP = {
+    "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems",
+    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
+}
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    if "allOf" in node and len(node["allOf"]) == 1:
+        inner = _resolve(node["allOf"][0], defs)
+        return {**inner, **{k: v for k, v in node.items() if k != "allOf"}}
+    return node
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Convert one pydantic JSON-schema node into a structural OpenAPI v3 node."""
+    node = _resolve(node, defs)
+    nullable = False
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) != 1:
+            raise SchemaError(f"{path or '<root>'}: unions other than X | None are not structural")
+        nullable = len(options) < len(node["anyOf"])
+        outer = {k: v for k, v in node.items() if k != "anyOf"}
+        node = {**_resolve(options[0], defs), **outer}
+    if "const" in node:
+        node = {**node, "enum": [node["const"]]}
+    out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in node.items() if k in _KEEP}
+    if "enum" in out and "type" not in out:
+        out["type"] = "integer" if all(isinstance(v, int) for v in out["enum"]) else "string"
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), (int, float)) and not isinstance(out.get(bound), bool):
+            out[plain] = out.pop(bound)
+            out[bound] = True
+    if out.get("default") is None:
+        out.pop("default", None)
+    preserve = out.get("x-kubernetes-preserve-unknown-fields")
+    kind = out.get("type")
+    if kind == "object" or "properties" in node:
+        out["type"] = "object"
+        if "properties" in node:
+            required = set(node.get("required", []))
+            props = {}
+            for name, sub in node["properties"].items():
+                conv = structural(sub, defs, f"{path}.{name}")
+                if name not in required and conv.get("type") == "object" and not conv.get("nullable") and "default" not in conv and "properties" in conv:
+                    conv["default"] = {}
+                props[name] = conv
+            out["properties"] = props
+            if required:
+                out["required"] = sorted(required)
+        elif not preserve:
+            extra = node.get("additionalProperties")
+            if not isinstance(extra, dict) or not extra:
+                raise SchemaError(f"{path}: open map without a value type; mark it x-kubernetes-preserve-unknown-fields")
+            out["additionalProperties"] = structural(extra, defs, f"{path}[*]")
+    elif kind == "array":
+        out["items"] = structural(node["items"], defs, f"{path}[]")
+    elif kind is None:
+        raise SchemaError(f"{path}: untyped schema node {node}")
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def openapi_schema(kind: str) -> dict[str, Any]:
+    model = KINDS[kind]
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    spec = structural(raw["properties"]["spec"], defs, ".spec")
+    status = structural(raw["properties"]["status"], defs, ".status")
+    status.pop("nullable", None)
+    status.pop("default", None)
+    return {
+        "type": "object",
+        "description": model.__doc__.strip().splitlines()[0],
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "APIVersion of this object: tuneloop.dev/v1alpha1."},
+            "kind": {"type": "string", "description": f"Kind of this object: {kind}."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+def crd(kind: str) -> dict[str, Any]:
+    names = NAMES[kind]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{names['plural']}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "tuneloop", "app.kubernetes.io/part-of": "tuneloop"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", **names, "categories": ["tuneloop"]},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": COLUMNS[kind],
+                    "schema": {"openAPIV3Schema": openapi_schema(kind)},
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `python -m tuneloop.api.crdgen` from operator/tuneloop/api; do not edit.\n"
+
+
+def render_all() -> dict[str, str]:
+    """File name → YAML text for every CRD."""
+    return {
+        f"{GROUP}_{NAMES[k]['plural']}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=120)
+        for k in KINDS
+    }
+
+
+def chart_copy(text: str) -> str:
+    """The chart's copy: the same CRD gated by crds.enabled, kept on uninstall when crds.keep."""
+    body = text.removeprefix(HEADER)
+    head, rest = body.split("metadata:\n", 1)
+    keep = "  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n"
+    return HEADER + "{{- if .Values.crds.enabled }}\n" + head + "metadata:\n" + keep + rest + "{{- end }}\n"
+
+
+def write(out: Path, chart: Path | None) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_all().items():
+        (out / name).write_text(text)
+        written.append(out / name)
+        if chart is not None:
+            chart.mkdir(parents=True, exist_ok=True)
+            (chart / name).write_text(chart_copy(text))
+            written.append(chart / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="crdgen", description="Write crds/*.yaml from the API models.")
+    ap.add_argument("--out", type=Path, default=CRD_DIR, help="directory for the CRDs (default: crds/)")
+    ap.add_argument("--chart", type=Path, default=None, help="also write the Helm chart's copy here (default: the chart's templates/crds when the chart exists)")
+    args = ap.parse_args(argv)
+    chart = args.chart or (CHART_CRD_DIR if CHART_CRD_DIR.parent.parent.exists() else None)
+    for path in write(args.out, chart):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

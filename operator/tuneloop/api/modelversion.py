@@ -1,0 +1,103 @@
+"""ModelVersion: the registry record of one fine-tuned artifact."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field
+
+from .common import API_VERSION, ApiModel, Condition, ObjectMeta
+from .evaluation import EvaluationRecord
+
+
+class ArtifactFormat(str, Enum):
+    LORA_ADAPTER = "lora-adapter"
+    MERGED = "merged"
+    FULL = "full"
+
+
+class BaseModelRecord(ApiModel):
+    """The base model the artifact was trained from."""
+
+    name: str = Field(min_length=1, description="Hugging Face id, path or URI of the base model.")
+    revision: str = Field(default="", description="Revision (commit sha or tag) of the base model.")
+    serving_path: str | None = Field(default=None, description="Path or id vLLM loads the base model from (LoRA artifacts).")
+
+
+class Artifact(ApiModel):
+    """Where the trained weights live."""
+
+    uri: str = Field(min_length=1, description="pvc://CLAIM/PATH, s3://BUCKET/PREFIX or file:///PATH of the artifact directory.")
+    format: ArtifactFormat = Field(description="lora-adapter (needs the base model), merged or full weights.")
+    lora_rank: int | None = Field(default=None, ge=1, description="LoRA rank (sets vLLM's --max-lora-rank).")
+
+
+class FineTuneJobRef(ApiModel):
+    """The FineTuneJob that produced the artifact."""
+
+    name: str = Field(description="FineTuneJob name.")
+    namespace: str | None = Field(default=None, description="FineTuneJob namespace.")
+    uid: str | None = Field(default=None, description="FineTuneJob uid.")
+
+
+class Lineage(ApiModel):
+    """Everything needed to reproduce the artifact."""
+
+    fine_tune_job: FineTuneJobRef | None = Field(default=None, description="The producing FineTuneJob.")
+    dataset_sha256: str | None = Field(default=None, description="sha256 of the training data.")
+    method: str | None = Field(default=None, description="lora, qlora or full.")
+    hyperparameters: dict[str, str] = Field(default_factory=dict, description="Effective hyperparameters, as strings.")
+    trainer_image: str | None = Field(default=None, description="Trainer image (or 'local') that trained it.")
+    library_versions: dict[str, str] = Field(default_factory=dict, description="torch, transformers, peft, deepspeed, … versions.")
+    world_size: int | None = Field(default=None, ge=1, description="Training processes.")
+    train_seconds: float | None = Field(default=None, ge=0, description="Wall time of training.")
+    tokens_seen: int | None = Field(default=None, ge=0, description="Non-padding tokens trained on.")
+
+
+class ReportLocation(ApiModel):
+    """Where the experiment report is."""
+
+    uri: str | None = Field(default=None, description="Location of report.md next to the artifact.")
+    config_map: str | None = Field(default=None, description="ConfigMap holding the report Markdown (key report.md).")
+
+
+class ModelVersionSpec(ApiModel):
+    """A registered fine-tuned model."""
+
+    model_name: str = Field(min_length=1, max_length=253, description="Registered model name (several versions share it).")
+    version: str = Field(min_length=1, max_length=63, description="Version label, unique per modelName.")
+    base_model: BaseModelRecord = Field(description="The base model.")
+    artifact: Artifact = Field(description="The trained weights.")
+    lineage: Lineage = Field(default_factory=Lineage, description="How it was produced.")
+    evaluation: EvaluationRecord = Field(default_factory=EvaluationRecord, description="Base vs tuned metrics and the gate verdict.")
+    report: ReportLocation = Field(default_factory=ReportLocation, description="The experiment report.")
+
+
+class ModelVersionPhase(str, Enum):
+    PENDING = "Pending"
+    READY = "Ready"
+    REJECTED = "Rejected"
+    SERVING = "Serving"
+    ROLLED_BACK = "RolledBack"
+    RETIRED = "Retired"
+
+
+class ModelVersionStatus(ApiModel):
+    """Lifecycle of the version in the registry and in serving."""
+
+    phase: ModelVersionPhase = Field(default=ModelVersionPhase.PENDING, description="Pending, Ready, Rejected, Serving, RolledBack or Retired.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    rollout: str | None = Field(default=None, description="Rollout currently serving or last serving this version.")
+    message: str | None = Field(default=None, description="Human-readable summary.")
+
+
+class ModelVersion(ApiModel):
+    """The registry record of one fine-tuned artifact."""
+
+    api_version: Literal["tuneloop.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["ModelVersion"] = "ModelVersion"
+    metadata: ObjectMeta
+    spec: ModelVersionSpec
+    status: ModelVersionStatus | None = None

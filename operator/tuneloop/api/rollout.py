@@ -1,0 +1,259 @@
+"""Rollout: serve ModelVersions with vLLM and move traffic to a candidate step by step."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, Toleration, cel, one_of_rule
+
+DURATION = r"^([0-9]+(ms|s|m|h))+$"
+
+
+class ServingResources(ApiModel):
+    """Per-replica resources of the vLLM pods."""
+
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per replica (tensor parallel size).")
+    gpu_resource_name: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPU.")
+    cpu: str = Field(default="4", description="CPU request.")
+    memory: str = Field(default="32Gi", description="Memory request and limit.")
+
+
+class ServingSpec(ApiModel):
+    """How each ModelVersion is served."""
+
+    image: str | None = Field(default=None, description="vLLM image; defaults to the operator's configured image.")
+    replicas: int = Field(default=2, ge=1, le=1000, description="Replicas of the stable version (the canary scales with its weight in replica mode).")
+    resources: ServingResources = Field(default_factory=ServingResources, description="Per-replica resources.")
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Extra `vllm serve` arguments.")
+    max_loras: int = Field(default=1, ge=1, le=64, description="vLLM --max-loras for LoRA artifacts.")
+    max_lora_rank: int | None = Field(default=None, ge=1, description="vLLM --max-lora-rank; defaults to the artifact's rank.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server and /metrics.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Tolerations.")
+
+
+class ParentRef(ApiModel):
+    """A Gateway the HTTPRoute attaches to."""
+
+    name: str = Field(min_length=1, description="Gateway name.")
+    namespace: str | None = Field(default=None, description="Gateway namespace; defaults to the Rollout's.")
+    section_name: str | None = Field(default=None, description="Listener name.")
+
+
+class GatewayApiRouting(ApiModel):
+    """Weighted backendRefs on a Gateway API HTTPRoute."""
+
+    http_route: str = Field(min_length=1, description="HTTPRoute name (created or updated by the operator).")
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=16, description="Gateways to attach to.")
+    hostnames: list[str] = Field(default_factory=list, max_length=16, description="Hostnames the route matches.")
+    path_prefix: str = Field(default="/v1", description="Path prefix routed to the model.")
+
+
+class ReplicaWeightedRouting(ApiModel):
+    """No gateway: one Service selects both versions; weight is approximated by replica counts (coarse)."""
+
+    service: str = Field(min_length=1, description="Name of the Service that selects stable and canary pods.")
+
+
+class TrafficRouting(ApiModel):
+    """How traffic is split: exactly one of gatewayAPI, replicaWeighted."""
+
+    gateway_api: GatewayApiRouting | None = Field(default=None, alias="gatewayAPI", description="Gateway API HTTPRoute weights (exact).")
+    replica_weighted: ReplicaWeightedRouting | None = Field(default=None, description="Replica-count weights (coarse).")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [one_of_rule(["gatewayAPI", "replicaWeighted"], "trafficRouting")]}
+    }
+
+
+class PauseStep(ApiModel):
+    """Wait; without duration, until promoted by hand."""
+
+    duration: str | None = Field(default=None, pattern=DURATION, description="e.g. 30s, 5m, 1h; empty waits for `kubectl tuneloop promote`.")
+
+
+class AnalysisStep(ApiModel):
+    """Run the Rollout's analysis for a number of measurements."""
+
+    metrics: list[str] = Field(default_factory=list, max_length=32, description="Names of analysis metrics to run; empty runs all.")
+    count: int | None = Field(default=None, ge=1, description="Measurements per metric; defaults to analysis.count.")
+
+
+class Step(ApiModel):
+    """One canary step: exactly one of setWeight, pause, analysis."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100, description="Percent of traffic for the candidate.")
+    pause: PauseStep | None = Field(default=None, description="Wait for a duration or for a human.")
+    analysis: AnalysisStep | None = Field(default=None, description="Run Prometheus analysis.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                one_of_rule(["setWeight", "pause", "analysis"], "a step"),
+                cel("!has(self.setWeight) || (self.setWeight >= 0 && self.setWeight <= 100)", "setWeight must be within 0..100"),
+            ]
+        }
+    }
+
+
+class NoDataPolicy(str, Enum):
+    INCONCLUSIVE = "inconclusive"
+    FAIL = "fail"
+    IGNORE = "ignore"
+
+
+class BuiltinMetric(str, Enum):
+    ERROR_RATE = "error-rate"
+    TTFT_P95 = "ttft-p95"
+    E2E_LATENCY_P95 = "e2e-latency-p95"
+    ABORT_RATE = "abort-rate"
+
+
+class AnalysisMetric(ApiModel):
+    """One Prometheus measurement and its thresholds."""
+
+    name: str = Field(min_length=1, max_length=63, description="Metric name in status and events.")
+    builtin: BuiltinMetric | None = Field(default=None, description="A built-in vLLM query: error-rate, ttft-p95, e2e-latency-p95, abort-rate.")
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="PromQL template; {{namespace}}, {{rollout}}, {{selector}} (this role's label matchers), {{role}} and {{window}} are substituted.",
+    )
+    max: float | None = Field(default=None, description="Failed when the canary value is above this.")
+    min: float | None = Field(default=None, description="Failed when the canary value is below this.")
+    max_relative_to_stable: float | None = Field(
+        default=None, gt=0, description="Failed when canary > this × stable (the query also runs for stable)."
+    )
+    no_data_policy: NoDataPolicy | None = Field(default=None, description="Overrides analysis.noDataPolicy for this metric.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                one_of_rule(["builtin", "query"], "an analysis metric"),
+                cel(
+                    "has(self.max) || has(self.min) || has(self.maxRelativeToStable)",
+                    "an analysis metric needs max, min or maxRelativeToStable",
+                ),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _shape(self) -> AnalysisMetric:
+        if (self.builtin is None) == (self.query is None):
+            raise ValueError("exactly one of builtin, query must be set for an analysis metric")
+        if self.max is None and self.min is None and self.max_relative_to_stable is None:
+            raise ValueError("an analysis metric needs max, min or maxRelativeToStable")
+        return self
+
+
+class AnalysisSpec(ApiModel):
+    """Prometheus analysis: measurements, limits, and what missing data means."""
+
+    prometheus_address: str | None = Field(default=None, description="Prometheus base URL; defaults to the operator's configured address.")
+    interval: str = Field(default="30s", pattern=DURATION, description="Time between measurements.")
+    window: str = Field(default="1m", pattern=DURATION, description="Range of rate()/histogram windows in the queries.")
+    count: int = Field(default=5, ge=1, le=1000, description="Measurements per analysis step.")
+    failure_limit: int = Field(default=0, ge=0, description="Failed measurements tolerated; one more fails the analysis.")
+    inconclusive_limit: int = Field(default=2, ge=0, description="Inconclusive measurements tolerated before pausing for a human.")
+    consecutive_error_limit: int = Field(default=4, ge=0, description="Consecutive query errors tolerated before the analysis errors out.")
+    no_data_policy: NoDataPolicy = Field(
+        default=NoDataPolicy.INCONCLUSIVE, description="An empty result or NaN counts as inconclusive, failed, or is ignored."
+    )
+    metrics: list[AnalysisMetric] = Field(default_factory=list, max_length=32, description="What is measured.")
+
+
+class RolloutSpec(ApiModel):
+    """Desired serving state."""
+
+    served_model_name: str = Field(min_length=1, description="Model name clients send (vLLM --served-model-name); never changes between versions.")
+    stable: ObjectRef | None = Field(default=None, description="ModelVersion serving now; empty for the first rollout.")
+    candidate: ObjectRef | None = Field(default=None, description="ModelVersion to roll out.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="vLLM settings.")
+    traffic_routing: TrafficRouting = Field(description="How traffic is split.")
+    steps: list[Step] = Field(default_factory=list, max_length=64, description="Canary steps, in order.")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Prometheus analysis settings.")
+    promote: bool = Field(default=False, description="Set true to promote the candidate now, skipping the remaining steps.")
+    abort: bool = Field(default=False, description="Set true to send all traffic back to stable and mark the candidate RolledBack.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("has(self.stable) || has(self.candidate)", "a Rollout needs stable, candidate or both"),
+                cel("!(self.promote && self.abort)", "promote and abort cannot both be set"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _refs(self) -> RolloutSpec:
+        if self.stable is None and self.candidate is None:
+            raise ValueError("a Rollout needs stable, candidate or both")
+        if self.promote and self.abort:
+            raise ValueError("promote and abort cannot both be set")
+        names = {m.name for m in self.analysis.metrics}
+        for i, step in enumerate(self.steps):
+            unknown = set(step.analysis.metrics) - names if step.analysis else set()
+            if unknown:
+                raise ValueError(f"steps[{i}].analysis.metrics names unknown metrics: {sorted(unknown)}")
+            if step.analysis and not self.analysis.metrics:
+                raise ValueError(f"steps[{i}] is an analysis step but analysis.metrics is empty")
+        return self
+
+
+class RolloutPhase(str, Enum):
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    DEGRADED = "Degraded"
+    ABORTED = "Aborted"
+
+
+class MeasurementPhase(str, Enum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class Measurement(ApiModel):
+    """One analysis measurement."""
+
+    metric: str = Field(description="Analysis metric name.")
+    phase: MeasurementPhase = Field(description="Successful, Failed, Inconclusive or Error.")
+    value: float | None = Field(default=None, description="Canary value (absent when no data or error).")
+    stable_value: float | None = Field(default=None, description="Stable value, for relative thresholds.")
+    message: str = Field(default="", description="Why this phase.")
+    step_index: int | None = Field(default=None, description="Step the measurement belongs to.")
+    at: datetime | None = Field(default=None, description="When it was taken.")
+
+
+class RolloutStatus(ApiModel):
+    """Observed state of a Rollout."""
+
+    phase: RolloutPhase = Field(default=RolloutPhase.PROGRESSING, description="Progressing, Paused, Promoted, RolledBack, Degraded or Aborted.")
+    current_step_index: int | None = Field(default=None, ge=0, description="Index of the step being run.")
+    canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate.")
+    stable_model_version: str | None = Field(default=None, description="ModelVersion serving the stable share.")
+    candidate_model_version: str | None = Field(default=None, description="ModelVersion being rolled out.")
+    step_started_at: datetime | None = Field(default=None, description="When the current step began.")
+    waiting_for: str | None = Field(default=None, description="Why the Rollout is waiting, if it is.")
+    measurements: list[Measurement] = Field(default_factory=list, max_length=100, description="The latest measurements (bounded).")
+    conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    message: str | None = Field(default=None, description="Human-readable summary.")
+
+
+class Rollout(ApiModel):
+    """Serve ModelVersions and shift traffic to a candidate with automatic promotion or rollback."""
+
+    api_version: Literal["tuneloop.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["Rollout"] = "Rollout"
+    metadata: ObjectMeta
+    spec: RolloutSpec
+    status: RolloutStatus | None = None

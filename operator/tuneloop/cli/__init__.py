@@ -1,0 +1,1 @@
+"""`kubectl tuneloop`: the kubectl plugin (installed as the `kubectl-tuneloop` console script)."""

@@ -1,0 +1,1 @@
+"""The Kopf operator: handlers orchestrate, builders build, analysis decides."""

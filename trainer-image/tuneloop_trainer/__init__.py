@@ -1,0 +1,16 @@
+"""tuneloop's trainer: the stages the training pods (and `kubectl tuneloop local run`) execute.
+
+    python -m tuneloop_trainer <prepare|train|evaluate|report> --spec FILE --workdir DIR
+
+Heavy libraries (torch, transformers, peft, deepspeed) are imported inside the stages only.
+"""
+
+__all__ = ["STAGES"]
+
+# stage name -> "module:function"; each function takes a StageContext and returns a JSON-able summary.
+STAGES = {
+    "prepare": "tuneloop_trainer.prepare:run",
+    "train": "tuneloop_trainer.train:run",
+    "evaluate": "tuneloop_trainer.evaluate:run",
+    "report": "tuneloop_trainer.report:run",
+}

@@ -1,0 +1,84 @@
+"""`python -m tuneloop_trainer <stage> --spec FILE --workdir DIR` — the contract with the operator."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import STAGES
+from .context import TERMINATION_LIMIT, TERMINATION_LOG, StageContext, load_context
+from .errors import EXIT_RUNTIME_ERROR, TrainerError
+
+
+def compact(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
+    """JSON no longer than `limit` bytes: drops the largest values first, never emits invalid JSON."""
+    data = dict(summary)
+    text = json.dumps(data, default=str, separators=(",", ":"))
+    while len(text.encode()) > limit and data:
+        biggest = max(data, key=lambda k: len(json.dumps(data[k], default=str)))
+        if biggest in ("outcome", "stage", "error") and isinstance(data[biggest], str):
+            data[biggest] = data[biggest][: max(16, len(data[biggest]) // 2)]
+        else:
+            data.pop(biggest)
+            data["truncated"] = True
+        text = json.dumps(data, default=str, separators=(",", ":"))
+    return text
+
+
+def write_summary(workdir: Path, stage: str, summary: dict[str, Any]) -> None:
+    """Full summary to DIR/result-<stage>.json (and DIR/result.json for train); ≤4 KiB to the termination log."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    full = json.dumps(summary, indent=2, default=str)
+    (workdir / f"result-{stage}.json").write_text(full)
+    if stage == "train":
+        (workdir / "result.json").write_text(full)
+    if TERMINATION_LOG.parent.exists() and (TERMINATION_LOG.exists() or TERMINATION_LOG.parent != Path("/dev")):
+        try:
+            TERMINATION_LOG.write_text(compact(summary))
+        except OSError:
+            pass
+
+
+def run_stage(stage: str, ctx: StageContext) -> dict[str, Any]:
+    module, func = STAGES[stage].split(":")
+    return getattr(importlib.import_module(module), func)(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tuneloop_trainer", description=__doc__)
+    ap.add_argument("stage", choices=sorted(STAGES))
+    ap.add_argument("--spec", required=True, help="FineTuneJob manifest or bare spec (YAML/JSON)")
+    ap.add_argument("--workdir", required=True, help="the job's output directory")
+    args = ap.parse_args(argv)
+    started = time.time()
+    workdir = Path(args.workdir)
+    try:
+        ctx = load_context(args.spec, workdir)
+        result = run_stage(args.stage, ctx) or {}
+        summary = {"stage": args.stage, "outcome": "Succeeded", "seconds": round(time.time() - started, 1), **result}
+        write_summary(workdir, args.stage, summary)
+        return 0
+    except TrainerError as exc:
+        summary = {"stage": args.stage, "outcome": "Failed", "reason": exc.reason, "error": exc.one_line()}
+        print(f"tuneloop {args.stage}: error: {exc.one_line()}", file=sys.stderr)
+        write_summary(workdir, args.stage, summary)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the cause must reach the pod status, not only a traceback
+        traceback.print_exc()
+        line = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        summary = {"stage": args.stage, "outcome": "Failed", "reason": "InternalError", "error": line[:1000]}
+        print(f"tuneloop {args.stage}: unexpected error: {line}", file=sys.stderr)
+        write_summary(workdir, args.stage, summary)
+        return EXIT_RUNTIME_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""What every stage gets: the parsed spec, the work directory, and path resolution."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tuneloop.api import FineTuneJobSpec
+
+from .errors import ConfigError
+
+TERMINATION_LOG = Path(os.environ.get("TUNELOOP_TERMINATION_LOG", "/dev/termination-log"))
+TERMINATION_LIMIT = 4096
+
+
+@dataclass
+class StageContext:
+    """One stage's inputs. `spec_dir` anchors relative paths in the spec (local runs)."""
+
+    spec: FineTuneJobSpec
+    workdir: Path
+    spec_dir: Path
+    name: str = "local"
+    namespace: str = "default"
+    uid: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    # Progress callback for interactive front-ends (local run); pods leave it None.
+    on_progress: Any = None
+
+    def resolve(self, path: str | os.PathLike[str]) -> Path:
+        p = Path(os.path.expandvars(os.path.expanduser(str(path))))
+        return p if p.is_absolute() else (self.spec_dir / p).resolve()
+
+    # The work directory layout, shared by the stages, the operator and local runs.
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.workdir / "checkpoints"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.workdir / "artifact"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.workdir / "report"
+
+
+def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> StageContext:
+    """Read a FineTuneJob manifest (or a bare spec) and validate it with the API models."""
+    path = Path(spec_file)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"spec file {path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"spec file {path} does not hold a mapping")
+    meta = doc.get("metadata") or {}
+    spec_doc = doc.get("spec", doc) if doc.get("kind") == "FineTuneJob" or "spec" in doc else doc
+    try:
+        spec = FineTuneJobSpec.model_validate(spec_doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid spec at spec.{where}: {first['msg']}", hint=f"{len(exc.errors())} problem(s); run `kubectl tuneloop validate {path}`") from None
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    return StageContext(
+        spec=spec,
+        workdir=wd.resolve(),
+        spec_dir=path.resolve().parent,
+        name=meta.get("name", os.environ.get("TUNELOOP_JOB_NAME", "local")),
+        namespace=meta.get("namespace", os.environ.get("TUNELOOP_NAMESPACE", "default")),
+        uid=meta.get("uid", ""),
+        raw=doc,
+    )
