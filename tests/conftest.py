@@ -1,0 +1,51 @@
+"""Test tiers: unit → operator (kmock) → cluster (--kubeconfig) → gpu (--run-gpu)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--kubeconfig", default=None, help="run the cluster tier against this kubeconfig")
+    parser.addoption("--run-gpu", action="store_true", default=False, help="run the gpu tier (needs CUDA)")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kubeconfig = config.getoption("--kubeconfig")
+    run_gpu = config.getoption("--run-gpu")
+    skip_cluster = pytest.mark.skip(reason="cluster tier: pass --kubeconfig PATH to run against a real cluster")
+    skip_gpu = pytest.mark.skip(reason="gpu tier: pass --run-gpu on a machine with a CUDA GPU")
+    for item in items:
+        if "cluster" in item.keywords and not kubeconfig:
+            item.add_marker(skip_cluster)
+        if "gpu" in item.keywords and not (run_gpu and _has_cuda()):
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(request: pytest.FixtureRequest) -> str | None:
+    return request.config.getoption("--kubeconfig")
