@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import API_VERSION, ApiModel, Condition, ObjectMeta
+from .common import API_VERSION, ApiModel, Condition, ObjectMeta, cel
 from .evaluation import EvaluationRecord
 
 
@@ -72,6 +72,18 @@ class ModelVersionSpec(ApiModel):
     lineage: Lineage = Field(default_factory=Lineage, description="How it was produced.")
     evaluation: EvaluationRecord = Field(default_factory=EvaluationRecord, description="Base vs tuned metrics and the gate verdict.")
     report: ReportLocation = Field(default_factory=ReportLocation, description="The experiment report.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self == oldSelf", "a ModelVersion is an immutable registry record; register a new version instead"),
+                cel(
+                    "self.artifact.format != 'lora-adapter' || has(self.artifact.loraRank)",
+                    "a lora-adapter artifact needs artifact.loraRank (vLLM's --max-lora-rank)",
+                ),
+            ]
+        }
+    }
 
 
 class ModelVersionPhase(str, Enum):

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from . import KINDS
 from .common import API_VERSION
+from .cel_rules import apply_defaults, violations
 from .crdgen import openapi_schema
 
 
@@ -79,14 +80,20 @@ def check_document(doc: Any, source: str = "<input>") -> list[Problem]:
         Problem(source, kind, name, _path(err.absolute_path), err.message)
         for err in sorted(crd_validator(kind).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     ]
+    if not problems:  # CEL runs on schema-valid objects only, as in the API server
+        schema = openapi_schema(kind)
+        for path, message in violations(schema, apply_defaults(schema, doc)):
+            problems.append(Problem(source, kind, name, path, message))
     try:
         KINDS[kind].model_validate(copy.deepcopy(doc))
     except ValidationError as exc:
-        seen = {(p.path, p.message) for p in problems}
+        # The schema already named these fields; the models add only what it cannot see.
+        seen_paths = {p.path for p in problems}
+        seen_messages = {p.message for p in problems}
         for err in exc.errors():
             path = _path(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            if (path, msg) not in seen:
+            if path not in seen_paths and msg not in seen_messages:
                 problems.append(Problem(source, kind, name, path, msg))
     return problems
 
