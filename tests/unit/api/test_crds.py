@@ -111,3 +111,24 @@ def test_crd_metadata(repo_root: Path) -> None:
         assert d["spec"]["names"]["categories"] == ["tuneloop"]
         assert d["spec"]["names"]["shortNames"]
         assert d["spec"]["group"] == "tuneloop.dev" and v["name"] == "v1alpha1"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_crd_is_a_valid_kubernetes_object(kind: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(crdgen.crd(kind), "1.34", strict=True)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_printer_columns_point_at_schema_fields(kind: str) -> None:
+    version = crdgen.crd(kind)["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]
+    for column in version["additionalPrinterColumns"]:
+        if column["jsonPath"] == ".metadata.creationTimestamp":
+            continue
+        node = schema
+        for part in column["jsonPath"].strip(".").split("."):
+            assert part in node.get("properties", {}), f"{kind} column {column['name']}: {column['jsonPath']} not in schema"
+            node = node["properties"][part]
+        expected = {"string": "string", "number": "number", "integer": "integer", "date": "string"}[column["type"]]
+        assert node["type"] == expected, column
