@@ -1,0 +1,156 @@
+"""Golden-YAML tests of the serving and traffic builders (set TUNELOOP_UPDATE_GOLDEN=1 to rewrite)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneloop.api.modelversion import ModelVersion
+from tuneloop.api.rollout import Rollout
+from tuneloop.operator.rollout import names, serving, traffic
+from tuneloop.operator.rollout.serving import ServingConfig, ServingError
+
+from . import samples
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).parent / "golden"
+CONFIG = ServingConfig(vllm_image="vllm/vllm-openai:v0.11.0", image_pull_policy="IfNotPresent", run_as_user=1000)
+
+
+def check_golden(name: str, obj: object) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump(obj, sort_keys=False, width=120)
+    if os.environ.get("TUNELOOP_UPDATE_GOLDEN") or not path.exists():
+        path.write_text(text)
+        if not os.environ.get("TUNELOOP_UPDATE_GOLDEN"):
+            pytest.fail(f"golden file {path.name} was missing and has been written; review it and re-run")
+    assert text == path.read_text(), f"{path.name} differs; TUNELOOP_UPDATE_GOLDEN=1 rewrites it after review"
+
+
+def _k8s_valid(obj: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, "1.30", strict=True)
+
+
+def _parts(raw: dict):
+    ro = Rollout.model_validate(raw)
+    return raw, ro.spec
+
+
+def test_lora_deployment_golden():
+    raw, spec = _parts(samples.gateway_rollout())
+    mv = ModelVersion.model_validate(samples.model_version("support-bot-v2"))
+    dep = serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)
+    check_golden("deployment-lora-canary", dep)
+    _k8s_valid(dep)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert args[args.index("--lora-modules") + 1] == "support-bot=/models/artifact"
+    assert args[args.index("--max-lora-rank") + 1] == "16"
+    assert "--enable-lora" in args
+    mount = dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
+    assert mount == {"name": "artifact", "mountPath": "/models/artifact", "readOnly": True, "subPath": "support-bot-v2/artifact"}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels[names.LABEL_ROLE] == "canary" and labels[names.LABEL_MODEL_VERSION] == "support-bot-v2"
+
+
+def test_merged_deployment_golden_with_tensor_parallel_and_scheduling():
+    raw, spec = _parts(
+        samples.gateway_rollout(
+            serving={
+                "replicas": 2,
+                "image": "registry.example.com/vllm:0.11.0",
+                "resources": {"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "8", "memory": "64Gi"},
+                "extraArgs": ["--max-model-len", "8192"],
+                "nodeSelector": {"gpu": "mi300"},
+                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            }
+        )
+    )
+    mv = ModelVersion.model_validate(samples.model_version("support-bot-v1", fmt="merged", uri="pvc://models/v1/artifact/merged"))
+    dep = serving.build_deployment(raw, spec, names.STABLE, mv, 2, CONFIG)
+    check_golden("deployment-merged-stable", dep)
+    _k8s_valid(dep)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["/models/artifact", "--served-model-name", "support-bot"]
+    assert "--enable-lora" not in args
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[-2:] == ["--max-model-len", "8192"]
+
+
+def test_restricted_pod_security():
+    raw, spec = _parts(samples.gateway_rollout())
+    mv = ModelVersion.model_validate(samples.model_version("support-bot-v2"))
+    pod = serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert all(v.get("persistentVolumeClaim", {}).get("readOnly", True) for v in pod["volumes"])
+
+
+def test_services_and_http_route_golden():
+    raw, spec = _parts(samples.gateway_rollout())
+    check_golden("service-stable", serving.build_service(raw, spec, names.STABLE))
+    check_golden("service-canary", serving.build_service(raw, spec, names.CANARY))
+    for role in names.ROLES:
+        _k8s_valid(serving.build_service(raw, spec, role))
+    route = traffic.build_http_route(raw, spec, 10)
+    check_golden("httproute-10", route)
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("support-bot-stable", 90), ("support-bot-canary", 10)]
+    assert traffic.route_weights(route, "support-bot") == (90, 10)
+
+
+def test_replica_weighted_golden():
+    raw, spec = _parts(samples.replica_rollout())
+    check_golden("service-replica-weighted", traffic.build_shared_service(raw, spec))
+    _k8s_valid(traffic.build_shared_service(raw, spec))
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "expected"),
+    [(4, 0, (4, 0)), (4, 10, (3, 1)), (4, 50, (2, 2)), (4, 90, (1, 3)), (4, 100, (0, 4)), (1, 10, (1, 1)), (10, 25, (8, 2)), (2, 99, (1, 1))],
+)
+def test_replica_split(total, weight, expected):
+    assert traffic.replica_split(total, weight) == expected
+
+
+def test_effective_weight_is_coarse():
+    assert traffic.effective_weight(*traffic.replica_split(4, 10)) == 25
+
+
+def test_unservable_artifacts_have_clear_errors():
+    raw, spec = _parts(samples.gateway_rollout())
+    for uri, needle in [("s3://bucket/a", "got s3"), ("file:///tmp/a", "got file"), ("pvc:///a", "missing claim")]:
+        mv = ModelVersion.model_validate(samples.model_version("support-bot-v2", uri=uri))
+        with pytest.raises(ServingError, match=needle):
+            serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)
+
+
+def test_lora_rank_rounds_up_to_vllm_choice_and_rejects_too_large():
+    assert serving.lora_rank_flag(None, 12) == 16
+    assert serving.lora_rank_flag(64, 12) == 64
+    assert serving.lora_rank_flag(None, None) is None
+    with pytest.raises(ServingError, match="exceeds"):
+        serving.lora_rank_flag(None, 1024)
+
+
+def test_base_model_from_pvc_is_mounted():
+    raw, spec = _parts(samples.gateway_rollout())
+    mvd = samples.model_version("support-bot-v2")
+    mvd["spec"]["baseModel"]["servingPath"] = "pvc://base-models/smollm2"
+    dep = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(mvd), 1, CONFIG)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][0] == "/models/base" and "--revision" not in c["args"]
+    assert {"name": "base-model", "mountPath": "/models/base", "readOnly": True, "subPath": "smollm2"} in c["volumeMounts"]
+
+
+def test_long_names_are_shortened_deterministically():
+    n = names.child_name("a" * 60, "canary")
+    assert len(n) <= 63 and n.endswith("-canary") and n == names.child_name("a" * 60, "canary")
