@@ -67,14 +67,22 @@ class SchemaError(ValueError):
     pass
 
 
+def _merge(target: dict[str, Any], siblings: dict[str, Any]) -> dict[str, Any]:
+    """Siblings of a $ref override the target, except CEL rules, which add up."""
+    merged = {**target, **siblings}
+    rules = target.get("x-kubernetes-validations", []) + siblings.get("x-kubernetes-validations", [])
+    if rules:
+        merged["x-kubernetes-validations"] = rules
+    return merged
+
+
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
-        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _resolve(merged, defs)
+        return _resolve(_merge(target, {k: v for k, v in node.items() if k != "$ref"}), defs)
     if "allOf" in node and len(node["allOf"]) == 1:
         inner = _resolve(node["allOf"][0], defs)
-        return {**inner, **{k: v for k, v in node.items() if k != "allOf"}}
+        return _merge(inner, {k: v for k, v in node.items() if k != "allOf"})
     return node
 
 
@@ -88,7 +96,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             raise SchemaError(f"{path or '<root>'}: unions other than X | None are not structural")
         nullable = len(options) < len(node["anyOf"])
         outer = {k: v for k, v in node.items() if k != "anyOf"}
-        node = {**_resolve(options[0], defs), **outer}
+        node = _merge(_resolve(options[0], defs), outer)
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
     out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in node.items() if k in _KEEP}

@@ -107,11 +107,12 @@ def test_qlora_needs_gpus() -> None:
 def test_spec_is_immutable_except_suspend() -> None:
     old = ftj()
     assert check("FineTuneJob", mutate(old, "spec.suspend", True), old) == []
-    msg = ("spec", "spec is immutable except suspend; create a new FineTuneJob instead")
-    assert msg in check("FineTuneJob", mutate(old, "spec.hyperparameters.learningRate", 1e-4), old)
-    assert msg in check("FineTuneJob", mutate(old, "spec.image", "x:1"), old)  # optional field added
-    assert msg in check("FineTuneJob", mutate(old, "spec.deepspeed", _DELETE), old)  # optional field removed
-    assert msg not in check("FineTuneJob", mutate(old, "spec.hyperparameters.learningRate", 1e-4))  # create: no oldSelf
+    msg = "spec is immutable except suspend; create a new FineTuneJob instead"
+    assert ("spec.hyperparameters", msg) in check("FineTuneJob", mutate(old, "spec.hyperparameters.learningRate", 1e-4), old)
+    assert ("spec.baseModel", msg) in check("FineTuneJob", mutate(old, "spec.baseModel.huggingFace.revision", "main"), old)
+    assert ("spec", msg) in check("FineTuneJob", mutate(old, "spec.image", "x:1"), old)  # optional field added
+    assert ("spec", msg) in check("FineTuneJob", mutate(old, "spec.deepspeed", _DELETE), old)  # optional field removed
+    assert msg not in [m for _, m in check("FineTuneJob", mutate(old, "spec.hyperparameters.learningRate", 1e-4))]  # create
 
 
 ROLLOUT_CASES = [
