@@ -233,6 +233,19 @@ class Measurement(ApiModel):
     at: datetime | None = Field(default=None, description="When it was taken.")
 
 
+class MetricResult(ApiModel):
+    """Running totals of one analysis metric in the current analysis step (as Argo Rollouts' MetricResult)."""
+
+    metric: str = Field(description="Analysis metric name.")
+    phase: str = Field(default="Running", description="Running, Successful, Failed, Inconclusive or Error.")
+    count: int = Field(default=0, ge=0, description="Measurements taken that count toward analysis.count (errors do not).")
+    successful: int = Field(default=0, ge=0, description="Successful measurements.")
+    failed: int = Field(default=0, ge=0, description="Failed measurements.")
+    inconclusive: int = Field(default=0, ge=0, description="Inconclusive measurements.")
+    error: int = Field(default=0, ge=0, description="Measurements that could not be taken.")
+    consecutive_error: int = Field(default=0, ge=0, description="Errors since the last measurement that could be taken.")
+
+
 class RolloutStatus(ApiModel):
     """Observed state of a Rollout."""
 
@@ -244,6 +257,7 @@ class RolloutStatus(ApiModel):
     step_started_at: datetime | None = Field(default=None, description="When the current step began.")
     waiting_for: str | None = Field(default=None, description="Why the Rollout is waiting, if it is.")
     measurements: list[Measurement] = Field(default_factory=list, max_length=100, description="The latest measurements (bounded).")
+    metric_results: list[MetricResult] = Field(default_factory=list, max_length=32, description="Per-metric totals of the current analysis step.")
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="Human-readable summary.")
