@@ -1,0 +1,1 @@
+"""FineTuneJob reconciliation: Kopf handlers (thin) over the builders and the status logic."""
