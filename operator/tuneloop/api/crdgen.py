@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     chart = args.chart or (CHART_CRD_DIR if CHART_CRD_DIR.parent.parent.exists() else None)
     for path in write(args.out, chart):
         print(path)
+    if args.out == CRD_DIR:
+        from . import docgen
+
+        docgen.main()
     return 0
 
 

@@ -132,3 +132,10 @@ def test_printer_columns_point_at_schema_fields(kind: str) -> None:
             node = node["properties"][part]
         expected = {"string": "string", "number": "number", "integer": "integer", "date": "string"}[column["type"]]
         assert node["type"] == expected, column
+
+
+def test_api_reference_matches_models(repo_root: Path) -> None:
+    from tuneloop.api import docgen
+
+    doc = repo_root / "docs" / "api-reference.md"
+    assert doc.exists() and doc.read_text() == docgen.render(), "docs/api-reference.md drifted: run `python -m tuneloop.api.crdgen`"
