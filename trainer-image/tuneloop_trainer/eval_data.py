@@ -1,0 +1,66 @@
+"""Inputs of the evaluate stage: the held-out test split and the forgetting set."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataError
+
+DEFAULT_FORGETTING_SET = "forgetting.jsonl"
+
+
+def read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{what} {path}:{n}: not valid JSON ({exc})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{what} {path}:{n}: expected a JSON object")
+        out.append(rec)
+    return out
+
+
+def load_test_split(data_dir: Path, max_samples: int | None) -> list[dict[str, Any]]:
+    """DIR/data/test.jsonl as written by prepare (chat records end with the reference assistant turn)."""
+    path = data_dir / "test.jsonl"
+    if not path.exists():
+        raise ConfigError(f"no test split at {path}", hint="run the prepare stage first, with split.test > 0 or dataset.test set")
+    records = read_jsonl(path, "test split")
+    if not records:
+        raise DataError(f"the test split {path} is empty", hint="raise dataset.split.test or give dataset.test")
+    for n, rec in enumerate(records, 1):
+        msgs = rec.get("messages")
+        if msgs is not None and (not msgs or msgs[-1].get("role") != "assistant"):
+            raise DataError(f"test split {path}:{n}: the last message must be the assistant's reference answer")
+        if msgs is None and not isinstance(rec.get("text"), str):
+            raise DataError(f"test split {path}:{n}: neither messages nor text")
+    return records[:max_samples] if max_samples else records
+
+
+def load_forgetting_set(path: Path | None) -> tuple[list[dict[str, Any]], str]:
+    """The forgetting set ({prompt, answers[, caseSensitive]} per line) and where it came from."""
+    if path is None:
+        source = resources.files("tuneloop_trainer") / "data" / DEFAULT_FORGETTING_SET
+        path, label = Path(str(source)), f"tuneloop_trainer/data/{DEFAULT_FORGETTING_SET}"
+    else:
+        label = str(path)
+    items = read_jsonl(path, "forgetting set")
+    for n, item in enumerate(items, 1):
+        answers = item.get("answers")
+        if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
+            raise DataError(f"forgetting set {path}:{n}: 'prompt' must be a non-empty string")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
+            raise DataError(f"forgetting set {path}:{n}: 'answers' must be a non-empty list of strings")
+        item.setdefault("id", f"item{n}")
+    if not items:
+        raise DataError(f"forgetting set {path} is empty")
+    return items, label

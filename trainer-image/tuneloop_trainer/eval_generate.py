@@ -1,0 +1,187 @@
+"""Batched generation and reference log-likelihood for evaluation (torch imported lazily).
+
+Prompts are rendered with the tokenizer's chat template, sorted by length so each batch pads
+little, left-padded (decoder-only models continue from the right edge), generated together, and
+returned in the caller's order. Timing covers tokenization, generation and decoding of each batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    new_tokens: list[int]  # generated tokens per prompt, up to and including the first stop token
+    seconds: float  # wall time of all batches
+    batch_seconds: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # per prompt: its batch's wall time
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else None
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "prompts": len(self.texts),
+            "generatedTokens": sum(self.new_tokens),
+            "seconds": round(self.seconds, 3),
+            "tokensPerSecond": round(self.tokens_per_second, 2) if self.tokens_per_second else None,
+            "latencyMeanSeconds": round(sum(lat) / len(lat), 3) if lat else None,
+            "latencyP95Seconds": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3) if lat else None,
+            "batches": len(self.batch_seconds),
+        }
+
+
+def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """eos of the tokenizer and the model's generation config, plus the chat end-of-turn marker."""
+    ids: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    if model is not None and getattr(model, "generation_config", None) is not None:
+        candidates.append(model.generation_config.eos_token_id)
+    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(marker) if marker in tokenizer.get_vocab() else None
+        candidates.append(tid)
+    for c in candidates:
+        for tid in c if isinstance(c, (list, tuple)) else [c]:
+            if isinstance(tid, int) and tid >= 0 and tid not in ids:
+                ids.append(tid)
+    return ids
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The conversation up to (not including) the answer, rendered with the chat template."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    decoding: str = "greedy",
+    seed: int = 0,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Generations:
+    """Generate for already-rendered prompt strings; `on_batch(done, total)` after each batch."""
+    import torch
+
+    if not prompts:
+        return Generations([], [], 0.0)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    counts: list[int] = [0] * len(prompts)
+    latencies: list[float] = [0.0] * len(prompts)
+    stops = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    saved_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id}
+    if decoding == "sample":
+        kwargs.update(do_sample=True, temperature=0.7, top_p=0.95)
+        torch.manual_seed(seed)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    batch_seconds: list[float] = []
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            t0 = time.perf_counter()
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                out = model.generate(**enc, **kwargs)
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            for row, i in zip(new, idx):
+                n = len(row)
+                for pos, tid in enumerate(row):
+                    if tid in stops:
+                        n = pos + 1
+                        break
+                counts[i] = n
+                texts[i] = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+            dt = time.perf_counter() - t0
+            batch_seconds.append(dt)
+            for i in idx:
+                latencies[i] = dt
+            if on_batch:
+                on_batch(min(start + batch_size, len(order)), len(order))
+    finally:
+        tokenizer.padding_side = saved_side
+        model.train(was_training)
+    return Generations(texts, counts, time.perf_counter() - started, batch_seconds, latencies)
+
+
+def reference_pair(tokenizer: Any, record: dict[str, Any]) -> tuple[str, str]:
+    """(context, reference) strings whose concatenation is the rendered record.
+
+    Chat: the conversation before the last (assistant) turn with the generation prompt, and the
+    rest of the rendered conversation (the end-of-turn marker included, trailing newline not).
+    Text records: no context, the whole text is the reference.
+    """
+    if "messages" not in record:
+        return "", record.get("text", "")
+    messages = record["messages"]
+    prompt = chat_prompt(tokenizer, messages[:-1])
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    answer = full[len(prompt) :].rstrip("\n") if full.startswith(prompt) else messages[-1]["content"]
+    return prompt, answer
+
+
+def reference_nll(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+) -> tuple[float, int]:
+    """Sum of negative log-likelihoods of the reference tokens given their context, and their count."""
+    import torch
+    import torch.nn.functional as F
+
+    rows: list[tuple[list[int], int]] = []
+    for prompt, answer in pairs:
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not p_ids and tokenizer.bos_token_id is not None:
+            p_ids = [tokenizer.bos_token_id]
+        if a_ids and p_ids:
+            rows.append((p_ids + a_ids, len(p_ids)))
+        elif len(a_ids) > 1:  # no context at all: the first token is given, the rest scored
+            rows.append((a_ids, 1))
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nll, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for r, (ids, n_prompt) in enumerate(chunk):
+                input_ids[r, : len(ids)] = torch.tensor(ids)
+                attention[r, : len(ids)] = 1
+                labels[r, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+            with torch.inference_mode():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+            shift_labels = labels[:, 1:].reshape(-1).to(device)
+            nll += F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum").item()
+            count += int((shift_labels != -100).sum().item())
+    finally:
+        model.train(was_training)
+    return nll, count

@@ -1,0 +1,193 @@
+"""Scoring generations against references: pure functions, no model, no I/O.
+
+Every score is a fraction in [0, 1] (BLEU too: sacrebleu's 0–100 score divided by 100) except
+perplexity. An empty or unparsable generation scores 0 wherever it is counted; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Iterable
+
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n```$", re.S)
+
+
+def normalize(text: str) -> str:
+    """Whitespace collapsed and trimmed; case kept (JSON values are case-sensitive)."""
+    return " ".join(text.split())
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    """(True, value) when the whole generation is one JSON document (surrounding whitespace allowed).
+
+    Strict on purpose: a triage record wrapped in prose is not machine-readable. A Markdown
+    ```json fence around the document is tolerated, since clients commonly strip it.
+    """
+    s = text.strip()
+    fenced = _FENCE.match(s)
+    if fenced:
+        s = fenced.group(1).strip()
+    if not s:
+        return False, None
+    try:
+        return True, json.loads(s)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """Equal after whitespace normalization, or equal as parsed JSON (key order and spacing ignored)."""
+    if normalize(prediction) == normalize(reference):
+        return True
+    ok_p, p = parse_json(prediction)
+    ok_r, r = parse_json(reference)
+    return ok_p and ok_r and p == r
+
+
+def mean(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+def exact_match_rate(predictions: list[str], references: list[str]) -> float | None:
+    return mean(1.0 if exact_match(p, r) else 0.0 for p, r in zip(predictions, references, strict=True))
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float | None:
+    """Mean ROUGE-L F1 (rouge-score, with stemming). An empty prediction scores 0."""
+    from rouge_score import rouge_scorer
+
+    if not references:
+        return None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return mean(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True))
+
+
+def bleu(predictions: list[str], references: list[str]) -> float | None:
+    """Corpus BLEU (sacrebleu, default 13a tokenization) on a 0–1 scale."""
+    import sacrebleu
+
+    if not references:
+        return None
+    return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0
+
+
+def json_validity(predictions: list[str]) -> float | None:
+    return mean(1.0 if parse_json(p)[0] else 0.0 for p in predictions)
+
+
+def schema_validator(schema: dict[str, Any]):
+    """A jsonschema validator for the schema's declared draft (2020-12 when undeclared); raises SchemaError."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def schema_compliance(predictions: list[str], schema: dict[str, Any]) -> float | None:
+    validator = schema_validator(schema)
+
+    def ok(p: str) -> bool:
+        valid, value = parse_json(p)
+        return valid and validator.is_valid(value)
+
+    return mean(1.0 if ok(p) else 0.0 for p in predictions)
+
+
+def schema_fields(schema: dict[str, Any] | None, references: list[Any]) -> list[str]:
+    """Top-level fields scored for accuracy: the schema's properties, else the references' keys."""
+    if schema and isinstance(schema.get("properties"), dict) and schema["properties"]:
+        return list(schema["properties"])
+    keys: list[str] = []
+    for ref in references:
+        if isinstance(ref, dict):
+            keys += [k for k in ref if k not in keys]
+    return keys
+
+
+def field_accuracy(predictions: list[str], references: list[str], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-field accuracy over the references that are JSON objects.
+
+    A field counts as right when the prediction is a JSON object holding the same value (type
+    included: 1 ≠ "1", true ≠ "true"); a missing field or an unparsable prediction is wrong.
+    Returns {"overall", "perField", "allFields" (every field right), "scored" (records counted)}.
+    """
+    parsed_refs = [parse_json(r) for r in references]
+    fields = schema_fields(schema, [v for ok, v in parsed_refs if ok])
+    per_field_hits = {f: 0 for f in fields}
+    per_field_total = {f: 0 for f in fields}
+    all_right = scored = 0
+    for pred, (ok_r, ref) in zip(predictions, parsed_refs, strict=True):
+        if not ok_r or not isinstance(ref, dict):
+            continue
+        scored += 1
+        ok_p, value = parse_json(pred)
+        value = value if ok_p and isinstance(value, dict) else None
+        record_right = True
+        for f in fields:
+            if f not in ref:
+                continue
+            per_field_total[f] += 1
+            hit = value is not None and f in value and _same(value[f], ref[f])
+            per_field_hits[f] += hit
+            record_right &= hit
+        all_right += record_right
+    total = sum(per_field_total.values())
+    return {
+        "overall": sum(per_field_hits.values()) / total if total else None,
+        "perField": {f: per_field_hits[f] / per_field_total[f] for f in fields if per_field_total[f]},
+        "allFields": all_right / scored if scored else None,
+        "scored": scored,
+    }
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality with types kept apart (True ≠ 1, "1" ≠ 1) but 1 == 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def perplexity(nll_sum: float, tokens: int) -> float | None:
+    """exp(mean negative log-likelihood per reference token)."""
+    if tokens <= 0:
+        return None
+    return math.exp(min(nll_sum / tokens, 700.0))
+
+
+def answer_found(generation: str, answers: list[str], case_sensitive: bool = False) -> bool:
+    """Forgetting-set check: one of the accepted answers occurs as a whole word/phrase."""
+    flags = 0 if case_sensitive else re.I
+    return any(re.search(rf"(?<![\w]){re.escape(a)}(?![\w])", generation, flags) for a in answers if a)
+
+
+def score_task(
+    predictions: list[str],
+    references: list[str],
+    *,
+    schema: dict[str, Any] | None = None,
+    nll: tuple[float, int] | None = None,
+) -> dict[str, Any]:
+    """All task metrics for one model. Keys are MetricName values plus details."""
+    out: dict[str, Any] = {
+        "exactMatch": exact_match_rate(predictions, references),
+        "rougeL": rouge_l(predictions, references),
+        "bleu": bleu(predictions, references),
+        "jsonValid": json_validity(predictions),
+    }
+    if nll is not None:
+        out["perplexity"] = perplexity(*nll)
+    if schema is not None:
+        out["schemaCompliance"] = schema_compliance(predictions, schema)
+    refs_are_json = references and all(parse_json(r)[0] and isinstance(parse_json(r)[1], dict) for r in references)
+    if schema is not None or refs_are_json:
+        acc = field_accuracy(predictions, references, schema)
+        out["fieldAccuracy"] = acc["overall"]
+        out["details"] = {"perField": acc["perField"], "allFieldsExact": acc["allFields"]}
+    out["emptyGenerations"] = sum(1 for p in predictions if not p.strip())
+    return out

@@ -1,0 +1,249 @@
+"""The evaluate stage: base vs tuned on the held-out test split and the forgetting set, then the gates.
+
+    python -m tuneloop_trainer evaluate --spec FILE --workdir DIR
+
+Reads DIR/data/test.jsonl (prepare) and DIR/artifact (train); writes DIR/eval.json with the
+EvaluationRecord (the ModelVersion's `spec.evaluation`), both models' scores and generation
+performance, per-example predictions and the qualitative samples the report shows. Returns the
+compact summary the runner writes to the termination log. Metric libraries are used directly
+(rouge-score, sacrebleu, jsonschema) — nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from tuneloop.api.evaluation import EvaluationRecord, MetricName, Verdict
+
+from . import eval_metrics
+from .errors import ConfigError
+
+# Rows of the record, in this order, when measured. Extra (non-gate) rows follow MetricName's.
+EXTRA_ROWS = ["allFieldsExact", "latencySeconds", "tokensPerSecond"]
+FORGETTING_MAX_NEW_TOKENS = 48
+SAMPLES_IN_REPORT = 3
+
+
+def _progress(ctx: Any, phase: str, done: int, total: int) -> None:
+    if ctx.on_progress:
+        ctx.on_progress({"stage": "evaluate", "phase": phase, "done": done, "total": total})
+
+
+def wanted_metrics(ev: Any) -> list[str]:
+    """Metrics to compute: those asked for, those the gates read, schema metrics when a schema is given."""
+    names = {m if isinstance(m, str) else m.value for m in ev.metrics}
+    names |= {g.metric if isinstance(g.metric, str) else g.metric.value for g in ev.gates}
+    if ev.json_schema is not None:
+        names |= {MetricName.SCHEMA_COMPLIANCE.value, MetricName.FIELD_ACCURACY.value}
+    if ev.forgetting.enabled:
+        names.add(MetricName.FORGETTING_ACCURACY.value)
+    return [m.value for m in MetricName if m.value in names]
+
+
+def _check_schema(schema: dict[str, Any] | None) -> None:
+    if schema is None:
+        return
+    import jsonschema
+
+    try:
+        eval_metrics.schema_validator(schema)
+    except jsonschema.SchemaError as exc:
+        raise ConfigError(f"evaluation.jsonSchema is not a valid JSON Schema: {exc.message}") from None
+
+
+def _evaluate_model(
+    ctx: Any,
+    label: str,
+    loader: Callable[[], tuple[Any, Any]],
+    records: list[dict[str, Any]],
+    forgetting: list[dict[str, Any]] | None,
+    *,
+    task: bool,
+    nll: bool,
+) -> dict[str, Any]:
+    """Generate and score what this model needs; the model is freed before returning."""
+    from .eval_generate import chat_prompt, generate, reference_nll, reference_pair
+
+    ev = ctx.spec.evaluation
+    seed = ctx.spec.hyperparameters.seed
+    t0 = time.perf_counter()
+    model, tok = loader()
+    out: dict[str, Any] = {"loadSeconds": round(time.perf_counter() - t0, 2)}
+    chat = [r for r in records if "messages" in r]
+    if task and chat:
+        prompts = [chat_prompt(tok, r["messages"][:-1]) for r in chat]
+        gen = generate(
+            model, tok, prompts, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, decoding=ev.decoding, seed=seed,
+            on_batch=lambda d, n: _progress(ctx, f"{label}: test set", d, n),
+        )
+        out["predictions"] = gen.texts
+        out["generation"] = gen.stats()
+    if nll:
+        pairs = [reference_pair(tok, r) for r in records]
+        _progress(ctx, f"{label}: perplexity", 0, 1)
+        out["nll"] = reference_nll(model, tok, pairs, batch_size=ev.batch_size)
+        _progress(ctx, f"{label}: perplexity", 1, 1)
+    if forgetting:
+        prompts = [chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]) for f in forgetting]
+        fgen = generate(
+            model, tok, prompts, batch_size=ev.batch_size, max_new_tokens=min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS),
+            decoding=ev.decoding, seed=seed, on_batch=lambda d, n: _progress(ctx, f"{label}: forgetting set", d, n),
+        )
+        out["forgetting"] = fgen.texts
+    if task and ev.sample_prompts:
+        prompts = [chat_prompt(tok, [*_system(chat), {"role": "user", "content": p}]) for p in ev.sample_prompts]
+        out["samplePrompts"] = generate(model, tok, prompts, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, decoding=ev.decoding, seed=seed).texts
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    del model, tok
+    gc.collect()
+    return out
+
+
+def _system(chat: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The test set's system prompt (when its records share one), so sample prompts see the same instructions."""
+    first = chat[0]["messages"][0] if chat else None
+    if first and first.get("role") == "system" and all(r["messages"][0] == first for r in chat):
+        return [first]
+    return []
+
+
+def _scores(result: dict[str, Any] | None, references: list[str], schema: dict | None, forgetting: list[dict] | None) -> dict[str, Any]:
+    if not result:
+        return {}
+    scores: dict[str, Any] = {}
+    if "predictions" in result:
+        scores = eval_metrics.score_task(result["predictions"], references, schema=schema, nll=result.get("nll"))
+    elif "nll" in result:
+        scores["perplexity"] = eval_metrics.perplexity(*result["nll"])
+    if "details" in scores:
+        scores["allFieldsExact"] = scores["details"]["allFieldsExact"]
+    if forgetting and "forgetting" in result:
+        hits = [eval_metrics.answer_found(g, f["answers"], f.get("caseSensitive", False)) for g, f in zip(result["forgetting"], forgetting)]
+        scores["forgettingAccuracy"] = sum(hits) / len(hits)
+        scores["forgettingHits"] = hits
+    gen = result.get("generation") or {}
+    scores["latencySeconds"] = gen.get("latencyMeanSeconds")
+    scores["tokensPerSecond"] = gen.get("tokensPerSecond")
+    return scores
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    from .eval_data import load_forgetting_set, load_test_split
+    from .eval_gates import comparisons, decide
+
+    ev = ctx.spec.evaluation
+    started = datetime.now(timezone.utc)
+    out_path = ctx.workdir / "eval.json"
+    if not ev.enabled:
+        record = EvaluationRecord(verdict=Verdict.NOT_EVALUATED)
+        out_path.write_text(json.dumps({"record": record.wire(), "enabled": False, "startedAt": started.isoformat()}, indent=2))
+        return {"verdict": Verdict.NOT_EVALUATED.value, "evalJson": str(out_path), "message": "evaluation.enabled is false"}
+
+    _check_schema(ev.json_schema)
+    records = load_test_split(ctx.data_dir, ev.max_samples)
+    references = [r["messages"][-1]["content"] for r in records if "messages" in r]
+    forgetting, forgetting_source = (None, None)
+    if ev.forgetting.enabled:
+        forgetting, forgetting_source = load_forgetting_set(ctx.resolve(ev.forgetting.path) if ev.forgetting.path else None)
+    metrics = wanted_metrics(ev)
+    need_nll = MetricName.PERPLEXITY.value in metrics
+
+    from .modeling import load_base, load_tuned
+
+    results: dict[str, dict[str, Any] | None] = {"base": None, "tuned": None}
+    if ev.baseline or forgetting:
+        results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
+    results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
+
+    base_scores = _scores(results["base"], references, ev.json_schema, forgetting)
+    tuned_scores = _scores(results["tuned"], references, ev.json_schema, forgetting)
+    extra = [m for m in EXTRA_ROWS if m != "allFieldsExact" or ev.json_schema is not None or "allFieldsExact" in tuned_scores]
+    rows = comparisons(base_scores, tuned_scores, metrics + extra)
+    record = decide(rows, ev.gates, ev.forgetting if forgetting else None, test_examples=len(records))
+
+    doc = {
+        "record": record.wire(),
+        "startedAt": started.isoformat(),
+        "finishedAt": datetime.now(timezone.utc).isoformat(),
+        "settings": {
+            "testExamples": len(records),
+            "decoding": ev.decoding,
+            "maxNewTokens": ev.max_new_tokens,
+            "batchSize": ev.batch_size,
+            "metrics": metrics,
+            "jsonSchema": ev.json_schema is not None,
+            "forgettingSet": forgetting_source,
+            "forgettingItems": len(forgetting or []),
+        },
+        "scores": {
+            label: {k: v for k, v in s.items() if k not in ("forgettingHits",)} for label, s in (("base", base_scores), ("tuned", tuned_scores))
+        },
+        "generation": {label: (r or {}).get("generation") for label, r in results.items()},
+        "seconds": {label: (r or {}).get("seconds") for label, r in results.items()},
+        "examples": _examples(records, results),
+        "forgetting": _forgetting_rows(forgetting, results, base_scores, tuned_scores),
+        "samplePrompts": [
+            {"prompt": p, "base": (results["base"] or {}).get("samplePrompts", [None] * len(ev.sample_prompts))[i], "tuned": results["tuned"]["samplePrompts"][i]}
+            for i, p in enumerate(ev.sample_prompts)
+        ]
+        if ev.sample_prompts and "samplePrompts" in results["tuned"]
+        else [],
+    }
+    out_path.write_text(json.dumps(doc, indent=2, default=str))
+    return summary(record, out_path)
+
+
+def _examples(records: list[dict[str, Any]], results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    chat = [r for r in records if "messages" in r]
+    base_preds = (results["base"] or {}).get("predictions")
+    tuned_preds = (results["tuned"] or {}).get("predictions") or []
+    rows = []
+    for i, (rec, tuned) in enumerate(zip(chat, tuned_preds)):
+        user = [m["content"] for m in rec["messages"][:-1] if m["role"] == "user"]
+        rows.append(
+            {
+                "sourceLine": rec.get("source_line"),
+                "prompt": user[-1] if user else "",
+                "reference": rec["messages"][-1]["content"],
+                "base": base_preds[i] if base_preds else None,
+                "tuned": tuned,
+                "exactMatch": {"base": eval_metrics.exact_match(base_preds[i], rec["messages"][-1]["content"]) if base_preds else None,
+                               "tuned": eval_metrics.exact_match(tuned, rec["messages"][-1]["content"])},
+            }
+        )
+    return rows
+
+
+def _forgetting_rows(forgetting, results, base_scores, tuned_scores) -> list[dict[str, Any]]:
+    if not forgetting:
+        return []
+    rows = []
+    for i, item in enumerate(forgetting):
+        rows.append(
+            {
+                "id": item["id"],
+                "prompt": item["prompt"],
+                "answers": item["answers"],
+                "base": (results["base"] or {}).get("forgetting", [None] * len(forgetting))[i],
+                "tuned": (results["tuned"] or {}).get("forgetting", [None] * len(forgetting))[i],
+                "baseCorrect": (base_scores.get("forgettingHits") or [None] * len(forgetting))[i],
+                "tunedCorrect": (tuned_scores.get("forgettingHits") or [None] * len(forgetting))[i],
+            }
+        )
+    return rows
+
+
+def summary(record: EvaluationRecord, path: Any) -> dict[str, Any]:
+    """The compact summary for the termination log: verdict, tuned/base per metric, failed gates."""
+    return {
+        "verdict": record.verdict if isinstance(record.verdict, str) else record.verdict.value,
+        "testExamples": record.test_examples,
+        "metrics": {m.name: {"base": m.base, "tuned": m.tuned} for m in record.metrics},
+        "gates": {"passed": sum(g.passed for g in record.gates), "total": len(record.gates)},
+        "failedGates": [g.reason for g in record.gates if not g.passed],
+        "evalJson": str(path),
+    }
