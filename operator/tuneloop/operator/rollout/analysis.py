@@ -1,0 +1,147 @@
+"""Prometheus analysis as pure functions: one measurement -> phase; measurements -> verdict.
+
+Like Argo Rollouts' analysis: Successful/Failed/Inconclusive measurements count toward `count`;
+Error measurements (no answer from the provider) do not, and only `consecutiveErrorLimit`
+consecutive errors end the analysis. Verdict order per metric (assessMetricStatus): failed >
+failureLimit -> Failed; inconclusive > inconclusiveLimit -> Inconclusive; consecutive errors >
+consecutiveErrorLimit -> Error; `count` measurements taken -> Successful; else Running.
+Across metrics the worst verdict wins: Failed, Error, Inconclusive, Running, Successful.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MeasurementPhase, MetricResult, NoDataPolicy
+
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'1m30s' -> 90.0 seconds."""
+    parts = _DURATION.findall(text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r}; use e.g. 30s, 5m, 1h30m")
+    return sum(int(n) * _UNIT[u] for n, u in parts)
+
+
+class Verdict(str, Enum):
+    RUNNING = "Running"
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+_SEVERITY = [Verdict.FAILED, Verdict.ERROR, Verdict.INCONCLUSIVE, Verdict.RUNNING, Verdict.SUCCESSFUL]
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """What the provider answered for one role: a value (None = empty result) or an error."""
+
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One measurement's phase, the values it compared and why."""
+
+    phase: MeasurementPhase
+    value: float | None
+    stable_value: float | None
+    message: str
+
+
+def _nodata(metric: AnalysisMetric, spec: AnalysisSpec, what: str, value: float | None, stable: float | None) -> Assessment:
+    policy = NoDataPolicy(metric.no_data_policy or spec.no_data_policy)
+    reason = f"{what} (noDataPolicy={policy.value})"
+    if policy == NoDataPolicy.FAIL:
+        return Assessment(MeasurementPhase.FAILED, value, stable, reason)
+    if policy == NoDataPolicy.IGNORE:
+        return Assessment(MeasurementPhase.SUCCESSFUL, value, stable, f"{reason}: ignored")
+    return Assessment(MeasurementPhase.INCONCLUSIVE, value, stable, reason)
+
+
+def _clean(value: float | None) -> float | None:
+    """NaN is not storable in status; it is reported as no data."""
+    return None if value is None or math.isnan(value) else value
+
+
+def assess(metric: AnalysisMetric, spec: AnalysisSpec, canary: QueryOutcome, stable: QueryOutcome | None) -> Assessment:
+    """Phase of one measurement from the canary's (and, for relative thresholds, the stable's) answer."""
+    if canary.error:
+        return Assessment(MeasurementPhase.ERROR, None, None, f"canary query failed: {canary.error}")
+    value = _clean(canary.value)
+    if value is None:
+        what = "canary query returned NaN" if canary.value is not None else "canary query returned no data"
+        return _nodata(metric, spec, what, None, None)
+    stable_value: float | None = None
+    if metric.max_relative_to_stable is not None:
+        if stable is None or stable.error:
+            err = stable.error if stable else "not queried"
+            return Assessment(MeasurementPhase.ERROR, value, None, f"stable query failed: {err}")
+        stable_value = _clean(stable.value)
+        if stable_value is None:
+            what = "stable query returned NaN" if stable.value is not None else "stable query returned no data"
+            return _nodata(metric, spec, what, value, None)
+    name = metric.name
+    if metric.max is not None and value > metric.max:
+        return Assessment(MeasurementPhase.FAILED, value, stable_value, f"{name} {value:.6g} > max {metric.max:g}")
+    if metric.min is not None and value < metric.min:
+        return Assessment(MeasurementPhase.FAILED, value, stable_value, f"{name} {value:.6g} < min {metric.min:g}")
+    if metric.max_relative_to_stable is not None and stable_value is not None:
+        limit = metric.max_relative_to_stable * stable_value
+        if value > limit:
+            return Assessment(
+                MeasurementPhase.FAILED,
+                value,
+                stable_value,
+                f"{name} {value:.6g} > {metric.max_relative_to_stable:g} x stable {stable_value:.6g}",
+            )
+    return Assessment(MeasurementPhase.SUCCESSFUL, value, stable_value, f"{name} {value:.6g} within thresholds")
+
+
+def record(result: MetricResult, phase: MeasurementPhase | str) -> MetricResult:
+    """Totals after one more measurement (a new object)."""
+    r = result.model_copy()
+    phase = MeasurementPhase(phase)
+    if phase == MeasurementPhase.ERROR:
+        r.error += 1
+        r.consecutive_error += 1
+        return r
+    r.count += 1
+    r.consecutive_error = 0
+    if phase == MeasurementPhase.SUCCESSFUL:
+        r.successful += 1
+    elif phase == MeasurementPhase.FAILED:
+        r.failed += 1
+    else:
+        r.inconclusive += 1
+    return r
+
+
+def metric_verdict(result: MetricResult, spec: AnalysisSpec, count: int) -> Verdict:
+    """assessMetricStatus: limits first, then the number of measurements."""
+    if result.failed > spec.failure_limit:
+        return Verdict.FAILED
+    if result.inconclusive > spec.inconclusive_limit:
+        return Verdict.INCONCLUSIVE
+    if result.consecutive_error > spec.consecutive_error_limit:
+        return Verdict.ERROR
+    if result.count >= count:
+        return Verdict.SUCCESSFUL
+    return Verdict.RUNNING
+
+
+def run_verdict(verdicts: list[Verdict]) -> Verdict:
+    """The worst verdict across metrics (an empty run is Successful)."""
+    for v in _SEVERITY:
+        if v in verdicts:
+            return v
+    return Verdict.SUCCESSFUL

@@ -1,0 +1,60 @@
+"""Built-in vLLM analysis queries and PromQL templating (pure).
+
+Placeholders: {{namespace}}, {{rollout}}, {{role}}, {{window}} and {{selector}} (the label matchers
+of one role's pods as scraped by Prometheus: namespace, tuneloop_dev_rollout, tuneloop_dev_role).
+Counters that only appear after their first increment (5xx responses, aborts) are `or vector(0)`
+so a healthy version reads 0, not "no data"; a version that served no requests at all still reads
+no data (0/0), which the metric's noDataPolicy decides.
+"""
+
+from __future__ import annotations
+
+from tuneloop.api.rollout import AnalysisMetric, BuiltinMetric
+
+from . import names
+
+# The OpenAI-compatible generation endpoints (prometheus-fastapi-instrumentator `handler` label).
+COMPLETION_HANDLERS = "/v1/completions|/v1/chat/completions"
+
+BUILTIN_QUERIES: dict[str, str] = {
+    BuiltinMetric.ERROR_RATE.value: (
+        '(sum(rate(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '", status="5xx" }[{{window}}])) or vector(0))'
+        ' / sum(rate(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '" }[{{window}}]))'
+    ),
+    BuiltinMetric.TTFT_P95.value: (
+        "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{ {{selector}} }[{{window}}])))"
+    ),
+    BuiltinMetric.E2E_LATENCY_P95.value: (
+        "histogram_quantile(0.95, sum by (le) (rate(vllm:e2e_request_latency_seconds_bucket{ {{selector}} }[{{window}}])))"
+    ),
+    BuiltinMetric.ABORT_RATE.value: (
+        '(sum(rate(vllm:request_success_total{ {{selector}}, finished_reason="abort" }[{{window}}])) or vector(0))'
+        " / sum(rate(vllm:request_success_total{ {{selector}} }[{{window}}]))"
+    ),
+}
+
+
+def template_of(metric: AnalysisMetric) -> str:
+    if metric.builtin is not None:
+        return BUILTIN_QUERIES[BuiltinMetric(metric.builtin).value]
+    assert metric.query is not None
+    return metric.query
+
+
+def render(template: str, *, namespace: str, rollout: str, role: str, window: str) -> str:
+    """Substitute the placeholders; unknown `{{...}}` placeholders are left for PromQL to reject."""
+    values = {
+        "namespace": namespace,
+        "rollout": rollout,
+        "role": role,
+        "window": window,
+        "selector": names.prom_selector(namespace, rollout, role),
+    }
+    out = template
+    for key, value in values.items():
+        out = out.replace("{{" + key + "}}", value).replace("{{ " + key + " }}", value)
+    return out
+
+
+def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role: str, window: str) -> str:
+    return render(template_of(metric), namespace=namespace, rollout=rollout, role=role, window=window)

@@ -1,0 +1,200 @@
+"""Table tests of the analysis engine, the query templates and the Prometheus answer parser."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MetricResult
+from tuneloop.operator.rollout import analysis as a
+from tuneloop.operator.rollout import queries
+from tuneloop.operator.rollout.analysis import QueryOutcome as Q
+from tuneloop.operator.rollout.analysis import Verdict as V
+from tuneloop.operator.rollout.prometheus import PrometheusError, parse_result
+
+pytestmark = pytest.mark.unit
+
+NAN = float("nan")
+
+
+def metric(**kw) -> AnalysisMetric:
+    return AnalysisMetric.model_validate({"name": "m", "query": "x", **kw})
+
+
+def spec(**kw) -> AnalysisSpec:
+    return AnalysisSpec.model_validate(kw)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "canary", "stable", "phase", "needle"),
+    [
+        # absolute
+        ({"max": 0.05}, Q(0.01), None, "Successful", "within"),
+        ({"max": 0.05}, Q(0.05), None, "Successful", "within"),
+        ({"max": 0.05}, Q(0.06), None, "Failed", "0.06 > max 0.05"),
+        ({"min": 10}, Q(9.5), None, "Failed", "< min 10"),
+        ({"min": 10, "max": 20}, Q(15), None, "Successful", ""),
+        ({"max": 1.0}, Q(math.inf), None, "Failed", "inf > max"),
+        # relative to stable
+        ({"maxRelativeToStable": 1.2}, Q(1.1), Q(1.0), "Successful", ""),
+        ({"maxRelativeToStable": 1.2}, Q(1.3), Q(1.0), "Failed", "1.3 > 1.2 x stable 1"),
+        ({"maxRelativeToStable": 1.2}, Q(0.0), Q(0.0), "Successful", ""),
+        ({"maxRelativeToStable": 1.2}, Q(0.001), Q(0.0), "Failed", "x stable 0"),
+        ({"max": 2.0, "maxRelativeToStable": 1.2}, Q(2.5), Q(3.0), "Failed", "> max 2"),
+        # provider errors
+        ({"max": 1}, Q(error="connection refused"), None, "Error", "canary query failed: connection refused"),
+        ({"maxRelativeToStable": 1.2}, Q(1.0), Q(error="timeout"), "Error", "stable query failed: timeout"),
+        ({"maxRelativeToStable": 1.2}, Q(1.0), None, "Error", "not queried"),
+    ],
+)
+def test_assess_thresholds(thresholds, canary, stable, phase, needle):
+    out = a.assess(metric(**thresholds), spec(), canary, stable)
+    assert out.phase == phase
+    assert needle in out.message
+    if phase != "Error":
+        assert out.value == canary.value
+
+
+@pytest.mark.parametrize(
+    ("policy", "phase"),
+    [("inconclusive", "Inconclusive"), ("fail", "Failed"), ("ignore", "Successful")],
+)
+@pytest.mark.parametrize(
+    ("canary", "stable", "relative", "what"),
+    [
+        (Q(None), None, False, "canary query returned no data"),
+        (Q(NAN), None, False, "canary query returned NaN"),
+        (Q(1.0), Q(None), True, "stable query returned no data"),
+        (Q(1.0), Q(NAN), True, "stable query returned NaN"),
+    ],
+)
+def test_no_data_policy(policy, phase, canary, stable, relative, what):
+    thresholds = {"maxRelativeToStable": 1.2} if relative else {"max": 1.0}
+    # the analysis-wide policy applies ...
+    out = a.assess(metric(**thresholds), spec(noDataPolicy=policy), canary, stable)
+    assert (out.phase, what in out.message, f"noDataPolicy={policy}" in out.message) == (phase, True, True)
+    assert out.stable_value is None and (out.value is None or not math.isnan(out.value))
+    # ... unless the metric overrides it
+    other = "fail" if policy != "fail" else "inconclusive"
+    out2 = a.assess(metric(noDataPolicy=policy, **thresholds), spec(noDataPolicy=other), canary, stable)
+    assert out2.phase == phase
+
+
+def run(phases: list[str], count: int = 3, **limits) -> tuple[MetricResult, V]:
+    s = spec(count=count, **limits)
+    r = MetricResult(metric="m")
+    for p in phases:
+        r = a.record(r, p)
+    return r, a.metric_verdict(r, s, count)
+
+
+S, F, I, E = "Successful", "Failed", "Inconclusive", "Error"
+
+
+@pytest.mark.parametrize(
+    ("phases", "limits", "verdict"),
+    [
+        ([], {}, V.RUNNING),
+        ([S, S], {}, V.RUNNING),
+        ([S, S, S], {}, V.SUCCESSFUL),
+        # failureLimit (default 0: first failure fails)
+        ([S, F], {}, V.FAILED),
+        ([S, F], {"failureLimit": 1}, V.RUNNING),
+        ([S, F, S], {"failureLimit": 1}, V.SUCCESSFUL),
+        ([F, S, F], {"failureLimit": 1}, V.FAILED),
+        # inconclusiveLimit (default 2)
+        ([I, I, S], {}, V.SUCCESSFUL),
+        ([I, I, I], {}, V.INCONCLUSIVE),
+        ([I], {"inconclusiveLimit": 0}, V.INCONCLUSIVE),
+        # consecutiveErrorLimit (default 4); errors do not count toward count
+        ([E, E, E, E], {}, V.RUNNING),
+        ([E, E, E, E, E], {}, V.ERROR),
+        ([E, E, S, E, E, S, E, E, S], {}, V.SUCCESSFUL),
+        ([E, E], {"consecutiveErrorLimit": 1}, V.ERROR),
+        ([E, S, E, S], {"consecutiveErrorLimit": 1}, V.RUNNING),
+        # precedence: failed before inconclusive before error
+        ([I, I, I, F], {}, V.FAILED),
+        ([E, E, E, E, E, I, I, I], {"consecutiveErrorLimit": 0}, V.INCONCLUSIVE),
+    ],
+)
+def test_limits(phases, limits, verdict):
+    _, got = run(phases, **limits)
+    assert got == verdict
+
+
+def test_record_counts():
+    r, _ = run([S, E, E, F, I])
+    assert (r.count, r.successful, r.failed, r.inconclusive, r.error, r.consecutive_error) == (3, 1, 1, 1, 2, 0)
+    r, _ = run([S, E, E])
+    assert r.consecutive_error == 2 and r.count == 1
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "overall"),
+    [
+        ([], V.SUCCESSFUL),
+        ([V.SUCCESSFUL, V.SUCCESSFUL], V.SUCCESSFUL),
+        ([V.SUCCESSFUL, V.RUNNING], V.RUNNING),
+        ([V.RUNNING, V.INCONCLUSIVE], V.INCONCLUSIVE),
+        ([V.INCONCLUSIVE, V.ERROR], V.ERROR),
+        ([V.ERROR, V.FAILED, V.SUCCESSFUL], V.FAILED),
+    ],
+)
+def test_run_verdict(verdicts, overall):
+    assert a.run_verdict(verdicts) == overall
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("2h", 7200), ("500ms", 0.5)])
+def test_parse_duration(text, seconds):
+    assert a.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5", "1x", "s"])
+def test_parse_duration_rejects(bad):
+    with pytest.raises(ValueError, match="invalid duration"):
+        a.parse_duration(bad)
+
+
+def test_builtin_queries_use_exact_vllm_names_and_role_selector():
+    q = {
+        b: queries.render_metric(AnalysisMetric(name=b, builtin=b, max=1), namespace="llm", rollout="bot", role="canary", window="1m")
+        for b in ["error-rate", "ttft-p95", "e2e-latency-p95", "abort-rate"]
+    }
+    sel = 'namespace="llm", tuneloop_dev_rollout="bot", tuneloop_dev_role="canary"'
+    assert all(sel in v and "[1m]" in v and "{{" not in v for v in q.values())
+    assert 'http_requests_total{ ' + sel + ', handler=~"/v1/completions|/v1/chat/completions", status="5xx" }' in q["error-rate"]
+    assert "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{" in q["ttft-p95"]
+    assert "vllm:e2e_request_latency_seconds_bucket" in q["e2e-latency-p95"]
+    assert 'vllm:request_success_total{ ' + sel + ', finished_reason="abort" }' in q["abort-rate"]
+
+
+def test_custom_query_placeholders():
+    out = queries.render("up{namespace='{{namespace}}', role='{{ role }}'} # {{rollout}} {{window}} {{unknown}}",
+                         namespace="n", rollout="r", role="stable", window="2m")  # fmt: skip
+    assert out == "up{namespace='n', role='stable'} # r 2m {{unknown}}"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"status": "success", "data": {"resultType": "vector", "result": []}}, None),
+        ({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "0.25"]}]}}, 0.25),
+        ({"status": "success", "data": {"resultType": "scalar", "result": [1, "3"]}}, 3.0),
+        ({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "+Inf"]}]}}, math.inf),
+    ],
+)
+def test_parse_result(body, expected):
+    assert parse_result(body) == expected
+
+
+def test_parse_result_nan_and_errors():
+    nan = parse_result({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "NaN"]}]}})
+    assert math.isnan(nan)
+    with pytest.raises(PrometheusError, match="bad_data: parse error"):
+        parse_result({"status": "error", "errorType": "bad_data", "error": "parse error"})
+    two = [{"metric": {"pod": "a"}, "value": [1, "1"]}, {"metric": {"pod": "b"}, "value": [1, "2"]}]
+    with pytest.raises(PrometheusError, match="2 series"):
+        parse_result({"status": "success", "data": {"resultType": "vector", "result": two}})
+    with pytest.raises(PrometheusError, match="matrix"):
+        parse_result({"status": "success", "data": {"resultType": "matrix", "result": []}})
