@@ -200,6 +200,8 @@ def render_all() -> dict[str, str]:
 def chart_copy(text: str) -> str:
     """The chart's copy: the same CRD gated by crds.enabled, kept on uninstall when crds.keep."""
     body = text.removeprefix(HEADER)
+    # Descriptions may hold literal {{...}} (PromQL templates): make Helm print them verbatim.
+    body = body.replace("{{", "\0").replace("}}", "\1").replace("\0", '{{ "{{" }}').replace("\1", '{{ "}}" }}')
     head, rest = body.split("metadata:\n", 1)
     keep = "  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n"
     return HEADER + "{{- if .Values.crds.enabled }}\n" + head + "metadata:\n" + keep + rest + "{{- end }}\n"
