@@ -1,0 +1,179 @@
+"""The report stage: the experiment report, its figures, and the ModelVersion manifest.
+
+    python -m tuneloop_trainer report --spec FILE --workdir DIR
+
+Writes DIR/report/report.md (every section of the team's experiment template, filled from the
+work directory's measurements), DIR/report/loss.png, DIR/report/metrics.png and
+DIR/report/modelversion.yaml (a ModelVersion that `kubectl tuneloop validate` accepts).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+
+from tuneloop.api.evaluation import EvaluationRecord, Verdict
+
+from .errors import ConfigError
+from .report_analysis import curve_facts, duration, fmt, fmt_change, label, next_steps, strengths_weaknesses
+from .report_sections import dataset, objective, overview, training_parameters, training_process
+
+SAMPLES = 3
+
+
+def _code(text: str | None) -> list[str]:
+    body = (text if text else "(empty generation)").replace("```", "ˋˋˋ")
+    return ["  ```", *("  " + line for line in body.splitlines() or [""]), "  ```"]
+
+
+def _per_field(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for model in ("base", "tuned"):
+        for f, v in (((ev.get("scores") or {}).get(model) or {}).get("details") or {}).get("perField", {}).items():
+            out.setdefault(f, {})[model] = v
+    return out
+
+
+def evaluation_section(ev: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    rows = record.get("metrics", [])
+    settings = ev.get("settings") or {}
+    lines = [
+        "## Evaluation",
+        f"{record.get('testExamples', 'n/a')} held-out test examples, {settings.get('decoding', 'greedy')} decoding, "
+        f"at most {settings.get('maxNewTokens', 'n/a')} new tokens, batches of {settings.get('batchSize', 'n/a')}; "
+        f"forgetting set: {settings.get('forgettingItems', 0)} items from `{settings.get('forgettingSet') or 'disabled'}`.",
+        "",
+        "### Quantitative Metrics",
+        "| Metric | Pre-Tuning Score | Post-Tuning Score | Improvement |",
+        "|--------|-----------------|-------------------|-------------|",
+    ]
+    for r in rows:
+        lines.append(f"| {label(r['name'])} (`{r['name']}`) | {fmt(r['name'], r.get('base'))} | {fmt(r['name'], r.get('tuned'))} | {fmt_change(r['name'], r.get('base'), r.get('tuned'))} |")
+    per_field = _per_field(ev)
+    if per_field:
+        lines += ["", "Per-field accuracy:", "", "| Field | Base | Tuned |", "|-------|------|-------|"]
+        lines += [f"| `{f}` | {fmt('fieldAccuracy', v.get('base'))} | {fmt('fieldAccuracy', v.get('tuned'))} |" for f, v in per_field.items()]
+    lines += ["", "Gates:", "", "| Gate | Result | Reason |", "|------|--------|--------|"]
+    lines += [f"| `{g['metric']}` | {'✅ passed' if g['passed'] else '❌ failed'} | {g['reason']} |" for g in record.get("gates", [])] or ["| — | — | no gates configured |"]
+    examples = (ev.get("examples") or [])[:SAMPLES]
+    extra = ev.get("samplePrompts") or []
+    lines += ["", "### Qualitative Evaluation", "- **Sample Prompts Used for Testing:**"]
+    prompts = [e["prompt"] for e in examples] + [s["prompt"] for s in extra]
+    lines += [f"  {i}. {p}" for i, p in enumerate(prompts, 1)] or ["  (no chat examples in the test split)"]
+    lines.append("")
+    lines.append("- **Before Fine-Tuning Sample Responses:**")
+    for i, item in enumerate(examples + extra, 1):
+        lines += [f"  {i}. base:", *_code(item.get("base") if item.get("base") is not None else "(baseline disabled)")]
+    lines.append("")
+    lines.append("- **After Fine-Tuning Sample Responses:**")
+    for i, item in enumerate(examples + extra, 1):
+        lines += [f"  {i}. tuned" + (" (reference below)" if item.get("reference") else "") + ":", *_code(item.get("tuned"))]
+        if item.get("reference"):
+            lines += ["     reference:", *_code(item["reference"])]
+    lines += ["", "### Comparison Analysis", comparison_text(ev, record), ""]
+    return lines
+
+
+def comparison_text(ev: dict[str, Any], record: dict[str, Any]) -> str:
+    rows = {r["name"]: r for r in record.get("metrics", [])}
+    examples = ev.get("examples") or []
+    parts = []
+    if examples:
+        both = sum(1 for e in examples if e["exactMatch"].get("base") and e["exactMatch"].get("tuned"))
+        fixed = sum(1 for e in examples if not e["exactMatch"].get("base") and e["exactMatch"].get("tuned"))
+        broke = sum(1 for e in examples if e["exactMatch"].get("base") and not e["exactMatch"].get("tuned"))
+        parts.append(f"Of {len(examples)} test prompts, the tuned model answers {fixed} exactly right that the base did not, "
+                     f"{both} are right for both, and {broke} regressed from right to wrong.")
+    for name in ("jsonValid", "schemaCompliance", "rougeL", "perplexity"):
+        r = rows.get(name)
+        if r and r.get("base") is not None and r.get("tuned") is not None:
+            parts.append(f"{label(name)}: {fmt(name, r['base'])} → {fmt(name, r['tuned'])} ({fmt_change(name, r['base'], r['tuned'])}).")
+    f = rows.get("forgettingAccuracy")
+    if f and f.get("base") is not None:
+        parts.append(f"On the general-knowledge set accuracy went {fmt('forgettingAccuracy', f['base'])} → {fmt('forgettingAccuracy', f['tuned'])}.")
+    return " ".join(parts) or "No comparison possible: the baseline was not evaluated."
+
+
+def conclusions(ctx: Any, run: Any, record: dict[str, Any]) -> list[str]:
+    verdict = record.get("verdict", Verdict.NOT_EVALUATED.value)
+    gates = record.get("gates", [])
+    failed = [g for g in gates if not g["passed"]]
+    seconds = {s: run.stage_seconds(s) for s in ("prepare", "train", "evaluate")}
+    total = sum(v for v in seconds.values() if v)
+    world = run.lineage.get("world_size") or 1
+    gpus = ctx.spec.resources.gpus_per_node
+    unit = "GPU-hours" if gpus else "CPU-process-hours"
+    compute = (seconds.get("train") or 0) * world / 3600
+    rows = {r["name"]: r for r in record.get("metrics", [])}
+    headline = next((rows[n] for n in ("allFieldsExact", "exactMatch", "fieldAccuracy", "rougeL") if n in rows and rows[n].get("delta") is not None), None)
+    assessment = (f"**{verdict}** — all {len(gates)} gate(s) hold." if verdict == "Passed" and gates else
+                  f"**{verdict}** — {len(failed)} of {len(gates)} gate(s) failed: " + "; ".join(g["reason"] for g in failed) if failed else f"**{verdict}**.")
+    roi = (f"Training took {duration(seconds.get('train'))} ({compute:.3f} {unit} at world size {world}); the whole pipeline "
+           f"(prepare {duration(seconds.get('prepare'))}, train {duration(seconds.get('train'))}, evaluate {duration(seconds.get('evaluate'))}) took {duration(total)}.")
+    if headline:
+        roi += f" For that, {label(headline['name'])} moved {fmt(headline['name'], headline['base'])} → {fmt(headline['name'], headline['tuned'])}."
+    use = ("Register it (`kubectl apply -f modelversion.yaml`) and serve it with a canary Rollout; the ModelVersion carries the "
+           "metrics and verdict the Rollout checks." if verdict == "Passed" else
+           "Do not serve it: the ModelVersion records the Failed verdict so a Rollout will refuse it. Use it to diagnose the data or hyperparameters.")
+    return ["## Conclusions", f"- **Overall Assessment:** {assessment}", f"- **ROI Analysis:** {roi}", f"- **Practical Applications:** {use}", ""]
+
+
+def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:
+    wd = ctx.workdir
+    lines = [
+        "## Resources",
+        f"- FineTuneJob spec: `{ctx.spec_dir}` (job `{ctx.name}`); training code: the `tuneloop_trainer` package",
+        f"- Dataset splits and data report: `{wd / 'data'}` (data_report.txt lists every rejected record)",
+        f"- Model: `{mv.spec.artifact.uri}` ({mv.spec.artifact.format}); ModelVersion manifest: `report/modelversion.yaml`",
+        f"- Evaluation details (every prediction, forgetting items): `{wd / 'eval.json'}`",
+    ]
+    lines += [f"- Figure: `{name}`" + ("" if ok else " (not drawn: no data)") for name, ok in figures.items()]
+    return lines + [""]
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    from . import report_charts, report_inputs, report_modelversion
+
+    run_rec = report_inputs.load(ctx.workdir)
+    ev = run_rec.evaluation
+    if not ev and ctx.spec.evaluation.enabled:
+        raise ConfigError(f"no evaluation results at {ctx.workdir / 'eval.json'}", hint="run the evaluate stage first")
+    record = EvaluationRecord.model_validate(ev.get("record") or {}) if ev else EvaluationRecord()
+    rec_wire = record.wire()
+    mv = report_modelversion.build(ctx, run_rec.lineage, run_rec.data_report, record)
+    out = ctx.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "loss.png": report_charts.loss_plot(run_rec.progress, out / "loss.png", f"{ctx.name}: loss"),
+        "metrics.png": report_charts.metrics_plot(rec_wire.get("metrics", []), out / "metrics.png", f"{ctx.name}: base vs tuned"),
+    }
+    facts = curve_facts(run_rec.progress)
+    per_field = _per_field(ev)
+    strengths, weaknesses, unexpected = strengths_weaknesses(rec_wire.get("metrics", []), per_field, ev.get("forgetting") or [], ev.get("generation"))
+    md = [f"# {ctx.name}: fine-tuning experiment report", "",
+          f"Generated by tuneloop on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. Verdict: **{rec_wire.get('verdict')}**.", ""]
+    md += overview(ctx, run_rec, mv) + objective(ctx, rec_wire) + dataset(ctx, run_rec) + training_parameters(ctx, run_rec)
+    md += training_process(ctx, run_rec, ev.get("scores") or {})
+    if figures["loss.png"]:
+        md += ["![training and validation loss](loss.png)", ""]
+    md += evaluation_section(ev, rec_wire) if ev else ["## Evaluation", "Evaluation was disabled (`evaluation.enabled: false`).", ""]
+    if figures["metrics.png"]:
+        md += ["![base vs tuned metrics](metrics.png)", ""]
+    md += ["## Observations", "- **Strengths of Fine-Tuned Model:**", *(f"  - {s}" for s in strengths),
+           "- **Weaknesses/Limitations:**", *(f"  - {w}" for w in weaknesses),
+           "- **Unexpected Behaviors:**", *(f"  - {u}" for u in unexpected), ""]
+    md += conclusions(ctx, run_rec, rec_wire)
+    md += ["## Next Steps", *(f"- {s}" for s in next_steps(rec_wire, facts, per_field, rec_wire.get("testExamples")) or ["- Nothing pending."]), ""]
+    md += resources(ctx, mv, figures)
+    (out / "report.md").write_text("\n".join(md))
+    (out / "modelversion.yaml").write_text(yaml.safe_dump(mv.wire(), sort_keys=False, allow_unicode=True))
+    return {
+        "verdict": rec_wire.get("verdict"),
+        "report": str(out / "report.md"),
+        "modelVersion": str(out / "modelversion.yaml"),
+        "modelVersionName": mv.metadata.name,
+        "figures": [str(out / n) for n, ok in figures.items() if ok],
+        "missingInputs": run_rec.missing,
+    }

@@ -1,0 +1,83 @@
+"""The report's figures (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Metrics on a 0–1 scale go in the grouped bar chart; the rest get their own small panels.
+FRACTION_METRICS = ["exactMatch", "jsonValid", "schemaCompliance", "fieldAccuracy", "allFieldsExact", "rougeL", "bleu", "forgettingAccuracy"]
+OTHER_METRICS = [("perplexity", "perplexity (lower is better)"), ("tokensPerSecond", "generation tokens/s")]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_plot(progress: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Training loss (every logged step) and validation loss (where measured) against step."""
+    train = [(r["step"], r["loss"]) for r in progress if isinstance(r.get("loss"), (int, float))]
+    val = [(r["step"], r["eval_loss"]) for r in progress if isinstance(r.get("eval_loss"), (int, float))]
+    if not train and not val:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.4)
+    if val:
+        ax.plot(*zip(*val), label="validation loss", color="#d62728", marker="o", linewidth=1.4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (cross-entropy, answer tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def metrics_plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Base vs tuned: grouped bars for 0–1 metrics, side panels for perplexity and throughput."""
+    by_name = {r["name"]: r for r in rows}
+    frac = [m for m in FRACTION_METRICS if m in by_name and by_name[m].get("tuned") is not None]
+    others = [(m, label) for m, label in OTHER_METRICS if m in by_name and by_name[m].get("tuned") is not None]
+    if not frac and not others:
+        return False
+    plt = _plt()
+    widths = [max(3, len(frac))] + [1.3] * len(others)
+    fig, axes = plt.subplots(1, 1 + len(others), figsize=(3 + 0.9 * len(frac) + 2.2 * len(others), 4.2), dpi=110,
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    ax = axes[0][0]
+    xs = range(len(frac))
+    base = [by_name[m].get("base") or 0.0 for m in frac]
+    tuned = [by_name[m]["tuned"] for m in frac]
+    bars_b = ax.bar([x - 0.2 for x in xs], base, width=0.4, label="base", color="#9e9e9e")
+    bars_t = ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="tuned", color="#2ca02c")
+    for bars in (bars_b, bars_t):
+        for b in bars:
+            ax.annotate(f"{b.get_height():.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(frac, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("score (0–1)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    for i, (m, label) in enumerate(others, 1):
+        a = axes[0][i]
+        vals = [by_name[m].get("base") or 0.0, by_name[m]["tuned"]]
+        bars = a.bar(["base", "tuned"], vals, color=["#9e9e9e", "#2ca02c"])
+        for b in bars:
+            a.annotate(f"{b.get_height():.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+        a.set_title(label, fontsize=9)
+        a.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

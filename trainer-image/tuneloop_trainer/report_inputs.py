@@ -1,0 +1,123 @@
+"""Everything the report stage reads from the work directory, loaded once and tolerant of absences.
+
+A missing file is recorded in `missing` (the report says so) instead of failing: a report on a
+run whose evaluation was disabled is still worth writing. eval.json is the one hard requirement
+when evaluation is enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunRecord:
+    workdir: Path
+    data_report: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> result-<stage>.json
+    stage_times: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # stage -> (start, end)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    train_targets: list[str] = field(default_factory=list)  # assistant answers of the train split
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def started(self) -> datetime | None:
+        starts = [s for s, _ in self.stage_times.values()]
+        return min(starts) if starts else None
+
+    @property
+    def finished(self) -> datetime | None:
+        ends = [e for _, e in self.stage_times.values()]
+        return max(ends) if ends else None
+
+    def stage_seconds(self, stage: str) -> float | None:
+        res = self.results.get(stage) or {}
+        return res.get("seconds")
+
+
+def _json(path: Path, missing: list[str]) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else {}
+    except FileNotFoundError:
+        missing.append(path.name)
+        return {}
+    except ValueError:
+        missing.append(f"{path.name} (unreadable)")
+        return {}
+
+
+def read_progress(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a killed pod
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+            rows.append(row)
+    return rows
+
+
+def load(workdir: Path) -> RunRecord:
+    rec = RunRecord(workdir=workdir)
+    rec.data_report = _json(workdir / "data" / "data_report.json", rec.missing)
+    rec.lineage = _json(workdir / "lineage.json", rec.missing)
+    rec.progress = read_progress(workdir / "progress.jsonl")
+    if not rec.progress:
+        rec.missing.append("progress.jsonl")
+    rec.evaluation = _json(workdir / "eval.json", rec.missing)
+    for stage in ("prepare", "train", "evaluate"):
+        p = workdir / f"result-{stage}.json"
+        if p.exists():
+            rec.results[stage] = _json(p, rec.missing)
+            end = datetime.fromtimestamp(os.path.getmtime(p), timezone.utc)
+            secs = float(rec.results[stage].get("seconds") or 0.0)
+            rec.stage_times[stage] = (datetime.fromtimestamp(end.timestamp() - secs, timezone.utc), end)
+    train = workdir / "data" / "train.jsonl"
+    if train.exists():
+        for line in train.read_text().splitlines():
+            try:
+                msgs = json.loads(line).get("messages") or []
+            except ValueError:
+                continue
+            if msgs and msgs[-1].get("role") == "assistant":
+                rec.train_targets.append(msgs[-1].get("content", ""))
+    return rec
+
+
+def label_distribution(targets: list[str], max_values: int = 8) -> dict[str, dict[str, int]]:
+    """For JSON-object answers: value counts of every top-level field with few distinct values."""
+    counts: dict[str, dict[str, int]] = {}
+    objects = 0
+    for t in targets:
+        try:
+            obj = json.loads(t)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        objects += 1
+        for k, v in obj.items():
+            key = "null" if v is None else json.dumps(v) if isinstance(v, bool) else str(v)
+            counts.setdefault(k, {})
+            counts[k][key] = counts[k].get(key, 0) + 1
+    if objects < max(1, len(targets) // 2):
+        return {}
+    out = {}
+    for k, c in counts.items():
+        if len(c) <= max_values:
+            out[k] = dict(sorted(c.items(), key=lambda kv: -kv[1]))
+        else:  # many distinct values (ids, names): present vs null
+            nulls = c.get("null", 0)
+            out[k] = {"set": objects - nulls, "null": nulls} if nulls else {"distinct values": len(c)}
+    return out
