@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -32,7 +33,12 @@ def compact(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
 
 
 def write_summary(workdir: Path, stage: str, summary: dict[str, Any]) -> None:
-    """Full summary to DIR/result-<stage>.json (and DIR/result.json for train); ≤4 KiB to the termination log."""
+    """Full summary to DIR/result-<stage>.json (and DIR/result.json for train); ≤4 KiB to the termination log.
+
+    Under torchrun only rank 0 writes (the other ranks' failures reach the launcher's exit code).
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     full = json.dumps(summary, indent=2, default=str)
     (workdir / f"result-{stage}.json").write_text(full)

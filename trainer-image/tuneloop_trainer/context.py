@@ -31,6 +31,8 @@ class StageContext:
     raw: dict[str, Any] = field(default_factory=dict)
     # Progress callback for interactive front-ends (local run); pods leave it None.
     on_progress: Any = None
+    # The spec file itself (the train stage re-executes itself under torchrun with it).
+    spec_file: Path | None = None
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         p = Path(os.path.expandvars(os.path.expanduser(str(path))))
@@ -83,4 +85,5 @@ def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[s
         namespace=meta.get("namespace", os.environ.get("TUNELOOP_NAMESPACE", "default")),
         uid=meta.get("uid", ""),
         raw=doc,
+        spec_file=path.resolve(),
     )

@@ -1,0 +1,93 @@
+"""HF Trainer callbacks, one class each: progress (metrics, progress.jsonl, on_progress),
+early stopping on validation loss, and the complete-checkpoint marker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .checkpoints import mark_complete
+
+
+class ProgressCallback(TrainerCallback):
+    """Rank 0: every logging step, updates the gauges, appends to progress.jsonl, calls on_progress."""
+
+    def __init__(self, path: Path, metrics: Any = None, on_progress: Any = None, token_counter: Any = None, world_size: int = 1):
+        self.path, self.metrics, self.on_progress = path, metrics, on_progress
+        self.counter, self.world = token_counter, world_size
+        self.last: dict[str, Any] = {"loss": None, "eval_loss": None, "learning_rate": None}
+        self.t0 = self.step0 = self.tok0 = None
+        self.history: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.step0 = time.time(), state.global_step
+        self.tok0 = self.counter.tokens if self.counter else 0
+        self._emit(state, event="begin")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        for key in ("loss", "eval_loss", "learning_rate"):
+            if key in logs:
+                self.last[key] = logs[key]
+        if "loss" in logs or "eval_loss" in logs:
+            self._emit(state, event="eval" if "eval_loss" in logs else "log")
+
+    def on_train_end(self, args, state, control, **kw):
+        self._emit(state, event="end")
+
+    def _emit(self, state, event: str) -> None:
+        if not state.is_world_process_zero:
+            return
+        now = time.time()
+        elapsed = max(now - (self.t0 or now), 1e-9)
+        done = state.global_step - (self.step0 or 0)
+        tokens = ((self.counter.tokens if self.counter else 0) - (self.tok0 or 0)) * self.world
+        eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
+        row = {
+            "step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4),
+            "loss": self.last["loss"], "eval_loss": self.last["eval_loss"], "learning_rate": self.last["learning_rate"],
+            "tokens_per_second": round(tokens / elapsed, 2) if done > 0 else None,
+            "eta_seconds": round(eta, 1) if eta is not None else None, "time": round(now, 3),
+        }
+        if self.metrics:
+            self.metrics.update(row)
+        if event in ("log", "eval"):
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            self.history.append(row)
+        if self.on_progress:
+            self.on_progress({**row, "event": event})
+
+
+class EarlyStoppingCallback(TrainerCallback):
+    """Stop when eval_loss has not decreased by more than `threshold` for `patience` evaluations."""
+
+    def __init__(self, patience: int, threshold: float = 0.0):
+        self.patience, self.threshold = patience, threshold
+        self.best: float | None = None
+        self.bad = 0
+        self.stopped_at: int | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        if self.best is None or loss < self.best - self.threshold:
+            self.best, self.bad = loss, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                control.should_training_stop = True
+                self.stopped_at = state.global_step
+
+
+class CheckpointMarkerCallback(TrainerCallback):
+    """Marks checkpoint-<step> complete once the Trainer has written all of it."""
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")

@@ -1,0 +1,98 @@
+"""Training examples and the two batch layouts.
+
+- `FlatCollator` (padding-free): a micro-batch of records is concatenated into one row with
+  per-record `position_ids`; transformers turns the position resets into a block-diagonal causal
+  mask (sdpa/eager) or varlen kernels (flash-attention), so records never attend to each other and
+  no compute is spent on padding. The first label of every record is -100 so no token is
+  predicted across a record boundary.
+- `PaddedCollator`: pad to the longest record of the micro-batch (the plain recipe; used for
+  comparison in bench/ and when `TUNELOOP_BATCH_LAYOUT=padded`).
+Both count the non-padding tokens they emit (`tokens`), which the progress callback turns into
+tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+IGNORE = -100
+
+
+class EncodedDataset:
+    """A list of {"input_ids", "labels"} examples (torch Dataset protocol)."""
+
+    def __init__(self, examples: list[dict[str, list[int]]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.examples[i]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e["input_ids"]) for e in self.examples]
+
+
+def load_split(path: Path, tok: Any, max_len: int) -> EncodedDataset:
+    """Encode DIR/data/<split>.jsonl (written by prepare); records are truncated to max_len as a last resort."""
+    from .encoding import encode
+
+    out = []
+    if path.exists():
+        with path.open() as fh:
+            for line in fh:
+                if line.strip():
+                    ids, labels = encode(tok, json.loads(line))
+                    out.append({"input_ids": ids[:max_len], "labels": labels[:max_len]})
+    return EncodedDataset(out)
+
+
+class FlatCollator:
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        ids, labels, pos = [], [], []
+        for f in features:
+            n = len(f["input_ids"])
+            ids.extend(f["input_ids"])
+            labels.append(IGNORE)
+            labels.extend(f["labels"][1:])
+            pos.extend(range(n))
+        self.tokens += len(ids)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([pos], dtype=torch.long),
+        }
+
+
+class PaddedCollator:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, max_length: int | None = None):
+        self.pad = pad_token_id
+        self.multiple = pad_to_multiple_of
+        self.max_length = max_length
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = self.max_length or max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        ids = torch.full((len(features), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            mask[i, :n] = 1
+            self.tokens += n
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,273 @@
+"""Stage `train`: base model → LoRA / QLoRA / full fine-tuning with the HF Trainer (+ DeepSpeed).
+
+Reads DIR/data/{train,validation}.jsonl from `prepare`; checkpoints to DIR/checkpoints and
+resumes from the newest complete one; writes DIR/artifact (adapter or full weights + tokenizer),
+DIR/artifact/merged (mergeAdapter), DIR/lineage.json and DIR/progress.jsonl; rank 0 serves the
+tuneloop_trainer_* gauges. Under NNODES × NPROC_PER_NODE > 1 it re-executes itself under torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import distributed as dist
+from .errors import ConfigError, DataError, ResourceError, TrainerError
+
+
+class LaunchFailed(TrainerError):
+    """A rank of the torchrun launch failed; carries that run's reason and exit code."""
+
+
+def _relaunch(ctx: Any, topo: dist.Topology) -> dict[str, Any]:
+    result = ctx.workdir / "result-train.json"
+    result.unlink(missing_ok=True)
+    code = dist.relaunch(["train", "--spec", str(ctx.spec_file), "--workdir", str(ctx.workdir)], topo)
+    summary = json.loads(result.read_text()) if result.exists() else {}
+    if code == 0 and summary.get("outcome") == "Succeeded":
+        return {k: v for k, v in summary.items() if k not in ("stage", "outcome", "seconds")}
+    err = LaunchFailed(summary.get("error") or f"torchrun exited with code {code} (see the logs of every rank)")
+    err.exit_code = code or 1
+    err.reason = summary.get("reason", "TrainingFailed")
+    raise err
+
+
+def apply_method(ctx: Any, model: Any) -> Any:
+    """LoRA / QLoRA adapters through peft, or every weight trainable for full fine-tuning."""
+    method = ctx.spec.method
+    if method.type == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if method.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ctx.spec.hyperparameters.gradient_checkpointing)
+    targets = method.lora.target_modules
+    cfg = LoraConfig(
+        r=method.lora.r, lora_alpha=method.lora.alpha, lora_dropout=method.lora.dropout, bias="none", task_type="CAUSAL_LM",
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as exc:
+        raise ConfigError(f"method.lora.targetModules {targets}: {exc}") from None
+
+
+def _eval_steps(hp: Any, steps_per_epoch: int) -> int:
+    if hp.eval_steps:
+        return hp.eval_steps
+    if hp.max_steps:
+        return max(1, hp.max_steps // 10)
+    return max(1, steps_per_epoch)
+
+
+def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: bool, layout: str) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    from .dsconfig import deepspeed_config, gradient_accumulation
+    from .modeling import train_dtype
+
+    hp, spec = ctx.spec.hyperparameters, ctx.spec
+    accum = gradient_accumulation(hp.batch_size, hp.micro_batch_size, world)
+    dtype = train_dtype(ctx)
+    cuda = torch.cuda.is_available()
+    ds = deepspeed_config(spec, world) if spec.deepspeed and spec.deepspeed.enabled else None
+    kw: dict[str, Any] = {}
+    if has_eval:
+        kw.update(eval_strategy="steps", eval_steps=_eval_steps(hp, steps_per_epoch), per_device_eval_batch_size=hp.micro_batch_size)
+    return TrainingArguments(
+        output_dir=str(ctx.checkpoint_dir),
+        per_device_train_batch_size=hp.micro_batch_size,
+        gradient_accumulation_steps=accum,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
+        learning_rate=hp.learning_rate,
+        warmup_steps=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        lr_scheduler_type=hp.scheduler,
+        bf16=dtype == torch.bfloat16 and cuda,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+        save_strategy="steps",
+        save_steps=hp.save_steps,
+        save_total_limit=3,
+        logging_strategy="steps",
+        logging_steps=hp.logging_steps,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        use_cpu=not cuda,
+        ddp_backend="gloo" if world > 1 and not cuda else None,
+        ddp_find_unused_parameters=False if world > 1 else None,
+        deepspeed=ds,
+        train_sampling_strategy="group_by_length" if layout == "padded-grouped" else "random",
+        dataloader_num_workers=0,
+        **kw,
+    )
+
+
+def _layout(ctx: Any) -> str:
+    """Batch layout: padding-free flattening (default, and what `packing` asks for) or padded."""
+    return os.environ.get("TUNELOOP_BATCH_LAYOUT", "flat")
+
+
+def _oom(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _oom_error(ctx: Any) -> ResourceError:
+    hp = ctx.spec.hyperparameters
+    return ResourceError(
+        f"out of memory at microBatchSize {hp.micro_batch_size}, maxSeqLength {hp.max_seq_length}",
+        hint="lower hyperparameters.microBatchSize (batchSize is kept by gradient accumulation), set gradientCheckpointing: true, "
+        "or use deepspeed.zeroStage 3 / offload: cpu, or more memory per pod",
+    )
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    topo = dist.topology()
+    if topo.world_size > 1 and not dist.under_launcher():
+        return _relaunch(ctx, topo)
+    try:
+        return _train(ctx)
+    except TrainerError:
+        raise
+    except (RuntimeError, MemoryError) as exc:
+        if _oom(exc) or isinstance(exc, MemoryError):
+            raise _oom_error(ctx) from exc
+        raise
+
+
+def _train(ctx: Any) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from transformers import Trainer
+
+    from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback
+    from .checkpoints import newest_complete, remove_incomplete
+    from .collate import FlatCollator, PaddedCollator, load_split
+    from .metrics import TrainerMetrics
+    from .modeling import load_base
+
+    started = time.time()
+    spec, hp = ctx.spec, ctx.spec.hyperparameters
+    world = dist.world_size()
+    main = dist.is_main()
+    if not (ctx.data_dir / "train.jsonl").exists():
+        raise DataError(f"{ctx.data_dir / 'train.jsonl'} does not exist", hint="run the prepare stage first")
+    if spec.method.type == "qlora" and not torch.cuda.is_available():
+        raise ConfigError("method qlora needs a CUDA GPU (bitsandbytes 4-bit); none is visible", hint="use method lora on CPU")
+
+    model, tok = load_base(ctx, for_training=True)
+    model.config.use_cache = False
+    train_ds = load_split(ctx.data_dir / "train.jsonl", tok, hp.max_seq_length)
+    eval_ds = load_split(ctx.data_dir / "validation.jsonl", tok, hp.max_seq_length)
+    if len(train_ds) == 0:
+        raise DataError("the training split is empty", hint="check data_report.txt from prepare")
+    model = apply_method(ctx, model)
+    if hp.gradient_checkpointing and spec.method.type != "full":
+        model.enable_input_require_grads()
+
+    layout = _layout(ctx)
+    collator = FlatCollator() if layout == "flat" else PaddedCollator(tok.pad_token_id)
+    steps_per_epoch = max(1, len(train_ds) // hp.batch_size)
+    args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout)
+
+    metrics = None
+    if main:
+        ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_incomplete(ctx.checkpoint_dir)
+        if removed:
+            print(f"tuneloop train: removed incomplete checkpoints {removed}", file=sys.stderr)
+        metrics = TrainerMetrics(ctx.name, ctx.namespace)
+        try:
+            port = metrics.serve()
+            print(f"tuneloop train: metrics on :{port}/metrics", file=sys.stderr)
+        except OSError as exc:
+            print(f"tuneloop train: metrics endpoint not started: {exc}", file=sys.stderr)
+    progress = ProgressCallback(ctx.workdir / "progress.jsonl", metrics, ctx.on_progress, collator, world)
+    callbacks = [progress, CheckpointMarkerCallback()]
+    stopper = None
+    if hp.early_stopping and len(eval_ds):
+        stopper = EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.threshold)
+        callbacks.append(stopper)
+
+    resume = newest_complete(ctx.checkpoint_dir)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
+                      data_collator=collator, processing_class=tok, callbacks=callbacks)
+    try:
+        out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        final_eval = trainer.evaluate() if len(eval_ds) else {}
+    finally:
+        if metrics:
+            metrics.close()
+
+    trainer.save_model(str(ctx.artifact_dir))
+    summary: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "total_steps": trainer.state.max_steps,
+        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+        "train_loss": round(out.training_loss, 6),
+        "final_loss": progress.last["loss"],
+        "eval_loss": final_eval.get("eval_loss"),
+        "stopped_early_at": stopper.stopped_at if stopper else None,
+        "artifact": str(ctx.artifact_dir),
+        "world_size": world,
+        "batch_layout": layout,
+    }
+    if main:
+        tok.save_pretrained(str(ctx.artifact_dir))
+        tokens = collator.tokens * world
+        if spec.method.merge_adapter and spec.method.type != "full":
+            prompts = [r.get("messages", [])[:-1] for r in _read_jsonl(ctx.data_dir / "validation.jsonl", 4)
+                       or _read_jsonl(ctx.data_dir / "train.jsonl", 4) if "messages" in r]
+            summary["merge_check"] = _merge(ctx, prompts or [[{"role": "user", "content": "hello"}]])
+            summary["merged"] = str(ctx.artifact_dir / "merged")
+        lineage = write_lineage_for(ctx, summary, tokens, time.time() - started)
+        summary["lineage"] = str(lineage)
+    return summary
+
+
+def _merge(ctx: Any, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
+    from .artifact import merge_adapter
+
+    return merge_adapter(ctx, prompts)
+
+
+def write_lineage_for(ctx: Any, summary: dict[str, Any], tokens: int, wall: float):
+    from .artifact import write_lineage
+
+    return write_lineage(ctx, {
+        "world_size": summary["world_size"],
+        "wall_time_seconds": round(wall, 1),
+        "tokens_seen": tokens,
+        "steps": summary["steps"],
+        "resumed_from_step": summary["resumed_from_step"],
+        "train_loss": summary["train_loss"],
+        "eval_loss": summary["eval_loss"],
+        "batch_layout": summary["batch_layout"],
+    })
+
+
+def _read_jsonl(path, n: int) -> list[dict[str, Any]]:
+    out = []
+    if path.exists():
+        with path.open() as fh:
+            for line in fh:
+                if line.strip():
+                    out.append(json.loads(line))
+                if len(out) >= n:
+                    break
+    return out
