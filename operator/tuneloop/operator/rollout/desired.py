@@ -1,0 +1,48 @@
+"""What should run for a Rollout status: which ModelVersion each role serves, replicas, weight (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneloop.api.rollout import RolloutPhase, RolloutSpec, RolloutStatus
+
+from . import traffic
+from .steps import gateway_mode
+
+ACTIVE = {RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value}
+
+
+@dataclass(frozen=True)
+class Desired:
+    stable_mv: str | None
+    canary_mv: str | None
+    stable_replicas: int
+    canary_replicas: int
+    canary_weight: int
+
+
+def canary_active(status: RolloutStatus) -> bool:
+    return (
+        status.phase in ACTIVE
+        and status.candidate_model_version is not None
+        and status.candidate_model_version != status.stable_model_version
+    )
+
+
+def desired(spec: RolloutSpec, status: RolloutStatus, canary_available: int = 0) -> Desired:
+    total = spec.serving.replicas
+    active = canary_active(status)
+    canary_mv = status.candidate_model_version if active else None
+    weight = status.canary_weight if active else 0
+    if gateway_mode(spec):
+        if not active:
+            return Desired(status.stable_model_version, None, total, 0, 0)
+        pending = weight
+        i = status.current_step_index
+        if i is not None and i < len(spec.steps) and spec.steps[i].set_weight is not None:
+            pending = max(pending, spec.steps[i].set_weight or 0)
+        return Desired(status.stable_model_version, canary_mv, total, traffic.gateway_canary_replicas(total, pending), weight)
+    # replica-weighted: the split is the weight; stable shrinks only as canary pods become available
+    stable_t, canary_t = traffic.replica_split(total, weight)
+    stable = min(total, max(stable_t, total - canary_available))
+    return Desired(status.stable_model_version, canary_mv, stable, canary_t, weight)

@@ -1,0 +1,57 @@
+"""Rollout metrics on the operator's registry (names from the metric-names contract)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from tuneloop.api.rollout import RolloutPhase
+from tuneloop.operator.metrics import REGISTRY
+
+PHASES = [p.value for p in RolloutPhase]
+
+CANARY_WEIGHT = Gauge(
+    "tuneloop_rollout_canary_weight", "Percent of traffic on the Rollout's candidate.", ["namespace", "rollout"], registry=REGISTRY
+)
+ROLLOUT_PHASE = Gauge(
+    "tuneloop_rollout_phase", "1 for the Rollout's current phase, 0 for the others.", ["namespace", "rollout", "phase"], registry=REGISTRY
+)
+MEASUREMENT_VALUE = Gauge(
+    "tuneloop_analysis_measurement_value", "Latest canary value of an analysis metric.", ["namespace", "rollout", "metric"], registry=REGISTRY
+)
+MEASUREMENTS = Counter(
+    "tuneloop_analysis_measurements_total",
+    "Analysis measurements by phase (Successful, Failed, Inconclusive, Error).",
+    ["namespace", "rollout", "metric", "phase"],
+    registry=REGISTRY,
+)
+TIME_TO_ROLLBACK = Histogram(
+    "tuneloop_rollout_time_to_rollback_seconds",
+    "Seconds from the first failing measurement of an analysis step to the canary weight being 0.",
+    registry=REGISTRY,
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
+
+
+def set_state(namespace: str, rollout: str, phase: str, weight: int) -> None:
+    CANARY_WEIGHT.labels(namespace, rollout).set(weight)
+    for p in PHASES:
+        ROLLOUT_PHASE.labels(namespace, rollout, p).set(1 if p == phase else 0)
+
+
+def measured(namespace: str, rollout: str, metric: str, phase: str, value: float | None) -> None:
+    MEASUREMENTS.labels(namespace, rollout, metric, phase).inc()
+    if value is not None:
+        MEASUREMENT_VALUE.labels(namespace, rollout, metric).set(value)
+
+
+def forget(namespace: str, rollout: str) -> None:
+    """Drop the gauges of a deleted Rollout (counters stay, as Prometheus expects)."""
+    for gauge, labels in [(CANARY_WEIGHT, [()]), (ROLLOUT_PHASE, [(p,) for p in PHASES])]:
+        for extra in labels:
+            try:
+                gauge.remove(namespace, rollout, *extra)
+            except KeyError:
+                pass
+    for labels in list(MEASUREMENT_VALUE._metrics):  # noqa: SLF001 - prometheus_client has no per-prefix removal
+        if labels[:2] == (namespace, rollout):
+            MEASUREMENT_VALUE.remove(*labels)

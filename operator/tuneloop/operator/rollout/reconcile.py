@@ -1,0 +1,228 @@
+"""One reconcile tick of a Rollout: read state, measure, decide (pure), apply, write status.
+
+Order of effects on a rollback: the canary's traffic goes to 0 first (HTTPRoute weight, or the
+canary scaled to 0 in replica-weighted mode), then everything else; time-to-rollback is measured
+from the first failing measurement to that first write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from tuneloop.api.modelversion import ModelVersion
+from tuneloop.api.rollout import AnalysisMetric, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
+from tuneloop.operator.kube import ApiError, KubeClient
+from tuneloop.operator.kube import resources as r
+
+from . import metrics, names, queries, serving, traffic
+from .analysis import Assessment, QueryOutcome, assess
+from .desired import Desired, desired
+from .prometheus import MetricsProvider, PrometheusClient, PrometheusError
+from .steps import Outcome, World, advance, due_metrics, next_wakeup
+
+log = logging.getLogger(__name__)
+HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
+ProviderFactory = Callable[[str], MetricsProvider]
+
+
+def manifest_hash(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replicas: int | None = None) -> dict:
+    """Create, or patch when our manifest (or the replica count) changed since we last wrote it."""
+    manifest = json.loads(json.dumps(manifest))
+    digest = manifest_hash(manifest)
+    manifest["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
+    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    existing, created = await client.create(res, ns, manifest)
+    if created:
+        return existing
+    same = (existing.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION) == digest
+    if same and (replicas is None or existing.get("spec", {}).get("replicas") == replicas):
+        return existing
+    patch = {"metadata": {"labels": manifest["metadata"]["labels"], "annotations": {HASH_ANNOTATION: digest}}, "spec": manifest["spec"]}
+    return await client.patch(res, ns, name, patch)
+
+
+async def scale(client: KubeClient, namespace: str, name: str, replicas: int) -> None:
+    dep = await client.get(r.DEPLOYMENTS, namespace, name)
+    if dep is not None and dep.get("spec", {}).get("replicas") != replicas:
+        await client.patch(r.DEPLOYMENTS, namespace, name, {"spec": {"replicas": replicas}})
+
+
+def available_for(dep: dict | None, mv: str | None) -> int:
+    """Available pods of a Deployment that already runs `mv` (0 while an older template is still rolling)."""
+    if dep is None or mv is None:
+        return 0
+    labels = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+    st = dep.get("status") or {}
+    if labels.get(names.LABEL_MODEL_VERSION) != mv:
+        return 0
+    if (st.get("observedGeneration") or 0) < (dep.get("metadata", {}).get("generation") or 0):
+        return 0
+    return min(int(st.get("availableReplicas") or 0), int(st.get("updatedReplicas") or 0))
+
+
+async def measure(
+    provider: MetricsProvider, metrics_: list[AnalysisMetric], spec: RolloutSpec, namespace: str, rollout: str
+) -> dict[str, Assessment]:
+    async def one(q: str) -> QueryOutcome:
+        try:
+            return QueryOutcome(value=await provider.query(q))
+        except PrometheusError as exc:
+            return QueryOutcome(error=str(exc))
+
+    def promql(m: AnalysisMetric, role: str) -> str:
+        return queries.render_metric(m, namespace=namespace, rollout=rollout, role=role, window=spec.analysis.window)
+
+    async def metric(m: AnalysisMetric) -> tuple[str, Assessment]:
+        calls = [one(promql(m, names.CANARY))]
+        if m.max_relative_to_stable is not None:
+            calls.append(one(promql(m, names.STABLE)))
+        got = await asyncio.gather(*calls)
+        return m.name, assess(m, spec.analysis, got[0], got[1] if len(got) > 1 else None)
+
+    return dict(await asyncio.gather(*(metric(m) for m in metrics_)))
+
+
+class Reconciler:
+    """Everything one tick needs besides the Rollout: the API client, settings, Prometheus."""
+
+    def __init__(self, client: KubeClient, config: serving.ServingConfig, prometheus_url: str, provider_factory: ProviderFactory | None = None):
+        self.client = client
+        self.config = config
+        self.prometheus_url = prometheus_url
+        self.provider_factory = provider_factory or (lambda url: PrometheusClient(url))
+
+    async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, str | None]:
+        if name is None:
+            return None, None
+        raw = await self.client.get(r.MODELVERSIONS, namespace, name)
+        if raw is None:
+            return None, f"ModelVersion {name} not found in namespace {namespace}"
+        try:
+            mv = ModelVersion.model_validate(raw)
+        except ValidationError as exc:
+            return None, f"ModelVersion {name} is invalid: {exc.errors()[0]['msg']}"
+        try:
+            serving.vllm_args(spec, mv)
+        except serving.ServingError as exc:
+            return mv, f"ModelVersion {name} cannot be served: {exc}"
+        return mv, None
+
+    async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
+        """Reconcile once; returns seconds until the next tick is needed."""
+        now = now or utcnow()
+        meta = obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        try:
+            ro = Rollout.model_validate(obj)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = f"invalid Rollout at spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            await self.write_status(obj, RolloutStatus(phase=RolloutPhase.DEGRADED.value, message=msg))
+            return 30.0
+        spec = ro.spec
+        status = ro.status if obj.get("status") else None
+        stable_name = (status.stable_model_version if status else None) or (spec.stable.name if spec.stable else None)
+        cand_name = spec.candidate.name if spec.candidate else None
+        stable_mv, err_s = await self.model_version(spec, ns, stable_name)
+        cand_mv, err_c = await self.model_version(spec, ns, cand_name if cand_name != stable_name else None)
+        serving_error = err_c or err_s
+        canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
+        world = World(now=now, canary_available=available_for(canary_dep, cand_name), serving_error=serving_error, generation=meta.get("generation"))
+        assessments: dict[str, Assessment] = {}
+        due = due_metrics(spec, status, now) if not serving_error else []
+        if due:
+            provider = self.provider_factory(spec.analysis.prometheus_address or self.prometheus_url)
+            assessments = await measure(provider, due, spec, ns, name)
+            for mname, a in assessments.items():
+                metrics.measured(ns, name, mname, a.phase, a.value)
+        out = advance(spec, status, world, assessments)
+        await self.apply(obj, spec, out, {m.metadata.name: m for m in (stable_mv, cand_mv) if m}, world)
+        return next_wakeup(spec, out.status, utcnow())
+
+    async def apply(self, obj: dict, spec: RolloutSpec, out: Outcome, mvs: dict[str, ModelVersion], world: World) -> None:
+        meta = obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        want = desired(spec, out.status, world.canary_available)
+        if out.rolled_back:
+            await self.cut_canary_traffic(obj, spec, ns, name)
+            if out.first_failure_at is not None:
+                metrics.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
+        try:
+            await self.apply_serving(obj, spec, want, mvs)
+        except serving.ServingError as exc:
+            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.message = str(exc)
+            out.status.waiting_for = "a servable ModelVersion"
+        await self.write_status(obj, out.status)
+        metrics.set_state(ns, name, out.status.phase, out.status.canary_weight)
+        for mv_name, (phase, message) in out.model_versions.items():
+            await self.mark_model_version(ns, mv_name, name, phase, message)
+        for type_, reason, message in out.events:
+            try:
+                await self.client.event(obj, type=type_, reason=reason, message=message)
+            except ApiError as exc:  # events are best effort
+                log.warning("could not record event %s on %s/%s: %s", reason, ns, name, exc)
+        if out.clear_flags:
+            await self.client.patch(r.ROLLOUTS, ns, name, {"spec": {"promote": False, "abort": False}})
+
+    async def cut_canary_traffic(self, obj: dict, spec: RolloutSpec, ns: str, name: str) -> None:
+        if spec.traffic_routing.gateway_api is not None:
+            await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, 0))
+        else:
+            await scale(self.client, ns, names.deployment_name(name, names.CANARY), 0)
+
+    async def apply_serving(self, obj: dict, spec: RolloutSpec, want: Desired, mvs: dict[str, ModelVersion]) -> None:
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        gateway = spec.traffic_routing.gateway_api is not None
+        # traffic away from the canary before scaling it down; toward it only after its pods exist
+        if gateway and want.canary_replicas == 0:
+            await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, 0))
+        for role, mv_name, replicas in [(names.STABLE, want.stable_mv, want.stable_replicas), (names.CANARY, want.canary_mv, want.canary_replicas)]:
+            dep_name = names.deployment_name(name, role)
+            if gateway:
+                await ensure(self.client, r.SERVICES, serving.build_service(obj, spec, role))
+            if mv_name is None or mv_name not in mvs:
+                await scale(self.client, ns, dep_name, 0)
+                continue
+            manifest = serving.build_deployment(obj, spec, role, mvs[mv_name], replicas, self.config)
+            await ensure(self.client, r.DEPLOYMENTS, manifest, replicas=replicas)
+        if gateway:
+            await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, want.canary_weight))
+        else:
+            await ensure(self.client, r.SERVICES, traffic.build_shared_service(obj, spec))
+
+    async def write_status(self, obj: dict, status: RolloutStatus) -> None:
+        new = status.model_dump(by_alias=True, mode="json")
+        old = obj.get("status") or {}
+        if all(old.get(k) == v for k, v in new.items() if v is not None) and not any(old.get(k) is not None for k, v in new.items() if v is None):
+            return
+        meta = obj["metadata"]
+        await self.client.patch(r.ROLLOUTS, meta["namespace"], meta["name"], {"status": new}, subresource="status")
+
+    async def mark_model_version(self, ns: str, mv_name: str, rollout: str, phase: str | None, message: str) -> None:
+        raw = await self.client.get(r.MODELVERSIONS, ns, mv_name)
+        if raw is None:
+            return
+        cur = raw.get("status") or {}
+        patch: dict[str, Any] = {"rollout": rollout}
+        if phase is not None:
+            patch |= {"phase": phase, "message": message}
+        if all(cur.get(k) == v for k, v in patch.items()):
+            return
+        await self.client.patch(r.MODELVERSIONS, ns, mv_name, {"status": patch}, subresource="status")
