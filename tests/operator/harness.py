@@ -125,12 +125,19 @@ class Cluster:
 
     async def finish_job(
         self, namespace: str, job: str, *, exit_code: int = 0, message: str = "", index: int = 0, container: str = "trainer",
+        log: str | None = None,
     ) -> dict:
-        """Act as the Job controller + kubelet: a pod of `job` terminated with `exit_code` and a termination message."""
+        """Act as the Job controller + kubelet: a pod of `job` terminated with `exit_code` and a termination message.
+
+        `log` (optional) is served as the pod's log (``GET …/pods/NAME/log``).
+        """
+        pod_name = f"{job}-{index}-{uuid.uuid4().hex[:5]}"
+        if log is not None:
+            self.emulator[f"get /api/v1/namespaces/{namespace}/pods/{pod_name}/log"] << log.encode()
         pod = {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": f"{job}-{index}-{uuid.uuid4().hex[:5]}", "namespace": namespace,
+                "name": pod_name, "namespace": namespace,
                 "labels": {"job-name": job, "batch.kubernetes.io/job-name": job,
                            "batch.kubernetes.io/job-completion-index": str(index)},
                 "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
@@ -159,8 +166,17 @@ class Cluster:
             status.update(failed=1)
         return await self.client.patch(r.JOBS, namespace, job, {"status": status}, subresource="status")
 
-    async def start_job(self, namespace: str, job: str) -> dict:
-        """Mark a Job as running (one active pod)."""
+    async def start_job(self, namespace: str, job: str, *, pod_ip: str | None = None, index: int = 0) -> dict:
+        """Mark a Job as running: one active pod (with `pod_ip`, e.g. 127.0.0.1 to serve rank 0's metrics)."""
+        if pod_ip is not None:
+            await self.apply({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{job}-{index}-running", "namespace": namespace,
+                             "labels": {"job-name": job, "batch.kubernetes.io/job-name": job,
+                                        "batch.kubernetes.io/job-completion-index": str(index)}},
+                "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+                "status": {"phase": "Running", "podIP": pod_ip},
+            })
         return await self.client.patch(r.JOBS, namespace, job, {"status": {"active": 1, "startTime": _now()}}, subresource="status")
 
     def count(self, res: r.Resource) -> int:
@@ -243,6 +259,18 @@ class OperatorProcess:
             if p.exists():
                 out.append(f"--- operator run {i} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
+
+    async def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        """Wait until the current run's log contains `text` (e.g. "Resuming is processed")."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.log_path and self.log_path.exists() and text in self.log_path.read_text(errors="replace"):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.tail()}")
+            await asyncio.sleep(0.1)
 
     async def __aenter__(self) -> OperatorProcess:
         self.start()

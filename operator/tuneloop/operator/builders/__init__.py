@@ -1,0 +1,15 @@
+"""Pure builders: (spec, meta, config) -> Kubernetes manifest dicts. No I/O, no Kopf.
+
+Every child carries the FineTuneJob's labels and an owner reference (except the ModelVersion,
+a registry record that outlives the job; its report ConfigMap is owned by the ModelVersion).
+"""
+
+from .common import BuildError, JobMeta, names
+from .config import config_map, headless_service
+from .jobs import data_job, eval_job, train_job
+from .modelversion import model_version, report_config_map
+
+__all__ = [
+    "BuildError", "JobMeta", "names", "config_map", "headless_service", "data_job", "train_job", "eval_job",
+    "model_version", "report_config_map",
+]

@@ -1,0 +1,146 @@
+"""The three stage Jobs: data preparation, (multi-node) training, evaluation + report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneloop.api import FineTuneJobSpec
+
+from ..settings import OperatorSettings
+from .common import (
+    CONTAINER,
+    CONTAINER_SECURITY,
+    RENDEZVOUS_PORT,
+    SPEC_FILE,
+    JobMeta,
+    env,
+    failure_policy,
+    image,
+    labels,
+    metadata,
+    names,
+    pod_security,
+    scheduling,
+    volumes,
+    workdir,
+)
+
+PREP_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+REPORT_MARKER = "tuneloop-report.md"  # the eval pod prints report.md between BEGIN/END lines with this tag
+
+
+def _container(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, command: list[str], args: list[str],
+               resources: dict[str, Any], mounts: list, extra_env: list | None = None, ports: list | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image(spec, config),
+        "imagePullPolicy": config.image_pull_policy,
+        "command": command,
+        "args": args,
+        "env": [*(extra_env or []), *env(spec, meta, config)],
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    }
+    if ports:
+        c["ports"] = ports
+    return c
+
+
+def _job(name: str, component: str, spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, container: dict,
+         vols: list, backoff: int, suspend: bool, gpu_scheduling: bool, pods: int = 1, subdomain: str | None = None) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": pod_security(config),
+        "containers": [container],
+        "volumes": vols,
+        "enableServiceLinks": False,
+    }
+    if config.service_account:
+        pod_spec["serviceAccountName"] = config.service_account
+    if subdomain:
+        pod_spec["subdomain"] = subdomain
+    if gpu_scheduling:
+        pod_spec.update(scheduling(spec))
+    job_spec: dict[str, Any] = {
+        "backoffLimit": backoff,
+        "podFailurePolicy": failure_policy(),
+        "suspend": suspend,
+        "template": {"metadata": {"labels": labels(meta, component)}, "spec": pod_spec},
+    }
+    if pods > 1 or subdomain:
+        job_spec.update(completionMode="Indexed", completions=pods, parallelism=pods)
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(name, meta, component), "spec": job_spec}
+
+
+def _stage_args(stage: str, wd: str) -> list[str]:
+    return ["-m", "tuneloop_trainer", stage, "--spec", SPEC_FILE, "--workdir", wd]
+
+
+def data_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, suspend: bool | None = None) -> dict[str, Any]:
+    """`prepare` on a CPU pod: a broken dataset fails here, before any GPU is requested."""
+    _, wd = workdir(spec, meta, config)
+    vols, mounts = volumes(spec, meta, config, shm=False, cache=True)
+    c = _container(spec, meta, config, command=["python"], args=_stage_args("prepare", wd), resources=PREP_RESOURCES, mounts=mounts)
+    return _job(names(meta.name).data_job, "data-prep", spec, meta, config, container=c, vols=vols, backoff=1,
+                suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=False)
+
+
+def _gpu_resources(spec: FineTuneJobSpec, gpus: int) -> dict[str, Any]:
+    r = spec.resources
+    requests: dict[str, Any] = {"cpu": r.cpu, "memory": r.memory}
+    limits: dict[str, Any] = {"memory": r.memory}
+    if gpus:
+        requests[r.gpu_resource_name] = str(gpus)
+        limits[r.gpu_resource_name] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def rank0_host(meta: JobMeta) -> str:
+    n = names(meta.name)
+    return f"{n.train_job}-0.{n.service}.{meta.namespace}.svc"
+
+
+def train_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, suspend: bool | None = None) -> dict[str, Any]:
+    """Indexed Job, one pod per node, torchrun with node rank = completion index and rank 0 as master."""
+    r = spec.resources
+    _, wd = workdir(spec, meta, config)
+    vols, mounts = volumes(spec, meta, config, shm=True, cache=True)
+    n = names(meta.name)
+    args = [
+        f"--nnodes={r.nodes}",
+        f"--nproc-per-node={max(1, r.gpus_per_node)}",
+        "--node-rank=$(NODE_RANK)",
+        f"--master-addr={rank0_host(meta)}",
+        f"--master-port={RENDEZVOUS_PORT}",
+        *_stage_args("train", wd),
+    ]
+    rank_env = [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
+    ports = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}, {"name": "metrics", "containerPort": config.trainer_metrics_port}]
+    c = _container(spec, meta, config, command=["torchrun"], args=args, resources=_gpu_resources(spec, r.gpus_per_node),
+                   mounts=mounts, extra_env=rank_env, ports=ports)
+    return _job(n.train_job, "training", spec, meta, config, container=c, vols=vols, backoff=spec.backoff_limit,
+                suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=True, pods=r.nodes, subdomain=n.service)
+
+
+EVAL_SCRIPT = """set -e
+python -m tuneloop_trainer evaluate --spec "$1" --workdir "$2"
+python -m tuneloop_trainer report --spec "$1" --workdir "$2"
+exec python -m tuneloop.operator.finetunejob.publish --workdir "$2"
+"""
+
+
+def eval_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, suspend: bool | None = None) -> dict[str, Any]:
+    """`evaluate` then `report` on one GPU of the training node type, then `publish` hands the results over:
+    the ≤4 KiB evaluation record in the termination message, report.md in the pod log."""
+    _, wd = workdir(spec, meta, config)
+    vols, mounts = volumes(spec, meta, config, shm=True, cache=True)
+    gpus = 1 if spec.resources.gpus_per_node else 0
+    c = _container(spec, meta, config, command=["sh", "-c", EVAL_SCRIPT, "tuneloop-eval"], args=[SPEC_FILE, wd],
+                   resources=_gpu_resources(spec, gpus), mounts=mounts)
+    return _job(names(meta.name).eval_job, "evaluation", spec, meta, config, container=c, vols=vols, backoff=1,
+                suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=True)

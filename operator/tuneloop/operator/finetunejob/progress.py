@@ -1,0 +1,45 @@
+"""Read training progress from rank 0's metrics endpoint (the pod IP of completion index 0)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+from ..builders.common import names
+from ..kube import KubeClient
+from ..kube import resources as r
+from . import state as st
+
+log = logging.getLogger("tuneloop.finetunejob.progress")
+
+
+def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The running pod with completion index 0 that has an IP."""
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        idx = (meta.get("labels") or {}).get(st.INDEX_LABEL) or (meta.get("annotations") or {}).get(st.INDEX_LABEL)
+        status = pod.get("status") or {}
+        if idx == "0" and status.get("phase") == "Running" and status.get("podIP"):
+            return pod
+    return None
+
+
+async def poll(client: KubeClient, namespace: str, name: str, port: int, timeout: float = 3.0) -> dict[str, Any] | None:
+    """status.progress from rank 0, or None when it is not reachable (yet)."""
+    job = names(name).train_job
+    pods = await client.list(r.PODS, namespace, labels={"batch.kubernetes.io/job-name": job})
+    pod = rank0_pod(pods)
+    if pod is None:
+        return None
+    url = f"http://{pod['status']['podIP']}:{port}/metrics"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as sess, sess.get(url) as resp:
+            if resp.status != 200:
+                return None
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.debug("progress of %s/%s unavailable at %s: %s", namespace, name, url, exc)
+        return None
+    return st.parse_progress(text) or None

@@ -1,0 +1,278 @@
+"""One level-triggered pass over a FineTuneJob: read children, create what is next, write status.
+
+Safe to run any number of times, from any handler, after any restart: children have
+deterministic names (create returns the existing object on 409) and the phase is derived from
+what exists in the cluster, never from memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from tuneloop.api import FineTuneJobSpec
+
+from .. import builders, metrics
+from ..builders.common import BuildError, JobMeta, data_claim, names, workdir
+from ..builders.modelversion import model_version_phase
+from ..kube import ApiError, KubeClient
+from ..kube import resources as r
+from ..settings import OperatorSettings
+from . import publish
+from . import state as st
+
+log = logging.getLogger("tuneloop.finetunejob")
+
+
+@dataclass
+class Outcome:
+    phase: str
+    invalid: str | None = None  # set when the spec can never run: the handler raises PermanentError
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
+    """(spec, field path, message); spec is None when invalid."""
+    try:
+        spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = ".".join(["spec", *(str(p) for p in err["loc"])])
+        extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        return None, path, f"{err['msg']}{extra}"
+    try:
+        workdir(spec, JobMeta.from_body(body), config)
+        data_claim(spec)
+    except BuildError as exc:
+        return None, exc.field, exc.message
+    return spec, "", ""
+
+
+class Reconciler:
+    """Holds the client and settings; `run(body)` is one pass."""
+
+    def __init__(self, client: KubeClient, config: OperatorSettings):
+        self.client = client
+        self.config = config
+
+    async def run(self, body: dict[str, Any], *, progress: dict[str, Any] | None = None) -> Outcome:
+        old = dict(body.get("status") or {})
+        status = {k: v for k, v in old.items()}
+        status.setdefault("conditions", [])
+        meta = JobMeta.from_body(body)
+        if old.get("phase") in st.TERMINAL:
+            return Outcome(old["phase"], status=old)
+        spec, where, why = validate(body, self.config)
+        if spec is None:
+            msg = f"{where}: {why}"
+            self._fail(status, meta, "InvalidSpec", msg, ready_reason="InvalidSpec")
+            await self._write(body, old, status)
+            return Outcome("Failed", invalid=msg, status=status)
+        status["baseModel"] = spec.base_model.display_name()
+        status["observedGeneration"] = meta.generation
+        await self._advance(body, spec, meta, status, progress)
+        await self._write(body, old, status)
+        return Outcome(status["phase"], status=status)
+
+    # --- the pipeline -------------------------------------------------------------------------
+    async def _advance(self, body: dict, spec: FineTuneJobSpec, meta: JobMeta, status: dict, progress: dict | None) -> None:
+        n = names(meta.name)
+        cfg = self.config
+        status["children"] = {"configMap": n.config_map, "service": n.service, "dataJob": n.data_job}
+        await self._ensure(r.CONFIGMAPS, builders.config_map(spec, meta, cfg))
+        await self._ensure(r.SERVICES, builders.headless_service(spec, meta, cfg))
+        data = await self._job(builders.data_job(spec, meta, cfg), spec.suspend)
+        ds = st.job_state(data)
+        conds = status["conditions"]
+        if ds == "Failed":
+            msg, reason = await self._failure(data)
+            status["conditions"] = st.set_condition(conds, "DataValidated", "False", reason, msg, meta.generation)
+            self._fail(status, meta, reason, f"data preparation failed: {msg}")
+            return
+        if ds != "Succeeded":
+            status["conditions"] = st.set_condition(conds, "DataValidated", "Unknown", "Validating", "preparing and checking the dataset", meta.generation)
+            status["phase"] = "Suspended" if ds == "Suspended" else "ValidatingData"
+            status["message"] = "suspended" if ds == "Suspended" else "preparing and checking the dataset"
+            return
+        summary = await self._message(data, success=True)
+        if summary and not status.get("dataReport"):
+            status["dataReport"] = st.data_report(summary)
+        if st.condition(conds, "DataValidated") is None or st.condition(conds, "DataValidated")["status"] != "True":
+            rep = status.get("dataReport") or {}
+            conds = st.set_condition(conds, "DataValidated", "True", "Validated",
+                                     f"{rep.get('accepted', '?')} records accepted, {rep.get('rejected', 0)} rejected", meta.generation)
+        status["conditions"] = conds
+        status["children"]["trainJob"] = n.train_job
+        train = await self._job(builders.train_job(spec, meta, cfg), spec.suspend, timed=body)
+        ts = st.job_state(train)
+        start = (train.get("status") or {}).get("startTime")
+        if start and not status.get("startTime"):
+            status["startTime"] = start
+        if ts == "Failed":
+            msg, reason = await self._failure(train)
+            status["conditions"] = st.set_condition(status["conditions"], "Training", "False", reason, msg, meta.generation)
+            self._fail(status, meta, reason, f"training failed: {msg}")
+            return
+        if ts != "Succeeded":
+            running = ts == "Running"
+            status["conditions"] = st.set_condition(
+                status["conditions"], "Training", "True" if running else "Unknown",
+                {"Running": "Running", "Suspended": "Suspended"}.get(ts, "Starting"),
+                f"{spec.resources.nodes} node(s) × {spec.resources.gpus_per_node} GPU(s)", meta.generation)
+            status["phase"] = "Suspended" if ts == "Suspended" else "Training"
+            status["message"] = "suspended" if ts == "Suspended" else f"training on {spec.resources.nodes} node(s)"
+            if progress:
+                status["progress"] = progress
+                metrics.set_progress(meta.namespace, meta.name, st.snake_progress(progress))
+            return
+        train_summary = await self._message(train, success=True) or {}
+        if (st.condition(status["conditions"], "Training") or {}).get("reason") != "Completed":
+            loss = train_summary.get("train_loss") or train_summary.get("loss")
+            status["conditions"] = st.set_condition(status["conditions"], "Training", "False", "Completed",
+                                                    "training finished" + (f", loss {loss}" if loss is not None else ""), meta.generation)
+        evaluation, report_md = None, None
+        if spec.evaluation.enabled:
+            status["children"]["evalJob"] = n.eval_job
+            ev = await self._job(builders.eval_job(spec, meta, cfg), spec.suspend)
+            es = st.job_state(ev)
+            if es == "Failed":
+                msg, reason = await self._failure(ev)
+                status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "False", reason, msg, meta.generation)
+                self._fail(status, meta, reason, f"evaluation failed: {msg}")
+                return
+            if es != "Succeeded":
+                status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "Unknown", "Evaluating",
+                                                        "comparing the tuned model with its base", meta.generation)
+                status["phase"] = "Suspended" if es == "Suspended" else "Evaluating"
+                status["message"] = "suspended" if es == "Suspended" else "evaluating the tuned model against its base"
+                return
+            result = await self._message(ev, success=True) or {}
+            evaluation = result.get("evaluation")
+            report_md = await self._report(ev)
+            verdict = (evaluation or {}).get("verdict", "NotEvaluated")
+            status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "True", verdict,
+                                                    _verdict_message(evaluation), meta.generation)
+            if isinstance(result.get("lineage"), dict):
+                train_summary = {**result["lineage"], **train_summary}
+        else:
+            status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "False", "Disabled",
+                                                    "evaluation.enabled is false", meta.generation)
+        await self._register(spec, meta, status, evaluation, train_summary, report_md)
+
+    async def _register(self, spec, meta, status, evaluation, train_summary, report_md) -> None:
+        cfg = self.config
+        msg = "training finished"
+        if spec.registry.create_model_version:
+            mv = builders.model_version(spec, meta, cfg, evaluation=evaluation, data_summary=status.get("dataReport"),
+                                        train_summary=train_summary, has_report=report_md is not None)
+            name = mv["metadata"]["name"]
+            obj, created = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            if report_md is not None:
+                await self._ensure(r.CONFIGMAPS, builders.report_config_map(obj, report_md))
+            phase = model_version_phase(evaluation)
+            if ((obj.get("status") or {}).get("phase") or "Pending") == "Pending":
+                await self.client.patch(r.MODELVERSIONS, meta.namespace, name, {"status": {
+                    "phase": phase, "observedGeneration": (obj.get("metadata") or {}).get("generation") or 1,
+                    "message": f"registered from FineTuneJob {meta.name}",
+                    "conditions": st.set_condition([], "Ready", "True" if phase == "Ready" else "False",
+                                                   "Registered" if phase == "Ready" else "GatesFailed", _verdict_message(evaluation)),
+                }}, subresource="status")
+            status["children"]["modelVersion"] = name
+            msg = f"registered ModelVersion {name} ({phase})"
+        status["metrics"] = st.headline_metrics(evaluation)
+        if evaluation:
+            status["verdict"] = evaluation.get("verdict")
+        status["phase"] = "Succeeded"
+        status["completionTime"] = status.get("completionTime") or st.now()
+        status["message"] = msg
+        status["conditions"] = st.set_condition(status["conditions"], "Succeeded", "True", "Completed", msg, meta.generation)
+        status["conditions"] = st.set_condition(status["conditions"], "Ready", "True", "Succeeded", msg, meta.generation)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _fail(self, status: dict, meta: JobMeta, reason: str, message: str, ready_reason: str | None = None) -> None:
+        status["phase"] = "Failed"
+        status["message"] = message
+        status["completionTime"] = status.get("completionTime") or st.now()
+        status["conditions"] = st.set_condition(status.get("conditions") or [], "Failed", "True", reason, message, meta.generation)
+        status["conditions"] = st.set_condition(status["conditions"], "Ready", "False", ready_reason or reason, message, meta.generation)
+
+    async def _ensure(self, res: r.Resource, manifest: dict) -> tuple[dict, bool]:
+        return await self.client.create(res, manifest["metadata"]["namespace"], manifest)
+
+    async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None) -> dict:
+        """Get-or-create a stage Job; keep its `suspend` in line with the spec while it is unfinished."""
+        m = manifest["metadata"]
+        job = await self.client.get(r.JOBS, m["namespace"], m["name"])
+        if job is None:
+            job, created = await self.client.create(r.JOBS, m["namespace"], manifest)
+            if created and timed is not None:
+                _observe_create_latency(timed)
+        if st.job_state(job) not in ("Succeeded", "Failed") and bool((job.get("spec") or {}).get("suspend")) != suspend:
+            job = await self.client.patch(r.JOBS, m["namespace"], m["name"], {"spec": {"suspend": suspend}})
+        return job
+
+    async def _pods(self, job: dict) -> list[dict]:
+        m = job["metadata"]
+        return await self.client.list(r.PODS, m["namespace"], labels={"batch.kubernetes.io/job-name": m["name"]})
+
+    async def _message(self, job: dict, *, success: bool) -> dict | None:
+        msg, _ = st.termination(await self._pods(job), want_success=success)
+        return msg
+
+    async def _failure(self, job: dict) -> tuple[str, str]:
+        """(message, reason) from the failed pod's termination message, else the Job's condition."""
+        msg, pod = st.termination(await self._pods(job), want_success=False)
+        jreason, jmsg = st.job_failure(job)
+        if msg:
+            reason = msg.get("reason") or ("InvalidSpec" if msg.get("exitCode") == 42 else jreason)
+            text = msg.get("error") or msg.get("message") or jmsg or "failed"
+            return str(text), str(reason)
+        return jmsg or "the Job failed", jreason
+
+    async def _report(self, ev: dict) -> str | None:
+        """report.md from the evaluation pod's log (see finetunejob.publish)."""
+        _, pod = st.termination(await self._pods(ev), want_success=True)
+        if pod is None:
+            return None
+        try:
+            text = await self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container="trainer")
+        except (ApiError, aiohttp.ClientError) as exc:
+            log.warning("cannot read the report from pod %s: %s", pod["metadata"]["name"], exc)
+            return None
+        return publish.extract_report(text or "")
+
+    async def _write(self, body: dict, old: dict, status: dict) -> None:
+        m = body["metadata"]
+        metrics.set_phase(m.get("namespace") or "default", m["name"], status.get("phase", "Pending"))
+        if not st.status_changed(old, status):
+            return
+        await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, status)}, subresource="status")
+        if old.get("phase") != status.get("phase"):
+            failed = status.get("phase") == "Failed"
+            await self.client.event(body, type="Warning" if failed else "Normal", reason=status.get("phase", "Pending"),
+                                    message=status.get("message") or f"phase {old.get('phase', 'Pending')} → {status.get('phase')}")
+
+
+def _verdict_message(evaluation: dict | None) -> str:
+    if not evaluation:
+        return "not evaluated"
+    gates = evaluation.get("gates") or []
+    failed = [g.get("reason", g.get("metric", "")) for g in gates if not g.get("passed")]
+    head = f"verdict {evaluation.get('verdict', 'NotEvaluated')}: {len(gates) - len(failed)}/{len(gates)} gates passed"
+    return head + (f"; failed: {'; '.join(failed)}" if failed else "")
+
+
+def _observe_create_latency(body: dict) -> None:
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return
+    try:
+        t0 = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return
+    metrics.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - t0).total_seconds()))

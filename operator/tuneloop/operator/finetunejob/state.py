@@ -1,0 +1,187 @@
+"""Pure helpers: child Job states, termination messages, conditions, progress parsing, status diffs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..builders.common import CONTAINER
+
+TERMINAL = ("Succeeded", "Failed")
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_state(job: dict[str, Any] | None) -> str:
+    """Missing | Suspended | Pending | Running | Succeeded | Failed, from a batch/v1 Job."""
+    if job is None:
+        return "Missing"
+    status = job.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "Succeeded"
+        if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
+            return "Failed"
+    if (job.get("spec") or {}).get("suspend"):
+        return "Suspended"
+    if status.get("active") or status.get("ready"):
+        return "Running"
+    return "Pending"
+
+
+def job_failure(job: dict[str, Any] | None) -> tuple[str, str]:
+    """(reason, message) of a failed Job's Failed condition."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
+            return cond.get("reason") or "JobFailed", cond.get("message") or ""
+    return "JobFailed", ""
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+    return None
+
+
+def termination(pods: list[dict[str, Any]], *, want_success: bool) -> tuple[dict[str, Any] | None, dict | None]:
+    """(parsed termination message, pod) of the most relevant finished pod: rank 0 on success, the latest failure otherwise."""
+    finished = [(p, t) for p in pods if (t := _terminated(p)) is not None]
+    if want_success:
+        finished = [(p, t) for p, t in finished if t.get("exitCode") == 0]
+        finished.sort(key=lambda pt: (_index(pt[0]), pt[1].get("finishedAt") or ""))
+    else:
+        finished = [(p, t) for p, t in finished if t.get("exitCode") != 0]
+        finished.sort(key=lambda pt: pt[1].get("finishedAt") or "", reverse=True)
+    if not finished:
+        return None, None
+    pod, term = finished[0]
+    return parse_message(term.get("message") or "", term.get("exitCode")), pod
+
+
+def _index(pod: dict[str, Any]) -> int:
+    meta = pod.get("metadata") or {}
+    raw = (meta.get("labels") or {}).get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL) or "0"
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def parse_message(text: str, exit_code: int | None = None) -> dict[str, Any]:
+    """A stage's termination message (JSON from the stage runner) or plain text from elsewhere."""
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            return doc
+    except ValueError:
+        pass
+    out: dict[str, Any] = {"error": text.strip()[:1000]} if text.strip() else {}
+    if exit_code is not None:
+        out["exitCode"] = exit_code
+    return out
+
+
+def set_condition(conditions: list[dict[str, Any]], type: str, status: str, reason: str, message: str = "",
+                  generation: int | None = None) -> list[dict[str, Any]]:
+    """Upsert one condition; lastTransitionTime changes only when `status` changes."""
+    out = [dict(c) for c in conditions]
+    for c in out:
+        if c.get("type") == type:
+            if c.get("status") != status:
+                c["lastTransitionTime"] = now()
+            c.update(status=status, reason=reason, message=message[:2000])
+            if generation is not None:
+                c["observedGeneration"] = generation
+            return out
+    new = {"type": type, "status": status, "reason": reason, "message": message[:2000], "lastTransitionTime": now()}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    return [*out, new]
+
+
+def condition(conditions: list[dict[str, Any]], type: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type), None)
+
+
+def status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a patch is needed (progress.updatedAt alone is not a change)."""
+    def norm(s: dict[str, Any]) -> str:
+        s = json.loads(json.dumps(s, default=str))
+        (s.get("progress") or {}).pop("updatedAt", None)
+        return json.dumps(s, sort_keys=True)
+
+    return norm(old) != norm(new)
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `old` into `new` at the top level (removed keys → None)."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+_TRAINER_METRICS = {
+    "tuneloop_trainer_step": "step",
+    "tuneloop_trainer_total_steps": "totalSteps",
+    "tuneloop_trainer_epoch": "epoch",
+    "tuneloop_trainer_loss": "loss",
+    "tuneloop_trainer_eval_loss": "evalLoss",
+    "tuneloop_trainer_learning_rate": "learningRate",
+    "tuneloop_trainer_tokens_per_second": "tokensPerSecond",
+    "tuneloop_trainer_eta_seconds": "etaSeconds",
+}
+
+
+def parse_progress(text: str) -> dict[str, Any]:
+    """Rank 0's /metrics (Prometheus text) → status.progress (wire form, with percent)."""
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        key = _TRAINER_METRICS.get(family.name)
+        if key and family.samples:
+            value = family.samples[0].value
+            if value != value:  # NaN: not reported yet
+                continue
+            out[key] = int(value) if key in ("step", "totalSteps") else round(float(value), 6)
+    if out.get("totalSteps"):
+        out["percent"] = f"{100.0 * out.get('step', 0) / out['totalSteps']:.0f}%"
+    if out:
+        out["updatedAt"] = now()
+    return out
+
+
+def snake_progress(progress: dict[str, Any]) -> dict[str, Any]:
+    keys = {"step": "step", "totalSteps": "total_steps", "loss": "loss", "tokensPerSecond": "tokens_per_second", "etaSeconds": "eta_seconds"}
+    return {snake: progress[camel] for camel, snake in keys.items() if camel in progress}
+
+
+def data_report(message: dict[str, Any]) -> dict[str, Any]:
+    """status.dataReport from prepare's summary (counts, dataset_sha256, rejected_by_rule)."""
+    counts = message.get("counts") if isinstance(message.get("counts"), dict) else {}
+    out: dict[str, Any] = {}
+    for src, dst in (("read", "total"), ("accepted", "accepted"), ("rejected", "rejected"),
+                     ("train", "train"), ("validation", "validation"), ("test", "test")):
+        if isinstance(counts.get(src), int):
+            out[dst] = counts[src]
+    sha = message.get("dataset_sha256") or message.get("datasetSha256")
+    if isinstance(sha, str):
+        out["datasetSha256"] = sha
+    by_rule = message.get("rejected_by_rule") or message.get("rejectedByReason")
+    if isinstance(by_rule, dict):
+        out["rejectedByReason"] = {str(k): int(v) for k, v in by_rule.items() if isinstance(v, int)}
+    return out
+
+
+def headline_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
+    """status.metrics: the tuned model's score per metric."""
+    out: dict[str, float] = {}
+    for m in (evaluation or {}).get("metrics") or []:
+        if isinstance(m, dict) and isinstance(m.get("tuned"), int | float):
+            out[str(m.get("name"))] = float(m["tuned"])
+    return out

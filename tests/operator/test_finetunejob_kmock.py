@@ -1,0 +1,142 @@
+"""The real operator (subprocess) against kmock: the whole FineTuneJob lifecycle, restarts, bad specs."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from tuneloop.operator.kube import resources as r
+
+from .harness import OperatorProcess
+from .scenario import EVAL_LOG, EVALUATION, NS, PREPARE_MSG, PUBLISH_MSG, REPORT_MD, TRAIN_MSG, cond, ftj, phase
+
+pytestmark = [pytest.mark.operator, pytest.mark.timeout(120)]
+
+
+def _trainer_metrics() -> tuple[int, dict[str, Gauge]]:
+    """A stand-in for rank 0's metrics endpoint (same names and labels as the trainer)."""
+    reg = CollectorRegistry()
+    gauges = {k: Gauge(f"tuneloop_trainer_{k}", k, ["job", "namespace"], registry=reg)
+              for k in ("step", "total_steps", "epoch", "loss", "tokens_per_second", "eta_seconds")}
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=reg)
+    return server.server_port, gauges
+
+
+async def test_lifecycle_restart_and_modelversion(kube, tmp_path):
+    port, g = _trainer_metrics()
+    for k, v in {"step": 5, "total_steps": 20, "epoch": 0.25, "loss": 1.25, "tokens_per_second": 3100.0, "eta_seconds": 600}.items():
+        g[k].labels("support-bot", NS).set(v)
+    op = OperatorProcess(kube.kubeconfig, tmp_path, env={"TUNELOOP_TRAINER_METRICS_PORT": str(port), "TUNELOOP_TRAINER_IMAGE": "reg/trainer:test"})
+    op.start()
+    try:
+        await kube.apply(ftj())
+        data = await kube.wait_for(r.JOBS, NS, "support-bot-data")
+        c = data["spec"]["template"]["spec"]["containers"][0]
+        assert c["args"][:3] == ["-m", "tuneloop_trainer", "prepare"] and c["image"] == "reg/trainer:test"
+        assert "nvidia.com/gpu" not in c["resources"]["requests"]  # no GPU before the data is valid
+        assert await kube.get(r.JOBS, NS, "support-bot-train") is None
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "ValidatingData")
+        assert obj["status"]["children"]["dataJob"] == "support-bot-data"
+        assert (await kube.get(r.CONFIGMAPS, NS, "support-bot-config"))["data"]["spec.yaml"]
+        assert (await kube.get(r.SERVICES, NS, "support-bot-train"))["spec"]["clusterIP"] == "None"
+
+        await kube.finish_job(NS, "support-bot-data", message=PREPARE_MSG)
+        train = await kube.wait_for(r.JOBS, NS, "support-bot-train")
+        ts = train["spec"]
+        assert (ts["completionMode"], ts["completions"], ts["parallelism"]) == ("Indexed", 1, 1)
+        tc = ts["template"]["spec"]["containers"][0]
+        assert tc["command"] == ["torchrun"] and "--master-addr=support-bot-train-0.support-bot-train.default.svc" in tc["args"]
+        assert tc["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in tc["env"]
+        assert ts["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [42]
+        assert train["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Training")
+        assert cond(obj, "DataValidated")["status"] == "True"
+        assert obj["status"]["dataReport"]["accepted"] == 118 and obj["status"]["dataReport"]["datasetSha256"] == "ab" * 32
+
+        # rank 0 runs: progress is polled from its metrics endpoint
+        await kube.start_job(NS, "support-bot-train", pod_ip="127.0.0.1")
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot",
+                                  lambda o: (o["status"].get("progress") or {}).get("step") == 5, timeout=30)
+        assert obj["status"]["progress"]["totalSteps"] == 20 and obj["status"]["progress"]["percent"] == "25%"
+        assert cond(obj, "Training")["status"] == "True" and obj["status"]["startTime"]
+        train_uid = train["metadata"]["uid"]
+
+        # the operator dies mid-training and comes back: nothing duplicated, status continues
+        op.kill()
+        g["step"].labels("support-bot", NS).set(10)
+        op.start()
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot",
+                                  lambda o: (o["status"].get("progress") or {}).get("step") == 10, timeout=30)
+        assert (await kube.get(r.JOBS, NS, "support-bot-train"))["metadata"]["uid"] == train_uid
+        assert kube.count(r.JOBS) == 2
+
+        await kube.finish_job(NS, "support-bot-train", message=TRAIN_MSG)
+        ev = await kube.wait_for(r.JOBS, NS, "support-bot-eval")
+        ec = ev["spec"]["template"]["spec"]["containers"][0]
+        assert ec["command"][:2] == ["sh", "-c"] and "tuneloop_trainer evaluate" in ec["command"][2]
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Evaluating")
+        assert cond(obj, "Training")["reason"] == "Completed"
+
+        await kube.finish_job(NS, "support-bot-eval", message=PUBLISH_MSG, log=EVAL_LOG)
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Succeeded")
+        assert cond(obj, "Succeeded")["status"] == "True" and cond(obj, "Evaluated")["reason"] == "Passed"
+        assert obj["status"]["metrics"] == {"rougeL": 0.48, "perplexity": 6.5} and obj["status"]["verdict"] == "Passed"
+        mv_name = obj["status"]["children"]["modelVersion"]
+        mv = await kube.wait_for(r.MODELVERSIONS, NS, mv_name, lambda o: phase(o) == "Ready")
+        assert mv["spec"]["evaluation"] == EVALUATION
+        assert mv["spec"]["artifact"] == {"uri": "pvc://models/support-bot/artifact", "format": "lora-adapter", "loraRank": 8}
+        lin = mv["spec"]["lineage"]
+        assert lin["datasetSha256"] == "ab" * 32 and lin["tokensSeen"] == 123456 and lin["libraryVersions"] == {"torch": "2.13.0"}
+        report = await kube.get(r.CONFIGMAPS, NS, mv["spec"]["report"]["configMap"])
+        assert report["data"]["report.md"] == REPORT_MD
+        assert report["metadata"]["ownerReferences"][0] == {**report["metadata"]["ownerReferences"][0], "kind": "ModelVersion", "uid": mv["metadata"]["uid"]}
+
+        events = await kube.client.events_for(NS, "support-bot", "FineTuneJob")
+        assert [e["reason"] for e in events] == ["ValidatingData", "Training", "Evaluating", "Succeeded"]
+
+        # a second restart after the end changes nothing
+        op.kill()
+        op.start()
+        await op.wait_log("Resuming is processed")
+        obj = await kube.get(r.FINETUNEJOBS, NS, "support-bot")
+        assert phase(obj) == "Succeeded" and len(await kube.client.events_for(NS, "support-bot")) == 4
+        assert kube.count(r.JOBS) == 3 and kube.count(r.MODELVERSIONS) == 1
+    finally:
+        op.stop()
+        print(op.tail())
+
+
+async def test_invalid_spec_fails_with_field_path_and_no_jobs(kube, operator_proc):
+    bad = ftj(method={"type": "qlora"})  # qlora without quantization.bits 4
+    bad["metadata"]["name"] = "broken"
+    await kube.apply(bad)
+    obj = await kube.wait_for(r.FINETUNEJOBS, NS, "broken", lambda o: phase(o) == "Failed")
+    ready = cond(obj, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
+    assert ready["message"].startswith("spec.method") and "qlora requires quantization.bits 4" in ready["message"]
+    events = await kube.client.events_for(NS, "broken", "FineTuneJob")
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "Failed")]
+    assert kube.count(r.JOBS) == 0
+
+
+async def test_data_error_fails_before_gpus(kube, operator_proc):
+    await kube.apply(ftj())
+    await kube.wait_for(r.JOBS, NS, "support-bot-data")
+    msg = '{"stage":"prepare","outcome":"Failed","reason":"InvalidData","error":"train.jsonl:7 not valid JSON"}'
+    await kube.finish_job(NS, "support-bot-data", exit_code=42, message=msg)
+    obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Failed")
+    dv = cond(obj, "DataValidated")
+    assert (dv["status"], dv["reason"]) == ("False", "InvalidData") and "train.jsonl:7" in dv["message"]
+    assert cond(obj, "Ready")["status"] == "False"
+    assert await kube.get(r.JOBS, NS, "support-bot-train") is None
+
+
+async def test_suspend_is_honoured(kube, operator_proc):
+    await kube.apply(ftj(suspend=True))
+    data = await kube.wait_for(r.JOBS, NS, "support-bot-data")
+    assert data["spec"]["suspend"] is True
+    await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Suspended")
+    await kube.client.patch(r.FINETUNEJOBS, NS, "support-bot", {"spec": {"suspend": False}})
+    await kube.wait_for(r.JOBS, NS, "support-bot-data", lambda j: j["spec"]["suspend"] is False)
+    await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "ValidatingData")
