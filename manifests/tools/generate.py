@@ -116,8 +116,8 @@ def rendered_outputs() -> dict[str, str]:
     """The files rendered from the chart (the chart's own files above must be written first)."""
     src = "charts/tuneloop (helm template, Helm labels dropped)"
     operator = _render(_merge(BARE, {"scope": "namespaced"}))
-    ns_rbac = _render(_merge(BARE, {"scope": "namespaced", "rbac": {"create": True}, "serviceAccount": {"create": False}}))
-    cw_rbac = _render(_merge(BARE, {"scope": "cluster", "rbac": {"create": True}, "serviceAccount": {"create": False}}))
+    ns_rbac = _render(_merge(BARE, {"scope": "namespaced", "rbac": {"create": True}}))
+    cw_rbac = _render(_merge(BARE, {"scope": "cluster", "rbac": {"create": True}}))
     deployment_kinds = {"ServiceAccount", "Service", "Deployment"}
     monitoring = _render(_merge(BARE, {"scope": "cluster", "monitoring": {"enabled": True}, "dashboard": {"enabled": True}, "serviceAccount": {"create": False}}),
                          monitoring=True)
