@@ -45,7 +45,9 @@ async def test_lifecycle_restart_and_modelversion(kube, tmp_path):
         ts = train["spec"]
         assert (ts["completionMode"], ts["completions"], ts["parallelism"]) == ("Indexed", 1, 1)
         tc = ts["template"]["spec"]["containers"][0]
-        assert tc["command"] == ["torchrun"] and "--master-addr=support-bot-train-0.support-bot-train.default.svc" in tc["args"]
+        assert tc["args"][:3] == ["-m", "tuneloop_trainer", "train"]  # the stage re-executes itself under torchrun
+        assert {"name": "MASTER_ADDR", "value": "support-bot-train-0.support-bot-train.default.svc"} in tc["env"]
+        assert ts["template"]["spec"]["subdomain"] == "support-bot-train"
         assert tc["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in tc["env"]
         assert ts["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [42]

@@ -199,7 +199,6 @@ def env(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> list[
         {"name": "TUNELOOP_MODEL_DIR", "value": MODEL_MOUNT},
         {"name": "TUNELOOP_CACHE_DIR", "value": f"{CACHE_MOUNT}/tuneloop"},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
-        {"name": "TUNELOOP_DEEPSPEED_CONFIG", "value": DEEPSPEED_FILE},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     ref = spec.base_model.token_secret_ref

@@ -11,7 +11,7 @@ import yaml
 from tuneloop.api import API_VERSION, FineTuneJobSpec
 
 from ..settings import OperatorSettings
-from .common import RENDEZVOUS_PORT, JobMeta, metadata, names
+from .common import RENDEZVOUS_PORT, BuildError, JobMeta, metadata, names
 
 
 def world_size(spec: FineTuneJobSpec) -> int:
@@ -19,21 +19,34 @@ def world_size(spec: FineTuneJobSpec) -> int:
 
 
 def deepspeed_json(spec: FineTuneJobSpec) -> str | None:
-    """The trainer's own generator (`tuneloop_trainer.deepspeed.deepspeed_config`), so both agree.
+    """The trainer's own generator (`tuneloop_trainer.dsconfig.deepspeed_config`): the same config the
+    train stage builds at run time, shown in the ConfigMap for users.
 
-    None when DeepSpeed is off, or when the trainer in this install has no generator (the trainer
-    then builds the config itself at run time).
+    None when DeepSpeed is off or the trainer package is not installed next to the operator.
+    Raises BuildError when the trainer refuses the spec (e.g. batchSize vs world size).
     """
     if spec.deepspeed is None or not spec.deepspeed.enabled:
         return None
-    for module in ("tuneloop_trainer.deepspeed", "tuneloop_trainer.ds_config", "tuneloop_trainer.train"):
-        try:
-            fn = getattr(importlib.import_module(module), "deepspeed_config", None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return json.dumps(fn(spec, world_size(spec)), indent=2, sort_keys=True)
-    return None
+    try:
+        fn = importlib.import_module("tuneloop_trainer.dsconfig").deepspeed_config
+    except (ImportError, AttributeError):
+        return None
+    try:
+        return json.dumps(fn(spec, world_size(spec)), indent=2, sort_keys=True)
+    except Exception as exc:  # tuneloop_trainer.errors.ConfigError
+        text = exc.one_line() if hasattr(exc, "one_line") else str(exc)
+        field = "spec.hyperparameters.batchSize" if "batchSize" in text else "spec.deepspeed"
+        raise BuildError(field, text) from None
+
+
+def check_batch(spec: FineTuneJobSpec) -> None:
+    """batchSize must split evenly over microBatchSize × world size (the trainer refuses it otherwise)."""
+    hp = spec.hyperparameters
+    per_step = hp.micro_batch_size * world_size(spec)
+    if hp.batch_size % per_step:
+        raise BuildError("spec.hyperparameters.batchSize",
+                         f"{hp.batch_size} is not a multiple of microBatchSize {hp.micro_batch_size} × world size "
+                         f"{world_size(spec)} (= {per_step})")
 
 
 def spec_manifest(spec: FineTuneJobSpec, meta: JobMeta) -> dict[str, Any]:

@@ -106,22 +106,22 @@ def rank0_host(meta: JobMeta) -> str:
 
 
 def train_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, suspend: bool | None = None) -> dict[str, Any]:
-    """Indexed Job, one pod per node, torchrun with node rank = completion index and rank 0 as master."""
+    """Indexed Job, one pod per node. Every pod runs `python -m tuneloop_trainer train`; the stage
+    re-executes itself under torchrun (torch.distributed.run) with NNODES × NPROC_PER_NODE ranks,
+    node rank = the pod's completion index and rank 0's stable DNS name as master address."""
     r = spec.resources
     _, wd = workdir(spec, meta, config)
     vols, mounts = volumes(spec, meta, config, shm=True, cache=True)
     n = names(meta.name)
-    args = [
-        f"--nnodes={r.nodes}",
-        f"--nproc-per-node={max(1, r.gpus_per_node)}",
-        "--node-rank=$(NODE_RANK)",
-        f"--master-addr={rank0_host(meta)}",
-        f"--master-port={RENDEZVOUS_PORT}",
-        *_stage_args("train", wd),
+    rank_env = [
+        {"name": "NNODES", "value": str(r.nodes)},
+        {"name": "NPROC_PER_NODE", "value": str(max(1, r.gpus_per_node))},
+        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {"name": "MASTER_ADDR", "value": rank0_host(meta)},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
     ]
-    rank_env = [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
     ports = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}, {"name": "metrics", "containerPort": config.trainer_metrics_port}]
-    c = _container(spec, meta, config, command=["torchrun"], args=args, resources=_gpu_resources(spec, r.gpus_per_node),
+    c = _container(spec, meta, config, command=["python"], args=_stage_args("train", wd), resources=_gpu_resources(spec, r.gpus_per_node),
                    mounts=mounts, extra_env=rank_env, ports=ports)
     return _job(n.train_job, "training", spec, meta, config, container=c, vols=vols, backoff=spec.backoff_limit,
                 suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=True, pods=r.nodes, subdomain=n.service)

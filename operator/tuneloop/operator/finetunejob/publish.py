@@ -58,10 +58,23 @@ def collect(workdir: Path) -> tuple[dict[str, Any], str | None]:
         msg["evaluation"] = ev.get("record", ev)
     lineage_path = workdir / "lineage.json"
     if lineage_path.exists():
-        lin = json.loads(lineage_path.read_text())
-        msg["lineage"] = {k: lin[k] for k in ("datasetSha256", "libraryVersions", "trainSeconds", "tokensSeen") if k in lin}
+        msg["lineage"] = lineage_summary(json.loads(lineage_path.read_text()))
     report = workdir / "report" / "report.md"
     return msg, report.read_text(errors="replace") if report.exists() else None
+
+
+def lineage_summary(lin: dict[str, Any]) -> dict[str, Any]:
+    """The ModelVersion lineage fields from the trainer's lineage.json."""
+    out: dict[str, Any] = {}
+    sha = (lin.get("dataset") or {}).get("sha256") if isinstance(lin.get("dataset"), dict) else None
+    if sha:
+        out["datasetSha256"] = sha
+    if isinstance(lin.get("libraries"), dict):
+        out["libraryVersions"] = {str(k): str(v) for k, v in lin["libraries"].items()}
+    for src, dst in (("wall_time_seconds", "trainSeconds"), ("tokens_seen", "tokensSeen")):
+        if isinstance(lin.get(src), int | float):
+            out[dst] = lin[src]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from tuneloop.api import FineTuneJobSpec
 
 from .. import builders, metrics
 from ..builders.common import BuildError, JobMeta, data_claim, names, workdir
+from ..builders.config import check_batch, deepspeed_json
 from ..builders.modelversion import model_version_phase
 from ..kube import ApiError, KubeClient
 from ..kube import resources as r
@@ -48,6 +49,8 @@ def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJo
     try:
         workdir(spec, JobMeta.from_body(body), config)
         data_claim(spec)
+        check_batch(spec)
+        deepspeed_json(spec)
     except BuildError as exc:
         return None, exc.field, exc.message
     return spec, "", ""
