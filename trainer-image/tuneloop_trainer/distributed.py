@@ -69,3 +69,15 @@ def relaunch(stage_args: list[str], topo: Topology) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1" if topo.nproc_per_node > 1 else env.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(torchrun_command(topo, stage_args), env=env)
+
+
+def single_process_env() -> None:
+    """The rendezvous environment of a one-rank job on a free local port (DeepSpeed without torchrun)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(k, v)

@@ -107,7 +107,7 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
         disable_tqdm=True,
         remove_unused_columns=False,
         use_cpu=not cuda,
-        ddp_backend="gloo" if world > 1 and not cuda else None,
+        ddp_backend="gloo" if dist.under_launcher() and not cuda else None,
         ddp_find_unused_parameters=False if world > 1 else None,
         deepspeed=ds,
         train_sampling_strategy="group_by_length" if layout == "padded-grouped" else "random",
@@ -138,6 +138,8 @@ def run(ctx: Any) -> dict[str, Any]:
     topo = dist.topology()
     if topo.world_size > 1 and not dist.under_launcher():
         return _relaunch(ctx, topo)
+    if ctx.spec.deepspeed and ctx.spec.deepspeed.enabled and not dist.under_launcher():
+        dist.single_process_env()  # DeepSpeed wants a process group even for one rank
     try:
         return _train(ctx)
     except TrainerError:
