@@ -1,0 +1,68 @@
+"""`kubectl tuneloop report MODELVERSION`: print the experiment report (Markdown) from its ConfigMap.
+
+A FineTuneJob name works too: its registered ModelVersion's report is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from tuneloop.operator.kube import ApiError, KubeClient
+from tuneloop.operator.kube import resources as r
+
+from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="ModelVersion name (or the FineTuneJob that registered it)")
+    add_cluster_arguments(p)
+
+
+async def fetch(client: KubeClient, ns: str, name: str) -> tuple[str | None, str]:
+    """(markdown, explanation when there is none)."""
+    mv = await client.get(r.MODELVERSIONS, ns, name)
+    if mv is None:
+        ftj = await client.get(r.FINETUNEJOBS, ns, name)
+        mv_name = ((ftj or {}).get("status") or {}).get("children", {}).get("modelVersion") if ftj else None
+        if not mv_name:
+            what = f"FineTuneJob {ns}/{name} has not registered a ModelVersion yet" if ftj else f"ModelVersion {ns}/{name} not found"
+            return None, what
+        mv = await client.get(r.MODELVERSIONS, ns, mv_name)
+        if mv is None:
+            return None, f"ModelVersion {ns}/{mv_name} (from FineTuneJob {name}) not found"
+    report = (mv.get("spec") or {}).get("report") or {}
+    where = f" (the report file is at {report['uri']})" if report.get("uri") else ""
+    cm_name = report.get("configMap")
+    if not cm_name:
+        return None, f"ModelVersion {mv['metadata']['name']} has no report ConfigMap{where}"
+    cm = await client.get(r.CONFIGMAPS, ns, cm_name)
+    text = ((cm or {}).get("data") or {}).get("report.md")
+    if not text:
+        return None, f"ConfigMap {ns}/{cm_name} with the report is missing or empty{where}"
+    return text, ""
+
+
+async def _run(args: argparse.Namespace) -> int:
+    client, ns = connect(args)
+    try:
+        text, why = await fetch(client, ns, args.name)
+    except ApiError as exc:
+        print(f"kubectl tuneloop report: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+    if text is None:
+        print(f"kubectl tuneloop report: {why}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except RuntimeError as exc:
+        print(f"kubectl tuneloop report: {exc}", file=sys.stderr)
+        return 1
