@@ -164,7 +164,7 @@ def dashboard() -> dict[str, Any]:
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {"selected": False, "text": "Prometheus", "value": "prometheus"}, "hide": 0},
-            _var("namespace", "Namespace", "label_values(tuneloop_finetunejob_phase, namespace)"),
+            _var("namespace", "Namespace", 'label_values({__name__=~"tuneloop_finetunejob_phase|tuneloop_rollout_phase"}, namespace)'),
             _var("finetunejob", "FineTuneJob", 'label_values(tuneloop_finetunejob_phase{namespace=~"$namespace"}, name)'),
             _var("rollout", "Rollout", 'label_values(tuneloop_rollout_canary_weight{namespace=~"$namespace"}, rollout)'),
         ]},

@@ -1,0 +1,140 @@
+"""Argo CD health checks (Lua, shipped in manifests/argocd/argocd-cm-health.yaml) run with lupa
+against the samples in every phase, as Argo CD runs them: `obj` global, script returns {status, message}."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from tuneloop.api import schema_check
+from tuneloop.api.modelversion import ModelVersionPhase
+from tuneloop.api.rollout import RolloutPhase
+from tuneloop.api.status import FineTuneJobPhase
+
+from ._support import ROOT
+
+pytestmark = pytest.mark.unit
+
+SAMPLES = ROOT / "manifests" / "samples"
+CM = ROOT / "manifests" / "argocd" / "argocd-cm-health.yaml"
+ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+T = "2026-11-22T03:00:00Z"
+
+FINETUNEJOB = {
+    "Pending": "Progressing", "ValidatingData": "Progressing", "Training": "Progressing", "Evaluating": "Progressing",
+    "Succeeded": "Healthy", "Failed": "Degraded", "Suspended": "Suspended",
+}
+MODELVERSION = {"Pending": "Progressing", "Ready": "Healthy", "Serving": "Healthy", "Retired": "Healthy",
+                "Rejected": "Degraded", "RolledBack": "Degraded"}
+ROLLOUT = {"Progressing": "Progressing", "Paused": "Suspended", "Promoted": "Healthy", "RolledBack": "Degraded",
+           "Degraded": "Degraded", "Aborted": "Degraded"}
+EXPECTED = {"FineTuneJob": FINETUNEJOB, "ModelVersion": MODELVERSION, "Rollout": ROLLOUT}
+SAMPLE_FILES = {"FineTuneJob": "finetunejob-llama-2x8-zero3.yaml", "ModelVersion": "modelversion.yaml", "Rollout": "rollout.yaml"}
+
+
+def test_every_phase_is_covered():
+    """A phase added to the API without a health mapping fails here."""
+    assert set(FINETUNEJOB) == {p.value for p in FineTuneJobPhase}
+    assert set(MODELVERSION) == {p.value for p in ModelVersionPhase}
+    assert set(ROLLOUT) == {p.value for p in RolloutPhase}
+
+
+@pytest.fixture(scope="module")
+def scripts() -> dict[str, str]:
+    data = yaml.safe_load(CM.read_text())["data"]
+    return {key.rsplit("_", 1)[1]: text for key, text in data.items() if key.startswith("resource.customizations.health.tuneloop.dev_")}
+
+
+def run(script: str, obj: dict) -> dict:
+    import lupa
+
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(script)
+    return {"status": result["status"], "message": result["message"]}
+
+
+def sample(kind: str, phase: str | None, **status) -> dict:
+    obj = yaml.safe_load((SAMPLES / SAMPLE_FILES[kind]).read_text())
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["generation"] = 3
+    if phase is not None:
+        obj["status"] = {"phase": phase, "observedGeneration": 3, **status}
+    problems = schema_check.check_document(obj)
+    assert not problems, problems  # the sample with this status is something the API server accepts
+    return obj
+
+
+def _condition(ctype: str, status: str, reason: str, message: str) -> dict:
+    return {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": T, "observedGeneration": 3}
+
+
+def test_keys_name_the_three_kinds(scripts):
+    assert set(scripts) == {"FineTuneJob", "ModelVersion", "Rollout"}
+
+
+@pytest.mark.parametrize("kind,phase", [(k, p) for k, phases in EXPECTED.items() for p in phases])
+def test_health_of_every_phase(scripts, kind, phase):
+    result = run(scripts[kind], sample(kind, phase))
+    assert result["status"] == EXPECTED[kind][phase]
+    assert result["message"]
+
+
+@pytest.mark.parametrize("kind", EXPECTED)
+def test_no_status_yet_is_progressing(scripts, kind):
+    assert run(scripts[kind], sample(kind, None)) == {
+        "status": "Progressing", "message": "Waiting for the tuneloop operator to report status"}
+
+
+@pytest.mark.parametrize("kind", EXPECTED)
+def test_stale_observed_generation_is_progressing(scripts, kind):
+    healthy = next(p for p, s in EXPECTED[kind].items() if s == "Healthy")
+    obj = sample(kind, healthy)
+    obj["status"]["observedGeneration"] = 2
+    assert run(scripts[kind], obj) == {"status": "Progressing", "message": "Waiting for the tuneloop operator to observe generation 3"}
+    del obj["status"]["observedGeneration"]
+    assert run(scripts[kind], obj)["status"] == "Progressing"
+
+
+def test_failed_finetunejob_explains_why(scripts):
+    obj = sample("FineTuneJob", "Failed", conditions=[
+        _condition("DataValidated", "False", "TooManyRejected", "612 of 10000 records rejected (6.1% > 5%); see data_report.txt")])
+    assert run(scripts["FineTuneJob"], obj) == {
+        "status": "Degraded", "message": "DataValidated: 612 of 10000 records rejected (6.1% > 5%); see data_report.txt"}
+    obj["status"]["message"] = "training pod OOMKilled"
+    assert run(scripts["FineTuneJob"], obj)["message"] == "training pod OOMKilled"
+
+
+def test_training_shows_progress(scripts):
+    obj = sample("FineTuneJob", "Training", progress={"step": 120, "totalSteps": 400, "percent": "30%"})
+    assert run(scripts["FineTuneJob"], obj) == {"status": "Progressing", "message": "Training: step 120/400"}
+
+
+def test_succeeded_names_the_model_version(scripts):
+    obj = sample("FineTuneJob", "Succeeded", verdict="Passed", children={"modelVersion": "llama-support-v1"})
+    assert run(scripts["FineTuneJob"], obj)["message"] == "Training and evaluation succeeded; gate verdict Passed; ModelVersion llama-support-v1"
+
+
+def test_rollout_messages(scripts):
+    progressing = sample("Rollout", "Progressing", canaryWeight=30, currentStepIndex=3, waitingFor="pause 5m (2m left)")
+    assert run(scripts["Rollout"], progressing) == {"status": "Progressing", "message": "Canary at 30%, step 3: pause 5m (2m left)"}
+    rolled = sample("Rollout", "RolledBack", conditions=[
+        _condition("Healthy", "False", "AnalysisFailed", "error-rate 0.042 > max 0.01")])
+    assert run(scripts["Rollout"], rolled) == {"status": "Degraded", "message": "Healthy: error-rate 0.042 > max 0.01"}
+    paused = sample("Rollout", "Paused", canaryWeight=10)
+    assert run(scripts["Rollout"], paused) == {"status": "Suspended", "message": "Paused at canary weight 10%; promote or abort"}
+    promoted = sample("Rollout", "Promoted", stableModelVersion="support-triage-v3", canaryWeight=0)
+    assert run(scripts["Rollout"], promoted)["message"] == "Promoted: support-triage-v3 serves 100%"
+
+
+def test_unknown_phase_is_unknown(scripts):
+    obj = sample("ModelVersion", "Ready")
+    obj["status"]["phase"] = "Archived"  # a future phase this script does not know
+    assert run(scripts["ModelVersion"], obj) == {"status": "Unknown", "message": "Unknown ModelVersion phase Archived"}
+
+
+def test_statuses_are_argo_cd_statuses(scripts):
+    for kind, phases in EXPECTED.items():
+        assert set(phases.values()) <= ARGO_STATUSES
