@@ -247,3 +247,25 @@ def test_render_helper_matches_plain_chart_render():
     ours = chart.render(None, api_versions=[])
     strip = lambda r: {k: v for k, v in r.items() if "NOTES" not in k}  # noqa: E731
     assert strip(public) == strip(ours)
+
+
+def test_samples_are_valid_against_the_chart_crds(rendered):
+    """The samples (CRD instances) validate against the CRDs the chart installs, and against the models."""
+    import jsonschema
+
+    from tuneloop.api import schema_check
+
+    schemas = {c["spec"]["names"]["kind"]: c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+               for c in by_kind(rendered["default"])["CustomResourceDefinition"]}
+    samples = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+    assert len(samples) >= 3
+    kinds = set()
+    for path in samples:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or not str(doc.get("apiVersion", "")).startswith("tuneloop.dev/"):
+                continue
+            kinds.add(doc["kind"])
+            errors = list(jsonschema.Draft4Validator(schema_check.to_jsonschema(schemas[doc["kind"]])).iter_errors(doc))
+            assert not errors, f"{path.name}: {errors[0].message}"
+            assert schema_check.check_document(doc, str(path)) == []
+    assert kinds == set(schemas)
