@@ -38,8 +38,8 @@ def set_state(namespace: str, rollout: str, phase: str, weight: int) -> None:
         ROLLOUT_PHASE.labels(namespace, rollout, p).set(1 if p == phase else 0)
 
 
-def measured(namespace: str, rollout: str, metric: str, phase: str, value: float | None) -> None:
-    MEASUREMENTS.labels(namespace, rollout, metric, phase).inc()
+def measured(namespace: str, rollout: str, metric: str, phase: object, value: float | None) -> None:
+    MEASUREMENTS.labels(namespace, rollout, metric, getattr(phase, "value", phase)).inc()
     if value is not None:
         MEASUREMENT_VALUE.labels(namespace, rollout, metric).set(value)
 

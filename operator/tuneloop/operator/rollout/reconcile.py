@@ -26,7 +26,7 @@ from . import metrics, names, queries, serving, traffic
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
 from .prometheus import MetricsProvider, PrometheusClient, PrometheusError
-from .steps import Outcome, World, advance, due_metrics, next_wakeup
+from .steps import Outcome, World, advance, due_metrics, next_wakeup, set_condition
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -132,8 +132,14 @@ class Reconciler:
             ro = Rollout.model_validate(obj)
         except ValidationError as exc:
             err = exc.errors()[0]
-            msg = f"invalid Rollout at spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            await self.write_status(obj, RolloutStatus(phase=RolloutPhase.DEGRADED.value, message=msg))
+            msg = f"invalid Rollout at {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            try:  # keep what the status knows (stable version, measurements); only the phase changes
+                kept = RolloutStatus.model_validate(obj.get("status") or {})
+            except ValidationError:
+                kept = RolloutStatus()
+            kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
+            set_condition(kept, "Progressing", False, "InvalidSpec", msg, World(now=now, generation=meta.get("generation")))
+            await self.write_status(obj, kept)
             return 30.0
         spec = ro.spec
         status = ro.status if obj.get("status") else None
@@ -152,8 +158,9 @@ class Reconciler:
             for mname, a in assessments.items():
                 metrics.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)
-        await self.apply(obj, spec, out, {m.metadata.name: m for m in (stable_mv, cand_mv) if m}, world)
-        return next_wakeup(spec, out.status, utcnow())
+        servable = {m.metadata.name: m for m, err in ((stable_mv, err_s), (cand_mv, err_c)) if m is not None and err is None}
+        await self.apply(obj, spec, out, servable, world)
+        return next_wakeup(spec, out.status, now)
 
     async def apply(self, obj: dict, spec: RolloutSpec, out: Outcome, mvs: dict[str, ModelVersion], world: World) -> None:
         meta = obj["metadata"]

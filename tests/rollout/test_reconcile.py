@@ -1,0 +1,163 @@
+"""Reconciler ticks against kmock with a scripted metrics provider (no operator process, explicit clock)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from tuneloop.operator.kube import resources as r
+from tuneloop.operator.rollout import metrics as rm
+from tuneloop.operator.rollout.prometheus import PrometheusError
+from tuneloop.operator.rollout.reconcile import HASH_ANNOTATION, Reconciler, available_for
+from tuneloop.operator.rollout.serving import ServingConfig
+
+from ..operator.harness import cluster
+from . import samples
+
+pytestmark = pytest.mark.operator
+NS = "default"
+T0 = dt.datetime(2026, 11, 22, 5, 0, tzinfo=dt.timezone.utc)
+
+
+class Scripted:
+    """A MetricsProvider answering by role; `fail` makes every query raise."""
+
+    def __init__(self):
+        self.values = {"canary": 0.01, "stable": 0.01}
+        self.fail = False
+        self.queries: list[str] = []
+
+    async def query(self, promql: str) -> float | None:
+        self.queries.append(promql)
+        if self.fail:
+            raise PrometheusError("Prometheus at http://prom unreachable: ClientConnectorError")
+        return self.values["canary" if 'tuneloop_dev_role="canary"' in promql else "stable"]
+
+
+def objs(**spec):
+    ro = samples.gateway_rollout(**spec)
+    ro["metadata"] = {"name": "bot", "namespace": NS}
+    ro["spec"].update(stable={"name": "v1"}, candidate={"name": "v2"}, steps=[{"setWeight": 10}, {"analysis": {"count": 2}}])
+    ro["spec"]["trafficRouting"]["gatewayAPI"]["httpRoute"] = "bot"
+    ro["spec"]["analysis"]["metrics"] = [{"name": "error-rate", "builtin": "error-rate", "max": 0.05}]
+    mvs = []
+    for n in ("v1", "v2"):
+        mv = copy.deepcopy(samples.model_version(n))
+        mv["metadata"] = {"name": n, "namespace": NS}
+        mvs.append(mv)
+    return ro, mvs
+
+
+async def setup(kc, ro, mvs):
+    for mv in mvs:
+        await kc.apply(mv)
+    await kc.apply(ro)
+
+
+async def tick(kc, rec, seconds):
+    obj = await kc.get(r.ROLLOUTS, NS, "bot")
+    return await rec.tick(obj, T0 + dt.timedelta(seconds=seconds))
+
+
+async def make_available(kc, name):
+    dep = await kc.get(r.DEPLOYMENTS, NS, name)
+    n = dep["spec"]["replicas"]
+    await kc.client.patch(r.DEPLOYMENTS, NS, name, {"status": {"observedGeneration": 1, "updatedReplicas": n, "availableReplicas": n}}, subresource="status")
+
+
+async def test_tick_builds_serving_measures_and_rolls_back_first_to_weight_zero(tmp_path: Path):
+    prov = Scripted()
+    ro, mvs = objs()
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://default-prom:9090", provider_factory=lambda url: prov)
+        await tick(kc, rec, 0)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["waitingFor"] == "canary pods ready for 10%: 0/1 available"
+        for name in ("bot-stable", "bot-canary"):
+            assert (await kc.get(r.SERVICES, NS, name)) is not None
+        stable = await kc.get(r.DEPLOYMENTS, NS, "bot-stable")
+        assert stable["spec"]["replicas"] == 4 and HASH_ANNOTATION in stable["metadata"]["annotations"]
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 1
+        await make_available(kc, "bot-canary")
+        await tick(kc, rec, 1)
+        route = await kc.get(r.HTTPROUTES, NS, "bot")
+        assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [90, 10]
+        assert rm.CANARY_WEIGHT.labels(NS, "bot")._value.get() == 10
+        await tick(kc, rec, 2)  # first measurement of the analysis step
+        assert prov.queries and 'tuneloop_dev_role="canary"' in prov.queries[-1] and "[1m]" in prov.queries[-1]
+        rv = (await kc.get(r.ROLLOUTS, NS, "bot"))["metadata"]["resourceVersion"]
+        delay = await tick(kc, rec, 5)  # nothing due, nothing changed: no status write
+        assert delay == pytest.approx(7.0)
+        assert (await kc.get(r.ROLLOUTS, NS, "bot"))["metadata"]["resourceVersion"] == rv
+        before = rm.TIME_TO_ROLLBACK._sum.get(), sum(b.get() for b in rm.TIME_TO_ROLLBACK._buckets)
+        prov.values["canary"] = 0.4
+        await tick(kc, rec, 12)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "RolledBack" and "error-rate 0.4 > max 0.05" in st["message"]
+        route = await kc.get(r.HTTPROUTES, NS, "bot")
+        assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 0
+        assert (await kc.get(r.MODELVERSIONS, NS, "v2"))["status"]["phase"] == "RolledBack"
+        assert sum(b.get() for b in rm.TIME_TO_ROLLBACK._buckets) == before[1] + 1
+        assert rm.ROLLOUT_PHASE.labels(NS, "bot", "RolledBack")._value.get() == 1
+        assert rm.ROLLOUT_PHASE.labels(NS, "bot", "Progressing")._value.get() == 0
+        assert rm.MEASUREMENTS.labels(NS, "bot", "error-rate", "Failed")._value.get() >= 1
+        assert rm.MEASUREMENT_VALUE.labels(NS, "bot", "error-rate")._value.get() == 0.4
+        events = await kc.client.events_for(NS, "bot", "Rollout")
+        assert [e["reason"] for e in events if e["type"] == "Warning"] == ["AnalysisFailed"]
+        rm.forget(NS, "bot")
+        assert ("default", "bot") not in {k[:2] for k in rm.MEASUREMENT_VALUE._metrics}
+
+
+async def test_provider_errors_become_error_measurements(tmp_path: Path):
+    prov = Scripted()
+    prov.fail = True
+    ro, mvs = objs()
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: prov)
+        await tick(kc, rec, 0)
+        await make_available(kc, "bot-canary")
+        for t in range(1, 6):
+            await tick(kc, rec, t * 10)
+            st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+            assert st["phase"] == "Progressing" and st["canaryWeight"] == 10
+        assert [m["phase"] for m in st["measurements"]] == ["Error"] * 4
+        assert "unreachable" in st["measurements"][0]["message"]
+        await tick(kc, rec, 60)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "RolledBack" and "AnalysisError" in [c["reason"] for c in st["conditions"]]
+
+
+async def test_unservable_candidate_and_invalid_rollout_are_degraded(tmp_path: Path):
+    ro, mvs = objs()
+    mvs[1]["spec"]["artifact"]["uri"] = "s3://bucket/v2"
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: Scripted())
+        await tick(kc, rec, 0)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Degraded" and "ModelVersion v2 cannot be served" in st["message"] and "got s3" in st["message"]
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary")) is None or (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 0
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-stable"))["spec"]["replicas"] == 4  # stable keeps serving
+        bad = copy.deepcopy(ro)
+        bad["metadata"] = {"name": "broken", "namespace": NS}
+        bad["spec"]["steps"] = [{"setWeight": 150}]
+        await kc.apply(bad)
+        await rec.tick(await kc.get(r.ROLLOUTS, NS, "broken"), T0)
+        st = (await kc.get(r.ROLLOUTS, NS, "broken"))["status"]
+        assert st["phase"] == "Degraded" and st["message"].startswith("invalid Rollout at spec.steps.0")
+
+
+@pytest.mark.unit
+def test_available_for_requires_the_current_template():
+    dep = {"metadata": {"generation": 3}, "spec": {"template": {"metadata": {"labels": {"tuneloop.dev/model-version": "v2"}}}},
+           "status": {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2}}  # fmt: skip
+    assert available_for(dep, "v2") == 2
+    assert available_for(dep, "v3") == 0
+    assert available_for(dep | {"status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 2}}, "v2") == 0
+    assert available_for(None, "v2") == 0
