@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import subprocess
@@ -39,7 +40,12 @@ def objects(values: dict[str, Any] | None = None, **kw: Any) -> list[dict[str, A
 
 
 def kustomize(path: str) -> list[dict[str, Any]]:
-    """`kubectl kustomize manifests/...` with no flags, as a user runs it."""
+    """`kubectl kustomize manifests/...` with no flags, as a user runs it (cached per path; a fresh copy)."""
+    return copy.deepcopy(_kustomize(str(path)))
+
+
+@functools.lru_cache(maxsize=None)
+def _kustomize(path: str) -> list[dict[str, Any]]:
     out = subprocess.run(["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
