@@ -237,7 +237,7 @@ def test_notes_say_what_to_do_next():
     assert "kubectl -n tuneloop-system rollout status deployment/tuneloop" in notes
     assert "kubectl apply -n <namespace> -f finetunejob.yaml" in notes and "kubectl tuneloop status" in notes
     off = render({"crds": {"enabled": False, "keep": True}})["tuneloop/templates/NOTES.txt"]
-    assert "kubectl apply -f crds/" in off
+    assert "kubectl apply --server-side -f crds/" in off
 
 
 def test_render_helper_matches_plain_chart_render():
