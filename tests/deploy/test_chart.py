@@ -66,8 +66,8 @@ def test_validation_catches_bad_objects(rendered):
 
 @pytest.mark.parametrize("case", CASES)
 def test_lint_has_no_errors(case):
-    report = helm.lint(CHART, CASES[case] or None, strict=False, namespace="tuneloop-system", kube_version="v1.31.0")
-    errors = [m for m in report["messages"] if m["severity"] >= 3] + report["errors"]
+    report = helm.lint(CHART, CASES[case] or None, strict=True, namespace="tuneloop-system", kube_version="v1.31.0")
+    errors = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]  # warnings count too
     assert errors == []
 
 
