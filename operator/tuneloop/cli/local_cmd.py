@@ -1,0 +1,163 @@
+"""`kubectl tuneloop local run FILE [--workdir DIR]`: a FineTuneJob's whole chain on this machine.
+
+prepare → train → evaluate → report, in this process, with the stage code the pods run
+(CPU, or the local GPU when torch sees one). Progress bars while it runs, a summary table at the
+end, and a non-zero exit with the cause when a stage fails (42: the spec or data is wrong —
+rerunning will not help; 1: a runtime failure; 130: interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = ["prepare", "train", "evaluate", "report"]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be ≥ 1")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="local_action", metavar="ACTION")
+    r = sub.add_parser("run", help="run prepare → train → evaluate → report for a FineTuneJob file",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("file", type=Path, metavar="FILE", help="FineTuneJob manifest (YAML)")
+    r.add_argument("--workdir", type=Path, help="output directory (default: spec.output.path, else ./runs/<job name>)")
+    r.add_argument("--from-stage", choices=STAGES, help="start here, reusing the earlier stages' outputs in the workdir")
+    r.add_argument("--to-stage", choices=STAGES, help="stop after this stage")
+    r.add_argument("--max-steps", type=_positive, help="override hyperparameters.maxSteps (a quick try)")
+    r.add_argument("--max-samples", type=_positive, help="override evaluation.maxSamples (fewer test examples)")
+    r.add_argument("--no-baseline", action="store_true", help="skip generating with the base model on the test set")
+    r.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
+    r.add_argument("--fresh", action="store_true", help="delete this job's previous outputs in the workdir first (otherwise training resumes from its checkpoints)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (plain stage lines only)")
+    r.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
+        return f"cpu: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        return "torch is not installed"
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "local_action", None) != "run":
+        print("usage: kubectl tuneloop local run FILE [--workdir DIR] (see --help)", file=sys.stderr)
+        return 2
+    return run_local(args)
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import local_progress, local_runner
+
+    console = Console(stderr=False, highlight=False)
+    err = Console(stderr=True, highlight=False)
+    try:
+        stages = local_runner.select_stages(args.from_stage, args.to_stage)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        from tuneloop_trainer.context import load_context
+        from tuneloop_trainer.errors import TrainerError
+    except ImportError as exc:
+        err.print(f"[red]error:[/] local runs need the trainer extra ({exc.name} is missing): pip install 'tuneloop[trainer]'")
+        return 2
+
+    import yaml
+
+    try:
+        doc = yaml.safe_load(args.file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]error:[/] cannot read {args.file}: {exc}")
+        return 42
+    if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
+        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob manifest (kind: {doc.get('kind') if isinstance(doc, dict) else None})")
+        return 42
+    try:
+        probe = load_context(args.file, Path(tempfile.gettempdir()))  # validates the spec; the workdir is decided below
+    except TrainerError as exc:
+        err.print(f"[red]error:[/] {exc.one_line()}")
+        return exc.exit_code
+    workdir = args.workdir or local_runner.default_workdir(probe.name, probe.spec, probe.spec_dir)
+    workdir = workdir.resolve()
+    if args.fresh and workdir.exists():
+        removed = local_runner.clean_outputs(workdir)
+        if removed:
+            console.print(f"removed previous outputs in {workdir}: {', '.join(removed)}")
+    ctx = load_context(args.file, workdir)
+    overrides = {k: getattr(args, k) for k in ("max_steps", "max_samples", "no_baseline", "no_forgetting") if getattr(args, k)}
+    local_runner.apply_overrides(ctx.spec, overrides)
+    missing = local_runner.missing_inputs(workdir, stages[0])
+    if missing:
+        err.print(f"[red]error:[/] {missing}")
+        return 42
+
+    console.print(f"[bold]tuneloop local run[/] {ctx.namespace}/{ctx.name} — base {ctx.spec.base_model.display_name()}, method {ctx.spec.method.type}")
+    console.print(f"device {_device()}; workdir {workdir}" + (f"; overrides {overrides}" if overrides else ""))
+    display = local_progress.StageDisplay(console, enabled=not args.no_progress)
+    ctx.on_progress = display
+    headlines: dict[str, str] = {}
+
+    def on_end(out: local_runner.StageOutcome) -> None:
+        display.stop()
+        headlines[out.stage] = local_progress.stage_headline(out.stage, out.summary)
+        mark = "[green]✓[/]" if out.outcome == "Succeeded" else "[red]✗[/]"
+        console.print(f"{mark} {out.stage} {out.outcome.lower()} in {out.seconds:.1f}s — {headlines[out.stage]}")
+
+    started = time.time()
+    record = {"spec": str(args.file.resolve()), "workdir": str(workdir), "stages_requested": stages, "overrides": overrides, "device": _device()}
+    try:
+        outcomes = local_runner.run_chain(ctx, stages, on_start=display.start, on_end=on_end, record=record)
+    finally:
+        display.stop()
+    rows = [{"stage": o.stage, "outcome": o.outcome, "seconds": o.seconds, "headline": headlines.get(o.stage, "")} for o in outcomes]
+    console.print()
+    console.print(local_progress.summary_table(rows))
+    evaluated = next((o for o in outcomes if o.stage == "evaluate" and o.outcome == "Succeeded"), None)
+    if evaluated and evaluated.summary.get("metrics"):
+        console.print(local_progress.metrics_table(evaluated.summary["metrics"], evaluated.summary.get("verdict")))
+    console.print(f"total {time.time() - started:.1f}s; outputs in {workdir}")
+    failed = next((o for o in outcomes if o.outcome in ("Failed", "Interrupted")), None)
+    if failed:
+        err.print(f"[red]error:[/] stage {failed.stage} failed: {failed.cause}")
+        return failed.exit_code or 1
+    reported = next((o for o in outcomes if o.stage == "report" and o.outcome == "Succeeded"), None)
+    if reported:
+        console.print(f"report: {reported.summary.get('report')}\nModelVersion: {reported.summary.get('modelVersion')}")
+    return 0

@@ -1,0 +1,144 @@
+"""Running a FineTuneJob's stages in this process, exactly as the pods run them.
+
+The stage functions, the StageContext and the summary files are the trainer's own
+(`tuneloop_trainer.__main__`): a local run leaves the same DIR/result-<stage>.json files a pod
+would, so `report` and the operator's readers see no difference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+STAGE_ORDER = ["prepare", "train", "evaluate", "report"]
+
+# What a stage needs from the earlier ones, checked before a run that starts later in the chain.
+REQUIRES = {
+    "train": ("data/train.jsonl", "prepare"),
+    "evaluate": ("artifact", "train"),
+    "report": ("eval.json", "evaluate"),
+}
+# Outputs a --fresh run removes (never anything else in the directory).
+OUTPUTS = ["data", "checkpoints", "artifact", "report", "eval.json", "progress.jsonl", "lineage.json", "result.json", "local-run.json"]
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    outcome: str  # Succeeded | Failed | Interrupted | Skipped
+    seconds: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    exit_code: int = 0
+    cause: str = ""
+
+
+def default_workdir(ctx_name: str, spec: Any, spec_dir: Path) -> Path:
+    """--workdir wins; else spec.output.path (relative to the spec file); else ./runs/<job name>."""
+    if spec.output.path:
+        p = Path(spec.output.path).expanduser()
+        return p if p.is_absolute() else (spec_dir / p)
+    return Path("runs") / ctx_name
+
+
+def select_stages(from_stage: str | None, to_stage: str | None) -> list[str]:
+    start = STAGE_ORDER.index(from_stage) if from_stage else 0
+    end = STAGE_ORDER.index(to_stage) + 1 if to_stage else len(STAGE_ORDER)
+    if start >= end:
+        raise ValueError(f"--from-stage {from_stage} comes after --to-stage {to_stage}")
+    return STAGE_ORDER[start:end]
+
+
+def missing_inputs(workdir: Path, first_stage: str) -> str | None:
+    need = REQUIRES.get(first_stage)
+    if need and not (workdir / need[0]).exists():
+        return f"{workdir / need[0]} is missing: run the {need[1]} stage first (drop --from-stage {first_stage})"
+    return None
+
+
+def clean_outputs(workdir: Path) -> list[str]:
+    removed = []
+    for name in OUTPUTS + [p.name for p in workdir.glob("result-*.json")]:
+        p = workdir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+            removed.append(name)
+        elif p.exists():
+            p.unlink()
+            removed.append(name)
+    return removed
+
+
+def apply_overrides(spec: Any, overrides: dict[str, Any]) -> None:
+    """In-place changes a user asks for on the command line (recorded in local-run.json)."""
+    if overrides.get("max_steps") is not None:
+        spec.hyperparameters.max_steps = overrides["max_steps"]
+    if overrides.get("max_samples") is not None:
+        spec.evaluation.max_samples = overrides["max_samples"]
+    if overrides.get("no_baseline"):
+        spec.evaluation.baseline = False
+    if overrides.get("no_forgetting"):
+        spec.evaluation.forgetting.enabled = False
+
+
+def run_one(stage: str, ctx: Any) -> StageOutcome:
+    """One stage with the runner's contract: summary file written on success and on failure."""
+    from tuneloop_trainer.__main__ import run_stage, write_summary
+    from tuneloop_trainer.errors import EXIT_RUNTIME_ERROR, TrainerError
+
+    started = time.time()
+    try:
+        result = run_stage(stage, ctx) or {}
+        summary = {"stage": stage, "outcome": "Succeeded", "seconds": round(time.time() - started, 1), **result}
+        write_summary(ctx.workdir, stage, summary)
+        return StageOutcome(stage, "Succeeded", summary["seconds"], summary)
+    except TrainerError as exc:
+        summary = {"stage": stage, "outcome": "Failed", "reason": exc.reason, "error": exc.one_line()}
+        write_summary(ctx.workdir, stage, summary)
+        return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, exc.exit_code, exc.one_line())
+    except KeyboardInterrupt:
+        summary = {"stage": stage, "outcome": "Failed", "reason": "Interrupted", "error": "interrupted by the user"}
+        write_summary(ctx.workdir, stage, summary)
+        return StageOutcome(stage, "Interrupted", round(time.time() - started, 1), summary, 130, "interrupted (Ctrl-C); rerun to resume from the last checkpoint")
+    except Exception as exc:  # the cause, not only a traceback; the traceback goes to a file
+        line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
+        (ctx.workdir / f"traceback-{stage}.txt").write_text(traceback.format_exc())
+        summary = {"stage": stage, "outcome": "Failed", "reason": "InternalError", "error": line}
+        write_summary(ctx.workdir, stage, summary)
+        return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, EXIT_RUNTIME_ERROR,
+                            f"{line} (traceback in {ctx.workdir / f'traceback-{stage}.txt'})")
+
+
+def run_chain(
+    ctx: Any,
+    stages: list[str],
+    *,
+    on_start: Callable[[str, int, int], None] | None = None,
+    on_end: Callable[[StageOutcome], None] | None = None,
+    record: dict[str, Any] | None = None,
+) -> list[StageOutcome]:
+    """Run `stages` in order, stopping at the first failure; later stages are reported as Skipped."""
+    outcomes: list[StageOutcome] = []
+    log = dict(record or {})
+    log.setdefault("startedAt", datetime.now(timezone.utc).isoformat())
+    log["stages"] = []
+    for i, stage in enumerate(stages, 1):
+        if outcomes and outcomes[-1].outcome != "Succeeded":
+            outcomes.append(StageOutcome(stage, "Skipped"))
+            continue
+        if on_start:
+            on_start(stage, i, len(stages))
+        out = run_one(stage, ctx)
+        outcomes.append(out)
+        log["stages"].append({"stage": stage, "outcome": out.outcome, "seconds": out.seconds, "cause": out.cause or None})
+        (ctx.workdir / "local-run.json").write_text(json.dumps(log, indent=2, default=str))
+        if on_end:
+            on_end(out)
+    log["finishedAt"] = datetime.now(timezone.utc).isoformat()
+    (ctx.workdir / "local-run.json").write_text(json.dumps(log, indent=2, default=str))
+    return outcomes
