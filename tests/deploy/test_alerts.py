@@ -83,3 +83,20 @@ def test_every_alert_is_documented():
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in {"info", "warning", "critical"}
             assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    """promtool parses every dashboard query (as recording rules, Grafana variables filled in)."""
+    from .test_metric_names import dashboard_queries
+
+    exprs = [e for e in dashboard_queries() if not e.startswith("label_values(")]
+    filled = [e.replace("$__rate_interval", "5m").replace('"$namespace"', '".*"').replace('"$finetunejob"', '".*"')
+              .replace('"$rollout"', '".*"') for e in exprs]
+    assert not [e for e in filled if "$" in e]
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(filled)]}]}
+    (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump(rules))
+    out = _promtool("check", "rules", "dashboard.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    broken = {"groups": [{"name": "d", "rules": [{"record": "d:x", "expr": "sum by (le (rate(x[5m]))"}]}]}
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert _promtool("check", "rules", "broken.yaml", cwd=tmp_path).returncode != 0

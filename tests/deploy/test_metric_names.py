@@ -152,3 +152,14 @@ def test_the_check_catches_unknown_names_and_labels(known):
     assert "tuneloop_finetunejob_losss" not in known
     ((name, labels),) = selectors('tuneloop_rollout_canary_weight{name="x"}')
     assert labels - known[name] - TARGET_LABELS == {"name"}
+
+
+def test_dashboard_panels_do_not_overlap():
+    taken: dict[tuple[int, int], str] = {}
+    for p in dashboard.dashboard()["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in taken, f"{p['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = p["title"]
