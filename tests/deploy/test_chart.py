@@ -23,6 +23,8 @@ CASES = {
     "namespaced-own-namespace": {"scope": "namespaced"},
     "crds-off": {"crds": {"enabled": False, "keep": False}},
     "monitoring-off": {"monitoring": {"enabled": False}, "dashboard": {"enabled": False}},
+    "monitoring-partial": {"monitoring": {"serviceMonitor": {"enabled": False}, "trainerPodMonitor": {"enabled": False},
+                                          "prometheusRule": {"enabled": False}}, "metrics": {"service": {"enabled": False}}},
     "everything-custom": {
         "fullnameOverride": "tl", "image": {"digest": "sha256:" + "a" * 64}, "imagePullSecrets": [{"name": "regcred"}],
         "serviceAccount": {"create": False, "name": "existing-sa"},
@@ -269,3 +271,9 @@ def test_samples_are_valid_against_the_chart_crds(rendered):
             assert not errors, f"{path.name}: {errors[0].message}"
             assert schema_check.check_document(doc, str(path)) == []
     assert kinds == set(schemas)
+
+
+def test_monitoring_parts_switch_off_one_by_one(rendered):
+    kinds = by_kind(rendered["monitoring-partial"])
+    assert [pm["metadata"]["name"] for pm in kinds["PodMonitor"]] == ["tuneloop-vllm"]
+    assert not {"ServiceMonitor", "PrometheusRule", "Service"} & set(kinds)

@@ -71,7 +71,10 @@ def test_namespaced_overlay_follows_its_namespace(tmp_path):
     objs = kustomize(str(overlay))
     assert {o["metadata"].get("namespace") for o in objs if o["kind"] in ("Deployment", "Role", "RoleBinding", "ServiceAccount", "Service")} == {"ml-team"}
     assert one(objs, "RoleBinding")["subjects"][0]["namespace"] == "ml-team"
-    assert one(objs, "Namespace")["metadata"]["name"] == "ml-team"
+    namespace = one(objs, "Namespace")
+    assert namespace["metadata"]["name"] == "ml-team"
+    assert "pod-security.kubernetes.io/enforce" not in namespace["metadata"]["labels"]  # a shared team namespace: warn only
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
     assert "TUNELOOP_NAMESPACES" not in env(one(objs, "Deployment")), "the operator must watch its own namespace"
 
 
