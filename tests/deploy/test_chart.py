@@ -277,3 +277,21 @@ def test_monitoring_parts_switch_off_one_by_one(rendered):
     kinds = by_kind(rendered["monitoring-partial"])
     assert [pm["metadata"]["name"] for pm in kinds["PodMonitor"]] == ["tuneloop-vllm"]
     assert not {"ServiceMonitor", "PrometheusRule", "Service"} & set(kinds)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("default", (True, [])),
+    ("namespaced", (False, ["ml-team", "research"])),
+    ("namespaced-own-namespace", (False, ["tuneloop-system"])),
+])
+def test_operator_entry_point_reads_the_chart_scope(rendered, case, expected, monkeypatch):
+    """The container's args + env, given to tuneloop-operator's own parsing, give the intended scope."""
+    from tuneloop.operator import main
+
+    d = one(rendered[case], "Deployment")
+    for name, value in env(d).items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("POD_NAMESPACE", "tuneloop-system")  # the fieldRef the kubelet resolves
+    args = main.build_parser().parse_args(container(d).get("args", []))
+    assert main.resolve_scope(args, OperatorSettings()) == expected
