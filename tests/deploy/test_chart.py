@@ -295,3 +295,11 @@ def test_operator_entry_point_reads_the_chart_scope(rendered, case, expected, mo
     monkeypatch.setenv("POD_NAMESPACE", "tuneloop-system")  # the fieldRef the kubelet resolves
     args = main.build_parser().parse_args(container(d).get("args", []))
     assert main.resolve_scope(args, OperatorSettings()) == expected
+
+
+def test_operator_down_alert_needs_the_service_monitor():
+    """Without this chart's ServiceMonitor the operator's `up` series never exists: no always-firing alert."""
+    for values in ({"monitoring": {"serviceMonitor": {"enabled": False}}}, {"metrics": {"service": {"enabled": False}}}):
+        rule = one(objects(values), "PrometheusRule")
+        alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        assert "TuneloopOperatorDown" not in alerts and "TuneloopReconcileErrorsRising" in alerts
