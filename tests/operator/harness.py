@@ -54,9 +54,24 @@ def _now() -> str:
 
 
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus server-side metadata: uid, resourceVersion, generateName, timestamps."""
+    """kmock's emulator plus server-side metadata: uid, resourceVersion, generateName, timestamps.
+
+    kmock re-filters its whole request log for every request and every reaction (quadratic: a GET
+    takes ~0.3 s after a few hundred requests), so by default the log is cut to the request being
+    served; set `history` to a number (or None: unlimited) when a test asserts on
+    ``emulator.requests``.
+    """
+
+    history: int | None = 0
 
     async def _handle(self, request: Any) -> Any:
+        if self.history is not None:
+            del self._requests[: -(self.history + 1)]
+            for payload in self._payloads:
+                del payload._requests[: -(self.history + 1) if self.history else len(payload._requests)]
+        return await self._handle_with_metadata(request)
+
+    async def _handle_with_metadata(self, request: Any) -> Any:
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.get("metadata")
             if request.action == enums.action.CREATE:

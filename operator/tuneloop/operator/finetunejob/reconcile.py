@@ -87,9 +87,9 @@ class Reconciler:
         n = names(meta.name)
         cfg = self.config
         status["children"] = {"configMap": n.config_map, "service": n.service, "dataJob": n.data_job}
-        await self._ensure(r.CONFIGMAPS, builders.config_map(spec, meta, cfg))
-        await self._ensure(r.SERVICES, builders.headless_service(spec, meta, cfg))
-        data = await self._job(builders.data_job(spec, meta, cfg), spec.suspend)
+        # The ConfigMap and Service come before the data-prep Job; once it exists they do too.
+        data = await self._job(builders.data_job(spec, meta, cfg), spec.suspend, before=[
+            (r.CONFIGMAPS, builders.config_map(spec, meta, cfg)), (r.SERVICES, builders.headless_service(spec, meta, cfg))])
         ds = st.job_state(data)
         conds = status["conditions"]
         if ds == "Failed":
@@ -111,7 +111,9 @@ class Reconciler:
                                      f"{rep.get('accepted', '?')} records accepted, {rep.get('rejected', 0)} rejected", meta.generation)
         status["conditions"] = conds
         status["children"]["trainJob"] = n.train_job
-        train = await self._job(builders.train_job(spec, meta, cfg), spec.suspend, timed=body)
+        train = await self._job(builders.train_job(spec, meta, cfg), spec.suspend, timed=body,
+                                before=[(r.CONFIGMAPS, builders.config_map(spec, meta, cfg)),
+                                        (r.SERVICES, builders.headless_service(spec, meta, cfg))])
         ts = st.job_state(train)
         start = (train.get("status") or {}).get("startTime")
         if start and not status.get("startTime"):
@@ -207,11 +209,15 @@ class Reconciler:
     async def _ensure(self, res: r.Resource, manifest: dict) -> tuple[dict, bool]:
         return await self.client.create(res, manifest["metadata"]["namespace"], manifest)
 
-    async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None) -> dict:
-        """Get-or-create a stage Job; keep its `suspend` in line with the spec while it is unfinished."""
+    async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None,
+                   before: list[tuple[r.Resource, dict]] = ()) -> dict:
+        """Get-or-create a stage Job (and, only when creating it, what it needs first); keep its
+        `suspend` in line with the spec while it is unfinished."""
         m = manifest["metadata"]
         job = await self.client.get(r.JOBS, m["namespace"], m["name"])
         if job is None:
+            for res, dep in before:
+                await self._ensure(res, dep)
             job, created = await self.client.create(r.JOBS, m["namespace"], manifest)
             if created and timed is not None:
                 _observe_create_latency(timed)
