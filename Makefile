@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test test-unit crds lint sysdeps clean
+.PHONY: setup quickstart test test-unit crds generate lint sysdeps clean
+
+generate: crds
 
 setup: $(STAMP)
 
@@ -28,9 +30,11 @@ test: setup sysdeps
 test-unit: setup
 	$(PY) -m pytest -m unit
 
-## Regenerate crds/ and the chart's copy from the API models.
+## Regenerate everything derived from the API models and the operator's RBAC: crds/, the chart's CRD
+## copy, docs/api-reference.md, then the kustomize copies, chart files, dashboard and argocd-cm snippet.
 crds: setup
 	$(PY) -m tuneloop.api.crdgen
+	$(PY) manifests/tools/generate.py
 
 lint: setup
 	$(VENV)/bin/ruff check operator trainer-image tests bench
