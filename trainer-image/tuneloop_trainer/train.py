@@ -121,6 +121,24 @@ def _layout(ctx: Any) -> str:
     return os.environ.get("TUNELOOP_BATCH_LAYOUT", "flat")
 
 
+def spec_uses_deepspeed(ctx: Any) -> bool:
+    return bool(ctx.spec.deepspeed and ctx.spec.deepspeed.enabled)
+
+
+def cpu_deepspeed() -> None:
+    """DeepSpeed on CPU: the CPU accelerator with plain torch.distributed (gloo) collectives.
+
+    DeepSpeed would otherwise JIT-compile its shared-memory allreduce op at start-up (minutes, and
+    a C++ toolchain in the image) for an intra-node speed-up CPU runs do not need.
+    Set TUNELOOP_DS_SHM_COMM=1 to keep it.
+    """
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if os.environ.get("TUNELOOP_DS_SHM_COMM") != "1":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _oom(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
@@ -153,8 +171,8 @@ def run(ctx: Any) -> dict[str, Any]:
 def _train(ctx: Any) -> dict[str, Any]:
     import torch
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not torch.cuda.is_available() and spec_uses_deepspeed(ctx):
+        cpu_deepspeed()
     from transformers import Trainer
 
     from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback
