@@ -61,3 +61,6 @@ def for_object(obj: dict) -> Resource:
         return _BY_KIND[key]
     except KeyError:
         raise KeyError(f"unknown resource {key[0]}/{key[1]}; add it to tuneloop.operator.kube.resources") from None
+
+# Not part of ALL (the emulator harness does not serve it): used to install CRDs in cluster tests.
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
