@@ -95,11 +95,11 @@ def build(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record
                 ),
                 lineage=Lineage(
                     fine_tune_job=FineTuneJobRef(name=ctx.name, namespace=ctx.namespace or None, uid=ctx.uid or None),
-                    dataset_sha256=pick(lineage, "dataset_sha256", "datasetSha256") or data_report.get("dataset_sha256"),
+                    dataset_sha256=pick(lineage, "dataset_sha256") or (lineage.get("dataset") or {}).get("sha256") or data_report.get("dataset_sha256"),
                     method=spec.method.type if isinstance(spec.method.type, str) else spec.method.type.value,
                     hyperparameters={str(k): _s(v) for k, v in hp.items() if v is not None and not isinstance(v, (dict, list))},
                     trainer_image=spec.image or pick(lineage, "trainer_image", default="local"),
-                    library_versions={str(k): str(v) for k, v in (pick(lineage, "library_versions", "libraryVersions", default={}) or {}).items()},
+                    library_versions={str(k): str(v) for k, v in (pick(lineage, "library_versions", "libraries", default={}) or {}).items()},
                     world_size=pick(lineage, "world_size", "worldSize"),
                     train_seconds=_round(pick(lineage, "train_seconds", "wall_time_seconds", "wall_seconds", "trainSeconds")),
                     tokens_seen=pick(lineage, "tokens_seen", "tokensSeen"),

@@ -157,7 +157,7 @@ def _hardware(run: Any) -> str:
 
 def training_process(ctx: Any, run: Any, scores: dict[str, Any]) -> list[str]:
     facts = curve_facts(run.progress)
-    libs = pick(run.lineage, "library_versions", "libraryVersions", default={}) or {}
+    libs = pick(run.lineage, "library_versions", "libraries", default={}) or {}
     lib_text = ", ".join(f"{k} {v}" for k, v in libs.items()) or "versions not recorded"
     train_s = pick(run.lineage, "train_seconds", "wall_time_seconds", "wall_seconds") or run.stage_seconds("train")
     lines = [
