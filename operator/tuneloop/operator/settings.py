@@ -22,10 +22,14 @@ class OperatorSettings(BaseSettings):
     )
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the pods the operator creates.")
     vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="Default vLLM image for Rollouts.")
-    storage_class: str | None = Field(default=None, description="Storage class for PVCs the operator creates (cluster default when empty).")
-    default_output_pvc: str | None = Field(default=None, description="PVC used for FineTuneJobs whose output has no pvc (s3 output still stages here).")
+    storage_class: str | None = Field(
+        default=None, description="Storage class for PVCs created on the operator's behalf (FineTuneJobs use existing claims; reserved)."
+    )
+    default_output_pvc: str | None = Field(
+        default=None, description="Staging PVC for FineTuneJobs with output.s3: work directory <claim>/<namespace>/<name>."
+    )
     model_cache_pvc: str | None = Field(
-        default=None, description="PVC mounted at /cache/huggingface (HF_HOME) in training pods; an emptyDir when empty."
+        default=None, description="PVC mounted at /cache (HF_HOME=/cache/huggingface) in stage pods; an emptyDir when empty."
     )
     model_cache_size: str = Field(default="50Gi", description="sizeLimit of the model-cache emptyDir when no model-cache PVC is set.")
     prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090", description="Prometheus the Rollout analysis queries.")
@@ -34,12 +38,11 @@ class OperatorSettings(BaseSettings):
     trainer_metrics_port: int = Field(default=9400, ge=1, le=65535, description="Port of rank 0's progress metrics in training pods.")
     progress_interval: float = Field(default=15.0, gt=0, description="Seconds between progress polls of a running training Job.")
     namespaces: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated namespaces to watch; empty means cluster-wide."
+        default_factory=list, description="Comma-separated namespaces to watch (empty: the operator's own namespace)."
     )
     cluster_wide: bool = Field(default=False, description="Watch all namespaces (overrides namespaces).")
     service_account: str | None = Field(default=None, description="serviceAccountName of training/eval pods (namespace default when empty).")
     run_as_user: int = Field(default=1000, ge=1, description="Non-root UID of the pods.")
-    finalizer_free: bool = Field(default=True, description="Never add Kopf finalizers: deletion is cleaned up by owner references.")
 
     @field_validator("namespaces", mode="before")
     @classmethod
