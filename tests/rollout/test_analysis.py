@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MetricResult
 from tuneloop.operator.rollout import analysis as a
 from tuneloop.operator.rollout import queries

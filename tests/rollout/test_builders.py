@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import Rollout
 from tuneloop.operator.rollout import names, serving, traffic

@@ -7,7 +7,6 @@ import copy
 from pathlib import Path
 
 import pytest
-
 from tuneloop.cli import rollout_cmd
 from tuneloop.cli.main import main as cli
 from tuneloop.operator.kube import resources as r

@@ -7,7 +7,6 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout import metrics as rm
 from tuneloop.operator.rollout.prometheus import PrometheusError
@@ -19,7 +18,7 @@ from . import samples
 
 pytestmark = pytest.mark.operator
 NS = "default"
-T0 = dt.datetime(2026, 11, 22, 5, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 22, 5, 0, tzinfo=dt.UTC)
 
 
 class Scripted:

@@ -11,7 +11,6 @@ import copy
 from pathlib import Path
 
 import pytest
-
 from tuneloop.operator.kube import resources as r
 
 from ..operator.harness import Cluster, OperatorProcess, cluster

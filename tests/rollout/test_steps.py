@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from tuneloop.api.rollout import MeasurementPhase, Rollout, RolloutStatus
 from tuneloop.operator.rollout.analysis import Assessment
 from tuneloop.operator.rollout.desired import desired
@@ -15,7 +14,7 @@ from . import samples
 
 pytestmark = pytest.mark.unit
 
-T0 = dt.datetime(2026, 11, 22, 4, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 22, 4, 0, tzinfo=dt.UTC)
 OK = {"error-rate": Assessment(MeasurementPhase.SUCCESSFUL, 0.01, None, "ok"), "ttft": Assessment(MeasurementPhase.SUCCESSFUL, 0.2, 0.2, "ok")}
 
 

@@ -51,8 +51,8 @@ async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, l
                 if obj is None:
                     return
                 delay = await reconciler.tick(obj)
-        except Exception as exc:  # noqa: BLE001 - keep the loop alive; the error is counted and logged
-            logger.exception("rollout tick failed: %s", exc)
+        except Exception:  # keep the loop alive; counted by reconcile_timer, retried after ERROR_DELAY
+            logger.exception("rollout tick failed")
             delay = ERROR_DELAY
         await _sleep(stopped, wake, delay)
 

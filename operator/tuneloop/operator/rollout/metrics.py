@@ -52,6 +52,6 @@ def forget(namespace: str, rollout: str) -> None:
                 gauge.remove(namespace, rollout, *extra)
             except KeyError:
                 pass
-    for labels in list(MEASUREMENT_VALUE._metrics):  # noqa: SLF001 - prometheus_client has no per-prefix removal
+    for labels in list(MEASUREMENT_VALUE._metrics):
         if labels[:2] == (namespace, rollout):
             MEASUREMENT_VALUE.remove(*labels)

@@ -55,15 +55,17 @@ class PrometheusClient:
 
     async def query(self, promql: str) -> float | None:
         try:
-            async with aiohttp.ClientSession(timeout=self.timeout, headers=self.headers) as session:
-                async with session.get(f"{self.base_url}/api/v1/query", params={"query": promql}) as resp:
-                    try:
-                        body = await resp.json(content_type=None)
-                    except ValueError:
-                        text = (await resp.text())[:200]
-                        raise PrometheusError(f"HTTP {resp.status} from {self.base_url}: {text}") from None
-                    if resp.status >= 400 and body.get("status") != "error":
-                        raise PrometheusError(f"HTTP {resp.status} from {self.base_url}")
+            async with (
+                aiohttp.ClientSession(timeout=self.timeout, headers=self.headers) as session,
+                session.get(f"{self.base_url}/api/v1/query", params={"query": promql}) as resp,
+            ):
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    text = (await resp.text())[:200]
+                    raise PrometheusError(f"HTTP {resp.status} from {self.base_url}: {text}") from None
+                if resp.status >= 400 and body.get("status") != "error":
+                    raise PrometheusError(f"HTTP {resp.status} from {self.base_url}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PrometheusError(f"Prometheus at {self.base_url} unreachable: {exc.__class__.__name__}: {exc}") from exc
         return parse_result(body)

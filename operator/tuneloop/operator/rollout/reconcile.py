@@ -38,7 +38,7 @@ def manifest_hash(obj: dict) -> str:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replicas: int | None = None) -> dict:
@@ -47,9 +47,11 @@ async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replica
     digest = manifest_hash(manifest)
     manifest["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    existing, created = await client.create(res, ns, manifest)
-    if created:
-        return existing
+    existing = await client.get(res, ns, name)
+    if existing is None:
+        existing, created = await client.create(res, ns, manifest)  # 409 (a racing create) -> the existing one
+        if created:
+            return existing
     same = (existing.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION) == digest
     if same and (replicas is None or existing.get("spec", {}).get("replicas") == replicas):
         return existing

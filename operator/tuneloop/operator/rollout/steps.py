@@ -313,7 +313,7 @@ class _Machine:
             results[m.name] = record(results.get(m.name) or MetricResult(metric=m.name), a.phase)
             st.measurements.append(
                 Measurement(metric=m.name, phase=a.phase, value=a.value, stable_value=a.stable_value,
-                            message=a.message[:512], step_index=i, at=self.world.now)  # fmt: skip
+                            message=a.message[:512], step_index=i, at=self.world.now)
             )
         st.measurements = st.measurements[-MAX_MEASUREMENTS:]
         verdicts = []
