@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-baseline", action="store_true", help="skip generating with the base model on the test set")
     r.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
     r.add_argument("--fresh", action="store_true", help="delete this job's previous outputs in the workdir first (otherwise training resumes from its checkpoints)")
+    r.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice, one per core); 1 helps on a busy shared machine")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (plain stage lines only)")
     r.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
 
@@ -51,6 +52,7 @@ def _quiet_libraries() -> None:
 
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -92,6 +94,10 @@ def run_local(args: argparse.Namespace) -> int:
         return 2
     if not args.verbose:
         _quiet_libraries()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         from tuneloop_trainer.context import load_context
         from tuneloop_trainer.errors import TrainerError
