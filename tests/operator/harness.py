@@ -125,7 +125,7 @@ class Cluster:
 
     async def wait_for(
         self, res: r.Resource, namespace: str | None, name: str,
-        predicate: Callable[[dict], bool] = lambda o: True, timeout: float = 20.0,
+        predicate: Callable[[dict], bool] = lambda o: True, timeout: float = 45.0,
     ) -> dict:
         """Poll until the object exists and `predicate(obj)` holds; fail with the last state seen."""
         deadline = asyncio.get_running_loop().time() + timeout

@@ -102,9 +102,10 @@ class Reconciler:
             status["phase"] = "Suspended" if ds == "Suspended" else "ValidatingData"
             status["message"] = "suspended" if ds == "Suspended" else "preparing and checking the dataset"
             return
-        summary = await self._message(data, success=True)
-        if summary and not status.get("dataReport"):
-            status["dataReport"] = st.data_report(summary)
+        if not status.get("dataReport"):  # read once: the pod list is not free
+            summary = await self._message(data, success=True)
+            if summary:
+                status["dataReport"] = st.data_report(summary)
         if st.condition(conds, "DataValidated") is None or st.condition(conds, "DataValidated")["status"] != "True":
             rep = status.get("dataReport") or {}
             conds = st.set_condition(conds, "DataValidated", "True", "Validated",
@@ -135,12 +136,13 @@ class Reconciler:
                 status["progress"] = progress
                 metrics.set_progress(meta.namespace, meta.name, st.snake_progress(progress))
             return
-        train_summary = await self._message(train, success=True) or {}
+        train_summary: dict = {}
         if (st.condition(status["conditions"], "Training") or {}).get("reason") != "Completed":
+            train_summary = await self._message(train, success=True) or {}
             loss = train_summary.get("train_loss") or train_summary.get("loss")
             status["conditions"] = st.set_condition(status["conditions"], "Training", "False", "Completed",
                                                     "training finished" + (f", loss {loss}" if loss is not None else ""), meta.generation)
-        evaluation, report_md = None, None
+        evaluation, report_md, result = None, None, {}
         if spec.evaluation.enabled:
             status["children"]["evalJob"] = n.eval_job
             ev = await self._job(builders.eval_job(spec, meta, cfg), spec.suspend)
@@ -162,11 +164,12 @@ class Reconciler:
             verdict = (evaluation or {}).get("verdict", "NotEvaluated")
             status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "True", verdict,
                                                     _verdict_message(evaluation), meta.generation)
-            if isinstance(result.get("lineage"), dict):
-                train_summary = {**result["lineage"], **train_summary}
         else:
             status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "False", "Disabled",
                                                     "evaluation.enabled is false", meta.generation)
+        train_summary = train_summary or await self._message(train, success=True) or {}
+        if isinstance(result.get("lineage"), dict):
+            train_summary = {**result["lineage"], **train_summary}
         await self._register(spec, meta, status, evaluation, train_summary, report_md)
 
     async def _register(self, spec, meta, status, evaluation, train_summary, report_md) -> None:
