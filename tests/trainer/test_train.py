@@ -54,7 +54,7 @@ def test_training_reduces_loss(write_spec, method):
 def test_padding_free_batches_give_the_same_loss_as_padded(write_spec):
     from transformers import AutoModelForCausalLM
 
-    from tuneloop_trainer.collate import FlatCollator, PaddedCollator, load_split
+    from tuneloop_trainer.collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
     from tuneloop_trainer.modeling import load_tokenizer
 
     spec, work = write_spec()
@@ -65,9 +65,17 @@ def test_padding_free_batches_give_the_same_loss_as_padded(write_spec):
     model = AutoModelForCausalLM.from_pretrained(str(ctx.resolve(ctx.spec.base_model.path)))
     model.config.use_cache = False
     with torch.no_grad():
-        flat = model(**FlatCollator()(feats)).loss
+        flat = model(**FlatCollator(sparse_logits=False)(feats)).loss
         padded = model(**PaddedCollator(tok.pad_token_id)(feats)).loss
+        batch = FlatCollator()(feats)
+        labels = batch.pop("labels")
+        out = model(**batch)
+        n_trained = sum(sum(1 for x in f["labels"][1:] if x != -100) for f in feats)
+        assert out.logits.shape[1] == labels.shape[1] - 1 == n_trained  # the LM head ran on trained positions only
+        sparse = sparse_logits_loss(out, labels)
+        sparse_sum = sparse_logits_loss(out, labels, num_items_in_batch=torch.tensor(n_trained))
     assert torch.allclose(flat, padded, atol=1e-5), (flat, padded)
+    assert torch.allclose(sparse, padded, atol=1e-5) and torch.allclose(sparse_sum, padded, atol=1e-5), (sparse, padded)
 
 
 def test_loss_only_on_assistant_tokens(tiny_model):

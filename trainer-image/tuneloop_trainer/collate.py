@@ -52,8 +52,16 @@ def load_split(path: Path, tok: Any, max_len: int) -> EncodedDataset:
 
 
 class FlatCollator:
-    def __init__(self) -> None:
+    """Padding-free micro-batches. With `sparse_logits` (the default) the batch also names the
+    positions whose next token is trained (`logits_to_keep`), so the model projects only those
+    hidden states onto the vocabulary — prompt tokens never pay for the LM head and its softmax —
+    and `labels` holds just their targets behind one -100 (`[-100, t1, …, tK]`: the Trainer's
+    shifted token count stays K). Pair it with `sparse_logits_loss` as the Trainer's compute_loss_func.
+    """
+
+    def __init__(self, sparse_logits: bool = True) -> None:
         self.tokens = 0
+        self.sparse = sparse_logits
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -66,11 +74,30 @@ class FlatCollator:
             labels.extend(f["labels"][1:])
             pos.extend(range(n))
         self.tokens += len(ids)
-        return {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([pos], dtype=torch.long),
-        }
+        batch = {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([pos], dtype=torch.long)}
+        if not self.sparse:
+            batch["labels"] = torch.tensor([labels], dtype=torch.long)
+            return batch
+        keep = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE]
+        batch["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
+        batch["labels"] = torch.tensor([[IGNORE] + [labels[t + 1] for t in keep]], dtype=torch.long)
+        return batch
+
+
+def sparse_logits_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy of the kept logits ([1, K, V]) against `labels[:, 1:]` ([1, K]); summed over the
+    accumulated batch's K tokens like transformers' ForCausalLMLoss when num_items_in_batch is given."""
+    import torch.nn.functional as F
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    targets = labels[:, 1:].to(logits.device)
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits, targets.reshape(-1), ignore_index=IGNORE)
+    loss = F.cross_entropy(logits, targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    if hasattr(num_items_in_batch, "to"):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 class PaddedCollator:

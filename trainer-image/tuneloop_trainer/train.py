@@ -177,7 +177,7 @@ def _train(ctx: Any) -> dict[str, Any]:
 
     from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback
     from .checkpoints import newest_complete, remove_incomplete
-    from .collate import FlatCollator, PaddedCollator, load_split
+    from .collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
     from .metrics import TrainerMetrics
     from .modeling import load_base
 
@@ -202,6 +202,7 @@ def _train(ctx: Any) -> dict[str, Any]:
 
     layout = _layout(ctx)
     collator = FlatCollator() if layout == "flat" else PaddedCollator(tok.pad_token_id)
+    loss_func = sparse_logits_loss if layout == "flat" else None
     steps_per_epoch = max(1, len(train_ds) // hp.batch_size)
     args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout)
 
@@ -226,7 +227,7 @@ def _train(ctx: Any) -> dict[str, Any]:
 
     resume = newest_complete(ctx.checkpoint_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
-                      data_collator=collator, processing_class=tok, callbacks=callbacks)
+                      data_collator=collator, processing_class=tok, callbacks=callbacks, compute_loss_func=loss_func)
     try:
         out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if len(eval_ds) else {}
