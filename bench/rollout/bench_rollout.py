@@ -74,13 +74,27 @@ async def status(kc: Cluster, name: str) -> dict:
     return ((await kc.get(r.ROLLOUTS, NS, name)) or {}).get("status") or {}
 
 
-def operator_histogram(port: int) -> dict:
+def operator_metrics(port: int, prefix: str) -> dict[str, float]:
+    """Samples of the operator's /metrics whose name starts with `prefix` (series text -> value)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
-        if line.startswith("tuneloop_rollout_time_to_rollback_seconds_") and not line.startswith("#"):
+        if line.startswith(prefix):
             key, value = line.rsplit(" ", 1)
             out[key] = float(value)
+    return out
+
+
+def operator_histogram(port: int) -> dict:
+    return operator_metrics(port, "tuneloop_rollout_time_to_rollback_seconds_")
+
+
+def measurements_by_phase(port: int) -> dict[str, int]:
+    """tuneloop_analysis_measurements_total summed per phase (status keeps only the last 50)."""
+    out: dict[str, int] = {}
+    for key, value in operator_metrics(port, "tuneloop_analysis_measurements_total{").items():
+        phase = key.split('phase="', 1)[1].split('"', 1)[0]
+        out[phase] = out.get(phase, 0) + int(value)
     return out
 
 
@@ -168,7 +182,7 @@ async def noise(args: argparse.Namespace) -> dict:
 
     async def run(kc: Cluster, prom: PrometheusServer, fakes: dict, metrics_port: int) -> dict:
         end = time.monotonic() + args.minutes * 60
-        rollouts, false_rollbacks, measured, failed, worst = 0, 0, 0, 0, {}
+        rollouts, false_rollbacks, worst = 0, 0, {}
         candidates = ["v2", "v3"]
         await kc.apply(rollout("noisy", candidates[0], prom.url, args.interval, args.window, args.count, metrics))
         cur = candidates[0]
@@ -177,9 +191,7 @@ async def noise(args: argparse.Namespace) -> dict:
             st = await status(kc, "noisy")
             if st.get("phase") not in ("Promoted", "RolledBack", "Paused") or st.get("candidateModelVersion") != cur:
                 continue
-            ms = [m for m in st.get("measurements", []) if m.get("stepIndex") == 1]
-            measured += len(ms)
-            failed += sum(1 for m in ms if m["phase"] == "Failed")
+            ms = [m for m in st.get("measurements", []) if m.get("stepIndex") == 1]  # the latest 50
             for m in ms:
                 if m.get("value") is not None:
                     ratio = m["value"] / m["stableValue"] if m.get("stableValue") else m["value"]
@@ -188,7 +200,7 @@ async def noise(args: argparse.Namespace) -> dict:
             if st["phase"] != "Promoted":
                 false_rollbacks += 1
                 print(f"  FALSE {st['phase']}: {st.get('message')}", flush=True)
-            print(f"  rollout {rollouts}: {st['phase']} after {len(ms)} measurements", flush=True)
+            print(f"  rollout {rollouts}: {st['phase']} ({measurements_by_phase(metrics_port)} so far)", flush=True)
             # next candidate: promote stable back and forth (v1 is always `spec.stable`, status tracks the real one)
             nxt = candidates[rollouts % 2]
             await kc.client.patch(r.ROLLOUTS, NS, "noisy", {"spec": {"candidate": {"name": nxt}}})
@@ -196,8 +208,8 @@ async def noise(args: argparse.Namespace) -> dict:
         return {
             "benchmark": "false_rollbacks_noisy_healthy", "minutes": args.minutes, "interval": args.interval, "scrape_interval": args.scrape,
             "window": args.window, "count_per_rollout": args.count, "pods": healthy, "completed_rollouts": rollouts,
-            "false_rollbacks": false_rollbacks, "measurements": measured, "failed_measurements": failed,
-            "worst_value_or_ratio_to_stable": {k: round(v, 3) for k, v in worst.items()},
+            "false_rollbacks": false_rollbacks, "measurements_by_phase": measurements_by_phase(metrics_port),
+            "worst_value_or_ratio_to_stable_in_last_50": {k: round(v, 3) for k, v in worst.items()},
         }  # fmt: skip
 
     return await with_stack(pods, run, args.scrape)

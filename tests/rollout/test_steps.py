@@ -203,6 +203,11 @@ def test_serving_error_degrades_then_recovers():
     d = Driver()
     out = d.tick(error="ModelVersion support-bot-v2 not found in namespace llm")
     assert out.status.phase == "Degraded" and "not found" in out.status.message
+    d.spec = d.spec.model_copy(update={"promote": True})
+    out = d.tick(1, error="ModelVersion support-bot-v2 not found in namespace llm")
+    assert out.status.phase == "Degraded" and out.status.stable_model_version == "support-bot-v1" and out.clear_flags
+    assert out.events == [("Warning", "PromoteRefused", "not promoting an unservable candidate: ModelVersion support-bot-v2 not found in namespace llm")]
+    d.spec = d.spec.model_copy(update={"promote": False})
     out = d.tick(1)
     assert out.status.phase == "Progressing" and out.status.canary_weight == 10
 

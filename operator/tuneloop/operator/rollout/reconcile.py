@@ -207,8 +207,9 @@ class Reconciler:
             if gateway:
                 await ensure(self.client, r.SERVICES, serving.build_service(obj, spec, role))
             if mv_name is None or mv_name not in mvs:
-                await scale(self.client, ns, dep_name, 0)
-                continue
+                if role == names.CANARY:
+                    await scale(self.client, ns, dep_name, 0)
+                continue  # an unservable stable keeps whatever it runs now: never scale stable away
             manifest = serving.build_deployment(obj, spec, role, mvs[mv_name], replicas, self.config)
             await ensure(self.client, r.DEPLOYMENTS, manifest, replicas=replicas)
         if gateway:

@@ -199,10 +199,12 @@ class _Machine:
         if spec.abort:
             self.rollback(RolloutPhase.ABORTED, "Aborted", "aborted by user (spec.abort)")
             return self.out
-        if spec.promote:
+        if spec.promote and not world.serving_error:
             self.promote("PromotedByUser", "promoted by user, remaining steps skipped")
             return self.out
         if world.serving_error:
+            if spec.promote:
+                self.event("Warning", "PromoteRefused", f"not promoting an unservable candidate: {world.serving_error}")
             st.phase = RolloutPhase.DEGRADED.value
             st.waiting_for = "a servable candidate"
             st.message = world.serving_error
