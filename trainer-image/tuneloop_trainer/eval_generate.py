@@ -58,6 +58,22 @@ def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+MIN_SHARED_PREFIX = 8  # tokens; below this a shared prompt prefix is not worth a cache copy per batch
+
+
+def shared_prefix_length(ids: list[list[int]]) -> int:
+    """Tokens every prompt starts with (e.g. the system prompt), leaving each at least one of its own."""
+    if len(ids) < 2:
+        return 0
+    first = ids[0]
+    n = min(len(r) for r in ids) - 1
+    for pos in range(max(n, 0)):
+        tid = first[pos]
+        if any(r[pos] != tid for r in ids):
+            return pos
+    return max(n, 0)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -67,23 +83,30 @@ def generate(
     max_new_tokens: int = 256,
     decoding: str = "greedy",
     seed: int = 0,
+    share_prefix: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Generations:
-    """Generate for already-rendered prompt strings; `on_batch(done, total)` after each batch."""
+    """Generate for already-rendered prompt strings; `on_batch(done, total)` after each batch.
+
+    share_prefix: when all prompts start with the same tokens (a common system prompt), their KV
+    cache is computed once and copied into every batch instead of being recomputed per prompt;
+    rows are laid out prefix | left padding | own tokens, with the padding masked out and position
+    ids following the mask, so the outputs are those of plain left-padded generation.
+    """
+    import copy
+
     import torch
 
     if not prompts:
         return Generations([], [], 0.0)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    started = time.perf_counter()
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
     texts: list[str] = [""] * len(prompts)
     counts: list[int] = [0] * len(prompts)
     latencies: list[float] = [0.0] * len(prompts)
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    saved_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id}
     if decoding == "sample":
         kwargs.update(do_sample=True, temperature=0.7, top_p=0.95)
@@ -94,15 +117,35 @@ def generate(
     was_training = model.training
     model.eval()
     batch_seconds: list[float] = []
-    started = time.perf_counter()
+    prefix_len = shared_prefix_length(ids) if share_prefix else 0
+    prefix_cache = None
     try:
+        if prefix_len >= MIN_SHARED_PREFIX:
+            with torch.inference_mode():
+                prefix = torch.tensor([ids[0][:prefix_len]], device=device)
+                prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
+        else:
+            prefix_len = 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             t0 = time.perf_counter()
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            rows = [ids[i][prefix_len:] for i in idx]
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(idx), prefix_len + width), pad_id, dtype=torch.long)
+            attention = torch.zeros_like(input_ids)
+            for r, own in enumerate(rows):
+                input_ids[r, :prefix_len] = torch.tensor(ids[idx[r]][:prefix_len], dtype=torch.long)
+                attention[r, :prefix_len] = 1
+                input_ids[r, prefix_len + width - len(own) :] = torch.tensor(own, dtype=torch.long)
+                attention[r, prefix_len + width - len(own) :] = 1
+            extra: dict[str, Any] = {}
             with torch.inference_mode():
-                out = model.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1] :].tolist()
+                if prefix_cache is not None:
+                    cache = copy.deepcopy(prefix_cache)
+                    cache.batch_repeat_interleave(len(idx))
+                    extra["past_key_values"] = cache
+                out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **extra, **kwargs)
+            new = out[:, input_ids.shape[1] :].tolist()
             for row, i in zip(new, idx):
                 n = len(row)
                 for pos, tid in enumerate(row):
@@ -118,7 +161,6 @@ def generate(
             if on_batch:
                 on_batch(min(start + batch_size, len(order)), len(order))
     finally:
-        tokenizer.padding_side = saved_side
         model.train(was_training)
     return Generations(texts, counts, time.perf_counter() - started, batch_seconds, latencies)
 
