@@ -50,21 +50,24 @@ async def _reconcile(body: dict[str, Any], *, with_progress: bool = False) -> An
             return await rec.run(fresh, progress=progress)
 
 
-@kopf.on.resume(*FTJ)
-@kopf.on.create(*FTJ)
+RETRY_S = 5  # an API error or timeout is retried soon (Kopf's default is 60 s)
+
+
+@kopf.on.resume(*FTJ, backoff=RETRY_S)
+@kopf.on.create(*FTJ, backoff=RETRY_S)
 async def finetunejob_created(body: kopf.Body, **_: Any) -> None:
     outcome = await _reconcile(dict(body))
     if outcome is not None and outcome.invalid:
         raise kopf.PermanentError(outcome.invalid)
 
 
-@kopf.on.field(*FTJ, field="spec.suspend")
+@kopf.on.field(*FTJ, field="spec.suspend", backoff=RETRY_S)
 async def finetunejob_suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
     if old is not None or new:  # not the initial creation
         await _reconcile(dict(body))
 
 
-@kopf.timer(*FTJ, interval=get_settings().progress_interval, initial_delay=get_settings().progress_interval,
+@kopf.timer(*FTJ, interval=get_settings().progress_interval, initial_delay=get_settings().progress_interval, backoff=RETRY_S,
             when=lambda status, **_: status.get("phase") not in TERMINAL)
 async def finetunejob_progress(body: kopf.Body, **_: Any) -> None:
     await _reconcile(dict(body), with_progress=True)

@@ -210,7 +210,12 @@ class Reconciler:
         status["conditions"] = st.set_condition(status["conditions"], "Ready", "False", ready_reason or reason, message, meta.generation)
 
     async def _ensure(self, res: r.Resource, manifest: dict) -> tuple[dict, bool]:
-        return await self.client.create(res, manifest["metadata"]["namespace"], manifest)
+        """Get-or-create (one request when it exists; a concurrent create still ends in 409 → get)."""
+        m = manifest["metadata"]
+        existing = await self.client.get(res, m["namespace"], m["name"])
+        if existing is not None:
+            return existing, False
+        return await self.client.create(res, m["namespace"], manifest)
 
     async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None,
                    before: list[tuple[r.Resource, dict]] = ()) -> dict:
