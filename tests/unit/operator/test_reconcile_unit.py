@@ -1,0 +1,150 @@
+"""The reconciler against an in-memory fake client: what kmock cannot emulate (generation,
+patch-only-when-changed, suspend toggling) and the HTTP details of the client (label selectors,
+merge patches without resourceVersion, the create/409/get race)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tuneloop.operator.finetunejob.reconcile import Reconciler
+from tuneloop.operator.kube import ApiError, Connection, KubeClient
+from tuneloop.operator.kube import resources as r
+from tuneloop.operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+
+class FakeClient:
+    """Just enough of KubeClient, recording every write."""
+
+    def __init__(self):
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.writes: list[tuple[str, str, str, dict]] = []
+
+    async def get(self, res, ns, name, **_):
+        obj = self.objects.get((res.plural, ns, name))
+        return copy.deepcopy(obj) if obj else None
+
+    async def create(self, res, ns, body):
+        key = (res.plural, ns, body["metadata"]["name"])
+        if key in self.objects:
+            return copy.deepcopy(self.objects[key]), False
+        self.objects[key] = copy.deepcopy(body)
+        self.writes.append(("create", res.plural, body["metadata"]["name"], body))
+        return copy.deepcopy(body), True
+
+    async def patch(self, res, ns, name, patch, subresource=None):
+        obj = self.objects[(res.plural, ns, name)]
+        for k, v in patch.items():
+            if isinstance(v, dict) and isinstance(obj.get(k), dict):
+                obj[k] = {**obj[k], **{kk: vv for kk, vv in v.items()}}
+                obj[k] = {kk: vv for kk, vv in obj[k].items() if vv is not None}
+            else:
+                obj[k] = v
+        self.writes.append(("patch", res.plural, name, patch))
+        return copy.deepcopy(obj)
+
+    async def list(self, res, ns=None, labels=None):
+        return []
+
+    async def event(self, obj, **kw):
+        self.writes.append(("event", "events", obj["metadata"]["name"], kw))
+
+    async def pod_log(self, *a, **kw):
+        return ""
+
+
+def _ftj(generation: int = 1, suspend: bool = False) -> dict:
+    return {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+            "metadata": {"name": "x", "namespace": "ns", "uid": "u-1", "generation": generation, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"baseModel": {"huggingFace": {"id": "m"}}, "dataset": {"train": {"pvc": {"claimName": "d", "path": "t.jsonl"}}},
+                     "output": {"pvc": {"claimName": "o"}}, "suspend": suspend}}
+
+
+async def _pass(client: FakeClient, body: dict):
+    client.objects[("finetunejobs", "ns", "x")] = {**copy.deepcopy(body), **{"status": client.objects.get(("finetunejobs", "ns", "x"), {}).get("status", {})}}
+    fresh = await client.get(r.FINETUNEJOBS, "ns", "x")
+    return await Reconciler(client, OperatorSettings()).run(fresh)
+
+
+async def test_first_pass_creates_config_service_data_job_and_status():
+    c = FakeClient()
+    out = await _pass(c, _ftj(generation=3))
+    assert out.phase == "ValidatingData"
+    created = [(w[1], w[2]) for w in c.writes if w[0] == "create"]
+    assert created == [("configmaps", "x-config"), ("services", "x-train"), ("jobs", "x-data")]
+    status = c.objects[("finetunejobs", "ns", "x")]["status"]
+    assert status["observedGeneration"] == 3
+    assert all(cd["observedGeneration"] == 3 for cd in status["conditions"])
+    assert [w[3]["reason"] for w in c.writes if w[0] == "event"] == ["ValidatingData"]
+
+
+async def test_second_pass_without_change_writes_nothing():
+    c = FakeClient()
+    await _pass(c, _ftj())
+    before = len(c.writes)
+    await _pass(c, _ftj())
+    assert c.writes[before:] == []
+
+
+async def test_suspend_follows_the_spec_and_bumps_observed_generation():
+    c = FakeClient()
+    await _pass(c, _ftj(generation=1, suspend=True))
+    assert c.objects[("jobs", "ns", "x-data")]["spec"]["suspend"] is True
+    assert c.objects[("finetunejobs", "ns", "x")]["status"]["phase"] == "Suspended"
+    out = await _pass(c, _ftj(generation=2, suspend=False))
+    assert c.objects[("jobs", "ns", "x-data")]["spec"]["suspend"] is False
+    assert out.phase == "ValidatingData" and out.status["observedGeneration"] == 2
+
+
+async def test_invalid_spec_is_terminal_and_not_reprocessed():
+    c = FakeClient()
+    bad = _ftj()
+    bad["spec"]["output"] = {"path": "/tmp/x"}
+    out = await _pass(c, bad)
+    assert out.invalid == "spec.output.path: output.path is for local runs; in a cluster use output.pvc (or output.s3)"
+    n = len(c.writes)
+    out2 = await _pass(c, bad)
+    assert out2.phase == "Failed" and out2.invalid is None and len(c.writes) == n
+
+
+# --- the HTTP client against a scripted server ---------------------------------------------
+async def test_client_http_details():
+    seen: list[tuple[str, str, str, dict, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.text()
+        seen.append((request.method, request.path, request.headers.get("Content-Type", ""), dict(request.query), body))
+        if request.method == "POST":
+            return web.json_response({"kind": "Status", "reason": "AlreadyExists", "message": "exists"}, status=409)
+        if request.method == "GET" and request.path.endswith("/gone"):
+            return web.json_response({"kind": "Status", "reason": "NotFound", "message": "gone"}, status=404)
+        if request.method == "GET" and request.path.endswith("/jobs"):
+            return web.json_response({"items": [{"metadata": {"name": "a", "labels": {"x": "1"}}},
+                                                {"metadata": {"name": "b", "labels": {"x": "2"}}}]})
+        return web.json_response({"metadata": {"name": "ok"}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with TestServer(app) as server:
+        client = KubeClient(Connection(server=str(server.make_url("")).rstrip("/"), headers={"Authorization": "Bearer t"}))
+        try:
+            items = await client.list(r.JOBS, "ns", labels={"x": "1"})
+            assert [i["metadata"]["name"] for i in items] == ["a"]  # also filtered client-side
+            assert seen[-1][3] == {"labelSelector": "x=1"}
+            await client.patch(r.JOBS, "ns", "j", {"status": {"active": 1}}, subresource="status")
+            method, path, ctype, _, body = seen[-1]
+            assert (method, path, ctype) == ("PATCH", "/apis/batch/v1/namespaces/ns/jobs/j/status", "application/merge-patch+json")
+            assert "resourceVersion" not in body and json.loads(body) == {"status": {"active": 1}}
+            obj, created = await client.create(r.JOBS, "ns", {"metadata": {"name": "j"}})
+            assert not created and obj == {"metadata": {"name": "ok"}}
+            with pytest.raises(ApiError) as info:  # exists, but vanished before it could be read
+                await client.create(r.JOBS, "ns", {"metadata": {"name": "gone"}})
+            assert info.value.conflict and info.value.retriable
+        finally:
+            await client.close()
