@@ -69,6 +69,7 @@ class Reconciler:
         status.setdefault("conditions", [])
         meta = JobMeta.from_body(body)
         if old.get("phase") in st.TERMINAL:
+            metrics.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
             return Outcome(old["phase"], status=old)
         spec, where, why = validate(body, self.config)
         if spec is None:
