@@ -61,80 +61,92 @@ async def run(n: int, settle: float, timeout: float) -> dict:
     async with cluster(tmp) as kc:
         op = OperatorProcess(kc.kubeconfig, tmp, env={"TUNELOOP_METRICS_PORT": str(metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "15"})
         op.start()
-        await op.wait_log("Initial authentication has finished", timeout=60)
-        await asyncio.sleep(1.0)
-        proc = psutil.Process(op.proc.pid)
-        idle_rss = _rss(proc)
-        created: dict[str, float] = {}
-        data_seen: dict[str, float] = {}
-        train_seen: dict[str, float] = {}
-        rss: list[float] = []
-        stop = asyncio.Event()
-
-        async def sample() -> None:
-            while not stop.is_set():
-                rss.append(_rss(proc))
-                await asyncio.sleep(0.25)
-
-        async def controller() -> None:
-            """The Job controller's part: finish data-prep Jobs, note training Jobs."""
-            finishing: set[str] = set()
-            while not stop.is_set():
-                now = time.perf_counter()
-                for (res, _ns, name), obj in list(kc.emulator.objects.items()):
-                    if res.plural != "jobs" or obj.deleted:
-                        continue
-                    owner = name.rsplit("-", 1)[0]
-                    if name.endswith("-data") and name not in data_seen:
-                        data_seen[owner] = data_seen.get(owner, now)
-                        if name not in finishing:
-                            finishing.add(name)
-                            asyncio.create_task(kc.finish_job("default", name, message=PREPARE_MSG))
-                    elif name.endswith("-train") and owner not in train_seen:
-                        train_seen[owner] = now
-                await asyncio.sleep(0.02)
-
-        tasks = [asyncio.create_task(sample()), asyncio.create_task(controller())]
-        sem = asyncio.Semaphore(20)
-
-        async def create(i: int) -> None:
-            doc = ftj()
-            doc["metadata"]["name"] = f"bench-{i:04d}"
-            async with sem:
-                created[doc["metadata"]["name"]] = time.perf_counter()
-                await kc.apply(doc)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(create(i) for i in range(n)))
-        create_s = time.perf_counter() - t0
-        deadline = time.perf_counter() + timeout
-        while len(train_seen) < n and time.perf_counter() < deadline:
-            await asyncio.sleep(0.2)
-        all_done_s = time.perf_counter() - t0
-        peak_during = max(rss) if rss else 0.0
-        await asyncio.sleep(settle)
-        steady = _rss(proc)
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            hist_count = next((float(line.split()[-1]) for line in scraped.splitlines()
-                               if line.startswith("tuneloop_create_to_training_job_seconds_count")), None)
-        except OSError:
-            hist_count = None
-        op.stop()
-        jobs = kc.count(r.JOBS)
+            return await _measure(kc, op, n, settle, timeout, metrics_port)
+        finally:
+            op.stop()
+
+
+async def _measure(kc, op: OperatorProcess, n: int, settle: float, timeout: float, metrics_port: int) -> dict:
+    await op.wait_log("Initial authentication has finished", timeout=60)
+    await asyncio.sleep(1.0)
+    proc = psutil.Process(op.proc.pid)
+    idle_rss = _rss(proc)
+    me = psutil.Process()
+    cpu0_op, cpu0_me = sum(proc.cpu_times()[:2]), sum(me.cpu_times()[:2])
+    load0 = psutil.getloadavg()[0]
+    created: dict[str, float] = {}
+    data_seen: dict[str, float] = {}
+    train_seen: dict[str, float] = {}
+    rss: list[float] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            rss.append(_rss(proc))
+            await asyncio.sleep(0.25)
+
+    async def controller() -> None:
+        """The Job controller's part: finish data-prep Jobs, note training Jobs."""
+        finishing: set[str] = set()
+        while not stop.is_set():
+            now = time.perf_counter()
+            for (res, _ns, name), obj in list(kc.emulator.objects.items()):
+                if res.plural != "jobs" or obj.deleted:
+                    continue
+                owner = name.rsplit("-", 1)[0]
+                if name.endswith("-data") and name not in data_seen:
+                    data_seen[owner] = data_seen.get(owner, now)
+                    if name not in finishing:
+                        finishing.add(name)
+                        asyncio.create_task(kc.finish_job("default", name, message=PREPARE_MSG))
+                elif name.endswith("-train") and owner not in train_seen:
+                    train_seen[owner] = now
+            await asyncio.sleep(0.02)
+
+    tasks = [asyncio.create_task(sample()), asyncio.create_task(controller())]
+    sem = asyncio.Semaphore(20)
+
+    async def create(i: int) -> None:
+        doc = ftj()
+        doc["metadata"]["name"] = f"bench-{i:04d}"
+        async with sem:
+            created[doc["metadata"]["name"]] = time.perf_counter()
+            await kc.apply(doc)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(create(i) for i in range(n)))
+    create_s = time.perf_counter() - t0
+    deadline = time.perf_counter() + timeout
+    while len(train_seen) < n and time.perf_counter() < deadline:
+        await asyncio.sleep(0.2)
+    all_done_s = time.perf_counter() - t0
+    peak_during = max(rss) if rss else 0.0
+    cpu_op, cpu_me = sum(proc.cpu_times()[:2]) - cpu0_op, sum(me.cpu_times()[:2]) - cpu0_me
+    await asyncio.sleep(settle)
+    steady = _rss(proc)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        hist_count = next((float(line.split()[-1]) for line in scraped.splitlines()
+                           if line.startswith("tuneloop_create_to_training_job_seconds_count")), None)
+    except OSError:
+        hist_count = None
+    jobs = kc.count(r.JOBS)
 
     to_data = [data_seen[k] - created[k] for k in created if k in data_seen]
     to_train = [train_seen[k] - created[k] for k in created if k in train_seen]
     return {
-        "jobs": n, "training_jobs_created": len(to_train), "jobs_in_store": jobs,
-        "create_all_s": round(create_s, 2), "all_training_jobs_s": round(all_done_s, 2),
-        "create_to_data_job_p50_s": round(pct(to_data, 0.5), 3), "create_to_data_job_p99_s": round(pct(to_data, 0.99), 3),
-        "create_to_training_job_p50_s": round(pct(to_train, 0.5), 3), "create_to_training_job_p99_s": round(pct(to_train, 0.99), 3),
-        "create_to_training_job_max_s": round(max(to_train), 3) if to_train else None,
-        "rss_idle_mib": round(idle_rss, 1), "rss_peak_mib": round(peak_during, 1), "rss_steady_mib": round(steady, 1),
-        "operator_histogram_count": hist_count,
+    "jobs": n, "training_jobs_created": len(to_train), "jobs_in_store": jobs,
+    "create_all_s": round(create_s, 2), "all_training_jobs_s": round(all_done_s, 2),
+    "create_to_data_job_p50_s": round(pct(to_data, 0.5), 3), "create_to_data_job_p99_s": round(pct(to_data, 0.99), 3),
+    "create_to_training_job_p50_s": round(pct(to_train, 0.5), 3), "create_to_training_job_p99_s": round(pct(to_train, 0.99), 3),
+    "create_to_training_job_max_s": round(max(to_train), 3) if to_train else None,
+    "rss_idle_mib": round(idle_rss, 1), "rss_peak_mib": round(peak_during, 1), "rss_steady_mib": round(steady, 1),
+    "operator_histogram_count": hist_count,
+    "operator_cpu_s": round(cpu_op, 1), "emulator_and_bench_cpu_s": round(cpu_me, 1),
+    "load_average_at_start": round(load0, 2), "cpus": psutil.cpu_count(),
     }
 
 
@@ -152,12 +164,13 @@ def main() -> int:
         results.append(res)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    print("\n| FineTuneJobs | create→data Job p50 / p99 | create→training Job p50 / p99 (max) | RSS idle / peak / steady |")
-    print("|---|---|---|---|")
+    print("\n| FineTuneJobs | create→data Job p50 / p99 | create→training Job p50 / p99 (max) | RSS idle / peak / steady | CPU s operator / emulator | load avg |")
+    print("|---|---|---|---|---|---|")
     for x in results:
         print(f"| {x['jobs']} | {x['create_to_data_job_p50_s']} s / {x['create_to_data_job_p99_s']} s | "
               f"{x['create_to_training_job_p50_s']} s / {x['create_to_training_job_p99_s']} s ({x['create_to_training_job_max_s']} s) | "
-              f"{x['rss_idle_mib']} / {x['rss_peak_mib']} / {x['rss_steady_mib']} MiB |")
+              f"{x['rss_idle_mib']} / {x['rss_peak_mib']} / {x['rss_steady_mib']} MiB | "
+              f"{x['operator_cpu_s']} / {x['emulator_and_bench_cpu_s']} | {x['load_average_at_start']} on {x['cpus']} CPUs |")
     return 0
 
 

@@ -37,6 +37,9 @@ class OperatorSettings(BaseSettings):
     health_port: int = Field(default=8081, ge=0, le=65535, description="Port of Kopf's liveness endpoint /healthz (0 disables it).")
     trainer_metrics_port: int = Field(default=9400, ge=1, le=65535, description="Port of rank 0's progress metrics in training pods.")
     progress_interval: float = Field(default=15.0, gt=0, description="Seconds between progress polls of a running training Job.")
+    max_concurrent_reconciles: int = Field(
+        default=32, ge=1, le=1024, description="FineTuneJob reconcile passes running at once (the rest queue, oldest first)."
+    )
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated namespaces to watch (empty: the operator's own namespace)."
     )

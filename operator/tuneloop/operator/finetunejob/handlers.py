@@ -28,6 +28,14 @@ from .state import TERMINAL
 
 FTJ = (GROUP, VERSION, "finetunejobs")
 _locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+_slots: asyncio.Semaphore | None = None  # bounds concurrent passes (created in the operator's loop)
+
+
+def _slot() -> asyncio.Semaphore:
+    global _slots
+    if _slots is None:
+        _slots = asyncio.Semaphore(get_settings().max_concurrent_reconciles)
+    return _slots
 
 
 def _reconciler() -> Reconciler:
@@ -37,7 +45,7 @@ def _reconciler() -> Reconciler:
 async def _reconcile(body: dict[str, Any], *, with_progress: bool = False) -> Any:
     meta = body.get("metadata") or {}
     key = (meta.get("namespace") or "default", meta["name"])
-    async with _locks[key]:
+    async with _locks[key], _slot():
         with metrics.reconcile_timer("finetunejob"):
             rec = _reconciler()
             # Always act on the freshest copy: another handler may have just moved the job on.

@@ -69,16 +69,18 @@ def matches(obj: dict, selector: dict[str, str]) -> bool:
 class KubeClient:
     """One aiohttp session per client; create it inside the event loop that uses it."""
 
-    def __init__(self, conn: Connection, timeout: float = 30.0):
+    def __init__(self, conn: Connection, timeout: float = 30.0, max_connections: int = 64):
         self.conn = conn
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # No total timeout: waiting for a free pooled connection is not a server timeout.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout)
+        self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _sess(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
-            connector = aiohttp.TCPConnector(ssl=self.conn.ssl if self.conn.ssl is not None else True, limit=64)
+            connector = aiohttp.TCPConnector(ssl=self.conn.ssl if self.conn.ssl is not None else True, limit=self._max_connections)
             self._session = aiohttp.ClientSession(
                 base_url=None, headers=self.conn.headers, timeout=self._timeout, connector=connector
             )
