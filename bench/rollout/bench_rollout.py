@@ -177,7 +177,7 @@ async def noise(args: argparse.Namespace) -> dict:
         {"name": "e2e-p95", "builtin": "e2e-latency-p95", "maxRelativeToStable": 1.5},
         {"name": "aborts", "builtin": "abort-rate", "max": 0.05},
     ]
-    healthy = {"rps": args.rps, "error_rate": 0.01, "abort_rate": 0.005, "ttft": 0.12, "e2e": 1.2, "noise": 0.3}
+    healthy = {"rps": args.rps, "error_rate": 0.01, "abort_rate": 0.005, "ttft": 0.12, "e2e": 1.2, "noise": args.noise}
     pods = [("noisy", "stable", healthy | {"seed": 1}), ("noisy", "canary", healthy | {"seed": 2})]
 
     async def run(kc: Cluster, prom: PrometheusServer, fakes: dict, metrics_port: int) -> dict:
@@ -232,11 +232,13 @@ def main() -> int:
     n.add_argument("--window", default="30s")
     n.add_argument("--count", type=int, default=30)
     n.add_argument("--rps", type=float, default=20.0)
+    n.add_argument("--noise", type=float, default=0.3, help="relative sd of each request's latency")
+    n.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
     result = asyncio.run(breach(args) if args.bench == "breach" else noise(args))
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{args.bench}-{args.interval}.json"
+    out = RESULTS / f"{args.bench}-{args.interval}{getattr(args, 'tag', '')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("trials",)}, indent=2))
     print(f"written to {out.relative_to(ROOT)}")

@@ -43,8 +43,10 @@ async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, l
 
     wake = _wake_event(namespace, name)
     reconciler = _reconciler()
+    loop = asyncio.get_running_loop()
     while not stopped:
         wake.clear()
+        started = loop.time()
         try:
             with reconcile_timer("rollout"):
                 obj = await reconciler.client.get(r.ROLLOUTS, namespace, name)
@@ -54,7 +56,7 @@ async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, l
         except Exception:  # keep the loop alive; counted by reconcile_timer, retried after ERROR_DELAY
             logger.exception("rollout tick failed")
             delay = ERROR_DELAY
-        await _sleep(stopped, wake, delay)
+        await _sleep(stopped, wake, max(0.0, delay - (loop.time() - started)))  # delay counts from the tick's start
 
 
 async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, delay: float) -> None:
