@@ -143,6 +143,12 @@ async def test_unservable_candidate_and_invalid_rollout_are_degraded(tmp_path: P
         assert st["phase"] == "Degraded" and "ModelVersion v2 cannot be served" in st["message"] and "got s3" in st["message"]
         assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary")) is None or (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 0
         assert (await kc.get(r.DEPLOYMENTS, NS, "bot-stable"))["spec"]["replicas"] == 4  # stable keeps serving
+        # a candidate that failed its evaluation gates is refused the same way
+        await kc.client.patch(r.MODELVERSIONS, NS, "v2", {"spec": {"artifact": {"uri": "pvc://out/v2"}}})
+        await kc.client.patch(r.MODELVERSIONS, NS, "v2", {"status": {"phase": "Rejected"}}, subresource="status")
+        await tick(kc, rec, 1)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Degraded" and "Rejected by its evaluation gates" in st["message"]
         bad = copy.deepcopy(ro)
         bad["metadata"] = {"name": "broken", "namespace": NS}
         bad["spec"]["steps"] = [{"setWeight": 150}]

@@ -149,6 +149,8 @@ class Reconciler:
         cand_name = spec.candidate.name if spec.candidate else None
         stable_mv, err_s = await self.model_version(spec, ns, stable_name)
         cand_mv, err_c = await self.model_version(spec, ns, cand_name if cand_name != stable_name else None)
+        if cand_mv is not None and err_c is None and (cand_mv.status and cand_mv.status.phase == "Rejected"):
+            err_c = f"ModelVersion {cand_name} was Rejected by its evaluation gates; it is not rolled out"
         serving_error = err_c or err_s
         canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
         world = World(now=now, canary_available=available_for(canary_dep, cand_name), serving_error=serving_error, generation=meta.get("generation"))
