@@ -86,3 +86,14 @@ def test_reference_nll_scores_only_the_answer(tiny):
     # text records: no context, every token after the first is scored
     _, count = reference_nll(model, tok, [reference_pair(tok, {"text": "the cat sat on the mat"})])
     assert count == len(tok("the cat sat on the mat", add_special_tokens=False)["input_ids"]) - 1
+
+
+def test_reference_nll_with_shared_prefix_matches(tiny):
+    model, tok = tiny
+    recs = [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in [("hello", "the answer is red"), ("what is the loss of the model", "one two three"), ("dog", "yes")]]
+    pairs = [reference_pair(tok, r) for r in recs]
+    plain = reference_nll(model, tok, pairs, batch_size=2, share_prefix=False)
+    shared = reference_nll(model, tok, pairs, batch_size=2, share_prefix=True)
+    assert plain[1] == shared[1]
+    assert math.isclose(plain[0], shared[0], rel_tol=1e-4)

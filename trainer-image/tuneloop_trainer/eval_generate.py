@@ -187,8 +187,15 @@ def reference_nll(
     pairs: list[tuple[str, str]],
     *,
     batch_size: int = 8,
+    share_prefix: bool = True,
 ) -> tuple[float, int]:
-    """Sum of negative log-likelihoods of the reference tokens given their context, and their count."""
+    """Sum of negative log-likelihoods of the reference tokens given their context, and their count.
+
+    share_prefix: a context prefix common to every record (a system prompt) is run once and its
+    KV cache reused by every batch, as in `generate`; the sums are the same.
+    """
+    import copy
+
     import torch
     import torch.nn.functional as F
 
@@ -202,24 +209,41 @@ def reference_nll(
             rows.append((p_ids + a_ids, len(p_ids)))
         elif len(a_ids) > 1:  # no context at all: the first token is given, the rest scored
             rows.append((a_ids, 1))
+    if not rows:
+        return 0.0, 0
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # The shared prefix must end inside every context, so each row still predicts its first answer token.
+    prefix_len = shared_prefix_length([ids[:n_ctx] for ids, n_ctx in rows]) if share_prefix else 0
     nll, count = 0.0, 0
     was_training = model.training
     model.eval()
     try:
+        prefix_cache = None
+        if prefix_len >= MIN_SHARED_PREFIX:
+            with torch.inference_mode():
+                prefix = torch.tensor([rows[0][0][:prefix_len]], device=device)
+                prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
+        else:
+            prefix_len = 0
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
+            width = max(len(ids) for ids, _ in chunk) - prefix_len
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            attention = torch.zeros((len(chunk), prefix_len + width), dtype=torch.long)
             labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            for r, (ids, n_prompt) in enumerate(chunk):
-                input_ids[r, : len(ids)] = torch.tensor(ids)
-                attention[r, : len(ids)] = 1
-                labels[r, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+            for r, (ids, n_ctx) in enumerate(chunk):
+                own = ids[prefix_len:]
+                input_ids[r, : len(own)] = torch.tensor(own)
+                attention[r, : prefix_len + len(own)] = 1
+                labels[r, n_ctx - prefix_len : len(own)] = torch.tensor(ids[n_ctx:])
             with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+                kw: dict[str, Any] = {}
+                if prefix_cache is not None:
+                    cache = copy.deepcopy(prefix_cache)
+                    cache.batch_repeat_interleave(len(chunk))
+                    kw["past_key_values"] = cache
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=bool(kw), **kw).logits.float()
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(device)
             nll += F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum").item()
