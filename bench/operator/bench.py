@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -29,9 +28,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.operator.harness import OperatorProcess, cluster  # noqa: E402
-from tests.operator.scenario import PREPARE_MSG, ftj  # noqa: E402
-from tuneloop.operator.kube import resources as r  # noqa: E402
+from tuneloop.operator.kube import resources as r
+
+from tests.operator.harness import OperatorProcess, cluster
+from tests.operator.scenario import PREPARE_MSG, ftj
 
 
 def _free_port() -> int:
@@ -128,7 +128,7 @@ async def _measure(kc, op: OperatorProcess, n: int, settle: float, timeout: floa
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     try:
-        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        scraped = (await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)).read().decode()
         hist_count = next((float(line.split()[-1]) for line in scraped.splitlines()
                            if line.startswith("tuneloop_create_to_training_job_seconds_count")), None)
     except OSError:

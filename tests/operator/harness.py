@@ -36,12 +36,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import kmock
 import yaml
 from kmock._internal import enums
-
 from tuneloop.operator.kube import Connection, KubeClient
 from tuneloop.operator.kube import resources as r
 
@@ -50,7 +49,7 @@ _rv = itertools.count(1000)
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -287,9 +286,9 @@ class OperatorProcess:
                 raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.tail()}")
             await asyncio.sleep(0.1)
 
-    async def __aenter__(self) -> OperatorProcess:
+    async def __aenter__(self) -> Self:
         self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from tuneloop.cli.main import main
 from tuneloop.cli.status_cmd import render
 from tuneloop.operator.kube import resources as r

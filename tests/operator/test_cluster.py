@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.operator.kube import ApiError, KubeClient, discover
 from tuneloop.operator.kube import resources as r
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
 from tuneloop.operator.kube import resources as r
 
 from .harness import OperatorProcess

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tuneloop.operator.kube import ApiError
 from tuneloop.operator.kube import resources as r
 

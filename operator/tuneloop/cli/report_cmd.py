@@ -11,7 +11,6 @@ import sys
 
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
-
 from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
 
 

@@ -12,7 +12,6 @@ import yaml
 
 from tuneloop.operator.kube import ApiError
 from tuneloop.operator.kube import resources as r
-
 from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.api import FineTuneJob
 from tuneloop.operator import builders
 from tuneloop.operator.settings import OperatorSettings

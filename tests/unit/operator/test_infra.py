@@ -8,7 +8,6 @@ from pathlib import Path
 import kopf
 import pytest
 from prometheus_client import generate_latest
-
 from tuneloop.operator import lifecycle, metrics, rbac
 from tuneloop.operator.kube import parse_selector
 from tuneloop.operator.kube import resources as r

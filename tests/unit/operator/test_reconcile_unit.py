@@ -10,7 +10,6 @@ import json
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
 from tuneloop.operator.finetunejob.reconcile import Reconciler
 from tuneloop.operator.kube import ApiError, Connection, KubeClient
 from tuneloop.operator.kube import resources as r
@@ -67,7 +66,7 @@ def _ftj(generation: int = 1, suspend: bool = False) -> dict:
 
 
 async def _pass(client: FakeClient, body: dict):
-    client.objects[("finetunejobs", "ns", "x")] = {**copy.deepcopy(body), **{"status": client.objects.get(("finetunejobs", "ns", "x"), {}).get("status", {})}}
+    client.objects[("finetunejobs", "ns", "x")] = {**copy.deepcopy(body), "status": client.objects.get(("finetunejobs", "ns", "x"), {}).get("status", {})}
     fresh = await client.get(r.FINETUNEJOBS, "ns", "x")
     return await Reconciler(client, OperatorSettings()).run(fresh)
 

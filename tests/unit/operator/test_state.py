@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tuneloop.operator.finetunejob import publish
 from tuneloop.operator.finetunejob import state as st
 from tuneloop.operator.finetunejob.progress import rank0_pod
@@ -68,7 +67,7 @@ def test_status_patch_only_when_changed():
 
 
 def test_parse_progress_from_trainer_metrics():
-    text = "\n".join([
+    text = "\n".join([  # noqa: FLY002
         "# TYPE tuneloop_trainer_step gauge", 'tuneloop_trainer_step{job="a",namespace="n"} 30.0',
         "# TYPE tuneloop_trainer_total_steps gauge", 'tuneloop_trainer_total_steps{job="a",namespace="n"} 120.0',
         "# TYPE tuneloop_trainer_loss gauge", 'tuneloop_trainer_loss{job="a",namespace="n"} 1.5',
@@ -141,6 +140,6 @@ def test_validate_reports_field_paths(change, where, what):
 
 
 def test_validate_accepts_s3_with_staging_pvc():
-    spec, path, msg = validate({"metadata": {"name": "x"}, "spec": {**BASE, "output": {"s3": {"uri": "s3://b/p"}}}},
+    spec, path, _ = validate({"metadata": {"name": "x"}, "spec": {**BASE, "output": {"s3": {"uri": "s3://b/p"}}}},
                                OperatorSettings(default_output_pvc="staging"))
     assert spec is not None and not path

@@ -10,6 +10,14 @@ from .jobs import data_job, eval_job, train_job
 from .modelversion import model_version, report_config_map
 
 __all__ = [
-    "BuildError", "JobMeta", "names", "config_map", "headless_service", "data_job", "train_job", "eval_job",
-    "model_version", "report_config_map",
+    "BuildError",
+    "JobMeta",
+    "config_map",
+    "data_job",
+    "eval_job",
+    "headless_service",
+    "model_version",
+    "names",
+    "report_config_map",
+    "train_job",
 ]

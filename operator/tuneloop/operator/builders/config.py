@@ -29,12 +29,13 @@ def deepspeed_json(spec: FineTuneJobSpec) -> str | None:
         return None
     try:
         fn = importlib.import_module("tuneloop_trainer.dsconfig").deepspeed_config
+        trainer_error = importlib.import_module("tuneloop_trainer.errors").TrainerError
     except (ImportError, AttributeError):
         return None
     try:
         return json.dumps(fn(spec, world_size(spec)), indent=2, sort_keys=True)
-    except Exception as exc:  # tuneloop_trainer.errors.ConfigError
-        text = exc.one_line() if hasattr(exc, "one_line") else str(exc)
+    except trainer_error as exc:
+        text = exc.one_line()
         field = "spec.hyperparameters.batchSize" if "batchSize" in text else "spec.deepspeed"
         raise BuildError(field, text) from None
 

@@ -89,7 +89,7 @@ async def child_job_changed(event: dict[str, Any], body: kopf.Body, logger: logg
     ns = body.get("metadata", {}).get("namespace")
     try:
         await _reconcile({"metadata": {"name": name, "namespace": ns}})
-    except Exception as exc:  # event handlers are not retried; the timer/resume will pick it up
+    except Exception as exc:  # noqa: BLE001 — event handlers are not retried; the timer/resume will pick it up
         metrics.RECONCILE_ERRORS.labels("finetunejob").inc()
         logger.warning("reconcile of FineTuneJob %s/%s after a Job event failed: %s", ns, name, exc)
 

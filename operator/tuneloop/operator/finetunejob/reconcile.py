@@ -180,7 +180,7 @@ class Reconciler:
             mv = builders.model_version(spec, meta, cfg, evaluation=evaluation, data_summary=status.get("dataReport"),
                                         train_summary=train_summary, has_report=report_md is not None)
             name = mv["metadata"]["name"]
-            obj, created = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            obj, _ = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
             if report_md is not None:
                 await self._ensure(r.CONFIGMAPS, builders.report_config_map(obj, report_md))
             phase = model_version_phase(evaluation)
@@ -244,7 +244,7 @@ class Reconciler:
 
     async def _failure(self, job: dict) -> tuple[str, str]:
         """(message, reason) from the failed pod's termination message, else the Job's condition."""
-        msg, pod = st.termination(await self._pods(job), want_success=False)
+        msg, _ = st.termination(await self._pods(job), want_success=False)
         jreason, jmsg = st.job_failure(job)
         if msg:
             reason = msg.get("reason") or ("InvalidSpec" if msg.get("exitCode") == 42 else jreason)
@@ -290,7 +290,7 @@ def _observe_create_latency(body: dict) -> None:
     if not created:
         return
     try:
-        t0 = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        t0 = dt.datetime.fromisoformat(created)
     except ValueError:
         return
-    metrics.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.timezone.utc) - t0).total_seconds()))
+    metrics.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.UTC) - t0).total_seconds()))

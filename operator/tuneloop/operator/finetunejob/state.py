@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +16,7 @@ INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def job_state(job: dict[str, Any] | None) -> str:
@@ -146,7 +147,7 @@ def parse_progress(text: str) -> dict[str, Any]:
         key = _TRAINER_METRICS.get(family.name)
         if key and family.samples:
             value = family.samples[0].value
-            if value != value:  # NaN: not reported yet
+            if math.isnan(value):  # not reported yet
                 continue
             out[key] = int(value) if key in ("step", "totalSteps") else round(float(value), 6)
     if out.get("totalSteps"):

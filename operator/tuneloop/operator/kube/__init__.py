@@ -28,4 +28,4 @@ def set_client(client: KubeClient | None) -> None:
     _client = client
 
 
-__all__ = ["ApiError", "Connection", "KubeClient", "Resource", "discover", "get_client", "set_client", "matches", "parse_selector"]
+__all__ = ["ApiError", "Connection", "KubeClient", "Resource", "discover", "get_client", "matches", "parse_selector", "set_client"]

@@ -170,7 +170,7 @@ class KubeClient:
         """Record a core/v1 Event about `obj` (Normal or Warning)."""
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or self.conn.default_namespace or "default"
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
             "kind": "Event",
