@@ -141,3 +141,19 @@ async def test_suspend_is_honoured(kube, operator_proc):
     await kube.client.patch(r.FINETUNEJOBS, NS, "support-bot", {"spec": {"suspend": False}})
     await kube.wait_for(r.JOBS, NS, "support-bot-data", lambda j: j["spec"]["suspend"] is False)
     await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "ValidatingData")
+
+
+async def test_training_failure_reports_the_trainer_reason(kube, operator_proc):
+    await kube.apply(ftj())
+    await kube.wait_for(r.JOBS, NS, "support-bot-data")
+    await kube.finish_job(NS, "support-bot-data", message=PREPARE_MSG)
+    await kube.wait_for(r.JOBS, NS, "support-bot-train")
+    oom = '{"stage":"train","outcome":"Failed","reason":"OutOfResources","error":"out of memory at microBatchSize 8 (lower microBatchSize)"}'
+    await kube.finish_job(NS, "support-bot-train", exit_code=1, message=oom)
+    obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Failed")
+    tr = cond(obj, "Training")
+    assert (tr["status"], tr["reason"]) == ("False", "OutOfResources") and "microBatchSize" in tr["message"]
+    assert obj["status"]["message"].startswith("training failed: out of memory")
+    assert await kube.get(r.JOBS, NS, "support-bot-eval") is None
+    events = await kube.client.events_for(NS, "support-bot", "FineTuneJob")
+    assert events[-1]["type"] == "Warning" and events[-1]["reason"] == "Failed"

@@ -147,3 +147,35 @@ async def test_client_http_details():
             assert info.value.conflict and info.value.retriable
         finally:
             await client.close()
+
+
+def _complete(client: FakeClient, job: str) -> None:
+    client.objects[("jobs", "ns", job)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+
+
+async def test_evaluation_disabled_registers_not_evaluated_modelversion():
+    c = FakeClient()
+    body = _ftj()
+    body["spec"]["evaluation"] = {"enabled": False}
+    body["spec"]["registry"] = {"modelName": "Support Bot", "version": "2026.11"}
+    await _pass(c, body)
+    _complete(c, "x-data")
+    await _pass(c, body)
+    assert ("jobs", "ns", "x-train") in c.objects
+    _complete(c, "x-train")
+    out = await _pass(c, body)
+    assert out.phase == "Succeeded" and ("jobs", "ns", "x-eval") not in c.objects
+    mv = c.objects[("modelversions", "ns", "support-bot-2026-11")]
+    assert mv["spec"]["modelName"] == "Support Bot" and mv["spec"]["evaluation"]["verdict"] == "NotEvaluated"
+    assert mv["status"]["phase"] == "Ready"
+    conds = {cd["type"]: (cd["status"], cd["reason"]) for cd in out.status["conditions"]}
+    assert conds["Evaluated"] == ("False", "Disabled") and conds["Succeeded"] == ("True", "Completed")
+    assert [w[3]["reason"] for w in c.writes if w[0] == "event"] == ["ValidatingData", "Training", "Succeeded"]
+
+
+def test_failed_gates_reject_the_modelversion():
+    from tuneloop.operator.builders.modelversion import model_version_phase
+
+    assert model_version_phase({"verdict": "Failed"}) == "Rejected"
+    assert model_version_phase({"verdict": "Passed"}) == "Ready"
+    assert model_version_phase(None) == "Ready"
