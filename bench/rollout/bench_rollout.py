@@ -41,7 +41,7 @@ def model_version(name: str) -> dict:
     }  # fmt: skip
 
 
-def rollout(name: str, candidate: str, prom: str, interval: str, window: str, count: int, metrics: list[dict]) -> dict:
+def rollout(name: str, candidate: str, prom: str, interval: str, window: str, count: int, metrics: list[dict], failure_limit: int = 0) -> dict:
     return {
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout",
         "metadata": {"name": name, "namespace": NS},
@@ -50,7 +50,8 @@ def rollout(name: str, candidate: str, prom: str, interval: str, window: str, co
             "serving": {"replicas": 2},
             "trafficRouting": {"gatewayAPI": {"httpRoute": name, "parentRefs": [{"name": "gw"}]}},
             "steps": [{"setWeight": 20}, {"analysis": {"count": count}}],
-            "analysis": {"prometheusAddress": prom, "interval": interval, "window": window, "count": count, "metrics": metrics},
+            "analysis": {"prometheusAddress": prom, "interval": interval, "window": window, "count": count, "metrics": metrics,
+                         "failureLimit": failure_limit},
         },
     }  # fmt: skip
 
@@ -184,7 +185,7 @@ async def noise(args: argparse.Namespace) -> dict:
         end = time.monotonic() + args.minutes * 60
         rollouts, false_rollbacks, worst = 0, 0, {}
         candidates = ["v2", "v3"]
-        await kc.apply(rollout("noisy", candidates[0], prom.url, args.interval, args.window, args.count, metrics))
+        await kc.apply(rollout("noisy", candidates[0], prom.url, args.interval, args.window, args.count, metrics, args.failure_limit))
         cur = candidates[0]
         while time.monotonic() < end:
             await asyncio.sleep(1)
@@ -207,7 +208,7 @@ async def noise(args: argparse.Namespace) -> dict:
             cur = nxt
         return {
             "benchmark": "false_rollbacks_noisy_healthy", "minutes": args.minutes, "interval": args.interval, "scrape_interval": args.scrape,
-            "window": args.window, "count_per_rollout": args.count, "pods": healthy, "completed_rollouts": rollouts,
+            "window": args.window, "count_per_rollout": args.count, "failure_limit": args.failure_limit, "pods": healthy, "completed_rollouts": rollouts,
             "false_rollbacks": false_rollbacks, "measurements_by_phase": measurements_by_phase(metrics_port),
             "worst_value_or_ratio_to_stable_in_last_50": {k: round(v, 3) for k, v in worst.items()},
         }  # fmt: skip
@@ -233,6 +234,7 @@ def main() -> int:
     n.add_argument("--count", type=int, default=30)
     n.add_argument("--rps", type=float, default=20.0)
     n.add_argument("--noise", type=float, default=0.3, help="relative sd of each request's latency")
+    n.add_argument("--failure-limit", type=int, default=0, help="analysis.failureLimit")
     n.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
     result = asyncio.run(breach(args) if args.bench == "breach" else noise(args))

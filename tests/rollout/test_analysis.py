@@ -122,6 +122,23 @@ def test_limits(phases, limits, verdict):
     assert got == verdict
 
 
+@pytest.mark.parametrize(
+    ("phases", "metric_limits", "verdict"),
+    [
+        ([S, F, F], {"failureLimit": 2}, V.SUCCESSFUL),
+        ([F], {"failureLimit": 0}, V.FAILED),
+        ([I, I], {"inconclusiveLimit": 1}, V.INCONCLUSIVE),
+        ([E, E], {"consecutiveErrorLimit": 1}, V.ERROR),
+    ],
+)
+def test_per_metric_limits_override_the_analysis_wide_ones(phases, metric_limits, verdict):
+    s = spec(count=3, failureLimit=1, inconclusiveLimit=5, consecutiveErrorLimit=5)
+    r = MetricResult(metric="m")
+    for p in phases:
+        r = a.record(r, p)
+    assert a.metric_verdict(r, s, 3, metric(max=1, **metric_limits)) == verdict
+
+
 def test_record_counts():
     r, _ = run([S, E, E, F, I])
     assert (r.count, r.successful, r.failed, r.inconclusive, r.error, r.consecutive_error) == (3, 1, 1, 1, 2, 0)

@@ -129,6 +129,9 @@ class AnalysisMetric(ApiModel):
         default=None, gt=0, description="Failed when canary > this × stable (the query also runs for stable)."
     )
     no_data_policy: NoDataPolicy | None = Field(default=None, description="Overrides analysis.noDataPolicy for this metric.")
+    failure_limit: int | None = Field(default=None, ge=0, description="Overrides analysis.failureLimit for this metric.")
+    inconclusive_limit: int | None = Field(default=None, ge=0, description="Overrides analysis.inconclusiveLimit for this metric.")
+    consecutive_error_limit: int | None = Field(default=None, ge=0, description="Overrides analysis.consecutiveErrorLimit for this metric.")
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {

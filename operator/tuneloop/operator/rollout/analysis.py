@@ -126,13 +126,18 @@ def record(result: MetricResult, phase: MeasurementPhase | str) -> MetricResult:
     return r
 
 
-def metric_verdict(result: MetricResult, spec: AnalysisSpec, count: int) -> Verdict:
-    """assessMetricStatus: limits first, then the number of measurements."""
-    if result.failed > spec.failure_limit:
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+def metric_verdict(result: MetricResult, spec: AnalysisSpec, count: int, metric: AnalysisMetric | None = None) -> Verdict:
+    """assessMetricStatus: limits first (the metric's own, else the analysis-wide ones), then the count."""
+    m = metric or AnalysisMetric.model_construct()
+    if result.failed > _pick(getattr(m, "failure_limit", None), spec.failure_limit):
         return Verdict.FAILED
-    if result.inconclusive > spec.inconclusive_limit:
+    if result.inconclusive > _pick(getattr(m, "inconclusive_limit", None), spec.inconclusive_limit):
         return Verdict.INCONCLUSIVE
-    if result.consecutive_error > spec.consecutive_error_limit:
+    if result.consecutive_error > _pick(getattr(m, "consecutive_error_limit", None), spec.consecutive_error_limit):
         return Verdict.ERROR
     if result.count >= count:
         return Verdict.SUCCESSFUL

@@ -321,7 +321,7 @@ class _Machine:
         verdicts = []
         for m in metrics:
             r = results.get(m.name) or MetricResult(metric=m.name)
-            v = metric_verdict(r, spec.analysis, count)
+            v = metric_verdict(r, spec.analysis, count, m)
             r.phase = v.value
             results[m.name] = r
             verdicts.append(v)
