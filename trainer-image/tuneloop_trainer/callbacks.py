@@ -16,16 +16,15 @@ from .checkpoints import mark_complete
 class ProgressCallback(TrainerCallback):
     """Rank 0: every logging step, updates the gauges, appends to progress.jsonl, calls on_progress."""
 
-    def __init__(self, path: Path, metrics: Any = None, on_progress: Any = None, token_counter: Any = None, world_size: int = 1):
+    def __init__(self, path: Path, metrics: Any = None, on_progress: Any = None):
         self.path, self.metrics, self.on_progress = path, metrics, on_progress
-        self.counter, self.world = token_counter, world_size
         self.last: dict[str, Any] = {"loss": None, "eval_loss": None, "learning_rate": None}
         self.t0 = self.step0 = self.tok0 = None
         self.history: list[dict[str, Any]] = []
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.step0 = time.time(), state.global_step
-        self.tok0 = self.counter.tokens if self.counter else 0
+        self.tok0 = state.num_input_tokens_seen
         self._emit(state, event="begin")
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -45,7 +44,8 @@ class ProgressCallback(TrainerCallback):
         now = time.time()
         elapsed = max(now - (self.t0 or now), 1e-9)
         done = state.global_step - (self.step0 or 0)
-        tokens = ((self.counter.tokens if self.counter else 0) - (self.tok0 or 0)) * self.world
+        # Trainer counts training inputs only (not evaluation), gathered over all ranks; non-padding tokens
+        tokens = state.num_input_tokens_seen - (self.tok0 or 0)
         eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
         row = {
             "step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4),
@@ -60,7 +60,7 @@ class ProgressCallback(TrainerCallback):
                 fh.write(json.dumps(row) + "\n")
             self.history.append(row)
         if self.on_progress:
-            self.on_progress({**row, "event": event})
+            self.on_progress({**row, "event": event, "tokens_seen": tokens})
 
 
 class EarlyStoppingCallback(TrainerCallback):

@@ -92,7 +92,7 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
         warmup_steps=hp.warmup_ratio,
         weight_decay=hp.weight_decay,
         lr_scheduler_type=hp.scheduler,
-        bf16=dtype == torch.bfloat16 and cuda,
+        bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         gradient_checkpointing=hp.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
@@ -112,6 +112,8 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
         deepspeed=ds,
         train_sampling_strategy="group_by_length" if layout == "padded-grouped" else "random",
         dataloader_num_workers=0,
+        # padded batches: count attention_mask; padding-free batches have no padding to leave out
+        include_num_input_tokens_seen="all" if layout == "flat" else "non_padding",
         **kw,
     )
 
@@ -218,7 +220,7 @@ def _train(ctx: Any) -> dict[str, Any]:
             print(f"tuneloop train: metrics on :{port}/metrics", file=sys.stderr)
         except OSError as exc:
             print(f"tuneloop train: metrics endpoint not started: {exc}", file=sys.stderr)
-    progress = ProgressCallback(ctx.workdir / "progress.jsonl", metrics, ctx.on_progress, collator, world)
+    progress = ProgressCallback(ctx.workdir / "progress.jsonl", metrics, ctx.on_progress)
     callbacks = [progress, CheckpointMarkerCallback()]
     stopper = None
     if hp.early_stopping and len(eval_ds):
@@ -250,7 +252,7 @@ def _train(ctx: Any) -> dict[str, Any]:
     }
     if main:
         tok.save_pretrained(str(ctx.artifact_dir))
-        tokens = collator.tokens * world
+        tokens = trainer.state.num_input_tokens_seen
         if spec.method.merge_adapter and spec.method.type != "full":
             prompts = [r.get("messages", [])[:-1] for r in _read_jsonl(ctx.data_dir / "validation.jsonl", 4)
                        or _read_jsonl(ctx.data_dir / "train.jsonl", 4) if "messages" in r]
