@@ -166,9 +166,10 @@ class PrometheusServer:
             time.sleep(0.2)
         raise RuntimeError(f"prometheus did not scrape {targets} targets in {timeout}s")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Terminate (or SIGKILL, for an abrupt outage) and wait until the port is closed."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.kill() if kill else self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

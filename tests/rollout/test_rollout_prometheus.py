@@ -190,7 +190,7 @@ async def test_error_burst_rolls_back(stack: Stack, tmp_path: Path):
 async def test_stopped_prometheus_never_promotes(stack: Stack, tmp_path: Path):
     async def body(kc: Cluster, watch: Watch):
         await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: any(m["phase"] == "Successful" for m in (o.get("status") or {}).get("measurements", [])), timeout=30)
-        stack.prom.stop()
+        stack.prom.stop(kill=True)  # an abrupt outage in the middle of the first analysis step
         ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=30)
         st = ro["status"]
         assert st["phase"] == "RolledBack" and "Promoted" not in watch.phases
