@@ -179,3 +179,22 @@ def test_failed_gates_reject_the_modelversion():
     assert model_version_phase({"verdict": "Failed"}) == "Rejected"
     assert model_version_phase({"verdict": "Passed"}) == "Ready"
     assert model_version_phase(None) == "Ready"
+
+
+async def test_finished_stages_are_not_rerun_when_their_jobs_expire():
+    """ttlSecondsAfterFinished deletes finished Jobs (GC, which kmock does not emulate)."""
+    c = FakeClient()
+    body = _ftj()
+    body["spec"]["ttlSecondsAfterFinished"] = 0
+    await _pass(c, body)
+    _complete(c, "x-data")
+    await _pass(c, body)
+    del c.objects[("jobs", "ns", "x-data")]  # expired
+    _complete(c, "x-train")
+    out = await _pass(c, body)
+    assert out.phase == "Evaluating"
+    del c.objects[("jobs", "ns", "x-train")]
+    out = await _pass(c, body)
+    assert out.phase == "Evaluating"
+    assert ("jobs", "ns", "x-data") not in c.objects and ("jobs", "ns", "x-train") not in c.objects
+    assert [w[2] for w in c.writes if w[0] == "create" and w[1] == "jobs"] == ["x-data", "x-train", "x-eval"]

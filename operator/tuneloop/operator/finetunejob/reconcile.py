@@ -89,10 +89,11 @@ class Reconciler:
         cfg = self.config
         status["children"] = {"configMap": n.config_map, "service": n.service, "dataJob": n.data_job}
         # The ConfigMap and Service come before the data-prep Job; once it exists they do too.
-        data = await self._job(builders.data_job(spec, meta, cfg), spec.suspend, before=[
+        conds = status["conditions"]
+        data = await self._job(builders.data_job(spec, meta, cfg), spec.suspend,
+                               done=(st.condition(conds, "DataValidated") or {}).get("status") == "True", before=[
             (r.CONFIGMAPS, builders.config_map(spec, meta, cfg)), (r.SERVICES, builders.headless_service(spec, meta, cfg))])
         ds = st.job_state(data)
-        conds = status["conditions"]
         if ds == "Failed":
             msg, reason = await self._failure(data)
             status["conditions"] = st.set_condition(conds, "DataValidated", "False", reason, msg, meta.generation)
@@ -114,6 +115,7 @@ class Reconciler:
         status["conditions"] = conds
         status["children"]["trainJob"] = n.train_job
         train = await self._job(builders.train_job(spec, meta, cfg), spec.suspend, timed=body,
+                                done=(st.condition(status["conditions"], "Training") or {}).get("reason") == "Completed",
                                 before=[(r.CONFIGMAPS, builders.config_map(spec, meta, cfg)),
                                         (r.SERVICES, builders.headless_service(spec, meta, cfg))])
         ts = st.job_state(train)
@@ -146,7 +148,8 @@ class Reconciler:
         evaluation, report_md, result = None, None, {}
         if spec.evaluation.enabled:
             status["children"]["evalJob"] = n.eval_job
-            ev = await self._job(builders.eval_job(spec, meta, cfg), spec.suspend)
+            ev = await self._job(builders.eval_job(spec, meta, cfg), spec.suspend,
+                                 done=(st.condition(status["conditions"], "Evaluated") or {}).get("status") == "True")
             es = st.job_state(ev)
             if es == "Failed":
                 msg, reason = await self._failure(ev)
@@ -218,12 +221,15 @@ class Reconciler:
             return existing, False
         return await self.client.create(res, m["namespace"], manifest)
 
-    async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None,
+    async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None, done: bool = False,
                    before: list[tuple[r.Resource, dict]] = ()) -> dict:
         """Get-or-create a stage Job (and, only when creating it, what it needs first); keep its
-        `suspend` in line with the spec while it is unfinished."""
+        `suspend` in line with the spec while it is unfinished. A stage the status records as done
+        whose Job is gone (ttlSecondsAfterFinished, manual cleanup) is not run again."""
         m = manifest["metadata"]
         job = await self.client.get(r.JOBS, m["namespace"], m["name"])
+        if job is None and done:
+            return {"metadata": m, "spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
         if job is None:
             for res, dep in before:
                 await self._ensure(res, dep)
