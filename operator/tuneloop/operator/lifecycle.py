@@ -1,4 +1,4 @@
-"""Operator-wide Kopf handlers: settings at startup, login, client shutdown.
+"""Operator-wide Kopf handlers: settings at startup, login (the shared client is closed by main).
 
 Kopf keeps its bookkeeping (handler progress, last-handled diff base) in annotations with the
 ``tuneloop.dev`` prefix, never in ``status`` (the CRD status schema is typed and pruned).
@@ -48,10 +48,3 @@ def _login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInf
     if info is not None:
         kube.set_client(kube.KubeClient(from_connection_info(info)))
     return info
-
-
-@kopf.on.cleanup()
-async def _cleanup(**_: Any) -> None:
-    client = kube._client
-    if client is not None:
-        await client.close()

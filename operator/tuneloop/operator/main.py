@@ -58,12 +58,18 @@ async def _run(clusterwide: bool, namespaces: list[str], settings: OperatorSetti
 
     metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    await kopf.operator(
-        clusterwide=clusterwide,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-        standalone=True,  # one replica; Deployment strategy Recreate
-    )
+    try:
+        await kopf.operator(
+            clusterwide=clusterwide,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+            standalone=True,  # one replica; Deployment strategy Recreate
+        )
+    finally:  # after every handler, timer and daemon has stopped
+        from . import kube
+
+        if kube._client is not None:
+            await kube._client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
