@@ -172,10 +172,19 @@ async def breach(args: argparse.Namespace) -> dict:
 
 
 async def noise(args: argparse.Namespace) -> dict:
+    if args.latency == "relative":
+        latency = [
+            {"name": "ttft-p95", "builtin": "ttft-p95", "maxRelativeToStable": 1.5},
+            {"name": "e2e-p95", "builtin": "e2e-latency-p95", "maxRelativeToStable": 1.5},
+        ]
+    else:  # docs/rollout.md "Choosing thresholds": absolute latency SLOs, isolated failures tolerated
+        latency = [
+            {"name": "ttft-p95", "builtin": "ttft-p95", "max": 0.5, "failureLimit": 1},
+            {"name": "e2e-p95", "builtin": "e2e-latency-p95", "max": 5.0, "failureLimit": 1},
+        ]
     metrics = [
         {"name": "error-rate", "builtin": "error-rate", "max": 0.05},
-        {"name": "ttft-p95", "builtin": "ttft-p95", "maxRelativeToStable": 1.5},
-        {"name": "e2e-p95", "builtin": "e2e-latency-p95", "maxRelativeToStable": 1.5},
+        *latency,
         {"name": "aborts", "builtin": "abort-rate", "max": 0.05},
     ]
     healthy = {"rps": args.rps, "error_rate": 0.01, "abort_rate": 0.005, "ttft": 0.12, "e2e": 1.2, "noise": args.noise}
@@ -208,7 +217,7 @@ async def noise(args: argparse.Namespace) -> dict:
             cur = nxt
         return {
             "benchmark": "false_rollbacks_noisy_healthy", "minutes": args.minutes, "interval": args.interval, "scrape_interval": args.scrape,
-            "window": args.window, "count_per_rollout": args.count, "failure_limit": args.failure_limit, "pods": healthy, "completed_rollouts": rollouts,
+            "window": args.window, "count_per_rollout": args.count, "failure_limit": args.failure_limit, "metrics": metrics, "pods": healthy, "completed_rollouts": rollouts,
             "false_rollbacks": false_rollbacks, "measurements_by_phase": measurements_by_phase(metrics_port),
             "worst_value_or_ratio_to_stable_in_last_50": {k: round(v, 3) for k, v in worst.items()},
         }  # fmt: skip
@@ -235,6 +244,8 @@ def main() -> int:
     n.add_argument("--rps", type=float, default=20.0)
     n.add_argument("--noise", type=float, default=0.3, help="relative sd of each request's latency")
     n.add_argument("--failure-limit", type=int, default=0, help="analysis.failureLimit")
+    n.add_argument("--latency", choices=["relative", "absolute"], default="relative",
+                   help="latency thresholds: maxRelativeToStable 1.5, or absolute max with a per-metric failureLimit 1")
     n.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
     result = asyncio.run(breach(args) if args.bench == "breach" else noise(args))

@@ -153,3 +153,13 @@ def test_base_model_from_pvc_is_mounted():
 def test_long_names_are_shortened_deterministically():
     n = names.child_name("a" * 60, "canary")
     assert len(n) <= 63 and n.endswith("-canary") and n == names.child_name("a" * 60, "canary")
+
+
+def test_docs_examples_are_valid(repo_root):
+    """Every Rollout YAML block in docs/rollout.md validates against the API models."""
+    text = (repo_root / "docs" / "rollout.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    rollouts = [d for b in blocks for d in yaml.safe_load_all(b) if d and d.get("kind") == "Rollout"]
+    assert rollouts
+    for doc in rollouts:
+        Rollout.model_validate(doc)
