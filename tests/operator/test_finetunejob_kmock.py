@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from tuneloop.operator.kube import resources as r
@@ -12,10 +14,17 @@ from .scenario import EVAL_LOG, EVALUATION, NS, PREPARE_MSG, PUBLISH_MSG, REPORT
 pytestmark = [pytest.mark.operator, pytest.mark.timeout(120)]
 
 
-async def _our_events(kube, name: str) -> list[dict]:
-    """The operator's phase events (Kopf may add its own "Logging" events for retried errors)."""
-    events = await kube.client.events_for(NS, name, "FineTuneJob")
-    return [e for e in events if (e.get("source") or {}).get("component") == "tuneloop-operator"]
+async def _our_events(kube, name: str, until=lambda events: True, timeout: float = 20.0) -> list[dict]:
+    """The operator's phase events (Kopf may add its own "Logging" events for retried errors).
+
+    Events are posted right after the status patch, so poll until `until(events)` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        events = await kube.client.events_for(NS, name, "FineTuneJob")
+        ours = [e for e in events if (e.get("source") or {}).get("component") == "tuneloop-operator"]
+        if until(ours) or asyncio.get_running_loop().time() > deadline:
+            return ours
+        await asyncio.sleep(0.1)
 
 
 def _trainer_metrics() -> tuple[int, dict[str, Gauge]]:
@@ -99,7 +108,7 @@ async def test_lifecycle_restart_and_modelversion(kube, tmp_path):
         assert report["data"]["report.md"] == REPORT_MD
         assert report["metadata"]["ownerReferences"][0] == {**report["metadata"]["ownerReferences"][0], "kind": "ModelVersion", "uid": mv["metadata"]["uid"]}
 
-        events = await _our_events(kube, "support-bot")
+        events = await _our_events(kube, "support-bot", until=lambda ev: len(ev) >= 4)
         assert [e["reason"] for e in events] == ["ValidatingData", "Training", "Evaluating", "Succeeded"]
 
         # a second restart after the end changes nothing
@@ -122,7 +131,7 @@ async def test_invalid_spec_fails_with_field_path_and_no_jobs(kube, operator_pro
     ready = cond(obj, "Ready")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert ready["message"].startswith("spec.method") and "qlora requires quantization.bits 4" in ready["message"]
-    events = await _our_events(kube, "broken")
+    events = await _our_events(kube, "broken", until=lambda ev: len(ev) >= 1)
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", "Failed")]
     assert kube.count(r.JOBS) == 0
 
@@ -161,5 +170,5 @@ async def test_training_failure_reports_the_trainer_reason(kube, operator_proc):
     assert (tr["status"], tr["reason"]) == ("False", "OutOfResources") and "microBatchSize" in tr["message"]
     assert obj["status"]["message"].startswith("training failed: out of memory")
     assert await kube.get(r.JOBS, NS, "support-bot-eval") is None
-    events = await _our_events(kube, "support-bot")
+    events = await _our_events(kube, "support-bot", until=lambda ev: ev and ev[-1]["reason"] == "Failed")
     assert events[-1]["type"] == "Warning" and events[-1]["reason"] == "Failed"
