@@ -67,11 +67,11 @@ def run_tuneloop(spec_file: Path, work: Path) -> dict:
     rows = []
     ctx.on_progress = rows.append
     t0 = time.time()
-    train(ctx)
+    summary = train(ctx)
     end = [r for r in rows if r["event"] == "end"][-1]
     logs = [(r["time"], r["tokens_seen"]) for r in rows if r["event"] == "log"]
     return {"tokens_per_second": end["tokens_per_second"], "median_step_tokens_per_second": median_rate(logs),
-            "wall_seconds": round(time.time() - t0, 1), "layout": os.environ.get("TUNELOOP_BATCH_LAYOUT", "flat")}
+            "wall_seconds": round(time.time() - t0, 1), "layout": summary["batch_layout"]}
 
 
 def median_rate(points: list[tuple[float, int]]) -> float:
@@ -144,7 +144,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro", type=int, default=4, help="records per micro-batch (= batch, no accumulation)")
     ap.add_argument("--records", type=int, default=120)
-    ap.add_argument("--recipes", default="plain,tuneloop", help="comma list: plain, tuneloop, tuneloop-padded")
+    ap.add_argument("--recipes", default="plain,tuneloop", help="comma list: plain, tuneloop, tuneloop-flat, tuneloop-grouped, tuneloop-padded")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -153,8 +153,8 @@ def main() -> int:
     results = {"task": a.task, "steps": a.steps, "micro_batch": a.micro, "records": a.records, "threads": os.environ.get("OMP_NUM_THREADS")}
     for recipe in a.recipes.split(","):
         env = dict(os.environ, PYTHONWARNINGS="ignore", TUNELOOP_METRICS_PORT="0")
-        if recipe == "tuneloop-padded":
-            env["TUNELOOP_BATCH_LAYOUT"] = "padded"
+        if recipe.startswith("tuneloop-"):  # tuneloop-flat, tuneloop-padded: force a batch layout
+            env["TUNELOOP_BATCH_LAYOUT"] = recipe.split("-", 1)[1]
         cmd = [sys.executable, __file__, "--one", "plain" if recipe == "plain" else "tuneloop", "--task", a.task,
                "--steps", str(a.steps), "--micro", str(a.micro), "--records", str(a.records)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -163,6 +163,7 @@ def main() -> int:
             print(out.stderr[-3000:], file=sys.stderr)
             return 1
         results[recipe] = json.loads(line[-1][7:])
+        results[recipe]["load_average"] = os.getloadavg()[0]
         print(recipe, results[recipe], flush=True)
     if "plain" in results and "tuneloop" in results:
         p, t = results["plain"], results["tuneloop"]

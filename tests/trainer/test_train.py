@@ -51,7 +51,7 @@ def test_training_reduces_loss(write_spec, method):
     assert lineage["hyperparameters"]["maxSteps"] == 12 and lineage["world_size"] == 1 and "torch" in lineage["libraries"]
 
 
-def test_padding_free_batches_give_the_same_loss_as_padded(write_spec):
+def test_every_batch_layout_gives_the_same_loss_as_padded(write_spec):
     from transformers import AutoModelForCausalLM
 
     from tuneloop_trainer.collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
@@ -74,6 +74,13 @@ def test_padding_free_batches_give_the_same_loss_as_padded(write_spec):
         assert out.logits.shape[1] == labels.shape[1] - 1 == n_trained  # the LM head ran on trained positions only
         sparse = sparse_logits_loss(out, labels)
         sparse_sum = sparse_logits_loss(out, labels, num_items_in_batch=torch.tensor(n_trained))
+        grouped = PaddedCollator(tok.pad_token_id, sparse_logits=True)(feats)
+        g_labels = grouped.pop("labels")
+        g_out = model(**grouped)
+        assert g_out.logits.shape[1] < grouped["input_ids"].shape[1]  # prompt-only positions skipped the LM head
+        assert int((g_labels[:, 1:] != -100).sum()) == n_trained
+        grouped_loss = sparse_logits_loss(g_out, g_labels, num_items_in_batch=torch.tensor(n_trained))
+    assert torch.allclose(grouped_loss, padded, atol=1e-5), (grouped_loss, padded)
     assert torch.allclose(flat, padded, atol=1e-5), (flat, padded)
     assert torch.allclose(sparse, padded, atol=1e-5) and torch.allclose(sparse_sum, padded, atol=1e-5), (sparse, padded)
 

@@ -5,8 +5,10 @@
   mask (sdpa/eager) or varlen kernels (flash-attention), so records never attend to each other and
   no compute is spent on padding. The first label of every record is -100 so no token is
   predicted across a record boundary.
-- `PaddedCollator`: pad to the longest record of the micro-batch (the plain recipe; used for
-  comparison in bench/ and when `TUNELOOP_BATCH_LAYOUT=padded`).
+- `PaddedCollator`: pad to the longest record of the micro-batch; with length-grouped sampling
+  (records of similar length batched together) padding stays small, and attention keeps the
+  cheap per-record causal shape. Without flash-attention's varlen kernels (CPU, sdpa) this beats
+  the flat layout, whose dense block-diagonal mask computes attention across the whole row.
 Both count the non-padding tokens they emit (`tokens`), which the progress callback turns into
 tokens/s.
 """
@@ -101,10 +103,16 @@ def sparse_logits_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None
 
 
 class PaddedCollator:
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, max_length: int | None = None):
+    """Pad to the longest record of the micro-batch. With `sparse_logits`, `logits_to_keep` names the
+    positions where some record of the batch has a trained next token (prompts are usually a common
+    prefix region), and `labels` holds just those targets behind one -100 column."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, max_length: int | None = None,
+                 sparse_logits: bool = False):
         self.pad = pad_token_id
         self.multiple = pad_to_multiple_of
         self.max_length = max_length
+        self.sparse = sparse_logits
         self.tokens = 0
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
@@ -122,4 +130,9 @@ class PaddedCollator:
             labels[i, :n] = torch.tensor(f["labels"])
             mask[i, :n] = 1
             self.tokens += n
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if not self.sparse:
+            return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().flatten()
+        targets = labels[:, keep + 1]
+        lead = torch.full((len(features), 1), IGNORE, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "logits_to_keep": keep, "labels": torch.cat([lead, targets], dim=1)}

@@ -110,7 +110,7 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
         ddp_backend="gloo" if dist.under_launcher() and not cuda else None,
         ddp_find_unused_parameters=False if world > 1 else None,
         deepspeed=ds,
-        train_sampling_strategy="group_by_length" if layout == "padded-grouped" else "random",
+        train_sampling_strategy="group_by_length" if layout == "grouped" else "random",
         dataloader_num_workers=0,
         # padded batches: count attention_mask; padding-free batches have no padding to leave out
         include_num_input_tokens_seen="all" if layout == "flat" else "non_padding",
@@ -118,9 +118,22 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
     )
 
 
-def _layout(ctx: Any) -> str:
-    """Batch layout: padding-free flattening (default, and what `packing` asks for) or padded."""
-    return os.environ.get("TUNELOOP_BATCH_LAYOUT", "flat")
+LAYOUTS = ("grouped", "flat", "padded")
+
+
+def _layout(ctx: Any, model: Any) -> str:
+    """Batch layout (bench/trainer/README.md has the measurements behind the choice):
+    flat (padding-free rows) when hyperparameters.packing asks for it or flash-attention's varlen
+    kernels are in use; otherwise grouped (length-grouped batches padded to their longest record).
+    Both compute the LM head only where a token is trained. TUNELOOP_BATCH_LAYOUT overrides;
+    `padded` is the plain recipe (random batches, full logits) kept for comparison."""
+    forced = os.environ.get("TUNELOOP_BATCH_LAYOUT")
+    if forced:
+        if forced not in LAYOUTS:
+            raise ConfigError(f"TUNELOOP_BATCH_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
+        return forced
+    attn = str(getattr(model.config, "_attn_implementation", "") or "")
+    return "flat" if ctx.spec.hyperparameters.packing or attn.startswith("flash_attention") else "grouped"
 
 
 def spec_uses_deepspeed(ctx: Any) -> bool:
@@ -202,9 +215,12 @@ def _train(ctx: Any) -> dict[str, Any]:
     if hp.gradient_checkpointing and spec.method.type != "full":
         model.enable_input_require_grads()
 
-    layout = _layout(ctx)
-    collator = FlatCollator() if layout == "flat" else PaddedCollator(tok.pad_token_id)
-    loss_func = sparse_logits_loss if layout == "flat" else None
+    layout = _layout(ctx, model)
+    if layout == "flat":
+        collator = FlatCollator()
+    else:
+        collator = PaddedCollator(tok.pad_token_id, sparse_logits=layout == "grouped")
+    loss_func = None if layout == "padded" else sparse_logits_loss
     steps_per_epoch = max(1, len(train_ds) // hp.batch_size)
     args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout)
 
