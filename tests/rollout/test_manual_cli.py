@@ -41,7 +41,7 @@ def phase(o: dict) -> str | None:
 
 @pytest.mark.operator
 @pytest.mark.timeout(90)
-async def test_promote_and_abort_by_hand(tmp_path: Path, capsys):
+async def test_promote_and_abort_by_hand_across_an_operator_restart(tmp_path: Path, capsys):
     async with cluster(tmp_path) as kc:
         op = OperatorProcess(kc.kubeconfig, tmp_path)
         op.start()
@@ -64,6 +64,14 @@ async def test_promote_and_abort_by_hand(tmp_path: Path, capsys):
             svc = await kc.get(r.SERVICES, NS, "rw")
             assert svc["spec"]["selector"] == {"tuneloop.dev/rollout": "rw", "app.kubernetes.io/component": "serving"}
             assert rw["status"]["canaryWeight"] == 30
+
+            # the operator dies (SIGKILL) and comes back: no duplicates, the status carries on
+            op.kill()
+            op.start()
+            await asyncio.sleep(3)
+            assert kc.count(r.DEPLOYMENTS) == 4 and kc.count(r.HTTPROUTES) == 1
+            gw = await kc.get(r.ROLLOUTS, NS, "gw")
+            assert phase(gw) == "Paused" and gw["status"]["canaryWeight"] == 30 and gw["status"]["currentStepIndex"] == 1
 
             base = ["--kubeconfig", str(kc.kubeconfig), "-n", NS]
             assert await asyncio.to_thread(cli, ["promote", "gw", *base, "--wait", "--timeout", "30"]) == 0
