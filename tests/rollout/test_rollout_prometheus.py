@@ -113,6 +113,11 @@ class Watch:
             await asyncio.sleep(0.1)
 
 
+async def settled(watch: Watch) -> None:
+    """Let the watcher (polling every 0.1 s) catch up with the writes that came with the final status."""
+    await asyncio.sleep(0.5)
+
+
 async def scenario(tmp_path: Path, prom: PrometheusServer, body, **analysis):
     async with cluster(tmp_path) as kc:
         stop = asyncio.Event()
@@ -142,6 +147,7 @@ async def test_healthy_canary_is_promoted_through_all_steps(stack: Stack, tmp_pa
     async def body(kc: Cluster, watch: Watch):
         ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack", "Paused"), timeout=60)
         st = ro["status"]
+        await settled(watch)
         assert st["phase"] == "Promoted", st
         assert st["stableModelVersion"] == "bot-v2" and st["canaryWeight"] == 0
         assert watch.weights == [0, 20, 50, 0], watch.weights
@@ -169,6 +175,7 @@ async def test_error_burst_rolls_back(stack: Stack, tmp_path: Path):
         stack.canary.set(error_rate=0.5)  # the burst
         ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=30)
         st = ro["status"]
+        await settled(watch)
         assert st["phase"] == "RolledBack" and st["canaryWeight"] == 0 and st["stableModelVersion"] == "bot-v1"
         cond = next(c for c in st["conditions"] if c["type"] == "RolledBack")
         assert cond["status"] == "True" and cond["reason"] == "AnalysisFailed"
@@ -193,6 +200,7 @@ async def test_stopped_prometheus_never_promotes(stack: Stack, tmp_path: Path):
         stack.prom.stop(kill=True)  # an abrupt outage in the middle of the first analysis step
         ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=30)
         st = ro["status"]
+        await settled(watch)
         assert st["phase"] == "RolledBack" and "Promoted" not in watch.phases
         cond = next(c for c in st["conditions"] if c["type"] == "RolledBack")
         assert cond["reason"] == "AnalysisError" and "unreachable" in cond["message"]
