@@ -22,7 +22,9 @@ def _plt():
 def loss_plot(progress: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Training loss (every logged step) and validation loss (where measured) against step."""
     train = [(r["step"], r["loss"]) for r in progress if isinstance(r.get("loss"), (int, float))]
-    val = [(r["step"], r["eval_loss"]) for r in progress if isinstance(r.get("eval_loss"), (int, float))]
+    from .report_inputs import validation_points
+
+    val = validation_points(progress)
     if not train and not val:
         return False
     plt = _plt()

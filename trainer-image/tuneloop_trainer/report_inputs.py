@@ -25,6 +25,7 @@ class RunRecord:
     stage_times: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # stage -> (start, end)
     evaluation: dict[str, Any] = field(default_factory=dict)
     train_targets: list[str] = field(default_factory=list)  # assistant answers of the train split
+    local_run: dict[str, Any] = field(default_factory=dict)  # local-run.json (kubectl tuneloop local run)
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -68,6 +69,18 @@ def read_progress(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def validation_points(progress: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(step, eval_loss) once per evaluation: progress rows repeat the latest eval_loss until the next one."""
+    points: list[tuple[float, float]] = []
+    last = None
+    for r in progress:
+        v = r.get("eval_loss")
+        if isinstance(v, (int, float)) and v != last:
+            points.append((r["step"], v))
+            last = v
+    return points
+
+
 def load(workdir: Path) -> RunRecord:
     rec = RunRecord(workdir=workdir)
     rec.data_report = _json(workdir / "data" / "data_report.json", rec.missing)
@@ -76,6 +89,9 @@ def load(workdir: Path) -> RunRecord:
     if not rec.progress:
         rec.missing.append("progress.jsonl")
     rec.evaluation = _json(workdir / "eval.json", rec.missing)
+    local = workdir / "local-run.json"
+    if local.exists():
+        rec.local_run = _json(local, [])
     for stage in ("prepare", "train", "evaluate"):
         p = workdir / f"result-{stage}.json"
         if p.exists():

@@ -144,6 +144,8 @@ def _hardware(run: Any) -> str:
     if hw:
         text = hw if isinstance(hw, str) else json.dumps(hw)
         return f"{text}" + (f", world size {world}" if world else "")
+    if run.local_run.get("device"):
+        return f"this machine (local run): {run.local_run['device']}; world size {world or 1}"
     here = f"{platform.machine()} CPU, {os.cpu_count()} cores visible ({platform.system()})"
     try:
         import torch
