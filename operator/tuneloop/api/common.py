@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tuneloop.dev"
@@ -42,6 +42,32 @@ def one_of_rule(fields: list[str], what: str) -> dict[str, str]:
     """CEL: exactly one of `fields` is set."""
     terms = " + ".join(f"(has(self.{f}) ? 1 : 0)" for f in fields)
     return cel(f"{terms} == 1", f"exactly one of {', '.join(fields)} must be set for {what}")
+
+
+class OneOf(ApiModel):
+    """A union object: exactly one of `one_of` (wire names) must be set — checked by the models and, through
+    the generated CEL rule, by the API server."""
+
+    one_of: ClassVar[tuple[str, ...]] = ()
+    one_of_what: ClassVar[str] = ""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.one_of:
+            extra = dict(cls.model_config.get("json_schema_extra") or {})
+            rules = [one_of_rule(list(cls.one_of), cls.one_of_what), *extra.get("x-kubernetes-validations", [])]
+            cls.model_config = {**cls.model_config, "json_schema_extra": {**extra, "x-kubernetes-validations": rules}}
+            cls.model_rebuild(force=True)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "OneOf":
+        if self.one_of:
+            by_alias = {(f.alias or n): n for n, f in type(self).model_fields.items()}
+            count = sum(getattr(self, by_alias[a]) is not None for a in self.one_of)
+            if count != 1:
+                raise ValueError(one_of_rule(list(self.one_of), self.one_of_what)["message"])
+        return self
 
 
 class ConditionStatus(str, Enum):

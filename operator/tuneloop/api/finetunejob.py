@@ -16,7 +16,7 @@ from .common import (
     SecretKeyRef,
     Toleration,
     cel,
-    one_of_rule,
+    OneOf,
 )
 from .evaluation import EvaluationSpec
 from .status import FineTuneJobStatus
@@ -29,8 +29,11 @@ class HuggingFaceModel(ApiModel):
     revision: str = Field(default="main", min_length=1, description="Branch, tag or commit sha; pin a sha for reproducibility.")
 
 
-class GgufModel(ApiModel):
+class GgufModel(OneOf):
     """A GGUF file, loaded dequantized by transformers and copied into a trainable model."""
+
+    one_of = ("path", "pythonPackage")
+    one_of_what = "gguf"
 
     path: str | None = Field(default=None, description="Path of the .gguf file (absolute, or relative to the spec file in local runs).")
     python_package: str | None = Field(
@@ -39,15 +42,12 @@ class GgufModel(ApiModel):
     )
     file: str | None = Field(default=None, description="File name inside pythonPackage; the only .gguf there when empty.")
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [one_of_rule(["path", "pythonPackage"], "gguf")]
-        }
-    }
 
-
-class BaseModelSource(ApiModel):
+class BaseModelSource(OneOf):
     """Where the base model comes from: exactly one of huggingFace, pvc, s3, path, gguf."""
+
+    one_of = ("huggingFace", "pvc", "s3", "path", "gguf")
+    one_of_what = "baseModel"
 
     hugging_face: HuggingFaceModel | None = Field(default=None, description="A Hugging Face Hub model id and revision.")
     pvc: PvcPath | None = Field(default=None, description="A model directory on a PersistentVolumeClaim.")
@@ -58,14 +58,6 @@ class BaseModelSource(ApiModel):
         default=None, description="Secret with the Hugging Face token for gated models (exposed as HF_TOKEN)."
     )
     trust_remote_code: bool = Field(default=False, description="Allow custom modelling code from the model repository.")
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                one_of_rule(["huggingFace", "pvc", "s3", "path", "gguf"], "baseModel")
-            ]
-        }
-    }
 
     def display_name(self) -> str:
         if self.hugging_face:
@@ -82,16 +74,15 @@ class BaseModelSource(ApiModel):
         return self.hugging_face.revision if self.hugging_face else ""
 
 
-class DataSource(ApiModel):
+class DataSource(OneOf):
     """A dataset file or directory: exactly one of path, pvc, s3."""
+
+    one_of = ("path", "pvc", "s3")
+    one_of_what = "a data source"
 
     path: str | None = Field(default=None, description="Local file or directory (relative to the spec file in local runs).")
     pvc: PvcPath | None = Field(default=None, description="A file or directory on a PersistentVolumeClaim.")
     s3: S3Location | None = Field(default=None, description="An S3 object or prefix.")
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [one_of_rule(["path", "pvc", "s3"], "a data source")]}
-    }
 
 
 class DatasetFormat(str, Enum):
@@ -275,16 +266,15 @@ class DeepSpeedSpec(ApiModel):
     )
 
 
-class OutputSpec(ApiModel):
+class OutputSpec(OneOf):
     """Where checkpoints, the artifact, the evaluation and the report are written: one of pvc, s3, path."""
+
+    one_of = ("pvc", "s3", "path")
+    one_of_what = "output"
 
     pvc: PvcPath | None = Field(default=None, description="A directory on a PersistentVolumeClaim (mounted into every pod).")
     s3: S3Location | None = Field(default=None, description="An S3 prefix the artifacts are uploaded to.")
     path: str | None = Field(default=None, description="A local directory (local runs).")
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [one_of_rule(["pvc", "s3", "path"], "output")]}
-    }
 
 
 class RegistrySpec(ApiModel):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, Toleration, cel, one_of_rule
+from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, OneOf, Toleration, cel, one_of_rule
 
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 
@@ -59,15 +59,14 @@ class ReplicaWeightedRouting(ApiModel):
     service: str = Field(min_length=1, description="Name of the Service that selects stable and canary pods.")
 
 
-class TrafficRouting(ApiModel):
+class TrafficRouting(OneOf):
     """How traffic is split: exactly one of gatewayAPI, replicaWeighted."""
+
+    one_of = ("gatewayAPI", "replicaWeighted")
+    one_of_what = "trafficRouting"
 
     gateway_api: GatewayApiRouting | None = Field(default=None, alias="gatewayAPI", description="Gateway API HTTPRoute weights (exact).")
     replica_weighted: ReplicaWeightedRouting | None = Field(default=None, description="Replica-count weights (coarse).")
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [one_of_rule(["gatewayAPI", "replicaWeighted"], "trafficRouting")]}
-    }
 
 
 class PauseStep(ApiModel):
@@ -83,8 +82,11 @@ class AnalysisStep(ApiModel):
     count: int | None = Field(default=None, ge=1, description="Measurements per metric; defaults to analysis.count.")
 
 
-class Step(ApiModel):
+class Step(OneOf):
     """One canary step: exactly one of setWeight, pause, analysis."""
+
+    one_of = ("setWeight", "pause", "analysis")
+    one_of_what = "a step"
 
     set_weight: int | None = Field(default=None, ge=0, le=100, description="Percent of traffic for the candidate.")
     pause: PauseStep | None = Field(default=None, description="Wait for a duration or for a human.")
@@ -93,7 +95,6 @@ class Step(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                one_of_rule(["setWeight", "pause", "analysis"], "a step"),
                 cel("!has(self.setWeight) || (self.setWeight >= 0 && self.setWeight <= 100)", "setWeight must be within 0..100"),
             ]
         }
