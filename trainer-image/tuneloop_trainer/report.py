@@ -107,7 +107,9 @@ def conclusions(ctx: Any, run: Any, record: dict[str, Any]) -> list[str]:
     unit = "GPU-hours" if gpus else "CPU-process-hours"
     compute = (seconds.get("train") or 0) * world / 3600
     rows = {r["name"]: r for r in record.get("metrics", [])}
-    headline = next((rows[n] for n in ("allFieldsExact", "exactMatch", "fieldAccuracy", "rougeL") if n in rows and rows[n].get("delta") is not None), None)
+    candidates = [rows[n] for n in ("allFieldsExact", "exactMatch", "fieldAccuracy", "schemaCompliance", "jsonValid", "rougeL")
+                  if n in rows and rows[n].get("delta") is not None]
+    headline = max(candidates, key=lambda r: r["delta"], default=None)
     assessment = (f"**{verdict}** — all {len(gates)} gate(s) hold." if verdict == "Passed" and gates else
                   f"**{verdict}** — {len(failed)} of {len(gates)} gate(s) failed: " + "; ".join(g["reason"] for g in failed) if failed else f"**{verdict}**.")
     roi = (f"Training took {duration(seconds.get('train'))} ({compute:.3f} {unit} at world size {world}); the whole pipeline "
