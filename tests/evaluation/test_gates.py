@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tuneloop.api.evaluation import ForgettingCheck, Gate
 from tuneloop_trainer.eval_gates import check_gate, comparisons, decide
 

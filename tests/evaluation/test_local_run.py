@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.cli.main import main as cli
 from tuneloop_trainer.testing import chat_records, make_tiny_model, tiny_spec, write_jsonl
 
@@ -27,7 +26,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def manifest(tmp: Path, model: Path, **overrides) -> Path:
-    data = write_jsonl(tmp / "data" / "train.jsonl", chat_records(48, system=True))
+    write_jsonl(tmp / "data" / "train.jsonl", chat_records(48, system=True))
     forgetting = write_jsonl(tmp / "forget.jsonl", [
         {"prompt": "what is the answer", "answers": ["answer"]},
         {"prompt": "say yes", "answers": ["yes"]},

@@ -6,7 +6,6 @@ import importlib.util
 import json
 
 import pytest
-
 from tuneloop.cli.main import main as cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

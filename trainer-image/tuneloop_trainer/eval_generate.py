@@ -8,8 +8,9 @@ returned in the caller's order. Timing covers tokenization, generation and decod
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n```$", re.S)
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n```$", re.DOTALL)
 
 
 def normalize(text: str) -> str:
@@ -162,7 +163,7 @@ def perplexity(nll_sum: float, tokens: int) -> float | None:
 
 def answer_found(generation: str, answers: list[str], case_sensitive: bool = False) -> bool:
     """Forgetting-set check: one of the accepted answers occurs as a whole word/phrase."""
-    flags = 0 if case_sensitive else re.I
+    flags = 0 if case_sensitive else re.IGNORECASE
     return any(re.search(rf"(?<![\w]){re.escape(a)}(?![\w])", generation, flags) for a in answers if a)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import gc
 import json
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from tuneloop.api.evaluation import EvaluationRecord, MetricName, Verdict
 
@@ -138,7 +139,7 @@ def run(ctx: Any) -> dict[str, Any]:
     from .eval_gates import comparisons, decide
 
     ev = ctx.spec.evaluation
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     out_path = ctx.workdir / "eval.json"
     if not ev.enabled:
         record = EvaluationRecord(verdict=Verdict.NOT_EVALUATED)
@@ -170,7 +171,7 @@ def run(ctx: Any) -> dict[str, Any]:
     doc = {
         "record": record.wire(),
         "startedAt": started.isoformat(),
-        "finishedAt": datetime.now(timezone.utc).isoformat(),
+        "finishedAt": datetime.now(UTC).isoformat(),
         "settings": {
             "testExamples": len(records),
             "decoding": ev.decoding,

@@ -59,7 +59,7 @@ def fmt_change(name: str, base: float | None, tuned: float | None) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h} h {m} min {s} s" if h else f"{m} min {s} s" if m else f"{s} s"

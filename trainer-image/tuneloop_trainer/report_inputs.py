@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +96,9 @@ def load(workdir: Path) -> RunRecord:
         p = workdir / f"result-{stage}.json"
         if p.exists():
             rec.results[stage] = _json(p, rec.missing)
-            end = datetime.fromtimestamp(os.path.getmtime(p), timezone.utc)
+            end = datetime.fromtimestamp(os.path.getmtime(p), UTC)
             secs = float(rec.results[stage].get("seconds") or 0.0)
-            rec.stage_times[stage] = (datetime.fromtimestamp(end.timestamp() - secs, timezone.utc), end)
+            rec.stage_times[stage] = (datetime.fromtimestamp(end.timestamp() - secs, UTC), end)
     train = workdir / "data" / "train.jsonl"
     if train.exists():
         for line in train.read_text().splitlines():

@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-from .report_analysis import challenges, curve_facts, duration, fmt, fmt_change, label, next_steps, strengths_weaknesses
+from .report_analysis import challenges, curve_facts, duration, label
 from .report_inputs import label_distribution
 from .report_modelversion import pick
 
@@ -152,7 +152,7 @@ def _hardware(run: Any) -> str:
 
         if torch.cuda.is_available():
             here = f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 — a broken CUDA setup must not stop the report
         pass
     return f"world size {world or 1}; the trainer did not record its devices — the report host has {here}"
 
@@ -164,7 +164,7 @@ def training_process(ctx: Any, run: Any, scores: dict[str, Any]) -> list[str]:
     train_s = pick(run.lineage, "train_seconds", "wall_time_seconds", "wall_seconds") or run.stage_seconds("train")
     lines = [
         "## Training Process",
-        f"- **Training Platform/Tool:** tuneloop trainer (Hugging Face Trainer + peft" + (", DeepSpeed" if ctx.spec.deepspeed and ctx.spec.deepspeed.enabled else "") + f"); {lib_text}; image `{ctx.spec.image or 'local run'}`",
+        "- **Training Platform/Tool:** tuneloop trainer (Hugging Face Trainer + peft" + (", DeepSpeed" if ctx.spec.deepspeed and ctx.spec.deepspeed.enabled else "") + f"); {lib_text}; image `{ctx.spec.image or 'local run'}`",
         f"- **Compute Resources Used:** {_hardware(run)}",
         f"- **Training Duration:** {duration(train_s)}" + (f" for {facts['last_step']} steps" if facts.get("last_step") else "")
         + (f", {facts['tokens_per_second']:.0f} tokens/s on average" if facts.get("tokens_per_second") else "")

@@ -11,10 +11,11 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STAGE_ORDER = ["prepare", "train", "evaluate", "report"]
 
@@ -105,7 +106,7 @@ def run_one(stage: str, ctx: Any) -> StageOutcome:
         summary = {"stage": stage, "outcome": "Failed", "reason": "Interrupted", "error": "interrupted by the user"}
         write_summary(ctx.workdir, stage, summary)
         return StageOutcome(stage, "Interrupted", round(time.time() - started, 1), summary, 130, "interrupted (Ctrl-C); rerun to resume from the last checkpoint")
-    except Exception as exc:  # the cause, not only a traceback; the traceback goes to a file
+    except Exception as exc:  # noqa: BLE001 — the cause, not only a traceback; the traceback goes to a file
         line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
         (ctx.workdir / f"traceback-{stage}.txt").write_text(traceback.format_exc())
         summary = {"stage": stage, "outcome": "Failed", "reason": "InternalError", "error": line}
@@ -125,7 +126,7 @@ def run_chain(
     """Run `stages` in order, stopping at the first failure; later stages are reported as Skipped."""
     outcomes: list[StageOutcome] = []
     log = dict(record or {})
-    log.setdefault("startedAt", datetime.now(timezone.utc).isoformat())
+    log.setdefault("startedAt", datetime.now(UTC).isoformat())
     log["stages"] = []
     for i, stage in enumerate(stages, 1):
         if outcomes and outcomes[-1].outcome != "Succeeded":
@@ -139,6 +140,6 @@ def run_chain(
         (ctx.workdir / "local-run.json").write_text(json.dumps(log, indent=2, default=str))
         if on_end:
             on_end(out)
-    log["finishedAt"] = datetime.now(timezone.utc).isoformat()
+    log["finishedAt"] = datetime.now(UTC).isoformat()
     (ctx.workdir / "local-run.json").write_text(json.dumps(log, indent=2, default=str))
     return outcomes
