@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
+
+from ..builders.common import child_name  # one naming rule for every child the operator creates
 
 GROUP = "tuneloop.dev"
 LABEL_ROLLOUT = f"{GROUP}/rollout"
@@ -24,16 +25,6 @@ ROLES = (STABLE, CANARY)
 PROM_LABEL_ROLLOUT = "tuneloop_dev_rollout"
 PROM_LABEL_ROLE = "tuneloop_dev_role"
 PROM_LABEL_MODEL_VERSION = "tuneloop_dev_model_version"
-
-
-def child_name(base: str, suffix: str, limit: int = 63) -> str:
-    """`base-suffix`, shortened with a stable hash when it would exceed `limit` (DNS-1035 labels)."""
-    name = f"{base}-{suffix}"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    keep = limit - len(suffix) - len(digest) - 2
-    return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
 def deployment_name(rollout: str, role: str) -> str:
