@@ -56,6 +56,19 @@ def run_stage(stage: str, ctx: StageContext) -> dict[str, Any]:
     return getattr(importlib.import_module(module), func)(ctx)
 
 
+def success_summary(stage: str, started: float, result: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": stage, "outcome": "Succeeded", "seconds": round(time.time() - started, 1), **result}
+
+
+def failure_summary(stage: str, exc: BaseException) -> tuple[dict[str, Any], int, str]:
+    """(summary, exit code, one-line cause) of a failed stage: expected (TrainerError) or not."""
+    if isinstance(exc, TrainerError):
+        line = exc.one_line()
+        return {"stage": stage, "outcome": "Failed", "reason": exc.reason, "error": line}, exc.exit_code, line
+    line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
+    return {"stage": stage, "outcome": "Failed", "reason": "InternalError", "error": line}, EXIT_RUNTIME_ERROR, line
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tuneloop_trainer", description=__doc__)
     ap.add_argument("stage", choices=sorted(STAGES))
@@ -66,24 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     try:
         ctx = load_context(args.spec, workdir)
-        result = run_stage(args.stage, ctx) or {}
-        summary = {"stage": args.stage, "outcome": "Succeeded", "seconds": round(time.time() - started, 1), **result}
-        write_summary(workdir, args.stage, summary)
+        write_summary(workdir, args.stage, success_summary(args.stage, started, run_stage(args.stage, ctx) or {}))
         return 0
-    except TrainerError as exc:
-        summary = {"stage": args.stage, "outcome": "Failed", "reason": exc.reason, "error": exc.one_line()}
-        print(f"tuneloop {args.stage}: error: {exc.one_line()}", file=sys.stderr)
-        write_summary(workdir, args.stage, summary)
-        return exc.exit_code
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the cause must reach the pod status, not only a traceback
-        traceback.print_exc()
-        line = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        summary = {"stage": args.stage, "outcome": "Failed", "reason": "InternalError", "error": line[:1000]}
-        print(f"tuneloop {args.stage}: unexpected error: {line}", file=sys.stderr)
+        expected = isinstance(exc, TrainerError)
+        if not expected:
+            traceback.print_exc()
+        summary, code, line = failure_summary(args.stage, exc)
+        print(f"tuneloop {args.stage}: {'error' if expected else 'unexpected error'}: {line}", file=sys.stderr)
         write_summary(workdir, args.stage, summary)
-        return EXIT_RUNTIME_ERROR
+        return code
 
 
 if __name__ == "__main__":

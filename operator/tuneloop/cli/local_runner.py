@@ -89,30 +89,25 @@ def apply_overrides(spec: Any, overrides: dict[str, Any]) -> None:
 
 def run_one(stage: str, ctx: Any) -> StageOutcome:
     """One stage with the runner's contract: summary file written on success and on failure."""
-    from tuneloop_trainer.__main__ import run_stage, write_summary
-    from tuneloop_trainer.errors import EXIT_RUNTIME_ERROR, TrainerError
+    from tuneloop_trainer.__main__ import failure_summary, run_stage, success_summary, write_summary
 
     started = time.time()
     try:
-        result = run_stage(stage, ctx) or {}
-        summary = {"stage": stage, "outcome": "Succeeded", "seconds": round(time.time() - started, 1), **result}
+        summary = success_summary(stage, started, run_stage(stage, ctx) or {})
         write_summary(ctx.workdir, stage, summary)
         return StageOutcome(stage, "Succeeded", summary["seconds"], summary)
-    except TrainerError as exc:
-        summary = {"stage": stage, "outcome": "Failed", "reason": exc.reason, "error": exc.one_line()}
-        write_summary(ctx.workdir, stage, summary)
-        return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, exc.exit_code, exc.one_line())
     except KeyboardInterrupt:
         summary = {"stage": stage, "outcome": "Failed", "reason": "Interrupted", "error": "interrupted by the user"}
         write_summary(ctx.workdir, stage, summary)
         return StageOutcome(stage, "Interrupted", round(time.time() - started, 1), summary, 130, "interrupted (Ctrl-C); rerun to resume from the last checkpoint")
     except Exception as exc:  # noqa: BLE001 — the cause, not only a traceback; the traceback goes to a file
-        line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
-        (ctx.workdir / f"traceback-{stage}.txt").write_text(traceback.format_exc())
-        summary = {"stage": stage, "outcome": "Failed", "reason": "InternalError", "error": line}
+        summary, code, line = failure_summary(stage, exc)
         write_summary(ctx.workdir, stage, summary)
-        return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, EXIT_RUNTIME_ERROR,
-                            f"{line} (traceback in {ctx.workdir / f'traceback-{stage}.txt'})")
+        if summary["reason"] == "InternalError":
+            tb = ctx.workdir / f"traceback-{stage}.txt"
+            tb.write_text(traceback.format_exc())
+            line = f"{line} (traceback in {tb})"
+        return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, code, line)
 
 
 def run_chain(
