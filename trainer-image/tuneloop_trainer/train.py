@@ -246,6 +246,12 @@ def _train(ctx: Any) -> dict[str, Any]:
     resume = newest_complete(ctx.checkpoint_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
                       data_collator=collator, processing_class=tok, callbacks=callbacks, compute_loss_func=loss_func)
+    if ctx.on_progress is not None:
+        # An interactive front-end (local run) draws its own progress; the HF Trainer's raw log dicts would
+        # interleave with its bars. Pods keep them: they are what `kubectl logs` shows.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     try:
         out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if len(eval_ds) else {}
