@@ -113,7 +113,8 @@ def test_killed_run_resumes_from_its_checkpoint(write_spec, tmp_path):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = max(r["step"] for r in _progress(work))
+    first_run = _progress(work)
+    killed_at = max(r["step"] for r in first_run)
     assert 10 <= killed_at < 60
     # a torn checkpoint (killed mid-save) must be ignored and cleaned up
     torn = work / "checkpoints" / "checkpoint-59"
@@ -125,7 +126,8 @@ def test_killed_run_resumes_from_its_checkpoint(write_spec, tmp_path):
     assert result["steps"] == 60 and result["resumed_from_step"] >= 10
     assert not torn.exists()
     rows = _progress(work)
-    second_run = rows[[i for i, r in enumerate(rows) if r["step"] == killed_at][-1] + 1:]
+    assert rows[: len(first_run)] == first_run
+    second_run = rows[len(first_run):]
     assert second_run[0]["step"] == result["resumed_from_step"] + 1, "step count must continue from the checkpoint"
     # the termination message Kubernetes reads: valid JSON under 4 KiB
     raw = (tmp_path / "termination-log").read_bytes()
