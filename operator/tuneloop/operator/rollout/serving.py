@@ -214,22 +214,29 @@ def build_deployment(
     }
 
 
-def build_service(rollout: dict[str, Any], spec: RolloutSpec, role: str) -> dict[str, Any]:
-    """ClusterIP Service of one role's pods (a backendRef of the HTTPRoute)."""
+def service_manifest(rollout: dict[str, Any], spec: RolloutSpec, service: str, labels: dict[str, str],
+                     selector: dict[str, str]) -> dict[str, Any]:
+    """A ClusterIP Service owned by the Rollout, in front of the vLLM pods `selector` picks."""
     meta = rollout["metadata"]
-    name = meta["name"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": names.service_name(name, role),
+            "name": service,
             "namespace": meta.get("namespace"),
-            "labels": names.common_labels(name) | {names.LABEL_ROLE: role},
+            "labels": labels,
             "ownerReferences": [names.owner_reference(rollout)],
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": names.role_selector(name, role),
+            "selector": selector,
             "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def build_service(rollout: dict[str, Any], spec: RolloutSpec, role: str) -> dict[str, Any]:
+    """ClusterIP Service of one role's pods (a backendRef of the HTTPRoute)."""
+    name = rollout["metadata"]["name"]
+    return service_manifest(rollout, spec, names.service_name(name, role),
+                            names.common_labels(name) | {names.LABEL_ROLE: role}, names.role_selector(name, role))

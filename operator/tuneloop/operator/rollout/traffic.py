@@ -13,6 +13,7 @@ from typing import Any
 from tuneloop.api.rollout import RolloutSpec
 
 from . import names
+from .serving import service_manifest
 
 
 def build_http_route(rollout: dict[str, Any], spec: RolloutSpec, canary_weight: int) -> dict[str, Any]:
@@ -102,20 +103,5 @@ def build_shared_service(rollout: dict[str, Any], spec: RolloutSpec) -> dict[str
     rw = spec.traffic_routing.replica_weighted
     if rw is None:
         raise ValueError("build_shared_service needs spec.trafficRouting.replicaWeighted")
-    meta = rollout["metadata"]
-    name = meta["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": rw.service,
-            "namespace": meta.get("namespace"),
-            "labels": names.common_labels(name),
-            "ownerReferences": [names.owner_reference(rollout)],
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "selector": names.rollout_selector(name),
-            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
+    name = rollout["metadata"]["name"]
+    return service_manifest(rollout, spec, rw.service, names.common_labels(name), names.rollout_selector(name))
