@@ -35,9 +35,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_cluster = pytest.mark.skip(reason="cluster tier: pass --kubeconfig PATH to run against a real cluster")
     skip_gpu = pytest.mark.skip(reason="gpu tier: pass --run-gpu on a machine with a CUDA GPU")
     for item in items:
-        if "cluster" in item.keywords and not kubeconfig:
+        # markers, not keywords: a keyword also matches a folder name (tests/cluster/ holds unit tests too)
+        if item.get_closest_marker("cluster") and not kubeconfig:
             item.add_marker(skip_cluster)
-        if "gpu" in item.keywords and not (run_gpu and _has_cuda()):
+        if item.get_closest_marker("gpu") and not (run_gpu and _has_cuda()):
             item.add_marker(skip_gpu)
 
 
