@@ -65,7 +65,11 @@ def violations(schema: dict[str, Any], obj: Any, old: Any = None, path: str = ""
         activation = {"self": celpy.json_to_cel(_typed(schema, obj))}
         if transition:
             activation["oldSelf"] = celpy.json_to_cel(_typed(schema, old))
-        result = program(rule["rule"]).evaluate(activation)
+        try:
+            result = program(rule["rule"]).evaluate(activation)
+        except celpy.CELEvalError as exc:  # the API server reports an evaluation error as invalid
+            out.append((path or "<root>", f"{rule['message']} (rule error: {exc.args[0] if exc.args else exc})"))
+            continue
         if isinstance(result, Exception) or not bool(result):
             out.append((path or "<root>", rule["message"]))
     if isinstance(obj, dict):

@@ -4,8 +4,8 @@
 
 Pydantic's JSON Schema is turned into a Kubernetes structural schema: `$ref`s inlined,
 `anyOf [X, null]` → X + `nullable`, `const` → enum, JSON-Schema-2020 exclusive bounds → OpenAPI 3.0,
-titles dropped, object fields with a default factory defaulted to `{}` so the API server fills
-their scalar defaults, and `x-kubernetes-validations` (CEL) carried from the models.
+titles dropped, optional object fields defaulted to their children's defaults written out (the API
+server validates a default without nested defaulting), and `x-kubernetes-validations` (CEL) carried from the models.
 """
 
 from __future__ import annotations
@@ -86,6 +86,21 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def expanded_default(node: dict[str, Any]) -> dict[str, Any]:
+    """The default of an optional object field, with every nested default written out.
+
+    The API server validates a `default` against its own node's schema and CEL rules *without*
+    applying nested defaults (apiextensions `schema/defaulting/validation.go`), so `default: {}` on
+    an object whose rule reads a defaulted child (`self.type != 'qlora'`) is refused at CRD creation.
+    Writing the nested defaults out admits exactly the same objects: defaulting `{}` and then its
+    children gives the same value."""
+    return {
+        name: copy.deepcopy(sub["default"])
+        for name, sub in node.get("properties", {}).items()
+        if "default" in sub
+    }
+
+
 def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> dict[str, Any]:
     """Convert one pydantic JSON-schema node into a structural OpenAPI v3 node."""
     node = _resolve(node, defs)
@@ -118,7 +133,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             for name, sub in node["properties"].items():
                 conv = structural(sub, defs, f"{path}.{name}")
                 if name not in required and conv.get("type") == "object" and not conv.get("nullable") and "default" not in conv and "properties" in conv:
-                    conv["default"] = {}
+                    conv["default"] = expanded_default(conv)
                 props[name] = conv
             out["properties"] = props
             if required:
