@@ -21,6 +21,7 @@ def model_version(name: str, fmt: str = "lora-adapter", rank: int | None = 16, u
             "version": name.rsplit("-", 1)[-1],
             "baseModel": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "main"},
             "artifact": art,
+            "evaluation": {"verdict": "Passed"},
         },
         "status": {"phase": "Ready"},
     }
@@ -53,6 +54,7 @@ GATEWAY_ROLLOUT: dict[str, Any] = {
             "interval": "10s",
             "window": "1m",
             "count": 3,
+            "initialDelay": "1s",
             "metrics": [
                 {"name": "error-rate", "builtin": "error-rate", "max": 0.05},
                 {"name": "ttft", "builtin": "ttft-p95", "maxRelativeToStable": 1.2},

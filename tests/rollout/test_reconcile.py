@@ -87,7 +87,8 @@ async def test_tick_builds_serving_measures_and_rolls_back_first_to_weight_zero(
         assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [90, 10]
         assert rm.CANARY_WEIGHT.labels(NS, "bot")._value.get() == 10
         await tick(kc, rec, 2)  # first measurement of the analysis step
-        assert prov.queries and 'tuneloop_dev_role="canary"' in prov.queries[-1] and "[1m]" in prov.queries[-1]
+        # the window covers only the traffic since the weight change at t=1 (analysis.window is 1m)
+        assert prov.queries and 'tuneloop_dev_role="canary"' in prov.queries[-1] and "[1s]" in prov.queries[-1]
         rv = (await kc.get(r.ROLLOUTS, NS, "bot"))["metadata"]["resourceVersion"]
         delay = await tick(kc, rec, 5)  # nothing due, nothing changed: no status write
         assert delay == pytest.approx(7.0)
@@ -99,6 +100,11 @@ async def test_tick_builds_serving_measures_and_rolls_back_first_to_weight_zero(
         assert st["phase"] == "RolledBack" and "error-rate 0.4 > max 0.05" in st["message"]
         route = await kc.get(r.HTTPROUTES, NS, "bot")
         assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+        # scaleDownDelaySeconds (30): the canary keeps its pod while gateways catch up, then goes to 0
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 1
+        assert await tick(kc, rec, 37) == pytest.approx(5.0)  # wakes up when the delay ends
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 1
+        await tick(kc, rec, 42)
         assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 0
         assert (await kc.get(r.MODELVERSIONS, NS, "v2"))["status"]["phase"] == "RolledBack"
         assert sum(b.get() for b in rm.TIME_TO_ROLLBACK._buckets) == before[1] + 1

@@ -61,8 +61,12 @@ def test_healthy_canary_walks_every_step_and_is_promoted():
         out = d.tick(10)
     assert [r.count for r in out.status.metric_results] == [] and out.status.current_step_index == 3  # analysis passed, 50%, pause
     assert out.status.canary_weight == 50 and out.status.waiting_for.startswith("pause until")
+    assert next_wakeup(d.spec, out.status, at(d.t)) == pytest.approx(1.0)  # background analysis, initialDelay after 50%
+    out = d.tick(1)
+    assert [(r.metric, r.count, r.phase) for r in out.status.metric_results] == [("error-rate", 1, "Running"), ("ttft", 1, "Running")]
+    assert out.status.measurements[-1].step_index == 3 and out.status.current_step_index == 3
     assert next_wakeup(d.spec, out.status, at(d.t)) == pytest.approx(10.0)
-    out = d.tick(31)
+    out = d.tick(30)
     assert out.status.current_step_index == 4 and "analysis (error-rate 0/3, ttft 0/3)" in out.status.waiting_for
     for _ in range(3):
         out = d.tick(10)
@@ -73,6 +77,9 @@ def test_healthy_canary_walks_every_step_and_is_promoted():
     reasons = [e[1] for e in d.events()]
     assert reasons == ["RolloutStarted", "WeightChanged", "AnalysisPassed", "WeightChanged", "AnalysisPassed", "Promoted"]
     # afterwards: steady, nothing more happens
+    again = d.tick(60)
+    assert again.status.phase == "Promoted" and not again.model_versions
+    assert [e[1] for e in again.events] == ["SpecStableNotServing"]  # spec.stable (v1) is stale now: said once, changes nothing
     again = d.tick(60)
     assert again.status.phase == "Promoted" and not again.events and not again.model_versions
 
@@ -169,7 +176,7 @@ def test_first_version_is_served_without_canary():
     assert out.model_versions == {"support-bot-v2": ("Serving", "serving as stable of Rollout (first version, nothing to compare with: served as stable without a canary)")}
 
 
-def test_steady_state_and_stable_switch_without_candidate():
+def test_steady_state_and_a_changed_spec_stable_never_replaces_what_serves():
     raw = samples.gateway_rollout()
     del raw["spec"]["candidate"]
     d = Driver(raw)
@@ -177,8 +184,70 @@ def test_steady_state_and_stable_switch_without_candidate():
     assert out.status.phase == "Promoted" and out.status.message == "serving support-bot-v1"
     d.spec = d.spec.model_copy(update={"stable": d.spec.stable.model_copy(update={"name": "support-bot-v3"})})
     out = d.tick()
-    assert out.status.stable_model_version == "support-bot-v3"
-    assert out.model_versions == {"support-bot-v3": ("Serving", "set as stable in spec"), "support-bot-v1": ("Retired", "replaced by support-bot-v3")}
+    assert out.status.stable_model_version == "support-bot-v1" and out.status.canary_weight == 0
+    assert out.model_versions == {}  # nothing becomes Serving or Retired
+    cond = next(c for c in out.status.conditions if c.type == "StableInSync")
+    assert (cond.status, cond.reason) == ("False", "SpecStableNotServing") and "roll it out as spec.candidate" in cond.message
+    assert [e[1] for e in out.events] == ["SpecStableNotServing"]
+    assert d.tick(10).events == []  # said once
+
+
+def promoted_driver() -> Driver:
+    """v1 -> v2 promoted through every step; spec.stable left at v1 (stale), as the docs allow."""
+    d = Driver()
+    d.tick(available=0)
+    d.tick(1)
+    for _ in range(3):
+        d.tick(10)
+    d.tick(1)
+    d.tick(30)
+    for _ in range(3):
+        out = d.tick(10)
+    assert out.status.phase == "Promoted" and out.status.stable_model_version == "support-bot-v2"
+    return d
+
+
+def test_retry_after_a_promotion_with_stale_spec_stable_keeps_the_promoted_version():
+    """Defect 2: removing spec.candidate after a promotion used to put spec.stable (v1) back in production."""
+    d = promoted_driver()
+    d.spec = d.spec.model_copy(update={"candidate": None})
+    out = d.tick(5)
+    assert out.status.stable_model_version == "support-bot-v2" and out.status.phase == "Promoted"
+    assert "support-bot-v1" not in out.model_versions and out.model_versions.get("support-bot-v2", ("Serving",))[0] == "Serving"
+    assert desired(d.spec, out.status).stable_mv == "support-bot-v2"
+    assert next(c for c in out.status.conditions if c.type == "StableInSync").status == "False"
+
+
+def test_removing_and_setting_the_same_candidate_again_restarts_the_rollout():
+    """Defect 3: the documented retry (remove spec.candidate, set it again) left the Rollout Aborted."""
+    d = Driver()
+    d.tick(available=0)
+    d.tick(1)
+    d.spec = d.spec.model_copy(update={"abort": True})
+    assert d.tick(1).status.phase == "Aborted"
+    cand = d.spec.candidate
+    d.spec = d.spec.model_copy(update={"abort": False, "candidate": None})
+    out = d.tick(1)
+    assert out.status.candidate_model_version is None and out.status.phase == "Aborted" and "set spec.candidate to roll out again" in out.status.message
+    d.spec = d.spec.model_copy(update={"candidate": cand})
+    out = d.tick(1)
+    assert out.status.phase == "Progressing" and out.status.candidate_model_version == "support-bot-v2"
+    assert out.status.current_step_index == 1 and out.status.canary_weight == 10 and out.status.measurements == []
+    assert [e[1] for e in out.events] == ["RolloutStarted", "WeightChanged"]
+    # the CLI's promote is no longer refused
+    from tuneloop.operator.rollout.desired import canary_active
+
+    assert canary_active(out.status)
+
+
+def test_candidate_removed_in_the_middle_is_aborted_then_forgotten():
+    d = Driver()
+    d.tick(available=0)
+    d.tick(1)
+    d.spec = d.spec.model_copy(update={"candidate": None})
+    out = d.tick(1)
+    assert out.status.phase == "Aborted" and out.status.candidate_model_version is None
+    assert out.model_versions["support-bot-v2"][0] == "RolledBack"
 
 
 def test_candidate_removed_mid_rollout_aborts():
@@ -246,7 +315,144 @@ def test_due_metrics_respects_interval_and_step_metric_subset():
     raw = samples.gateway_rollout(steps=[{"setWeight": 10}, {"analysis": {"metrics": ["ttft"], "count": 2}}])
     d = Driver(raw)
     d.tick()
-    assert [m.name for m in due_metrics(d.spec, d.status, at(d.t))] == ["ttft"]
+    assert due_metrics(d.spec, d.status, at(d.t)) == []  # initialDelay (1s) after the weight change
+    assert [m.name for m in due_metrics(d.spec, d.status, at(d.t + 1))] == ["ttft"]
     d.tick(1)
     assert due_metrics(d.spec, d.status, at(d.t + 5)) == []
     assert [m.name for m in due_metrics(d.spec, d.status, at(d.t + 10))] == ["ttft"]
+
+
+FAIL = dict(OK, **{"error-rate": Assessment(MeasurementPhase.FAILED, 0.3, None, "error-rate 0.3 > max 0.05")})
+NODATA = {m: Assessment(MeasurementPhase.INCONCLUSIVE, None, None, "canary query returned no data (noDataPolicy=inconclusive)") for m in OK}
+
+
+def test_background_analysis_rolls_back_a_failing_canary_during_a_timed_pause():
+    """Defect 5: nothing was measured during pause steps."""
+    d = Driver(samples.gateway_rollout(steps=[{"setWeight": 10}, {"pause": {"duration": "2m"}}, {"analysis": {}}]))
+    out = d.tick()
+    assert out.status.current_step_index == 1 and out.status.canary_weight == 10
+    assert next_wakeup(d.spec, out.status, at(d.t)) == pytest.approx(1.0)  # initialDelay, not the end of the pause
+    assert [m.name for m in due_metrics(d.spec, out.status, at(1))] == ["error-rate", "ttft"]
+    out = d.tick(1)
+    assert out.status.phase == "Progressing" and len(out.status.measurements) == 2
+    assert next_wakeup(d.spec, out.status, at(d.t)) == pytest.approx(10.0)  # one interval, not 119 s
+    out = d.tick(10, results=FAIL)
+    assert out.status.phase == "RolledBack" and out.status.canary_weight == 0 and out.rolled_back
+    cond = next(c for c in out.status.conditions if c.type == "RolledBack")
+    assert cond.reason == "AnalysisFailed" and cond.message.startswith("Failed background analysis at step 2: error-rate 0.3")
+    assert out.first_failure_at == at(d.t)
+
+
+def test_background_analysis_during_an_indefinite_pause_and_its_limits():
+    raw = samples.gateway_rollout(steps=[{"setWeight": 20}, {"pause": {}}])
+    raw["spec"]["analysis"]["failureLimit"] = 1
+    d = Driver(raw)
+    assert d.tick().status.phase == "Paused"
+    out = d.tick(1, results=NODATA)  # no data in the background neither pauses nor fails
+    assert out.status.phase == "Paused" and [r.inconclusive for r in out.status.metric_results] == [1, 1]
+    for _ in range(4):
+        out = d.tick(10, results=NODATA)
+    assert out.status.phase == "Paused"
+    out = d.tick(10, results=FAIL)  # failureLimit 1: one Failed is tolerated
+    assert out.status.phase == "Paused"
+    out = d.tick(10, results=FAIL)
+    assert out.status.phase == "RolledBack" and "background analysis at step 2" in out.status.message
+
+
+def test_background_analysis_can_be_turned_off():
+    raw = samples.gateway_rollout(steps=[{"setWeight": 10}, {"pause": {"duration": "2m"}}])
+    raw["spec"]["analysis"]["backgroundInterval"] = "0s"
+    d = Driver(raw)
+    d.tick()
+    assert due_metrics(d.spec, d.status, at(5)) == []
+    assert next_wakeup(d.spec, d.status, at(5)) == pytest.approx(10.0)
+
+
+def test_progress_deadline_rolls_back_a_canary_that_produces_no_data():
+    """Defect 4: no data -> Inconclusive -> Paused forever."""
+    raw = samples.gateway_rollout(steps=[{"setWeight": 10}, {"analysis": {"count": 5}}], progressDeadlineSeconds=60)
+    d = Driver(raw)
+    d.tick()
+    for _ in range(3):
+        out = d.tick(10, results=NODATA)
+    assert out.status.phase == "Paused" and "inconclusive" in out.status.waiting_for
+    out = d.tick(29)
+    assert out.status.phase == "Paused"
+    assert next_wakeup(d.spec, out.status, at(d.t)) == pytest.approx(1.0)  # the deadline: weight change at 0 + 60 s
+    out = d.tick(1)
+    assert out.status.phase == "RolledBack" and out.status.canary_weight == 0
+    cond = next(c for c in out.status.conditions if c.type == "RolledBack")
+    assert cond.reason == "ProgressDeadlineExceeded" and "no data from the canary at 10% for 60s" in cond.message
+    assert out.model_versions["support-bot-v2"][0] == "RolledBack"
+
+
+def test_progress_deadline_counts_from_the_last_canary_value_and_ignores_prometheus_errors():
+    raw = samples.gateway_rollout(steps=[{"setWeight": 10}, {"analysis": {"count": 50}}], progressDeadlineSeconds=60)
+    raw["spec"]["analysis"].update(inconclusiveLimit=100, consecutiveErrorLimit=100)
+    d = Driver(raw)
+    d.tick()
+    for _ in range(5):
+        d.tick(10)  # data until t=50
+    for _ in range(5):
+        out = d.tick(10, results=NODATA)  # t=60..100: no data, but less than 60 s since the last value
+    assert out.status.phase == "Progressing"
+    out = d.tick(10, results=NODATA)  # t=110: 60 s since the last value at t=50
+    assert out.status.phase == "RolledBack" and "ProgressDeadlineExceeded" in [c.reason for c in out.status.conditions]
+    err = {m: Assessment(MeasurementPhase.ERROR, None, None, "down") for m in OK}
+    d2 = Driver(raw)
+    d2.tick()
+    for _ in range(12):
+        out = d2.tick(10, results=err)  # Prometheus errors are consecutiveErrorLimit's business, not "no data"
+    assert out.status.phase == "Progressing"
+
+
+def test_initial_delay_and_window_alignment_after_a_weight_change():
+    """Defect 6: the first measurement came 33 ms after setWeight, over a window of the previous weight's traffic."""
+    from tuneloop.operator.rollout.steps import query_window
+
+    raw = samples.gateway_rollout(steps=[{"setWeight": 10}, {"analysis": {}}])
+    del raw["spec"]["analysis"]["initialDelay"]  # the default: 30s
+    d = Driver(raw)
+    out = d.tick()
+    assert out.status.weight_changed_at == at(0) and out.status.current_step_index == 1
+    assert due_metrics(d.spec, out.status, at(0.033)) == [] and due_metrics(d.spec, out.status, at(29.9)) == []
+    assert next_wakeup(d.spec, out.status, at(25)) == pytest.approx(5.0)
+    assert "initialDelay" in out.status.waiting_for
+    assert [m.name for m in due_metrics(d.spec, out.status, at(30))] == ["error-rate", "ttft"]
+    assert query_window(d.spec, out.status, at(30)) == "30s"  # only traffic since the switch
+    assert query_window(d.spec, out.status, at(45.7)) == "45s"
+    assert query_window(d.spec, out.status, at(75)) == "1m"
+
+
+def test_scale_down_delay_keeps_the_canary_deployment_after_its_traffic_left():
+    d = Driver()
+    d.tick()
+    d.tick(1)
+    out = d.tick(10, results=FAIL)
+    assert out.status.phase == "RolledBack" and out.status.canary_scale_down_at == at(d.t + 30)
+    held = desired(d.spec, out.status, now=at(d.t + 29))
+    assert held.canary_weight == 0 and held.canary_hold and held.canary_mv is None
+    assert not desired(d.spec, out.status, now=at(d.t + 30)).canary_hold
+    assert next_wakeup(d.spec, out.status, at(d.t + 25)) == pytest.approx(5.0)
+    raw = samples.gateway_rollout(scaleDownDelaySeconds=0)
+    d = Driver(raw)
+    d.tick()
+    d.spec = d.spec.model_copy(update={"abort": True})
+    out = d.tick(1)
+    assert not desired(d.spec, out.status, now=at(d.t)).canary_hold
+
+
+def test_first_version_that_cannot_be_served_is_not_promoted():
+    raw = samples.gateway_rollout()
+    del raw["spec"]["stable"]
+    d = Driver(raw)
+    out = d.tick(error="ModelVersion support-bot-v2 was never evaluated")
+    assert out.status.phase == "Degraded" and out.status.stable_model_version is None and not out.model_versions
+    out = d.tick(1)
+    assert out.status.phase == "Promoted" and out.status.stable_model_version == "support-bot-v2"
+
+
+def test_step_column_is_one_based():
+    d = Driver()
+    assert d.tick(available=0).status.step == "1/5"
+    assert d.tick(1).status.step == "2/5"

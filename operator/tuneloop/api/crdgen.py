@@ -52,6 +52,8 @@ COLUMNS = {
         {"name": "Stable", "type": "string", "jsonPath": ".status.stableModelVersion"},
         {"name": "Candidate", "type": "string", "jsonPath": ".status.candidateModelVersion"},
         {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        {"name": "Step", "type": "string", "jsonPath": ".status.step"},
+        {"name": "Message", "type": "string", "jsonPath": ".status.message"},
         AGE,
     ],
 }

@@ -169,6 +169,22 @@ class AnalysisSpec(ApiModel):
         default=NoDataPolicy.INCONCLUSIVE, description="An empty result or NaN counts as inconclusive, failed, or is ignored."
     )
     metrics: list[AnalysisMetric] = Field(default_factory=list, max_length=32, description="What is measured.")
+    initial_delay: str = Field(
+        default="30s",
+        pattern=DURATION,
+        description=(
+            "Time after each canary weight change before the first measurement; queries then cover only the traffic "
+            "since the change (the window is shortened to the time since the change). Make it at least two scrape intervals."
+        ),
+    )
+    background_interval: str | None = Field(
+        default=None,
+        pattern=DURATION,
+        description=(
+            "Time between background measurements of every metric while the canary has traffic outside analysis steps "
+            "(pauses, waiting for canary pods); a Failed or Error verdict rolls back. Empty: analysis.interval; 0s: off."
+        ),
+    )
 
 
 class RolloutSpec(ApiModel):
@@ -183,6 +199,28 @@ class RolloutSpec(ApiModel):
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Prometheus analysis settings.")
     promote: bool = Field(default=False, description="Set true to promote the candidate now, skipping the remaining steps.")
     abort: bool = Field(default=False, description="Set true to send all traffic back to stable and mark the candidate RolledBack.")
+    progress_deadline_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=86400,
+        description=(
+            "A canary with traffic whose measurements have returned no data for this long (since its last weight change or "
+            "its last measured value) is rolled back with reason ProgressDeadlineExceeded, also while paused."
+        ),
+    )
+    scale_down_delay_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds the canary Deployment keeps its pods after its traffic was removed (rollback, abort, promotion) before it "
+            "is scaled to 0, so that gateways can catch up (Gateway API routing only)."
+        ),
+    )
+    allow_unevaluated_candidate: bool = Field(
+        default=False,
+        description="Roll out a candidate ModelVersion that was never evaluated (spec.evaluation.verdict NotEvaluated or absent).",
+    )
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -261,7 +299,15 @@ class RolloutStatus(ApiModel):
     step_started_at: datetime | None = Field(default=None, description="When the current step began.")
     waiting_for: str | None = Field(default=None, description="Why the Rollout is waiting, if it is.")
     measurements: list[Measurement] = Field(default_factory=list, max_length=100, description="The latest measurements (bounded).")
-    metric_results: list[MetricResult] = Field(default_factory=list, max_length=32, description="Per-metric totals of the current analysis step.")
+    metric_results: list[MetricResult] = Field(
+        default_factory=list, max_length=32, description="Per-metric totals of the current step (its analysis, or background analysis)."
+    )
+    step: str | None = Field(default=None, description="The current step as N/TOTAL (1-based), for kubectl get.")
+    weight_changed_at: datetime | None = Field(default=None, description="When the canary weight last changed.")
+    canary_data_at: datetime | None = Field(default=None, description="When a measurement last got a value from the canary.")
+    canary_scale_down_at: datetime | None = Field(
+        default=None, description="When the canary Deployment may be scaled to 0 (scaleDownDelaySeconds after its traffic was removed)."
+    )
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="Human-readable summary.")

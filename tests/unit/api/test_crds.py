@@ -104,7 +104,7 @@ def test_crd_metadata(repo_root: Path) -> None:
     cols = {k: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"]] for k, d in docs.items()}
     assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Age"]
     assert cols["ModelVersion"] == ["Model", "Version", "Phase", "Verdict", "Age"]
-    assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Age"]
+    assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Step", "Message", "Age"]
     for d in docs.values():
         v = d["spec"]["versions"][0]
         assert v["subresources"] == {"status": {}}

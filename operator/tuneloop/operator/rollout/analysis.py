@@ -29,6 +29,14 @@ def parse_duration(text: str) -> float:
     return sum(int(n) * _UNIT[u] for n, u in parts)
 
 
+def format_duration(seconds: float) -> str:
+    """90.0 -> '1m30s'; whole seconds (at least 1s), the form PromQL range selectors accept."""
+    total = max(1, int(seconds))
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n) or "1s"
+
+
 class Verdict(str, Enum):
     RUNNING = "Running"
     SUCCESSFUL = "Successful"
@@ -130,16 +138,23 @@ def _pick(override: int | None, default: int) -> int:
     return default if override is None else override
 
 
-def metric_verdict(result: MetricResult, spec: AnalysisSpec, count: int, metric: AnalysisMetric | None = None) -> Verdict:
-    """assessMetricStatus: limits first (the metric's own, else the analysis-wide ones), then the count."""
+def metric_verdict(
+    result: MetricResult, spec: AnalysisSpec, count: int | None, metric: AnalysisMetric | None = None, *, background: bool = False
+) -> Verdict:
+    """assessMetricStatus: limits first (the metric's own, else the analysis-wide ones), then the count.
+
+    `background` (measurements outside analysis steps, Argo Rollouts' background analysis) has no
+    count, so it never succeeds, and inconclusive measurements do not stop it: only Failed or Error
+    end it. A canary that only ever returns no data is the progress deadline's business.
+    """
     m = metric or AnalysisMetric.model_construct()
     if result.failed > _pick(getattr(m, "failure_limit", None), spec.failure_limit):
         return Verdict.FAILED
-    if result.inconclusive > _pick(getattr(m, "inconclusive_limit", None), spec.inconclusive_limit):
+    if not background and result.inconclusive > _pick(getattr(m, "inconclusive_limit", None), spec.inconclusive_limit):
         return Verdict.INCONCLUSIVE
     if result.consecutive_error > _pick(getattr(m, "consecutive_error_limit", None), spec.consecutive_error_limit):
         return Verdict.ERROR
-    if result.count >= count:
+    if not background and count is not None and result.count >= count:
         return Verdict.SUCCESSFUL
     return Verdict.RUNNING
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from tuneloop.api.rollout import RolloutPhase, RolloutSpec, RolloutStatus
@@ -19,6 +20,7 @@ class Desired:
     stable_replicas: int
     canary_replicas: int
     canary_weight: int
+    canary_hold: bool = False  # keep the canary Deployment as it is (scaleDownDelaySeconds after its traffic left)
 
 
 def canary_active(status: RolloutStatus) -> bool:
@@ -29,14 +31,15 @@ def canary_active(status: RolloutStatus) -> bool:
     )
 
 
-def desired(spec: RolloutSpec, status: RolloutStatus, canary_available: int = 0) -> Desired:
+def desired(spec: RolloutSpec, status: RolloutStatus, canary_available: int = 0, now: dt.datetime | None = None) -> Desired:
     total = spec.serving.replicas
     active = canary_active(status)
     canary_mv = status.candidate_model_version if active else None
     weight = status.canary_weight if active else 0
     if gateway_mode(spec):
         if not active:
-            return Desired(status.stable_model_version, None, total, 0, 0)
+            hold = now is not None and status.canary_scale_down_at is not None and now < status.canary_scale_down_at
+            return Desired(status.stable_model_version, None, total, 0, 0, canary_hold=hold)
         pending = weight
         i = status.current_step_index
         if i is not None and i < len(spec.steps) and spec.steps[i].set_weight is not None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,7 +27,7 @@ from . import metrics, names, queries, serving, traffic
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
 from .prometheus import MetricsProvider, PrometheusClient, PrometheusError
-from .steps import Outcome, World, advance, due_metrics, next_wakeup, set_condition
+from .steps import Outcome, World, advance, due_metrics, next_wakeup, query_window, set_condition
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -79,8 +80,12 @@ def available_for(dep: dict | None, mv: str | None) -> int:
 
 
 async def measure(
-    provider: MetricsProvider, metrics_: list[AnalysisMetric], spec: RolloutSpec, namespace: str, rollout: str
+    provider: MetricsProvider, metrics_: list[AnalysisMetric], spec: RolloutSpec, namespace: str, rollout: str, window: str | None = None
 ) -> dict[str, Assessment]:
+    """Every metric's query for the canary (and the stable, for relative thresholds) over `window`
+    (default analysis.window), assessed (pure)."""
+    window = window or spec.analysis.window
+
     async def one(q: str) -> QueryOutcome:
         try:
             return QueryOutcome(value=await provider.query(q))
@@ -88,7 +93,7 @@ async def measure(
             return QueryOutcome(error=str(exc))
 
     def promql(m: AnalysisMetric, role: str) -> str:
-        return queries.render_metric(m, namespace=namespace, rollout=rollout, role=role, window=spec.analysis.window)
+        return queries.render_metric(m, namespace=namespace, rollout=rollout, role=role, window=window)
 
     async def metric(m: AnalysisMetric) -> tuple[str, Assessment]:
         calls = [one(promql(m, names.CANARY))]
@@ -100,6 +105,53 @@ async def measure(
     return dict(await asyncio.gather(*(metric(m) for m in metrics_)))
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why a ModelVersion is not rolled out: a condition reason and a message."""
+
+    reason: str
+    message: str
+
+
+def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
+    """A candidate must have passed its evaluation: Rejected/Failed never, NotEvaluated only when the
+    Rollout says allowUnevaluatedCandidate."""
+    name = mv.metadata.name
+    verdict = mv.spec.evaluation.verdict
+    verdict = verdict.value if hasattr(verdict, "value") else str(verdict)
+    if (mv.status and mv.status.phase == "Rejected") or verdict == "Failed":
+        return Problem("CandidateRejected", f"ModelVersion {name} was Rejected by its evaluation gates; it is not rolled out")
+    if verdict != "Passed" and not spec.allow_unevaluated_candidate:
+        return Problem(
+            "CandidateNotEvaluated",
+            f"ModelVersion {name} was never evaluated (spec.evaluation.verdict {verdict}); it is not rolled out. "
+            "Evaluate it, or set spec.allowUnevaluatedCandidate: true on the Rollout to roll it out anyway",
+        )
+    return None
+
+
+def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, assessments: dict[str, Assessment]) -> None:
+    """One line per transition: measurements, step, weight, phase, and every event (verdicts, promotion, rollback)."""
+    st = out.status
+    who = f"rollout {ns}/{name}"
+    if assessments:
+        taken = ", ".join(f"{m}={a.value if a.value is not None else '-'} {a.phase.value if hasattr(a.phase, 'value') else a.phase}"
+                          for m, a in assessments.items())  # fmt: skip
+        log.info("%s: step %s measured %s", who, st.step or "-", taken)
+    old_step = before.current_step_index if before else None
+    if st.current_step_index != old_step:
+        log.info("%s: step %s (index %s -> %s)", who, st.step or "-", old_step, st.current_step_index)
+    old_weight = before.canary_weight if before else 0
+    if st.canary_weight != old_weight:
+        log.info("%s: canary weight %s%% -> %s%%", who, old_weight, st.canary_weight)
+    old_phase = before.phase if before else None
+    old_phase = old_phase.value if hasattr(old_phase, "value") else old_phase
+    if st.phase != old_phase:
+        log.info("%s: phase %s -> %s: %s", who, old_phase, st.phase, st.message)
+    for type_, reason, message in out.events:
+        (log.warning if type_ == "Warning" else log.info)("%s: %s: %s", who, reason, message)
+
+
 class Reconciler:
     """Everything one tick needs besides the Rollout: the API client, settings, Prometheus."""
 
@@ -109,20 +161,20 @@ class Reconciler:
         self.prometheus_url = prometheus_url
         self.provider_factory = provider_factory or (lambda url: PrometheusClient(url))
 
-    async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, str | None]:
+    async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, Problem | None]:
         if name is None:
             return None, None
         raw = await self.client.get(r.MODELVERSIONS, namespace, name)
         if raw is None:
-            return None, f"ModelVersion {name} not found in namespace {namespace}"
+            return None, Problem("ModelVersionNotFound", f"ModelVersion {name} not found in namespace {namespace}")
         try:
             mv = ModelVersion.model_validate(raw)
         except ValidationError as exc:
-            return None, f"ModelVersion {name} is invalid: {exc.errors()[0]['msg']}"
+            return None, Problem("ModelVersionInvalid", f"ModelVersion {name} is invalid: {exc.errors()[0]['msg']}")
         try:
             serving.vllm_args(spec, mv)
         except serving.ServingError as exc:
-            return mv, f"ModelVersion {name} cannot be served: {exc}"
+            return mv, Problem(exc.reason, f"ModelVersion {name} cannot be served: {exc}")
         return mv, None
 
     async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
@@ -149,19 +201,26 @@ class Reconciler:
         cand_name = spec.candidate.name if spec.candidate else None
         stable_mv, err_s = await self.model_version(spec, ns, stable_name)
         cand_mv, err_c = await self.model_version(spec, ns, cand_name if cand_name != stable_name else None)
-        if cand_mv is not None and err_c is None and (cand_mv.status and cand_mv.status.phase == "Rejected"):
-            err_c = f"ModelVersion {cand_name} was Rejected by its evaluation gates; it is not rolled out"
-        serving_error = err_c or err_s
+        if cand_mv is not None and err_c is None:
+            err_c = candidate_problem(spec, cand_mv)
+        problem = err_c or err_s
         canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
-        world = World(now=now, canary_available=available_for(canary_dep, cand_name), serving_error=serving_error, generation=meta.get("generation"))
+        world = World(
+            now=now,
+            canary_available=available_for(canary_dep, cand_name),
+            serving_error=problem.message if problem else None,
+            serving_reason=problem.reason if problem else "ServingError",
+            generation=meta.get("generation"),
+        )
         assessments: dict[str, Assessment] = {}
-        due = due_metrics(spec, status, now) if not serving_error else []
+        due = due_metrics(spec, status, now) if not problem else []
         if due:
             provider = self.provider_factory(spec.analysis.prometheus_address or self.prometheus_url)
-            assessments = await measure(provider, due, spec, ns, name)
+            assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
                 metrics.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)
+        log_tick(ns, name, status, out, assessments)
         servable = {m.metadata.name: m for m, err in ((stable_mv, err_s), (cand_mv, err_c)) if m is not None and err is None}
         await self.apply(obj, spec, out, servable, world)
         return next_wakeup(spec, out.status, now)
@@ -169,7 +228,7 @@ class Reconciler:
     async def apply(self, obj: dict, spec: RolloutSpec, out: Outcome, mvs: dict[str, ModelVersion], world: World) -> None:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        want = desired(spec, out.status, world.canary_available)
+        want = desired(spec, out.status, world.canary_available, world.now)
         if out.rolled_back:
             await self.cut_canary_traffic(obj, spec, ns, name)
             if out.first_failure_at is not None:
@@ -208,6 +267,8 @@ class Reconciler:
             dep_name = names.deployment_name(name, role)
             if gateway:
                 await ensure(self.client, r.SERVICES, serving.build_service(obj, spec, role))
+            if role == names.CANARY and want.canary_hold:
+                continue  # its traffic is gone; its pods stay until scaleDownDelaySeconds have passed
             if mv_name is None or mv_name not in mvs:
                 if role == names.CANARY:
                     await scale(self.client, ns, dep_name, 0)

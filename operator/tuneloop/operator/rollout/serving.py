@@ -23,7 +23,14 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class ServingError(ValueError):
-    """The ModelVersion cannot be served as specified (bad artifact URI, rank too large, ...)."""
+    """The ModelVersion cannot be served as specified (bad artifact URI, rank too large, ...).
+
+    `reason` is the CamelCase condition reason the Rollout shows.
+    """
+
+    def __init__(self, message: str, reason: str = "NotServable"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -43,15 +50,32 @@ class ServingConfig:
         )
 
 
-def parse_pvc_uri(uri: str, what: str) -> tuple[str, str]:
+def parse_pvc_uri(uri: str, what: str, reason: str = "ArtifactNotServable") -> tuple[str, str]:
     """pvc://CLAIM/PATH -> (CLAIM, PATH). Anything else cannot be mounted by a serving pod."""
     if not uri.startswith("pvc://"):
         scheme = uri.split("://", 1)[0] if "://" in uri else "a plain path"
-        raise ServingError(f"{what} {uri!r}: serving needs a pvc://CLAIM/PATH location, got {scheme}")
+        raise ServingError(f"{what} {uri!r}: serving needs a pvc://CLAIM/PATH location, got {scheme}", reason)
     claim, _, path = uri[len("pvc://") :].partition("/")
     if not claim:
-        raise ServingError(f"{what} {uri!r}: missing claim name in pvc://CLAIM/PATH")
+        raise ServingError(f"{what} {uri!r}: missing claim name in pvc://CLAIM/PATH", reason)
     return claim, path.strip("/")
+
+
+def check_base_servable(mv: ModelVersion, base: str) -> None:
+    """A LoRA adapter's base must be something a vLLM pod can load: a Hub id or a pvc:// path.
+
+    A GGUF file (a FineTuneJob's `baseModel.gguf`, recorded as PACKAGE/FILE.gguf or a local path) exists
+    only where the trainer ran; `vllm serve PACKAGE/FILE.gguf` would fail in every pod.
+    """
+    if base.startswith("pvc://"):
+        return
+    if base.lower().endswith(".gguf"):
+        raise ServingError(
+            f"ModelVersion {mv.metadata.name} base model {base!r} is a GGUF file (from a Python package or a local path) that "
+            "vLLM pods cannot load; register the ModelVersion with baseModel.servingPath (pvc://CLAIM/PATH or a Hugging Face id "
+            "of the unquantized base) or with a merged artifact",
+            "BaseModelNotServable",
+        )
 
 
 def lora_rank_flag(spec_rank: int | None, artifact_rank: int | None) -> int | None:
@@ -61,7 +85,7 @@ def lora_rank_flag(spec_rank: int | None, artifact_rank: int | None) -> int | No
     for allowed in VLLM_LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ServingError(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}")
+    raise ServingError(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}", "LoraRankTooLarge")
 
 
 def _mount(volume: str, claim: str, path: str, mount_path: str) -> tuple[dict, dict]:
@@ -84,8 +108,9 @@ def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict
     mounts.append(mount)
     if art.format == ArtifactFormat.LORA_ADAPTER.value:
         base = mv.spec.base_model.serving_path or mv.spec.base_model.name
+        check_base_servable(mv, base)
         if base.startswith("pvc://"):
-            bclaim, bpath = parse_pvc_uri(base, f"ModelVersion {mv.metadata.name} baseModel.servingPath")
+            bclaim, bpath = parse_pvc_uri(base, f"ModelVersion {mv.metadata.name} baseModel.servingPath", "BaseModelNotServable")
             vol, mount = _mount("base-model", bclaim, bpath, BASE_MOUNT)
             volumes.append(vol)
             mounts.append(mount)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from tuneloop.api.common import Condition, ConditionStatus
 from tuneloop.api.modelversion import ModelVersionPhase
-from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus
+from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
 
 from . import traffic
-from .analysis import Assessment, Verdict, metric_verdict, parse_duration, record, run_verdict
+from .analysis import Assessment, Verdict, format_duration, metric_verdict, parse_duration, record, run_verdict
 
 MAX_MEASUREMENTS = 50
 TERMINAL = {RolloutPhase.PROMOTED.value, RolloutPhase.ROLLED_BACK.value, RolloutPhase.ABORTED.value}
@@ -36,6 +36,7 @@ class World:
     now: dt.datetime
     canary_available: int = 0
     serving_error: str | None = None  # the candidate/stable cannot be served (bad artifact, missing ModelVersion)
+    serving_reason: str = "ServingError"  # the condition reason for serving_error (e.g. CandidateNotEvaluated)
     generation: int | None = None
 
 
@@ -61,19 +62,76 @@ def step_metrics(spec: RolloutSpec, index: int | None) -> list[AnalysisMetric]:
     return [m for m in spec.analysis.metrics if not wanted or m.name in wanted]
 
 
-def due_metrics(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetime) -> list[AnalysisMetric]:
-    """Metrics to measure now: the current analysis step's, once per interval."""
-    if status is None or status.phase != RolloutPhase.PROGRESSING.value:
-        return []
+def background_interval(spec: RolloutSpec) -> float:
+    """Seconds between background measurements (0: background analysis is off)."""
+    return parse_duration(spec.analysis.background_interval or spec.analysis.interval) if spec.analysis.metrics else 0.0
+
+
+def _current_step(spec: RolloutSpec, status: RolloutStatus) -> Step | None:
+    i = status.current_step_index
+    return spec.steps[i] if i is not None and i < len(spec.steps) else None
+
+
+def _measuring(spec: RolloutSpec, status: RolloutStatus | None) -> tuple[list[AnalysisMetric], float]:
+    """What the current step measures and how often: an analysis step's metrics, or background analysis."""
+    if status is None or status.phase not in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
+        return [], 0.0
     if spec.candidate is None or status.candidate_model_version != spec.candidate.name:
-        return []
-    metrics = step_metrics(spec, status.current_step_index)
-    if not metrics:
-        return []
+        return [], 0.0
+    step = _current_step(spec, status)
+    if step is None:
+        return [], 0.0
+    if step.analysis is not None:  # a Paused analysis step is waiting for a human: it measures no more
+        if status.phase != RolloutPhase.PROGRESSING.value:
+            return [], 0.0
+        return step_metrics(spec, status.current_step_index), parse_duration(spec.analysis.interval)
+    every = background_interval(spec)
+    if status.canary_weight <= 0 or every <= 0:
+        return [], 0.0
+    return list(spec.analysis.metrics), every
+
+
+def measure_from(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
+    """Measurements start initialDelay after the last weight change (traffic before it is not the canary's)."""
+    if status.weight_changed_at is None:
+        return None
+    return status.weight_changed_at + dt.timedelta(seconds=parse_duration(spec.analysis.initial_delay))
+
+
+def next_measurement_at(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetime) -> dt.datetime | None:
+    """When the current step's next measurement is due (None: the step measures nothing)."""
+    metrics, every = _measuring(spec, status)
+    if not metrics or status is None:
+        return None
+    due = now
     last = last_measurement_at(status)
-    if last is not None and (now - last).total_seconds() < parse_duration(spec.analysis.interval) - 0.05:
+    if last is not None:
+        due = last + dt.timedelta(seconds=every)
+    start = measure_from(spec, status)
+    if start is not None and start > due:
+        due = start
+    return due
+
+
+def due_metrics(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetime) -> list[AnalysisMetric]:
+    """Metrics to measure now: the analysis step's once per interval, or background analysis outside
+    analysis steps while the canary has traffic; never before initialDelay after a weight change."""
+    due = next_measurement_at(spec, status, now)
+    if due is None or (due - now).total_seconds() > 0.05:
         return []
-    return metrics
+    return _measuring(spec, status)[0]
+
+
+def query_window(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetime) -> str:
+    """analysis.window, shortened to the time since the last weight change so that a measurement only
+    covers traffic at the current weight."""
+    window = spec.analysis.window
+    if status is None or status.weight_changed_at is None:
+        return window
+    since = (now - status.weight_changed_at).total_seconds()
+    if since >= parse_duration(window):
+        return window
+    return format_duration(since)
 
 
 def last_measurement_at(status: RolloutStatus) -> dt.datetime | None:
@@ -81,25 +139,46 @@ def last_measurement_at(status: RolloutStatus) -> dt.datetime | None:
     return max(times) if times else None
 
 
+def deadline_at(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
+    """When the progress deadline runs out for a canary with traffic that has produced no data."""
+    if status.canary_weight <= 0 or not spec.analysis.metrics or status.phase not in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
+        return None
+    ref = max((t for t in (status.weight_changed_at, status.canary_data_at) if t is not None), default=None)
+    if ref is None:
+        return None
+    return ref + dt.timedelta(seconds=spec.progress_deadline_seconds)
+
+
 def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> float:
     """Seconds until this Rollout needs another tick (the daemon sleeps that long unless woken)."""
     interval = parse_duration(spec.analysis.interval)
-    if status.phase != RolloutPhase.PROGRESSING.value or status.current_step_index is None:
-        return max(interval, 5.0)
+    times: list[dt.datetime] = []
+    if status.canary_scale_down_at is not None and status.canary_scale_down_at > now:
+        times.append(status.canary_scale_down_at)
+    if status.phase not in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value) or status.current_step_index is None:
+        return _until(times, now, max(interval, 5.0))
+    deadline = deadline_at(spec, status)
+    if deadline is not None:
+        times.append(deadline)
+    measure = next_measurement_at(spec, status, now)
+    if measure is not None:
+        times.append(measure)
+    if status.phase == RolloutPhase.PAUSED.value:
+        return _until(times, now, max(interval, 5.0))
     if status.waiting_for and status.waiting_for.startswith("canary pods"):
-        return min(2.0, interval)
-    i = status.current_step_index
-    if i < len(spec.steps):
-        step = spec.steps[i]
-        if step.pause is not None and step.pause.duration and status.step_started_at is not None:
-            end = status.step_started_at + dt.timedelta(seconds=parse_duration(step.pause.duration))
-            return max(0.05, min(interval, (end - now).total_seconds()))
-        if step.analysis is not None:
-            last = last_measurement_at(status)
-            if last is None:
-                return 0.05
-            return max(0.05, min(interval, interval - (now - last).total_seconds()))
-    return min(interval, 1.0)
+        return _until(times, now, min(2.0, interval))
+    step = _current_step(spec, status)
+    if step is not None and step.pause is not None and step.pause.duration and status.step_started_at is not None:
+        times.append(status.step_started_at + dt.timedelta(seconds=parse_duration(step.pause.duration)))
+        return _until(times, now, interval)
+    if step is not None and step.analysis is not None:
+        return _until(times, now, interval)
+    return _until(times, now, min(interval, 1.0))
+
+
+def _until(times: list[dt.datetime], now: dt.datetime, default: float) -> float:
+    soonest = min([(t - now).total_seconds() for t in times] + [default])
+    return max(0.05, soonest)
 
 
 def set_condition(status: RolloutStatus, type_: str, value: bool, reason: str, message: str, world: World) -> None:
@@ -147,6 +226,10 @@ class _Machine:
         self.st.message = f"paused at step {(self.st.current_step_index or 0) + 1}: waiting for {waiting}"
         set_condition(self.st, "Progressing", False, reason, self.st.message, self.world)
 
+    def scale_down_later(self) -> None:
+        """Traffic has left the canary: its Deployment keeps its pods for scaleDownDelaySeconds."""
+        self.st.canary_scale_down_at = self.world.now + dt.timedelta(seconds=self.spec.scale_down_delay_seconds)
+
     def promote(self, reason: str, how: str) -> None:
         cand, old = self.st.candidate_model_version, self.st.stable_model_version
         assert cand is not None
@@ -156,6 +239,8 @@ class _Machine:
         self.st.current_step_index = len(self.spec.steps)
         self.st.waiting_for = None
         self.st.message = f"{cand} promoted to stable ({how})"
+        if old is not None:
+            self.scale_down_later()
         set_condition(self.st, "Progressing", False, reason, self.st.message, self.world)
         set_condition(self.st, "RolledBack", False, reason, self.st.message, self.world)
         self.out.model_versions[cand] = (ModelVersionPhase.SERVING.value, f"serving as stable of Rollout ({how})")
@@ -169,6 +254,7 @@ class _Machine:
         self.st.phase = phase.value
         self.st.waiting_for = None
         self.st.message = f"{cand} rolled back: {message}"
+        self.scale_down_later()
         set_condition(self.st, "Progressing", False, reason, self.st.message, self.world)
         set_condition(self.st, "RolledBack", True, reason, message, self.world)
         if cand:
@@ -183,17 +269,16 @@ class _Machine:
     def run(self, assessments: dict[str, Assessment]) -> Outcome:
         spec, st, world = self.spec, self.st, self.world
         if st.stable_model_version is None and spec.stable is not None:
-            st.stable_model_version = spec.stable.name
+            st.stable_model_version = spec.stable.name  # spec.stable only seeds the stable; the status says what serves
         cand = spec.candidate.name if spec.candidate else None
         if spec.promote or spec.abort:
             self.out.clear_flags = True
+        self.check_spec_stable()
 
         if cand is None or cand == st.stable_model_version:
             return self.steady(cand)
         if st.candidate_model_version != cand:
             self.start(cand)
-            if st.phase == RolloutPhase.PROMOTED.value:
-                return self.out
         if st.phase in TERMINAL:
             return self.out
         if spec.abort:
@@ -205,35 +290,70 @@ class _Machine:
         if world.serving_error:
             if spec.promote:
                 self.event("Warning", "PromoteRefused", f"not promoting an unservable candidate: {world.serving_error}")
+            if st.phase != RolloutPhase.DEGRADED.value or st.message != world.serving_error:
+                self.event("Warning", world.serving_reason, world.serving_error)
             st.phase = RolloutPhase.DEGRADED.value
             st.waiting_for = "a servable candidate"
             st.message = world.serving_error
-            set_condition(st, "Progressing", False, "ServingError", world.serving_error, world)
+            set_condition(st, "Progressing", False, world.serving_reason, world.serving_error, world)
+            set_condition(st, "Servable", False, world.serving_reason, world.serving_error, world)
+            return self.out
+        if any(c.type == "Servable" for c in st.conditions):
+            set_condition(st, "Servable", True, "Servable", "the stable and candidate ModelVersions can be served", world)
+        if st.stable_model_version is None:
+            self.promote("FirstVersion", "first version, nothing to compare with: served as stable without a canary")
             return self.out
         if st.phase == RolloutPhase.PAUSED.value:
-            return self.out
-        self.walk(assessments)
+            step = _current_step(spec, st)
+            if step is not None and step.analysis is None and assessments:  # an indefinite pause: background analysis
+                if self.background(st.current_step_index or 0, assessments):
+                    return self.out
+        else:
+            self.walk(assessments)
+        self.check_deadline()
         return self.out
 
+    def check_spec_stable(self) -> None:
+        """A spec.stable that differs from what serves never replaces it (Argo Rollouts: what serves only
+        changes through a rollout); the condition StableInSync says so."""
+        spec, st = self.spec, self.st
+        if spec.stable is None or st.stable_model_version is None:
+            return
+        if spec.stable.name == st.stable_model_version:
+            if any(c.type == "StableInSync" for c in st.conditions):
+                set_condition(st, "StableInSync", True, "InSync", f"spec.stable names {st.stable_model_version}, which serves", self.world)
+            return
+        msg = (
+            f"spec.stable {spec.stable.name} is not serving; {st.stable_model_version} is (status.stableModelVersion). "
+            f"spec.stable only names the first stable version and never replaces the serving one; "
+            f"to serve {spec.stable.name} again, roll it out as spec.candidate"
+        )
+        old = next((c for c in st.conditions if c.type == "StableInSync"), None)
+        if old is None or old.status != "False" or old.message != msg:
+            self.event("Normal", "SpecStableNotServing", msg)
+        set_condition(st, "StableInSync", False, "SpecStableNotServing", msg, self.world)
+
     def steady(self, cand: str | None) -> Outcome:
-        st, spec = self.st, self.spec
-        if st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value) and st.candidate_model_version:
-            self.rollback(RolloutPhase.ABORTED, "CandidateRemoved", "spec.candidate was removed during the rollout")
-            return self.out
-        if cand is None and spec.stable is not None and spec.stable.name != st.stable_model_version:
-            old = st.stable_model_version
-            st.stable_model_version = spec.stable.name
-            self.out.model_versions[spec.stable.name] = (ModelVersionPhase.SERVING.value, "set as stable in spec")
-            if old:
-                self.out.model_versions[old] = (ModelVersionPhase.RETIRED.value, f"replaced by {spec.stable.name}")
-            self.event("Normal", "StableChanged", f"stable set to {spec.stable.name} without a canary (no candidate)")
+        st = self.st
+        if st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value) and st.candidate_model_version \
+                and st.candidate_model_version != st.stable_model_version:  # fmt: skip
+            self.rollback(RolloutPhase.ABORTED, "CandidateRemoved", "spec.candidate was removed (or set to the stable version) during the rollout")
         if st.phase not in TERMINAL:
             st.phase = RolloutPhase.PROMOTED.value
             if st.stable_model_version:
                 self.out.model_versions.setdefault(st.stable_model_version, (ModelVersionPhase.SERVING.value, "serving as stable"))
         st.canary_weight = 0
         st.waiting_for = None
-        st.message = f"serving {st.stable_model_version}" + (f"; last candidate {st.candidate_model_version} ({st.phase})" if st.candidate_model_version else "")
+        prev = st.candidate_model_version
+        if cand is None and prev is not None:
+            # forget the removed candidate, so that setting it again rolls it out again (the documented retry)
+            st.candidate_model_version = None
+            st.current_step_index = None
+            st.metric_results = []
+            st.message = f"serving {st.stable_model_version}; candidate {prev} removed ({st.phase}); set spec.candidate to roll out again"
+            self.event("Normal", "CandidateCleared", st.message)
+        else:
+            st.message = f"serving {st.stable_model_version}" + (f"; last candidate {prev} ({st.phase})" if prev else "")
         return self.out
 
     def start(self, cand: str) -> None:
@@ -241,12 +361,14 @@ class _Machine:
         st.candidate_model_version = cand
         st.canary_weight = 0
         st.measurements = []
+        st.weight_changed_at = None
+        st.canary_data_at = None
+        st.canary_scale_down_at = None
         self.enter_step(0)
+        st.phase = RolloutPhase.PROGRESSING.value
         set_condition(st, "RolledBack", False, "NewCandidate", f"rolling out {cand}", self.world)
         if st.stable_model_version is None:
-            self.promote("FirstVersion", "first version, nothing to compare with: served as stable without a canary")
-            return
-        st.phase = RolloutPhase.PROGRESSING.value
+            return  # the first version: served as stable at once (once it is servable)
         self.out.model_versions[cand] = (None, "candidate of Rollout")
         self.event("Normal", "RolloutStarted", f"rolling out {cand} over {len(self.spec.steps)} steps (stable {st.stable_model_version})")
 
@@ -258,6 +380,10 @@ class _Machine:
                 self.promote("Promoted", f"all {len(spec.steps)} steps passed")
                 return
             step = spec.steps[i]
+            if step.analysis is None and assessments:  # background analysis of the step that was current when measured
+                if self.background(i, assessments):
+                    return
+                assessments = {}
             if step.set_weight is not None:
                 w = step.set_weight
                 if gateway_mode(spec) and w > 0:
@@ -267,6 +393,7 @@ class _Machine:
                         return
                 if w != st.canary_weight:
                     self.event("Normal", "WeightChanged", f"canary weight {st.canary_weight}% -> {w}%")
+                    st.weight_changed_at = world.now
                 st.canary_weight = w
                 self.enter_step(i + 1)
                 continue
@@ -288,11 +415,7 @@ class _Machine:
                 self.enter_step(i + 1)
                 continue
             if verdict in (Verdict.FAILED, Verdict.ERROR):
-                bad = [m for m in reversed(st.measurements) if m.step_index == i and m.phase in (
-                    MeasurementPhase.FAILED.value if verdict == Verdict.FAILED else MeasurementPhase.ERROR.value,)]  # fmt: skip
-                detail = bad[0].message if bad else "analysis failed"
-                reason = "AnalysisFailed" if verdict == Verdict.FAILED else "AnalysisError"
-                self.rollback(RolloutPhase.ROLLED_BACK, reason, f"{verdict.value} analysis at step {i + 1}: {detail}")
+                self.fail(i, verdict, "analysis")
                 return
             if verdict == Verdict.INCONCLUSIVE:
                 self.pause("AnalysisInconclusive", f"a human: analysis at step {i + 1} inconclusive (promote or abort)")
@@ -300,13 +423,22 @@ class _Machine:
             done = {r.metric: r.count for r in st.metric_results}
             need = spec.steps[i].analysis.count or spec.analysis.count  # type: ignore[union-attr]
             progress = ", ".join(f"{m.name} {done.get(m.name, 0)}/{need}" for m in step_metrics(spec, i))
+            start = measure_from(spec, st)
+            if start is not None and world.now < start and last_measurement_at(st) is None:
+                progress += f"; first measurement at {start.strftime('%Y-%m-%dT%H:%M:%SZ')} (initialDelay)"
             self.progressing(f"analysis ({progress})")
             return
 
-    def analyse(self, i: int, assessments: dict[str, Assessment]) -> Verdict:
-        spec, st = self.spec, self.st
-        metrics = step_metrics(spec, i)
-        count = spec.steps[i].analysis.count or spec.analysis.count  # type: ignore[union-attr]
+    def fail(self, i: int, verdict: Verdict, what: str) -> None:
+        st = self.st
+        wanted = MeasurementPhase.FAILED.value if verdict == Verdict.FAILED else MeasurementPhase.ERROR.value
+        bad = [m for m in reversed(st.measurements) if m.step_index == i and m.phase == wanted]
+        detail = bad[0].message if bad else f"{what} failed"
+        reason = "AnalysisFailed" if verdict == Verdict.FAILED else "AnalysisError"
+        self.rollback(RolloutPhase.ROLLED_BACK, reason, f"{verdict.value} {what} at step {i + 1}: {detail}")
+
+    def record_measurements(self, i: int, metrics: list[AnalysisMetric], assessments: dict[str, Assessment]) -> dict[str, MetricResult]:
+        st = self.st
         results = {r.metric: r for r in st.metric_results}
         for m in metrics:
             a = assessments.get(m.name)
@@ -316,21 +448,61 @@ class _Machine:
             st.measurements.append(
                 Measurement(metric=m.name, phase=a.phase, value=a.value, stable_value=a.stable_value,
                             message=a.message[:512], step_index=i, at=self.world.now)
-            )
+            )  # fmt: skip
+            if a.value is not None:
+                st.canary_data_at = self.world.now
         st.measurements = st.measurements[-MAX_MEASUREMENTS:]
+        return results
+
+    def tally(self, metrics: list[AnalysisMetric], results: dict[str, MetricResult], count: int | None, background: bool) -> Verdict:
         verdicts = []
         for m in metrics:
             r = results.get(m.name) or MetricResult(metric=m.name)
-            v = metric_verdict(r, spec.analysis, count, m)
+            v = metric_verdict(r, self.spec.analysis, count, m, background=background)
             r.phase = v.value
             results[m.name] = r
             verdicts.append(v)
-        st.metric_results = [results[m.name] for m in metrics]
+        self.st.metric_results = [results[m.name] for m in metrics]
         return run_verdict(verdicts)
+
+    def analyse(self, i: int, assessments: dict[str, Assessment]) -> Verdict:
+        metrics = step_metrics(self.spec, i)
+        count = self.spec.steps[i].analysis.count or self.spec.analysis.count  # type: ignore[union-attr]
+        return self.tally(metrics, self.record_measurements(i, metrics, assessments), count, background=False)
+
+    def background(self, i: int, assessments: dict[str, Assessment]) -> bool:
+        """Background analysis outside analysis steps: Failed or Error rolls back at once (True)."""
+        metrics = list(self.spec.analysis.metrics)
+        verdict = self.tally(metrics, self.record_measurements(i, metrics, assessments), None, background=True)
+        if verdict in (Verdict.FAILED, Verdict.ERROR):
+            self.fail(i, verdict, "background analysis")
+            return True
+        return False
+
+    def check_deadline(self) -> None:
+        """progressDeadlineSeconds: a canary with traffic whose measurements since its last weight change
+        (or its last value) all returned no data is rolled back, also while paused."""
+        spec, st, now = self.spec, self.st, self.world.now
+        deadline = deadline_at(spec, st)
+        if deadline is None or now < deadline:
+            return
+        ref = deadline - dt.timedelta(seconds=spec.progress_deadline_seconds)
+        empty = [m for m in st.measurements if m.at is not None and m.at > ref and m.value is None and m.phase != MeasurementPhase.ERROR.value]
+        if not empty:
+            return
+        self.rollback(
+            RolloutPhase.ROLLED_BACK,
+            "ProgressDeadlineExceeded",
+            f"no data from the canary at {st.canary_weight}% for {spec.progress_deadline_seconds}s "
+            f"(progressDeadlineSeconds; {len(empty)} measurements, latest: {empty[-1].message})",
+        )
 
 
 def advance(spec: RolloutSpec, status: RolloutStatus | None, world: World, assessments: dict[str, Assessment] | None = None) -> Outcome:
     """One reconcile tick. `assessments` are this tick's measurements (metric name -> Assessment)."""
     out = _Machine(spec, status, world).run(assessments or {})
-    out.status.observed_generation = world.generation if world.generation is not None else out.status.observed_generation
+    st = out.status
+    st.observed_generation = world.generation if world.generation is not None else st.observed_generation
+    n, i = len(spec.steps), st.current_step_index
+    st.step = None if i is None or st.candidate_model_version is None else f"{min(i + 1, n)}/{n}"
     return out
