@@ -16,11 +16,21 @@ from .checkpoints import mark_complete
 class ProgressCallback(TrainerCallback):
     """Rank 0: every logging step, updates the gauges, appends to progress.jsonl, calls on_progress."""
 
-    def __init__(self, path: Path, metrics: Any = None, on_progress: Any = None):
+    def __init__(self, path: Path, metrics: Any = None, on_progress: Any = None, flops: Any = None, collator: Any = None,
+                 world: int = 1, peak_tflops: float | None = None):
         self.path, self.metrics, self.on_progress = path, metrics, on_progress
         self.last: dict[str, Any] = {"loss": None, "eval_loss": None, "learning_rate": None}
         self.t0 = self.step0 = self.tok0 = None
         self.history: list[dict[str, Any]] = []
+        # tokens/s per GPU and MFU (flops.py): model FLOPs from the config, the causal attention context from
+        # the collator's record lengths, the peak from the GPU's name (None on CPU: no MFU)
+        self.flops, self.collator, self.world = flops, collator, max(1, world)
+        if peak_tflops is None and flops is not None:
+            from .flops import peak_tflops as _peak
+
+            peak_tflops = _peak()
+        self.peak = peak_tflops
+        self.last_rates: dict[str, Any] = {}
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.step0 = time.time(), state.global_step
@@ -53,6 +63,7 @@ class ProgressCallback(TrainerCallback):
             "tokens_per_second": round(tokens / elapsed, 2) if done > 0 else None,
             "eta_seconds": round(eta, 1) if eta is not None else None, "time": round(now, 3),
         }
+        row.update(self._rates(tokens, elapsed) if done > 0 else {"tokens_per_second_per_gpu": None, "mfu": None})
         if self.metrics:
             self.metrics.update(row)
         if event in ("log", "eval"):
@@ -61,6 +72,20 @@ class ProgressCallback(TrainerCallback):
             self.history.append(row)
         if self.on_progress:
             self.on_progress({**row, "event": event, "tokens_seen": tokens})
+
+
+    def _rates(self, tokens: int, elapsed: float) -> dict[str, Any]:
+        from .flops import mfu
+
+        per_gpu = tokens / elapsed / self.world
+        util = None
+        if self.flops is not None and self.peak:
+            seen = getattr(self.collator, "tokens", 0) or 0
+            pairs = getattr(self.collator, "attn_pairs", 0) or 0
+            context = pairs / seen if seen else 0.0  # mean causal context per token of the records seen on this rank
+            util = mfu(self.flops.per_token(context) * tokens, elapsed, self.world, self.peak)
+        self.last_rates = {"tokens_per_second_per_gpu": round(per_gpu, 2), "mfu": round(util, 4) if util is not None else None}
+        return self.last_rates
 
 
 class EarlyStoppingCallback(TrainerCallback):

@@ -5,16 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-GAUGES = {
-    "step": ("tuneloop_trainer_step", "Optimizer steps completed."),
-    "total_steps": ("tuneloop_trainer_total_steps", "Optimizer steps planned."),
-    "epoch": ("tuneloop_trainer_epoch", "Fractional epoch."),
-    "loss": ("tuneloop_trainer_loss", "Training loss of the last logging interval."),
-    "eval_loss": ("tuneloop_trainer_eval_loss", "Validation loss of the last evaluation."),
-    "learning_rate": ("tuneloop_trainer_learning_rate", "Current learning rate."),
-    "tokens_per_second": ("tuneloop_trainer_tokens_per_second", "Non-padding tokens per second, all ranks."),
-    "eta_seconds": ("tuneloop_trainer_eta_seconds", "Estimated seconds until training ends."),
-}
+from tuneloop.contract.progress import GAUGES as _CONTRACT_GAUGES
+
+# key -> (metric name, help): the contract's table (tuneloop.contract.progress), which the operator reads too.
+GAUGES = {g.key: (g.metric, g.help) for g in _CONTRACT_GAUGES}
 
 
 class TrainerMetrics:
@@ -28,6 +22,8 @@ class TrainerMetrics:
                        "namespace": namespace or os.environ.get("TUNELOOP_NAMESPACE", "default")}
         self.gauges = {k: Gauge(name, doc, ["job", "namespace"], registry=self.registry).labels(**self.labels)
                        for k, (name, doc) in GAUGES.items()}
+        for k in ("tokens_per_second_per_gpu", "mfu"):  # NaN = not reported (yet, or no MFU on CPU), never a false 0
+            self.gauges[k].set(float("nan"))
         self.server = None
 
     def serve(self, port: int | None = None, addr: str = "0.0.0.0") -> int:

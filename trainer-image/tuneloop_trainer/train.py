@@ -67,7 +67,7 @@ def _eval_steps(hp: Any, steps_per_epoch: int) -> int:
     return max(1, steps_per_epoch)
 
 
-def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: bool, layout: str) -> Any:
+def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: bool, layout: str, rows: bool = False) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -81,10 +81,12 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
     ds = deepspeed_config(spec, world) if spec.deepspeed and spec.deepspeed.enabled else None
     kw: dict[str, Any] = {}
     if has_eval:
-        kw.update(eval_strategy="steps", eval_steps=_eval_steps(hp, steps_per_epoch), per_device_eval_batch_size=hp.micro_batch_size)
+        kw.update(eval_strategy="steps", eval_steps=_eval_steps(hp, steps_per_epoch),
+                  per_device_eval_batch_size=1 if rows else hp.micro_batch_size, prediction_loss_only=True)
     return TrainingArguments(
         output_dir=str(ctx.checkpoint_dir),
-        per_device_train_batch_size=hp.micro_batch_size,
+        # rows: maxTokensPerBatch packs records into rows of a token budget, one row per micro-batch
+        per_device_train_batch_size=1 if rows else hp.micro_batch_size,
         gradient_accumulation_steps=accum,
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps or -1,
@@ -113,27 +115,55 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
         train_sampling_strategy="group_by_length" if layout == "grouped" else "random",
         dataloader_num_workers=0,
         # padded batches: count attention_mask; padding-free batches have no padding to leave out
-        include_num_input_tokens_seen="all" if layout == "flat" else "non_padding",
+        include_num_input_tokens_seen="all" if layout in ("flat", "packed") else "non_padding",
         **kw,
     )
 
 
-LAYOUTS = ("grouped", "flat", "padded")
+LAYOUTS = ("packed", "grouped", "flat", "padded")
 
 
 def _layout(ctx: Any, model: Any) -> str:
     """Batch layout (bench/trainer/README.md has the measurements behind the choice):
-    flat (padding-free rows) when hyperparameters.packing asks for it or flash-attention's varlen
-    kernels are in use; otherwise grouped (length-grouped batches padded to their longest record).
-    Both compute the LM head only where a token is trained. TUNELOOP_BATCH_LAYOUT overrides;
-    `padded` is the plain recipe (random batches, full logits) kept for comparison."""
+    - packed: padding-free rows + varlen attention (attention.py: no mask, attention only inside each record)
+      — the default on CUDA, and wherever hyperparameters.packing or maxTokensPerBatch asks for packing;
+    - grouped: length-grouped batches padded to their longest record — the default on CPU (measured faster
+      there than rows, whose per-record attention loop costs more than the little padding it saves);
+    - flat: padding-free rows with the model's own attention (a dense block-diagonal mask under sdpa);
+    - padded: the plain recipe (random batches, full logits), kept for comparison.
+    All but padded compute the LM head only where a token is trained. TUNELOOP_BATCH_LAYOUT overrides."""
+    import torch
+
     forced = os.environ.get("TUNELOOP_BATCH_LAYOUT")
     if forced:
         if forced not in LAYOUTS:
             raise ConfigError(f"TUNELOOP_BATCH_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
         return forced
-    attn = str(getattr(model.config, "_attn_implementation", "") or "")
-    return "flat" if ctx.spec.hyperparameters.packing or attn.startswith("flash_attention") else "grouped"
+    hp = ctx.spec.hyperparameters
+    if hp.packing or hp.max_tokens_per_batch or torch.cuda.is_available():
+        return "packed"
+    return "grouped"
+
+
+def _fused_loss_wanted(layout: str) -> bool:
+    """The chunked/fused LM-head loss (loss.py): on by default on CUDA (TUNELOOP_FUSED_LOSS=0/1 overrides)."""
+    import torch
+
+    env = os.environ.get("TUNELOOP_FUSED_LOSS")
+    if env in ("0", "1"):
+        return env == "1" and layout != "padded"
+    return torch.cuda.is_available() and layout != "padded"
+
+
+def _compile_layers(model: Any) -> int:
+    """TUNELOOP_COMPILE=1: torch.compile each decoder layer (dynamic shapes); returns how many were compiled."""
+    if os.environ.get("TUNELOOP_COMPILE") != "1":
+        return 0
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "model", None), "layers", None) or []
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def spec_uses_deepspeed(ctx: Any) -> bool:
@@ -192,7 +222,8 @@ def _train(ctx: Any) -> dict[str, Any]:
 
     from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback
     from .checkpoints import newest_complete, remove_incomplete
-    from .collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
+    from .collate import FlatCollator, PackedCollator, PaddedCollator, load_split, pack_by_tokens, sparse_logits_loss
+    from .flops import flops_model
     from .metrics import TrainerMetrics
     from .modeling import load_base
 
@@ -211,18 +242,39 @@ def _train(ctx: Any) -> dict[str, Any]:
     eval_ds = load_split(ctx.data_dir / "validation.jsonl", tok, hp.max_seq_length)
     if len(train_ds) == 0:
         raise DataError("the training split is empty", hint="check data_report.txt from prepare")
+    layout = _layout(ctx, model)
+    attention = None
+    if layout == "packed":
+        from .attention import use_varlen_attention
+
+        attention = use_varlen_attention(model)
+        if attention is None:  # a model without transformers' attention interface: rows with its own masks
+            layout = "flat"
     model = apply_method(ctx, model)
     if hp.gradient_checkpointing and spec.method.type != "full":
         model.enable_input_require_grads()
 
-    layout = _layout(ctx, model)
-    if layout == "flat":
+    rows = bool(hp.max_tokens_per_batch) and layout in ("packed", "flat")
+    if rows:
+        train_ds = pack_by_tokens(train_ds, hp.max_tokens_per_batch, seed=hp.seed)
+        eval_ds = pack_by_tokens(eval_ds, hp.max_tokens_per_batch, seed=hp.seed)
+    if layout == "packed":
+        collator = PackedCollator()
+    elif layout == "flat":
         collator = FlatCollator()
     else:
         collator = PaddedCollator(tok.pad_token_id, sparse_logits=layout == "grouped")
-    loss_func = None if layout == "padded" else sparse_logits_loss
-    steps_per_epoch = max(1, len(train_ds) // hp.batch_size)
-    args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout)
+    fused = False
+    if _fused_loss_wanted(layout):
+        from .loss import install_fused_loss
+
+        fused = install_fused_loss(model)
+    loss_func = None if layout == "padded" or fused else sparse_logits_loss
+    compiled = _compile_layers(model)
+    flops = flops_model(model)
+    records_per_step = 1 if rows else hp.micro_batch_size
+    steps_per_epoch = max(1, len(train_ds) * records_per_step // hp.batch_size)
+    args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout, rows=rows)
 
     metrics = None
     if main:
@@ -236,7 +288,7 @@ def _train(ctx: Any) -> dict[str, Any]:
             print(f"tuneloop train: metrics on :{port}/metrics", file=sys.stderr)
         except OSError as exc:
             print(f"tuneloop train: metrics endpoint not started: {exc}", file=sys.stderr)
-    progress = ProgressCallback(ctx.workdir / "progress.jsonl", metrics, ctx.on_progress)
+    progress = ProgressCallback(ctx.workdir / "progress.jsonl", metrics, ctx.on_progress, flops=flops, collator=collator, world=world)
     callbacks = [progress, CheckpointMarkerCallback()]
     stopper = None
     if hp.early_stopping and len(eval_ds):
@@ -271,6 +323,11 @@ def _train(ctx: Any) -> dict[str, Any]:
         "artifact": str(ctx.artifact_dir),
         "world_size": world,
         "batch_layout": layout,
+        "attention": attention or str(getattr(getattr(_inner(model), "config", None), "_attn_implementation", "") or ""),
+        "loss": _loss_name(fused, layout),
+        "compiled_layers": compiled,
+        "tokens_per_second_per_gpu": progress.last_rates.get("tokens_per_second_per_gpu"),
+        "mfu": progress.last_rates.get("mfu"),
     }
     if main:
         tok.save_pretrained(str(ctx.artifact_dir))
@@ -283,6 +340,20 @@ def _train(ctx: Any) -> dict[str, Any]:
         lineage = write_lineage_for(ctx, summary, tokens, time.time() - started)
         summary["lineage"] = str(lineage)
     return summary
+
+
+def _inner(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _loss_name(fused: bool, layout: str) -> str:
+    import torch
+
+    if not fused:
+        return "full_logits" if layout == "padded" else "sparse_logits"
+    from .loss import loss_backend
+
+    return "fused_" + loss_backend("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _merge(ctx: Any, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:

@@ -217,6 +217,10 @@ class Hyperparameters(ApiModel):
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(default="cosine", description="Learning-rate schedule.")
     max_seq_length: int = Field(default=2048, ge=8, description="Tokens per record after the chat template; longer records are rejected by prepare.")
     packing: bool = Field(default=False, description="Pack several records into one sequence (attention kept separate per record).")
+    max_tokens_per_batch: int | None = Field(
+        default=None, ge=8,
+        description="Pack records into micro-batches of at most this many tokens per GPU (one padding-free row, attention "
+        "kept per record) instead of microBatchSize records each; gradient accumulation stays batchSize / (microBatchSize x GPUs).")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(default="auto", description="auto: bf16 where the GPU supports it, fp32 on CPU.")
     seed: int = Field(default=42, description="Training seed.")

@@ -30,6 +30,8 @@ class Progress(ApiModel):
     eval_loss: float | None = Field(default=None, description="Latest validation loss.")
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput (non-padding tokens).")
+    tokens_per_second_per_gpu: float | None = Field(default=None, ge=0, description="Training throughput per GPU (non-padding tokens).")
+    mfu: float | None = Field(default=None, ge=0, description="Model-FLOPs utilisation (0-1): model FLOPs per second over the GPUs' dense 16-bit peak.")
     eta_seconds: float | None = Field(default=None, ge=0, description="Estimated seconds to the end of training.")
     updated_at: datetime | None = Field(default=None, description="When this progress was read.")
     percent: str | None = Field(default=None, description="step/totalSteps as a percentage, for printer columns.")
