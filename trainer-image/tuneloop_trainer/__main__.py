@@ -12,24 +12,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tuneloop.contract import layout
+from tuneloop.contract.exits import Reason
+from tuneloop.contract.termination import TERMINATION_LIMIT, fit
+
 from . import STAGES
-from .context import TERMINATION_LIMIT, TERMINATION_LOG, StageContext, load_context
+from .context import TERMINATION_LOG, StageContext, load_context
 from .errors import EXIT_RUNTIME_ERROR, TrainerError
 
 
 def compact(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
-    """JSON no longer than `limit` bytes: drops the largest values first, never emits invalid JSON."""
-    data = dict(summary)
-    text = json.dumps(data, default=str, separators=(",", ":"))
-    while len(text.encode()) > limit and data:
-        biggest = max(data, key=lambda k: len(json.dumps(data[k], default=str)))
-        if biggest in ("outcome", "stage", "error") and isinstance(data[biggest], str):
-            data[biggest] = data[biggest][: max(16, len(data[biggest]) // 2)]
-        else:
-            data.pop(biggest)
-            data["truncated"] = True
-        text = json.dumps(data, default=str, separators=(",", ":"))
-    return text
+    """JSON no longer than `limit` bytes (the contract's fitter): drops the largest values first."""
+    return fit(summary, limit)
 
 
 def write_summary(workdir: Path, stage: str, summary: dict[str, Any]) -> None:
@@ -41,9 +35,9 @@ def write_summary(workdir: Path, stage: str, summary: dict[str, Any]) -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     full = json.dumps(summary, indent=2, default=str)
-    (workdir / f"result-{stage}.json").write_text(full)
+    (workdir / layout.result_file(stage)).write_text(full)
     if stage == "train":
-        (workdir / "result.json").write_text(full)
+        (workdir / layout.RESULT_FILE).write_text(full)
     if TERMINATION_LOG.parent.exists() and (TERMINATION_LOG.exists() or TERMINATION_LOG.parent != Path("/dev")):
         try:
             TERMINATION_LOG.write_text(compact(summary))
@@ -66,7 +60,7 @@ def failure_summary(stage: str, exc: BaseException) -> tuple[dict[str, Any], int
         line = exc.one_line()
         return {"stage": stage, "outcome": "Failed", "reason": exc.reason, "error": line}, exc.exit_code, line
     line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
-    return {"stage": stage, "outcome": "Failed", "reason": "InternalError", "error": line}, EXIT_RUNTIME_ERROR, line
+    return {"stage": stage, "outcome": "Failed", "reason": Reason.INTERNAL_ERROR.value, "error": line}, EXIT_RUNTIME_ERROR, line
 
 
 def main(argv: list[str] | None = None) -> int:

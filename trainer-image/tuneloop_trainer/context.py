@@ -11,11 +11,13 @@ import yaml
 from pydantic import ValidationError
 
 from tuneloop.api import FineTuneJobSpec
+from tuneloop.contract import layout
+from tuneloop.contract.termination import TERMINATION_LIMIT
 
 from .errors import ConfigError
 
-TERMINATION_LOG = Path(os.environ.get("TUNELOOP_TERMINATION_LOG", "/dev/termination-log"))
-TERMINATION_LIMIT = 4096
+TERMINATION_LOG = Path(os.environ.get(layout.ENV_TERMINATION_LOG, layout.TERMINATION_LOG))
+__all__ = ["TERMINATION_LIMIT", "TERMINATION_LOG", "StageContext", "load_context"]
 
 
 @dataclass
@@ -38,22 +40,22 @@ class StageContext:
         p = Path(os.path.expandvars(os.path.expanduser(str(path))))
         return p if p.is_absolute() else (self.spec_dir / p).resolve()
 
-    # The work directory layout, shared by the stages, the operator and local runs.
+    # The work directory layout, shared by the stages, the operator and local runs (tuneloop.contract.layout).
     @property
     def data_dir(self) -> Path:
-        return self.workdir / "data"
+        return self.workdir / layout.DATA_DIR
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.workdir / "checkpoints"
+        return self.workdir / layout.CHECKPOINT_DIR
 
     @property
     def artifact_dir(self) -> Path:
-        return self.workdir / "artifact"
+        return self.workdir / layout.ARTIFACT_DIR
 
     @property
     def report_dir(self) -> Path:
-        return self.workdir / "report"
+        return self.workdir / layout.REPORT_DIR
 
 
 def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> StageContext:
@@ -81,8 +83,8 @@ def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[s
         spec=spec,
         workdir=wd.resolve(),
         spec_dir=path.resolve().parent,
-        name=meta.get("name", os.environ.get("TUNELOOP_JOB_NAME", "local")),
-        namespace=meta.get("namespace", os.environ.get("TUNELOOP_NAMESPACE", "default")),
+        name=meta.get("name", os.environ.get(layout.ENV_JOB_NAME, "local")),
+        namespace=meta.get("namespace", os.environ.get(layout.ENV_NAMESPACE, "default")),
         uid=meta.get("uid", ""),
         raw=doc,
         spec_file=path.resolve(),

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-# The operator's podFailurePolicy fails the Job at once (no retry) on this exit code.
-EXIT_CONFIG_ERROR = 42
-# Anything else non-zero is retried up to backoffLimit.
-EXIT_RUNTIME_ERROR = 1
+# The exit codes and reasons are the contract's: the operator's podFailurePolicy fails the Job at
+# once (no retry) on EXIT_CONFIG_ERROR; anything else non-zero is retried up to backoffLimit.
+from tuneloop.contract.exits import EXIT_CONFIG_ERROR, EXIT_RUNTIME_ERROR, Reason
+
+__all__ = ["EXIT_CONFIG_ERROR", "EXIT_RUNTIME_ERROR", "ConfigError", "DataError", "ResourceError", "TrainerError"]
 
 
 class TrainerError(Exception):
     """An expected failure with a clear cause. `hint` says which knob to turn."""
 
     exit_code = EXIT_RUNTIME_ERROR
-    reason = "RuntimeError"
+    reason = Reason.RUNTIME_ERROR.value
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -27,16 +28,16 @@ class ConfigError(TrainerError):
     """The spec is wrong or asks for something this environment cannot do. Never retried."""
 
     exit_code = EXIT_CONFIG_ERROR
-    reason = "InvalidSpec"
+    reason = Reason.INVALID_SPEC.value
 
 
 class DataError(ConfigError):
     """The dataset is missing, unreadable or fails validation. Never retried."""
 
-    reason = "InvalidData"
+    reason = Reason.INVALID_DATA.value
 
 
 class ResourceError(TrainerError):
     """Out of memory or similar: retrying the same way will likely fail again; the hint says what to change."""
 
-    reason = "OutOfResources"
+    reason = Reason.OUT_OF_RESOURCES.value

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from tuneloop.api.evaluation import EvaluationRecord, Verdict
+from tuneloop.api.modelversion import ModelVersion
 
 from .errors import ConfigError
 from .report_analysis import curve_facts, duration, fmt, fmt_change, label, next_steps, strengths_weaknesses
@@ -145,7 +146,8 @@ def run(ctx: Any) -> dict[str, Any]:
         raise ConfigError(f"no evaluation results at {ctx.workdir / 'eval.json'}", hint="run the evaluate stage first")
     record = EvaluationRecord.model_validate(ev.get("record") or {}) if ev else EvaluationRecord()
     rec_wire = record.wire()
-    mv = report_modelversion.build(ctx, run_rec.lineage, run_rec.data_report, record)
+    mv_doc = report_modelversion.manifest(ctx, run_rec.lineage, run_rec.data_report, record)
+    mv = ModelVersion.model_validate(mv_doc)
     out = ctx.report_dir
     out.mkdir(parents=True, exist_ok=True)
     figures = {
@@ -171,7 +173,7 @@ def run(ctx: Any) -> dict[str, Any]:
     md += ["## Next Steps", *(f"- {s}" for s in next_steps(rec_wire, facts, per_field, rec_wire.get("testExamples")) or ["- Nothing pending."]), ""]
     md += resources(ctx, mv, figures)
     (out / "report.md").write_text("\n".join(md))
-    (out / "modelversion.yaml").write_text(yaml.safe_dump(mv.wire(), sort_keys=False, allow_unicode=True))
+    (out / "modelversion.yaml").write_text(yaml.safe_dump(mv_doc, sort_keys=False, allow_unicode=True))
     return {
         "verdict": rec_wire.get("verdict"),
         "report": str(out / "report.md"),

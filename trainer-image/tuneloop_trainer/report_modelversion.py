@@ -1,27 +1,29 @@
-"""The ModelVersion manifest for the trained artifact (pure: inputs in, API model out)."""
+"""The ModelVersion manifest for the trained artifact: the contract's one builder
+(`tuneloop.contract.modelversion.build`, which the operator registers with), fed from the work directory.
+
+In a pod the operator's environment says where DIR lives ($TUNELOOP_WORKDIR_URI) and which image ran
+($TUNELOOP_IMAGE), so report/modelversion.yaml is the manifest the operator registers. A local run of
+a cluster spec (output.pvc) names the same pvc:// location; a spec with output.path names the local
+directory (file://).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from pathlib import Path
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from tuneloop.api.evaluation import EvaluationRecord
-from tuneloop.api.modelversion import (
-    Artifact,
-    ArtifactFormat,
-    BaseModelRecord,
-    FineTuneJobRef,
-    Lineage,
-    ModelVersion,
-    ModelVersionSpec,
-    ReportLocation,
-)
+from tuneloop.api.modelversion import ModelVersion
+from tuneloop.contract import layout
+from tuneloop.contract import lineage as lineage_facts
+from tuneloop.contract import modelversion as contract
+from tuneloop.contract.modelversion import JobIdentity
+from tuneloop.contract.names import LABEL_JOB, LABEL_MODEL
 
-LABEL_JOB = "tuneloop.dev/finetunejob"
-LABEL_MODEL = "tuneloop.dev/model-name"
+__all__ = ["LABEL_JOB", "LABEL_MODEL", "build", "job_identity", "manifest", "pick"]
 
 
 def pick(d: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -32,88 +34,32 @@ def pick(d: dict[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
-def dns_name(text: str, limit: int = 63) -> str:
-    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return (s[:limit].rstrip("-")) or "model"
-
-
-def output_uri(spec: Any, workdir: Path, sub: str) -> str:
-    """Where `sub` (artifact, report/report.md) lives as seen from the cluster, or file:// locally."""
-    out = spec.output
-    if out.pvc:
-        base = "/".join(p for p in (out.pvc.claim_name, out.pvc.path.strip("/")) if p)
-        return f"pvc://{base}/{sub}"
-    if out.s3:
-        return f"{out.s3.uri.rstrip('/')}/{sub}"
-    return (workdir / sub).resolve().as_uri()
-
-
-def version_label(ctx: Any, lineage: dict[str, Any]) -> str:
-    """spec.registry.version, else v<generation>-<short uid>, else v1-<hash of the lineage> (local runs)."""
-    if ctx.spec.registry.version:
-        return ctx.spec.registry.version
+def job_identity(ctx: Any) -> JobIdentity:
     meta = ctx.raw.get("metadata") or {}
-    generation = meta.get("generation") or 1
-    short = (ctx.uid or "").replace("-", "")[:8]
-    if not short:
-        short = hashlib.sha256(json.dumps(lineage, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"v{generation}-{short}"
+    return JobIdentity(ctx.name, ctx.namespace, ctx.uid or "", int(meta.get("generation") or 1))
 
 
-def artifact_format(ctx: Any) -> ArtifactFormat:
-    if (ctx.artifact_dir / "adapter_config.json").exists() or ctx.spec.method.type in ("lora", "qlora") and not (ctx.artifact_dir / "config.json").exists():
-        return ArtifactFormat.LORA_ADAPTER
-    return ArtifactFormat.FULL
+def _no_uid(lineage: dict[str, Any]) -> str:
+    """Local runs have no uid: the version ends in a hash of the lineage instead."""
+    return hashlib.sha256(json.dumps(lineage, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def build(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord) -> ModelVersion:
+def manifest(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord | dict[str, Any] | None,
+             env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ModelVersion (wire form) for the job in `ctx`, from lineage.json, the data report and the evaluation record."""
+    env = os.environ if env is None else env
     spec = ctx.spec
-    model_name = spec.registry.model_name or ctx.name
-    version = version_label(ctx, lineage)
-    fmt = artifact_format(ctx)
-    hp = pick(lineage, "hyperparameters", "effective_hyperparameters", default=None)
-    if not isinstance(hp, dict):
-        hp = spec.hyperparameters.wire()
-    meta: dict[str, Any] = {
-        "name": dns_name(f"{model_name}-{version}"),
-        "labels": {LABEL_JOB: dns_name(ctx.name), LABEL_MODEL: dns_name(model_name)},
-    }
-    if ctx.namespace:
-        meta["namespace"] = ctx.namespace
-    base_name = spec.base_model.display_name()
-    return ModelVersion.model_validate(
-        {
-            "metadata": meta,
-            "spec": ModelVersionSpec(
-                model_name=model_name,
-                version=version,
-                base_model=BaseModelRecord(name=base_name, revision=spec.base_model.revision() or str(pick(lineage, "base_revision", default="") or "")),
-                artifact=Artifact(
-                    uri=output_uri(spec, ctx.workdir, "artifact"),
-                    format=fmt,
-                    lora_rank=spec.method.lora.r if fmt == ArtifactFormat.LORA_ADAPTER else None,
-                ),
-                lineage=Lineage(
-                    fine_tune_job=FineTuneJobRef(name=ctx.name, namespace=ctx.namespace or None, uid=ctx.uid or None),
-                    dataset_sha256=pick(lineage, "dataset_sha256") or (lineage.get("dataset") or {}).get("sha256") or data_report.get("dataset_sha256"),
-                    method=spec.method.type if isinstance(spec.method.type, str) else spec.method.type.value,
-                    hyperparameters={str(k): _s(v) for k, v in hp.items() if v is not None and not isinstance(v, (dict, list))},
-                    trainer_image=spec.image or pick(lineage, "trainer_image", default="local"),
-                    library_versions={str(k): str(v) for k, v in (pick(lineage, "library_versions", "libraries", default={}) or {}).items()},
-                    world_size=pick(lineage, "world_size", "worldSize"),
-                    train_seconds=_round(pick(lineage, "train_seconds", "wall_time_seconds", "wall_seconds", "trainSeconds")),
-                    tokens_seen=pick(lineage, "tokens_seen", "tokensSeen"),
-                ),
-                evaluation=record,
-                report=ReportLocation(uri=output_uri(spec, ctx.workdir, "report/report.md")),
-            ).wire(),
-        }
+    in_cluster = bool(env.get(layout.ENV_WORKDIR_URI))
+    return contract.build(
+        spec, job_identity(ctx),
+        workdir_uri=layout.resolve_workdir_uri(spec, ctx.name, ctx.namespace, ctx.workdir, dict(env)),
+        trainer_image=env.get(layout.ENV_IMAGE) or spec.image or pick(lineage, "trainer_image", default="local"),
+        facts=lineage_facts.facts(lineage, data_report),
+        evaluation=record,
+        report_config_map=in_cluster,  # the operator copies report.md into the ModelVersion's ConfigMap
+        no_uid=_no_uid(lineage),
     )
 
 
-def _s(v: Any) -> str:
-    return json.dumps(v) if isinstance(v, bool) else str(v)
-
-
-def _round(v: Any) -> float | None:
-    return round(float(v), 1) if isinstance(v, (int, float)) else None
+def build(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord | None) -> ModelVersion:
+    return ModelVersion.model_validate(manifest(ctx, lineage, data_report, record))

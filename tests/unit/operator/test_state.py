@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tuneloop.operator.finetunejob import publish
 from tuneloop.operator.finetunejob import state as st
 from tuneloop.operator.finetunejob.progress import rank0_pod
 from tuneloop.operator.finetunejob.reconcile import validate
 from tuneloop.operator.settings import OperatorSettings
+from tuneloop_trainer import publish  # runs in the evaluation pod; the format is tuneloop.contract.termination
 
 pytestmark = pytest.mark.unit
 

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from tuneloop.api import API_VERSION, FineTuneJobSpec
+from tuneloop.contract import layout
+from tuneloop.contract.exits import EXIT_CONFIG_ERROR
+from tuneloop.contract.layout import CACHE_MOUNT, DATA_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, SPEC_DIR, SPEC_FILE
+from tuneloop.contract.names import LABEL_COMPONENT, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, child_name, dns_label, job_labels
 
 from ..settings import OperatorSettings
 
-LABEL_JOB = "tuneloop.dev/finetunejob"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "tuneloop-operator"
+__all__ = ["CACHE_MOUNT", "DATA_MOUNT", "EXIT_CONFIG_ERROR", "LABEL_COMPONENT", "LABEL_JOB", "LABEL_MANAGED_BY", "MANAGED_BY",
+           "MODEL_MOUNT", "OUTPUT_MOUNT", "SPEC_DIR", "SPEC_FILE", "child_name", "dns_label"]
+
 CONTAINER = "trainer"
-SPEC_DIR = "/etc/tuneloop"
-SPEC_FILE = f"{SPEC_DIR}/spec.yaml"
-DEEPSPEED_FILE = f"{SPEC_DIR}/deepspeed.json"
-OUTPUT_MOUNT = "/output"
-DATA_MOUNT = "/data"
-MODEL_MOUNT = "/models"
-CACHE_MOUNT = "/cache"
 RENDEZVOUS_PORT = 29500
-EXIT_CONFIG_ERROR = 42  # tuneloop_trainer.errors.EXIT_CONFIG_ERROR (never retried)
 
 
 class BuildError(ValueError):
@@ -45,31 +38,27 @@ class JobMeta:
     uid: str
     generation: int = 1
     creation_timestamp: str | None = None
+    annotations: tuple[tuple[str, str], ...] = ()  # the user's annotations (tuneloop.dev/purpose, …), sorted
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> JobMeta:
         m = body.get("metadata") or {}
         return cls(m["name"], m.get("namespace") or "default", m.get("uid") or "", int(m.get("generation") or 1),
-                   m.get("creationTimestamp"))
+                   m.get("creationTimestamp"), user_annotations(m.get("annotations")))
 
 
-def child_name(base: str, suffix: str, limit: int = 63) -> str:
-    """`base-suffix`, shortened with a stable hash when longer than `limit` (DNS label)."""
-    name = f"{base}-{suffix}"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
-    keep = limit - len(suffix) - len(digest) - 2
-    return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
-
-
-def dns_label(text: str, limit: int = 63) -> str:
-    """Lower-case DNS-1123 label from arbitrary text (model names, versions)."""
-    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
-    if len(s) > limit:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:6]
-        s = f"{s[: limit - 7].rstrip('-')}-{digest}"
-    return s
+def user_annotations(annotations: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """The annotations the stages may read (the report's tuneloop.dev/purpose and objective, …):
+    all but kubectl's last-applied copy and Kopf's bookkeeping (tuneloop.dev/last-handled-configuration,
+    handler-progress records)."""
+    out = []
+    for k, v in (annotations or {}).items():
+        if not isinstance(v, str) or k.startswith("kubectl.kubernetes.io/") or k == "tuneloop.dev/last-handled-configuration":
+            continue
+        if k.startswith("tuneloop.dev/") and v.startswith('{"started":'):  # Kopf's handler progress
+            continue
+        out.append((k, v))
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True)
@@ -93,13 +82,7 @@ def names(job: str) -> Names:
 
 
 def labels(meta: JobMeta, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "tuneloop",
-        "app.kubernetes.io/instance": meta.name,
-        LABEL_COMPONENT: component,
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_JOB: meta.name,
-    }
+    return job_labels(meta.name, component)
 
 
 def owner_ref(meta: JobMeta) -> dict[str, Any]:
@@ -122,15 +105,10 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False, "c
 
 def workdir(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> tuple[str, str]:
     """(output claim, work directory inside the pods) — every stage shares the same directory."""
-    out = spec.output
-    if out.pvc:
-        sub = out.pvc.path.strip("/") or meta.name
-        return out.pvc.claim_name, f"{OUTPUT_MOUNT}/{sub}"
-    if out.s3:
-        if not config.default_output_pvc:
-            raise BuildError("spec.output.s3", "s3 output needs a staging PVC: set the operator's TUNELOOP_DEFAULT_OUTPUT_PVC or use output.pvc")
-        return config.default_output_pvc, f"{OUTPUT_MOUNT}/{meta.namespace}/{meta.name}"
-    raise BuildError("spec.output.path", "output.path is for local runs; in a cluster use output.pvc (or output.s3)")
+    try:
+        return layout.output_location(spec, meta.name, meta.namespace, config.default_output_pvc)
+    except layout.LocationError as exc:
+        raise BuildError(exc.field, exc.message) from None
 
 
 def data_claim(spec: FineTuneJobSpec) -> str | None:
@@ -190,14 +168,16 @@ def volumes(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, s
 
 
 def env(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> list[dict[str, Any]]:
-    """Environment of every stage container (the trainer's mount and metrics contract)."""
+    """Environment of every stage container (the trainer's mount and metrics contract, tuneloop.contract.layout)."""
     out: list[dict[str, Any]] = [
-        {"name": "TUNELOOP_JOB_NAME", "value": meta.name},
-        {"name": "TUNELOOP_NAMESPACE", "value": meta.namespace},
-        {"name": "TUNELOOP_METRICS_PORT", "value": str(config.trainer_metrics_port)},
-        {"name": "TUNELOOP_DATA_DIR", "value": DATA_MOUNT},
-        {"name": "TUNELOOP_MODEL_DIR", "value": MODEL_MOUNT},
-        {"name": "TUNELOOP_CACHE_DIR", "value": f"{CACHE_MOUNT}/tuneloop"},
+        {"name": layout.ENV_JOB_NAME, "value": meta.name},
+        {"name": layout.ENV_NAMESPACE, "value": meta.namespace},
+        {"name": layout.ENV_METRICS_PORT, "value": str(config.trainer_metrics_port)},
+        {"name": layout.ENV_DATA_DIR, "value": DATA_MOUNT},
+        {"name": layout.ENV_MODEL_DIR, "value": MODEL_MOUNT},
+        {"name": layout.ENV_CACHE_DIR, "value": f"{CACHE_MOUNT}/tuneloop"},
+        {"name": layout.ENV_IMAGE, "value": image(spec, config)},
+        {"name": layout.ENV_WORKDIR_URI, "value": layout.workdir_uri(*workdir(spec, meta, config))},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]

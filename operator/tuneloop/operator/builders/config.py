@@ -2,52 +2,38 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Any
 
 import yaml
 
 from tuneloop.api import API_VERSION, FineTuneJobSpec
+from tuneloop.contract import deepspeed
+from tuneloop.contract.deepspeed import world_size
 
 from ..settings import OperatorSettings
 from .common import RENDEZVOUS_PORT, BuildError, JobMeta, metadata, names
 
 
-def world_size(spec: FineTuneJobSpec) -> int:
-    return spec.resources.nodes * max(1, spec.resources.gpus_per_node)
-
-
-def deepspeed_json(spec: FineTuneJobSpec) -> str | None:
-    """The trainer's own generator (`tuneloop_trainer.dsconfig.deepspeed_config`): the same config the
-    train stage builds at run time, shown in the ConfigMap for users.
-
-    None when DeepSpeed is off or the trainer package is not installed next to the operator.
-    Raises BuildError when the trainer refuses the spec (e.g. batchSize vs world size).
-    """
-    if spec.deepspeed is None or not spec.deepspeed.enabled:
-        return None
-    try:
-        fn = importlib.import_module("tuneloop_trainer.dsconfig").deepspeed_config
-        trainer_error = importlib.import_module("tuneloop_trainer.errors").TrainerError
-    except (ImportError, AttributeError):
-        return None
-    try:
-        return json.dumps(fn(spec, world_size(spec)), indent=2, sort_keys=True)
-    except trainer_error as exc:
-        text = exc.one_line()
-        field = "spec.hyperparameters.batchSize" if "batchSize" in text else "spec.deepspeed"
-        raise BuildError(field, text) from None
+__all__ = ["check_batch", "config_map", "deepspeed_json", "headless_service", "spec_manifest", "world_size"]
 
 
 def check_batch(spec: FineTuneJobSpec) -> None:
-    """batchSize must split evenly over microBatchSize × world size (the trainer refuses it otherwise)."""
-    hp = spec.hyperparameters
-    per_step = hp.micro_batch_size * world_size(spec)
-    if hp.batch_size % per_step:
-        raise BuildError("spec.hyperparameters.batchSize",
-                         f"{hp.batch_size} is not a multiple of microBatchSize {hp.micro_batch_size} × world size "
-                         f"{world_size(spec)} (= {per_step})")
+    """batchSize must split evenly over microBatchSize × world size (tuneloop.contract.deepspeed, the
+    trainer's own check)."""
+    try:
+        deepspeed.check_batch(spec)
+    except deepspeed.BatchSplitError as exc:
+        raise BuildError(exc.field, f"{exc.message} ({exc.hint})") from None
+
+
+def deepspeed_json(spec: FineTuneJobSpec) -> str | None:
+    """The DeepSpeed config the train stage will build (tuneloop.contract.deepspeed), shown in the
+    ConfigMap for users; None when DeepSpeed is off. Raises BuildError when batchSize does not split."""
+    if not deepspeed.enabled(spec):
+        return None
+    check_batch(spec)
+    return json.dumps(deepspeed.deepspeed_config(spec, world_size(spec)), indent=2, sort_keys=True)
 
 
 def spec_manifest(spec: FineTuneJobSpec, meta: JobMeta) -> dict[str, Any]:
@@ -55,7 +41,8 @@ def spec_manifest(spec: FineTuneJobSpec, meta: JobMeta) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "FineTuneJob",
-        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid, "generation": meta.generation},
+        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid, "generation": meta.generation,
+                     **({"annotations": dict(meta.annotations)} if meta.annotations else {})},
         "spec": spec.wire(),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuneloop.api import FineTuneJobSpec
+from tuneloop.contract import layout
 
 from ..settings import OperatorSettings
 from .common import (
@@ -26,7 +27,6 @@ from .common import (
 )
 
 PREP_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
-REPORT_MARKER = "tuneloop-report.md"  # the eval pod prints report.md between BEGIN/END lines with this tag
 
 
 def _container(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, command: list[str], args: list[str],
@@ -41,7 +41,7 @@ def _container(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY,
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": layout.TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
     if ports:
@@ -78,7 +78,7 @@ def _job(name: str, component: str, spec: FineTuneJobSpec, meta: JobMeta, config
 
 
 def _stage_args(stage: str, wd: str) -> list[str]:
-    return ["-m", "tuneloop_trainer", stage, "--spec", SPEC_FILE, "--workdir", wd]
+    return layout.stage_args(stage, SPEC_FILE, wd)
 
 
 def data_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, suspend: bool | None = None) -> dict[str, Any]:
@@ -127,10 +127,10 @@ def train_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *,
                 suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=True, pods=r.nodes, subdomain=n.service)
 
 
-EVAL_SCRIPT = """set -e
-python -m tuneloop_trainer evaluate --spec "$1" --workdir "$2"
-python -m tuneloop_trainer report --spec "$1" --workdir "$2"
-exec python -m tuneloop.operator.finetunejob.publish --workdir "$2"
+EVAL_SCRIPT = f"""set -e
+python -m {layout.TRAINER_MODULE} evaluate --spec "$1" --workdir "$2"
+python -m {layout.TRAINER_MODULE} report --spec "$1" --workdir "$2"
+exec python -m {layout.PUBLISH_MODULE} --workdir "$2"
 """
 
 

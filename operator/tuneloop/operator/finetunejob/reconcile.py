@@ -16,6 +16,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from tuneloop.api import FineTuneJobSpec
+from tuneloop.contract.exits import reason_for_exit
 
 from .. import builders, metrics
 from ..builders.common import BuildError, JobMeta, data_claim, names, workdir
@@ -253,7 +254,7 @@ class Reconciler:
         msg, _ = st.termination(await self._pods(job), want_success=False)
         jreason, jmsg = st.job_failure(job)
         if msg:
-            reason = msg.get("reason") or ("InvalidSpec" if msg.get("exitCode") == 42 else jreason)
+            reason = msg.get("reason") or reason_for_exit(msg.get("exitCode"), jreason)
             text = msg.get("error") or msg.get("message") or jmsg or "failed"
             return str(text), str(reason)
         return jmsg or "the Job failed", jreason

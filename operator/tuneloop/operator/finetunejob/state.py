@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneloop.contract import progress as progress_contract
+
 from ..builders.common import CONTAINER
 
 TERMINAL = ("Succeeded", "Failed")
@@ -128,16 +130,7 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-_TRAINER_METRICS = {
-    "tuneloop_trainer_step": "step",
-    "tuneloop_trainer_total_steps": "totalSteps",
-    "tuneloop_trainer_epoch": "epoch",
-    "tuneloop_trainer_loss": "loss",
-    "tuneloop_trainer_eval_loss": "evalLoss",
-    "tuneloop_trainer_learning_rate": "learningRate",
-    "tuneloop_trainer_tokens_per_second": "tokensPerSecond",
-    "tuneloop_trainer_eta_seconds": "etaSeconds",
-}
+_TRAINER_METRICS = progress_contract.STATUS_KEYS  # trainer gauge -> status.progress key (tuneloop.contract.progress)
 
 
 def parse_progress(text: str) -> dict[str, Any]:
@@ -149,7 +142,7 @@ def parse_progress(text: str) -> dict[str, Any]:
             value = family.samples[0].value
             if math.isnan(value):  # not reported yet
                 continue
-            out[key] = int(value) if key in ("step", "totalSteps") else round(float(value), 6)
+            out[key] = int(value) if key in progress_contract.INTEGER_STATUS_KEYS else round(float(value), 6)
     if out.get("totalSteps"):
         out["percent"] = f"{100.0 * out.get('step', 0) / out['totalSteps']:.0f}%"
     if out:

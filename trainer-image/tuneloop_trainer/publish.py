@@ -1,0 +1,75 @@
+"""Runs last in the evaluation pod: hands the results to the operator without storage access.
+
+    python -m tuneloop_trainer.publish --workdir DIR
+
+- the termination message (≤ 4 KiB, read from the pod status): ``{"stage": "publish",
+  "outcome": "Succeeded", "evaluation": <EvaluationRecord>, "lineage": {...}}`` — fitted by
+  `tuneloop.contract.termination.fit_publish` (long gate reasons shortened, then gates dropped, …);
+- the pod log: ``report.md`` between the contract's BEGIN/END lines, which the operator copies into a
+  ConfigMap owned by the ModelVersion (pod logs need only ``pods/log: get``; nothing in the pod needs RBAC).
+
+Pure standard library + tuneloop.contract: no torch, no Kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuneloop.contract import layout, lineage
+from tuneloop.contract.termination import (
+    PUBLISH_STAGE,
+    REPORT_BEGIN,
+    REPORT_END,
+    REPORT_MARKER,
+    TERMINATION_LIMIT,
+    extract_report,
+    fit_publish,
+    report_block,
+)
+
+# The names this module had when it lived in the operator (tuneloop.operator.finetunejob.publish).
+LIMIT, MARKER, BEGIN, END = TERMINATION_LIMIT, REPORT_MARKER, REPORT_BEGIN, REPORT_END
+fit = fit_publish
+__all__ = ["BEGIN", "END", "LIMIT", "MARKER", "collect", "extract_report", "fit", "lineage_summary", "main"]
+
+
+def collect(workdir: Path) -> tuple[dict[str, Any], str | None]:
+    """(termination message, report markdown or None) from the work directory."""
+    wd = layout.WorkDir(workdir)
+    msg: dict[str, Any] = {"stage": PUBLISH_STAGE, "outcome": "Succeeded"}
+    if wd.eval_file.exists():
+        ev = json.loads(wd.eval_file.read_text())
+        msg["evaluation"] = ev.get("record", ev)
+    if wd.lineage_file.exists():
+        msg["lineage"] = lineage_summary(json.loads(wd.lineage_file.read_text()))
+    return msg, wd.report_file.read_text(errors="replace") if wd.report_file.exists() else None
+
+
+def lineage_summary(lin: dict[str, Any]) -> dict[str, Any]:
+    """The ModelVersion lineage facts (camelCase) from the trainer's lineage.json."""
+    return lineage.facts(lin).wire()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=f"python -m {layout.PUBLISH_MODULE}")
+    ap.add_argument("--workdir", required=True)
+    args = ap.parse_args(argv)
+    msg, report = collect(Path(args.workdir))
+    if report is not None:
+        sys.stdout.write(report_block(report))
+        sys.stdout.flush()
+    path = Path(os.environ.get(layout.ENV_TERMINATION_LOG, layout.TERMINATION_LOG))
+    try:
+        path.write_text(fit(msg))
+    except OSError as exc:
+        print(f"publish: cannot write the termination message to {path}: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
