@@ -62,8 +62,12 @@ class Emulator(kmock.KubernetesEmulator):
     """
 
     history: int | None = 0
+    recorded: list[tuple[str, str, dict, bool]] | None = None  # set to [] to record (method, path, params, authenticated)
 
     async def _handle(self, request: Any) -> Any:
+        if self.recorded is not None:
+            self.recorded.append((str(request.method.value if request.method else ""), str(request.url.path), dict(request.params),
+                                  bool((request.headers or {}).get("Authorization"))))
         if self.history is not None:
             del self._requests[: -(self.history + 1)]
             for payload in self._payloads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -52,10 +53,11 @@ async def test_lifecycle_restart_and_modelversion(kube, tmp_path):
         obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "ValidatingData")
         assert obj["status"]["children"]["dataJob"] == "support-bot-data"
         assert (await kube.get(r.CONFIGMAPS, NS, "support-bot-config"))["data"]["spec.yaml"]
-        assert (await kube.get(r.SERVICES, NS, "support-bot-train"))["spec"]["clusterIP"] == "None"
+        assert await kube.get(r.SERVICES, NS, "support-bot-train") is None  # only with the training Job
 
         await kube.finish_job(NS, "support-bot-data", message=PREPARE_MSG)
         train = await kube.wait_for(r.JOBS, NS, "support-bot-train")
+        assert (await kube.get(r.SERVICES, NS, "support-bot-train"))["spec"]["clusterIP"] == "None"
         ts = train["spec"]
         assert (ts["completionMode"], ts["completions"], ts["parallelism"]) == ("Indexed", 1, 1)
         tc = ts["template"]["spec"]["containers"][0]
@@ -114,7 +116,7 @@ async def test_lifecycle_restart_and_modelversion(kube, tmp_path):
         # a second restart after the end changes nothing
         op.kill()
         op.start()
-        await op.wait_log("Resuming is processed")
+        await op.wait_log("watching FineTuneJob default/support-bot (phase Succeeded)")
         obj = await kube.get(r.FINETUNEJOBS, NS, "support-bot")
         assert phase(obj) == "Succeeded" and len(await _our_events(kube, "support-bot")) == 4
         assert kube.count(r.JOBS) == 3 and kube.count(r.MODELVERSIONS) == 1
@@ -172,3 +174,77 @@ async def test_training_failure_reports_the_trainer_reason(kube, operator_proc):
     assert await kube.get(r.JOBS, NS, "support-bot-eval") is None
     events = await _our_events(kube, "support-bot", until=lambda ev: ev and ev[-1]["reason"] == "Failed")
     assert events[-1]["type"] == "Warning" and events[-1]["reason"] == "Failed"
+
+
+def _operator_requests(kube) -> list[tuple[str, str]]:
+    """Requests the operator made (it authenticates; the test's own client does not), watches excluded."""
+    return [(m, p) for m, p, params, auth in kube.emulator.recorded or [] if auth and params.get("watch") != "true"]
+
+
+async def test_no_finalizer_no_kopf_bookkeeping_and_at_most_six_requests_to_the_data_job(kube, tmp_path):
+    """Issue 10, defect 1 and "less work": no per-object timer (so no finalizer), no Kopf annotations,
+    ≤ 6 API requests from creation to the data-prep Job, none while the job waits."""
+    op = OperatorProcess(kube.kubeconfig, tmp_path)
+    op.start()
+    try:
+        await op.wait_log("Initial authentication has finished")
+        await asyncio.sleep(1.0)  # initial listings done
+        kube.emulator.recorded = []
+        await kube.apply(ftj())
+        await kube.wait_for(r.JOBS, NS, "support-bot-data")
+        await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "ValidatingData")
+        await _our_events(kube, "support-bot", until=lambda ev: len(ev) >= 1)
+        await asyncio.sleep(2.5)  # echoes of our own writes, the Job's ADDED event, two periodic ticks (interval 1 s)
+        reqs = _operator_requests(kube)
+        assert len(reqs) <= 6, reqs
+        assert [m for m, _ in reqs].count("GET") == 0, reqs  # create first; nothing to read back
+        obj = await kube.get(r.FINETUNEJOBS, NS, "support-bot")
+        assert not obj["metadata"].get("finalizers")
+        assert not [a for a in obj["metadata"].get("annotations") or {} if a.startswith("tuneloop.dev/")]
+
+        await kube.finish_job(NS, "support-bot-data", message=PREPARE_MSG)
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Training")
+        await asyncio.sleep(2.5)  # progress polls while Training (rank 0 not reachable yet)
+        obj = await kube.get(r.FINETUNEJOBS, NS, "support-bot")
+        assert not obj["metadata"].get("finalizers")
+        assert not [a for a in obj["metadata"].get("annotations") or {} if a.startswith("tuneloop.dev/")]
+    finally:
+        op.stop()
+        print(op.tail())
+
+
+async def test_a_finalizer_left_by_an_older_operator_is_removed(kube, operator_proc):
+    """Upgrading from the timer-based operator: its finalizer must not keep blocking deletions."""
+    doc = ftj()
+    doc["metadata"]["finalizers"] = ["tuneloop.dev/finalizer"]
+    doc["status"] = {"phase": "Succeeded"}  # finished: nothing of ours races Kopf's patch (kmock has no 409 on a stale test op)
+    await kube.apply(doc)
+    await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: not o["metadata"].get("finalizers"))
+
+
+async def test_progress_is_100_percent_when_training_ends_between_polls(kube, tmp_path):
+    """Issue 10, defect 10: the job finishes before any poll saw rank 0: status still ends at 100 %
+    with the last step's loss (not the run's mean) and the final evaluation loss."""
+    op = OperatorProcess(kube.kubeconfig, tmp_path, env={"TUNELOOP_PROGRESS_INTERVAL": "60"})
+    op.start()
+    try:
+        await kube.apply(ftj(evaluation={"enabled": False}))
+        await kube.wait_for(r.JOBS, NS, "support-bot-data")
+        await kube.finish_job(NS, "support-bot-data", message=PREPARE_MSG)
+        await kube.wait_for(r.JOBS, NS, "support-bot-train")
+        summary = {"stage": "train", "outcome": "Succeeded", "steps": 40, "total_steps": 40, "train_loss": 1.9,
+                   "final_loss": 0.61, "eval_loss": 0.72, "train_seconds": 812.5}
+        await kube.finish_job(NS, "support-bot-train", message=json.dumps(summary))
+        obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Succeeded")
+        p = obj["status"]["progress"]
+        assert (p["step"], p["totalSteps"], p["percent"], p["etaSeconds"]) == (40, 40, "100%", 0)
+        assert p["loss"] == 0.61 and p["evalLoss"] == 0.72
+        assert "loss 0.61" in cond(obj, "Training")["message"]
+        mv = await kube.get(r.MODELVERSIONS, NS, obj["status"]["children"]["modelVersion"])
+        assert mv["spec"]["lineage"]["trainSeconds"] == 812.5
+        ev = next(c for c in mv["status"]["conditions"] if c["type"] == "Evaluated")
+        assert (ev["status"], ev["reason"]) == ("False", "NotEvaluated")
+        assert mv["spec"]["evaluation"]["verdict"] == "NotEvaluated"
+    finally:
+        op.stop()
+        print(op.tail())

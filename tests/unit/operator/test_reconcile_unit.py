@@ -19,25 +19,29 @@ pytestmark = pytest.mark.unit
 
 
 class FakeClient:
-    """Just enough of KubeClient, recording every write."""
+    """Just enough of KubeClient, recording every write (`writes`) and every API request (`requests`)."""
 
     def __init__(self):
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.writes: list[tuple[str, str, str, dict]] = []
+        self.requests: list[tuple[str, str, str]] = []
 
     async def get(self, res, ns, name, **_):
+        self.requests.append(("GET", res.plural, name))
         obj = self.objects.get((res.plural, ns, name))
         return copy.deepcopy(obj) if obj else None
 
-    async def create(self, res, ns, body):
+    async def create(self, res, ns, body, read_existing=True):
         key = (res.plural, ns, body["metadata"]["name"])
+        self.requests.append(("POST", res.plural, body["metadata"]["name"]))
         if key in self.objects:
-            return copy.deepcopy(self.objects[key]), False
+            return (await self.get(res, ns, key[2]) if read_existing else None), False
         self.objects[key] = copy.deepcopy(body)
         self.writes.append(("create", res.plural, body["metadata"]["name"], body))
         return copy.deepcopy(body), True
 
     async def patch(self, res, ns, name, patch, subresource=None):
+        self.requests.append(("PATCH", res.plural, name))
         obj = self.objects[(res.plural, ns, name)]
         for k, v in patch.items():
             if isinstance(v, dict) and isinstance(obj.get(k), dict):
@@ -49,10 +53,16 @@ class FakeClient:
         return copy.deepcopy(obj)
 
     async def list(self, res, ns=None, labels=None):
+        self.requests.append(("LIST", res.plural, ""))
         return []
 
     async def event(self, obj, **kw):
+        self.requests.append(("POST", "events", obj["metadata"]["name"]))
         self.writes.append(("event", "events", obj["metadata"]["name"], kw))
+
+    def jobs(self, ns: str = "ns") -> dict[str, dict]:
+        """The child Jobs as the operator's Kopf index shows them."""
+        return {name: copy.deepcopy(o) for (plural, n, name), o in self.objects.items() if plural == "jobs" and n == ns}
 
     async def pod_log(self, *a, **kw):
         return ""
@@ -65,30 +75,77 @@ def _ftj(generation: int = 1, suspend: bool = False) -> dict:
                      "output": {"pvc": {"claimName": "o"}}, "suspend": suspend}}
 
 
-async def _pass(client: FakeClient, body: dict):
+async def _pass(client: FakeClient, body: dict, *, indexed: bool = True, progress: dict | None = None):
+    """One pass as the handlers run it: the FineTuneJob and its Jobs from the (up-to-date) index."""
     client.objects[("finetunejobs", "ns", "x")] = {**copy.deepcopy(body), "status": client.objects.get(("finetunejobs", "ns", "x"), {}).get("status", {})}
-    fresh = await client.get(r.FINETUNEJOBS, "ns", "x")
-    return await Reconciler(client, OperatorSettings()).run(fresh)
+    fresh = copy.deepcopy(client.objects[("finetunejobs", "ns", "x")])
+    return await Reconciler(client, OperatorSettings()).run(fresh, jobs=client.jobs() if indexed else None, progress=progress)
 
 
-async def test_first_pass_creates_config_service_data_job_and_status():
+async def test_first_pass_creates_config_data_job_and_status():
     c = FakeClient()
     out = await _pass(c, _ftj(generation=3))
     assert out.phase == "ValidatingData"
     created = [(w[1], w[2]) for w in c.writes if w[0] == "create"]
-    assert created == [("configmaps", "x-config"), ("services", "x-train"), ("jobs", "x-data")]
+    assert created == [("configmaps", "x-config"), ("jobs", "x-data")]  # the Service comes with the training Job
     status = c.objects[("finetunejobs", "ns", "x")]["status"]
     assert status["observedGeneration"] == 3
     assert all(cd["observedGeneration"] == 3 for cd in status["conditions"])
     assert [w[3]["reason"] for w in c.writes if w[0] == "event"] == ["ValidatingData"]
 
 
-async def test_second_pass_without_change_writes_nothing():
+async def test_creation_to_data_job_takes_at_most_six_requests():
+    """Issue 10: create first (409 = exists), no GETs of what the index shows, one status patch."""
+    c = FakeClient()
+    out = await _pass(c, _ftj())
+    assert out.phase == "ValidatingData" and out.written is not None
+    assert c.requests == [("POST", "configmaps", "x-config"), ("POST", "jobs", "x-data"),
+                          ("PATCH", "finetunejobs", "x"), ("POST", "events", "x")]
+    assert len(c.requests) <= 6
+
+
+async def test_a_job_the_index_does_not_show_yet_is_created_and_read_once():
     c = FakeClient()
     await _pass(c, _ftj())
-    before = len(c.writes)
+    c.objects[("finetunejobs", "ns", "x")]["status"] = {}  # as if our status write had not been seen
+    c.requests.clear()
+    await Reconciler(c, OperatorSettings()).run(copy.deepcopy(c.objects[("finetunejobs", "ns", "x")]), jobs={})
+    assert c.requests[:3] == [("POST", "configmaps", "x-config"), ("POST", "jobs", "x-data"), ("GET", "jobs", "x-data")]
+    assert [w for w in c.writes if w[0] == "create" and w[1] == "jobs"] == [c.writes[1]]  # still one Job
+
+
+async def test_second_pass_without_change_makes_no_request():
+    c = FakeClient()
     await _pass(c, _ftj())
-    assert c.writes[before:] == []
+    before, requests = len(c.writes), len(c.requests)
+    await _pass(c, _ftj())
+    assert c.writes[before:] == [] and c.requests[requests:] == []
+
+
+async def test_config_map_is_not_rebuilt_once_the_data_job_exists(monkeypatch):
+    from tuneloop.operator import builders
+
+    c = FakeClient()
+    await _pass(c, _ftj())
+    calls = []
+    monkeypatch.setattr(builders, "config_map", lambda *a, **k: calls.append(1) or {})
+    monkeypatch.setattr(builders, "data_job", lambda *a, **k: calls.append(2) or {})
+    await _pass(c, _ftj())
+    _complete(c, "x-data")
+    await _pass(c, _ftj())
+    assert calls == [] and ("jobs", "ns", "x-train") in c.objects
+
+
+async def test_service_is_created_with_the_training_job():
+    c = FakeClient()
+    await _pass(c, _ftj())
+    assert ("services", "ns", "x-train") not in c.objects
+    _complete(c, "x-data")
+    out = await _pass(c, _ftj())
+    assert out.phase == "Training"
+    created = [(w[1], w[2]) for w in c.writes if w[0] == "create"]
+    assert created[-2:] == [("services", "x-train"), ("jobs", "x-train")]
+    assert out.status["children"]["service"] == "x-train"
 
 
 async def test_suspend_follows_the_spec_and_bumps_observed_generation():

@@ -1,16 +1,27 @@
-"""Kopf registrations for FineTuneJobs. Thin: every handler runs one Reconciler pass.
+"""Kopf registrations for FineTuneJobs. Thin: every trigger runs one Reconciler pass.
 
-- create / resume (operator restart): reconcile; an invalid spec ends in PermanentError (no retries).
-- a child Job changed (data-prep, training, evaluation): reconcile its FineTuneJob at once.
-- spec.suspend changed: reconcile (suspends/resumes the current stage's Job).
-- timer every TUNELOOP_PROGRESS_INTERVAL seconds while not finished: reconcile + progress from rank 0.
-- delete: drop the job's metric series (no finalizer: owner references clean the children up).
+Only raw event handlers and indexes — no `@kopf.on.create/update/resume`, no timers, no daemons —
+so Kopf writes nothing to a FineTuneJob (no finalizer, no handler-progress or last-handled
+annotations; a finalizer left by an older version is removed): deleting a FineTuneJob or its
+namespace never waits for the operator.
+
+- `tuneloop_finetunejobs` / `tuneloop_stage_jobs`: in-memory indexes of the FineTuneJobs and of
+  their child Jobs, fed by the watch streams Kopf runs anyway (complete before any handler runs,
+  also after a restart), so a pass reads nothing it already knows.
+- a FineTuneJob event (listed at startup, created, spec changed): a pass — unless it only echoes
+  the status this operator just wrote, or the job is finished.
+- a child Job event (data-prep, training, evaluation): a pass of its FineTuneJob.
+- one operator-wide task (started at startup): every TUNELOOP_PROGRESS_INTERVAL seconds, a pass
+  with progress for the jobs that are `Training` (nothing for the others), and retries of passes
+  that failed (API errors), 5 s later.
+- DELETED: drop the job's metric series and in-memory state (owner references clean the children up).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -20,15 +31,36 @@ from tuneloop.api import GROUP, VERSION
 
 from .. import kube, metrics
 from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
-from ..kube import resources as r
 from ..settings import get_settings
 from . import progress as prog
 from .reconcile import Reconciler
 from .state import TERMINAL
 
+log = logging.getLogger("tuneloop.finetunejob")
+
 FTJ = (GROUP, VERSION, "finetunejobs")
-_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+CHILD_JOBS = dict(labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+RETRY_S = 5.0  # a pass that failed (API error, timeout) is retried this much later
+
+Key = tuple[str, str]
+_locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
 _slots: asyncio.Semaphore | None = None  # bounds concurrent passes (created in the operator's loop)
+_written: dict[Key, dict[str, Any]] = {}  # the FineTuneJob as our last status patch returned it
+_retry: dict[Key, float] = {}  # key -> monotonic time of the next attempt
+_loop_task: asyncio.Task | None = None
+_seen: set[Key] = set()  # FineTuneJobs this process has logged as watched
+
+
+class _QuietEventHandlers(logging.Filter):
+    """Kopf logs every successful raw-event handler call at INFO: one line per watch event."""
+
+    NOISE = ("Handler 'finetunejob_event' succeeded.", "Handler 'child_job_changed' succeeded.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or record.getMessage() not in self.NOISE
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietEventHandlers())
 
 
 def _slot() -> asyncio.Semaphore:
@@ -38,64 +70,157 @@ def _slot() -> asyncio.Semaphore:
     return _slots
 
 
-def _reconciler() -> Reconciler:
-    return Reconciler(kube.get_client(), get_settings())
+def _key(meta: Any) -> Key:
+    return (meta.get("namespace") or "default", meta.get("name"))
 
 
-async def _reconcile(body: dict[str, Any], *, with_progress: bool = False) -> Any:
-    meta = body.get("metadata") or {}
-    key = (meta.get("namespace") or "default", meta["name"])
-    async with _locks[key], _slot():
-        with metrics.reconcile_timer("finetunejob"):
-            rec = _reconciler()
-            # Always act on the freshest copy: another handler may have just moved the job on.
-            fresh = await rec.client.get(r.FINETUNEJOBS, key[0], key[1])
-            if fresh is None:
-                return None
-            progress = None
-            if with_progress and (fresh.get("status") or {}).get("phase") == "Training":
-                progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port)
-            return await rec.run(fresh, progress=progress)
+def _rv(obj: dict[str, Any] | None) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or -1)
+    except (TypeError, ValueError):  # opaque: treat as unknown
+        return -1
 
 
-RETRY_S = 5  # an API error or timeout is retried soon (Kopf's default is 60 s)
+def _slim(body: Any) -> dict[str, Any]:
+    """What a pass needs of an object, as plain dicts (no managedFields)."""
+    meta = {k: v for k, v in dict(body.get("metadata") or {}).items() if k != "managedFields"}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": meta,
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
 
 
-@kopf.on.resume(*FTJ, backoff=RETRY_S)
-@kopf.on.create(*FTJ, backoff=RETRY_S)
-async def finetunejob_created(body: kopf.Body, **_: Any) -> None:
-    outcome = await _reconcile(dict(body))
-    if outcome is not None and outcome.invalid:
-        raise kopf.PermanentError(outcome.invalid)
+# --- indexes (no API requests: fed by the watch streams) ---------------------------------------
+@kopf.index(*FTJ)
+def tuneloop_finetunejobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "default", name): _slim(body)}
 
 
-@kopf.on.field(*FTJ, field="spec.suspend", backoff=RETRY_S)
-async def finetunejob_suspend(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
-    if old is not None or new:  # not the initial creation
-        await _reconcile(dict(body))
+@kopf.index("batch", "v1", "jobs", **CHILD_JOBS)
+def tuneloop_stage_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "default", labels[LABEL_JOB]): _slim(body)}
 
 
-@kopf.timer(*FTJ, interval=get_settings().progress_interval, initial_delay=get_settings().progress_interval, backoff=RETRY_S,
-            when=lambda status, **_: status.get("phase") not in TERMINAL)
-async def finetunejob_progress(body: kopf.Body, **_: Any) -> None:
-    await _reconcile(dict(body), with_progress=True)
+def _one(index: kopf.Index, key: Key) -> dict[str, Any] | None:
+    store = index.get(key)
+    return next(iter(store), None) if store else None
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
-async def child_job_changed(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+def current(ftjs: kopf.Index, key: Key) -> dict[str, Any] | None:
+    """The freshest FineTuneJob we know: the index, or our own status write if the watch has not
+    delivered it yet (resourceVersions compared as numbers; unknown ones prefer the index)."""
+    indexed = _one(ftjs, key)
+    if indexed is None:
+        return None
+    mine = _written.get(key)
+    if mine is not None and _rv(mine) > _rv(indexed) >= 0:
+        return mine
+    return indexed
+
+
+# --- one pass ----------------------------------------------------------------------------------
+async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_progress: bool = False) -> Any:
+    """A pass over one FineTuneJob; a failure is logged and retried RETRY_S later."""
+    try:
+        async with _locks[key], _slot():
+            with metrics.reconcile_timer("finetunejob"):
+                body = current(ftjs, key)
+                if body is None or (body.get("status") or {}).get("phase") in TERMINAL:
+                    if body is not None:
+                        metrics.set_phase(key[0], key[1], body["status"]["phase"])
+                    _retry.pop(key, None)
+                    return None
+                rec = Reconciler(kube.get_client(), get_settings())
+                progress = None
+                if with_progress and (body.get("status") or {}).get("phase") == "Training":
+                    progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port)
+                jobs = {(j.get("metadata") or {}).get("name"): j for j in stage_jobs.get(key, [])}
+                outcome = await rec.run(body, progress=progress, jobs=jobs)
+                if outcome.written is not None:
+                    _written[key] = _slim(outcome.written)
+                if outcome.invalid:
+                    log.warning("FineTuneJob %s/%s cannot run: %s", key[0], key[1], outcome.invalid)
+                _retry.pop(key, None)
+                return outcome
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — retried by the operator-wide loop
+        metrics.RECONCILE_ERRORS.labels("finetunejob").inc()
+        log.warning("reconcile of FineTuneJob %s/%s failed (retry in %.0f s): %s", key[0], key[1], RETRY_S, exc)
+        if key in _locks:  # not deleted meanwhile
+            _retry[key] = time.monotonic() + RETRY_S
+        return None
+
+
+# --- triggers ----------------------------------------------------------------------------------
+@kopf.on.event(*FTJ)
+async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_finetunejobs: kopf.Index,
+                            tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
+    key = _key(body.get("metadata") or {})
+    if event.get("type") == "DELETED":
+        metrics.forget(*key)
+        for d in (_locks, _written, _retry):
+            d.pop(key, None)
+        _seen.discard(key)
+        return
+    if key not in _seen:
+        _seen.add(key)
+        log.info("watching FineTuneJob %s/%s (phase %s)", key[0], key[1], (body.get("status") or {}).get("phase") or "new")
+    mine = _written.get(key)
+    if mine is not None and _rv(mine) == _rv(body) >= 0:
+        return  # the echo of our own status patch
+    if (body.get("status") or {}).get("phase") in TERMINAL:
+        metrics.set_phase(key[0], key[1], body["status"]["phase"])
+        return
+    await reconcile(key, tuneloop_finetunejobs, tuneloop_stage_jobs)
+
+
+@kopf.on.event("batch", "v1", "jobs", **CHILD_JOBS)
+async def child_job_changed(event: dict[str, Any], body: kopf.Body, tuneloop_finetunejobs: kopf.Index,
+                            tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     if event.get("type") == "DELETED":
         return
-    name = body.get("metadata", {}).get("labels", {}).get(LABEL_JOB)
-    ns = body.get("metadata", {}).get("namespace")
-    try:
-        await _reconcile({"metadata": {"name": name, "namespace": ns}})
-    except Exception as exc:  # noqa: BLE001 — event handlers are not retried; the timer/resume will pick it up
-        metrics.RECONCILE_ERRORS.labels("finetunejob").inc()
-        logger.warning("reconcile of FineTuneJob %s/%s after a Job event failed: %s", ns, name, exc)
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace") or "default", (meta.get("labels") or {}).get(LABEL_JOB))
+    await reconcile(key, tuneloop_finetunejobs, tuneloop_stage_jobs)
 
 
-@kopf.on.delete(*FTJ, optional=True)
-async def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
-    meta = body.get("metadata", {})
-    metrics.forget(meta.get("namespace") or "default", meta.get("name"))
-    _locks.pop((meta.get("namespace") or "default", meta.get("name")), None)
+# --- the operator-wide loop: progress while Training, retries ---------------------------------
+async def _periodic(ftjs: kopf.Index, stage_jobs: kopf.Index, interval: float) -> None:
+    tick = min(1.0, interval)
+    next_progress = time.monotonic() + interval
+    while True:
+        await asyncio.sleep(tick)
+        now = time.monotonic()
+        due = {k for k, t in _retry.items() if t <= now}
+        polls: set[Key] = set()
+        if now >= next_progress:
+            next_progress = now + interval
+            for key in list(ftjs):
+                body = current(ftjs, key)
+                if body is not None and (body.get("status") or {}).get("phase") == "Training":
+                    polls.add(key)
+        if not due and not polls:
+            continue
+        for key in due:
+            _retry.pop(key, None)
+        await asyncio.gather(*(reconcile(k, ftjs, stage_jobs, with_progress=k in polls) for k in due | polls),
+                             return_exceptions=True)
+
+
+@kopf.on.startup()
+async def _start_loop(tuneloop_finetunejobs: kopf.Index, tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
+    """The indexes are filled later (before any resource handler runs); the task only reads them."""
+    global _loop_task
+    _loop_task = asyncio.create_task(
+        _periodic(tuneloop_finetunejobs, tuneloop_stage_jobs, get_settings().progress_interval), name="tuneloop-finetunejobs")
+
+
+@kopf.on.cleanup()
+async def _stop_loop(**_: Any) -> None:
+    global _loop_task
+    if _loop_task is not None:
+        _loop_task.cancel()
+        try:
+            await _loop_task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 — shutting down
+            pass
+        _loop_task = None

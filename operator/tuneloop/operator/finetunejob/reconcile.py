@@ -1,14 +1,21 @@
 """One level-triggered pass over a FineTuneJob: read children, create what is next, write status.
 
 Safe to run any number of times, from any handler, after any restart: children have
-deterministic names (create returns the existing object on 409) and the phase is derived from
-what exists in the cluster, never from memory.
+deterministic names (create first; HTTP 409 means it exists) and the phase is derived from what
+exists in the cluster, never from memory.
+
+Cheap when nothing moved: the handlers pass the child Jobs from Kopf's in-memory index (no GET),
+the spec is validated once per generation, and a child's manifest (the ConfigMap's YAML, the Job)
+is built only when that child is about to be created.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +41,27 @@ log = logging.getLogger("tuneloop.finetunejob")
 @dataclass
 class Outcome:
     phase: str
-    invalid: str | None = None  # set when the spec can never run: the handler raises PermanentError
+    invalid: str | None = None  # set when the spec can never run (the status says Failed/InvalidSpec)
     status: dict[str, Any] = field(default_factory=dict)
+    written: dict[str, Any] | None = None  # the FineTuneJob as the status patch returned it (None: nothing written)
+
+
+_VALIDATED: OrderedDict[tuple[str, int, str], tuple[FineTuneJobSpec | None, str, str]] = OrderedDict()
+_VALIDATED_MAX = 4096
+
+
+def validate_cached(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
+    """`validate` once per (uid, generation, spec): a pass that finds the same spec does not parse it again."""
+    m = body.get("metadata") or {}
+    if not m.get("uid"):
+        return validate(body, config)
+    key = (m["uid"], int(m.get("generation") or 1), json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
+    hit = _VALIDATED.get(key)
+    if hit is None:
+        hit = _VALIDATED[key] = validate(body, config)
+        while len(_VALIDATED) > _VALIDATED_MAX:
+            _VALIDATED.popitem(last=False)
+    return hit
 
 
 def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
@@ -63,8 +89,12 @@ class Reconciler:
     def __init__(self, client: KubeClient, config: OperatorSettings):
         self.client = client
         self.config = config
+        self._jobs: Mapping[str, dict[str, Any]] | None = None
 
-    async def run(self, body: dict[str, Any], *, progress: dict[str, Any] | None = None) -> Outcome:
+    async def run(self, body: dict[str, Any], *, progress: dict[str, Any] | None = None,
+                  jobs: Mapping[str, dict[str, Any]] | None = None) -> Outcome:
+        """One pass. `jobs`: the FineTuneJob's child Jobs by name as the caller already knows them
+        (Kopf's index); None means "unknown": each stage Job is then read with a GET."""
         old = dict(body.get("status") or {})
         status = {k: v for k, v in old.items()}
         status.setdefault("conditions", [])
@@ -72,28 +102,30 @@ class Reconciler:
         if old.get("phase") in st.TERMINAL:
             metrics.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
             return Outcome(old["phase"], status=old)
-        spec, where, why = validate(body, self.config)
+        spec, where, why = validate_cached(body, self.config)
         if spec is None:
             msg = f"{where}: {why}"
             self._fail(status, meta, "InvalidSpec", msg, ready_reason="InvalidSpec")
-            await self._write(body, old, status)
-            return Outcome("Failed", invalid=msg, status=status)
+            written = await self._write(body, old, status)
+            return Outcome("Failed", invalid=msg, status=status, written=written)
         status["baseModel"] = spec.base_model.display_name()
         status["observedGeneration"] = meta.generation
+        self._jobs = jobs
         await self._advance(body, spec, meta, status, progress)
-        await self._write(body, old, status)
-        return Outcome(status["phase"], status=status)
+        written = await self._write(body, old, status)
+        return Outcome(status["phase"], status=status, written=written)
 
     # --- the pipeline -------------------------------------------------------------------------
     async def _advance(self, body: dict, spec: FineTuneJobSpec, meta: JobMeta, status: dict, progress: dict | None) -> None:
         n = names(meta.name)
         cfg = self.config
-        status["children"] = {"configMap": n.config_map, "service": n.service, "dataJob": n.data_job}
-        # The ConfigMap and Service come before the data-prep Job; once it exists they do too.
+        status["children"] = {**(status.get("children") or {}), "configMap": n.config_map, "dataJob": n.data_job}
+        # The ConfigMap comes before the data-prep Job (once that exists, so does the ConfigMap);
+        # the headless Service only with the training Job.
         conds = status["conditions"]
-        data = await self._job(builders.data_job(spec, meta, cfg), spec.suspend,
-                               done=(st.condition(conds, "DataValidated") or {}).get("status") == "True", before=[
-            (r.CONFIGMAPS, builders.config_map(spec, meta, cfg)), (r.SERVICES, builders.headless_service(spec, meta, cfg))])
+        data = await self._job(meta, n.data_job, lambda: builders.data_job(spec, meta, cfg), spec.suspend,
+                               done=(st.condition(conds, "DataValidated") or {}).get("status") == "True",
+                               before=[(r.CONFIGMAPS, lambda: builders.config_map(spec, meta, cfg))])
         ds = st.job_state(data)
         if ds == "Failed":
             msg, reason = await self._failure(data)
@@ -114,12 +146,13 @@ class Reconciler:
             conds = st.set_condition(conds, "DataValidated", "True", "Validated",
                                      f"{rep.get('accepted', '?')} records accepted, {rep.get('rejected', 0)} rejected", meta.generation)
         status["conditions"] = conds
+        status["children"]["service"] = n.service
         status["children"]["trainJob"] = n.train_job
-        train = await self._job(builders.train_job(spec, meta, cfg), spec.suspend, timed=body,
+        train = await self._job(meta, n.train_job, lambda: builders.train_job(spec, meta, cfg), spec.suspend, timed=body,
                                 done=(st.condition(status["conditions"], "Training") or {}).get("reason") == "Completed",
-                                before=[(r.CONFIGMAPS, builders.config_map(spec, meta, cfg)),
-                                        (r.SERVICES, builders.headless_service(spec, meta, cfg))])
+                                before=[(r.SERVICES, lambda: builders.headless_service(spec, meta, cfg))])
         ts = st.job_state(train)
+        old_progress = dict(status.get("progress") or {})
         start = (train.get("status") or {}).get("startTime")
         if start and not status.get("startTime"):
             status["startTime"] = start
@@ -137,19 +170,21 @@ class Reconciler:
             status["phase"] = "Suspended" if ts == "Suspended" else "Training"
             status["message"] = "suspended" if ts == "Suspended" else f"training on {spec.resources.nodes} node(s)"
             if progress:
-                status["progress"] = progress
-                metrics.set_progress(meta.namespace, meta.name, st.snake_progress(progress))
+                status["progress"] = st.merge_progress(old_progress, progress)
+                metrics.set_progress(meta.namespace, meta.name, st.snake_progress(status["progress"]))
             return
         train_summary: dict = {}
         if (st.condition(status["conditions"], "Training") or {}).get("reason") != "Completed":
             train_summary = await self._message(train, success=True) or {}
-            loss = train_summary.get("train_loss") or train_summary.get("loss")
+            status["progress"] = st.finished_progress(old_progress, train_summary)
+            metrics.set_progress(meta.namespace, meta.name, st.snake_progress(status["progress"]))
+            loss = status["progress"].get("loss")  # the last logged step's loss, as while training
             status["conditions"] = st.set_condition(status["conditions"], "Training", "False", "Completed",
                                                     "training finished" + (f", loss {loss}" if loss is not None else ""), meta.generation)
         evaluation, report_md, result = None, None, {}
         if spec.evaluation.enabled:
             status["children"]["evalJob"] = n.eval_job
-            ev = await self._job(builders.eval_job(spec, meta, cfg), spec.suspend,
+            ev = await self._job(meta, n.eval_job, lambda: builders.eval_job(spec, meta, cfg), spec.suspend,
                                  done=(st.condition(status["conditions"], "Evaluated") or {}).get("status") == "True")
             es = st.job_state(ev)
             if es == "Failed":
@@ -189,14 +224,11 @@ class Reconciler:
                 await self._ensure(r.CONFIGMAPS, builders.report_config_map(obj, report_md))
             phase = model_version_phase(evaluation)
             if ((obj.get("status") or {}).get("phase") or "Pending") == "Pending":
-                await self.client.patch(r.MODELVERSIONS, meta.namespace, name, {"status": {
-                    "phase": phase, "observedGeneration": (obj.get("metadata") or {}).get("generation") or 1,
-                    "message": f"registered from FineTuneJob {meta.name}",
-                    "conditions": st.set_condition([], "Ready", "True" if phase == "Ready" else "False",
-                                                   "Registered" if phase == "Ready" else "GatesFailed", _verdict_message(evaluation)),
-                }}, subresource="status")
+                await self.client.patch(r.MODELVERSIONS, meta.namespace, name, {"status": model_version_status(
+                    evaluation, meta.name, (obj.get("metadata") or {}).get("generation") or 1)}, subresource="status")
             status["children"]["modelVersion"] = name
-            msg = f"registered ModelVersion {name} ({phase})"
+            evaluated = "" if (evaluation or {}).get("verdict") in ("Passed", "Failed") else ", not evaluated"
+            msg = f"registered ModelVersion {name} ({phase}{evaluated})"
         status["metrics"] = st.headline_metrics(evaluation)
         if evaluation:
             status["verdict"] = evaluation.get("verdict")
@@ -214,31 +246,29 @@ class Reconciler:
         status["conditions"] = st.set_condition(status.get("conditions") or [], "Failed", "True", reason, message, meta.generation)
         status["conditions"] = st.set_condition(status["conditions"], "Ready", "False", ready_reason or reason, message, meta.generation)
 
-    async def _ensure(self, res: r.Resource, manifest: dict) -> tuple[dict, bool]:
-        """Get-or-create (one request when it exists; a concurrent create still ends in 409 → get)."""
-        m = manifest["metadata"]
-        existing = await self.client.get(res, m["namespace"], m["name"])
-        if existing is not None:
-            return existing, False
-        return await self.client.create(res, m["namespace"], manifest)
+    async def _ensure(self, res: r.Resource, manifest: dict) -> None:
+        """Create; an existing object (409) counts as done and is not read."""
+        await self.client.create(res, manifest["metadata"]["namespace"], manifest, read_existing=False)
 
-    async def _job(self, manifest: dict, suspend: bool, timed: dict | None = None, done: bool = False,
-                   before: list[tuple[r.Resource, dict]] = ()) -> dict:
-        """Get-or-create a stage Job (and, only when creating it, what it needs first); keep its
-        `suspend` in line with the spec while it is unfinished. A stage the status records as done
-        whose Job is gone (ttlSecondsAfterFinished, manual cleanup) is not run again."""
-        m = manifest["metadata"]
-        job = await self.client.get(r.JOBS, m["namespace"], m["name"])
+    async def _job(self, meta: JobMeta, name: str, build: Callable[[], dict], suspend: bool, timed: dict | None = None,
+                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict]]] = ()) -> dict:
+        """Create a stage Job when it is missing (and, only then, what it needs first: built and
+        created, 409 = exists); keep its `suspend` in line with the spec while it is unfinished. A
+        stage the status records as done whose Job is gone (ttlSecondsAfterFinished, manual
+        cleanup) is not run again. A Job the index does not show yet is POSTed: 409 → one GET."""
+        ns = meta.namespace
+        job = self._jobs.get(name) if self._jobs is not None else await self.client.get(r.JOBS, ns, name)
         if job is None and done:
-            return {"metadata": m, "spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+            return {"metadata": {"name": name, "namespace": ns}, "spec": {},
+                    "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
         if job is None:
             for res, dep in before:
-                await self._ensure(res, dep)
-            job, created = await self.client.create(r.JOBS, m["namespace"], manifest)
+                await self._ensure(res, dep())
+            job, created = await self.client.create(r.JOBS, ns, build())
             if created and timed is not None:
                 _observe_create_latency(timed)
         if st.job_state(job) not in ("Succeeded", "Failed") and bool((job.get("spec") or {}).get("suspend")) != suspend:
-            job = await self.client.patch(r.JOBS, m["namespace"], m["name"], {"spec": {"suspend": suspend}})
+            job = await self.client.patch(r.JOBS, ns, name, {"spec": {"suspend": suspend}})
         return job
 
     async def _pods(self, job: dict) -> list[dict]:
@@ -271,20 +301,39 @@ class Reconciler:
             return None
         return publish.extract_report(text or "")
 
-    async def _write(self, body: dict, old: dict, status: dict) -> None:
+    async def _write(self, body: dict, old: dict, status: dict) -> dict | None:
+        """Patch the status when it changed (and post an Event on a phase change); the patched object."""
         m = body["metadata"]
         metrics.set_phase(m.get("namespace") or "default", m["name"], status.get("phase", "Pending"))
         if not st.status_changed(old, status):
-            return
-        await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, status)}, subresource="status")
+            return None
+        written = await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, status)},
+                                          subresource="status")
         if old.get("phase") != status.get("phase"):
             failed = status.get("phase") == "Failed"
             await self.client.event(body, type="Warning" if failed else "Normal", reason=status.get("phase", "Pending"),
                                     message=status.get("message") or f"phase {old.get('phase', 'Pending')} → {status.get('phase')}")
+        return written if isinstance(written, dict) else None
+
+
+def model_version_status(evaluation: dict | None, job: str, generation: int) -> dict[str, Any]:
+    """The registered ModelVersion's status. A version that was never evaluated (evaluation
+    disabled, or no record came back) says so: condition `Evaluated=False/NotEvaluated`, and its
+    `spec.evaluation.verdict` is `NotEvaluated` — a Rollout refuses it unless told otherwise."""
+    phase = model_version_phase(evaluation)
+    verdict = (evaluation or {}).get("verdict") or "NotEvaluated"
+    evaluated = verdict in ("Passed", "Failed")
+    conds = st.set_condition([], "Evaluated", "True" if evaluated else "False", verdict,
+                             _verdict_message(evaluation) if evaluated else "never evaluated against its base: no gates were applied")
+    conds = st.set_condition(conds, "Ready", "True" if phase == "Ready" else "False",
+                             ("Registered" if evaluated else "RegisteredNotEvaluated") if phase == "Ready" else "GatesFailed",
+                             _verdict_message(evaluation))
+    msg = f"registered from FineTuneJob {job}" + ("" if evaluated else " without evaluation (verdict NotEvaluated)")
+    return {"phase": phase, "observedGeneration": generation, "message": msg, "conditions": conds}
 
 
 def _verdict_message(evaluation: dict | None) -> str:
-    if not evaluation:
+    if not evaluation or evaluation.get("verdict", "NotEvaluated") == "NotEvaluated":
         return "not evaluated"
     gates = evaluation.get("gates") or []
     failed = [g.get("reason", g.get("metric", "")) for g in gates if not g.get("passed")]

@@ -142,11 +142,44 @@ def parse_progress(text: str) -> dict[str, Any]:
             value = family.samples[0].value
             if math.isnan(value):  # not reported yet
                 continue
+            if key == "evalLoss" and value == 0.0:  # trainer images before 0.1.1 start this gauge at 0, not NaN
+                continue
             out[key] = int(value) if key in progress_contract.INTEGER_STATUS_KEYS else round(float(value), 6)
     if out.get("totalSteps"):
         out["percent"] = f"{100.0 * out.get('step', 0) / out['totalSteps']:.0f}%"
     if out:
         out["updatedAt"] = now()
+    return out
+
+
+def merge_progress(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A fresh poll over the last status.progress: a value rank 0 has not reported yet in this
+    run (after a resume: evalLoss until the next evaluation) keeps its last known value."""
+    return {**old, **new} if new else dict(old)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(float(v)) else None
+
+
+def finished_progress(old: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """status.progress once training succeeded: 100 %, with the run's final numbers from the train
+    stage's summary (a job can end between two polls). `loss` is the last logged step's loss
+    (as while training), never the run's mean."""
+    out = dict(old)
+    total, steps = _num(summary.get("total_steps")), _num(summary.get("steps"))
+    if total:
+        out["totalSteps"] = int(total)
+    if steps is not None:
+        out["step"] = int(steps)
+    elif out.get("totalSteps"):
+        out["step"] = out["totalSteps"]
+    for src, dst in (("final_loss", "loss"), ("eval_loss", "evalLoss")):
+        if (v := _num(summary.get(src))) is not None:
+            out[dst] = round(v, 6)
+    out["percent"] = "100%"
+    out["etaSeconds"] = 0
+    out["updatedAt"] = now()
     return out
 
 

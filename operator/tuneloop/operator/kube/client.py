@@ -131,13 +131,16 @@ class KubeClient:
             item.setdefault("kind", res.kind)
         return [i for i in items if matches(i, sel)]
 
-    async def create(self, res: Resource, namespace: str | None, body: dict) -> tuple[dict, bool]:
-        """Create; if it already exists (409) return the existing object. -> (object, created)."""
+    async def create(self, res: Resource, namespace: str | None, body: dict, *, read_existing: bool = True) -> tuple[dict | None, bool]:
+        """Create; if it already exists (409) return the existing object (one GET), or None with
+        `read_existing=False` (the caller only needs it to exist). -> (object, created)."""
         try:
             return await self.request("POST", res.path(namespace), body=body), True
         except ApiError as exc:
             if not exc.conflict:
                 raise
+        if not read_existing:
+            return None, False
         name = body["metadata"]["name"]
         existing = await self.get(res, namespace, name)
         if existing is None:  # deleted between the two calls: let the caller retry

@@ -1,0 +1,123 @@
+"""Issue 10 (real API server findings), operator side: what the FineTuneJob path must get right."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from tuneloop.api import FineTuneJobSpec
+from tuneloop.operator import builders
+from tuneloop.operator.builders.common import JobMeta
+from tuneloop.operator.finetunejob import state as st
+from tuneloop.operator.finetunejob.reconcile import model_version_status
+from tuneloop.operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
+QUICKSTART = ROOT / "manifests/samples/quickstart.yaml"
+
+
+def _body(**meta) -> dict:
+    return {"metadata": {"name": "x", "namespace": "ns", "uid": "u", "generation": 1, **meta},
+            "spec": {"baseModel": {"huggingFace": {"id": "m"}}, "dataset": {"train": {"pvc": {"claimName": "d", "path": "t.jsonl"}}},
+                     "output": {"pvc": {"claimName": "o"}}}}
+
+
+# --- defect 9: the report's purpose/objective reach the stages -------------------------------
+def test_spec_yaml_keeps_the_users_annotations_but_not_bookkeeping():
+    body = _body(annotations={
+        "tuneloop.dev/purpose": "triage tickets", "tuneloop.dev/objective": "valid JSON", "team": "support",
+        "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+        "tuneloop.dev/last-handled-configuration": "{...}",
+        "tuneloop.dev/finetunejob_created": '{"started":"2026-01-01T00:00:00","success":true}',
+    })
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    cm = builders.config_map(spec, JobMeta.from_body(body), OperatorSettings())
+    doc = yaml.safe_load(cm["data"]["spec.yaml"])
+    assert doc["metadata"]["annotations"] == {"team": "support", "tuneloop.dev/objective": "valid JSON",
+                                              "tuneloop.dev/purpose": "triage tickets"}
+
+
+def test_spec_yaml_without_annotations_is_unchanged():
+    body = _body()
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    doc = yaml.safe_load(builders.config_map(spec, JobMeta.from_body(body), OperatorSettings())["data"]["spec.yaml"])
+    assert "annotations" not in doc["metadata"]
+
+
+# --- defect 8: the quickstart sample is honest about where it runs ---------------------------
+def test_quickstart_sample_says_it_is_local_only_and_validate_cluster_refuses_it(capsys):
+    from tuneloop.cli.main import main as cli
+
+    text = QUICKSTART.read_text()
+    assert "valid cluster FineTuneJob" not in text and "Local runs only" in text
+    assert cli(["validate", str(QUICKSTART)]) == 0  # schema-valid: local runs use it
+    assert cli(["validate", "--cluster", str(QUICKSTART)]) == 1
+    err = capsys.readouterr().err
+    assert "FineTuneJob/quickstart: spec.dataset.train.path: a local path is for local runs" in err
+
+
+def test_validate_cluster_accepts_the_cluster_sample():
+    from tuneloop.cli.main import main as cli
+
+    assert cli(["validate", "--cluster", str(ROOT / "manifests/samples/finetunejob-llama-2x8-zero3.yaml")]) == 0
+
+
+# --- defect 10: progress ---------------------------------------------------------------------
+def _exposition(**values: float) -> str:
+    lines = []
+    for k, v in values.items():
+        lines += [f"# TYPE tuneloop_trainer_{k} gauge", f'tuneloop_trainer_{k}{{job="x",namespace="ns"}} {v}']
+    return "\n".join(lines) + "\n"
+
+
+def test_eval_loss_is_absent_until_reported_not_zero():
+    p = st.parse_progress(_exposition(step=5, total_steps=20, loss=1.5, eval_loss=0.0))
+    assert "evalLoss" not in p and p["loss"] == 1.5
+    p = st.parse_progress(_exposition(step=5, total_steps=20, eval_loss=math.nan))
+    assert "evalLoss" not in p
+    assert st.parse_progress(_exposition(step=10, total_steps=20, eval_loss=0.8))["evalLoss"] == 0.8
+
+
+def test_fresh_trainer_gauges_report_no_eval_loss():
+    metrics = pytest.importorskip("tuneloop_trainer.metrics")
+    from prometheus_client import generate_latest
+
+    m = metrics.TrainerMetrics("x", "ns")
+    m.update({"step": 3, "total_steps": 20, "loss": 2.0})
+    p = st.parse_progress(generate_latest(m.registry).decode())
+    assert p["step"] == 3 and p["loss"] == 2.0 and "evalLoss" not in p
+
+
+def test_after_a_resume_the_last_eval_loss_is_kept_until_the_next_evaluation():
+    old = {"step": 8, "totalSteps": 20, "loss": 1.1, "evalLoss": 0.9, "percent": "40%"}
+    new = {"step": 9, "totalSteps": 20, "loss": 1.0, "percent": "45%", "updatedAt": "t"}
+    assert st.merge_progress(old, new) == {**new, "evalLoss": 0.9}
+
+
+def test_finished_progress_is_100_percent_with_the_last_steps_loss():
+    old = {"step": 30, "totalSteps": 40, "loss": 0.7, "percent": "75%", "etaSeconds": 80}
+    p = st.finished_progress(old, {"steps": 40, "total_steps": 40, "train_loss": 1.9, "final_loss": 0.61, "eval_loss": 0.72,
+                                   "loss": "fused-chunked"})
+    assert (p["step"], p["totalSteps"], p["percent"], p["etaSeconds"], p["loss"], p["evalLoss"]) == (40, 40, "100%", 0, 0.61, 0.72)
+    assert st.finished_progress({}, {})["percent"] == "100%"
+
+
+# --- defect 11: a never-evaluated ModelVersion says so ---------------------------------------
+def test_model_version_status_distinguishes_not_evaluated():
+    cond = lambda s, t: next(c for c in s["conditions"] if c["type"] == t)  # noqa: E731
+    s = model_version_status(None, "job", 1)
+    assert s["phase"] == "Ready" and "without evaluation" in s["message"]
+    assert (cond(s, "Evaluated")["status"], cond(s, "Evaluated")["reason"]) == ("False", "NotEvaluated")
+    assert cond(s, "Ready")["reason"] == "RegisteredNotEvaluated"
+    s = model_version_status({"verdict": "NotEvaluated", "metrics": []}, "job", 1)
+    assert cond(s, "Evaluated")["status"] == "False"
+    s = model_version_status({"verdict": "Passed", "gates": [{"metric": "m", "passed": True}]}, "job", 1)
+    assert (cond(s, "Evaluated")["status"], cond(s, "Evaluated")["reason"], cond(s, "Ready")["reason"]) == ("True", "Passed", "Registered")
+    s = model_version_status({"verdict": "Failed", "gates": [{"metric": "m", "passed": False, "reason": "r"}]}, "job", 1)
+    assert s["phase"] == "Rejected" and cond(s, "Evaluated")["status"] == "True" and cond(s, "Ready")["status"] == "False"
+    json.dumps(s)
