@@ -33,7 +33,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kubeconfig = config.getoption("--kubeconfig")
     run_gpu = config.getoption("--run-gpu")
     skip_cluster = pytest.mark.skip(reason="cluster tier: pass --kubeconfig PATH to run against a real cluster")
-    skip_gpu = pytest.mark.skip(reason="gpu tier: pass --run-gpu on a machine with a CUDA GPU")
+    skip_gpu = pytest.mark.skip(reason="gpu tier: pass --run-gpu on a machine with a CUDA GPU" if not run_gpu
+                                else "gpu tier: --run-gpu given, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
     for item in items:
         # markers, not keywords: a keyword also matches a folder name (tests/cluster/ holds unit tests too)
         if item.get_closest_marker("cluster") and not kubeconfig:
