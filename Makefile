@@ -33,11 +33,13 @@ test-unit: setup
 ## Regenerate everything derived from the API models and the operator's RBAC: crds/, the chart's CRD
 ## copy, docs/api-reference.md, then the kustomize copies, chart files, dashboard and argocd-cm snippet.
 crds: setup
-	$(PY) -m tuneloop.api.crdgen
+	$(PY) -m tuneloop.cli.crds_cmd
 	$(PY) manifests/tools/generate.py
 
+## Lint (versions and rules pinned in pyproject.toml): ruff, then the layer contracts (import-linter).
 lint: setup
-	$(VENV)/bin/ruff check operator trainer-image tests bench
+	$(VENV)/bin/ruff check operator trainer-image tests bench manifests/tools
+	$(VENV)/bin/lint-imports --no-cache
 
 # Prometheus and promtool (Debian package) for the alert-rule and analysis integration tests.
 sysdeps:

@@ -182,14 +182,14 @@ def test_chart_crds_equal_generated_crds(rendered):
         crd = copy.deepcopy(crd)
         crd["metadata"].pop("annotations")
         path = ROOT / "crds" / f"tuneloop.dev_{crd['metadata']['name'].split('.')[0]}.yaml"
-        assert crd == yaml.safe_load(path.read_text()), f"{path.name}: run python -m tuneloop.api.crdgen"
+        assert crd == yaml.safe_load(path.read_text()), f"{path.name}: run make crds"
 
 
 def test_chart_crd_copy_is_what_crdgen_writes():
     from tuneloop.api import crdgen
 
     for name, text in crdgen.render_all().items():
-        assert (CHART / "templates" / "crds" / name).read_text() == crdgen.chart_copy(text), "run python -m tuneloop.api.crdgen"
+        assert (CHART / "templates" / "crds" / name).read_text() == crdgen.chart_copy(text), "run make crds"
 
 
 def test_monitoring_needs_the_api_and_the_flag(rendered):

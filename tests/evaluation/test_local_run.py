@@ -131,7 +131,7 @@ def test_from_stage_needs_earlier_outputs(tmp_path, tiny, capsys):
 
 def test_default_workdir_is_runs_job_name(tmp_path, tiny, monkeypatch):
     from tuneloop.api import FineTuneJobSpec
-    from tuneloop.cli.local_runner import default_workdir, select_stages
+    from tuneloop_trainer.local_runner import default_workdir, select_stages
 
     job = manifest(tmp_path, tiny)
     spec = FineTuneJobSpec.model_validate(yaml.safe_load(job.read_text())["spec"])

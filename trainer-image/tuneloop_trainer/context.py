@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-
 from tuneloop.api import FineTuneJobSpec
 from tuneloop.contract import layout
 from tuneloop.contract.termination import TERMINATION_LIMIT

@@ -15,7 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ["prepare", "train", "evaluate", "report"]
+from tuneloop.contract import layout
+from tuneloop.contract.exits import EXIT_CONFIG_ERROR
+
+STAGES = list(layout.STAGES)
 
 
 def _positive(text: str) -> int:
@@ -83,10 +86,17 @@ def run(args: argparse.Namespace) -> int:
 def run_local(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from . import local_progress, local_runner
+    from tuneloop.contract.local import TrainerMissing, load_local_runner
+
+    from . import local_progress
 
     console = Console(stderr=False, highlight=False)
     err = Console(stderr=True, highlight=False)
+    try:
+        local_runner = load_local_runner()  # tuneloop_trainer.local_runner, through its entry point
+    except TrainerMissing as exc:
+        err.print(f"[red]error:[/] local runs need the trainer extra ({exc.name or exc} is missing): pip install 'tuneloop[trainer]'")
+        return 2
     try:
         stages = local_runner.select_stages(args.from_stage, args.to_stage)
     except ValueError as exc:
@@ -98,12 +108,7 @@ def run_local(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        from tuneloop_trainer.context import load_context
-        from tuneloop_trainer.errors import TrainerError
-    except ImportError as exc:
-        err.print(f"[red]error:[/] local runs need the trainer extra ({exc.name} is missing): pip install 'tuneloop[trainer]'")
-        return 2
+    load_context, TrainerError = local_runner.load_context, local_runner.TrainerError
 
     import yaml
 
@@ -111,10 +116,10 @@ def run_local(args: argparse.Namespace) -> int:
         doc = yaml.safe_load(args.file.read_text())
     except (OSError, yaml.YAMLError) as exc:
         err.print(f"[red]error:[/] cannot read {args.file}: {exc}")
-        return 42
+        return EXIT_CONFIG_ERROR
     if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
         err.print(f"[red]error:[/] {args.file} is not a FineTuneJob manifest (kind: {doc.get('kind') if isinstance(doc, dict) else None})")
-        return 42
+        return EXIT_CONFIG_ERROR
     try:
         probe = load_context(args.file, Path(tempfile.gettempdir()))  # validates the spec; the workdir is decided below
     except TrainerError as exc:
@@ -132,7 +137,7 @@ def run_local(args: argparse.Namespace) -> int:
     missing = local_runner.missing_inputs(workdir, stages[0])
     if missing:
         err.print(f"[red]error:[/] {missing}")
-        return 42
+        return EXIT_CONFIG_ERROR
 
     console.print(f"[bold]tuneloop local run[/] {ctx.namespace}/{ctx.name} — base {ctx.spec.base_model.display_name()}, method {ctx.spec.method.type}")
     console.print(f"device {_device()}; workdir {workdir}" + (f"; overrides {overrides}" if overrides else ""))
@@ -140,7 +145,7 @@ def run_local(args: argparse.Namespace) -> int:
     ctx.on_progress = display
     headlines: dict[str, str] = {}
 
-    def on_end(out: local_runner.StageOutcome) -> None:
+    def on_end(out) -> None:  # a tuneloop_trainer.local_runner.StageOutcome
         display.stop()
         headlines[out.stage] = local_progress.stage_headline(out.stage, out.summary)
         mark = "[green]✓[/]" if out.outcome == "Succeeded" else "[red]✗[/]"

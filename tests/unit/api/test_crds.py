@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tuneloop.api import KINDS, crdgen
+from tuneloop.cli import crds_cmd
 
 pytestmark = pytest.mark.unit
 
@@ -19,11 +20,11 @@ OPEN_MAPS = {
 
 
 def test_crds_match_models(tmp_path: Path, repo_root: Path) -> None:
-    crdgen.write(tmp_path, None)
+    crds_cmd.write(tmp_path, None)
     for name, text in crdgen.render_all().items():
         committed = repo_root / "crds" / name
-        assert committed.exists(), f"crds/{name} missing: run `python -m tuneloop.api.crdgen`"
-        assert committed.read_text() == (tmp_path / name).read_text(), f"crds/{name} drifted from the models: run `python -m tuneloop.api.crdgen`"
+        assert committed.exists(), f"crds/{name} missing: run `make crds`"
+        assert committed.read_text() == (tmp_path / name).read_text(), f"crds/{name} drifted from the models: run `make crds`"
     assert sorted(p.name for p in (repo_root / "crds").glob("*.yaml")) == sorted(crdgen.render_all())
 
 
@@ -32,7 +33,7 @@ def test_chart_copy_matches_when_chart_exists(repo_root: Path) -> None:
     if not (repo_root / "charts" / "tuneloop").exists():
         pytest.skip("no chart in this tree")
     for name, text in crdgen.render_all().items():
-        assert (chart_dir / name).read_text() == crdgen.chart_copy(text), f"chart CRD {name} drifted: run `python -m tuneloop.api.crdgen`"
+        assert (chart_dir / name).read_text() == crdgen.chart_copy(text), f"chart CRD {name} drifted: run `make crds`"
 
 
 def _walk(node: dict, kind: str, path: str, problems: list[str]) -> None:
@@ -138,4 +139,4 @@ def test_api_reference_matches_models(repo_root: Path) -> None:
     from tuneloop.api import docgen
 
     doc = repo_root / "docs" / "api-reference.md"
-    assert doc.exists() and doc.read_text() == docgen.render(), "docs/api-reference.md drifted: run `python -m tuneloop.api.crdgen`"
+    assert doc.exists() and doc.read_text() == docgen.render(), "docs/api-reference.md drifted: run `make crds`"

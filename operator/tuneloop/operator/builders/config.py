@@ -14,7 +14,6 @@ from tuneloop.contract.deepspeed import world_size
 from ..settings import OperatorSettings
 from .common import RENDEZVOUS_PORT, BuildError, JobMeta, metadata, names
 
-
 __all__ = ["check_batch", "config_map", "deepspeed_json", "headless_service", "spec_manifest", "world_size"]
 
 

@@ -3,6 +3,10 @@
 The stage functions, the StageContext and the summary files are the trainer's own
 (`tuneloop_trainer.__main__`): a local run leaves the same DIR/result-<stage>.json files a pod
 would, so `report` and the operator's readers see no difference.
+
+`kubectl tuneloop local run` (tuneloop.cli.local_cmd) drives this module without importing the
+trainer: it finds it through the `tuneloop.trainer` entry point `local-runner`
+(tuneloop.contract.local), so the operator side never depends on the trainer package.
 """
 
 from __future__ import annotations
@@ -17,16 +21,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STAGE_ORDER = ["prepare", "train", "evaluate", "report"]
+from tuneloop.contract import layout
+from tuneloop.contract.exits import EXIT_INTERRUPTED, Reason
+
+from .context import StageContext, load_context
+from .errors import TrainerError
+
+__all__ = ["OUTPUTS", "REQUIRES", "STAGE_ORDER", "StageContext", "StageOutcome", "TrainerError", "apply_overrides", "clean_outputs",
+           "default_workdir", "load_context", "missing_inputs", "run_chain", "run_one", "select_stages"]
+
+STAGE_ORDER = list(layout.STAGES)
 
 # What a stage needs from the earlier ones, checked before a run that starts later in the chain.
 REQUIRES = {
-    "train": ("data/train.jsonl", "prepare"),
-    "evaluate": ("artifact", "train"),
-    "report": ("eval.json", "evaluate"),
+    "train": (f"{layout.DATA_DIR}/train.jsonl", "prepare"),
+    "evaluate": (layout.ARTIFACT_DIR, "train"),
+    "report": (layout.EVAL_FILE, "evaluate"),
 }
 # Outputs a --fresh run removes (never anything else in the directory).
-OUTPUTS = ["data", "checkpoints", "artifact", "report", "eval.json", "progress.jsonl", "lineage.json", "result.json", "local-run.json"]
+OUTPUTS = [layout.DATA_DIR, layout.CHECKPOINT_DIR, layout.ARTIFACT_DIR, layout.REPORT_DIR, layout.EVAL_FILE, layout.PROGRESS_FILE,
+           layout.LINEAGE_FILE, layout.RESULT_FILE, layout.LOCAL_RUN_FILE]
 
 
 @dataclass
@@ -64,7 +78,7 @@ def missing_inputs(workdir: Path, first_stage: str) -> str | None:
 
 def clean_outputs(workdir: Path) -> list[str]:
     removed = []
-    for name in OUTPUTS + [p.name for p in workdir.glob("result-*.json")]:
+    for name in OUTPUTS + [p.name for p in workdir.glob(layout.result_file("*"))]:
         p = workdir / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -89,7 +103,7 @@ def apply_overrides(spec: Any, overrides: dict[str, Any]) -> None:
 
 def run_one(stage: str, ctx: Any) -> StageOutcome:
     """One stage with the runner's contract: summary file written on success and on failure."""
-    from tuneloop_trainer.__main__ import failure_summary, run_stage, success_summary, write_summary
+    from .__main__ import failure_summary, run_stage, success_summary, write_summary
 
     started = time.time()
     try:
@@ -97,13 +111,14 @@ def run_one(stage: str, ctx: Any) -> StageOutcome:
         write_summary(ctx.workdir, stage, summary)
         return StageOutcome(stage, "Succeeded", summary["seconds"], summary)
     except KeyboardInterrupt:
-        summary = {"stage": stage, "outcome": "Failed", "reason": "Interrupted", "error": "interrupted by the user"}
+        summary = {"stage": stage, "outcome": "Failed", "reason": Reason.INTERRUPTED.value, "error": "interrupted by the user"}
         write_summary(ctx.workdir, stage, summary)
-        return StageOutcome(stage, "Interrupted", round(time.time() - started, 1), summary, 130, "interrupted (Ctrl-C); rerun to resume from the last checkpoint")
+        return StageOutcome(stage, "Interrupted", round(time.time() - started, 1), summary, EXIT_INTERRUPTED,
+                            "interrupted (Ctrl-C); rerun to resume from the last checkpoint")
     except Exception as exc:  # noqa: BLE001 — the cause, not only a traceback; the traceback goes to a file
         summary, code, line = failure_summary(stage, exc)
         write_summary(ctx.workdir, stage, summary)
-        if summary["reason"] == "InternalError":
+        if summary["reason"] == Reason.INTERNAL_ERROR.value:
             tb = ctx.workdir / f"traceback-{stage}.txt"
             tb.write_text(traceback.format_exc())
             line = f"{line} (traceback in {tb})"
@@ -132,9 +147,9 @@ def run_chain(
         out = run_one(stage, ctx)
         outcomes.append(out)
         log["stages"].append({"stage": stage, "outcome": out.outcome, "seconds": out.seconds, "cause": out.cause or None})
-        (ctx.workdir / "local-run.json").write_text(json.dumps(log, indent=2, default=str))
+        (ctx.workdir / layout.LOCAL_RUN_FILE).write_text(json.dumps(log, indent=2, default=str))
         if on_end:
             on_end(out)
     log["finishedAt"] = datetime.now(UTC).isoformat()
-    (ctx.workdir / "local-run.json").write_text(json.dumps(log, indent=2, default=str))
+    (ctx.workdir / layout.LOCAL_RUN_FILE).write_text(json.dumps(log, indent=2, default=str))
     return outcomes
