@@ -264,7 +264,7 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self._silent():
                 return
             path = self.path.split("?")[0]
@@ -279,7 +279,7 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, {"detail": "Not Found"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             path = self.path.split("?")[0]
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
