@@ -134,6 +134,12 @@ def test_killed_run_resumes_from_its_checkpoint(write_spec, tmp_path):
     assert len(raw) < 4096
     term = json.loads(raw)
     assert term["outcome"] == "Succeeded" and term["steps"] == 60 and term["artifact"].endswith("artifact")
+    # trainSeconds counts both runs (issue 10), not only the resumed one
+    runs = json.loads((work / "train-time.json").read_text())["runs"]
+    lineage = json.loads((work / "lineage.json").read_text())
+    assert len(runs) == 2 and all(v > 0 for v in runs.values())
+    assert lineage["wall_time_seconds"] == pytest.approx(sum(runs.values()), abs=0.5)
+    assert lineage["wall_time_seconds"] > max(runs.values())
 
 
 def test_merged_model_matches_base_plus_adapter(write_spec):

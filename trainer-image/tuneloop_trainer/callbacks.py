@@ -116,3 +116,44 @@ class CheckpointMarkerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+class TrainTimeCallback(TrainerCallback):
+    """Rank 0: training wall time across resumed runs (lineage trainSeconds).
+
+    Each run records its own elapsed seconds in DIR/train-time.json at every log and checkpoint
+    (atomically), so a run resumed from a checkpoint adds its time to that of the runs before it,
+    killed ones included (up to their last record). A run that starts from scratch resets the file.
+    """
+
+    def __init__(self, path: Path, started: float, resumed: bool):
+        self.path, self.started = path, started
+        self.runs: dict[str, float] = {}
+        if resumed:
+            try:
+                self.runs = {str(k): float(v) for k, v in json.loads(path.read_text()).get("runs", {}).items()}
+            except (OSError, ValueError, AttributeError):
+                self.runs = {}
+        self.key = f"{started:.3f}"
+        self.record()
+
+    def record(self) -> None:
+        self.runs[self.key] = round(time.time() - self.started, 1)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"runs": self.runs}))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # best effort: the total still counts this run
+
+    def total(self) -> float:
+        self.record()
+        return round(sum(self.runs.values()), 1)
+
+    def on_log(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            self.record()
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            self.record()

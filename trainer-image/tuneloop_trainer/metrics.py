@@ -22,7 +22,8 @@ class TrainerMetrics:
                        "namespace": namespace or os.environ.get("TUNELOOP_NAMESPACE", "default")}
         self.gauges = {k: Gauge(name, doc, ["job", "namespace"], registry=self.registry).labels(**self.labels)
                        for k, (name, doc) in GAUGES.items()}
-        for k in ("tokens_per_second_per_gpu", "mfu"):  # NaN = not reported (yet, or no MFU on CPU), never a false 0
+        # NaN = not reported (yet: no logged step / no evaluation in this run; or no MFU on CPU), never a false 0
+        for k in ("tokens_per_second_per_gpu", "mfu", "loss", "eval_loss"):
             self.gauges[k].set(float("nan"))
         self.server = None
 

@@ -220,7 +220,7 @@ def _train(ctx: Any) -> dict[str, Any]:
         cpu_deepspeed()
     from transformers import Trainer
 
-    from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback
+    from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback, TrainTimeCallback
     from .checkpoints import newest_complete, remove_incomplete
     from .collate import FlatCollator, PackedCollator, PaddedCollator, load_split, pack_by_tokens, sparse_logits_loss
     from .flops import flops_model
@@ -296,6 +296,9 @@ def _train(ctx: Any) -> dict[str, Any]:
         callbacks.append(stopper)
 
     resume = newest_complete(ctx.checkpoint_dir)
+    timer = TrainTimeCallback(ctx.workdir / "train-time.json", started, resumed=resume is not None) if main else None
+    if timer is not None:
+        callbacks.append(timer)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
                       data_collator=collator, processing_class=tok, callbacks=callbacks, compute_loss_func=loss_func)
     if ctx.on_progress is not None:
@@ -337,7 +340,8 @@ def _train(ctx: Any) -> dict[str, Any]:
                        or _read_jsonl(ctx.data_dir / "train.jsonl", 4) if "messages" in r]
             summary["merge_check"] = _merge(ctx, prompts or [[{"role": "user", "content": "hello"}]])
             summary["merged"] = str(ctx.artifact_dir / "merged")
-        lineage = write_lineage_for(ctx, summary, tokens, time.time() - started)
+        summary["train_seconds"] = timer.total() if timer else round(time.time() - started, 1)  # all runs of this job
+        lineage = write_lineage_for(ctx, summary, tokens, summary["train_seconds"])
         summary["lineage"] = str(lineage)
     return summary
 
