@@ -28,7 +28,7 @@ CASES = {
     "everything-custom": {
         "fullnameOverride": "tl", "image": {"digest": "sha256:" + "a" * 64}, "imagePullSecrets": [{"name": "regcred"}],
         "serviceAccount": {"create": False, "name": "existing-sa"},
-        "config": {"storageClass": "fast", "defaultOutputPvc": "models", "modelCachePvc": "hf-cache", "jobServiceAccount": "trainer",
+        "config": {"defaultOutputPvc": "models", "modelCachePvc": "hf-cache", "jobServiceAccount": "trainer",
                    "verbose": True, "metricsPort": 9090, "healthPort": 9091},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
         "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from tuneloop.api.evaluation import (
-    LOWER_IS_BETTER,
     EvaluationRecord,
     ForgettingCheck,
     Gate,
     GateResult,
     MetricComparison,
     Verdict,
+    metric_info,
 )
 
 EPS = 1e-9
@@ -43,7 +43,7 @@ def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
     metric = gate.metric if isinstance(gate.metric, str) else gate.metric.value
     if row is None or row.tuned is None:
         return GateResult(metric=metric, passed=False, reason=f"{metric} was not measured for the tuned model")
-    lower = metric in LOWER_IS_BETTER
+    lower = metric_info(metric).lower_is_better
     direction = "lower" if lower else "higher"
     t, b = row.tuned, row.base
     reasons, passed = [], True

@@ -6,11 +6,16 @@ perplexity. An empty or unparsable generation scores 0 wherever it is counted; i
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+from tuneloop.api.evaluation import METRICS
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n```$", re.DOTALL)
 
@@ -167,6 +172,73 @@ def answer_found(generation: str, answers: list[str], case_sensitive: bool = Fal
     return any(re.search(rf"(?<![\w]){re.escape(a)}(?![\w])", generation, flags) for a in answers if a)
 
 
+# --- scorers: the functions the metric registry (tuneloop.api.evaluation.METRICS) names ------------------
+SKIP = object()  # a scorer's "not applicable here": no value, no row (e.g. schemaCompliance without a schema)
+
+
+@dataclass
+class Task:
+    """One model's outputs on the test split: what every scorer reads."""
+
+    predictions: list[str]
+    references: list[str]
+    schema: dict[str, Any] | None = None
+    nll: tuple[float, int] | None = None
+
+    @cached_property
+    def refs_are_json(self) -> bool:
+        return bool(self.references) and all(parse_json(r)[0] and isinstance(parse_json(r)[1], dict) for r in self.references)
+
+    @cached_property
+    def fields(self) -> dict[str, Any] | None:
+        """field_accuracy() when there is a schema or the references are JSON objects, else None."""
+        if self.schema is None and not self.refs_are_json:
+            return None
+        return field_accuracy(self.predictions, self.references, self.schema)
+
+
+def score_exact_match(t: Task) -> float | None:
+    return exact_match_rate(t.predictions, t.references)
+
+
+def score_rouge_l(t: Task) -> float | None:
+    return rouge_l(t.predictions, t.references)
+
+
+def score_bleu(t: Task) -> float | None:
+    return bleu(t.predictions, t.references)
+
+
+def score_json_valid(t: Task) -> float | None:
+    return json_validity(t.predictions)
+
+
+def score_perplexity(t: Task) -> Any:
+    return SKIP if t.nll is None else perplexity(*t.nll)
+
+
+def score_schema_compliance(t: Task) -> Any:
+    return SKIP if t.schema is None else schema_compliance(t.predictions, t.schema)
+
+
+def score_field_accuracy(t: Task) -> Any:
+    return SKIP if t.fields is None else t.fields["overall"]
+
+
+def score_all_fields_exact(t: Task) -> Any:
+    return SKIP if t.fields is None else t.fields["allFields"]
+
+
+def scorers() -> dict[str, Callable[[Task], Any]]:
+    """metric name → scorer, for every registered metric that is scored from the task outputs."""
+    out = {}
+    for info in METRICS.values():
+        if info.scorer:
+            module, func = info.scorer.split(":")
+            out[info.name] = getattr(importlib.import_module(module), func)
+    return out
+
+
 def score_task(
     predictions: list[str],
     references: list[str],
@@ -174,21 +246,14 @@ def score_task(
     schema: dict[str, Any] | None = None,
     nll: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
-    """All task metrics for one model. Keys are MetricName values plus details."""
-    out: dict[str, Any] = {
-        "exactMatch": exact_match_rate(predictions, references),
-        "rougeL": rouge_l(predictions, references),
-        "bleu": bleu(predictions, references),
-        "jsonValid": json_validity(predictions),
-    }
-    if nll is not None:
-        out["perplexity"] = perplexity(*nll)
-    if schema is not None:
-        out["schemaCompliance"] = schema_compliance(predictions, schema)
-    refs_are_json = references and all(parse_json(r)[0] and isinstance(parse_json(r)[1], dict) for r in references)
-    if schema is not None or refs_are_json:
-        acc = field_accuracy(predictions, references, schema)
-        out["fieldAccuracy"] = acc["overall"]
-        out["details"] = {"perField": acc["perField"], "allFieldsExact": acc["allFields"]}
+    """Every registered task metric for one model (keys: metric names), plus details."""
+    task = Task(predictions, references, schema, nll)
+    out: dict[str, Any] = {}
+    for name, scorer in scorers().items():
+        value = scorer(task)
+        if value is not SKIP:
+            out[name] = value
+    if task.fields is not None:
+        out["details"] = {"perField": task.fields["perField"], "allFieldsExact": task.fields["allFields"]}
     out["emptyGenerations"] = sum(1 for p in predictions if not p.strip())
     return out

@@ -18,15 +18,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tuneloop.api.evaluation import EvaluationRecord, MetricName, Verdict
+from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
 
 from . import eval_metrics
 from .errors import ConfigError
 
-# Rows of the record, in this order, when measured. Extra (non-gate) rows follow MetricName's.
-EXTRA_ROWS = ["allFieldsExact", "latencySeconds", "tokensPerSecond"]
 FORGETTING_MAX_NEW_TOKENS = 48
-SAMPLES_IN_REPORT = 3
+
+
+def extra_rows() -> list[str]:
+    """Rows of the record after the selected metrics, in registry order, when measured: the registered
+    metrics nobody selects (allFieldsExact, latency, throughput, …)."""
+    return [i.name for i in METRICS.values() if not i.selectable]
 
 
 def _progress(ctx: Any, phase: str, done: int, total: int) -> None:
@@ -164,7 +167,7 @@ def run(ctx: Any) -> dict[str, Any]:
 
     base_scores = _scores(results["base"], references, ev.json_schema, forgetting)
     tuned_scores = _scores(results["tuned"], references, ev.json_schema, forgetting)
-    extra = [m for m in EXTRA_ROWS if m != "allFieldsExact" or ev.json_schema is not None or "allFieldsExact" in tuned_scores]
+    extra = [m for m in extra_rows() if m != "allFieldsExact" or ev.json_schema is not None or "allFieldsExact" in tuned_scores]
     rows = comparisons(base_scores, tuned_scores, metrics + extra)
     record = decide(rows, ev.gates, ev.forgetting if forgetting else None, test_examples=len(records))
 

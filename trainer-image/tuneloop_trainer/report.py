@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from tuneloop.api.evaluation import EvaluationRecord, Verdict
+from tuneloop.api.evaluation import METRICS, EvaluationRecord, Verdict
 from tuneloop.api.modelversion import ModelVersion
 
 from .errors import ConfigError
@@ -88,7 +88,7 @@ def comparison_text(ev: dict[str, Any], record: dict[str, Any]) -> str:
         broke = sum(1 for e in examples if e["exactMatch"].get("base") and not e["exactMatch"].get("tuned"))
         parts.append(f"Of {len(examples)} test prompts, the tuned model answers {fixed} exactly right that the base did not, "
                      f"{both} are right for both, and {broke} regressed from right to wrong.")
-    for name in ("jsonValid", "schemaCompliance", "rougeL", "perplexity"):
+    for name in _ranked("comparison"):
         r = rows.get(name)
         if r and r.get("base") is not None and r.get("tuned") is not None:
             parts.append(f"{label(name)}: {fmt(name, r['base'])} → {fmt(name, r['tuned'])} ({fmt_change(name, r['base'], r['tuned'])}).")
@@ -96,6 +96,12 @@ def comparison_text(ev: dict[str, Any], record: dict[str, Any]) -> str:
     if f and f.get("base") is not None:
         parts.append(f"On the general-knowledge set accuracy went {fmt('forgettingAccuracy', f['base'])} → {fmt('forgettingAccuracy', f['tuned'])}.")
     return " ".join(parts) or "No comparison possible: the baseline was not evaluated."
+
+
+def _ranked(attr: str) -> list[str]:
+    """Metric names with a `comparison`/`headline` position in the registry, in that order."""
+    ranked = [i for i in METRICS.values() if getattr(i, attr) is not None]
+    return [i.name for i in sorted(ranked, key=lambda i: getattr(i, attr))]
 
 
 def conclusions(ctx: Any, run: Any, record: dict[str, Any]) -> list[str]:
@@ -109,8 +115,7 @@ def conclusions(ctx: Any, run: Any, record: dict[str, Any]) -> list[str]:
     unit = "GPU-hours" if gpus else "CPU-process-hours"
     compute = (seconds.get("train") or 0) * world / 3600
     rows = {r["name"]: r for r in record.get("metrics", [])}
-    candidates = [rows[n] for n in ("allFieldsExact", "exactMatch", "fieldAccuracy", "schemaCompliance", "jsonValid", "rougeL")
-                  if n in rows and rows[n].get("delta") is not None]
+    candidates = [rows[n] for n in _ranked("headline") if n in rows and rows[n].get("delta") is not None]
     headline = max(candidates, key=lambda r: r["delta"], default=None)
     assessment = (f"**{verdict}** — all {len(gates)} gate(s) hold." if verdict == "Passed" and gates else
                   f"**{verdict}** — {len(failed)} of {len(gates)} gate(s) failed: " + "; ".join(g["reason"] for g in failed) if failed else f"**{verdict}**.")

@@ -5,36 +5,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
-FRACTIONS = {"exactMatch", "jsonValid", "schemaCompliance", "fieldAccuracy", "allFieldsExact", "rougeL", "bleu", "forgettingAccuracy"}
-LOWER_BETTER = {"perplexity", "latencySeconds"}
-LABELS = {
-    "perplexity": "Perplexity on references",
-    "rougeL": "ROUGE-L F1",
-    "bleu": "BLEU (0–1)",
-    "exactMatch": "Exact match",
-    "jsonValid": "Valid JSON",
-    "schemaCompliance": "Schema compliance",
-    "fieldAccuracy": "Field accuracy",
-    "allFieldsExact": "All fields right",
-    "forgettingAccuracy": "Forgetting-set accuracy",
-    "latencySeconds": "Mean batch latency",
-    "tokensPerSecond": "Generation throughput",
-}
+from tuneloop.api.evaluation import metric_info
+
+# Label, direction, fraction and unit of every metric: the registry (tuneloop.api.evaluation.METRICS).
+
+
+def is_fraction(name: str) -> bool:
+    return metric_info(name).fraction
 
 
 def label(name: str) -> str:
-    return LABELS.get(name, name)
+    return metric_info(name).label
 
 
 def fmt(name: str, v: float | None) -> str:
     if v is None:
         return "n/a"
-    if name in FRACTIONS:
+    info = metric_info(name)
+    if info.fraction:
         return f"{100 * v:.1f}%"
-    if name == "latencySeconds":
-        return f"{v:.2f} s"
-    if name == "tokensPerSecond":
-        return f"{v:.1f} tok/s"
+    if info.unit:
+        return f"{v:.{info.decimals}f} {info.unit}"
     return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 
@@ -42,7 +33,7 @@ def gain(name: str, base: float | None, tuned: float | None) -> float | None:
     """Improvement in the metric's good direction (positive = better)."""
     if base is None or tuned is None:
         return None
-    return base - tuned if name in LOWER_BETTER else tuned - base
+    return base - tuned if metric_info(name).lower_is_better else tuned - base
 
 
 def fmt_change(name: str, base: float | None, tuned: float | None) -> str:
@@ -50,7 +41,7 @@ def fmt_change(name: str, base: float | None, tuned: float | None) -> str:
     if g is None:
         return "n/a"
     word = "better" if g > 1e-12 else "worse" if g < -1e-12 else "unchanged"
-    if name in FRACTIONS:
+    if is_fraction(name):
         return f"{100 * (tuned - base):+.1f} pp ({word})"
     rel = f", {100 * (tuned - base) / abs(base):+.0f}%" if base else ""
     return f"{tuned - base:+.3g}{rel} ({word})"
@@ -125,7 +116,7 @@ def strengths_weaknesses(
     ranked = sorted((r for r in quality if gain(r["name"], r.get("base"), r.get("tuned")) is not None), key=lambda r: -(gain(r["name"], r["base"], r["tuned"]) or 0))
     for r in ranked:
         g = gain(r["name"], r["base"], r["tuned"])
-        if g and g > 0 and r["name"] in FRACTIONS and len(strengths) < 3:
+        if g and g > 0 and is_fraction(r["name"]) and len(strengths) < 3:
             strengths.append(f"{label(r['name'])} rose from {fmt(r['name'], r['base'])} to {fmt(r['name'], r['tuned'])}.")
         elif r["name"] == "perplexity" and g and g > 0:
             strengths.append(f"Perplexity on the reference answers fell from {fmt('perplexity', r['base'])} to {fmt('perplexity', r['tuned'])}: the tuned model finds the expected answers far more likely.")
@@ -141,7 +132,7 @@ def strengths_weaknesses(
         if g is not None and g < -1e-9:
             msg = f"{label(r['name'])} got worse: {fmt(r['name'], r['base'])} → {fmt(r['name'], r['tuned'])}."
             (unexpected if r["name"] != "forgettingAccuracy" else weaknesses).append(msg)
-        if r["name"] in FRACTIONS and r.get("tuned") is not None and r["tuned"] < 0.5 and r["name"] != "forgettingAccuracy":
+        if is_fraction(r["name"]) and r.get("tuned") is not None and r["tuned"] < 0.5 and r["name"] != "forgettingAccuracy":
             weaknesses.append(f"{label(r['name'])} is still low at {fmt(r['name'], r['tuned'])}.")
     lost = [f["id"] for f in forgetting if f.get("baseCorrect") and f.get("tunedCorrect") is False]
     won = [f["id"] for f in forgetting if f.get("baseCorrect") is False and f.get("tunedCorrect")]

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Metrics on a 0–1 scale go in the grouped bar chart; the rest get their own small panels.
-FRACTION_METRICS = ["exactMatch", "jsonValid", "schemaCompliance", "fieldAccuracy", "allFieldsExact", "rougeL", "bleu", "forgettingAccuracy"]
-OTHER_METRICS = [("perplexity", "perplexity (lower is better)"), ("tokensPerSecond", "generation tokens/s")]
+from tuneloop.api.evaluation import METRICS
+
+
+def chart_metrics() -> tuple[list[str], list[tuple[str, str]]]:
+    """(0–1 metrics for the grouped bar chart, [(metric, panel label)] for their own small panels), in
+    the registry's chart order (tuneloop.api.evaluation.METRICS: `chart`, `chart_label`)."""
+    drawn = sorted((i for i in METRICS.values() if i.chart is not None), key=lambda i: i.chart)
+    return [i.name for i in drawn if i.fraction], [(i.name, i.chart_label or i.label) for i in drawn if not i.fraction]
 
 
 def _plt():
@@ -47,8 +52,9 @@ def loss_plot(progress: list[dict[str, Any]], path: Path, title: str) -> bool:
 def metrics_plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Base vs tuned: grouped bars for 0–1 metrics, side panels for perplexity and throughput."""
     by_name = {r["name"]: r for r in rows}
-    frac = [m for m in FRACTION_METRICS if m in by_name and by_name[m].get("tuned") is not None]
-    others = [(m, label) for m, label in OTHER_METRICS if m in by_name and by_name[m].get("tuned") is not None]
+    fractions, panels = chart_metrics()
+    frac = [m for m in fractions if m in by_name and by_name[m].get("tuned") is not None]
+    others = [(m, label) for m, label in panels if m in by_name and by_name[m].get("tuned") is not None]
     if not frac and not others:
         return False
     plt = _plt()

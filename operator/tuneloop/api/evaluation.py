@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
@@ -10,19 +12,81 @@ from pydantic import Field, model_validator
 from .common import ApiModel, cel
 
 
-class MetricName(str, Enum):
-    PERPLEXITY = "perplexity"
-    ROUGE_L = "rougeL"
-    BLEU = "bleu"
-    EXACT_MATCH = "exactMatch"
-    JSON_VALID = "jsonValid"
-    SCHEMA_COMPLIANCE = "schemaCompliance"
-    FIELD_ACCURACY = "fieldAccuracy"
-    FORGETTING_ACCURACY = "forgettingAccuracy"
+# --- the metric registry: everything about a metric in one entry ----------------------------------
+@dataclass(frozen=True)
+class MetricInfo:
+    """One evaluation metric. Adding a metric is one `MetricInfo` here (plus its scorer function).
+
+    name        the record's row name (camelCase); `selectable` ones are MetricName values (the CRD enum:
+                evaluation.metrics and gates)
+    label       how the report names it
+    lower_is_better  direction (gates, the report's better/worse, the tuned-vs-base gain)
+    fraction    a 0–1 score: shown as %, drawn in the grouped bar chart, changes in percentage points
+    unit, decimals   how other values are shown ("s" → "0.42 s"); no unit: 3 significant decimals
+    scorer      "module:function" that scores one model's task outputs (tuneloop_trainer.eval_metrics.Task)
+                and returns a float, None (nothing to score) or eval_metrics.SKIP (not applicable: no row);
+                None when the evaluate stage measures it itself (forgetting, latency, throughput)
+    chart       position in the report's metrics figure (None: not drawn); chart_label names a side panel
+    comparison  position in the report's comparison sentence (None: not mentioned)
+    headline    preference as the report's ROI headline (None: never the headline)
+    """
+
+    name: str
+    label: str
+    lower_is_better: bool = False
+    fraction: bool = False
+    unit: str = ""
+    decimals: int = 3
+    selectable: bool = True
+    scorer: str | None = None
+    chart: int | None = None
+    chart_label: str | None = None
+    comparison: int | None = None
+    headline: int | None = None
 
 
-# Lower is better for these; every other metric is higher-is-better.
-LOWER_IS_BETTER = {MetricName.PERPLEXITY.value}
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register(info: MetricInfo) -> MetricInfo:
+    """Add (or replace) a metric. Selectable metrics must be registered here, at import (they are the CRD enum)."""
+    METRICS[info.name] = info
+    return info
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The registered metric, or a neutral stand-in (higher is better, plain number) for an unknown name."""
+    return METRICS.get(name) or MetricInfo(name=name, label=name, selectable=False)
+
+
+_SCORERS = "tuneloop_trainer.eval_metrics"
+for _info in (
+    MetricInfo("perplexity", "Perplexity on references", lower_is_better=True, scorer=f"{_SCORERS}:score_perplexity",
+               chart=100, chart_label="perplexity (lower is better)", comparison=4),
+    MetricInfo("rougeL", "ROUGE-L F1", fraction=True, scorer=f"{_SCORERS}:score_rouge_l", chart=6, comparison=3, headline=6),
+    MetricInfo("bleu", "BLEU (0–1)", fraction=True, scorer=f"{_SCORERS}:score_bleu", chart=7),
+    MetricInfo("exactMatch", "Exact match", fraction=True, scorer=f"{_SCORERS}:score_exact_match", chart=1, headline=2),
+    MetricInfo("jsonValid", "Valid JSON", fraction=True, scorer=f"{_SCORERS}:score_json_valid", chart=2, comparison=1, headline=5),
+    MetricInfo("schemaCompliance", "Schema compliance", fraction=True, scorer=f"{_SCORERS}:score_schema_compliance", chart=3,
+               comparison=2, headline=4),
+    MetricInfo("fieldAccuracy", "Field accuracy", fraction=True, scorer=f"{_SCORERS}:score_field_accuracy", chart=4, headline=3),
+    MetricInfo("forgettingAccuracy", "Forgetting-set accuracy", fraction=True, chart=8),
+    # Rows the record carries when measured, not selectable (no gates on them):
+    MetricInfo("allFieldsExact", "All fields right", fraction=True, selectable=False, scorer=f"{_SCORERS}:score_all_fields_exact",
+               chart=5, headline=1),
+    MetricInfo("latencySeconds", "Mean batch latency", lower_is_better=True, unit="s", decimals=2, selectable=False),
+    MetricInfo("tokensPerSecond", "Generation throughput", unit="tok/s", decimals=1, selectable=False, chart=101,
+               chart_label="generation tokens/s"),
+):
+    register(_info)
+
+# The selectable metrics, in registry order: evaluation.metrics and gates accept exactly these
+# (members as before: MetricName.ROUGE_L == "rougeL").
+MetricName = Enum("MetricName", {re.sub(r"(?<!^)(?=[A-Z])", "_", i.name).upper(): i.name for i in METRICS.values() if i.selectable},
+                  type=str, module=__name__)
+
+# Lower is better for these (at import; use metric_info(name).lower_is_better for metrics registered later).
+LOWER_IS_BETTER = {i.name for i in METRICS.values() if i.lower_is_better and i.selectable}
 
 
 class Gate(ApiModel):

@@ -22,9 +22,6 @@ class OperatorSettings(BaseSettings):
     )
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the pods the operator creates.")
     vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="Default vLLM image for Rollouts.")
-    storage_class: str | None = Field(
-        default=None, description="Storage class for PVCs created on the operator's behalf (FineTuneJobs use existing claims; reserved)."
-    )
     default_output_pvc: str | None = Field(
         default=None, description="Staging PVC for FineTuneJobs with output.s3: work directory <claim>/<namespace>/<name>."
     )
