@@ -10,17 +10,7 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
 - analysis: one measurement per metric per interval; Failed or Error -> rollback; Inconclusive ->
   Paused for a human; Successful -> next step. Prometheus errors never count as success, so an
   unreachable Prometheus can never promote.
-- background analysis: outside analysis steps, while the canary has traffic, every metric once per
-  backgroundInterval; Failed or Error -> rollback (it never succeeds and ignores Inconclusive).
-- no measurement before initialDelay after a weight change; the query window is cut to the time
-  since the change (`query_window`).
-- progress deadline: a canary with traffic whose measurements returned only no data for
-  progressDeadlineSeconds (since the weight change or its last value) -> rollback, paused or not.
-- after the last step: promotion (candidate becomes stable, weights 100/0, canary scaled down
-  scaleDownDelaySeconds later, as after a rollback).
-- status.stableModelVersion is what serves; spec.stable only seeds it and never replaces it
-  (condition StableInSync). Removing spec.candidate forgets the candidate, so that setting it
-  again starts the rollout over.
+- after the last step: promotion (candidate becomes stable, weights 100/0, canary scaled down).
 """
 
 from __future__ import annotations
