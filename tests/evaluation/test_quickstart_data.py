@@ -32,7 +32,10 @@ def test_committed_files_match_the_generator(repo_root):
 def test_sizes_and_no_overlap(repo_root):
     train, test = _records(repo_root, "train.jsonl"), _records(repo_root, "test.jsonl")
     assert len(train) >= 300 and len(test) >= 50
-    prompts = lambda rs: {" ".join(r["messages"][1]["content"].lower().split()) for r in rs}
+
+    def prompts(rs):
+        return {" ".join(r["messages"][1]["content"].lower().split()) for r in rs}
+
     assert not prompts(train) & prompts(test)
     assert len(prompts(train)) == len(train)
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         raise
-    except BaseException as exc:  # the cause must reach the pod status, not only a traceback
+    except BaseException as exc:  # noqa: BLE001 — the cause must reach the pod status, not only a traceback
         expected = isinstance(exc, TrainerError)
         if not expected:
             traceback.print_exc()

@@ -160,7 +160,7 @@ def _read_parquet(path: Path, name: str) -> Iterator[RawRecord]:
 
     try:
         pf = pq.ParquetFile(path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — pyarrow raises several unrelated types for a bad file
         raise DataError(f"{name}: not a readable Parquet file ({exc})") from None
     row = 0
     for batch in pf.iter_batches(batch_size=4096):
