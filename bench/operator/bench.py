@@ -1,6 +1,7 @@
 """Operator bench against the kmock emulator: create → training-Job-created latency and RSS.
 
     python bench/operator/bench.py --jobs 100 500 [--json out.json]
+    python bench/operator/bench.py --kubeconfig /tmp/k8s/kubeconfig --jobs 100 500 --rate 0 10   # a real API server (real.py)
 
 For N FineTuneJobs created at once (20 concurrent creates) the bench acts as the Job controller:
 each data-prep Job is marked finished (with a prepare termination message) as soon as it appears;
@@ -156,7 +157,24 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=20.0, help="seconds to keep running after the last training Job")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--kubeconfig", default=None, help="bench against this real API server instead of kmock (see real.py)")
+    ap.add_argument("--rate", type=float, nargs="+", default=[0.0], help="with --kubeconfig: arrivals per second (0 = all at once)")
+    ap.add_argument("--steady", type=float, default=30.0, help="with --kubeconfig: seconds of steady-state measurement")
     args = ap.parse_args()
+    if args.kubeconfig:
+        import real  # bench/operator/real.py (this directory is on sys.path)
+
+        results = []
+        for n in args.jobs:
+            for rate in args.rate:
+                res = asyncio.run(real.run(args.kubeconfig, n, rate, args.steady, args.timeout))
+                print(json.dumps(res), flush=True)
+                results.append(res)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=2))
+        print()
+        print(real.table(results))
+        return 0
     results = []
     for n in args.jobs:
         res = asyncio.run(run(n, args.settle, args.timeout))

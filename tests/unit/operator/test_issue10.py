@@ -121,3 +121,18 @@ def test_model_version_status_distinguishes_not_evaluated():
     s = model_version_status({"verdict": "Failed", "gates": [{"metric": "m", "passed": False, "reason": "r"}]}, "job", 1)
     assert s["phase"] == "Rejected" and cond(s, "Evaluated")["status"] == "True" and cond(s, "Ready")["status"] == "False"
     json.dumps(s)
+
+
+# --- less work per FineTuneJob: Kopf builds no diff base for event-only kinds -------------------
+def test_diff_base_is_not_built_for_finetunejobs_and_jobs_but_for_rollouts():
+    import kopf
+    from tuneloop.operator import lifecycle
+
+    settings = kopf.OperatorSettings()
+    lifecycle.configure(settings)
+    store = settings.persistence.diffbase_storage
+    ftj = kopf.Body({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "x"}, "spec": {"a": 1}})
+    job = kopf.Body({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x-data"}, "spec": {"a": 1}})
+    ro = kopf.Body({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "r"}, "spec": {"a": 1}})
+    assert store.build(body=ftj) is None and store.build(body=job) is None
+    assert store.build(body=ro) == {"spec": {"a": 1}}

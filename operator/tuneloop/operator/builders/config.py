@@ -35,6 +35,9 @@ def deepspeed_json(spec: FineTuneJobSpec) -> str | None:
     return json.dumps(deepspeed.deepspeed_config(spec, world_size(spec)), indent=2, sort_keys=True)
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def spec_manifest(spec: FineTuneJobSpec, meta: JobMeta) -> dict[str, Any]:
     """The FineTuneJob as the stages read it (`--spec /etc/tuneloop/spec.yaml`)."""
     return {
@@ -47,7 +50,8 @@ def spec_manifest(spec: FineTuneJobSpec, meta: JobMeta) -> dict[str, Any]:
 
 
 def config_map(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> dict[str, Any]:
-    data = {"spec.yaml": yaml.safe_dump(spec_manifest(spec, meta), sort_keys=False)}
+    # libyaml's emitter when present (the same YAML, ~10x less CPU: this is built once per job)
+    data = {"spec.yaml": yaml.dump(spec_manifest(spec, meta), Dumper=_DUMPER, sort_keys=False)}
     ds = deepspeed_json(spec)
     if ds is not None:
         data["deepspeed.json"] = ds
