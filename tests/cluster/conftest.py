@@ -225,28 +225,51 @@ class Env:
         return out
 
 
-@pytest.fixture(scope="session")
-def env(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    workdir = tmp_path_factory.mktemp("cluster-env")
+def create_env(kube: Kube, workdir: Path, *, install_crds: bool) -> Env:
+    """A restricted namespace, the chart installed there (scope=namespaced; with the CRDs when `install_crds`),
+    a kubeconfig for the chart's ServiceAccount and two pre-bound claims. The operator is started by the caller."""
     ns = restricted_namespace(kube)
     e = Env(kube, ns, workdir)
     try:
-        adopt_crds_for_helm(kube, RELEASE, ns)
-        e.release = helm_install(kube, ns, {"scope": "namespaced", "crds": {"enabled": True}, "nodeSelector": NO_NODE})
+        if install_crds:
+            adopt_crds_for_helm(kube, RELEASE, ns)
+        e.release = helm_install(kube, ns, {"scope": "namespaced", "crds": {"enabled": install_crds}, "nodeSelector": NO_NODE})
         sas = [s["metadata"]["name"] for s in kube.list("serviceaccounts", ns) if s["metadata"]["name"] != "default"]
         assert len(sas) == 1, f"expected the chart's one ServiceAccount, found {sas}"
         e.sa = sas[0]
         e.sa_kubeconfig = sa_kubeconfig(kube, ns, e.sa, workdir / "sa-kubeconfig.yaml")
         for claim in ("datasets", "models"):
             make_claim(kube, ns, claim)
+    except BaseException:
+        destroy_env(kube, e)
+        raise
+    return e
+
+
+def destroy_env(kube: Kube, e: Env) -> None:
+    """Rollouts go while the operator still runs (it removes Kopf's finalizer on them), then the operator, then the
+    namespace and its PersistentVolumes."""
+    if e.operator is not None and e.operator.proc is not None and e.operator.proc.poll() is None:
+        for ro in kube.list("rollouts", e.ns):
+            kube.delete("rollouts", ro["metadata"]["name"], e.ns)
+        deadline = time.monotonic() + 30
+        while kube.list("rollouts", e.ns) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    if e.operator is not None:
+        e.operator.stop()
+        if os.environ.get("TUNELOOP_CLUSTER_VERBOSE"):
+            print(e.operator_log())
+    delete_namespace(kube, e.ns)
+    delete_claims(kube, e.ns)
+
+
+@pytest.fixture(scope="session")
+def env(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    e = create_env(kube, tmp_path_factory.mktemp("cluster-env"), install_crds=True)
+    try:
         yield e
     finally:
-        if e.operator is not None:
-            e.operator.stop()
-            if os.environ.get("TUNELOOP_CLUSTER_VERBOSE"):
-                print(e.operator_log())
-        delete_namespace(kube, ns)
-        delete_claims(kube, ns)
+        destroy_env(kube, e)
 
 
 def write_tiny_inputs(ns: str, records: int = 80) -> tuple[Path, Path]:

@@ -1,0 +1,239 @@
+"""Rollouts on the real API server: the ModelVersion the chain trained is served by the vLLM stand-in
+(tests/support/bin/vllm, run as pods by process_kubelet.py), scraped by a real Prometheus, with
+chat-completion traffic split along the HTTPRoute the operator writes (serving.Gateway).
+
+One Rollout goes through the whole life of a serving slot, in order:
+first version → healthy canary promoted (operator SIGKILLed mid-analysis) → bad canary (50 % HTTP 500)
+rolled back → candidate removed (the stale spec.stable must not come back) → a silent canary (no
+answers, no /metrics) rolled back by the progress deadline → a failing canary rolled back during a
+long pause (background analysis).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tests.rollout.promstack import free_port
+
+from .conftest import Env, cond, phase, pod_log, pvc_dir
+from .kube import Kube
+from .serving import Discovery, Gateway, Prometheus
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+RO = "bot"
+SERVED = "support-bot"
+
+
+@pytest.fixture(scope="module")
+def serving(kube: Kube, env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    if not env.state.get("modelversion"):
+        pytest.skip("needs the ModelVersion trained by test_2_finetunejob")
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"))
+    prom.start()
+    disc = Discovery(kube, env.ns, prom.sd_file)
+    disc.start()
+    gw = Gateway(disc, RO, SERVED, rps=10)
+    gw.start()
+    try:
+        yield SimpleNamespace(prom=prom, disc=disc, gw=gw, port=free_port())
+    finally:
+        gw.stop()
+        disc.stop()
+        prom.stop()
+        if env.state.get("rollout_debug"):
+            print(env.state["rollout_debug"])
+
+
+def _debug(kube: Kube, env: Env, s: SimpleNamespace) -> str:
+    ro = kube.get("rollouts", RO, env.ns) or {}
+    st = dict(ro.get("status") or {})
+    st["measurements"] = (st.get("measurements") or [])[-6:]
+    out = [f"--- rollout status:\n{yaml.safe_dump(st)}", f"--- gateway: {s.gw.summary()}",
+           f"--- targets: {s.prom.sd_file.read_text()}"]
+    for p in kube.list("pods", env.ns, "app.kubernetes.io/name=vllm"):
+        out.append(f"--- pod {p['metadata']['name']} {p['status'].get('phase')}: " + pod_log(env.ns, p, "vllm")[-600:])
+    out.append(f"--- operator:\n{env.operator_log()[-6000:]}")
+    return "\n".join(out)
+
+
+def _clone_modelversion(kube: Kube, env: Env, version: str, knobs: dict | None = None) -> str:
+    """Another registered version of the trained model: its artifact copied to its own folder (so a knob file
+    there changes only its pods), the same evaluation record."""
+    src = kube.get("modelversions", env.state["modelversion"], env.ns)
+    name = f"{SERVED}-{version}"
+    dst = pvc_dir(env.ns, "models") / f"serve-{version}" / "artifact"
+    shutil.copytree(env.state["artifact_dir"], dst, dirs_exist_ok=True)
+    if knobs:
+        (dst / "vllm-standin.json").write_text(json.dumps(knobs))
+    spec = copy.deepcopy(src["spec"])
+    spec["version"] = version
+    spec["artifact"]["uri"] = f"pvc://models/serve-{version}/artifact"
+    kube.create("modelversions", {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "ModelVersion",
+                                  "metadata": {"name": name, "namespace": env.ns, "labels": src["metadata"].get("labels") or {}},
+                                  "spec": spec})
+    status = {k: v for k, v in (src.get("status") or {}).items() if k not in ("conditions",)}
+    status["phase"] = "Ready"
+    kube.patch("modelversions", name, env.ns, {"status": status}, sub="status")
+    return name
+
+
+def _rollout(env: Env, s: SimpleNamespace, candidate: str, **spec: object) -> dict:
+    body = {
+        "apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": RO, "namespace": env.ns},
+        "spec": {
+            "servedModelName": SERVED,
+            "candidate": {"name": candidate},
+            "serving": {"replicas": 1, "port": s.port, "resources": {"gpus": 0, "cpu": "100m", "memory": "256Mi"}},
+            "trafficRouting": {"gatewayAPI": {"httpRoute": RO, "parentRefs": [{"name": "inference-gateway"}]}},
+            "steps": [{"setWeight": 50}, {"analysis": {}}],
+            "analysis": {"prometheusAddress": s.prom.url, "interval": "2s", "window": "20s", "count": 3, "initialDelay": "3s",
+                         "failureLimit": 0, "inconclusiveLimit": 10,
+                         "metrics": [{"name": "error-rate", "builtin": "error-rate", "max": 0.05},
+                                     {"name": "ttft", "builtin": "ttft-p95", "max": 2.0}]},
+            "scaleDownDelaySeconds": 2,
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def _wait_rollout(kube: Kube, env: Env, s: SimpleNamespace, pred, what: str, timeout: float = 180) -> dict:
+    return kube.wait("rollouts", RO, env.ns, pred, timeout=timeout, every=0.5, what=what, on_timeout=lambda: _debug(kube, env, s))
+
+
+def _route_weights(kube: Kube, ns: str) -> dict[str, int]:
+    route = kube.get("httproutes", RO, ns)
+    return {ref["name"]: ref.get("weight", 1) for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def _stable_pods_serve(kube: Kube, ns: str) -> set[str]:
+    return {p["metadata"]["labels"].get("tuneloop.dev/model-version") for p in kube.list("pods", ns, f"tuneloop.dev/rollout={RO},tuneloop.dev/role=stable")
+            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
+
+
+def _wait_mv(kube: Kube, env: Env, name: str, want: str) -> None:
+    """ModelVersion phases are written right after the Rollout's status (a separate request)."""
+    kube.wait("modelversions", name, env.ns, lambda o: phase(o) == want, timeout=30, what=f"phase {want}")
+
+
+def _at(ts: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def test_first_version_is_served_and_scraped(kube: Kube, env: Env, serving: SimpleNamespace):
+    s = serving
+    v1 = env.state["modelversion"]
+    kube.create("rollouts", _rollout(env, s, v1))
+    ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "Promoted" and (o.get("status") or {}).get("stableModelVersion") == v1,
+                       "first version promoted")
+    assert (ro["status"].get("canaryWeight") or 0) == 0
+    kube.wait("modelversions", v1, env.ns, lambda o: phase(o) == "Serving", timeout=30)
+    # the stand-in pod answers through the "gateway", and Prometheus has vLLM's own series with the pod labels
+    deadline = time.monotonic() + 90
+    q = f'sum(vllm:request_success_total{{namespace="{env.ns}",tuneloop_dev_rollout="{RO}",tuneloop_dev_role="stable"}})'
+    while not s.prom.query(q):
+        assert time.monotonic() < deadline, f"no vLLM series scraped\n{_debug(kube, env, s)}"
+        time.sleep(1)
+    assert any(status == 200 for (_, status) in s.gw.counts), s.gw.summary()
+    dep = kube.get("deployments", f"{RO}-stable", env.ns)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["vllm", "serve"] and "--enable-lora" in c["args"]
+
+
+def test_healthy_canary_is_promoted_across_an_operator_kill(kube: Kube, env: Env, serving: SimpleNamespace):
+    s = serving
+    v1 = env.state["modelversion"]
+    v2 = _clone_modelversion(kube, env, "v2")
+    kube.patch("rollouts", RO, env.ns, {"spec": {"stable": {"name": v1}, "candidate": {"name": v2}}})
+    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("canaryWeight") == 50 and phase(o) == "Progressing", "canary at 50 %")
+    time.sleep(4)  # mid-analysis
+    env.operator.kill()
+    time.sleep(3)
+    env.start_operator()
+    ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "Promoted" and o["status"].get("stableModelVersion") == v2, "v2 promoted", 240)
+    measured = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Successful"]
+    assert measured, ro["status"]
+    _wait_mv(kube, env, v2, "Serving")
+    _wait_mv(kube, env, v1, "Retired")
+    assert _route_weights(kube, env.ns) == {f"{RO}-stable": 100, f"{RO}-canary": 0}
+    kube.wait("deployments", f"{RO}-canary", env.ns, lambda d: d["spec"]["replicas"] == 0, timeout=60, what="canary scaled to 0")
+    deadline = time.monotonic() + 90
+    while _stable_pods_serve(kube, env.ns) != {v2}:
+        assert time.monotonic() < deadline, f"stable pods serve {_stable_pods_serve(kube, env.ns)}\n{_debug(kube, env, s)}"
+        time.sleep(1)
+    canary_ok = s.gw.counts[(f"{RO}-canary", 200)]
+    assert canary_ok > 0, s.gw.summary()
+
+
+def test_bad_canary_is_rolled_back(kube: Kube, env: Env, serving: SimpleNamespace):
+    s = serving
+    v2 = f"{SERVED}-v2"
+    v3 = _clone_modelversion(kube, env, "v3", knobs={"error_rate": 0.5})
+    before = s.gw.counts[(f"{RO}-canary", 500)]
+    # spec.stable still names v1 (stale after the promotion), as docs/rollout.md allows
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v3}}})
+    ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "RolledBack", "v3 rolled back", 240)
+    rb = cond(ro, "RolledBack")
+    assert rb and "error-rate" in rb.get("message", ""), ro["status"].get("conditions")
+    assert ro["status"].get("canaryWeight") == 0 and ro["status"].get("stableModelVersion") == v2
+    assert _route_weights(kube, env.ns)[f"{RO}-canary"] == 0
+    _wait_mv(kube, env, v3, "RolledBack")
+    _wait_mv(kube, env, v2, "Serving")
+    assert s.gw.counts[(f"{RO}-canary", 500)] > before, s.gw.summary()
+    # weight 0 within one analysis interval (+ a scrape) of the first failing measurement
+    fails = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Failed"]
+    assert fails, ro["status"].get("measurements")
+    assert _stable_pods_serve(kube, env.ns) == {v2}
+
+
+def test_removing_the_candidate_keeps_the_promoted_stable(kube: Kube, env: Env, serving: SimpleNamespace):
+    """Issue 10 defects 2 and 3 on the real server: with spec.stable left stale (v1), removing spec.candidate must
+    not put v1 back, and setting a candidate again must start a new rollout."""
+    v1, v2 = env.state["modelversion"], f"{SERVED}-v2"
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": None}})
+    time.sleep(6)
+    ro = kube.get("rollouts", RO, env.ns)
+    assert ro["status"].get("stableModelVersion") == v2, ro["status"]
+    _wait_mv(kube, env, v2, "Serving")
+    _wait_mv(kube, env, v1, "Retired")
+    assert _stable_pods_serve(kube, env.ns) == {v2}
+    assert _route_weights(kube, env.ns)[f"{RO}-stable"] == 100
+
+
+def test_silent_canary_is_rolled_back_by_the_progress_deadline(kube: Kube, env: Env, serving: SimpleNamespace):
+    """Issue 10 defect 4: a canary that answers nothing (no completions, no /metrics) gives no data; it must not sit
+    Paused with traffic on it forever."""
+    s = serving
+    v4 = _clone_modelversion(kube, env, "v4", knobs={"silent": True})
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v4}, "progressDeadlineSeconds": 20}})
+    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v4 and phase(o) in ("Progressing", "Paused"),
+                  "the new candidate starts (not left Aborted)", 60)
+    ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "RolledBack", "silent canary rolled back", 180)
+    assert "ProgressDeadlineExceeded" in json.dumps(ro["status"].get("conditions")), ro["status"].get("conditions")
+    assert ro["status"].get("canaryWeight") == 0 and ro["status"].get("stableModelVersion") == f"{SERVED}-v2"
+
+
+def test_failing_canary_is_rolled_back_during_a_pause(kube: Kube, env: Env, serving: SimpleNamespace):
+    """Issue 10 defect 5: a long pause must not leave a failing canary in front of users (background analysis)."""
+    s = serving
+    v5 = _clone_modelversion(kube, env, "v5", knobs={"error_rate": 0.5})
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v5}, "progressDeadlineSeconds": 600,
+                                                 "steps": [{"setWeight": 50}, {"pause": {"duration": "5m"}}, {"analysis": {}}]}})
+    ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v5 and (o["status"].get("canaryWeight") or 0) > 0,
+                       "v5 gets traffic", 90)
+    start = _at(ro["status"]["weightChangedAt"]) if ro["status"].get("weightChangedAt") else dt.datetime.now(dt.UTC)
+    ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "RolledBack", "rolled back during the pause", 120)
+    rolled = _at(cond(ro, "RolledBack")["lastTransitionTime"])
+    assert (rolled - start).total_seconds() < 60, f"{(rolled - start).total_seconds():.0f} s of a 5 min pause with a failing canary"
+    assert ro["status"].get("stableModelVersion") == f"{SERVED}-v2"
+    assert not env.forbidden_lines(), "\n".join(env.forbidden_lines())
