@@ -37,11 +37,15 @@ def model_version(name: str) -> dict:
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "ModelVersion",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"modelName": "bot", "version": name, "baseModel": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-                 "artifact": {"uri": f"pvc://out/{name}", "format": "lora-adapter", "loraRank": 16}},
+                 "artifact": {"uri": f"pvc://out/{name}", "format": "lora-adapter", "loraRank": 16},
+                 "evaluation": {"verdict": "Passed"}},
     }  # fmt: skip
 
 
-def rollout(name: str, candidate: str, prom: str, interval: str, window: str, count: int, metrics: list[dict], failure_limit: int = 0) -> dict:
+def rollout(name: str, candidate: str, prom: str, interval: str, window: str, count: int, metrics: list[dict], failure_limit: int = 0,
+            initial_delay: str = "10s", during_pause: bool = False) -> dict:
+    # during_pause: the breach lands in a long pause step, where only background analysis measures
+    steps = [{"setWeight": 20}, {"pause": {"duration": "1h"}}] if during_pause else [{"setWeight": 20}, {"analysis": {"count": count}}]
     return {
         "apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout",
         "metadata": {"name": name, "namespace": NS},
@@ -49,9 +53,9 @@ def rollout(name: str, candidate: str, prom: str, interval: str, window: str, co
             "servedModelName": "bot", "stable": {"name": "v1"}, "candidate": {"name": candidate},
             "serving": {"replicas": 2},
             "trafficRouting": {"gatewayAPI": {"httpRoute": name, "parentRefs": [{"name": "gw"}]}},
-            "steps": [{"setWeight": 20}, {"analysis": {"count": count}}],
+            "steps": steps,
             "analysis": {"prometheusAddress": prom, "interval": interval, "window": window, "count": count, "metrics": metrics,
-                         "failureLimit": failure_limit},
+                         "failureLimit": failure_limit, "initialDelay": initial_delay},
         },
     }  # fmt: skip
 
@@ -134,7 +138,8 @@ async def breach(args: argparse.Namespace) -> dict:
     async def run(kc: Cluster, prom: PrometheusServer, fakes: dict, metrics_port: int) -> dict:
         trials = []
         for name in names:
-            await kc.apply(rollout(name, "v2", prom.url, args.interval, args.window, 1000, metrics))
+            await kc.apply(rollout(name, "v2", prom.url, args.interval, args.window, 1000, metrics,
+                                   initial_delay=args.initial_delay, during_pause=args.during_pause))
             deadline = time.monotonic() + 120
             while True:  # wait until the canary has traffic and the analysis is measuring
                 st = await status(kc, name)
@@ -159,7 +164,7 @@ async def breach(args: argparse.Namespace) -> dict:
         lat = [t["breach_to_weight0_s"] for t in trials]
         hist = operator_histogram(metrics_port)
         return {
-            "benchmark": "breach_to_weight0", "interval": args.interval, "scrape_interval": args.scrape, "window": args.window,
+            "benchmark": "breach_to_weight0", "during_pause": args.during_pause, "initial_delay": args.initial_delay, "interval": args.interval, "scrape_interval": args.scrape, "window": args.window,
             "canary_error_rate": args.error_rate, "threshold": 0.05, "rps_per_pod": args.rps, "trials": trials,
             "p50_s": round(statistics.median(lat), 2), "max_s": round(max(lat), 2), "mean_s": round(statistics.mean(lat), 2),
             "operator_time_to_rollback_metric": {
@@ -194,7 +199,8 @@ async def noise(args: argparse.Namespace) -> dict:
         end = time.monotonic() + args.minutes * 60
         rollouts, false_rollbacks, worst = 0, 0, {}
         candidates = ["v2", "v3"]
-        await kc.apply(rollout("noisy", candidates[0], prom.url, args.interval, args.window, args.count, metrics, args.failure_limit))
+        await kc.apply(rollout("noisy", candidates[0], prom.url, args.interval, args.window, args.count, metrics, args.failure_limit,
+                               initial_delay=args.initial_delay))
         cur = candidates[0]
         while time.monotonic() < end:
             await asyncio.sleep(1)
@@ -235,6 +241,9 @@ def main() -> int:
     b.add_argument("--window", default="30s")
     b.add_argument("--error-rate", type=float, default=0.2)
     b.add_argument("--rps", type=float, default=20.0)
+    b.add_argument("--initial-delay", default="10s", help="analysis.initialDelay")
+    b.add_argument("--during-pause", action="store_true", help="breach during a pause step (background analysis)")
+    b.add_argument("--tag", default="", help="suffix of the result file name")
     n = sub.add_parser("noise")
     n.add_argument("--minutes", type=float, default=10.0)
     n.add_argument("--interval", default="2s")
@@ -244,6 +253,7 @@ def main() -> int:
     n.add_argument("--rps", type=float, default=20.0)
     n.add_argument("--noise", type=float, default=0.3, help="relative sd of each request's latency")
     n.add_argument("--failure-limit", type=int, default=0, help="analysis.failureLimit")
+    n.add_argument("--initial-delay", default="2s", help="analysis.initialDelay")
     n.add_argument("--latency", choices=["relative", "absolute"], default="relative",
                    help="latency thresholds: maxRelativeToStable 1.5, or absolute max with a per-metric failureLimit 1")
     n.add_argument("--tag", default="", help="suffix of the result file name")

@@ -191,6 +191,8 @@ class Reconciler:
                 kept = RolloutStatus.model_validate(obj.get("status") or {})
             except ValidationError:
                 kept = RolloutStatus()
+            if (obj.get("status") or {}).get("message") != msg:
+                log.warning("rollout %s/%s: %s", ns, name, msg)
             kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
             set_condition(kept, "Progressing", False, "InvalidSpec", msg, World(now=now, generation=meta.get("generation")))
             await self.write_status(obj, kept)

@@ -10,7 +10,17 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
 - analysis: one measurement per metric per interval; Failed or Error -> rollback; Inconclusive ->
   Paused for a human; Successful -> next step. Prometheus errors never count as success, so an
   unreachable Prometheus can never promote.
-- after the last step: promotion (candidate becomes stable, weights 100/0, canary scaled down).
+- background analysis: outside analysis steps, while the canary has traffic, every metric once per
+  backgroundInterval; Failed or Error -> rollback (it never succeeds and ignores Inconclusive).
+- no measurement before initialDelay after a weight change; the query window is cut to the time
+  since the change (`query_window`).
+- progress deadline: a canary with traffic whose measurements returned only no data for
+  progressDeadlineSeconds (since the weight change or its last value) -> rollback, paused or not.
+- after the last step: promotion (candidate becomes stable, weights 100/0, canary scaled down
+  scaleDownDelaySeconds later, as after a rollback).
+- status.stableModelVersion is what serves; spec.stable only seeds it and never replaces it
+  (condition StableInSync). Removing spec.candidate forgets the candidate, so that setting it
+  again starts the rollout over.
 """
 
 from __future__ import annotations
@@ -118,6 +128,9 @@ def due_metrics(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetim
     analysis steps while the canary has traffic; never before initialDelay after a weight change."""
     due = next_measurement_at(spec, status, now)
     if due is None or (due - now).total_seconds() > 0.05:
+        return []
+    start = measure_from(spec, status) if status is not None else None
+    if start is not None and now < start:  # the interval may be met a little early; the initial delay may not
         return []
     return _measuring(spec, status)[0]
 
