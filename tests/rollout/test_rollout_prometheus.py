@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ def stack(tmp_path: Path):
         s.close()
 
 
-def rollout(prom_url: str, **analysis) -> dict:
+def rollout(prom_url: str, steps: list | None = None, spec: dict | None = None, **analysis) -> dict:
     obj = samples.gateway_rollout()
     obj["metadata"] = {"name": NAME, "namespace": NS}
     obj["spec"]["servedModelName"] = NAME
@@ -58,11 +60,16 @@ def rollout(prom_url: str, **analysis) -> dict:
     obj["spec"]["candidate"] = {"name": "bot-v2"}
     obj["spec"]["trafficRouting"]["gatewayAPI"]["httpRoute"] = NAME
     obj["spec"]["serving"] = {"replicas": 2}
-    obj["spec"]["steps"] = [{"setWeight": 20}, {"analysis": {"count": 3}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}, {"analysis": {"count": 2}}]
+    obj["spec"]["steps"] = steps or [
+        {"setWeight": 20}, {"analysis": {"count": 3}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}, {"analysis": {"count": 2}}
+    ]  # fmt: skip
+    obj["spec"]["scaleDownDelaySeconds"] = 2
+    obj["spec"].update(spec or {})
     obj["spec"]["analysis"] = {
         "prometheusAddress": prom_url,
         "interval": "1s",
         "window": "5s",
+        "initialDelay": "3s",  # three 1 s scrapes of traffic at the new weight
         "count": 3,
         "consecutiveErrorLimit": 2,
         "metrics": [
@@ -118,7 +125,7 @@ async def settled(watch: Watch) -> None:
     await asyncio.sleep(0.5)
 
 
-async def scenario(tmp_path: Path, prom: PrometheusServer, body, **analysis):
+async def scenario(tmp_path: Path, prom: PrometheusServer, body, steps: list | None = None, spec: dict | None = None, **analysis):
     async with cluster(tmp_path) as kc:
         stop = asyncio.Event()
         watch = Watch(kc)
@@ -128,7 +135,7 @@ async def scenario(tmp_path: Path, prom: PrometheusServer, body, **analysis):
         try:
             for mv in ("bot-v1", "bot-v2"):
                 await kc.apply(model_version(mv))
-            await kc.apply(rollout(prom.url, **analysis))
+            await kc.apply(rollout(prom.url, steps, spec, **analysis))
             await body(kc, watch)
         except BaseException:
             print(op.tail(120))
@@ -154,12 +161,16 @@ async def test_healthy_canary_is_promoted_through_all_steps(stack: Stack, tmp_pa
         assert "RolledBack" not in watch.phases and "Promoted" == watch.phases[-1]
         ms = st["measurements"]
         assert {m["metric"] for m in ms} == {"error-rate", "ttft-p95", "e2e-p95", "aborts"}
-        assert all(m["phase"] == "Successful" for m in ms) and len(ms) == 4 * (3 + 2)
+        by_step = {i: len([m for m in ms if m["stepIndex"] == i]) for i in (1, 3, 4)}
+        assert all(m["phase"] == "Successful" for m in ms) and by_step[1] == 4 * 3 and by_step[4] == 4 * 2, by_step
+        # nothing measured before initialDelay after the switch to 50%; the window covers only the traffic since then
+        changed = dt.datetime.fromisoformat(st["weightChangedAt"])
+        assert all(dt.datetime.fromisoformat(m["at"]) - changed >= dt.timedelta(seconds=3) for m in ms if m["stepIndex"] >= 3)
         ttft = next(m for m in ms if m["metric"] == "ttft-p95")
         assert 0.05 < ttft["value"] < 0.2 and 0.05 < ttft["stableValue"] < 0.2
         stable = await kc.get(r.DEPLOYMENTS, NS, "bot-stable")
         assert stable["spec"]["template"]["metadata"]["labels"]["tuneloop.dev/model-version"] == "bot-v2"
-        await kc.wait_for(r.DEPLOYMENTS, NS, "bot-canary", lambda d: d["spec"]["replicas"] == 0, timeout=5)
+        await kc.wait_for(r.DEPLOYMENTS, NS, "bot-canary", lambda d: d["spec"]["replicas"] == 0, timeout=8)
         new = await kc.wait_for(r.MODELVERSIONS, NS, "bot-v2", lambda o: phase(o) == "Serving", timeout=5)
         assert new["status"]["rollout"] == NAME
         await kc.wait_for(r.MODELVERSIONS, NS, "bot-v1", lambda o: phase(o) == "Retired", timeout=5)
@@ -184,7 +195,7 @@ async def test_error_burst_rolls_back(stack: Stack, tmp_path: Path):
         assert "error-rate" in cond["message"] and f"{failed[0]['value']:.6g}" in cond["message"]
         route = await kc.get(r.HTTPROUTES, NS, NAME)
         assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [100, 0]
-        await kc.wait_for(r.DEPLOYMENTS, NS, "bot-canary", lambda d: d["spec"]["replicas"] == 0, timeout=5)
+        await kc.wait_for(r.DEPLOYMENTS, NS, "bot-canary", lambda d: d["spec"]["replicas"] == 0, timeout=8)
         mv = await kc.wait_for(r.MODELVERSIONS, NS, "bot-v2", lambda o: phase(o) == "RolledBack", timeout=5)
         assert "error-rate" in mv["status"]["message"]
         events = await kc.client.events_for(NS, NAME, "Rollout")
@@ -209,3 +220,48 @@ async def test_stopped_prometheus_never_promotes(stack: Stack, tmp_path: Path):
         assert watch.weights[-1] == 0 and 50 not in watch.weights
 
     await scenario(tmp_path, stack.prom, body)
+
+
+async def test_background_analysis_rolls_back_during_a_pause_within_an_interval(stack: Stack, tmp_path: Path):
+    """Defect 5: a failing canary served errors for a whole pause step (18.8 s of a 20 s pause)."""
+    steps = [{"setWeight": 20}, {"pause": {"duration": "40s"}}, {"analysis": {"count": 2}}]
+
+    async def body(kc: Cluster, watch: Watch):
+        def background_ok(o: dict) -> bool:
+            ms = (o.get("status") or {}).get("measurements", [])
+            return len([m for m in ms if m["stepIndex"] == 1 and m["phase"] == "Successful"]) >= 8
+
+        await kc.wait_for(r.ROLLOUTS, NS, NAME, background_ok, timeout=30)
+        stack.canary.set(error_rate=0.5)
+        burst = time.monotonic()
+        ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=30)
+        took = time.monotonic() - burst
+        st = ro["status"]
+        await settled(watch)
+        assert st["phase"] == "RolledBack" and st["currentStepIndex"] == 1, st  # still in the 40 s pause
+        cond = next(c for c in st["conditions"] if c["type"] == "RolledBack")
+        assert cond["reason"] == "AnalysisFailed" and "background analysis at step 2" in cond["message"] and "error-rate" in cond["message"]
+        # first failing sample <= 1 scrape after the burst, then <= 1 interval to the next measurement, + tick and write time
+        assert took < 1 + 1 + 1.5, took
+        assert watch.weights[-1] == 0
+
+    await scenario(tmp_path, stack.prom, body, steps)
+
+
+async def test_a_canary_that_serves_nothing_is_rolled_back_at_the_progress_deadline(stack: Stack, tmp_path: Path):
+    """Defect 4: no data -> Inconclusive -> Paused forever with traffic on a dead canary."""
+    stack.canary.set(rps=0.0)
+    steps = [{"setWeight": 20}, {"analysis": {"count": 3}}, {"setWeight": 50}]
+
+    async def body(kc: Cluster, watch: Watch):
+        ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=40)
+        st = ro["status"]
+        await settled(watch)
+        assert st["phase"] == "RolledBack", st
+        assert "Paused" in watch.phases  # inconclusive first, as before: the deadline ends the pause
+        cond = next(c for c in st["conditions"] if c["type"] == "RolledBack")
+        assert cond["reason"] == "ProgressDeadlineExceeded" and "no data from the canary at 20% for 8s" in cond["message"]
+        assert all(m["phase"] == "Inconclusive" and m.get("value") is None for m in st["measurements"] if m["metric"] == "error-rate")
+        assert watch.weights[-1] == 0 and 50 not in watch.weights
+
+    await scenario(tmp_path, stack.prom, body, steps, {"progressDeadlineSeconds": 8})
