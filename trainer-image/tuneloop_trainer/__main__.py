@@ -14,6 +14,7 @@ from typing import Any
 
 from tuneloop.contract import layout
 from tuneloop.contract.exits import Reason
+from tuneloop.contract.results import StageResult
 from tuneloop.contract.termination import TERMINATION_LIMIT, fit
 
 from . import STAGES
@@ -51,16 +52,16 @@ def run_stage(stage: str, ctx: StageContext) -> dict[str, Any]:
 
 
 def success_summary(stage: str, started: float, result: dict[str, Any]) -> dict[str, Any]:
-    return {"stage": stage, "outcome": "Succeeded", "seconds": round(time.time() - started, 1), **result}
+    return StageResult.succeeded(stage, round(time.time() - started, 1), result).wire()
 
 
 def failure_summary(stage: str, exc: BaseException) -> tuple[dict[str, Any], int, str]:
     """(summary, exit code, one-line cause) of a failed stage: expected (TrainerError) or not."""
     if isinstance(exc, TrainerError):
         line = exc.one_line()
-        return {"stage": stage, "outcome": "Failed", "reason": exc.reason, "error": line}, exc.exit_code, line
+        return StageResult.failed(stage, exc.reason, line).wire(), exc.exit_code, line
     line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]
-    return {"stage": stage, "outcome": "Failed", "reason": Reason.INTERNAL_ERROR.value, "error": line}, EXIT_RUNTIME_ERROR, line
+    return StageResult.failed(stage, Reason.INTERNAL_ERROR, line).wire(), EXIT_RUNTIME_ERROR, line
 
 
 def main(argv: list[str] | None = None) -> int:

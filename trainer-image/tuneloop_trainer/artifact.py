@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneloop.contract import layout
+
 from .errors import TrainerError
 
 
 def write_lineage(ctx: Any, extra: dict[str, Any]) -> Path:
     from .modeling import library_versions, locate
 
-    report_file = ctx.data_dir / "data_report.json"
+    report_file = ctx.workdir / layout.DATA_REPORT_FILE
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
     spec = ctx.spec
     lineage = {
@@ -30,7 +32,7 @@ def write_lineage(ctx: Any, extra: dict[str, Any]) -> Path:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
     }
-    path = ctx.workdir / "lineage.json"
+    path = ctx.workdir / layout.LINEAGE_FILE
     path.write_text(json.dumps(lineage, indent=2, default=str))
     return path
 

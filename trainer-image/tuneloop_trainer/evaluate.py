@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
+from tuneloop.contract import layout
 
 from . import eval_metrics
 from .errors import ConfigError
@@ -143,7 +144,7 @@ def run(ctx: Any) -> dict[str, Any]:
 
     ev = ctx.spec.evaluation
     started = datetime.now(UTC)
-    out_path = ctx.workdir / "eval.json"
+    out_path = ctx.workdir / layout.EVAL_FILE
     if not ev.enabled:
         record = EvaluationRecord(verdict=Verdict.NOT_EVALUATED)
         out_path.write_text(json.dumps({"record": record.wire(), "enabled": False, "startedAt": started.isoformat()}, indent=2))

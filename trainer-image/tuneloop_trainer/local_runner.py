@@ -23,6 +23,7 @@ from typing import Any
 
 from tuneloop.contract import layout
 from tuneloop.contract.exits import EXIT_INTERRUPTED, Reason
+from tuneloop.contract.results import StageResult
 
 from .context import StageContext, load_context
 from .errors import TrainerError
@@ -111,7 +112,7 @@ def run_one(stage: str, ctx: Any) -> StageOutcome:
         write_summary(ctx.workdir, stage, summary)
         return StageOutcome(stage, "Succeeded", summary["seconds"], summary)
     except KeyboardInterrupt:
-        summary = {"stage": stage, "outcome": "Failed", "reason": Reason.INTERRUPTED.value, "error": "interrupted by the user"}
+        summary = StageResult.failed(stage, Reason.INTERRUPTED, "interrupted by the user").wire()
         write_summary(ctx.workdir, stage, summary)
         return StageOutcome(stage, "Interrupted", round(time.time() - started, 1), summary, EXIT_INTERRUPTED,
                             "interrupted (Ctrl-C); rerun to resume from the last checkpoint")

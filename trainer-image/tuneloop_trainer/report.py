@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, Verdict
 from tuneloop.api.modelversion import ModelVersion
+from tuneloop.contract import layout
 
 from .errors import ConfigError
 from .report_analysis import curve_facts, duration, fmt, fmt_change, label, next_steps, strengths_weaknesses
@@ -177,12 +178,13 @@ def run(ctx: Any) -> dict[str, Any]:
     md += conclusions(ctx, run_rec, rec_wire)
     md += ["## Next Steps", *(f"- {s}" for s in next_steps(rec_wire, facts, per_field, rec_wire.get("testExamples")) or ["- Nothing pending."]), ""]
     md += resources(ctx, mv, figures)
-    (out / "report.md").write_text("\n".join(md))
-    (out / "modelversion.yaml").write_text(yaml.safe_dump(mv_doc, sort_keys=False, allow_unicode=True))
+    report_md, mv_yaml = ctx.workdir / layout.REPORT_FILE, ctx.workdir / layout.MODELVERSION_FILE
+    report_md.write_text("\n".join(md))
+    mv_yaml.write_text(yaml.safe_dump(mv_doc, sort_keys=False, allow_unicode=True))
     return {
         "verdict": rec_wire.get("verdict"),
-        "report": str(out / "report.md"),
-        "modelVersion": str(out / "modelversion.yaml"),
+        "report": str(report_md),
+        "modelVersion": str(mv_yaml),
         "modelVersionName": mv.metadata.name,
         "figures": [str(out / n) for n, ok in figures.items() if ok],
         "missingInputs": run_rec.missing,

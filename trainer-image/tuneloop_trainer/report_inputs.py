@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuneloop.contract import layout
+
 
 @dataclass
 class RunRecord:
@@ -83,17 +85,17 @@ def validation_points(progress: list[dict[str, Any]]) -> list[tuple[float, float
 
 def load(workdir: Path) -> RunRecord:
     rec = RunRecord(workdir=workdir)
-    rec.data_report = _json(workdir / "data" / "data_report.json", rec.missing)
-    rec.lineage = _json(workdir / "lineage.json", rec.missing)
-    rec.progress = read_progress(workdir / "progress.jsonl")
+    rec.data_report = _json(workdir / layout.DATA_REPORT_FILE, rec.missing)
+    rec.lineage = _json(workdir / layout.LINEAGE_FILE, rec.missing)
+    rec.progress = read_progress(workdir / layout.PROGRESS_FILE)
     if not rec.progress:
-        rec.missing.append("progress.jsonl")
-    rec.evaluation = _json(workdir / "eval.json", rec.missing)
-    local = workdir / "local-run.json"
+        rec.missing.append(layout.PROGRESS_FILE)
+    rec.evaluation = _json(workdir / layout.EVAL_FILE, rec.missing)
+    local = workdir / layout.LOCAL_RUN_FILE
     if local.exists():
         rec.local_run = _json(local, [])
     for stage in ("prepare", "train", "evaluate"):
-        p = workdir / f"result-{stage}.json"
+        p = workdir / layout.result_file(stage)
         if p.exists():
             rec.results[stage] = _json(p, rec.missing)
             end = datetime.fromtimestamp(os.path.getmtime(p), UTC)
