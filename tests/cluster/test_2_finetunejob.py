@@ -214,3 +214,26 @@ def test_quickstart_sample_on_a_cluster_is_what_its_header_says(kube: Kube, env:
             assert "spec.dataset.train.path" in ready.get("message", ""), ready
     finally:
         kube.delete("finetunejobs", name, env.ns)
+
+
+def test_suspend_resume_and_garbage_collection(kube: Kube, env: Env):
+    """spec.suspend (the one mutable field) moves generation and the current stage's Job follows through the real
+    Job controller; deleting the FineTuneJob garbage-collects its children through owner references."""
+    name = "suspended"
+    kube.create("finetunejobs", tiny_finetunejob(name, env.ns, suspend=True))
+    data = kube.wait("jobs", f"{name}-data", env.ns, timeout=120, on_timeout=lambda: _debug(kube, env))
+    assert data["spec"]["suspend"] is True
+    obj = kube.wait("finetunejobs", name, env.ns, lambda o: phase(o) == "Suspended", timeout=60)
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert not kube.list("pods", env.ns, f"batch.kubernetes.io/job-name={name}-data")
+    kube.patch("finetunejobs", name, env.ns, {"spec": {"suspend": False}})
+    kube.wait("jobs", f"{name}-data", env.ns, lambda j: j["spec"]["suspend"] is False, timeout=60)
+    kube.patch("finetunejobs", name, env.ns, {"spec": {"suspend": True}})
+    obj = kube.wait("finetunejobs", name, env.ns,
+                    lambda o: phase(o) == "Suspended" and o["status"].get("observedGeneration") == o["metadata"]["generation"], timeout=60)
+    assert obj["metadata"]["generation"] >= 3
+    children = [("jobs", f"{name}-data"), ("configmaps", f"{name}-config")]
+    kube.delete("finetunejobs", name, env.ns, propagation="Foreground")
+    for plural, child in children:
+        kube.wait_gone(plural, child, env.ns, timeout=120)
+    kube.wait_gone("finetunejobs", name, env.ns, timeout=60)
