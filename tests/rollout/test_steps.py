@@ -216,6 +216,13 @@ def test_retry_after_a_promotion_with_stale_spec_stable_keeps_the_promoted_versi
     assert "support-bot-v1" not in out.model_versions and out.model_versions.get("support-bot-v2", ("Serving",))[0] == "Serving"
     assert desired(d.spec, out.status).stable_mv == "support-bot-v2"
     assert next(c for c in out.status.conditions if c.type == "StableInSync").status == "False"
+    assert out.status.message == "serving support-bot-v2" and out.status.candidate_model_version is None
+    # going back to v1 is a rollout like any other: through the canary steps
+    d.spec = d.spec.model_copy(update={"candidate": d.spec.stable.model_copy()})
+    out = d.tick(1)
+    assert out.status.phase == "Progressing" and out.status.candidate_model_version == "support-bot-v1"
+    assert out.status.stable_model_version == "support-bot-v2" and out.status.canary_weight == 10
+    assert desired(d.spec, out.status).stable_mv == "support-bot-v2"
 
 
 def test_removing_and_setting_the_same_candidate_again_restarts_the_rollout():

@@ -363,8 +363,11 @@ class _Machine:
             st.candidate_model_version = None
             st.current_step_index = None
             st.metric_results = []
-            st.message = f"serving {st.stable_model_version}; candidate {prev} removed ({st.phase}); set spec.candidate to roll out again"
-            self.event("Normal", "CandidateCleared", st.message)
+            if prev == st.stable_model_version:
+                st.message = f"serving {st.stable_model_version}"
+            else:
+                st.message = f"serving {st.stable_model_version}; candidate {prev} removed ({st.phase}); set spec.candidate to roll out again"
+                self.event("Normal", "CandidateCleared", st.message)
         else:
             st.message = f"serving {st.stable_model_version}" + (f"; last candidate {prev} ({st.phase})" if prev else "")
         return self.out
