@@ -88,7 +88,7 @@ def run(phases: list[str], count: int = 3, **limits) -> tuple[MetricResult, V]:
     return r, a.metric_verdict(r, s, count)
 
 
-S, F, I, E = "Successful", "Failed", "Inconclusive", "Error"
+S, F, I, E = "Successful", "Failed", "Inconclusive", "Error"  # noqa: E741
 
 
 @pytest.mark.parametrize(
