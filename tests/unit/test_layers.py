@@ -107,3 +107,23 @@ def test_the_file_check_finds_a_writer(tmp_path):
     mod = tmp_path / "gen.py"
     mod.write_text("from pathlib import Path\nROOT = Path(__file__).parent\n(ROOT / 'x').write_text('y')\nopen('z', 'w')\n")
     assert sorted(p.split(": ", 1)[1] for p in _file_effects(mod)) == [".write_text()", "__file__", "open() for writing"]
+
+
+def _dynamic_trainer_imports(path: Path) -> list[str]:
+    """importlib.import_module("tuneloop_trainer…") / __import__(…): imports import-linter cannot see."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name in {"import_module", "__import__"} and node.args[0].value.startswith("tuneloop_trainer"):
+            found.append(f"{path.name}:{node.lineno}: {name}({node.args[0].value!r})")
+    return found
+
+
+def test_the_operator_does_not_import_the_trainer_dynamically_either(tmp_path):
+    sources = [p for sub in ("operator", "cli") for p in sorted((PACKAGES["tuneloop"] / sub).rglob("*.py"))]
+    assert [f for p in sources for f in _dynamic_trainer_imports(p)] == []
+    probe = tmp_path / "probe.py"  # what builders/config.py did before the contract: the check finds it
+    probe.write_text("import importlib\nfn = importlib.import_module('tuneloop_trainer.dsconfig').deepspeed_config\n")
+    assert _dynamic_trainer_imports(probe) == ["probe.py:2: import_module('tuneloop_trainer.dsconfig')"]
