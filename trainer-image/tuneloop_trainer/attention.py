@@ -24,7 +24,9 @@ import os
 from typing import Any
 
 NAME = "tuneloop_varlen"
-_state: dict[str, Any] = {"gqa_native": True}
+# decided once, eagerly, by use_varlen_attention() (the hot path stays free of probes, env reads and try blocks, so
+# torch.compile can trace it): the kernel per device type, grouped-query support, torch's varlen signature
+_state: dict[str, Any] = {"gqa_native": True, "kind": {}, "window_size": True}
 
 
 def backend(device_type: str = "cuda") -> str:
@@ -89,8 +91,7 @@ def _sdpa_loop(q, k, v, cu, scaling):
 def _torch_varlen(q, k, v, cu, mx, scaling):
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
-    if "window_size" in params:
+    if _state["window_size"]:
         return varlen_attn(q, k, v, cu, cu, mx, mx, scale=scaling, window_size=(-1, 0))
     return varlen_attn(q, k, v, cu, cu, mx, mx, is_causal=True, scale=scaling)
 
@@ -116,7 +117,7 @@ def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
     q = query.transpose(1, 2).reshape(b * t, hq, d)
     k = key.transpose(1, 2).reshape(b * t, hk, d)
     v = value.transpose(1, 2).reshape(b * t, hk, d)
-    kind = backend(query.device.type)
+    kind = _state["kind"].get(query.device.type) or backend(query.device.type)
     in_dtype = q.dtype
     if kind == "sdpa_loop":
         out = _sdpa_loop(q, k, v, cu, scaling)
@@ -124,17 +125,12 @@ def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, atte
         if in_dtype not in (torch.float16, torch.bfloat16):  # flash kernels: 16-bit only (fp32 master weights + autocast)
             target = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
             q, k, v = q.to(target), k.to(target), v.to(target)
-        if hq != hk and not _state["gqa_native"]:
+        if hq != hk and not _state["gqa_native"]:  # a kernel without grouped-query support: repeat the KV heads
             k, v = k.repeat_interleave(hq // hk, 1), v.repeat_interleave(hq // hk, 1)
-        try:
-            out = _flash(q, k, v, cu, mx, scaling, dropout if module.training else 0.0) if kind == "flash_attn" \
-                else _torch_varlen(q, k, v, cu, mx, scaling)
-        except RuntimeError:
-            if hq == hk or not _state["gqa_native"]:
-                raise
-            _state["gqa_native"] = False  # a kernel without grouped-query support: repeat the KV heads
-            k, v = k.repeat_interleave(hq // hk, 1), v.repeat_interleave(hq // hk, 1)
-            out = _flash(q, k, v, cu, mx, scaling, 0.0) if kind == "flash_attn" else _torch_varlen(q, k, v, cu, mx, scaling)
+        if kind == "flash_attn":
+            out = _flash(q, k, v, cu, mx, scaling, dropout if module.training else 0.0)
+        else:
+            out = _torch_varlen(q, k, v, cu, mx, scaling)
         if not torch.is_autocast_enabled(query.device.type):
             out = out.to(in_dtype)
     return out.reshape(b, t, hq, d), None
@@ -153,12 +149,34 @@ def use_varlen_attention(model: Any) -> str | None:
     register()
     try:
         model.set_attn_implementation(NAME)
-    except Exception:  # a model without the functional attention interface
+    except Exception:  # noqa: BLE001  # a model without the functional attention interface
         return None
     if getattr(model.config, "_attn_implementation", None) != NAME:
         return None
     device = "cuda" if _cuda() else "cpu"
-    return backend(device)
+    kind = backend(device)
+    _state["kind"][device] = kind
+    if device == "cuda" and kind != "sdpa_loop":
+        _probe(kind)
+    return kind
+
+
+def _probe(kind: str) -> None:
+    """Once, eagerly: torch's varlen signature, and whether the kernel takes fewer KV heads than query heads."""
+    import torch
+
+    if kind == "torch_varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        _state["window_size"] = "window_size" in inspect.signature(varlen_attn).parameters
+    q = torch.randn(8, 4, 64, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(8, 2, 64, device="cuda", dtype=torch.bfloat16)
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32, device="cuda")
+    try:
+        _flash(q, kv, kv, cu, 5, 0.125, 0.0) if kind == "flash_attn" else _torch_varlen(q, kv, kv, cu, 5, 0.125)
+        _state["gqa_native"] = True
+    except RuntimeError:
+        _state["gqa_native"] = False
 
 
 def _cuda() -> bool:

@@ -45,7 +45,7 @@ def peak_tflops(device_name: str | None = None) -> float | None:
             if not torch.cuda.is_available():
                 return None
             device_name = torch.cuda.get_device_name(0)
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None
     for key, tf in PEAK_TFLOPS:
         if key.lower() in device_name.lower():

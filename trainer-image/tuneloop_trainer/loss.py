@@ -115,7 +115,7 @@ def liger_available(device_type: str) -> bool:
         return False
     try:
         from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction  # noqa: F401
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
     return True
 
@@ -133,7 +133,7 @@ def linear_cross_entropy(hidden: Any, weight: Any, targets: Any, bias: Any = Non
         try:
             return LigerFusedLinearCrossEntropyFunction.apply(
                 hidden.to(dt), weight.to(dt), targets, bias, None, IGNORE, 0.0, 0.0, "sum")[0].float()
-        except Exception as exc:  # an incompatible liger/triton build: fall back for the rest of the run
+        except Exception as exc:  # noqa: BLE001  # an incompatible liger/triton build: fall back for the rest of the run
             import sys
 
             print(f"tuneloop train: liger fused cross-entropy failed ({type(exc).__name__}: {exc}); using the chunked loss",

@@ -140,8 +140,13 @@ def _layout(ctx: Any, model: Any) -> str:
             raise ConfigError(f"TUNELOOP_BATCH_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
         return forced
     hp = ctx.spec.hyperparameters
-    if hp.packing or hp.max_tokens_per_batch or torch.cuda.is_available():
+    if hp.packing or hp.max_tokens_per_batch:
         return "packed"
+    if torch.cuda.is_available():
+        from .attention import backend
+
+        # packed rows pay only with a varlen kernel (flash-attn, or torch >= 2.10's); else the per-record loop
+        return "packed" if backend("cuda") != "sdpa_loop" else "grouped"
     return "grouped"
 
 
