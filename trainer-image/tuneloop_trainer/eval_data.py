@@ -64,3 +64,19 @@ def load_forgetting_set(path: Path | None) -> tuple[list[dict[str, Any]], str]:
     if not items:
         raise DataError(f"forgetting set {path} is empty")
     return items, label
+
+
+def load_train_answers(data_dir: Path) -> list[str]:
+    """The reference answers of DIR/data/train.jsonl (the last assistant turn of each chat record, or a
+    text record's completion): what the majority baseline is built from. Empty when there is no train split."""
+    path = data_dir / "train.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for rec in read_jsonl(path, "train split"):
+        msgs = rec.get("messages")
+        if msgs and msgs[-1].get("role") == "assistant":
+            out.append(str(msgs[-1].get("content", "")))
+        elif isinstance(rec.get("completion"), str):
+            out.append(rec["completion"])
+    return out

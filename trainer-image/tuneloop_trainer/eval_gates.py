@@ -1,4 +1,4 @@
-"""Gates: base-vs-tuned metrics → Passed/Failed with one reason per gate. Pure, no I/O."""
+"""Gates: tuned-vs-reference metrics (base, majority, serving; point or 95 % bound) → Passed/Failed with one reason per gate. Pure, no I/O."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from tuneloop.api.evaluation import (
     Gate,
     GateResult,
     MetricComparison,
+    ReferenceScore,
+    ServingComparison,
     Verdict,
     metric_info,
 )
@@ -38,38 +40,77 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) >= 1000 else f"{v:.3f}"
 
 
+def _ref_name(gate: Gate) -> str:
+    ref = getattr(gate, "reference", "base")
+    return ref if isinstance(ref, str) else ref.value
+
+
+def _reference(row: MetricComparison, ref: str) -> ReferenceScore | None:
+    found = next((s for s in row.references if s.reference == ref), None)
+    if found is None and ref == "base" and row.base is not None:
+        delta = row.tuned - row.base if row.tuned is not None else None
+        found = ReferenceScore(reference="base", value=row.base, difference=delta)
+    return found
+
+
 def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
-    """One gate against one metric row; every bound set on the gate must hold."""
+    """One gate against one metric row; every bound set on the gate must hold.
+
+    minImprovement/maxRegression compare with the gate's reference (base, majority, serving); with
+    confidenceBound they use the 95 % bound of the paired difference that is worst for the tuned model,
+    and minValue uses the worst bound of the tuned score's interval.
+    """
     metric = gate.metric if isinstance(gate.metric, str) else gate.metric.value
+    ref_name = _ref_name(gate)
+    bound = bool(getattr(gate, "confidence_bound", False))
+
+    def result(passed: bool, reason: str) -> GateResult:
+        return GateResult(metric=metric, passed=passed, reason=reason, reference=ref_name, confidence_bound=bound)
+
     if row is None or row.tuned is None:
-        return GateResult(metric=metric, passed=False, reason=f"{metric} was not measured for the tuned model")
+        return result(False, f"{metric} was not measured for the tuned model")
     lower = metric_info(metric).lower_is_better
     direction = "lower" if lower else "higher"
-    t, b = row.tuned, row.base
+    t = row.tuned
     reasons, passed = [], True
     if gate.min_value is not None:
-        ok = t <= gate.min_value + EPS if lower else t >= gate.min_value - EPS
+        value, what = t, "tuned"
+        if bound:
+            if row.tuned_interval is None:
+                return result(False, f"{metric}: no confidence interval for the tuned score, so its 95% bound cannot be checked")
+            value = row.tuned_interval.high if lower else row.tuned_interval.low
+            what = f"tuned {_fmt(t)}, its 95% {'upper' if lower else 'lower'} bound"
+        ok = value <= gate.min_value + EPS if lower else value >= gate.min_value - EPS
         passed &= ok
-        reasons.append(f"tuned {_fmt(t)} {'≤' if lower else '≥'} {_fmt(gate.min_value)}" if ok else f"tuned {_fmt(t)} {'>' if lower else '<'} required {_fmt(gate.min_value)}")
+        reasons.append(f"{what} {_fmt(value)} {('≤' if ok else '>') if lower else ('≥' if ok else '<')} required {_fmt(gate.min_value)}")
     if gate.min_improvement is not None or gate.max_regression is not None:
-        if b is None:
-            return GateResult(metric=metric, passed=False, reason=f"{metric}: no base score to compare with (set evaluation.baseline: true)")
-        gain = (b - t) if lower else (t - b)  # positive = better, in the metric's direction
+        ref = _reference(row, ref_name)
+        if ref is None or ref.value is None or ref.difference is None:
+            hint = {"base": "set evaluation.baseline: true", "majority": "keep evaluation.baselines: true and a train split with answers",
+                    "serving": "set evaluation.serving to the serving ModelVersion's eval.json"}.get(ref_name, "")
+            return result(False, f"{metric}: no {ref_name} score to compare with" + (f" ({hint})" if hint else ""))
+        r = ref.value
+        diff = ref.difference  # tuned - reference
+        gain = -diff if lower else diff  # positive = better, in the metric's direction
+        what = "improvement"
+        if bound:
+            di = ref.difference_interval
+            if di is None:
+                return result(False, f"{metric}: no paired confidence interval against {ref_name}, so its 95% bound cannot be checked")
+            gain = -di.high if lower else di.low
+            what = f"improvement {(-diff if lower else diff):+.3f}, its 95% lower bound"
+        vs = f"{ref_name} {_fmt(r)} → tuned {_fmt(t)}; {direction} is better"
         if gate.min_improvement is not None:
             ok = gain >= gate.min_improvement - EPS
             passed &= ok
-            reasons.append(
-                f"improvement {gain:+.3f} ({direction} is better: base {_fmt(b)} → tuned {_fmt(t)}) "
-                f"{'≥' if ok else '<'} required {_fmt(gate.min_improvement)}"
-            )
+            reasons.append(f"{what} {gain:+.3f} over {ref_name} ({vs}) {'≥' if ok else '<'} required {_fmt(gate.min_improvement)}")
         if gate.max_regression is not None:
             regression = max(0.0, -gain)
             ok = regression <= gate.max_regression + EPS
             passed &= ok
-            reasons.append(
-                f"regression {regression:.3f} (base {_fmt(b)} → tuned {_fmt(t)}) {'≤' if ok else '>'} allowed {_fmt(gate.max_regression)}"
-            )
-    return GateResult(metric=metric, passed=passed, reason=f"{metric}: " + "; ".join(reasons))
+            reasons.append(f"{'worst-case ' if bound else ''}regression {regression:.3f} against {ref_name} ({vs}) "
+                           f"{'≤' if ok else '>'} allowed {_fmt(gate.max_regression)}")
+    return result(passed, f"{metric}: " + "; ".join(reasons))
 
 
 def check_forgetting(check: ForgettingCheck, row: MetricComparison | None) -> GateResult:
@@ -91,6 +132,10 @@ def decide(
     gates: list[Gate],
     forgetting: ForgettingCheck | None,
     test_examples: int | None = None,
+    *,
+    serving: ServingComparison | None = None,
+    interval_method: str | None = None,
+    confidence_level: float | None = None,
 ) -> EvaluationRecord:
     """The EvaluationRecord: every gate's result and the verdict (Passed only when all gates hold)."""
     by_name = {r.name: r for r in rows}
@@ -98,4 +143,5 @@ def decide(
     if forgetting is not None and forgetting.enabled:
         results.append(check_forgetting(forgetting, by_name.get(FORGETTING)))
     verdict = Verdict.PASSED if all(r.passed for r in results) else Verdict.FAILED
-    return EvaluationRecord(metrics=rows, verdict=verdict, gates=results, test_examples=test_examples)
+    return EvaluationRecord(metrics=rows, verdict=verdict, gates=results, test_examples=test_examples, serving=serving,
+                            interval_method=interval_method, confidence_level=confidence_level)

@@ -189,11 +189,14 @@ def reference_nll(
     *,
     batch_size: int = 8,
     share_prefix: bool = True,
+    per_item: list[tuple[float, int]] | None = None,
 ) -> tuple[float, int]:
     """Sum of negative log-likelihoods of the reference tokens given their context, and their count.
 
     share_prefix: a context prefix common to every record (a system prompt) is run once and its
     KV cache reused by every batch, as in `generate`; the sums are the same.
+    per_item: when given, filled with one (nll, tokens) per pair, in the pairs' order ((0.0, 0) for a pair
+    with nothing to score), for per-item intervals.
     """
     import copy
 
@@ -201,15 +204,20 @@ def reference_nll(
     import torch.nn.functional as F
 
     rows: list[tuple[list[int], int]] = []
-    for prompt, answer in pairs:
+    owners: list[int] = []
+    if per_item is not None:
+        per_item[:] = [(0.0, 0)] * len(pairs)
+    for i, (prompt, answer) in enumerate(pairs):
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         if not p_ids and tokenizer.bos_token_id is not None:
             p_ids = [tokenizer.bos_token_id]
         if a_ids and p_ids:
             rows.append((p_ids + a_ids, len(p_ids)))
+            owners.append(i)
         elif len(a_ids) > 1:  # no context at all: the first token is given, the rest scored
             rows.append((a_ids, 1))
+            owners.append(i)
     if not rows:
         return 0.0, 0
     device = next(model.parameters()).device
@@ -247,8 +255,13 @@ def reference_nll(
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=bool(kw), **kw).logits.float()
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(device)
-            nll += F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum").item()
-            count += int((shift_labels != -100).sum().item())
+            losses = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="none").view(len(chunk), -1)
+            scored = (labels[:, 1:] != -100).to(losses.device)
+            nll += losses.sum().item()
+            count += int(scored.sum().item())
+            if per_item is not None:
+                for r, (row_nll, row_n) in enumerate(zip(losses.sum(dim=1).tolist(), scored.sum(dim=1).tolist())):
+                    per_item[owners[start + r]] = (row_nll, int(row_n))
     finally:
         model.train(was_training)
     return nll, count

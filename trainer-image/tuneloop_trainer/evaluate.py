@@ -21,8 +21,10 @@ from typing import Any
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
 from tuneloop.contract import layout
 
-from . import eval_metrics
+from . import eval_analysis, eval_metrics
 from .errors import ConfigError
+from .eval_compare import CONFIDENCE_LEVEL, METHOD
+from .eval_data import load_train_answers
 
 FORGETTING_MAX_NEW_TOKENS = 48
 
@@ -89,10 +91,13 @@ def _evaluate_model(
         )
         out["predictions"] = gen.texts
         out["generation"] = gen.stats()
+        out["batchSeconds"] = [round(x, 4) for x in gen.batch_seconds]
     if nll:
         pairs = [reference_pair(tok, r) for r in records]
         _progress(ctx, f"{label}: perplexity", 0, 1)
-        out["nll"] = reference_nll(model, tok, pairs, batch_size=ev.batch_size)
+        per_item: list[tuple[float, int]] = []
+        out["nll"] = reference_nll(model, tok, pairs, batch_size=ev.batch_size, per_item=per_item)
+        out["nllItems"] = per_item
         _progress(ctx, f"{label}: perplexity", 1, 1)
     if forgetting:
         prompts = [chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]) for f in forgetting]
@@ -138,9 +143,24 @@ def _scores(result: dict[str, Any] | None, references: list[str], schema: dict |
     return scores
 
 
+def _serving_doc(ctx: Any, ev: Any) -> dict[str, Any] | None:
+    """The serving ModelVersion's eval.json (evaluation.serving.evalJson), read whole."""
+    serving = getattr(ev, "serving", None)
+    if serving is None:
+        return None
+    path = ctx.resolve(serving.eval_json)
+    if not path.exists():
+        raise ConfigError(f"evaluation.serving.evalJson: {path} does not exist",
+                          hint="point it at the eval.json next to the serving ModelVersion's artifact")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"evaluation.serving.evalJson: {path} is not JSON ({exc})") from None
+
+
 def run(ctx: Any) -> dict[str, Any]:
     from .eval_data import load_forgetting_set, load_test_split
-    from .eval_gates import comparisons, decide
+    from .eval_gates import decide
 
     ev = ctx.spec.evaluation
     started = datetime.now(UTC)
@@ -169,8 +189,15 @@ def run(ctx: Any) -> dict[str, Any]:
     base_scores = _scores(results["base"], references, ev.json_schema, forgetting)
     tuned_scores = _scores(results["tuned"], references, ev.json_schema, forgetting)
     extra = [m for m in extra_rows() if m != "allFieldsExact" or ev.json_schema is not None or "allFieldsExact" in tuned_scores]
-    rows = comparisons(base_scores, tuned_scores, metrics + extra)
-    record = decide(rows, ev.gates, ev.forgetting if forgetting else None, test_examples=len(records))
+    analysis = eval_analysis.analyse(
+        records=records, references=references, schema=ev.json_schema, results=results, scores={"base": base_scores, "tuned": tuned_scores},
+        forgetting=forgetting, train_answers=load_train_answers(ctx.data_dir) if getattr(ev, "baselines", True) else [],
+        serving_doc=_serving_doc(ctx, ev), serving_name=ev.serving.model_version if getattr(ev, "serving", None) else None,
+    )
+    rows = eval_analysis.metric_rows(metrics + extra, analysis)
+    serving = eval_analysis.serving_outcome(rows, analysis, ev.gates)
+    record = decide(rows, ev.gates, ev.forgetting if forgetting else None, test_examples=len(records), serving=serving,
+                    interval_method=METHOD, confidence_level=CONFIDENCE_LEVEL)
 
     doc = {
         "record": record.wire(),
@@ -190,6 +217,11 @@ def run(ctx: Any) -> dict[str, Any]:
             label: {k: v for k, v in s.items() if k not in ("forgettingHits",)} for label, s in (("base", base_scores), ("tuned", tuned_scores))
         },
         "generation": {label: (r or {}).get("generation") for label, r in results.items()},
+        "baselines": analysis.baseline_doc(),
+        "itemKeys": analysis.keys,
+        "itemScores": analysis.items_doc(),
+        "perFieldItems": analysis.per_field_doc(),
+        "timingSpread": analysis.timing_spread,
         "seconds": {label: (r or {}).get("seconds") for label, r in results.items()},
         "examples": _examples(records, results),
         "forgetting": _forgetting_rows(forgetting, results, base_scores, tuned_scores),

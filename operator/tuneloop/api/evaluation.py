@@ -89,15 +89,36 @@ MetricName = Enum("MetricName", {re.sub(r"(?<!^)(?=[A-Z])", "_", i.name).upper()
 LOWER_IS_BETTER = {i.name for i in METRICS.values() if i.lower_is_better and i.selectable}
 
 
+class GateReference(str, Enum):
+    """What a gate compares the tuned model with, on the same test items."""
+
+    BASE = "base"
+    MAJORITY = "majority"
+    SERVING = "serving"
+
+
 class Gate(ApiModel):
-    """A promotion gate on one metric, tuned versus base."""
+    """A promotion gate on one metric: the tuned model against a named reference (default the base model),
+    on the point estimate or, with confidenceBound, on the 95 % confidence bound."""
 
     metric: MetricName = Field(description="Metric the gate reads.")
+    reference: GateReference = Field(
+        default=GateReference.BASE,
+        description="What minImprovement/maxRegression compare with: base (the base model), majority (the per-field majority "
+        "answer of the train split, or its most common answer), or serving (the ModelVersion currently serving the same "
+        "modelName, from evaluation.serving; champion/challenger).",
+    )
+    confidence_bound: bool = Field(
+        default=False,
+        description="Decide on the 95 % confidence bound instead of the point estimate: the lower bound of the improvement "
+        "(paired by test item) for minImprovement/maxRegression, the lower bound of the tuned score (upper, when lower is "
+        "better) for minValue.",
+    )
     min_improvement: float | None = Field(
-        default=None, description="Tuned must beat base by at least this much (absolute, in the metric's direction)."
+        default=None, description="Tuned must beat the reference by at least this much (absolute, in the metric's direction; 0.02 = 2 pp)."
     )
     max_regression: float | None = Field(
-        default=None, ge=0, description="Tuned may be worse than base by at most this much (absolute)."
+        default=None, ge=0, description="Tuned may be worse than the reference by at most this much (absolute)."
     )
     min_value: float | None = Field(default=None, description="Tuned must reach at least this value (at most, for perplexity).")
 
@@ -117,6 +138,17 @@ class Gate(ApiModel):
         if self.min_improvement is None and self.max_regression is None and self.min_value is None:
             raise ValueError("a gate needs minImprovement, maxRegression or minValue")
         return self
+
+
+class ServingReference(ApiModel):
+    """The ModelVersion currently serving the same modelName (the champion), as evaluated on the same test set."""
+
+    model_version: str | None = Field(default=None, description="Name of the serving ModelVersion (recorded in the verdict).")
+    eval_json: str = Field(
+        min_length=1,
+        description="Its eval.json (next to its artifact). Its per-item scores are paired with this run's by test item "
+        "(prompt and reference); items it did not score make the comparison not comparable.",
+    )
 
 
 class ForgettingCheck(ApiModel):
@@ -154,6 +186,14 @@ class EvaluationSpec(ApiModel):
     decoding: Literal["greedy", "sample"] = Field(default="greedy", description="Decoding strategy.")
     gates: list[Gate] = Field(default_factory=list, max_length=32, description="Gates that decide the verdict.")
     forgetting: ForgettingCheck = Field(default_factory=ForgettingCheck, description="Catastrophic-forgetting check.")
+    baselines: bool = Field(
+        default=True,
+        description="Score the trivial baselines on the same test items: majority (per-field majority answer of the train "
+        "split, or its most common answer) and, for free-text answers, copyPrompt.",
+    )
+    serving: ServingReference | None = Field(
+        default=None, description="The serving ModelVersion to compare with (champion/challenger; gates with reference: serving)."
+    )
     sample_prompts: list[str] = Field(
         default_factory=list, max_length=32, description="Extra prompts answered by base and tuned in the report."
     )
@@ -165,13 +205,47 @@ class Verdict(str, Enum):
     NOT_EVALUATED = "NotEvaluated"
 
 
+class Interval(ApiModel):
+    """A 95 % confidence interval."""
+
+    low: float = Field(description="Lower bound.")
+    high: float = Field(description="Upper bound.")
+
+
+class ComparisonOutcome(str, Enum):
+    BETTER = "Better"
+    WORSE = "Worse"
+    NO_SIGNIFICANT_DIFFERENCE = "NoSignificantDifference"
+    NOT_COMPARABLE = "NotComparable"
+
+
+class ReferenceScore(ApiModel):
+    """One metric of one reference (base, majority, copyPrompt, serving) and the tuned model's paired difference."""
+
+    reference: str = Field(description="base, majority, copyPrompt or serving.")
+    value: float | None = Field(default=None, description="The reference's score on the same test items.")
+    interval: Interval | None = Field(default=None, description="95 % interval of the reference's score.")
+    difference: float | None = Field(default=None, description="tuned − reference.")
+    difference_interval: Interval | None = Field(
+        default=None, description="95 % interval of tuned − reference, paired by test item (bootstrap, fixed seed)."
+    )
+    mcnemar_p_value: float | None = Field(default=None, description="McNemar's exact test p-value (binary per-item outcomes only).")
+    outcome: ComparisonOutcome | None = Field(
+        default=None, description="Better/Worse when the difference interval excludes 0 (in the metric's direction), else NoSignificantDifference."
+    )
+
+
 class MetricComparison(ApiModel):
-    """One metric for base and tuned."""
+    """One metric for the tuned model and its references."""
 
     name: str = Field(description="Metric name.")
     base: float | None = Field(default=None, description="Base model's score.")
     tuned: float | None = Field(default=None, description="Fine-tuned model's score.")
     delta: float | None = Field(default=None, description="tuned - base.")
+    tuned_interval: Interval | None = Field(default=None, description="95 % interval of the tuned score (none for corpus BLEU and timings).")
+    references: list[ReferenceScore] = Field(
+        default_factory=list, max_length=8, description="The same metric for base, majority, copyPrompt and serving, with paired differences."
+    )
 
 
 class GateResult(ApiModel):
@@ -180,12 +254,26 @@ class GateResult(ApiModel):
     metric: str = Field(description="Metric the gate read.")
     passed: bool = Field(description="Whether the gate held.")
     reason: str = Field(description="Why, with the numbers.")
+    reference: str | None = Field(default=None, description="What the gate compared with (base, majority, serving).")
+    confidence_bound: bool | None = Field(default=None, description="Whether it decided on the 95 % bound.")
+
+
+class ServingComparison(ApiModel):
+    """Champion/challenger: the tuned model against the serving ModelVersion, paired by test item."""
+
+    model_version: str | None = Field(default=None, description="The serving ModelVersion compared with.")
+    outcome: ComparisonOutcome = Field(description="Better, Worse, NoSignificantDifference or NotComparable, on `metric`.")
+    metric: str | None = Field(default=None, description="The metric that decided (the first gated or headline quality metric).")
+    reason: str = Field(default="", description="Why, with the numbers.")
 
 
 class EvaluationRecord(ApiModel):
     """What the evaluation measured and decided."""
 
-    metrics: list[MetricComparison] = Field(default_factory=list, max_length=64, description="Base vs tuned per metric.")
+    metrics: list[MetricComparison] = Field(default_factory=list, max_length=64, description="Tuned vs references per metric.")
     verdict: Verdict = Field(default=Verdict.NOT_EVALUATED, description="Passed, Failed or NotEvaluated.")
     gates: list[GateResult] = Field(default_factory=list, max_length=64, description="Each gate's outcome.")
     test_examples: int | None = Field(default=None, ge=0, description="Held-out records evaluated.")
+    confidence_level: float | None = Field(default=None, description="Confidence level of every interval (0.95).")
+    interval_method: str | None = Field(default=None, description="How intervals were computed.")
+    serving: ServingComparison | None = Field(default=None, description="The comparison with the serving ModelVersion, when one was given.")

@@ -1,0 +1,100 @@
+"""Per-item scores of one model's outputs on the test items: the input of every interval. Pure.
+
+Each metric becomes an `ItemScores` (per-item numerator and denominator) whose ratio is exactly the
+metric `eval_metrics.score_task` reports — field accuracy is hits over fields, perplexity exp(nll/tokens).
+Corpus BLEU has no per-item decomposition here: it gets no interval (the report says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from . import eval_metrics as em
+from .eval_stats import ItemScores
+
+
+def item_key(prompt: str, reference: str) -> str:
+    """Identity of a test item across runs (pairs this run's items with the serving version's)."""
+    return hashlib.sha256(f"{prompt}\x00{reference}".encode()).hexdigest()[:16]
+
+
+def task_items(
+    predictions: list[str], references: list[str], schema: dict[str, Any] | None = None,
+    nll_items: list[tuple[float, int]] | None = None,
+) -> dict[str, ItemScores]:
+    """metric name → per-item scores for the generation metrics (and perplexity when nll_items is given)."""
+    out: dict[str, ItemScores] = {}
+    if not references:
+        return out
+    out["exactMatch"] = ItemScores.of([em.exact_match(p, r) for p, r in zip(predictions, references, strict=True)])
+    out["jsonValid"] = ItemScores.of([em.parse_json(p)[0] for p in predictions])
+    try:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        out["rougeL"] = ItemScores.of([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)])
+    except ImportError:  # pragma: no cover - rouge-score is a trainer dependency
+        pass
+    if schema is not None:
+        validator = em.schema_validator(schema)
+
+        def ok(p: str) -> bool:
+            valid, value = em.parse_json(p)
+            return valid and validator.is_valid(value)
+
+        out["schemaCompliance"] = ItemScores.of([ok(p) for p in predictions])
+    task = em.Task(predictions, references, schema)
+    if task.fields is not None:
+        hits, totals, exact = _field_items(predictions, references, schema)
+        out["fieldAccuracy"] = ItemScores.of(hits, totals)
+        out["allFieldsExact"] = ItemScores.of(exact, [1.0 if t else 0.0 for t in totals])
+    if nll_items is not None and len(nll_items) == len(references):
+        out["perplexity"] = ItemScores.of([n for n, _ in nll_items], [c for _, c in nll_items], transform="exp")
+    return out
+
+
+def _field_items(predictions: list[str], references: list[str], schema: dict[str, Any] | None) -> tuple[list[int], list[int], list[int]]:
+    """Per item: fields right, fields scored, every field right — as `eval_metrics.field_accuracy` counts them."""
+    parsed = [em.parse_json(r) for r in references]
+    fields = em.schema_fields(schema, [v for ok, v in parsed if ok])
+    hits, totals, exact = [], [], []
+    for pred, (ok_r, ref) in zip(predictions, parsed, strict=True):
+        if not ok_r or not isinstance(ref, dict):
+            hits.append(0), totals.append(0), exact.append(0)
+            continue
+        ok_p, value = em.parse_json(pred)
+        value = value if ok_p and isinstance(value, dict) else None
+        h = t = 0
+        for f in fields:
+            if f not in ref:
+                continue
+            t += 1
+            h += value is not None and f in value and em._same(value[f], ref[f])
+        hits.append(h), totals.append(t), exact.append(int(h == t))
+    return hits, totals, exact
+
+
+def field_hits(predictions: list[str], references: list[str], schema: dict[str, Any] | None) -> dict[str, list[int | None]]:
+    """Per field, per item: 1 right, 0 wrong, None when the reference lacks the field (per-field intervals)."""
+    parsed = [em.parse_json(r) for r in references]
+    fields = em.schema_fields(schema, [v for ok, v in parsed if ok])
+    out: dict[str, list[int | None]] = {f: [] for f in fields}
+    for pred, (ok_r, ref) in zip(predictions, parsed, strict=True):
+        ok_p, value = em.parse_json(pred)
+        value = value if ok_p and isinstance(value, dict) else None
+        for f in fields:
+            if not ok_r or not isinstance(ref, dict) or f not in ref:
+                out[f].append(None)
+            else:
+                out[f].append(int(value is not None and f in value and em._same(value[f], ref[f])))
+    return out
+
+
+def wire(items: dict[str, ItemScores]) -> dict[str, Any]:
+    """JSON form for eval.json (per-item scores are kept, so any interval can be recomputed)."""
+    return {name: {"num": list(s.num), "den": list(s.den), **({"transform": s.transform} if s.transform else {})} for name, s in items.items()}
+
+
+def unwire(doc: dict[str, Any]) -> dict[str, ItemScores]:
+    return {name: ItemScores.of(v["num"], v["den"], v.get("transform", "")) for name, v in (doc or {}).items()}
