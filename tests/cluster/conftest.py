@@ -201,7 +201,10 @@ class Env:
         self.state: dict[str, Any] = {}  # what earlier tests of the chain leave for later ones
 
     def operator_env(self) -> dict[str, str]:
-        return {"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "3",
+        # TUNELOOP_CLUSTER_OPERATOR_SRC=DIR runs the operator from another checkout's `operator/` folder (e.g. the
+        # commit before a fix, to see a test fail before it)
+        src = os.environ.get("TUNELOOP_CLUSTER_OPERATOR_SRC")
+        return {**({"PYTHONPATH": src} if src else {}),"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "3",
                 "TUNELOOP_PROMETHEUS_URL": self.prometheus_url or "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
 
     def start_operator(self) -> OperatorProcess:
