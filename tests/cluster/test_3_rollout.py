@@ -182,6 +182,9 @@ def test_bad_canary_is_rolled_back(kube: Kube, env: Env, serving: SimpleNamespac
     before = s.gw.counts[(f"{RO}-canary", 500)]
     # spec.stable still names v1 (stale after the promotion), as docs/rollout.md allows
     kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v3}}})
+    ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v3 and o["status"].get("canaryWeight") == 50,
+                       "v3 at 50 %", 120)
+    env.state["v3_weight_changed_at"] = _at(ro["status"]["weightChangedAt"])
     ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "RolledBack", "v3 rolled back", 240)
     rb = cond(ro, "RolledBack")
     assert rb and "error-rate" in rb.get("message", ""), ro["status"].get("conditions")
@@ -193,12 +196,23 @@ def test_bad_canary_is_rolled_back(kube: Kube, env: Env, serving: SimpleNamespac
     # weight 0 within one analysis interval (+ a scrape) of the first failing measurement
     fails = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Failed"]
     assert fails, ro["status"].get("measurements")
+    gap = (_at(rb["lastTransitionTime"]) - min(_at(m["at"]) for m in fails)).total_seconds()
+    assert gap <= 3.0, f"weight 0 came {gap:.1f} s after the first failed measurement"
     assert _stable_pods_serve(kube, env.ns) == {v2}
+    # defect 6: no measurement before initialDelay (3 s) after the weight change; the canary is scaled down
+    # scaleDownDelaySeconds (2 s) after its traffic left, not in the same tick
+    changed = env.state["v3_weight_changed_at"]
+    ats = [_at(m["at"]) for m in ro["status"].get("measurements") or [] if m.get("at") and _at(m["at"]) >= changed]
+    assert ats and min(ats) - changed >= dt.timedelta(seconds=2.8), (changed, sorted(ats)[:3])
+    rolled = _at(rb["lastTransitionTime"])
+    scale_down_at = ro["status"].get("canaryScaleDownAt")
+    assert scale_down_at and (_at(scale_down_at) - rolled).total_seconds() >= 1.5, ro["status"]
+    kube.wait("deployments", f"{RO}-canary", env.ns, lambda d: d["spec"]["replicas"] == 0, timeout=60, what="canary scaled to 0")
 
 
 def test_removing_the_candidate_keeps_the_promoted_stable(kube: Kube, env: Env, serving: SimpleNamespace):
-    """Issue 10 defects 2 and 3 on the real server: with spec.stable left stale (v1), removing spec.candidate must
-    not put v1 back, and setting a candidate again must start a new rollout."""
+    """Issue 10 defects 2, 3 and 12 on the real server: with spec.stable left stale (v1), removing spec.candidate must
+    not put v1 back; setting the same candidate again must start a new rollout; `kubectl get` shows step and message."""
     v1, v2 = env.state["modelversion"], f"{SERVED}-v2"
     kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": None}})
     time.sleep(6)
@@ -208,6 +222,17 @@ def test_removing_the_candidate_keeps_the_promoted_stable(kube: Kube, env: Env, 
     _wait_mv(kube, env, v1, "Retired")
     assert _stable_pods_serve(kube, env.ns) == {v2}
     assert _route_weights(kube, env.ns)[f"{RO}-stable"] == 100
+    # defect 12: `kubectl get rollouts` (server-side printing of the CRD's columns) has STEP and MESSAGE
+    table = kube.kubectl("get", "rollouts", "-n", env.ns).stdout
+    assert "STEP" in table.splitlines()[0] and "MESSAGE" in table.splitlines()[0], table
+    # defect 3: setting the same (bad) candidate again starts a new rollout instead of staying Aborted
+    v3 = f"{SERVED}-v3"
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v3}}})
+    ro = _wait_rollout(kube, env, serving, lambda o: phase(o) in ("Progressing", "Aborted") and o["status"].get("candidateModelVersion") == v3,
+                       "the retried candidate starts again", 90)
+    assert phase(ro) != "Aborted", ro["status"]
+    ro = _wait_rollout(kube, env, serving, lambda o: phase(o) == "RolledBack", "the retried bad candidate rolled back again", 120)
+    assert ro["status"].get("stableModelVersion") == v2
 
 
 def test_silent_canary_is_rolled_back_by_the_progress_deadline(kube: Kube, env: Env, serving: SimpleNamespace):
