@@ -133,7 +133,9 @@ def delete_claims(kube: Kube, ns: str) -> None:
 @pytest.fixture(scope="session")
 def crds(kube: Kube) -> None:
     """`kubectl apply --server-side -f crds/` (the README's way), plus a minimal HTTPRoute CRD when the cluster has no Gateway API."""
-    out = kube.kubectl("apply", "--server-side", "--field-manager=tuneloop-tests", "-f", str(ROOT / "crds"), check=False)
+    # kubectl's own field manager, as a user's `kubectl apply --server-side -f crds/`; --force-conflicts because a shared
+    # cluster's CRDs may also be owned by an earlier helm install or kustomize apply of another checkout's copy
+    out = kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"), check=False)
     if out.returncode != 0:
         pytest.fail(f"the API server refused crds/ (issue 10 blocker):\n{out.stderr.strip()}")
     if kube.get("customresourcedefinitions", "httproutes.gateway.networking.k8s.io") is None:
