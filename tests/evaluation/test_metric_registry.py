@@ -70,7 +70,8 @@ def test_the_report_labels_formats_and_draws_it(test_metrics, tmp_path):
     rows = [{"name": "shortAnswers", "base": 0.25, "tuned": 0.5, "delta": 0.25},
             {"name": "answerChars", "base": 20.0, "tuned": 5.0, "delta": -15.0}]
     assert report_charts.metrics_plot(rows, tmp_path / "m.png", "t") and (tmp_path / "m.png").stat().st_size > 0
-    assert report.comparison_text({}, {"metrics": rows}).startswith("Short answers: 25.0% → 50.0% (+25.0 pp (better)).")
+    assert report.comparison_text({}, {"metrics": rows}).startswith(
+        "Short answers: 25.0% → 50.0% (+25.0 pp (no interval: significance unknown)).")  # never 'better' without an interval
     ctx = SimpleNamespace(spec=SimpleNamespace(resources=SimpleNamespace(gpus_per_node=0)))
     run = SimpleNamespace(stage_seconds=lambda s: 10.0, lineage={"world_size": 1})
     roi = next(line for line in report.conclusions(ctx, run, {"verdict": "Passed", "metrics": rows}) if "ROI" in line)

@@ -163,8 +163,8 @@ def spread(values: Sequence[float]) -> dict[str, float] | None:
 
 def beyond_noise(a: dict[str, float] | None, b: dict[str, float] | None) -> bool:
     """Two timing samples differ beyond noise only when their ranges (min–max) do not overlap and the
-    difference of means exceeds two pooled standard deviations. One measurement each: never."""
-    if not a or not b or a.get("n", 0) < 2 or b.get("n", 0) < 2:
+    difference of means exceeds two pooled standard deviations. Fewer than 3 measurements each: never."""
+    if not a or not b or a.get("n", 0) < 3 or b.get("n", 0) < 3:
         return False
     if a["min"] <= b["max"] and b["min"] <= a["max"]:
         return False

@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from tuneloop.api.evaluation import METRICS, EvaluationRecord, Verdict
+from tuneloop.api.evaluation import METRICS, EvaluationRecord
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.contract import layout
 
+from . import report_verdict
 from .errors import ConfigError
-from .report_analysis import curve_facts, duration, fmt, fmt_change, label, next_steps, strengths_weaknesses
+from .report_analysis import curve_facts, duration, fmt, label, next_steps, strengths_weaknesses
 from .report_sections import dataset, objective, overview, training_parameters, training_process
 
 SAMPLES = 3
@@ -49,17 +50,24 @@ def evaluation_section(ev: dict[str, Any], record: dict[str, Any]) -> list[str]:
         ),
         "",
         "### Quantitative Metrics",
-        "| Metric | Pre-Tuning Score | Post-Tuning Score | Improvement |",
-        "|--------|-----------------|-------------------|-------------|",
+        f"Every score with its {round(100 * (record.get('confidenceLevel') or 0.95))} % confidence interval in brackets; "
+        "differences are tuned minus the reference on the same test items. "
+        + (f"Method: {record['intervalMethod']}. " if record.get("intervalMethod") else "")
+        + "Corpus BLEU has no interval. The majority baseline answers every item with the train split's most common "
+        "value per field (or its most common answer).",
+        "",
+        *report_verdict.quantitative_table(rows, record.get("confidenceLevel")),
     ]
-    for r in rows:
-        lines.append(f"| {label(r['name'])} (`{r['name']}`) | {fmt(r['name'], r.get('base'))} | {fmt(r['name'], r.get('tuned'))} | {fmt_change(r['name'], r.get('base'), r.get('tuned'))} |")
+    field_table = report_verdict.per_field_table(ev.get("perFieldItems") or {})
     per_field = _per_field(ev)
-    if per_field:
+    if field_table:
+        lines += ["", "Per-field accuracy (95 % Wilson intervals):", "", *field_table]
+    elif per_field:
         lines += ["", "Per-field accuracy:", "", "| Field | Base | Tuned |", "|-------|------|-------|"]
         lines += [f"| `{f}` | {fmt('fieldAccuracy', v.get('base'))} | {fmt('fieldAccuracy', v.get('tuned'))} |" for f, v in per_field.items()]
-    lines += ["", "Gates:", "", "| Gate | Result | Reason |", "|------|--------|--------|"]
-    lines += [f"| `{g['metric']}` | {'✅ passed' if g['passed'] else '❌ failed'} | {g['reason']} |" for g in record.get("gates", [])] or ["| — | — | no gates configured |"]
+    lines += ["", "Gates:", "", "| Gate | Against | Result | Reason |", "|------|---------|--------|--------|"]
+    lines += [f"| `{g['metric']}` | {g.get('reference') or 'base'}{' (95% bound)' if g.get('confidenceBound') else ''} | "
+              f"{'✅ passed' if g['passed'] else '❌ failed'} | {g['reason']} |" for g in record.get("gates", [])] or ["| — | — | — | no gates configured |"]
     examples = (ev.get("examples") or [])[:SAMPLES]
     extra = ev.get("samplePrompts") or []
     lines += ["", "### Qualitative Evaluation", "- **Sample Prompts Used for Testing:**"]
@@ -92,10 +100,17 @@ def comparison_text(ev: dict[str, Any], record: dict[str, Any]) -> str:
     for name in _ranked("comparison"):
         r = rows.get(name)
         if r and r.get("base") is not None and r.get("tuned") is not None:
-            parts.append(f"{label(name)}: {fmt(name, r['base'])} → {fmt(name, r['tuned'])} ({fmt_change(name, r['base'], r['tuned'])}).")
+            parts.append(f"{label(name)}: {fmt(name, r['base'])} → {fmt(name, r['tuned'])} "
+                         f"({report_verdict.fmt_difference(name, report_verdict.ref(r, 'base'))}).")
     f = rows.get("forgettingAccuracy")
     if f and f.get("base") is not None:
         parts.append(f"On the general-knowledge set accuracy went {fmt('forgettingAccuracy', f['base'])} → {fmt('forgettingAccuracy', f['tuned'])}.")
+    _, trivial = report_verdict.trivial_baseline_finding(record, ev)
+    if trivial:
+        parts.append(trivial)
+    serving = report_verdict.serving_finding(record)
+    if serving:
+        parts.append(serving)
     return " ".join(parts) or "No comparison possible: the baseline was not evaluated."
 
 
@@ -105,10 +120,8 @@ def _ranked(attr: str) -> list[str]:
     return [i.name for i in sorted(ranked, key=lambda i: getattr(i, attr))]
 
 
-def conclusions(ctx: Any, run: Any, record: dict[str, Any]) -> list[str]:
-    verdict = record.get("verdict", Verdict.NOT_EVALUATED.value)
-    gates = record.get("gates", [])
-    failed = [g for g in gates if not g["passed"]]
+def conclusions(ctx: Any, run: Any, record: dict[str, Any], ev: dict[str, Any] | None = None) -> list[str]:
+    ev = ev or {}
     seconds = {s: run.stage_seconds(s) for s in ("prepare", "train", "evaluate")}
     total = sum(v for v in seconds.values() if v)
     world = run.lineage.get("world_size") or 1
@@ -118,15 +131,16 @@ def conclusions(ctx: Any, run: Any, record: dict[str, Any]) -> list[str]:
     rows = {r["name"]: r for r in record.get("metrics", [])}
     candidates = [rows[n] for n in _ranked("headline") if n in rows and rows[n].get("delta") is not None]
     headline = max(candidates, key=lambda r: r["delta"], default=None)
-    assessment = (f"**{verdict}** — all {len(gates)} gate(s) hold." if verdict == "Passed" and gates else
-                  f"**{verdict}** — {len(failed)} of {len(gates)} gate(s) failed: " + "; ".join(g["reason"] for g in failed) if failed else f"**{verdict}**.")
+    assessment = report_verdict.assessment(record, ev)
     roi = (f"Training took {duration(seconds.get('train'))} ({compute:.3f} {unit} at world size {world}); the whole pipeline "
            f"(prepare {duration(seconds.get('prepare'))}, train {duration(seconds.get('train'))}, evaluate {duration(seconds.get('evaluate'))}) took {duration(total)}.")
     if headline:
-        roi += f" For that, {label(headline['name'])} moved {fmt(headline['name'], headline['base'])} → {fmt(headline['name'], headline['tuned'])}."
-    use = ("Register it (`kubectl apply -f modelversion.yaml`) and serve it with a canary Rollout; the ModelVersion carries the "
-           "metrics and verdict the Rollout checks." if verdict == "Passed" else
-           "Do not serve it: the ModelVersion records the Failed verdict so a Rollout will refuse it. Use it to diagnose the data or hyperparameters.")
+        hb = report_verdict.ref(headline, "base")
+        roi += f" For that, {label(headline['name'])} moved {fmt(headline['name'], headline['base'])} → {fmt(headline['name'], headline['tuned'])} ({report_verdict.fmt_difference(headline['name'], hb)})."
+    kind, _ = report_verdict.trivial_baseline_finding(record, ev)
+    if kind in ("not better", "worse"):
+        roi += " The return is nil so far: the majority baseline gets as much for free."
+    use = report_verdict.practical_use(record, ev)
     return ["## Conclusions", f"- **Overall Assessment:** {assessment}", f"- **ROI Analysis:** {roi}", f"- **Practical Applications:** {use}", ""]
 
 
@@ -158,7 +172,7 @@ def run(ctx: Any) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "loss.png": report_charts.loss_plot(run_rec.progress, out / "loss.png", f"{ctx.name}: loss"),
-        "metrics.png": report_charts.metrics_plot(rec_wire.get("metrics", []), out / "metrics.png", f"{ctx.name}: base vs tuned"),
+        "metrics.png": report_charts.metrics_plot(rec_wire.get("metrics", []), out / "metrics.png", f"{ctx.name}: tuned vs references (95% CI)"),
     }
     facts = curve_facts(run_rec.progress)
     per_field = _per_field(ev)
@@ -171,12 +185,13 @@ def run(ctx: Any) -> dict[str, Any]:
         md += ["![training and validation loss](loss.png)", ""]
     md += evaluation_section(ev, rec_wire) if ev else ["## Evaluation", "Evaluation was disabled (`evaluation.enabled: false`).", ""]
     if figures["metrics.png"]:
-        md += ["![base vs tuned metrics](metrics.png)", ""]
+        md += ["![tuned vs base and trivial baselines, 95% intervals](metrics.png)", ""]
     md += ["## Observations", "- **Strengths of Fine-Tuned Model:**", *(f"  - {s}" for s in strengths),
            "- **Weaknesses/Limitations:**", *(f"  - {w}" for w in weaknesses),
            "- **Unexpected Behaviors:**", *(f"  - {u}" for u in unexpected), ""]
-    md += conclusions(ctx, run_rec, rec_wire)
-    md += ["## Next Steps", *(f"- {s}" for s in next_steps(rec_wire, facts, per_field, rec_wire.get("testExamples")) or ["- Nothing pending."]), ""]
+    md += conclusions(ctx, run_rec, rec_wire, ev)
+    steps = report_verdict.next_steps(rec_wire, ev or {}) + next_steps(rec_wire, facts, per_field, rec_wire.get("testExamples"))
+    md += ["## Next Steps", *(f"- {s}" for s in steps or ["Nothing pending."]), ""]
     md += resources(ctx, mv, figures)
     report_md, mv_yaml = ctx.workdir / layout.REPORT_FILE, ctx.workdir / layout.MODELVERSION_FILE
     report_md.write_text("\n".join(md))

@@ -142,7 +142,9 @@ def strengths_weaknesses(
         unexpected.append(f"Forgetting set: the tuned model newly answers {len(won)} item(s) the base missed ({', '.join(won[:6])}).")
     by = {r["name"]: r for r in rows}
     tps = by.get("tokensPerSecond")
-    if tps and tps.get("base") and tps.get("tuned") and tps["tuned"] < 0.8 * tps["base"]:
+    tps_outcome = next((s.get("outcome") for s in (tps or {}).get("references") or [] if s.get("reference") == "base"), "Worse")
+    # Timings swing with machine load: only a drop beyond the per-batch noise is mentioned.
+    if tps and tps.get("base") and tps.get("tuned") and tps["tuned"] < 0.8 * tps["base"] and tps_outcome == "Worse":
         unexpected.append(f"Generation throughput dropped {fmt('tokensPerSecond', tps['base'])} → {fmt('tokensPerSecond', tps['tuned'])} (an unmerged adapter adds work per token; merging removes it).")
     per_prompt = {}
     for model in ("base", "tuned"):

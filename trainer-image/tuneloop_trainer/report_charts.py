@@ -49,8 +49,36 @@ def loss_plot(progress: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
+_COLORS = {"base": "#9e9e9e", "majority": "#ff7f0e", "copyPrompt": "#bcbd22", "serving": "#1f77b4", "tuned": "#2ca02c"}
+
+
+def _series(by_name: dict[str, dict[str, Any]], frac: list[str]) -> list[tuple[str, str, list[float], list[list[float]]]]:
+    """(name, colour, values, [lower errors, upper errors]) per model, references first, tuned last."""
+    present = [ref for ref in _COLORS if ref != "tuned" and any(
+        (ref == "base" and by_name[m].get("base") is not None) or any(s.get("reference") == ref for s in by_name[m].get("references") or [])
+        for m in frac)]
+    out = []
+    for model in [*present, "tuned"]:
+        vals, lo, hi = [], [], []
+        for m in frac:
+            row = by_name[m]
+            if model == "tuned":
+                v, iv = row.get("tuned"), row.get("tunedInterval")
+            else:
+                ref = next((s for s in row.get("references") or [] if s.get("reference") == model), None)
+                v = (ref or {}).get("value", row.get("base") if model == "base" else None)
+                iv = (ref or {}).get("interval")
+            v = v or 0.0
+            vals.append(v)
+            lo.append(max(0.0, v - iv["low"]) if iv else 0.0)
+            hi.append(max(0.0, iv["high"] - v) if iv else 0.0)
+        out.append((model, _COLORS[model], vals, [lo, hi]))
+    return out
+
+
 def metrics_plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """Base vs tuned: grouped bars for 0–1 metrics, side panels for perplexity and throughput."""
+    """Tuned vs base and the trivial baselines (majority, copyPrompt, serving when measured): grouped bars with 95 %
+    error bars for 0–1 metrics, side panels for perplexity and throughput."""
     by_name = {r["name"]: r for r in rows}
     fractions, panels = chart_metrics()
     frac = [m for m in fractions if m in by_name and by_name[m].get("tuned") is not None]
@@ -63,13 +91,14 @@ def metrics_plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     ax = axes[0][0]
     xs = range(len(frac))
-    base = [by_name[m].get("base") or 0.0 for m in frac]
-    tuned = [by_name[m]["tuned"] for m in frac]
-    bars_b = ax.bar([x - 0.2 for x in xs], base, width=0.4, label="base", color="#9e9e9e")
-    bars_t = ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="tuned", color="#2ca02c")
-    for bars in (bars_b, bars_t):
+    series = _series(by_name, frac)
+    width = 0.8 / len(series)
+    for k, (name, color, vals, errs) in enumerate(series):
+        offs = [x - 0.4 + width * (k + 0.5) for x in xs]
+        bars = ax.bar(offs, vals, width=width, label=name, color=color,
+                      yerr=errs if any(e != [0.0, 0.0] for e in zip(*errs)) else None, capsize=2, error_kw={"linewidth": 0.8})
         for b in bars:
-            ax.annotate(f"{b.get_height():.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+            ax.annotate(f"{b.get_height():.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=6)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(frac, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1)

@@ -1,0 +1,187 @@
+"""Evaluation numbers with their uncertainty → the report's tables and conclusions. Pure.
+
+Everything said about the model here follows from the record: the verdict, the trivial baselines
+(majority, copyPrompt), the serving version and the 95 % intervals. A model that does not beat the
+majority baseline is called that, whatever the gates against the base model said.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneloop.api.evaluation import metric_info
+
+from .eval_stats import wilson
+from .report_analysis import fmt, label
+
+REFERENCE_LABELS = {"base": "Base", "majority": "Majority baseline", "copyPrompt": "Copy the prompt", "serving": "Serving version"}
+TIMINGS = ("latencySeconds", "tokensPerSecond")
+JUDGED_ON = ("fieldAccuracy", "exactMatch", "rougeL", "allFieldsExact")
+
+
+def ref(row: dict[str, Any], name: str) -> dict[str, Any] | None:
+    found = next((s for s in row.get("references") or [] if s.get("reference") == name), None)
+    if found is None and name == "base" and row.get("base") is not None:
+        found = {"reference": "base", "value": row["base"], "difference": row.get("delta")}
+    return found
+
+
+def fmt_interval(name: str, iv: dict[str, float] | None) -> str:
+    if not iv:
+        return ""
+    if metric_info(name).fraction:
+        return f" [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+    return f" [{iv['low']:.3g}, {iv['high']:.3g}]"
+
+
+def fmt_difference(name: str, s: dict[str, Any] | None) -> str:
+    """tuned − reference with its paired 95 % interval and the outcome word (timings: 'within noise' unless beyond it)."""
+    if not s or s.get("difference") is None:
+        return "n/a"
+    d, iv, out = s["difference"], s.get("differenceInterval"), s.get("outcome")
+    word = {"Better": "better", "Worse": "worse", "NoSignificantDifference": "no significant difference"}.get(out or "", "no interval: significance unknown")
+    if name in TIMINGS:
+        word = {"Better": "better, beyond noise", "Worse": "worse, beyond noise"}.get(out or "", "within noise")
+    if metric_info(name).fraction:
+        text = f"{100 * d:+.1f} pp" + (f" [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]" if iv else "")
+    else:
+        text = f"{d:+.3g}" + (f" [{iv['low']:+.3g}, {iv['high']:+.3g}]" if iv else "")
+    p = s.get("mcnemarPValue")
+    extra = f", McNemar p={p:.3g}" if p is not None else ""
+    return f"{text} ({word}{extra})" if word else text
+
+
+def references_present(rows: list[dict[str, Any]]) -> list[str]:
+    present = []
+    for name in REFERENCE_LABELS:
+        if any(ref(r, name) for r in rows):
+            present.append(name)
+    return present
+
+
+def quantitative_table(rows: list[dict[str, Any]], confidence: float | None) -> list[str]:
+    refs = references_present(rows)
+    level = f"{round(100 * (confidence or 0.95))} %"
+    head = ["Metric", *(REFERENCE_LABELS[r] for r in refs), f"Tuned ({level} CI)", *(f"Tuned − {REFERENCE_LABELS[r].lower()}" for r in refs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        n = r["name"]
+        cells = [f"{label(n)} (`{n}`)"]
+        for x in refs:
+            s = ref(r, x)
+            cells.append(fmt(n, s.get("value")) + fmt_interval(n, s.get("interval")) if s else "—")
+        cells.append(fmt(n, r.get("tuned")) + fmt_interval(n, r.get("tunedInterval")))
+        cells += [fmt_difference(n, ref(r, x)) if ref(r, x) else "—" for x in refs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_field_table(per_field_items: dict[str, dict[str, list[int | None]]]) -> list[str]:
+    """Per-field accuracy of every model that has it, with Wilson 95 % intervals."""
+    models = [m for m in ("base", "majority", "serving", "tuned") if per_field_items.get(m)]
+    if "tuned" not in models:
+        return []
+    fields = list(per_field_items["tuned"])
+    head = ["Field", *(REFERENCE_LABELS.get(m, "Tuned") for m in models)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for f in fields:
+        cells = [f"`{f}`"]
+        for m in models:
+            hits = [h for h in per_field_items[m].get(f, []) if h is not None]
+            iv = wilson(sum(hits), len(hits))
+            cells.append(f"{100 * sum(hits) / len(hits):.1f}% [{100 * iv.low:.0f}, {100 * iv.high:.0f}]" if hits else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def judged_metric(record: dict[str, Any], reference: str = "majority") -> dict[str, Any] | None:
+    """The quality metric the model is judged on against `reference`: the first gated one, else fieldAccuracy,
+    exactMatch, rougeL, allFieldsExact (the first the reference was scored on)."""
+    rows = {r["name"]: r for r in record.get("metrics", [])}
+    gated = [g["metric"] for g in record.get("gates", []) if g.get("reference") == reference]
+    for name in [*gated, *JUDGED_ON]:
+        if name in rows and ref(rows[name], reference):
+            return rows[name]
+    return None
+
+
+def trivial_baseline_finding(record: dict[str, Any], ev: dict[str, Any]) -> tuple[str | None, str | None]:
+    """('beats'|'not better'|'worse', sentence) against the majority baseline, or (None, None) when none was scored."""
+    row = judged_metric(record, "majority")
+    if row is None:
+        return None, None
+    s = ref(row, "majority")
+    n = row["name"]
+    answer = ((ev.get("baselines") or {}).get("majority") or {}).get("answer")
+    what = f"always answering `{answer}`" if answer and len(answer) <= 160 else "always giving the train split's majority answer"
+    diff = fmt_difference(n, s)
+    if s.get("outcome") == "Better":
+        return "beats", (f"It beats the trivial baseline: {label(n)} {fmt(n, row.get('tuned'))} vs {fmt(n, s.get('value'))} for {what} "
+                         f"(tuned − majority {diff}).")
+    verdict = "worse than" if s.get("outcome") == "Worse" else "not measurably better than"
+    return ("worse" if s.get("outcome") == "Worse" else "not better"), (
+        f"It is {verdict} the trivial baseline: {label(n)} {fmt(n, row.get('tuned'))} vs {fmt(n, s.get('value'))} for {what} "
+        f"(tuned − majority {diff}); the fine-tuning has not yet learned the task beyond its label frequencies.")
+
+
+def serving_finding(record: dict[str, Any]) -> str | None:
+    s = record.get("serving")
+    if not s:
+        return None
+    mv = s.get("modelVersion") or "the serving version"
+    return {"Better": f"It beats {mv} (champion/challenger): {s.get('reason')}.",
+            "Worse": f"It lost to {mv}, the version it would replace: {s.get('reason')}. A Rollout refuses it.",
+            "NoSignificantDifference": f"It is not measurably better than {mv}: {s.get('reason')}.",
+            }.get(s.get("outcome"), f"It could not be compared with {mv}: {s.get('reason')}.")
+
+
+def assessment(record: dict[str, Any], ev: dict[str, Any]) -> str:
+    verdict = record.get("verdict", "NotEvaluated")
+    gates = record.get("gates", [])
+    failed = [g for g in gates if not g.get("passed")]
+    head = (f"**{verdict}** — all {len(gates)} gate(s) hold." if verdict == "Passed" and gates else
+            f"**{verdict}** — {len(failed)} of {len(gates)} gate(s) failed: " + "; ".join(g["reason"] for g in failed) + "."
+            if failed else f"**{verdict}**.")
+    parts = [head]
+    kind, sentence = trivial_baseline_finding(record, ev)
+    if sentence:
+        parts.append(sentence)
+    if kind in ("not better", "worse") and verdict == "Passed":
+        parts.append("The gates passed only because they do not compare against the majority baseline; treat it as not yet useful.")
+    s = serving_finding(record)
+    if s:
+        parts.append(s)
+    return " ".join(parts)
+
+
+def practical_use(record: dict[str, Any], ev: dict[str, Any]) -> str:
+    verdict = record.get("verdict")
+    kind, _ = trivial_baseline_finding(record, ev)
+    serving = (record.get("serving") or {}).get("outcome")
+    if verdict != "Passed":
+        return ("Do not serve it: the ModelVersion records the Failed verdict so a Rollout will refuse it. "
+                "Use it to diagnose the data or hyperparameters.")
+    if kind in ("not better", "worse"):
+        return ("Do not serve it: a rule that always returns the majority answer does as well at no cost. "
+                "Add a gate with `reference: majority` and `confidenceBound: true` so the verdict says so.")
+    if serving == "Worse":
+        return "Do not serve it: it lost to the serving version; a Rollout refuses it."
+    if serving == "NoSignificantDifference":
+        return ("Serving it is optional: it is not measurably better than the serving version on this test set; "
+                "grow the test set or improve the model before a canary.")
+    return ("Register it (`kubectl apply -f modelversion.yaml`) and serve it with a canary Rollout; the ModelVersion carries the "
+            "metrics, intervals and verdict the Rollout checks.")
+
+
+def next_steps(record: dict[str, Any], ev: dict[str, Any]) -> list[str]:
+    kind, _ = trivial_baseline_finding(record, ev)
+    if kind not in ("not better", "worse"):
+        return []
+    steps = [
+        "Beat the majority baseline first: check the training answers are learnable from the prompt (cues present, labels "
+        "consistent), train longer or at a higher learning rate, and watch the per-field table — a field stuck at its majority "
+        "value has not been learned.",
+    ]
+    if not any(g.get("reference") == "majority" for g in record.get("gates", [])):
+        steps.append("Gate on it: `gates: [{metric: fieldAccuracy, reference: majority, confidenceBound: true, minImprovement: 0.02}]`.")
+    return steps
