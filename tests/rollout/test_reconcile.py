@@ -253,3 +253,22 @@ async def test_transitions_are_logged_with_the_rollout_name(tmp_path: Path, capl
         assert any(r_.levelname == "WARNING" and "AnalysisFailed" in r_.getMessage() for r_ in caplog.records)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["step"] == "2/2" and st["message"].startswith("v2 rolled back")
+
+
+@pytest.mark.unit
+def test_candidate_that_lost_to_the_serving_version_is_refused():
+    """Issue 12: a second run whose model is not better than the serving ModelVersion is refused by a Rollout."""
+    from tuneloop.api.modelversion import ModelVersion
+    from tuneloop.api.rollout import Rollout
+    from tuneloop.operator.rollout.reconcile import candidate_problem
+
+    ro = Rollout.model_validate(samples.gateway_rollout(allowUnevaluatedCandidate=True))
+    mv = samples.model_version("support-bot-v2")
+    mv["spec"]["evaluation"] = {"verdict": "Passed", "serving": {
+        "modelVersion": "support-bot-v1", "outcome": "Worse", "metric": "fieldAccuracy",
+        "reason": "fieldAccuracy: tuned 0.71 vs serving 0.83, difference -0.120 (95% CI -0.190 to -0.050, paired by item)"}}
+    problem = candidate_problem(ro.spec, ModelVersion.model_validate(mv))
+    assert problem is not None and problem.reason == "CandidateLostToServing"
+    assert "support-bot-v1" in problem.message and "-0.120" in problem.message
+    mv["spec"]["evaluation"]["serving"]["outcome"] = "NoSignificantDifference"
+    assert candidate_problem(ro.spec, ModelVersion.model_validate(mv)) is None

@@ -114,13 +114,21 @@ class Problem:
 
 
 def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
-    """A candidate must have passed its evaluation: Rejected/Failed never, NotEvaluated only when the
-    Rollout says allowUnevaluatedCandidate."""
+    """A candidate must have passed its evaluation: Rejected/Failed never, one that lost to the serving version
+    (its record's champion/challenger outcome Worse) never, NotEvaluated only when the Rollout says
+    allowUnevaluatedCandidate."""
     name = mv.metadata.name
     verdict = mv.spec.evaluation.verdict
     verdict = verdict.value if hasattr(verdict, "value") else str(verdict)
     if (mv.status and mv.status.phase == "Rejected") or verdict == "Failed":
         return Problem("CandidateRejected", f"ModelVersion {name} was Rejected by its evaluation gates; it is not rolled out")
+    serving = mv.spec.evaluation.serving
+    if serving is not None and str(getattr(serving.outcome, "value", serving.outcome)) == "Worse":
+        return Problem(
+            "CandidateLostToServing",
+            f"ModelVersion {name} lost to the serving version {serving.model_version or '(unnamed)'} it would replace "
+            f"({serving.reason}); it is not rolled out",
+        )
     if verdict != "Passed" and not spec.allow_unevaluated_candidate:
         return Problem(
             "CandidateNotEvaluated",
