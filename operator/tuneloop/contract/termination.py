@@ -50,13 +50,46 @@ REPORT_MARKER = "tuneloop-report.md"
 REPORT_BEGIN = f"----- BEGIN {REPORT_MARKER} -----"
 REPORT_END = f"----- END {REPORT_MARKER} -----"
 
-# What the publish message gives up first when it would not fit: library versions, long gate
-# reasons, the gates, the lineage, then all but 8 metrics.
+def _rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    return m.get("evaluation", {}).get("metrics", []) or []
+
+
+def _keep_refs(m: dict[str, Any], keep: tuple[str, ...]) -> None:
+    for row in _rows(m):
+        row["references"] = [r for r in row.get("references") or [] if r.get("reference") in keep]
+
+
+def _drop_ref_keys(m: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for row in _rows(m):
+        for r in row.get("references") or []:
+            for k in keys:
+                r.pop(k, None)
+
+
+def _refs_only_where_decided(m: dict[str, Any]) -> None:
+    ev = m.get("evaluation", {})
+    decided = {g.get("metric") for g in ev.get("gates", []) or []} | {(ev.get("serving") or {}).get("metric")}
+    for row in _rows(m):
+        if row.get("name") not in decided:
+            row.pop("references", None)
+
+
+# What the publish message gives up first when it would not fit: library versions, the interval
+# method's prose, the references' own intervals and p-values, the base/copyPrompt references (tuned,
+# base and delta stay in the row), the majority/serving difference intervals (value, difference and
+# outcome stay), references of metrics no gate reads, long gate reasons, the gates, the lineage, the references, then all but 8 metrics. The verdict and the serving
+# (champion/challenger) outcome are never reduced: the Rollout reads them.
 PUBLISH_REDUCTIONS: tuple[Reduction, ...] = (
     lambda m: m.get("lineage", {}).pop("libraryVersions", None),
+    lambda m: m.get("evaluation", {}).pop("intervalMethod", None),
+    lambda m: _drop_ref_keys(m, ("interval", "mcnemarPValue")),
+    lambda m: _keep_refs(m, ("majority", "serving")),
+    lambda m: _drop_ref_keys(m, ("differenceInterval",)),
+    lambda m: _refs_only_where_decided(m),
     lambda m: [g.update(reason=g.get("reason", "")[:80]) for g in m.get("evaluation", {}).get("gates", [])],
     lambda m: m.get("evaluation", {}).pop("gates", None),
     lambda m: m.pop("lineage", None),
+    lambda m: [row.pop("references", None) for row in _rows(m)],
     lambda m: m.get("evaluation", {}).update(metrics=m.get("evaluation", {}).get("metrics", [])[:8]),
 )
 
