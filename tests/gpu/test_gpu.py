@@ -144,6 +144,7 @@ def test_lora_trains_packed_bf16_then_evaluates_on_cuda(tiny, tmp_path):
     losses = [r["loss"] for r in rows if r["loss"] is not None]
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
     assert json.loads((work / "lineage.json").read_text())["hyperparameters"]["precision"] in ("auto", "bf16")
+    pytest.importorskip("rouge_score", reason="the evaluate stage scores ROUGE-L with rouge-score (in the trainer image)")
     ev = _stage("evaluate", spec, work, tmp_path)
     assert ev["outcome"] == "Succeeded", ev
 
