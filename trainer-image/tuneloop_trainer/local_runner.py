@@ -29,7 +29,8 @@ from .context import StageContext, load_context
 from .errors import TrainerError
 
 __all__ = ["OUTPUTS", "REQUIRES", "STAGE_ORDER", "StageContext", "StageOutcome", "TrainerError", "apply_overrides", "clean_outputs",
-           "default_workdir", "load_context", "missing_inputs", "run_chain", "run_one", "select_stages"]
+           "completed_training", "default_workdir", "load_context", "missing_inputs", "run_chain", "run_one", "select_stages",
+           "spec_fingerprint"]
 
 STAGE_ORDER = list(layout.STAGES)
 
@@ -102,6 +103,30 @@ def apply_overrides(spec: Any, overrides: dict[str, Any]) -> None:
         spec.evaluation.forgetting.enabled = False
 
 
+def spec_fingerprint(spec: Any) -> str:
+    """sha256 of what decides the weights: the spec (after command-line overrides) minus evaluation and registry."""
+    import hashlib
+
+    wire = spec.wire() if hasattr(spec, "wire") else dict(spec)
+    keep = {k: v for k, v in wire.items() if k not in ("evaluation", "registry")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def completed_training(workdir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The previous run's train summary when training already finished in `workdir` for the same spec
+    (same fingerprint, result-train.json Succeeded, the artifact present); None when it must (re)train."""
+    try:
+        log = json.loads((workdir / layout.LOCAL_RUN_FILE).read_text())
+        result = json.loads((workdir / layout.result_file("train")).read_text())
+    except (OSError, ValueError):
+        return None
+    if log.get("specFingerprint") != fingerprint or result.get("outcome") != "Succeeded":
+        return None
+    if not (workdir / layout.ARTIFACT_DIR).is_dir() or not any((workdir / layout.ARTIFACT_DIR).iterdir()):
+        return None
+    return result
+
+
 def run_one(stage: str, ctx: Any) -> StageOutcome:
     """One stage with the runner's contract: summary file written on success and on failure."""
     from .__main__ import failure_summary, run_stage, success_summary, write_summary
@@ -126,6 +151,18 @@ def run_one(stage: str, ctx: Any) -> StageOutcome:
         return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, code, line)
 
 
+def _history(workdir: Path) -> list[dict[str, Any]]:
+    """The stage entries of every earlier run in `workdir` (a --fresh/--force run starts a new history)."""
+    try:
+        prev = json.loads((workdir / layout.LOCAL_RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    runs = list(prev.get("history") or [])
+    if prev.get("stages"):
+        runs.append({"startedAt": prev.get("startedAt"), "stages": prev["stages"]})
+    return runs
+
+
 def run_chain(
     ctx: Any,
     stages: list[str],
@@ -138,6 +175,7 @@ def run_chain(
     outcomes: list[StageOutcome] = []
     log = dict(record or {})
     log.setdefault("startedAt", datetime.now(UTC).isoformat())
+    log["history"] = _history(ctx.workdir)  # every earlier run's stages in this workdir: the real cost of the artifact
     log["stages"] = []
     for i, stage in enumerate(stages, 1):
         if outcomes and outcomes[-1].outcome != "Succeeded":

@@ -137,11 +137,26 @@ def conclusions(ctx: Any, run: Any, record: dict[str, Any], ev: dict[str, Any] |
     if headline:
         hb = report_verdict.ref(headline, "base")
         roi += f" For that, {label(headline['name'])} moved {fmt(headline['name'], headline['base'])} → {fmt(headline['name'], headline['tuned'])} ({report_verdict.fmt_difference(headline['name'], hb)})."
+    runs = all_runs_cost(getattr(run, "local_run", None) or {})
+    if runs and runs["runs"] > 1:
+        roi += (f" Producing this artifact took {runs['runs']} runs in this work directory (resumes and re-evaluations included): "
+                f"train {duration(runs['train'])}, all stages {duration(runs['total'])} — that, not the last run alone, is its cost.")
     kind, _ = report_verdict.trivial_baseline_finding(record, ev)
     if kind in ("not better", "worse"):
         roi += " The return is nil so far: the majority baseline gets as much for free."
     use = report_verdict.practical_use(record, ev)
     return ["## Conclusions", f"- **Overall Assessment:** {assessment}", f"- **ROI Analysis:** {roi}", f"- **Practical Applications:** {use}", ""]
+
+
+def all_runs_cost(local_run: dict[str, Any]) -> dict[str, Any] | None:
+    """Seconds spent by every run recorded in local-run.json (earlier runs' history plus this one)."""
+    runs = [*(local_run.get("history") or []), {"stages": local_run.get("stages") or []}]
+    runs = [r for r in runs if r.get("stages")]
+    if not runs:
+        return None
+    entries = [e for r in runs for e in r["stages"] if isinstance(e.get("seconds"), (int, float))]
+    return {"runs": len(runs), "train": sum(e["seconds"] for e in entries if e.get("stage") == "train"),
+            "total": sum(e["seconds"] for e in entries)}
 
 
 def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:

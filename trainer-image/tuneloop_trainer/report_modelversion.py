@@ -39,8 +39,21 @@ def job_identity(ctx: Any) -> JobIdentity:
     return JobIdentity(ctx.name, ctx.namespace, ctx.uid or "", int(meta.get("generation") or 1))
 
 
-def _no_uid(lineage: dict[str, Any]) -> str:
-    """Local runs have no uid: the version ends in a hash of the lineage instead."""
+def _no_uid(lineage: dict[str, Any], artifact: Any = None) -> str:
+    """Local runs have no uid: the version ends in a hash of the trained weights (the files in DIR/artifact),
+    so the same weights always get the same ModelVersion; without an artifact, a hash of the lineage."""
+    from pathlib import Path
+
+    art = Path(artifact) if artifact else None
+    files = sorted(p for p in art.rglob("*") if p.is_file()) if art and art.is_dir() else []
+    h = hashlib.sha256()
+    if files:
+        for p in files:
+            h.update(str(p.relative_to(art)).encode() + b"\0")
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()[:8]
     return hashlib.sha256(json.dumps(lineage, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -57,7 +70,7 @@ def manifest(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], rec
         facts=lineage_facts.facts(lineage, data_report),
         evaluation=record,
         report_config_map=in_cluster,  # the operator copies report.md into the ModelVersion's ConfigMap
-        no_uid=_no_uid(lineage),
+        no_uid=_no_uid(lineage, getattr(ctx, "artifact_dir", None)),
     )
 
 

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-baseline", action="store_true", help="skip generating with the base model on the test set")
     r.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
     r.add_argument("--fresh", action="store_true", help="delete this job's previous outputs in the workdir first (otherwise training resumes from its checkpoints)")
+    r.add_argument("--force", action="store_true", help="retrain even when this workdir already holds a completed training run of the same spec "
+                   "(implies --fresh); without it a completed run is evaluated and reported again, not retrained")
     r.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice, one per core); 1 helps on a busy shared machine")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (plain stage lines only)")
     r.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
@@ -127,13 +129,22 @@ def run_local(args: argparse.Namespace) -> int:
         return exc.exit_code
     workdir = args.workdir or local_runner.default_workdir(probe.name, probe.spec, probe.spec_dir)
     workdir = workdir.resolve()
-    if args.fresh and workdir.exists():
+    if (args.fresh or getattr(args, "force", False)) and workdir.exists():
         removed = local_runner.clean_outputs(workdir)
         if removed:
             console.print(f"removed previous outputs in {workdir}: {', '.join(removed)}")
     ctx = load_context(args.file, workdir)
     overrides = {k: getattr(args, k) for k in ("max_steps", "max_samples", "no_baseline", "no_forgetting") if getattr(args, k)}
     local_runner.apply_overrides(ctx.spec, overrides)
+    fingerprint = local_runner.spec_fingerprint(ctx.spec)
+    done = local_runner.completed_training(workdir, fingerprint) if "train" in stages else None
+    if done is not None:
+        stages = [s for s in stages if s not in ("prepare", "train")]
+        console.print(f"training already completed in {workdir} for this spec ({done.get('seconds', '?')} s"
+                      + (f", step {done['steps']}" if done.get("steps") else "") + "): not retrained — same weights, same ModelVersion; "
+                      "--force retrains")
+        if not stages:
+            return 0
     missing = local_runner.missing_inputs(workdir, stages[0])
     if missing:
         err.print(f"[red]error:[/] {missing}")
@@ -152,7 +163,8 @@ def run_local(args: argparse.Namespace) -> int:
         console.print(f"{mark} {out.stage} {out.outcome.lower()} in {out.seconds:.1f}s — {headlines[out.stage]}")
 
     started = time.time()
-    record = {"spec": str(args.file.resolve()), "workdir": str(workdir), "stages_requested": stages, "overrides": overrides, "device": _device()}
+    record = {"spec": str(args.file.resolve()), "workdir": str(workdir), "stages_requested": stages, "overrides": overrides, "device": _device(),
+              "specFingerprint": fingerprint}
     try:
         outcomes = local_runner.run_chain(ctx, stages, on_start=display.start, on_end=on_end, record=record)
     finally:
