@@ -217,6 +217,15 @@ class Env:
         self.operator.start()
         return self.operator
 
+    def ensure_operator(self) -> OperatorProcess:
+        """The operator running (started with the tiny inputs on the claims when a test runs on its own, e.g. with -k)."""
+        if self.operator is None or self.operator.proc is None or self.operator.proc.poll() is not None:
+            write_tiny_inputs(self.ns)
+            self.start_operator()
+            time.sleep(5)
+        assert self.operator is not None
+        return self.operator
+
     def operator_log(self) -> str:
         return self.operator.tail(400) if self.operator else ""
 

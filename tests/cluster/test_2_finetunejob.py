@@ -75,7 +75,7 @@ def test_operator_runs_as_its_serviceaccount(kube: Kube, env: Env):
 
 
 def test_finetunejob_chain_with_operator_restart_and_pod_kill(kube: Kube, env: Env):
-    assert env.operator is not None, "test_operator_runs_as_its_serviceaccount did not start the operator"
+    env.ensure_operator()
     ns = env.ns
     t0 = time.monotonic()
     kube.create("finetunejobs", tiny_finetunejob(NAME, ns, annotations=ANNOTATIONS, max_steps=60))
@@ -173,6 +173,7 @@ def test_finetunejob_chain_with_operator_restart_and_pod_kill(kube: Kube, env: E
 
 def test_data_error_fails_fast_without_retries(kube: Kube, env: Env):
     """A missing data file: the data Job fails on exit 42 (podFailurePolicy FailJob, no retry) → InvalidData."""
+    env.ensure_operator()
     name = "missing-data"
     body = tiny_finetunejob(name, env.ns)
     body["spec"]["dataset"]["train"]["pvc"]["path"] = "support/nope.jsonl"
@@ -190,6 +191,7 @@ def test_quickstart_sample_on_a_cluster_is_what_its_header_says(kube: Kube, env:
     """Issue 10 defect 8: the quickstart sample passed `validate` and a server dry run, then the operator failed it.
     Whatever the sample's header promises must hold on the real API server: either the operator takes it, or the
     header says it is local-only and `kubectl tuneloop validate --cluster` refuses it before the operator does."""
+    env.ensure_operator()
     path = ROOT / "manifests" / "samples" / "quickstart.yaml"
     text = path.read_text()
     doc = yaml.safe_load(text)
@@ -219,6 +221,7 @@ def test_quickstart_sample_on_a_cluster_is_what_its_header_says(kube: Kube, env:
 def test_suspend_resume_and_garbage_collection(kube: Kube, env: Env):
     """spec.suspend (the one mutable field) moves generation and the current stage's Job follows through the real
     Job controller; deleting the FineTuneJob garbage-collects its children through owner references."""
+    env.ensure_operator()
     name = "suspended"
     kube.create("finetunejobs", tiny_finetunejob(name, env.ns, suspend=True))
     data = kube.wait("jobs", f"{name}-data", env.ns, timeout=120, on_timeout=lambda: _debug(kube, env))

@@ -38,6 +38,7 @@ SERVED = "support-bot"
 def serving(kube: Kube, env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     if not env.state.get("modelversion"):
         pytest.skip("needs the ModelVersion trained by test_2_finetunejob")
+    env.ensure_operator()
     prom = Prometheus(tmp_path_factory.mktemp("prometheus"))
     prom.start()
     disc = Discovery(kube, env.ns, prom.sd_file)
