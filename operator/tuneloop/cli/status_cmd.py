@@ -60,6 +60,10 @@ def render(obj: dict[str, Any], events: list[dict[str, Any]]) -> str:
             extras.append(f"eval loss {p['evalLoss']:.4f}")
         if p.get("tokensPerSecond") is not None:
             extras.append(f"{p['tokensPerSecond']:.0f} tokens/s")
+        if p.get("tokensPerSecondPerGpu") is not None:
+            extras.append(f"{p['tokensPerSecondPerGpu']:.0f} tokens/s per GPU")
+        if p.get("mfu") is not None:
+            extras.append(f"MFU {100 * p['mfu']:.1f}%")
         if p.get("etaSeconds") is not None:
             extras.append(f"ETA {_dur(p['etaSeconds'])}")
         if extras:
