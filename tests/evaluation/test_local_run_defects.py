@@ -64,3 +64,56 @@ def test_1_a_changed_spec_retrains(tmp_path, tiny, capsys):
     capsys.readouterr()
     assert cli(["local", "run", str(path), "--workdir", str(wd), "--no-progress", "--to-stage", "train", "--max-steps", "1"]) == 0
     assert "not retrained" not in capsys.readouterr().out
+
+
+def test_2_evaluation_without_a_test_split_fails_in_validate_and_before_training(tmp_path, tiny, capsys):
+    path, wd = job(tmp_path, tiny, dataset={"split": {"validation": 0.1, "test": 0.0}}), tmp_path / "wd"
+    assert cli(["validate", str(path)]) != 0
+    first = capsys.readouterr()
+    assert "no test data" in first.out + first.err
+    code = cli(["local", "run", str(path), "--workdir", str(wd), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 42 and "no test data" in captured.err
+    assert not (wd / "artifact").exists() and not (wd / "result-train.json").exists()  # nothing trained
+    from tuneloop.api import FineTuneJobSpec
+
+    doc = yaml.safe_load(path.read_text())["spec"]
+    doc["evaluation"]["enabled"] = False
+    FineTuneJobSpec.model_validate(doc)  # without evaluation a zero test split is fine
+    doc["evaluation"]["enabled"] = True
+    doc["dataset"]["test"] = {"path": "data/train.jsonl"}
+    FineTuneJobSpec.model_validate(doc)  # a separate test file is test data
+
+
+def test_4_every_spec_problem_at_once_in_the_specs_words_with_did_you_mean(tmp_path, tiny, capsys):
+    path = job(tmp_path, tiny)
+    doc = yaml.safe_load(path.read_text())
+    hp = doc["spec"]["hyperparameters"]
+    hp["lerningRate"] = hp.pop("learningRate")
+    doc["spec"]["methd"] = doc["spec"].pop("method")
+    doc["spec"]["dataset"]["train"]["path"] = "data/trian.jsonl"
+    path.write_text(yaml.safe_dump(doc))
+
+    assert cli(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.hyperparameters.lerningRate: unknown field `lerningRate`; did you mean `learningRate`?" in err
+    assert "spec.methd: unknown field `methd`; did you mean `method`?" in err
+    assert "spec.dataset.train.path: data/trian.jsonl does not exist" in err and "did you mean `data/trian.jsonl`" not in err
+    assert "did you mean `data/train.jsonl`?" in err
+    assert "Extra inputs are not permitted" not in err and "Value error" not in err and "spec.:" not in err
+
+    assert cli(["local", "run", str(path), "--workdir", str(tmp_path / "wd"), "--no-progress"]) == 42
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "lerningRate" in err and "methd" in err  # both at once, not one per run
+    assert "Extra inputs are not permitted" not in err
+
+
+def test_4_local_run_reports_every_missing_local_path_at_once(tmp_path, tiny, capsys):
+    path = job(tmp_path, tiny)
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["dataset"]["train"]["path"] = "data/trian.jsonl"
+    doc["spec"]["dataset"]["test"] = {"path": "nowhere/test.jsonl"}
+    path.write_text(yaml.safe_dump(doc))
+    assert cli(["local", "run", str(path), "--workdir", str(tmp_path / "wd"), "--no-progress"]) == 42
+    err = capsys.readouterr().err
+    assert "2 local path problem(s)" in err and "spec.dataset.train.path" in err and "spec.dataset.test.path" in err

@@ -73,9 +73,11 @@ def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[s
     try:
         spec = FineTuneJobSpec.model_validate(spec_doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid spec at spec.{where}: {first['msg']}", hint=f"{len(exc.errors())} problem(s); run `kubectl tuneloop validate {path}`") from None
+        from tuneloop.api.spec_errors import problems
+
+        found = problems(exc, FineTuneJobSpec, "spec")  # every problem at once, in the spec's words
+        text = found[0] if len(found) == 1 else f"{len(found)} problems:\n  " + "\n  ".join(found)
+        raise ConfigError(f"invalid spec {path}: {text}", hint=f"run `kubectl tuneloop validate {path}`") from None
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     return StageContext(

@@ -310,6 +310,10 @@ class FineTuneJobSpec(ApiModel):
     def _cross(self) -> FineTuneJobSpec:
         if self.method.type == MethodType.QLORA.value and self.resources.gpus_per_node == 0:
             raise ValueError("method qlora needs GPUs: set resources.gpusPerNode ≥ 1")
+        if self.evaluation.enabled and self.dataset.test is None and self.dataset.split.test <= 0:
+            # caught here (validate, the operator, local run, prepare) instead of after training
+            raise ValueError("evaluation is enabled but there is no test data: set dataset.split.test > 0 or dataset.test, "
+                             "or evaluation.enabled: false")
         return self
 
 

@@ -90,9 +90,11 @@ def check_document(doc: Any, source: str = "<input>") -> list[Problem]:
         # The schema already named these fields; the models add only what it cannot see.
         seen_paths = {p.path for p in problems}
         seen_messages = {p.message for p in problems}
+        from .spec_errors import message
+
         for err in exc.errors():
-            path = _path(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            path = _path(err["loc"]) or "(top level)"
+            msg = message(err, KINDS[kind])
             if path not in seen_paths and msg not in seen_messages:
                 problems.append(Problem(source, kind, name, path, msg))
     return problems

@@ -125,8 +125,20 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         probe = load_context(args.file, Path(tempfile.gettempdir()))  # validates the spec; the workdir is decided below
     except TrainerError as exc:
-        err.print(f"[red]error:[/] {exc.one_line()}")
+        from rich.markup import escape
+
+        # every spec problem on its own line, in the spec's words (not one per run)
+        err.print(f"[red]error:[/] {escape(str(exc))}" + (f"\n({escape(exc.hint)})" if exc.hint else ""), soft_wrap=True)
         return exc.exit_code
+    from .validate_cmd import local_path_problems
+
+    missing_paths = local_path_problems(doc.get("spec") or {}, args.file.resolve().parent)
+    if missing_paths:
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {len(missing_paths)} local path problem(s) in {args.file}:\n"
+                  + "\n".join(f"  {escape(w)}: {escape(why)}" for w, why in missing_paths), soft_wrap=True)
+        return EXIT_CONFIG_ERROR
     workdir = args.workdir or local_runner.default_workdir(probe.name, probe.spec, probe.spec_dir)
     workdir = workdir.resolve()
     if (args.fresh or getattr(args, "force", False)) and workdir.exists():

@@ -16,6 +16,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "output.s3 staging, batch split) — what the API server cannot see but the operator refuses")
 
 
+LOCAL_PATHS = (  # (field path, how to read it from the spec document)
+    ("spec.baseModel.path", ("baseModel", "path")),
+    ("spec.dataset.train.path", ("dataset", "train", "path")),
+    ("spec.dataset.validation.path", ("dataset", "validation", "path")),
+    ("spec.dataset.test.path", ("dataset", "test", "path")),
+    ("spec.evaluation.forgetting.path", ("evaluation", "forgetting", "path")),
+    ("spec.evaluation.serving.evalJson", ("evaluation", "serving", "evalJson")),
+)
+
+
+def local_path_problems(spec: dict, base_dir: Path) -> list[tuple[str, str]]:
+    """(field path, problem) for every local path in a FineTuneJob spec that does not exist (relative paths are
+    relative to the spec file's directory, as local runs read them), with the closest existing name."""
+    import difflib
+
+    out = []
+    for where, keys in LOCAL_PATHS:
+        node = spec
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, str) or not node or "://" in node:
+            continue
+        p = Path(node).expanduser()
+        full = p if p.is_absolute() else base_dir / p
+        if full.exists():
+            continue
+        parent = full.parent
+        hint = ""
+        if parent.is_dir():
+            close = difflib.get_close_matches(full.name, [c.name for c in parent.iterdir()], n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean `{(Path(node).parent / close[0]).as_posix()}`?"
+        else:
+            hint = f"; the directory {parent} does not exist either"
+        out.append((where, f"{node} does not exist (looked for {full}){hint}"))
+    return out
+
+
+def path_problems(paths: list[Path]) -> list[Problem]:
+    import yaml
+
+    from tuneloop.api.schema_check import load_documents
+
+    out = []
+    for path in paths:
+        try:
+            docs = load_documents(path)
+        except (OSError, yaml.YAMLError):
+            continue
+        for doc in docs:
+            if isinstance(doc, dict) and doc.get("kind") == "FineTuneJob" and isinstance(doc.get("spec"), dict):
+                name = (doc.get("metadata") or {}).get("name", "")
+                out += [Problem(str(path), "FineTuneJob", name, where, why) for where, why in local_path_problems(doc["spec"], path.resolve().parent)]
+    return out
+
+
 def cluster_problems(paths: list[Path]) -> list[Problem]:
     """The operator's own refusal (`Failed`, `InvalidSpec`) for each schema-valid FineTuneJob."""
     import yaml
@@ -42,6 +98,8 @@ def cluster_problems(paths: list[Path]) -> list[Problem]:
 
 def run(args: argparse.Namespace) -> int:
     count, problems = check_files(args.files)
+    if not args.cluster:
+        problems += path_problems(args.files)  # every problem at once: the schema's and the missing local files
     if args.cluster and not problems:
         problems = cluster_problems(args.files)
     if problems:
