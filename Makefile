@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The README's first command: install, then fine-tune SmolLM2-135M-Instruct locally, evaluate, report.
+# Options pass through: make quickstart ARGS="--threads 1 --fresh"
 quickstart: setup
-	$(VENV)/bin/kubectl-tuneloop local run manifests/samples/quickstart.yaml
+	$(VENV)/bin/kubectl-tuneloop local run manifests/samples/quickstart.yaml $(ARGS)
 
 ## The README's second command: install (plus Prometheus/promtool when apt is usable), run every test tier.
 test: setup sysdeps

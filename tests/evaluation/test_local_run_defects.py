@@ -117,3 +117,20 @@ def test_4_local_run_reports_every_missing_local_path_at_once(tmp_path, tiny, ca
     assert cli(["local", "run", str(path), "--workdir", str(tmp_path / "wd"), "--no-progress"]) == 42
     err = capsys.readouterr().err
     assert "2 local path problem(s)" in err and "spec.dataset.train.path" in err and "spec.dataset.test.path" in err
+
+
+def test_7_prepare_names_the_real_json_column_and_exact_duplicates(tmp_path, tiny, capsys):
+    path, wd = job(tmp_path, tiny, dataset={"checks": {"dedupe": "normalized", "maxRejectedFraction": 0.5}}), tmp_path / "wd"
+    data = tmp_path / "data" / "train.jsonl"
+    lines = data.read_text().splitlines()
+    lines.append(lines[0])  # an exact duplicate
+    lines.append(lines[1].replace("question", "QUESTION"))  # a normalized (case) duplicate
+    lines.append(lines[2][:-5])  # truncated inside a string: the line ends inside it
+    lines.append(lines[3][:-2])  # truncated after a value: the error is at the end of the line
+    data.write_text("\n".join(lines) + "\n")
+    assert cli(["local", "run", str(path), "--workdir", str(wd), "--no-progress", "--to-stage", "prepare"]) == 0
+    report = json.loads((wd / "data" / "data_report.json").read_text())
+    reasons = json.dumps(report)
+    assert "exact duplicate of" in reasons and "normalized duplicate (same text up to case and whitespace) of" in reasons
+    assert "at the end of the line" in reasons and "the line ends inside a string" in reasons
+    assert "at column 1\"" not in reasons

@@ -46,8 +46,8 @@ BAD = [
     ({"messages": [{"role": "user", "content": "  \n"}, {"role": "assistant", "content": "a"}]}, "empty", "empty or whitespace"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}, "empty", "empty or whitespace"),
     ({"messages": [{"role": "user", "content": LONG}, {"role": "assistant", "content": "a"}]}, "too_long", "> maxSeqLength 256"),
-    ("DUP_EXACT", "duplicate", "normalized duplicate of"),
-    ("DUP_NORMALIZED", "duplicate", "normalized duplicate of"),
+    ("DUP_EXACT", "duplicate", "exact duplicate of"),
+    ("DUP_NORMALIZED", "duplicate", "normalized duplicate (same text up to case and whitespace) of"),
 ]
 
 

@@ -101,10 +101,18 @@ def _read_jsonl(path: Path, name: str) -> Iterator[RawRecord]:
             if not text.strip():
                 yield RawRecord(name, n, error="blank")
                 continue
+            line = text.rstrip("\r\n")
             try:
-                yield RawRecord(name, n, json.loads(text))
+                yield RawRecord(name, n, json.loads(line))
             except json.JSONDecodeError as exc:
-                yield RawRecord(name, n, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+                # the column within this line (the newline is not part of it); an error past the last character is at its end
+                if exc.msg.startswith("Unterminated string"):
+                    error = f"invalid JSON: the line ends inside a string that starts at column {exc.pos + 1} (truncated record?)"
+                elif exc.pos >= len(line.rstrip()):
+                    error = f"invalid JSON: {exc.msg} at the end of the line (truncated record?)"
+                else:
+                    error = f"invalid JSON: {exc.msg} at column {exc.pos + 1}"
+                yield RawRecord(name, n, error=error)
 
 
 def _read_json(path: Path, name: str) -> Iterator[RawRecord]:

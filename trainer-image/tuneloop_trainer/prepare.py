@@ -31,6 +31,7 @@ class _Collector:
         self.accepted: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         self.rejected: list[dict[str, Any]] = []
         self.seen: dict[str, str] = {}
+        self.seen_exact: set[str] = set()  # exact keys too, so a normalized dedupe can say "exact duplicate" when it is one
         self.read = 0
         self.blank = 0
 
@@ -64,10 +65,13 @@ class _Collector:
             return
         if self.dedupe != "none":
             key = dedupe_key(rec, self.dedupe)
+            exact = key if self.dedupe == "exact" else dedupe_key(rec, "exact")
             if key in self.seen:
-                self.reject(raw, source, "duplicate", f"{self.dedupe} duplicate of {self.seen[key]}")
+                kind = "exact duplicate" if exact in self.seen_exact else "normalized duplicate (same text up to case and whitespace)"
+                self.reject(raw, source, "duplicate", f"{kind} of {self.seen[key]}")
                 return
             self.seen[key] = f"{raw.file}:{raw.line}"
+            self.seen_exact.add(exact)
         rec.update(source_file=raw.file, source_line=raw.line, num_tokens=n_tokens)
         self.accepted[source].append(rec)
 
