@@ -87,10 +87,10 @@ def test_local_run_produces_every_artifact(tmp_path, tiny, capsys):
     mv = yaml.safe_load(mv_path.read_text())
     assert mv["kind"] == "ModelVersion" and mv["metadata"]["namespace"] == "ml"
     assert mv["spec"]["modelName"] == "tiny-triage"
-    assert mv["spec"]["artifact"] == {"uri": "pvc://models/tiny/artifact", "format": "lora-adapter", "loraRank": 8}
+    assert mv["spec"]["artifact"] == {"uri": f"{wd.resolve().as_uri()}/artifact", "format": "lora-adapter", "loraRank": 8}  # where it really is
     assert mv["spec"]["evaluation"]["verdict"] == "Passed"
     assert mv["spec"]["lineage"]["datasetSha256"] == json.loads((wd / "data/data_report.json").read_text())["dataset_sha256"]
-    assert mv["spec"]["report"]["uri"] == "pvc://models/tiny/report/report.md"
+    assert mv["spec"]["report"]["uri"] == f"{wd.resolve().as_uri()}/report/report.md"
     assert cli(["validate", str(mv_path)]) == 0
 
 
@@ -112,7 +112,7 @@ def test_failing_gate_gives_failed_verdict_but_run_succeeds(tmp_path, tiny, caps
 
 def test_stage_failure_exits_non_zero_with_the_cause(tmp_path, tiny, capsys):
     job = manifest(tmp_path, tiny)
-    (tmp_path / "data" / "train.jsonl").unlink()
+    (tmp_path / "data" / "train.jsonl").write_text("")  # (a missing file is now refused before any stage runs)
     wd = tmp_path / "wd"
     code = cli(["local", "run", str(job), "--workdir", str(wd), "--no-progress"])
     captured = capsys.readouterr()

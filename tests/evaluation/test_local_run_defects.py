@@ -53,6 +53,15 @@ def test_1_a_completed_run_is_not_retrained_same_weights_same_modelversion(tmp_p
     report = (wd / "report" / "report.md").read_text()
     assert "took 2 runs in this work directory" in report  # the cost counts every run
 
+    # defect 3: the local run records where the artifact really is, and `report DIR` shows the local report
+    mv = yaml.safe_load((wd / "report" / "modelversion.yaml").read_text())
+    assert mv["spec"]["artifact"]["uri"] == f"{wd.resolve().as_uri()}/artifact"  # not pvc://models/tiny/artifact
+    assert mv["spec"]["report"]["uri"] == f"{wd.resolve().as_uri()}/report/report.md"
+    capsys.readouterr()
+    assert cli(["report", str(wd)]) == 0
+    assert capsys.readouterr().out == report
+    assert cli(["report", str(tmp_path)]) == 1 and "does not exist" in capsys.readouterr().err
+
     assert cli(["local", "run", str(path), "--workdir", str(wd), "--no-progress", "--force"]) == 0
     assert "not retrained" not in capsys.readouterr().out
     assert json.loads((wd / "local-run.json").read_text())["history"] == []  # --force starts over
@@ -134,3 +143,15 @@ def test_7_prepare_names_the_real_json_column_and_exact_duplicates(tmp_path, tin
     assert "exact duplicate of" in reasons and "normalized duplicate (same text up to case and whitespace) of" in reasons
     assert "at the end of the line" in reasons and "the line ends inside a string" in reasons
     assert "at column 1\"" not in reasons
+
+
+def test_4_an_empty_train_file_is_named_and_test_records_are_counted_apart(tmp_path, tiny, capsys):
+    path, wd = job(tmp_path, tiny, dataset={"test": {"path": "data/test.jsonl"}, "split": {"test": 0.0}}), tmp_path / "wd"
+    write_jsonl(tmp_path / "data" / "test.jsonl", chat_records(6, seed=9))
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    assert cli(["local", "run", str(path), "--workdir", str(wd), "--no-progress"]) == 42
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the train data holds no records" in err and "train.jsonl" in err and "(empty file)" in err
+    counts = json.loads((wd / "data" / "data_report.json").read_text())["counts"]
+    assert counts["read_by_source"] == {"train": 0, "test": 6}
+    assert "records read 6 (train 0, test 6)" in (wd / "data" / "data_report.txt").read_text()

@@ -33,6 +33,7 @@ class _Collector:
         self.seen: dict[str, str] = {}
         self.seen_exact: set[str] = set()  # exact keys too, so a normalized dedupe can say "exact duplicate" when it is one
         self.read = 0
+        self.read_by: dict[str, int] = {s: 0 for s in SPLITS}  # per source: a separate test file's records are not train's
         self.blank = 0
 
     def reject(self, raw: dataio.RawRecord, source: str, rule: str, reason: str) -> None:
@@ -45,6 +46,7 @@ class _Collector:
             self.blank += 1
             return
         self.read += 1
+        self.read_by[source] += 1
         if raw.error:
             self.reject(raw, source, "parse", raw.error)
             return
@@ -152,7 +154,8 @@ def run(ctx: Any) -> dict[str, Any]:
         "dedupe": ds.checks.dedupe,
         "split": {"validation": val_frac, "test": test_frac, "seed": ds.split.seed,
                   "separate_sources": [s for s in ("validation", "test") if getattr(ds, s)]},
-        "counts": {"read": col.read, "accepted": col.read - len(col.rejected), "rejected": len(col.rejected),
+        "counts": {"read": col.read, "read_by_source": {k: v for k, v in col.read_by.items() if k in sources},
+                   "accepted": col.read - len(col.rejected), "rejected": len(col.rejected),
                    "blank_lines": col.blank, **{s: len(v) for s, v in splits.items()}},
         "rejected_fraction": round(frac, 6),
         "rejected_by_rule": by_rule,
@@ -160,8 +163,9 @@ def run(ctx: Any) -> dict[str, Any]:
         "rejected": col.rejected,
     }
     failure = None
-    if col.read == 0:
-        failure = "the dataset holds no records"
+    if col.read_by["train"] == 0:
+        files = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
+        failure = f"the train data holds no records: {files}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
     elif frac > ds.checks.max_rejected_fraction:
         top = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
         failure = (f"{len(col.rejected)} of {col.read} records rejected ({frac:.1%} > maxRejectedFraction "

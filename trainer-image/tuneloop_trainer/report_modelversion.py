@@ -2,9 +2,8 @@
 (`tuneloop.contract.modelversion.build`, which the operator registers with), fed from the work directory.
 
 In a pod the operator's environment says where DIR lives ($TUNELOOP_WORKDIR_URI) and which image ran
-($TUNELOOP_IMAGE), so report/modelversion.yaml is the manifest the operator registers. A local run of
-a cluster spec (output.pvc) names the same pvc:// location; a spec with output.path names the local
-directory (file://).
+($TUNELOOP_IMAGE), so report/modelversion.yaml is the manifest the operator registers. A local run —
+of a cluster spec (output.pvc) too — names the local directory (file://), where the artifact is.
 """
 
 from __future__ import annotations

@@ -85,7 +85,9 @@ def dataset(ctx: Any, run: Any) -> list[str]:
     lines.append(f"- **Source of Data:** train {_src(ds.train)}" + (f", validation {_src(ds.validation)}" if ds.validation else "")
                  + (f", test {_src(ds.test)}" if ds.test else "") + f"; format `{ds.format}`; sha256 `{sha}`")
     if c:
-        lines.append(f"- **Size of Dataset:** {c.get('read', 'n/a')} records read, {c.get('accepted', 'n/a')} accepted, {c.get('rejected', 'n/a')} rejected")
+        by = c.get("read_by_source") or {}
+        split_read = f" ({', '.join(f'{k} {v}' for k, v in by.items())})" if len(by) > 1 else ""
+        lines.append(f"- **Size of Dataset:** {c.get('read', 'n/a')} records read{split_read}, {c.get('accepted', 'n/a')} accepted, {c.get('rejected', 'n/a')} rejected")
         lines.append(f"- **Data Distribution:** train {c.get('train')}, validation {c.get('validation')}, test {c.get('test')} records")
         for split, st in (dr.get("lengths") or {}).items():
             if st.get("records"):

@@ -24,7 +24,9 @@ def write_text_report(path: Path, report: dict[str, Any], limit: int = 50) -> No
         f"tuneloop data report — {report['outcome']}",
         f"dataset sha256: {report['dataset_sha256']}",
         f"format {report['format']}, tokenizer {report['tokenizer']}, maxSeqLength {report['max_seq_length']}, dedupe {report['dedupe']}",
-        f"records read {c['read']}, accepted {c['accepted']}, rejected {c['rejected']} ({report['rejected_fraction']:.1%})"
+        f"records read {c['read']}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in c["read_by_source"].items()) + ")" if len(c.get("read_by_source") or {}) > 1 else "")
+        + f", accepted {c['accepted']}, rejected {c['rejected']} ({report['rejected_fraction']:.1%})"
         + (f", blank lines skipped {c['blank_lines']}" if c["blank_lines"] else ""),
         f"split (seed {report['split']['seed']}): train {c['train']}, validation {c['validation']}, test {c['test']}",
     ]

@@ -1,6 +1,7 @@
 """`kubectl tuneloop report MODELVERSION`: print the experiment report (Markdown) from its ConfigMap.
 
-A FineTuneJob name works too: its registered ModelVersion's report is printed.
+A FineTuneJob name works too: its registered ModelVersion's report is printed. A local run's work
+directory (`kubectl tuneloop report runs/quickstart`) or a report.md file prints that report.
 """
 
 from __future__ import annotations
@@ -8,14 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
+from tuneloop.contract import layout
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="ModelVersion name (or the FineTuneJob that registered it)")
+    p.add_argument("name", help="ModelVersion name (or the FineTuneJob that registered it), or a local run's work directory")
     add_cluster_arguments(p)
 
 
@@ -59,7 +62,29 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def local_report(name: str) -> Path | None:
+    """The report file of a local work directory (DIR/report/report.md), a report directory, or a .md file; None
+    when `name` is not a local path (then it names a cluster object)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for candidate in (p / layout.REPORT_FILE, p / "report.md"):
+            if candidate.is_file():
+                return candidate
+        return p / layout.REPORT_FILE  # a directory without a report: say so, do not ask the cluster
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    local = local_report(args.name)
+    if local is not None:
+        if not local.is_file():
+            print(f"kubectl tuneloop report: {local} does not exist (run the report stage: kubectl tuneloop local run FILE)", file=sys.stderr)
+            return 1
+        text = local.read_text()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
     try:
         return asyncio.run(_run(args))
     except RuntimeError as exc:

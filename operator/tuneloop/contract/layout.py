@@ -125,11 +125,8 @@ def workdir_uri(claim: str, pod_path: str) -> str:
 
 
 def resolve_workdir_uri(spec: Any, name: str, namespace: str, local_dir: Path, env: dict[str, str]) -> str:
-    """DIR's URI as seen from the trainer: the operator's $TUNELOOP_WORKDIR_URI in a pod; else the
-    spec's output.pvc (a local run of a cluster spec); else the local directory (file://)."""
+    """DIR's URI as seen from the trainer: the operator's $TUNELOOP_WORKDIR_URI in a pod; else (a local run,
+    even of a cluster spec with output.pvc) the local directory (file://), where the artifact really is."""
     if env.get(ENV_WORKDIR_URI):
         return env[ENV_WORKDIR_URI].rstrip("/")
-    try:
-        return workdir_uri(*output_location(spec, name, namespace))
-    except LocationError:
-        return Path(local_dir).resolve().as_uri()
+    return Path(local_dir).resolve().as_uri()

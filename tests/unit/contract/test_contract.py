@@ -84,6 +84,8 @@ def test_exit_codes_and_layout():
     assert layout.output_location(s3, "job", "ns", "stage") == ("stage", "/output/ns/job")
     assert layout.resolve_workdir_uri(s3, "job", "ns", layout.Path("/tmp/wd"), {layout.ENV_WORKDIR_URI: "pvc://stage/ns/job/"}) == "pvc://stage/ns/job"
     assert layout.resolve_workdir_uri(s3, "job", "ns", layout.Path("/tmp/wd"), {}) == "file:///tmp/wd"
+    # a local run of a cluster spec (output.pvc) records where the artifact really is, not the PVC (issue 12 defect 3)
+    assert layout.resolve_workdir_uri(spec, "job", "ns", layout.Path("/tmp/wd"), {}) == "file:///tmp/wd"
 
 
 def test_stage_results_keep_their_wire_form():
