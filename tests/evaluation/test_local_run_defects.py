@@ -155,3 +155,21 @@ def test_4_an_empty_train_file_is_named_and_test_records_are_counted_apart(tmp_p
     counts = json.loads((wd / "data" / "data_report.json").read_text())["counts"]
     assert counts["read_by_source"] == {"train": 0, "test": 6}
     assert "records read 6 (train 0, test 6)" in (wd / "data" / "data_report.txt").read_text()
+
+
+def test_5_loss_is_the_last_steps_and_duplicated_rows_count_once(tmp_path):
+    from tuneloop.cli.local_progress import stage_headline
+    from tuneloop_trainer.report_analysis import curve_facts
+    from tuneloop_trainer.report_inputs import read_progress
+
+    rows = [{"step": s, "loss": 1.0 - s / 50, "eval_loss": None} for s in range(1, 41)]
+    rows.append({"step": 40, "loss": 0.2, "eval_loss": 0.3})  # step 40's evaluation row repeats it
+    rows.append({"step": 40, "loss": 0.2, "eval_loss": 0.3})  # and again after a resume
+    progress = tmp_path / "progress.jsonl"
+    progress.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    read = read_progress(progress)
+    assert [r["step"] for r in read] == list(range(1, 41))  # one row per step
+    facts = curve_facts(read)
+    assert facts["last_loss"] == pytest.approx(0.2) and facts["last_step"] == 40
+    line = stage_headline("train", {"outcome": "Succeeded", "steps": 40, "train_loss": 0.2635, "final_loss": 0.165, "eval_loss": 0.3})
+    assert "last-step train loss 0.1650" in line and "0.2635" not in line

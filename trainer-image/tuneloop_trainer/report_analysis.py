@@ -66,7 +66,8 @@ def curve_facts(progress: list[dict[str, Any]]) -> dict[str, Any]:
     if train:
         head = [v for _, v in train[: max(1, len(train) // 10)]]
         tail = [v for _, v in train[-max(1, len(train) // 10) :]]
-        facts.update(train_start=sum(head) / len(head), train_end=sum(tail) / len(tail), last_step=train[-1][0])
+        facts.update(train_start=sum(head) / len(head), train_end=sum(tail) / len(tail), last_step=train[-1][0],
+                     first_loss=train[0][1], last_loss=train[-1][1])
         facts["nan"] = any(not math.isfinite(v) for _, v in train)
     if val:
         best = min(val, key=lambda sv: sv[1])

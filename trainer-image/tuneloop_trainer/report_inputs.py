@@ -58,17 +58,20 @@ def _json(path: Path, missing: list[str]) -> dict[str, Any]:
 
 
 def read_progress(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    """progress.jsonl as one row per optimizer step, in step order: a step logged twice (its log and its
+    evaluation row, or again after a resume) is one row, the later values winning — so the curve's last
+    point is the last step's loss, not an average of duplicates."""
+    by_step: dict[float, dict[str, Any]] = {}
     if not path.exists():
-        return rows
+        return []
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue  # a line cut by a killed pod
         if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-            rows.append(row)
-    return rows
+            by_step[row["step"]] = {**by_step.get(row["step"], {}), **{k: v for k, v in row.items() if v is not None}}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def validation_points(progress: list[dict[str, Any]]) -> list[tuple[float, float]]:

@@ -173,7 +173,8 @@ def training_process(ctx: Any, run: Any, scores: dict[str, Any]) -> list[str]:
         + (f", {pick(run.lineage, 'tokens_seen', 'tokensSeen')} tokens seen" if pick(run.lineage, "tokens_seen", "tokensSeen") else ""),
     ]
     if facts.get("train_points"):
-        lines.append(f"- **Loss:** train {facts['train_start']:.3f} → {facts['train_end']:.3f}"
+        lines.append(f"- **Loss:** train {facts['first_loss']:.3f} at the first logged step → {facts['last_loss']:.3f} at step {facts['last_step']}"
+                     f" (mean of the first/last tenth of steps {facts['train_start']:.3f} → {facts['train_end']:.3f})"
                      + (f"; validation {facts['val_start']:.3f} → {facts['val_end']:.3f} (best {facts['val_best']:.3f} at step {facts['val_best_step']})" if facts.get("val_points") else "")
                      + " — see `loss.png`.")
     lines.append("- **Challenges Encountered:**")

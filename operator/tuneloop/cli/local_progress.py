@@ -89,11 +89,14 @@ def stage_headline(stage: str, summary: dict[str, Any]) -> str:
         c = summary.get("counts") or {}
         return f"{c.get('accepted', '?')} accepted / {c.get('rejected', '?')} rejected → train {c.get('train', '?')}, validation {c.get('validation', '?')}, test {c.get('test', '?')}"
     if stage == "train":
-        keys = [("steps", "steps"), ("global_step", "steps"), ("train_loss", "train loss"), ("final_loss", "loss"), ("eval_loss", "val loss"), ("final_eval_loss", "val loss")]
-        parts = []
+        # the last step's loss (what the report's curve ends at), not train_loss, the mean over the whole run
+        keys = [("steps", "steps"), ("global_step", "steps"), ("final_loss", "last-step train loss"), ("eval_loss", "val loss"),
+                ("final_eval_loss", "val loss")]
+        parts, named = [], set()
         for k, name in keys:
             v = summary.get(k)
-            if isinstance(v, (int, float)) and name not in " ".join(parts):
+            if isinstance(v, (int, float)) and name not in named:
+                named.add(name)
                 parts.append(f"{name} {v:.4f}" if isinstance(v, float) else f"{name} {v}")
         return ", ".join(parts) or "artifact saved"
     if stage == "evaluate":
