@@ -173,3 +173,24 @@ def test_5_loss_is_the_last_steps_and_duplicated_rows_count_once(tmp_path):
     assert facts["last_loss"] == pytest.approx(0.2) and facts["last_step"] == 40
     line = stage_headline("train", {"outcome": "Succeeded", "steps": 40, "train_loss": 0.2635, "final_loss": 0.165, "eval_loss": 0.3})
     assert "last-step train loss 0.1650" in line and "0.2635" not in line
+
+
+def test_6_noise_deepspeed_warning_metrics_address_and_one_eta():
+    import subprocess
+    import sys
+
+    from tuneloop.cli.local_progress import StageDisplay
+    from tuneloop_trainer.metrics import listen_address
+
+    code = ("from tuneloop.cli.local_cmd import _quiet_libraries; _quiet_libraries()\n"
+            "from deepspeed.accelerator import get_accelerator; get_accelerator()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ, "DS_ACCELERATOR": "cpu"},
+                          timeout=300)
+    assert done.returncode == 0 and "Setting accelerator" not in done.stderr + done.stdout
+
+    assert listen_address({}) == "127.0.0.1"  # a local run does not open the metrics port to the network
+    assert listen_address({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "0.0.0.0"
+    assert listen_address({"TUNELOOP_METRICS_ADDR": "::"}) == "::"
+
+    info = StageDisplay._train_info({"loss": 0.5, "eta_seconds": 82.0, "tokens_per_second": 100.0})
+    assert "eta" not in info  # the bar's ETA column is the only ETA

@@ -27,10 +27,11 @@ class TrainerMetrics:
             self.gauges[k].set(float("nan"))
         self.server = None
 
-    def serve(self, port: int | None = None, addr: str = "0.0.0.0") -> int:
+    def serve(self, port: int | None = None, addr: str | None = None) -> int:
         from prometheus_client import start_http_server
 
         port = int(os.environ.get("TUNELOOP_METRICS_PORT", "9400")) if port is None else port
+        addr = addr or listen_address()
         self.server, _ = start_http_server(port, addr=addr, registry=self.registry)
         return self.server.server_port
 
@@ -45,3 +46,12 @@ class TrainerMetrics:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def listen_address(env: dict[str, str] | None = None) -> str:
+    """Where the metrics endpoint listens: every interface in a pod (Prometheus scrapes the pod IP), the
+    loopback interface elsewhere (a local run must not open a port to the network); $TUNELOOP_METRICS_ADDR wins."""
+    env = os.environ if env is None else env
+    if env.get("TUNELOOP_METRICS_ADDR"):
+        return env["TUNELOOP_METRICS_ADDR"]
+    return "0.0.0.0" if env.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"

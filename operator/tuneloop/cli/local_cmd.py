@@ -48,6 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
 
 
+class _ErrorsOnly:
+    """A logging filter that keeps errors only."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        import logging
+
+        return record.levelno >= logging.ERROR
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -55,7 +65,12 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
-    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    # DeepSpeed's logger resets its own level to INFO when it is imported, so a level set here does not stick;
+    # a filter does ("Setting accelerator to CPU…" on every CPU run).
+    ds_logger = logging.getLogger("DeepSpeed")
+    ds_logger.setLevel(logging.ERROR)
+    if not any(isinstance(f, _ErrorsOnly) for f in ds_logger.filters):
+        ds_logger.addFilter(_ErrorsOnly())
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:

@@ -33,7 +33,7 @@ class StageDisplay:
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=None if self.console.width >= 120 else 16),  # fits 80 columns with the loss and tok/s
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
@@ -76,8 +76,7 @@ class StageDisplay:
             parts.append(f"val {e['eval_loss']:.4f}")
         if isinstance(e.get("tokens_per_second"), (int, float)) and e["tokens_per_second"]:
             parts.append(f"{e['tokens_per_second']:.0f} tok/s")
-        if isinstance(e.get("eta_seconds"), (int, float)):
-            parts.append(f"eta {int(e['eta_seconds']) // 60}:{int(e['eta_seconds']) % 60:02d}")
+        # no ETA here: the bar's own ETA column shows it (it was printed twice)
         return " · ".join(parts)
 
 
