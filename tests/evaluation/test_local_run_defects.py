@@ -194,3 +194,15 @@ def test_6_noise_deepspeed_warning_metrics_address_and_one_eta():
 
     info = StageDisplay._train_info({"loss": 0.5, "eta_seconds": 82.0, "tokens_per_second": 100.0})
     assert "eta" not in info  # the bar's ETA column is the only ETA
+
+
+def test_6_a_loaded_machine_is_said_in_the_report():
+    from types import SimpleNamespace
+
+    from tuneloop_trainer.report_analysis import challenges
+
+    run = SimpleNamespace(data_report={}, results={}, lineage={}, missing=[],
+                          local_run={"stages": [{"stage": "train", "loadAverage": 999.0}]})
+    assert any("The machine was loaded: load average up to 999.0" in c for c in challenges(run, {}, {}))
+    run.local_run = {"stages": [{"stage": "train", "loadAverage": 0.1}]}
+    assert not any("loaded" in c for c in challenges(run, {}, {}))

@@ -151,6 +151,16 @@ def run_one(stage: str, ctx: Any) -> StageOutcome:
         return StageOutcome(stage, "Failed", round(time.time() - started, 1), summary, code, line)
 
 
+def _load() -> float | None:
+    """The 1-minute load average when the stage ended (a busy shared machine stretches wall times)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _history(workdir: Path) -> list[dict[str, Any]]:
     """The stage entries of every earlier run in `workdir` (a --fresh/--force run starts a new history)."""
     try:
@@ -185,7 +195,8 @@ def run_chain(
             on_start(stage, i, len(stages))
         out = run_one(stage, ctx)
         outcomes.append(out)
-        log["stages"].append({"stage": stage, "outcome": out.outcome, "seconds": out.seconds, "cause": out.cause or None})
+        log["stages"].append({"stage": stage, "outcome": out.outcome, "seconds": out.seconds, "cause": out.cause or None,
+                              "loadAverage": _load()})
         (ctx.workdir / layout.LOCAL_RUN_FILE).write_text(json.dumps(log, indent=2, default=str))
         if on_end:
             on_end(out)

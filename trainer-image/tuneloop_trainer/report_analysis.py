@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from tuneloop.api.evaluation import metric_info
@@ -101,6 +102,11 @@ def challenges(run: Any, facts: dict[str, Any], scores: dict[str, dict[str, Any]
         empty = (scores.get(model) or {}).get("emptyGenerations")
         if empty:
             out.append(f"The {model} model produced {empty} empty generation(s) (scored as wrong).")
+    loads = [e.get("loadAverage") for e in (getattr(run, "local_run", None) or {}).get("stages") or [] if isinstance(e.get("loadAverage"), (int, float))]
+    cpus = os.cpu_count() or 1
+    if loads and max(loads) > cpus:
+        out.append(f"The machine was loaded: load average up to {max(loads):.1f} on {cpus} CPUs while the stages ran, so every wall "
+                   "time (and tokens/s, latency) here is pessimistic; compare timings only between runs on an idle machine.")
     for m in run.missing:
         out.append(f"`{m}` was not found in the work directory; the sections depending on it say so.")
     return out
