@@ -11,6 +11,7 @@ import yaml
 from tuneloop.api import schema_check
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import RolloutPhase
+from tuneloop.api.schedule import SchedulePhase
 from tuneloop.api.status import FineTuneJobPhase
 
 from ._support import ROOT
@@ -30,8 +31,10 @@ MODELVERSION = {"Pending": "Progressing", "Ready": "Healthy", "Serving": "Health
                 "Rejected": "Degraded", "RolledBack": "Degraded"}
 ROLLOUT = {"Progressing": "Progressing", "Paused": "Suspended", "Promoted": "Healthy", "RolledBack": "Degraded",
            "Degraded": "Degraded", "Aborted": "Degraded"}
-EXPECTED = {"FineTuneJob": FINETUNEJOB, "ModelVersion": MODELVERSION, "Rollout": ROLLOUT}
-SAMPLE_FILES = {"FineTuneJob": "finetunejob-llama-2x8-zero3.yaml", "ModelVersion": "modelversion.yaml", "Rollout": "rollout.yaml"}
+SCHEDULE = {"Idle": "Healthy", "Running": "Healthy", "Suspended": "Suspended", "Failed": "Degraded"}
+EXPECTED = {"FineTuneJob": FINETUNEJOB, "ModelVersion": MODELVERSION, "Rollout": ROLLOUT, "FineTuneSchedule": SCHEDULE}
+SAMPLE_FILES = {"FineTuneJob": "finetunejob-llama-2x8-zero3.yaml", "ModelVersion": "modelversion.yaml", "Rollout": "rollout.yaml",
+                "FineTuneSchedule": "finetuneschedule.yaml"}
 
 
 def test_every_phase_is_covered():
@@ -39,6 +42,7 @@ def test_every_phase_is_covered():
     assert set(FINETUNEJOB) == {p.value for p in FineTuneJobPhase}
     assert set(MODELVERSION) == {p.value for p in ModelVersionPhase}
     assert set(ROLLOUT) == {p.value for p in RolloutPhase}
+    assert set(SCHEDULE) == {p.value for p in SchedulePhase}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def _condition(ctype: str, status: str, reason: str, message: str) -> dict:
 
 
 def test_keys_name_the_three_kinds(scripts):
-    assert set(scripts) == {"FineTuneJob", "ModelVersion", "Rollout"}
+    assert set(scripts) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule"}
 
 
 @pytest.mark.parametrize("kind,phase", [(k, p) for k, phases in EXPECTED.items() for p in phases])
@@ -127,6 +131,17 @@ def test_rollout_messages(scripts):
     assert run(scripts["Rollout"], paused) == {"status": "Suspended", "message": "Paused at canary weight 10%; promote or abort"}
     promoted = sample("Rollout", "Promoted", stableModelVersion="support-triage-v3", canaryWeight=0)
     assert run(scripts["Rollout"], promoted)["message"] == "Promoted: support-triage-v3 serves 100%"
+
+
+def test_schedule_messages(scripts):
+    done = {"name": "bot-1", "trigger": "Schedule", "phase": "Succeeded", "outcome": "LostToServing",
+           "message": "bot-v2 lost to the serving version bot-v1"}
+    idle = sample("FineTuneSchedule", "Idle", message="last run bot-1: LostToServing", runs=[done])
+    assert run(scripts["FineTuneSchedule"], idle) == {"status": "Healthy", "message": "last run bot-1: LostToServing"}
+    failed = {**done, "name": "bot-2", "phase": "Failed", "outcome": "NoModelVersion", "message": "training pod OOMKilled"}
+    still = {**done, "name": "bot-3", "phase": "Running", "outcome": "Pending", "message": ""}
+    degraded = sample("FineTuneSchedule", "Running", runs=[done, failed, still])
+    assert run(scripts["FineTuneSchedule"], degraded) == {"status": "Degraded", "message": "Run bot-2 failed: training pod OOMKilled"}
 
 
 def test_unknown_phase_is_unknown(scripts):

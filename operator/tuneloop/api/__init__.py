@@ -4,9 +4,10 @@ from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus
 from .finetunejob import FineTuneJob, FineTuneJobSpec
 from .modelversion import ModelVersion, ModelVersionSpec
 from .rollout import Rollout, RolloutSpec
+from .schedule import FineTuneSchedule, FineTuneScheduleSpec
 from .status import FineTuneJobPhase, FineTuneJobStatus
 
-KINDS = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout}
+KINDS = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout, "FineTuneSchedule": FineTuneSchedule}
 
 __all__ = [
     "API_VERSION",
@@ -19,6 +20,8 @@ __all__ = [
     "FineTuneJobSpec",
     "FineTuneJobPhase",
     "FineTuneJobStatus",
+    "FineTuneSchedule",
+    "FineTuneScheduleSpec",
     "ModelVersion",
     "ModelVersionSpec",
     "Rollout",

@@ -21,6 +21,7 @@ NAMES = {
     "FineTuneJob": {"plural": "finetunejobs", "singular": "finetunejob", "shortNames": ["ftj"]},
     "ModelVersion": {"plural": "modelversions", "singular": "modelversion", "shortNames": ["mv"]},
     "Rollout": {"plural": "rollouts", "singular": "rollout", "shortNames": ["tlro"]},
+    "FineTuneSchedule": {"plural": "finetuneschedules", "singular": "finetuneschedule", "shortNames": ["ftsched"]},
 }
 
 AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -48,7 +49,21 @@ COLUMNS = {
         {"name": "Message", "type": "string", "jsonPath": ".status.message"},
         AGE,
     ],
+    "FineTuneSchedule": [
+        {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+        {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Last run", "type": "date", "jsonPath": ".status.lastRunTime"},
+        {"name": "Next", "type": "date", "jsonPath": ".status.nextScheduleTime"},
+        {"name": "Serving", "type": "string", "jsonPath": ".status.servingModelVersion"},
+        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        AGE,
+    ],
 }
+
+# Objects embedded as templates (a FineTuneJob spec inside a FineTuneSchedule): the embedded kind's transition
+# rules (`oldSelf`: a FineTuneJob spec is immutable) would make the template immutable too, so they are dropped there.
+TEMPLATES = {"FineTuneSchedule": [("jobTemplate", "spec")]}
 
 _KEEP = {
     "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
@@ -146,6 +161,20 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
     return out
 
 
+def drop_transition_rules(node: dict[str, Any]) -> None:
+    """Remove every CEL rule that reads `oldSelf`, recursively (in place)."""
+    rules = [r for r in node.get("x-kubernetes-validations", []) if "oldSelf" not in r["rule"]]
+    if rules:
+        node["x-kubernetes-validations"] = rules
+    else:
+        node.pop("x-kubernetes-validations", None)
+    for sub in node.get("properties", {}).values():
+        drop_transition_rules(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            drop_transition_rules(node[key])
+
+
 def openapi_schema(kind: str) -> dict[str, Any]:
     model = KINDS[kind]
     raw = model.model_json_schema(by_alias=True, mode="validation")
@@ -154,6 +183,11 @@ def openapi_schema(kind: str) -> dict[str, Any]:
     status = structural(raw["properties"]["status"], defs, ".status")
     status.pop("nullable", None)
     status.pop("default", None)
+    for path in TEMPLATES.get(kind, []):
+        node = spec
+        for part in path:
+            node = node["properties"][part]
+        drop_transition_rules(node)
     return {
         "type": "object",
         "description": model.__doc__.strip().splitlines()[0],

@@ -16,4 +16,5 @@ A test (tests/unit/api/test_layers.py) keeps it that way.
 | `modelversion`  | the ModelVersion manifest — one builder for the operator and the trainer's report      |
 | `names`         | child names, DNS labels and the labels every object carries                            |
 | `local`         | how `kubectl tuneloop local run` finds the trainer's runner (an entry point, no import) |
+| `datadigest`    | the content digest of a dataset glob (the FineTuneSchedule new-data trigger's digest Job) |
 """

@@ -27,6 +27,7 @@ def import_handlers() -> None:
     from . import lifecycle  # noqa: F401  startup/login/cleanup
     from .finetunejob import handlers as _ftj  # noqa: F401
     from .rollout import handlers as _rollout  # noqa: F401
+    from .schedule import handlers as _schedule  # noqa: F401
 
 
 def resolve_scope(args: argparse.Namespace, settings: OperatorSettings) -> tuple[bool, list[str]]:

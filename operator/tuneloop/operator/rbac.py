@@ -21,12 +21,15 @@ OWN = [*READ, "create", "patch", "update", "delete"]
 
 # (apiGroup, resources, verbs, why) — one row per distinct need.
 RULES: list[tuple[str, list[str], list[str], str]] = [
-    ("tuneloop.dev", ["finetunejobs"], [*READ, "patch", "update"], "watch FineTuneJobs; Kopf progress/diff-base annotations"),
+    ("tuneloop.dev", ["finetunejobs"], [*READ, "create", "patch", "update", "delete"],
+     "watch FineTuneJobs; FineTuneSchedules create runs and delete old ones (history limits, Replace)"),
     ("tuneloop.dev", ["finetunejobs/status"], ["get", "patch", "update"], "FineTuneJob status"),
     ("tuneloop.dev", ["modelversions"], [*READ, "create", "patch", "update"], "register ModelVersions; rollout marks them Serving/RolledBack"),
     ("tuneloop.dev", ["modelversions/status"], ["get", "patch", "update"], "ModelVersion status"),
-    ("tuneloop.dev", ["rollouts"], [*READ, "patch", "update"], "watch Rollouts; Kopf annotations"),
+    ("tuneloop.dev", ["rollouts"], [*READ, "patch", "update"], "watch Rollouts; Kopf annotations; FineTuneSchedules set spec.candidate"),
     ("tuneloop.dev", ["rollouts/status"], ["get", "patch", "update"], "Rollout status"),
+    ("tuneloop.dev", ["finetuneschedules"], [*READ, "patch", "update"], "watch FineTuneSchedules; Kopf annotations and finalizer"),
+    ("tuneloop.dev", ["finetuneschedules/status"], ["get", "patch", "update"], "FineTuneSchedule status"),
     ("batch", ["jobs"], OWN, "data-prep, training and evaluation Jobs"),
     ("", ["pods"], READ, "termination messages, rank-0 pod IP for progress"),
     ("", ["pods/log"], ["get"], "the evaluation pod's log carries report.md"),

@@ -48,9 +48,10 @@ HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRout
 FINETUNEJOBS = Resource(GROUP, VERSION, "finetunejobs", "FineTuneJob")
 MODELVERSIONS = Resource(GROUP, VERSION, "modelversions", "ModelVersion")
 ROLLOUTS = Resource(GROUP, VERSION, "rollouts", "Rollout")
+FINETUNESCHEDULES = Resource(GROUP, VERSION, "finetuneschedules", "FineTuneSchedule")
 
 ALL = [NAMESPACES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, PVCS, JOBS, DEPLOYMENTS, HTTPROUTES,
-       FINETUNEJOBS, MODELVERSIONS, ROLLOUTS]
+       FINETUNEJOBS, MODELVERSIONS, ROLLOUTS, FINETUNESCHEDULES]
 _BY_KIND = {(r.api_version, r.kind): r for r in ALL}
 
 

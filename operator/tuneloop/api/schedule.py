@@ -1,0 +1,252 @@
+"""FineTuneSchedule: retrain on a schedule or a trigger, gate each run against the serving version, hand winners
+to a Rollout (the continuous loop)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, cel
+from .finetunejob import FineTuneJobSpec
+from .rollout import DURATION
+
+# Five fields (minute hour day-of-month month day-of-week) or a macro; croniter parses it in the operator.
+CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
+RETRAIN_ANNOTATION = "tuneloop.dev/retrain"  # `kubectl tuneloop retrain` sets it; a new value starts a run
+
+
+class ConcurrencyPolicy(str, Enum):
+    ALLOW = "Allow"
+    FORBID = "Forbid"
+    REPLACE = "Replace"
+
+
+class TriggerKind(str, Enum):
+    SCHEDULE = "Schedule"
+    NEW_DATA = "NewData"
+    PROMETHEUS = "Prometheus"
+    MANUAL = "Manual"
+
+
+class NewDataTrigger(ApiModel):
+    """Start a run when the content digest of the files matching `glob` on a PVC changes."""
+
+    claim_name: str = Field(min_length=1, description="PersistentVolumeClaim holding the accumulated data (mounted read-only at /data).")
+    glob: str = Field(
+        default="**/*.jsonl",
+        min_length=1,
+        max_length=1024,
+        description="Files that make up the data, relative to the claim's root (Python glob; ** matches directories).",
+    )
+    check_interval: str = Field(
+        default="15m",
+        pattern=DURATION,
+        description="How often a short digest Job (the trainer image, read-only mount, no GPU) reads the files' digest.",
+    )
+
+
+class PrometheusTrigger(ApiModel):
+    """Start a run when a PromQL query has returned a non-zero value for `for` (e.g. a drift or feedback signal)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Name shown in status and runs.")
+    query: str = Field(min_length=1, max_length=4096, description="PromQL; holds while it returns a non-zero, non-NaN value (empty = not holding).")
+    for_: str = Field(default="0s", alias="for", pattern=DURATION, description="How long it must hold before a run starts (once per holding period).")
+    interval: str = Field(default="1m", pattern=DURATION, description="Time between evaluations of the query.")
+    prometheus_address: str | None = Field(default=None, description="Prometheus base URL; defaults to the operator's configured address.")
+
+
+class Triggers(ApiModel):
+    """Events besides the cron schedule that start a run."""
+
+    new_data: NewDataTrigger | None = Field(default=None, description="New data on a PVC (content digest changed).")
+    prometheus: list[PrometheusTrigger] = Field(default_factory=list, max_length=8, description="Prometheus conditions.")
+
+
+class JobTemplateMeta(ApiModel):
+    """Labels and annotations copied onto every run's FineTuneJob."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of each FineTuneJob.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of each FineTuneJob.")
+
+
+class FineTuneJobTemplate(ApiModel):
+    """The FineTuneJob each run creates."""
+
+    metadata: JobTemplateMeta = Field(default_factory=JobTemplateMeta, description="Labels and annotations of each FineTuneJob.")
+    spec: FineTuneJobSpec = Field(description="The FineTuneJob spec (the schedule sets output paths, the registry model name and the serving reference).")
+
+
+class HandOff(ApiModel):
+    """When a run's ModelVersion counts as beating the serving one, and which Rollout gets it."""
+
+    rollout: ObjectRef = Field(description="The Rollout whose stable version is the champion and whose spec.candidate receives winners.")
+    require_improvement: bool = Field(
+        default=True,
+        description="A winner must be measurably better than the serving version (evaluation.serving.outcome Better); "
+        "false accepts NoSignificantDifference too. The first version (nothing serving) only needs verdict Passed.",
+    )
+
+
+class FineTuneScheduleSpec(ApiModel):
+    """Desired state of a FineTuneSchedule."""
+
+    schedule: str | None = Field(default=None, pattern=CRON, description="Cron schedule in UTC, e.g. '0 3 * * 1' (Mondays 03:00).")
+    starting_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="A scheduled run that could not start within this many seconds of its time is skipped."
+    )
+    triggers: Triggers = Field(default_factory=Triggers, description="New-data and Prometheus triggers.")
+    job_template: FineTuneJobTemplate = Field(description="The FineTuneJob each run creates.")
+    hand_off: HandOff = Field(description="Champion/challenger against the Rollout's serving version; winners become its candidate.")
+    concurrency_policy: ConcurrencyPolicy = Field(
+        default=ConcurrencyPolicy.FORBID,
+        description="Allow (runs overlap), Forbid (a trigger waits until the running run ends; a missed cron time is skipped) "
+        "or Replace (the running run is deleted).",
+    )
+    suspend: bool = Field(default=False, description="Start no new runs (running ones continue).")
+    successful_runs_history_limit: int = Field(default=3, ge=0, le=50, description="Finished successful FineTuneJobs kept.")
+    failed_runs_history_limit: int = Field(default=1, ge=0, le=50, description="Failed FineTuneJobs kept.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.schedule) || has(self.triggers.newData) || size(self.triggers.prometheus) > 0",
+                    "a FineTuneSchedule needs a schedule, triggers.newData or triggers.prometheus "
+                    "(kubectl tuneloop retrain works on any of them)",
+                ),
+                cel(
+                    "!has(self.jobTemplate.spec.registry.version)",
+                    "jobTemplate.spec.registry.version must be empty: every run registers its own version",
+                ),
+                cel(
+                    "!has(self.jobTemplate.spec.output.path)",
+                    "jobTemplate.spec.output must be pvc or s3: runs happen in the cluster",
+                ),
+                cel(
+                    "self.jobTemplate.spec.evaluation.enabled",
+                    "jobTemplate.spec.evaluation.enabled must be true: runs are compared with the serving version",
+                ),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _shape(self) -> FineTuneScheduleSpec:
+        if self.schedule is None and self.triggers.new_data is None and not self.triggers.prometheus:
+            raise ValueError("a FineTuneSchedule needs a schedule, triggers.newData or triggers.prometheus "
+                             "(kubectl tuneloop retrain works on any of them)")
+        tmpl = self.job_template.spec
+        if tmpl.registry.version is not None:
+            raise ValueError("jobTemplate.spec.registry.version must be empty: every run registers its own version")
+        if tmpl.output.path is not None:
+            raise ValueError("jobTemplate.spec.output must be pvc or s3: runs happen in the cluster")
+        if not tmpl.evaluation.enabled:
+            raise ValueError("jobTemplate.spec.evaluation.enabled must be true: runs are compared with the serving version")
+        names = [p.name for p in self.triggers.prometheus]
+        if len(set(names)) != len(names):
+            raise ValueError("triggers.prometheus names must be unique")
+        if self.schedule is not None:
+            from croniter import croniter  # the operator's dependency; the CRD pattern only checks the shape
+
+            if not croniter.is_valid(self.schedule):
+                raise ValueError(f"schedule {self.schedule!r} is not a valid cron expression")
+        return self
+
+
+class RunPhase(str, Enum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class RunOutcome(str, Enum):
+    """What became of a run's ModelVersion."""
+
+    PENDING = "Pending"  # not finished, or waiting for the Rollout to be free
+    HANDED_OFF = "HandedOff"  # set as the Rollout's candidate
+    LOST_TO_SERVING = "LostToServing"
+    NOT_BETTER = "NotBetter"
+    REJECTED = "Rejected"  # its own gates failed
+    NOT_COMPARED = "NotCompared"  # a serving version existed but the run has no comparison with it
+    NO_MODEL_VERSION = "NoModelVersion"  # the job failed or registered nothing
+
+
+class ScheduleRun(ApiModel):
+    """One run: why it started and what became of it."""
+
+    name: str = Field(description="The FineTuneJob.")
+    trigger: TriggerKind = Field(description="Schedule, NewData, Prometheus or Manual.")
+    reason: str = Field(default="", description="Why it started, with the numbers (cron time, digests, query value).")
+    started_at: datetime | None = Field(default=None, description="When the FineTuneJob was created.")
+    finished_at: datetime | None = Field(default=None, description="When it succeeded or failed.")
+    phase: RunPhase = Field(default=RunPhase.RUNNING, description="Running, Succeeded or Failed (the FineTuneJob's outcome).")
+    champion: str | None = Field(default=None, description="The serving ModelVersion it was compared with.")
+    model_version: str | None = Field(default=None, description="The ModelVersion it registered.")
+    verdict: str | None = Field(default=None, description="Its evaluation verdict (Passed, Failed, NotEvaluated).")
+    serving_outcome: str | None = Field(default=None, description="Champion/challenger outcome (Better, Worse, NoSignificantDifference, NotComparable).")
+    outcome: RunOutcome = Field(default=RunOutcome.PENDING, description="HandedOff, LostToServing, NotBetter, Rejected, NotCompared, NoModelVersion or Pending.")
+    message: str = Field(default="", description="Why this outcome.")
+    data_digest: str | None = Field(default=None, description="The data digest the run was started for (new-data trigger).")
+
+
+class DataObservation(ApiModel):
+    """What the digest Jobs saw on the new-data trigger's claim."""
+
+    digest: str | None = Field(default=None, description="Latest content digest (sha256 of the sorted paths, sizes and contents).")
+    files: int | None = Field(default=None, ge=0, description="Files matching the glob.")
+    bytes: int | None = Field(default=None, ge=0, description="Their total size.")
+    observed_at: datetime | None = Field(default=None, description="When the digest was read.")
+    last_run_digest: str | None = Field(default=None, description="The digest the latest data run started for (the baseline).")
+    check_job: str | None = Field(default=None, description="The digest Job now running.")
+    check_started_at: datetime | None = Field(default=None, description="When that Job was created.")
+    message: str | None = Field(default=None, description="The last check's problem, if any.")
+
+
+class PrometheusObservation(ApiModel):
+    """The state of one Prometheus trigger."""
+
+    name: str = Field(description="The trigger's name.")
+    value: float | None = Field(default=None, description="Latest value (absent: no data or error).")
+    holding_since: datetime | None = Field(default=None, description="Since when the query has held.")
+    fired: bool = Field(default=False, description="A run was started in the current holding period (re-armed when it stops holding).")
+    checked_at: datetime | None = Field(default=None, description="Latest evaluation.")
+    message: str | None = Field(default=None, description="The latest error, if any.")
+
+
+class SchedulePhase(str, Enum):
+    IDLE = "Idle"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class FineTuneScheduleStatus(ApiModel):
+    """Observed state of a FineTuneSchedule."""
+
+    phase: SchedulePhase = Field(default=SchedulePhase.IDLE, description="Idle, Running, Suspended, or Failed (the spec cannot run).")
+    active: list[str] = Field(default_factory=list, max_length=50, description="FineTuneJobs running now.")
+    last_schedule_time: datetime | None = Field(default=None, description="The latest cron time acted on (run or skipped).")
+    next_schedule_time: datetime | None = Field(default=None, description="The next cron time.")
+    last_run_time: datetime | None = Field(default=None, description="When the latest run started.")
+    last_successful_time: datetime | None = Field(default=None, description="When the latest successful run finished.")
+    serving_model_version: str | None = Field(default=None, description="The Rollout's stable ModelVersion (the champion).")
+    runs: list[ScheduleRun] = Field(default_factory=list, max_length=100, description="Runs, newest last (bounded by the history limits).")
+    data: DataObservation | None = Field(default=None, description="The new-data trigger's observations.")
+    prometheus: list[PrometheusObservation] = Field(default_factory=list, max_length=8, description="Each Prometheus trigger's state.")
+    last_retrain_request: str | None = Field(default=None, description=f"The last {RETRAIN_ANNOTATION} annotation value acted on.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    message: str | None = Field(default=None, description="Human-readable summary.")
+
+
+class FineTuneSchedule(ApiModel):
+    """Retrain on a cron schedule, new data or a Prometheus condition; hand runs that beat the serving version to a Rollout."""
+
+    api_version: Literal["tuneloop.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["FineTuneSchedule"] = "FineTuneSchedule"
+    metadata: ObjectMeta
+    spec: FineTuneScheduleSpec
+    status: FineTuneScheduleStatus | None = None

@@ -1,0 +1,1 @@
+"""FineTuneSchedule: scheduled and triggered retraining, champion/challenger hand-off to a Rollout."""

@@ -1,0 +1,131 @@
+"""Pure builders of a FineTuneSchedule: each run's FineTuneJob, the digest Job of the new-data trigger."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+from tuneloop.api.common import API_VERSION
+from tuneloop.api.schedule import FineTuneScheduleSpec
+from tuneloop.contract import layout
+from tuneloop.contract.names import LABEL_MANAGED_BY, MANAGED_BY, child_name
+
+from .decide import Fire
+
+LABEL_SCHEDULE = "tuneloop.dev/schedule"
+LABEL_TRIGGER = "tuneloop.dev/trigger"
+ANNOTATION_REASON = "tuneloop.dev/trigger-reason"
+ANNOTATION_CHAMPION = "tuneloop.dev/champion"
+DIGEST_COMPONENT = "data-digest"
+
+
+def owner_ref(schedule: dict[str, Any]) -> dict[str, Any]:
+    meta = schedule["metadata"]
+    return {"apiVersion": API_VERSION, "kind": "FineTuneSchedule", "name": meta["name"], "uid": meta.get("uid", ""),
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def model_name(spec: FineTuneScheduleSpec, schedule_name: str) -> str:
+    """The registered model name every run shares (the template's registry.modelName, else the schedule's name)."""
+    return spec.job_template.spec.registry.model_name or schedule_name
+
+
+def champion_eval_json(champion: dict[str, Any] | None, output_claim: str | None) -> tuple[str | None, str | None]:
+    """(evalJson path inside the run's pods, why not): the serving ModelVersion's eval.json sits next to its artifact
+    (DIR/eval.json for DIR/artifact); the run's pods see it when it is on the run's output claim (mounted at /output)."""
+    if champion is None:
+        return None, None
+    name = champion["metadata"]["name"]
+    uri = ((champion.get("spec") or {}).get("artifact") or {}).get("uri", "")
+    if not uri.startswith("pvc://"):
+        return None, f"the serving version {name}'s artifact {uri or '(none)'} is not on a PVC"
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    for suffix in (f"/{layout.MERGED_DIR}", f"/{layout.ARTIFACT_DIR}"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    if claim != output_claim:
+        return None, f"the serving version {name} is on claim {claim}, not on the runs' output claim {output_claim}"
+    return f"{layout.OUTPUT_MOUNT}/{path.strip('/')}/{layout.EVAL_FILE}", None
+
+
+def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire, name: str,
+                champion: dict[str, Any] | None, now: dt.datetime) -> tuple[dict[str, Any], str | None]:
+    """The run's FineTuneJob (and why it has no serving reference, when a champion exists but cannot be read).
+
+    From the template: its own output directory (`<template path or schedule>/<run>`), the schedule's model name, and
+    `evaluation.serving` set to the champion's eval.json, so gates with `reference: serving` compare with it. Without a
+    readable champion the serving gates are dropped (they could only fail); `decide.judge` then refuses to hand off a run
+    that had a champion it was not compared with."""
+    meta = schedule["metadata"]
+    tmpl = spec.job_template
+    body = tmpl.spec.model_dump(by_alias=True, exclude_none=True, mode="json", exclude_unset=False)
+    body = copy.deepcopy(body)
+    out = body["output"]
+    claim = None
+    if "pvc" in out:
+        claim = out["pvc"]["claimName"]
+        out["pvc"]["path"] = f"{(out['pvc'].get('path') or meta['name']).strip('/')}/{name}"
+    elif "s3" in out:
+        out["s3"]["uri"] = f"{out['s3']['uri'].rstrip('/')}/{name}"
+    body.setdefault("registry", {})["modelName"] = model_name(spec, meta["name"])
+    eval_json, why_not = champion_eval_json(champion, claim)
+    if eval_json:
+        body["evaluation"]["serving"] = {"modelVersion": champion["metadata"]["name"], "evalJson": eval_json}
+    else:  # nothing to compare with (the first version), or unreadable (the run is then never handed off)
+        body["evaluation"].pop("serving", None)
+        body["evaluation"]["gates"] = [g for g in body["evaluation"].get("gates", []) if g.get("reference") != "serving"]
+    labels = {**tmpl.metadata.labels, LABEL_SCHEDULE: meta["name"], LABEL_TRIGGER: fire.trigger.value, LABEL_MANAGED_BY: MANAGED_BY}
+    annotations = {**tmpl.metadata.annotations, ANNOTATION_REASON: fire.reason[:1000]}
+    if champion is not None:
+        annotations[ANNOTATION_CHAMPION] = champion["metadata"]["name"]
+    job = {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
+                     "ownerReferences": [owner_ref(schedule)]},
+        "spec": body,
+    }
+    return job, why_not
+
+
+def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str, now: dt.datetime,
+               run_as_user: int = 1000, pull_policy: str = "IfNotPresent") -> dict[str, Any]:
+    """A short Job computing the new-data trigger's content digest (tuneloop.contract.datadigest) on a read-only mount."""
+    meta = schedule["metadata"]
+    trig = spec.triggers.new_data
+    assert trig is not None
+    name = child_name(meta["name"], f"digest-{int(now.timestamp())}")
+    labels = {LABEL_SCHEDULE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/component": DIGEST_COMPONENT}
+    container = {
+        "name": "digest",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["python", "-m", "tuneloop.contract.datadigest", "--root", layout.DATA_MOUNT, "--glob", trig.glob,
+                    "--termination-log", layout.TERMINATION_LOG],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "volumeMounts": [{"name": "data", "mountPath": layout.DATA_MOUNT, "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True},
+        "terminationMessagePolicy": "File",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "ownerReferences": [owner_ref(schedule)]},
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 600,
+            "activeDeadlineSeconds": 1800,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": run_as_user, "runAsGroup": run_as_user,
+                                        "fsGroup": run_as_user, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": trig.claim_name, "readOnly": True}}],
+                },
+            },
+        },
+    }

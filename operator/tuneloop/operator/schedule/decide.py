@@ -1,0 +1,246 @@
+"""Pure decisions of a FineTuneSchedule: is a run due, which triggers fired, what the concurrency policy allows,
+and what became of a finished run (hand it to the Rollout or record why not). No I/O, explicit clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from croniter import croniter
+
+from tuneloop.api.schedule import (
+    ConcurrencyPolicy,
+    DataObservation,
+    FineTuneScheduleSpec,
+    PrometheusObservation,
+    RunOutcome,
+    RunPhase,
+    ScheduleRun,
+    TriggerKind,
+)
+from tuneloop.contract.names import child_name
+from tuneloop.operator.rollout.analysis import parse_duration
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One trigger that fired: its kind, why (with the numbers), and the key that names its run deterministically."""
+
+    trigger: TriggerKind
+    reason: str
+    key: str
+    digest: str | None = None
+    prometheus: str | None = None
+
+
+@dataclass
+class Decision:
+    """What one tick does: start a run for `fires` (first = the run's trigger), delete runs, advance the cron clock."""
+
+    start: list[Fire] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    last_schedule_time: dt.datetime | None = None
+    next_schedule_time: dt.datetime | None = None
+    notes: list[str] = field(default_factory=list)  # skipped cron times, waiting triggers (events)
+    baseline_digest: str | None = None  # first digest seen: recorded, starts nothing
+
+
+def _kind(v: object) -> str:
+    return str(getattr(v, "value", v))
+
+
+def cron_due(schedule: str, last: dt.datetime, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime]:
+    """(the latest cron time in (last, now], or None; the next cron time after it / after last). Missed times
+    collapse into the latest one, as a CronJob with a starting deadline does."""
+    nxt = croniter(schedule, last).get_next(dt.datetime)
+    if nxt > now:
+        return None, nxt
+    due = croniter(schedule, now + dt.timedelta(seconds=1)).get_prev(dt.datetime)
+    return due, croniter(schedule, due).get_next(dt.datetime)
+
+
+def holding(value: float | None) -> bool:
+    """A Prometheus trigger holds while its query returns a non-zero number (empty or NaN: not holding)."""
+    return value is not None and not math.isnan(value) and value != 0
+
+
+def observe_prometheus(obs: PrometheusObservation, value: float | None, error: str | None, now: dt.datetime) -> PrometheusObservation:
+    """The trigger's state after one evaluation. An error keeps the holding period (no answer is not 'stopped holding')."""
+    if error is not None:
+        return obs.model_copy(update={"checked_at": now, "message": error, "value": None})
+    if holding(value):
+        return obs.model_copy(update={"checked_at": now, "message": None, "value": value, "holding_since": obs.holding_since or now})
+    return obs.model_copy(update={"checked_at": now, "message": None, "value": value, "holding_since": None, "fired": False})
+
+
+def prometheus_check_due(obs: PrometheusObservation | None, interval: str, now: dt.datetime) -> bool:
+    return obs is None or obs.checked_at is None or (now - obs.checked_at).total_seconds() >= parse_duration(interval)
+
+
+def data_check_due(data: DataObservation | None, interval: str, now: dt.datetime) -> bool:
+    """A new digest Job is due `checkInterval` after the previous one started (none while one runs)."""
+    if data is None or data.check_started_at is None:
+        return True
+    if data.check_job:
+        return False
+    return (now - data.check_started_at).total_seconds() >= parse_duration(interval)
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "none").removeprefix("sha256:")[:12]
+
+
+def fired(spec: FineTuneScheduleSpec, status_data: DataObservation | None, prom: list[PrometheusObservation],
+          retrain: str | None, last_retrain: str | None, cron_time: dt.datetime | None) -> list[Fire]:
+    """Every trigger that wants a run now, manual first."""
+    out: list[Fire] = []
+    if retrain and retrain != last_retrain:
+        out.append(Fire(TriggerKind.MANUAL, f"kubectl tuneloop retrain (annotation tuneloop.dev/retrain={retrain})", f"m{_hash(retrain)}"))
+    if cron_time is not None:
+        out.append(Fire(TriggerKind.SCHEDULE, f"schedule {spec.schedule!r} at {cron_time.isoformat()}", str(int(cron_time.timestamp()) // 60)))
+    d = status_data
+    if spec.triggers.new_data and d and d.digest and d.last_run_digest and d.digest != d.last_run_digest:
+        out.append(Fire(TriggerKind.NEW_DATA,
+                        f"data digest {_short(d.last_run_digest)} → {_short(d.digest)} ({d.files} files, {d.bytes} bytes matching "
+                        f"{spec.triggers.new_data.glob!r} on claim {spec.triggers.new_data.claim_name})",
+                        f"d{_short(d.digest)}", digest=d.digest))
+    by_name = {o.name: o for o in prom}
+    for trig in spec.triggers.prometheus:
+        o = by_name.get(trig.name)
+        if o is None or o.holding_since is None or o.fired:
+            continue
+        if o.checked_at is None or (o.checked_at - o.holding_since).total_seconds() < parse_duration(trig.for_):
+            continue
+        out.append(Fire(TriggerKind.PROMETHEUS,
+                        f"prometheus trigger {trig.name}: value {o.value:g} held since {o.holding_since.isoformat()} (for {trig.for_})",
+                        f"p{_hash(trig.name + o.holding_since.isoformat())}", prometheus=trig.name))
+    return out
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_name(schedule: str, fire: Fire) -> str:
+    """Deterministic: a restarted operator re-creating the same run gets 409 instead of a duplicate."""
+    return child_name(schedule, fire.key)
+
+
+def decide(spec: FineTuneScheduleSpec, *, created: dt.datetime, last_schedule_time: dt.datetime | None,
+           data: DataObservation | None, prom: list[PrometheusObservation], retrain: str | None,
+           last_retrain: str | None, active: list[str], now: dt.datetime) -> Decision:
+    """Is a run due, and may it start (suspend, concurrencyPolicy)?"""
+    dec = Decision(last_schedule_time=last_schedule_time)
+    cron_time = None
+    if spec.schedule:
+        due, nxt = cron_due(spec.schedule, last_schedule_time or created, now)
+        dec.next_schedule_time = nxt
+        if due is not None:
+            dec.last_schedule_time = due  # consumed whatever happens below: a missed time is skipped, not queued
+            late = (now - due).total_seconds()
+            if spec.suspend:
+                dec.notes.append(f"skipped the cron time {due.isoformat()}: suspended")
+            elif spec.starting_deadline_seconds is not None and late > spec.starting_deadline_seconds:
+                dec.notes.append(f"skipped the cron time {due.isoformat()}: {late:.0f}s late > startingDeadlineSeconds "
+                                 f"{spec.starting_deadline_seconds}")
+            elif active and _kind(spec.concurrency_policy) == ConcurrencyPolicy.FORBID.value:
+                dec.notes.append(f"skipped the cron time {due.isoformat()}: {', '.join(active)} still running (concurrencyPolicy Forbid)")
+            else:
+                cron_time = due
+    if spec.triggers.new_data and data and data.digest and not data.last_run_digest:
+        dec.baseline_digest = data.digest  # the data present when the schedule was created is not "new"
+    fires = fired(spec, data, prom, retrain, last_retrain, cron_time)
+    if not fires or spec.suspend:
+        return dec
+    policy = _kind(spec.concurrency_policy)
+    if active and policy == ConcurrencyPolicy.FORBID.value:
+        dec.notes.append(f"{fires[0].trigger.value} trigger waits: {', '.join(active)} still running (concurrencyPolicy Forbid)")
+        return dec
+    if active and policy == ConcurrencyPolicy.REPLACE.value:
+        dec.delete = list(active)
+    dec.start = fires
+    return dec
+
+
+# --- what became of a run ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Judgement:
+    phase: RunPhase
+    outcome: RunOutcome
+    message: str
+    model_version: str | None = None
+    verdict: str | None = None
+    serving_outcome: str | None = None
+    hand_off: bool = False  # set it as the Rollout's candidate now
+
+
+ROLLOUT_BUSY = ("Progressing", "Paused")
+
+
+def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | None, require_improvement: bool) -> Judgement:
+    """A run's outcome from its FineTuneJob, its ModelVersion and the Rollout (pure)."""
+    if ftj is None:
+        return Judgement(RunPhase.FAILED, RunOutcome.NO_MODEL_VERSION, f"FineTuneJob {run.name} was deleted before it finished")
+    st = ftj.get("status") or {}
+    phase = st.get("phase")
+    if phase == "Failed":
+        return Judgement(RunPhase.FAILED, RunOutcome.NO_MODEL_VERSION, st.get("message") or "the FineTuneJob failed")
+    if phase != "Succeeded":
+        return Judgement(RunPhase.RUNNING, RunOutcome.PENDING, f"FineTuneJob {run.name} is {phase or 'Pending'}")
+    mv_name = (st.get("children") or {}).get("modelVersion")
+    if not mv_name:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NO_MODEL_VERSION, "the FineTuneJob registered no ModelVersion")
+    if mv is None:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.PENDING, f"waiting for ModelVersion {mv_name}", model_version=mv_name)
+    ev = (mv.get("spec") or {}).get("evaluation") or {}
+    verdict = ev.get("verdict") or "NotEvaluated"
+    serving = ev.get("serving") or {}
+    s_outcome = serving.get("outcome")
+    base = {"model_version": mv_name, "verdict": verdict, "serving_outcome": s_outcome}
+    mv_phase = (mv.get("status") or {}).get("phase")
+    if verdict != "Passed" or mv_phase == "Rejected":
+        failed = [g.get("reason", "") for g in ev.get("gates") or [] if not g.get("passed")]
+        why = f"verdict {verdict}" + (f": {failed[0]}" if failed else "")
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.REJECTED, f"{mv_name} was not rolled out: {why}", **base)
+    serving_now = ((rollout or {}).get("status") or {}).get("stableModelVersion")
+    if run.champion:
+        if serving_now and serving_now != run.champion:
+            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                             f"{mv_name} was compared with {run.champion}, but {serving_now} serves now; not rolled out", **base)
+        if not s_outcome:
+            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                             f"{mv_name} has no comparison with the serving version {run.champion}; not rolled out", **base)
+        reason = serving.get("reason") or ""
+        if s_outcome == "Worse":
+            return Judgement(RunPhase.SUCCEEDED, RunOutcome.LOST_TO_SERVING,
+                             f"{mv_name} lost to the serving version {run.champion} ({reason}); not rolled out", **base)
+        if s_outcome == "NotComparable":
+            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                             f"{mv_name} could not be compared with {run.champion} ({reason}); not rolled out", **base)
+        if s_outcome != "Better" and require_improvement:
+            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_BETTER,
+                             f"{mv_name} is not measurably better than {run.champion} ({s_outcome}: {reason}); not rolled out "
+                             "(handOff.requireImprovement)", **base)
+    ro_st = (rollout or {}).get("status") or {}
+    busy = ro_st.get("candidateModelVersion")
+    if rollout is None:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.PENDING, f"{mv_name} won; waiting for its Rollout to exist", **base)
+    if busy and busy != mv_name and busy != ro_st.get("stableModelVersion") and ro_st.get("phase") in ROLLOUT_BUSY:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.PENDING,
+                         f"{mv_name} won; waiting for the Rollout to finish rolling out {busy}", **base)
+    won = f"beat {run.champion} ({s_outcome})" if run.champion else "is the first version (nothing serving)"
+    return Judgement(RunPhase.SUCCEEDED, RunOutcome.HANDED_OFF,
+                     f"{mv_name} {won}; set as the candidate of Rollout {rollout['metadata']['name']}", hand_off=True, **base)
+
+
+def history_to_delete(runs: list[ScheduleRun], successful_limit: int, failed_limit: int) -> list[str]:
+    """Finished runs beyond the history limits, oldest first (runs are kept newest last)."""
+    out: list[str] = []
+    for phase, limit in ((RunPhase.SUCCEEDED.value, successful_limit), (RunPhase.FAILED.value, failed_limit)):
+        done = [r.name for r in runs if _kind(r.phase) == phase]
+        out += done[: max(0, len(done) - limit)]
+    return out
