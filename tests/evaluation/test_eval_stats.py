@@ -79,3 +79,16 @@ def test_rows_carry_intervals_references_and_outcomes():
     assert maj.difference_interval.low > 0.3
     assert maj.mcnemar_p_value == pytest.approx(2 / 2**20, rel=1e-3)  # one field: binary per item, 20 discordant pairs all for tuned
     assert row.tuned_interval.high == 1.0
+
+
+def test_corpus_bleu_is_resampled_exactly_from_per_item_counts():
+    from tuneloop_trainer.eval_items import bleu_items, unwire, wire
+    from tuneloop_trainer.eval_metrics import bleu
+
+    preds = ["the cat sat on the mat today", "a dog ran in the big park", "hello world", "json please"]
+    refs = ["the cat sat on the mat", "a dog ran in the park", "hello there world", "json please now"]
+    items = bleu_items(preds, refs)
+    assert items.value() == pytest.approx(bleu(preds, refs))
+    assert unwire(wire({"bleu": items}))["bleu"].value() == pytest.approx(items.value())
+    iv = interval(items)
+    assert iv is not None and iv.low <= items.value() <= iv.high

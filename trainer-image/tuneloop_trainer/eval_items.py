@@ -2,7 +2,7 @@
 
 Each metric becomes an `ItemScores` (per-item numerator and denominator) whose ratio is exactly the
 metric `eval_metrics.score_task` reports — field accuracy is hits over fields, perplexity exp(nll/tokens).
-Corpus BLEU has no per-item decomposition here: it gets no interval (the report says so).
+Corpus BLEU is kept as per-item n-gram statistics (summed, they give corpus BLEU exactly).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def task_items(
         out["rougeL"] = ItemScores.of([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)])
     except ImportError:  # pragma: no cover - rouge-score is a trainer dependency
         pass
+    bleu = bleu_items(predictions, references)
+    if bleu is not None:
+        out["bleu"] = bleu
     if schema is not None:
         validator = em.schema_validator(schema)
 
@@ -52,6 +55,17 @@ def task_items(
     if nll_items is not None and len(nll_items) == len(references):
         out["perplexity"] = ItemScores.of([n for n, _ in nll_items], [c for _, c in nll_items], transform="exp")
     return out
+
+
+def bleu_items(predictions: list[str], references: list[str]) -> ItemScores | None:
+    """Per-item sacrebleu n-gram statistics, so resampled items give corpus BLEU exactly (sacrebleu's default 13a)."""
+    try:
+        from sacrebleu.metrics import BLEU
+
+        stats = BLEU()._extract_corpus_statistics(list(predictions), [list(references)])
+    except (ImportError, AttributeError):  # pragma: no cover - another sacrebleu: BLEU keeps no interval
+        return None
+    return ItemScores.of_stats(stats, "bleu")
 
 
 def _field_items(predictions: list[str], references: list[str], schema: dict[str, Any] | None) -> tuple[list[int], list[int], list[int]]:
@@ -93,8 +107,15 @@ def field_hits(predictions: list[str], references: list[str], schema: dict[str, 
 
 def wire(items: dict[str, ItemScores]) -> dict[str, Any]:
     """JSON form for eval.json (per-item scores are kept, so any interval can be recomputed)."""
-    return {name: {"num": list(s.num), "den": list(s.den), **({"transform": s.transform} if s.transform else {})} for name, s in items.items()}
+    out: dict[str, Any] = {}
+    for name, s in items.items():
+        if s.stats is not None:
+            out[name] = {"stats": [list(r) for r in s.stats], "transform": s.transform}
+        else:
+            out[name] = {"num": list(s.num), "den": list(s.den), **({"transform": s.transform} if s.transform else {})}
+    return out
 
 
 def unwire(doc: dict[str, Any]) -> dict[str, ItemScores]:
-    return {name: ItemScores.of(v["num"], v["den"], v.get("transform", "")) for name, v in (doc or {}).items()}
+    return {name: ItemScores.of_stats(v["stats"], v.get("transform", "")) if "stats" in v else ItemScores.of(v["num"], v["den"], v.get("transform", ""))
+            for name, v in (doc or {}).items()}

@@ -10,6 +10,7 @@ exact test (two-sided binomial test on the discordant pairs).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ class ItemScores:
 
     num: tuple[float, ...]
     den: tuple[float, ...]
-    transform: str = ""  # "" or "exp" (perplexity)
+    transform: str = ""  # "" or "exp" (perplexity) or "bleu" (corpus BLEU from summed per-item n-gram statistics)
+    stats: tuple[tuple[float, ...], ...] | None = None  # per-item sufficient statistics ("bleu")
 
     @classmethod
     def of(cls, values: Sequence[float | bool], den: Sequence[float] | None = None, transform: str = "") -> ItemScores:
@@ -38,16 +40,35 @@ class ItemScores:
 
     @property
     def binary(self) -> bool:
-        return not self.transform and all(d == 1.0 for d in self.den) and all(v in (0.0, 1.0) for v in self.num)
+        return not self.transform and self.stats is None and all(d == 1.0 for d in self.den) and all(v in (0.0, 1.0) for v in self.num)
+
+    @classmethod
+    def of_stats(cls, stats: Sequence[Sequence[float]], transform: str) -> ItemScores:
+        rows = tuple(tuple(float(v) for v in row) for row in stats)
+        return cls((0.0,) * len(rows), (1.0,) * len(rows), transform, rows)
 
     def value(self, idx: Sequence[int] | None = None) -> float | None:
         idx = range(len(self.num)) if idx is None else idx
+        if self.transform == "bleu" and self.stats is not None:
+            return _bleu([sum(self.stats[i][k] for i in idx) for k in range(len(self.stats[0]))]) if self.stats else None
         n = sum(self.num[i] for i in idx)
         d = sum(self.den[i] for i in idx)
         if d <= 0:
             return None
         v = n / d
         return math.exp(min(v, 700.0)) if self.transform == "exp" else v
+
+
+def _bleu(totals: list[float]) -> float:
+    """Corpus BLEU (0–1) from summed sacrebleu statistics [sys_len, ref_len, correct1-4, total1-4]."""
+    return _bleu_metric()._compute_score_from_stats([int(round(v)) for v in totals]).score / 100.0
+
+
+@functools.cache
+def _bleu_metric():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def evaluation_section(ev: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"Every score with its {round(100 * (record.get('confidenceLevel') or 0.95))} % confidence interval in brackets; "
         "differences are tuned minus the reference on the same test items. "
         + (f"Method: {record['intervalMethod']}. " if record.get("intervalMethod") else "")
-        + "Corpus BLEU has no interval. The majority baseline answers every item with the train split's most common "
+        + "Corpus BLEU is resampled from per-item n-gram counts. The majority baseline answers every item with the train split's most common "
         "value per field (or its most common answer).",
         "",
         *report_verdict.quantitative_table(rows, record.get("confidenceLevel")),

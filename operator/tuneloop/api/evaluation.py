@@ -242,7 +242,7 @@ class MetricComparison(ApiModel):
     base: float | None = Field(default=None, description="Base model's score.")
     tuned: float | None = Field(default=None, description="Fine-tuned model's score.")
     delta: float | None = Field(default=None, description="tuned - base.")
-    tuned_interval: Interval | None = Field(default=None, description="95 % interval of the tuned score (none for corpus BLEU and timings).")
+    tuned_interval: Interval | None = Field(default=None, description="95 % interval of the tuned score (none for timings).")
     references: list[ReferenceScore] = Field(
         default_factory=list, max_length=8, description="The same metric for base, majority, copyPrompt and serving, with paired differences."
     )
