@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("tuneloop.cli.report_cmd", "print the experiment report of a ModelVersion"),
     "promote": ("tuneloop.cli.rollout_cmd", "promote a Rollout's candidate now"),
     "abort": ("tuneloop.cli.rollout_cmd", "abort a Rollout: all traffic back to stable"),
+    "retrain": ("tuneloop.cli.retrain_cmd", "start a run of a FineTuneSchedule now (the manual trigger)"),
 }
 
 

@@ -99,7 +99,7 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
     name = child_name(meta["name"], f"digest-{int(now.timestamp())}")
     labels = {LABEL_SCHEDULE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/component": DIGEST_COMPONENT}
     container = {
-        "name": "digest",
+        "name": "trainer",  # the trainer image; the operator reads termination messages of containers by this name
         "image": image,
         "imagePullPolicy": pull_policy,
         "command": ["python", "-m", "tuneloop.contract.datadigest", "--root", layout.DATA_MOUNT, "--glob", trig.glob,

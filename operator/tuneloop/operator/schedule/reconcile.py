@@ -54,6 +54,15 @@ def _ts(text: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """A JSON merge patch turning `old` into `new`: keys that went away (at any depth of nested objects) become null."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out = {k: merge_patch(old.get(k), v) for k, v in new.items()}
+    out.update({k: None for k in old if k not in new})
+    return out
+
+
 class Reconciler:
     def __init__(self, client: KubeClient, *, prometheus_url: str, trainer_image: str, run_as_user: int = 1000,
                  pull_policy: str = "IfNotPresent", provider_factory: Any = None):
@@ -292,7 +301,5 @@ class Reconciler:
     async def _patch_status(self, ns: str, name: str, old: dict, new: dict) -> None:
         if new == old:
             return
-        body = dict(new)
-        for key in old:  # merge patch: absent keys would stay, so clear them
-            body.setdefault(key, None)
+        body = merge_patch(old, new)
         await self.client.patch(r.FINETUNESCHEDULES, ns, name, {"status": body}, subresource="status")
