@@ -33,14 +33,14 @@ def _key(method: str, url: aiohttp.client.URL) -> str:
     return f"{method} {res}"
 
 
-async def _on_start(session, ctx, params) -> None:  # noqa: ANN001
+async def _on_start(session, ctx, params) -> None:
     COUNTS[_key(params.method, params.url)] += 1
 
 
 _orig_init = aiohttp.ClientSession.__init__
 
 
-def _init(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+def _init(self, *args, **kwargs):
     tc = aiohttp.TraceConfig()
     tc.on_request_start.append(_on_start)
     kwargs["trace_configs"] = [*(kwargs.get("trace_configs") or []), tc]

@@ -36,10 +36,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from tuneloop.operator.kube import KubeClient, discover  # noqa: E402
-from tuneloop.operator.kube import resources as r  # noqa: E402
+from tuneloop.operator.kube import KubeClient, discover
+from tuneloop.operator.kube import resources as r
 
-from tests.operator.scenario import ftj  # noqa: E402
+from tests.operator.scenario import ftj
 
 
 def pct(values: list[float], q: float) -> float:
@@ -156,7 +156,7 @@ async def run(kubeconfig: str, n: int, rate: float, steady: float, timeout: floa
                                              "metadata": {"name": ns, "labels": {"tuneloop.dev/bench": "true"}}})
     env = {**os.environ, "KUBECONFIG": kubeconfig, "TUNELOOP_METRICS_PORT": "0", "TUNELOOP_HEALTH_PORT": "0",
            "BENCH_COUNTS": str(counts_path), "PYTHONUNBUFFERED": "1"}
-    log = open(tmp / "operator.log", "wb")  # noqa: SIM115
+    log = open(tmp / "operator.log", "wb")
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench/operator/counting_operator.py"), "--namespace", ns],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
     watch = JobWatch(client, ns)

@@ -163,7 +163,8 @@ async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_fin
         return
     if key not in _seen:
         _seen.add(key)
-        log.info("watching FineTuneJob %s/%s (phase %s)", key[0], key[1], (body.get("status") or {}).get("phase") or "new")
+        if event.get("type") is None:  # listed at startup (a new job is announced by its first Event instead)
+            log.info("watching FineTuneJob %s/%s (phase %s)", key[0], key[1], (body.get("status") or {}).get("phase") or "new")
     mine = _written.get(key)
     if mine is not None and _rv(mine) == _rv(body) >= 0:
         return  # the echo of our own status patch
