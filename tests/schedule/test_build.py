@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from tuneloop.api import schema_check
 from tuneloop.api.schedule import FineTuneSchedule, TriggerKind
 from tuneloop.contract.datadigest import digest

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.schedule.reconcile import Reconciler
 

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.unit
 OPEN_MAPS = {
     ("FineTuneJob", ".spec.properties.deepspeed.properties.overrides"),
     ("FineTuneJob", ".spec.properties.evaluation.properties.jsonSchema"),
+    # the same two fields of the FineTuneJob spec a FineTuneSchedule embeds as its jobTemplate
+    ("FineTuneSchedule", ".spec.properties.jobTemplate.properties.spec.properties.deepspeed.properties.overrides"),
+    ("FineTuneSchedule", ".spec.properties.jobTemplate.properties.spec.properties.evaluation.properties.jsonSchema"),
 }
 
 
@@ -101,11 +104,12 @@ def test_every_field_is_described(kind: str) -> None:
 
 def test_crd_metadata(repo_root: Path) -> None:
     docs = {d["spec"]["names"]["kind"]: d for d in (yaml.safe_load(p.read_text()) for p in (repo_root / "crds").glob("*.yaml"))}
-    assert set(docs) == {"FineTuneJob", "ModelVersion", "Rollout"}
+    assert set(docs) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule"}
     cols = {k: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"]] for k, d in docs.items()}
     assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Age"]
     assert cols["ModelVersion"] == ["Model", "Version", "Phase", "Verdict", "Age"]
     assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Step", "Message", "Age"]
+    assert cols["FineTuneSchedule"] == ["Schedule", "Suspend", "Phase", "Last run", "Next", "Serving", "Message", "Age"]
     for d in docs.values():
         v = d["spec"]["versions"][0]
         assert v["subresources"] == {"status": {}}
@@ -131,7 +135,7 @@ def test_printer_columns_point_at_schema_fields(kind: str) -> None:
         for part in column["jsonPath"].strip(".").split("."):
             assert part in node.get("properties", {}), f"{kind} column {column['name']}: {column['jsonPath']} not in schema"
             node = node["properties"][part]
-        expected = {"string": "string", "number": "number", "integer": "integer", "date": "string"}[column["type"]]
+        expected = {"string": "string", "number": "number", "integer": "integer", "date": "string", "boolean": "boolean"}[column["type"]]
         assert node["type"] == expected, column
 
 
