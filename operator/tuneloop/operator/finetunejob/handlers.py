@@ -96,7 +96,10 @@ def tuneloop_finetunejobs(body: kopf.Body, namespace: str, name: str, **_: Any) 
 
 @kopf.index("batch", "v1", "jobs", **CHILD_JOBS)
 def tuneloop_stage_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "default", labels[LABEL_JOB]): _slim(body)}
+    """A stage Job as a pass reads it: its name, whether it is suspended, its status (not the pod template)."""
+    job = _slim(body)
+    job["spec"] = {"suspend": job["spec"].get("suspend")}
+    return {(namespace or "default", labels[LABEL_JOB]): job}
 
 
 def _one(index: kopf.Index, key: Key) -> dict[str, Any] | None:
@@ -119,6 +122,9 @@ def current(ftjs: kopf.Index, key: Key) -> dict[str, Any] | None:
 # --- one pass ----------------------------------------------------------------------------------
 async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_progress: bool = False) -> Any:
     """A pass over one FineTuneJob; a failure is logged and retried RETRY_S later."""
+    if _one(ftjs, key) is None:  # deleted (a child's late event): nothing to do, nothing to remember
+        _retry.pop(key, None)
+        return None
     try:
         async with _locks[key], _slot():
             with metrics.reconcile_timer("finetunejob"):
