@@ -279,7 +279,8 @@ class OperatorProcess:
         return "\n".join(out)
 
     async def wait_log(self, text: str, timeout: float = 20.0) -> None:
-        """Wait until the current run's log contains `text` (e.g. "Resuming is processed")."""
+        """Wait until the current run's log contains `text` (e.g. "watching FineTuneJob NS/NAME", logged for each
+        FineTuneJob listed at startup)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.log_path and self.log_path.exists() and text in self.log_path.read_text(errors="replace"):
