@@ -52,6 +52,7 @@ def spec_for(task: str, micro: int, steps: int, data: Path, out: Path) -> dict:
         "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}},
         "hyperparameters": {"maxSteps": steps, "batchSize": micro, "microBatchSize": micro, "learningRate": 1e-3,
                             "maxSeqLength": 640, "saveSteps": 10_000, "warmupRatio": 0.0, "scheduler": "constant"},
+        "evaluation": {"enabled": False},  # train-stage throughput only
         "resources": {"gpusPerNode": 0},
         "output": {"path": str(out)},
     }

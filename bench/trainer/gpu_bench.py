@@ -147,6 +147,7 @@ def spec_for(path: Path, data: Path, out: Path, micro: int, steps: int, rows: in
                     "checks": {"minExamples": 8, "maxRejectedFraction": 1.0, "dedupe": "none"}},
         "method": {"type": "lora", "lora": {"r": LORA["r"], "alpha": LORA["alpha"], "dropout": LORA["dropout"]}},
         "hyperparameters": hp,
+        "evaluation": {"enabled": False},  # train-stage throughput only
         "resources": {"gpusPerNode": 1},
         "output": {"path": str(out)},
     }
