@@ -59,7 +59,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def _is_cluster(report: Any) -> bool:
-    return "cluster" in getattr(report, "keywords", {}) and report.nodeid.startswith("tests/cluster/")
+    return report.nodeid in _SESSION.get("cluster_ids", set())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _SESSION["cluster_ids"] = {i.nodeid for i in items if i.get_closest_marker("cluster")}
 
 
 _SESSION: dict[str, Any] = {}
