@@ -158,7 +158,7 @@ def test_finetunejob_chain_with_operator_restart_and_pod_kill(kube: Kube, env: E
     # lineage trainSeconds counts both training runs (the killed one up to its last record), not only the resumed
     # one (defect 10); the trainer keeps each run's time in <workdir>/train-time.json on the output claim
     runs = json.loads((pvc_dir(ns, "models") / NAME / "train-time.json").read_text())["runs"]
-    assert len(runs) == 2 and min(runs.values()) > 0, runs
+    assert len(runs) >= 2 and min(runs.values()) > 0, runs
     assert lineage.get("trainSeconds") and abs(lineage["trainSeconds"] - sum(runs.values())) < 1.0, (lineage.get("trainSeconds"), runs)
 
     # progress ends at 100 % and never showed a fake evalLoss of 0 (defect 10)
