@@ -35,6 +35,12 @@ class Scripted:
             raise PrometheusError("Prometheus at http://prom unreachable: ClientConnectorError")
         return self.values["canary" if 'tuneloop_dev_role="canary"' in promql else "stable"]
 
+    async def query_vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        self.queries.append(promql)
+        if self.fail:
+            raise PrometheusError("Prometheus at http://prom unreachable: ClientConnectorError")
+        return []
+
 
 def objs(**spec):
     ro = samples.gateway_rollout(**spec)

@@ -197,3 +197,19 @@ def test_missing_dataset_and_unsupported_type(write_spec, tmp_path):
     spec, work = write_spec(data_file=csv)
     with pytest.raises(DataError, match="unsupported file type '.csv'"):
         _run(spec, work)
+
+
+def test_token_length_histograms_in_vllm_buckets(write_spec, tmp_path):
+    """The train split's prompt and generation lengths, counted in vLLM's request_*_tokens buckets."""
+    from tuneloop.contract.tokenlengths import vllm_buckets
+
+    spec_path, wd = write_spec(chat_records(40))
+    ctx, summary = _run(spec_path, wd)
+    rep = _report(wd)
+    hist = rep["token_lengths"]
+    assert hist["le"] == vllm_buckets(rep["max_seq_length"]) and hist["le"][:4] == [1, 2, 5, 10]
+    n = rep["counts"]["train"]
+    assert sum(hist["prompt"]) == n and sum(hist["generation"]) == n
+    assert summary["token_lengths"] == hist  # in the termination message, for the ModelVersion
+    assert "num_trained" not in _split(wd, "train")[0]
+    assert "train token lengths in vLLM's buckets" in (wd / "data" / "data_report.txt").read_text()

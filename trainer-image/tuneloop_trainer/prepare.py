@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneloop.contract.tokenlengths import token_lengths
+
 from . import dataio
 from .errors import DataError
 from .records import Rejected, dedupe_key, normalize, prompt_key
@@ -74,7 +76,7 @@ class _Collector:
                 return
             self.seen[key] = f"{raw.file}:{raw.line}"
             self.seen_exact.add(exact)
-        rec.update(source_file=raw.file, source_line=raw.line, num_tokens=n_tokens)
+        rec.update(source_file=raw.file, source_line=raw.line, num_tokens=n_tokens, num_trained=n_trained)
         self.accepted[source].append(rec)
 
 
@@ -139,7 +141,7 @@ def run(ctx: Any) -> dict[str, Any]:
     for name, recs in splits.items():
         with (data_dir / f"{name}.jsonl").open("w") as fh:
             for r in recs:
-                fh.write(json.dumps({k: v for k, v in r.items() if k != "num_tokens"}, ensure_ascii=False) + "\n")
+                fh.write(json.dumps({k: v for k, v in r.items() if k not in ("num_tokens", "num_trained")}, ensure_ascii=False) + "\n")
 
     by_rule: dict[str, int] = {}
     for r in col.rejected:
@@ -160,6 +162,9 @@ def run(ctx: Any) -> dict[str, Any]:
         "rejected_fraction": round(frac, 6),
         "rejected_by_rule": by_rule,
         "lengths": {s: length_stats([r["num_tokens"] for r in v]) for s, v in splits.items()},
+        # prompt = the chat-templated record minus the tokens trained on; generation = the assistant tokens trained on
+        "token_lengths": token_lengths([r["num_tokens"] - r["num_trained"] for r in splits["train"]],
+                                       [r["num_trained"] for r in splits["train"]], max_len),
         "rejected": col.rejected,
     }
     failure = None
@@ -183,6 +188,7 @@ def run(ctx: Any) -> dict[str, Any]:
         "dataset_sha256": sha,
         "counts": report["counts"],
         "rejected_by_rule": by_rule,
+        "token_lengths": report["token_lengths"],
         "data_report": str(data_dir / "data_report.json"),
     }
 

@@ -37,6 +37,11 @@ def write_text_report(path: Path, report: dict[str, Any], limit: int = 50) -> No
     for split, st in report["lengths"].items():
         if st.get("records"):
             lines.append(f"  {split:<10} n={st['records']:<6} min={st['min']} mean={st['mean']} p50={st['p50']} p95={st['p95']} max={st['max']}")
+    hist = report.get("token_lengths")
+    if hist:
+        lines.append("train token lengths in vLLM's buckets (le " + ", ".join(str(b) for b in hist["le"]) + ", +Inf):")
+        lines.append("  prompt     " + " ".join(str(c) for c in hist["prompt"]))
+        lines.append("  generation " + " ".join(str(c) for c in hist["generation"]))
     if report["rejected_by_rule"]:
         lines.append("")
         lines.append("rejected by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(report["rejected_by_rule"].items())))

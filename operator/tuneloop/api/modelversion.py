@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, cel
 from .evaluation import EvaluationRecord
@@ -41,6 +41,37 @@ class FineTuneJobRef(ApiModel):
     uid: str | None = Field(default=None, description="FineTuneJob uid.")
 
 
+class TokenLengths(ApiModel):
+    """Token-length histograms of the train split, in the buckets of vLLM's `vllm:request_prompt_tokens` and
+    `vllm:request_generation_tokens` (1, 2, 5, 10, 20, 50, … up to the maximum sequence length), so that served
+    traffic can be compared with what the model was trained on (the Rollout's drift watch)."""
+
+    le: list[int] = Field(max_length=32, description="Upper bounds of the buckets (tokens, ascending); a last +Inf bucket follows.")
+    prompt: list[int] = Field(
+        max_length=33, description="Train records per bucket (not cumulative) by prompt tokens: the chat-templated record minus the tokens trained on; the last count is the +Inf bucket."
+    )
+    generation: list[int] = Field(
+        max_length=33, description="Train records per bucket (not cumulative) by generation tokens: the assistant (completion) tokens trained on; the last count is the +Inf bucket."
+    )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("size(self.prompt) == size(self.le) + 1 && size(self.generation) == size(self.le) + 1",
+                    "prompt and generation hold one count per bucket bound plus the +Inf bucket"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _shape(self) -> TokenLengths:
+        if len(self.prompt) != len(self.le) + 1 or len(self.generation) != len(self.le) + 1:
+            raise ValueError("prompt and generation hold one count per bucket bound plus the +Inf bucket")
+        if any(b <= a for a, b in zip(self.le, self.le[1:])):
+            raise ValueError("le must be strictly ascending")
+        return self
+
+
 class Lineage(ApiModel):
     """Everything needed to reproduce the artifact."""
 
@@ -53,6 +84,9 @@ class Lineage(ApiModel):
     world_size: int | None = Field(default=None, ge=1, description="Training processes.")
     train_seconds: float | None = Field(default=None, ge=0, description="Wall time of training.")
     tokens_seen: int | None = Field(default=None, ge=0, description="Non-padding tokens trained on.")
+    token_lengths: TokenLengths | None = Field(
+        default=None, description="Token-length histograms of the train split (vLLM's buckets), the baseline of the Rollout's drift watch."
+    )
 
 
 class ReportLocation(ApiModel):

@@ -187,6 +187,32 @@ class AnalysisSpec(ApiModel):
     )
 
 
+class DriftWatchSpec(ApiModel):
+    """After a promotion: compare the traffic the serving version sees with what it was trained on, and its error
+    rate and latency with the values at promotion (conditions Drifted and Degraded, gauge tuneloop_serving_drift)."""
+
+    enabled: bool = Field(default=True, description="Watch the serving version once it is promoted.")
+    window: str = Field(
+        default="1h", pattern=DURATION,
+        description="Range of each comparison: the increase of vLLM's token-length histogram buckets, requests and errors over this window.",
+    )
+    interval: str = Field(default="5m", pattern=DURATION, description="Time between comparisons.")
+    psi_threshold: float = Field(
+        default=0.25, gt=0, le=10,
+        description="Drifted when the population-stability index of served prompt or generation lengths vs the train split is above this (0.1: moderate shift, 0.25: large).",
+    )
+    min_samples: int = Field(
+        default=200, ge=1,
+        description="Requests a window must hold; with fewer, the verdict is insufficient data (condition Unknown), never drift or degradation.",
+    )
+    max_error_rate_increase: float = Field(
+        default=0.02, ge=0, le=1, description="Degraded when the window's 5xx rate exceeds the rate at promotion by more than this (absolute)."
+    )
+    max_latency_ratio: float = Field(
+        default=1.5, ge=1, description="Degraded when the window's p95 end-to-end latency is more than this times the p95 at promotion."
+    )
+
+
 class RolloutSpec(ApiModel):
     """Desired serving state."""
 
@@ -220,6 +246,9 @@ class RolloutSpec(ApiModel):
     allow_unevaluated_candidate: bool = Field(
         default=False,
         description="Roll out a candidate ModelVersion that was never evaluated (spec.evaluation.verdict NotEvaluated or absent).",
+    )
+    drift_watch: DriftWatchSpec = Field(
+        default_factory=DriftWatchSpec, description="Drift and degradation watch of the serving version after a promotion."
     )
 
     model_config = ApiModel.model_config | {
@@ -288,6 +317,51 @@ class MetricResult(ApiModel):
     consecutive_error: int = Field(default=0, ge=0, description="Errors since the last measurement that could be taken.")
 
 
+class DriftReason(str, Enum):
+    """Reasons of the Drifted and Degraded conditions (Rollout and serving ModelVersion)."""
+
+    DISTRIBUTION_SHIFTED = "DistributionShifted"
+    WITHIN_THRESHOLD = "WithinThreshold"
+    INSUFFICIENT_DATA = "InsufficientData"
+    NO_TRAINING_HISTOGRAM = "NoTrainingHistogram"
+    SERVING_DEGRADED = "ServingDegraded"
+    AS_AT_PROMOTION = "AsAtPromotion"
+    NO_PROMOTION_BASELINE = "NoPromotionBaseline"
+    PROMETHEUS_ERROR = "PrometheusError"
+
+
+class DriftSignalState(str, Enum):
+    OK = "OK"
+    DRIFTED = "Drifted"
+    DEGRADED = "Degraded"
+    INSUFFICIENT_DATA = "InsufficientData"
+    NO_BASELINE = "NoBaseline"
+    ERROR = "Error"
+
+
+class DriftSignal(ApiModel):
+    """One signal of the latest drift-watch comparison."""
+
+    signal: str = Field(description="prompt_tokens, generation_tokens (PSI vs the train split), error_rate (increase since promotion) or e2e_latency_p95 (ratio to promotion).")
+    state: DriftSignalState = Field(description="OK, Drifted, Degraded, InsufficientData, NoBaseline or Error.")
+    value: float | None = Field(default=None, description="The statistic (absent without a verdict).")
+    threshold: float | None = Field(default=None, description="Its limit from spec.driftWatch.")
+    samples: int | None = Field(default=None, ge=0, description="Requests in the window.")
+    message: str = Field(default="", description="Why this state.")
+
+
+class DriftStatus(ApiModel):
+    """The drift watch of the serving version."""
+
+    model_version: str = Field(description="The serving ModelVersion watched.")
+    since: datetime | None = Field(default=None, description="When the watch of this version began (its promotion, as seen by the operator).")
+    baseline_error_rate: float | None = Field(default=None, description="5xx rate of this version at promotion.")
+    baseline_latency_p95: float | None = Field(default=None, description="p95 end-to-end latency (s) of this version at promotion.")
+    baseline_recorded_at: datetime | None = Field(default=None, description="When the values at promotion were recorded.")
+    checked_at: datetime | None = Field(default=None, description="When the latest comparison ran.")
+    signals: list[DriftSignal] = Field(default_factory=list, max_length=8, description="The latest comparison, per signal.")
+
+
 class RolloutStatus(ApiModel):
     """Observed state of a Rollout."""
 
@@ -308,6 +382,7 @@ class RolloutStatus(ApiModel):
     canary_scale_down_at: datetime | None = Field(
         default=None, description="When the canary Deployment may be scaled to 0 (scaleDownDelaySeconds after its traffic was removed)."
     )
+    drift: DriftStatus | None = Field(default=None, description="Drift and degradation watch of the serving version (spec.driftWatch).")
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="Human-readable summary.")

@@ -8,6 +8,7 @@ from enum import Enum
 from pydantic import Field
 
 from .common import ApiModel, Condition
+from .modelversion import TokenLengths
 
 
 class FineTuneJobPhase(str, Enum):
@@ -48,6 +49,9 @@ class DataReportSummary(ApiModel):
     test: int | None = Field(default=None, ge=0, description="Records in the test split.")
     dataset_sha256: str | None = Field(default=None, description="sha256 of the dataset files, for lineage.")
     rejected_by_reason: dict[str, int] = Field(default_factory=dict, description="Rejections counted by reason.")
+    token_lengths: TokenLengths | None = Field(
+        default=None, description="Token-length histograms of the train split in vLLM's buckets (carried onto the ModelVersion)."
+    )
 
 
 class ChildRefs(ApiModel):

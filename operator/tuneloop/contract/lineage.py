@@ -20,6 +20,7 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "train_seconds": ("trainSeconds", "train_seconds", "wall_time_seconds", "wall_seconds", "seconds"),
     "tokens_seen": ("tokensSeen", "tokens_seen"),
     "world_size": ("worldSize", "world_size"),
+    "token_lengths": ("tokenLengths", "token_lengths"),
 }
 
 
@@ -33,6 +34,7 @@ class LineageFacts(BaseModel):
     train_seconds: float | None = Field(default=None, ge=0)
     tokens_seen: int | None = Field(default=None, ge=0)
     world_size: int | None = Field(default=None, ge=1)
+    token_lengths: dict[str, list[int]] | None = None  # the train split's histograms (api TokenLengths, wire form)
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
@@ -50,6 +52,8 @@ def _get(source: dict[str, Any], spelling: str) -> Any:
 def _valid(fact: str, value: Any) -> Any:
     if fact == "dataset_sha256":
         return value if isinstance(value, str) and value else None
+    if fact == "token_lengths":
+        return _token_lengths(value)
     if fact == "library_versions":
         return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -57,6 +61,17 @@ def _valid(fact: str, value: Any) -> Any:
     if fact == "train_seconds":
         return round(float(value), 1)
     return int(value) if (fact != "world_size" or value >= 1) else None
+
+
+def _token_lengths(value: Any) -> dict[str, list[int]] | None:
+    from tuneloop.api.modelversion import TokenLengths
+
+    if not isinstance(value, dict):
+        return None
+    try:
+        return TokenLengths.model_validate(value).wire()
+    except ValueError:
+        return None
 
 
 def facts(*sources: dict[str, Any] | None) -> LineageFacts:

@@ -106,6 +106,8 @@ def build(
         lineage["trainSeconds"] = facts.train_seconds
     if facts.tokens_seen is not None:
         lineage["tokensSeen"] = facts.tokens_seen
+    if facts.token_lengths:
+        lineage["tokenLengths"] = facts.token_lengths
     if isinstance(evaluation, EvaluationRecord):
         record = evaluation
     else:

@@ -41,6 +41,10 @@ EXPECTED_ARTIFACT = {
 }
 
 
+LENGTHS = {"le": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], "prompt": [0, 0, 0, 0, 5, 60, 30, 5, 0, 0, 0, 0],
+           "generation": [0, 0, 10, 40, 40, 10, 0, 0, 0, 0, 0, 0]}
+
+
 def job(method: str, path: str, image: str | None = None) -> dict:
     output: dict = {"claimName": "models"}
     if path:
@@ -61,7 +65,8 @@ def job(method: str, path: str, image: str | None = None) -> dict:
 
 def workdir_files(wd) -> tuple[dict, dict]:
     """What prepare, train and evaluate leave in DIR (the parts the ModelVersion reads)."""
-    data_report = {"dataset_sha256": SHA, "counts": {"read": 120, "accepted": 118, "rejected": 2, "train": 100, "validation": 8, "test": 10}}
+    data_report = {"dataset_sha256": SHA, "counts": {"read": 120, "accepted": 118, "rejected": 2, "train": 100, "validation": 8, "test": 10},
+                   "token_lengths": LENGTHS}
     lineage = {"job": {"name": "support-bot-ft", "namespace": "ml", "uid": UID}, "dataset": {"sha256": SHA, "format": "chat"},
                "libraries": {"torch": "2.13.0", "transformers": "4.57.0"}, "world_size": 1, "wall_time_seconds": 812.5,
                "tokens_seen": 123456, "steps": 40}
@@ -116,6 +121,7 @@ def test_operator_and_trainer_report_build_the_same_model_version(tmp_path, meth
     assert op["spec"]["report"] == {"uri": f"{root}/report/report.md", "configMap": f"{op['metadata']['name']}-report"}
     assert op["spec"]["lineage"]["trainerImage"] == (image or CONFIG.trainer_image)
     assert op["spec"]["lineage"]["trainSeconds"] == 812.5 and op["spec"]["lineage"]["datasetSha256"] == SHA
+    assert op["spec"]["lineage"]["tokenLengths"] == LENGTHS  # prepare's histograms, through status.dataReport too
 
 
 @pytest.mark.parametrize("method", ["lora", "merged", "full"])

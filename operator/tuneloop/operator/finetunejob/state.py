@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneloop.contract import lineage
 from tuneloop.contract import progress as progress_contract
 
 from ..builders.common import CONTAINER
@@ -202,6 +203,9 @@ def data_report(message: dict[str, Any]) -> dict[str, Any]:
     by_rule = message.get("rejected_by_rule") or message.get("rejectedByReason")
     if isinstance(by_rule, dict):
         out["rejectedByReason"] = {str(k): int(v) for k, v in by_rule.items() if isinstance(v, int)}
+    lengths = lineage.facts(message).token_lengths  # the train split's histograms, for the ModelVersion
+    if lengths:
+        out["tokenLengths"] = lengths
     return out
 
 

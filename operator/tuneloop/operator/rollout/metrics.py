@@ -31,6 +31,40 @@ TIME_TO_ROLLBACK = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
 
+SERVING_DRIFT = Gauge(
+    "tuneloop_serving_drift",
+    "Drift watch of the serving ModelVersion, per signal: PSI of served vs train token lengths (prompt_tokens, "
+    "generation_tokens), 5xx-rate increase since promotion (error_rate), p95 latency / p95 at promotion (e2e_latency_p95). "
+    "Absent while a window has too few requests.",
+    ["namespace", "rollout", "model_version", "signal"],
+    registry=REGISTRY,
+)
+SERVING_DRIFT_THRESHOLD = Gauge(
+    "tuneloop_serving_drift_threshold",
+    "The Rollout's driftWatch limit of each tuneloop_serving_drift signal (psiThreshold, maxErrorRateIncrease, maxLatencyRatio).",
+    ["namespace", "rollout", "model_version", "signal"],
+    registry=REGISTRY,
+)
+
+
+def set_drift(namespace: str, rollout: str, model_version: str, values: dict[str, tuple[float, float] | None]) -> None:
+    """One series per signal with a verdict; a signal without one (too few requests, no baseline) has none.
+    Series of versions that no longer serve are dropped."""
+    for gauge in (SERVING_DRIFT, SERVING_DRIFT_THRESHOLD):
+        for labels in list(gauge._metrics):
+            if labels[:2] == (namespace, rollout) and labels[2] != model_version:
+                gauge.remove(*labels)
+    for signal, vt in values.items():
+        if vt is None:
+            for gauge in (SERVING_DRIFT, SERVING_DRIFT_THRESHOLD):
+                try:
+                    gauge.remove(namespace, rollout, model_version, signal)
+                except KeyError:
+                    pass
+            continue
+        SERVING_DRIFT.labels(namespace, rollout, model_version, signal).set(vt[0])
+        SERVING_DRIFT_THRESHOLD.labels(namespace, rollout, model_version, signal).set(vt[1])
+
 
 def set_state(namespace: str, rollout: str, phase: str, weight: int) -> None:
     CANARY_WEIGHT.labels(namespace, rollout).set(weight)
@@ -52,6 +86,7 @@ def forget(namespace: str, rollout: str) -> None:
                 gauge.remove(namespace, rollout, *extra)
             except KeyError:
                 pass
-    for labels in list(MEASUREMENT_VALUE._metrics):
-        if labels[:2] == (namespace, rollout):
-            MEASUREMENT_VALUE.remove(*labels)
+    for gauge in (MEASUREMENT_VALUE, SERVING_DRIFT, SERVING_DRIFT_THRESHOLD):
+        for labels in list(gauge._metrics):
+            if labels[:2] == (namespace, rollout):
+                gauge.remove(*labels)

@@ -67,6 +67,11 @@ def owner_reference(rollout_obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def prom_version_selector(namespace: str, rollout: str, model_version: str) -> str:
+    """PromQL label matchers of one ModelVersion's pods of a Rollout (any role), for the drift watch."""
+    return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_MODEL_VERSION}="{model_version}"'
+
+
 def prom_selector(namespace: str, rollout: str, role: str) -> str:
     """PromQL label matchers of one role's pods, for `{{selector}}` in analysis queries."""
     return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_ROLE}="{role}"'

@@ -19,6 +19,9 @@ class MetricsProvider(Protocol):
         Raises PrometheusError when there is no answer.
         """
 
+    async def query_vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of an instant vector query: (labels, value). Raises PrometheusError when there is no answer."""
+
 
 def parse_result(body: dict) -> float | None:
     """Value of a Prometheus /api/v1/query answer (scalar or a one-series vector)."""
@@ -38,6 +41,16 @@ def parse_result(body: dict) -> float | None:
     raise PrometheusError(f"unsupported result type {rtype!r}; use an instant vector or scalar query")
 
 
+def parse_vector(body: dict) -> list[tuple[dict[str, str], float]]:
+    """The series of a Prometheus /api/v1/query answer (an instant vector)."""
+    if body.get("status") != "success":
+        raise PrometheusError(f"{body.get('errorType', 'error')}: {body.get('error', 'unknown error')}")
+    data = body.get("data") or {}
+    if data.get("resultType") != "vector":
+        raise PrometheusError(f"unsupported result type {data.get('resultType')!r}; expected an instant vector")
+    return [(dict(r.get("metric") or {}), _float(r["value"][1])) for r in data.get("result") or []]
+
+
 def _float(raw: str) -> float:
     try:
         return float(raw)
@@ -54,6 +67,12 @@ class PrometheusClient:
         self.headers = headers or {}
 
     async def query(self, promql: str) -> float | None:
+        return parse_result(await self._get(promql))
+
+    async def query_vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        return parse_vector(await self._get(promql))
+
+    async def _get(self, promql: str) -> dict:
         try:
             async with (
                 aiohttp.ClientSession(timeout=self.timeout, headers=self.headers) as session,
@@ -68,7 +87,7 @@ class PrometheusClient:
                     raise PrometheusError(f"HTTP {resp.status} from {self.base_url}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PrometheusError(f"Prometheus at {self.base_url} unreachable: {exc.__class__.__name__}: {exc}") from exc
-        return parse_result(body)
+        return body
 
 
 def is_nodata(value: float | None) -> bool:

@@ -58,3 +58,24 @@ def render(template: str, *, namespace: str, rollout: str, role: str, window: st
 
 def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role: str, window: str) -> str:
     return render(template_of(metric), namespace=namespace, rollout=rollout, role=role, window=window)
+
+
+# The drift watch (drift.py): one window of the serving ModelVersion's pods, whatever their role (after a
+# promotion its traffic moves from the canary pods to the stable ones). {{selector}} is
+# names.prom_version_selector. The histograms are vLLM's, with build_1_2_5_buckets(max_model_len) bounds.
+DRIFT_PROMPT, DRIFT_GENERATION, DRIFT_REQUESTS, DRIFT_ERRORS, DRIFT_LATENCY = "prompt", "generation", "requests", "errors", "latency"
+DRIFT_QUERIES: dict[str, str] = {
+    DRIFT_PROMPT: "sum by (le) (increase(vllm:request_prompt_tokens_bucket{ {{selector}} }[{{window}}]))",
+    DRIFT_GENERATION: "sum by (le) (increase(vllm:request_generation_tokens_bucket{ {{selector}} }[{{window}}]))",
+    DRIFT_REQUESTS: 'sum(increase(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '" }[{{window}}]))',
+    DRIFT_ERRORS: (
+        '(sum(increase(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '", status="5xx" }[{{window}}])) or vector(0))'
+    ),
+    DRIFT_LATENCY: "histogram_quantile(0.95, sum by (le) (rate(vllm:e2e_request_latency_seconds_bucket{ {{selector}} }[{{window}}])))",
+}
+DRIFT_VECTORS = (DRIFT_PROMPT, DRIFT_GENERATION)  # answered as a vector by `le`
+
+
+def render_drift(kind: str, *, namespace: str, rollout: str, model_version: str, window: str) -> str:
+    selector = names.prom_version_selector(namespace, rollout, model_version)
+    return DRIFT_QUERIES[kind].replace("{{selector}}", selector).replace("{{window}}", window)

@@ -19,15 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneloop.api.modelversion import ModelVersion
-from tuneloop.api.rollout import AnalysisMetric, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
+from tuneloop.api.rollout import AnalysisMetric, DriftStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
-from . import metrics, names, queries, serving, traffic
+from . import drift, metrics, names, queries, serving, traffic
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
-from .prometheus import MetricsProvider, PrometheusClient, PrometheusError
-from .steps import Outcome, World, advance, due_metrics, next_wakeup, query_window, set_condition
+from .prometheus import MetricsProvider, PrometheusClient, PrometheusError, is_nodata
+from .steps import TERMINAL, Outcome, World, advance, due_metrics, next_wakeup, query_window, set_condition
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -103,6 +103,34 @@ async def measure(
         return m.name, assess(m, spec.analysis, got[0], got[1] if len(got) > 1 else None)
 
     return dict(await asyncio.gather(*(metric(m) for m in metrics_)))
+
+
+async def measure_drift_window(provider: MetricsProvider, namespace: str, rollout: str, model_version: str, window: str) -> drift.Window:
+    """One drift-watch window of the serving version's pods: the histograms' bucket increases by `le`, requests,
+    5xx responses and the p95 latency. A query without an answer is named in `failed` under its signal(s)."""
+    q = {k: queries.render_drift(k, namespace=namespace, rollout=rollout, model_version=model_version, window=window)
+         for k in queries.DRIFT_QUERIES}  # fmt: skip
+    signal_of = {queries.DRIFT_PROMPT: [drift.PROMPT], queries.DRIFT_GENERATION: [drift.GENERATION],
+                 queries.DRIFT_REQUESTS: [drift.ERROR_RATE, drift.LATENCY], queries.DRIFT_ERRORS: [drift.ERROR_RATE],
+                 queries.DRIFT_LATENCY: [drift.LATENCY]}  # fmt: skip
+
+    async def one(kind: str) -> tuple[str, object]:
+        try:
+            if kind in queries.DRIFT_VECTORS:
+                series = await provider.query_vector(q[kind])
+                buckets = {drift.parse_le(labels.get("le", "+Inf")): v for labels, v in series if not is_nodata(v)}
+                return kind, buckets or None
+            return kind, await provider.query(q[kind])
+        except (PrometheusError, ValueError) as exc:
+            return kind, PrometheusError(str(exc))
+
+    got = dict(await asyncio.gather(*(one(k) for k in q)))
+    failed = {sig: str(v) for k, v in got.items() if isinstance(v, PrometheusError) for sig in signal_of[k]}
+    val = {k: (None if isinstance(v, PrometheusError) else v) for k, v in got.items()}
+    num = {k: (None if val[k] is None or isinstance(val[k], dict) or is_nodata(val[k]) else float(val[k])) for k in val}  # type: ignore[arg-type]
+    return drift.Window(prompt=val[queries.DRIFT_PROMPT], generation=val[queries.DRIFT_GENERATION],  # type: ignore[arg-type]
+                        requests=num[queries.DRIFT_REQUESTS], errors=num[queries.DRIFT_ERRORS],
+                        latency_p95=num[queries.DRIFT_LATENCY], failed=failed)
 
 
 @dataclass(frozen=True)
@@ -231,9 +259,57 @@ class Reconciler:
                 metrics.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)
         log_tick(ns, name, status, out, assessments)
+        watched = stable_mv if err_s is None else None
+        drift_due, drift_conditions = await self.watch_drift(ns, name, spec, out, watched, world)
         servable = {m.metadata.name: m for m, err in ((stable_mv, err_s), (cand_mv, err_c)) if m is not None and err is None}
         await self.apply(obj, spec, out, servable, world)
-        return next_wakeup(spec, out.status, now)
+        if drift_conditions and out.status.drift is not None:
+            await self.mark_drift(ns, out.status.drift.model_version, drift_conditions, world.now)
+        wake = next_wakeup(spec, out.status, now)
+        if drift_due is not None:
+            wake = min(wake, max(0.05, (drift_due - now).total_seconds()))
+        return wake
+
+    async def watch_drift(
+        self, ns: str, name: str, spec: RolloutSpec, out: Outcome, mv: ModelVersion | None, world: World
+    ) -> tuple[dt.datetime | None, dict[str, drift.ConditionVerdict]]:
+        """The drift watch of the serving version (status.stableModelVersion): at most once per driftWatch.interval,
+        measure one window (I/O), judge it (pure `drift`), record it in status, the conditions and the gauges.
+        Returns when the next comparison is due, and this comparison's Drifted/Degraded verdicts (for the ModelVersion)."""
+        st, wd = out.status, spec.drift_watch
+        serving_name = st.stable_model_version if mv is not None and mv.metadata.name == st.stable_model_version else None
+        if st.phase not in TERMINAL:  # a rollout in progress is the analysis' business; the watch resumes after it
+            serving_name = None
+        due = drift.next_check_at(wd, st.drift, serving_name)
+        if due is None or serving_name is None or mv is None:
+            return None, {}
+        if due > world.now:
+            return due, {}
+        d = st.drift.model_copy(deep=True) if st.drift is not None and st.drift.model_version == serving_name else None
+        if d is None:
+            d = DriftStatus(model_version=serving_name, since=world.now)
+            log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
+        provider = self.provider_factory(spec.analysis.prometheus_address or self.prometheus_url)
+        window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
+        if d.baseline_recorded_at is None:  # the values at promotion: the first window with enough requests
+            base = drift.baseline(wd, window)
+            if base is not None:
+                d.baseline_error_rate, d.baseline_latency_p95, d.baseline_recorded_at = base[0], base[1], world.now
+        d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)
+        d.checked_at = world.now
+        st.drift = d
+        verdicts = {"Drifted": drift.drifted(d.signals), "Degraded": drift.degraded(d.signals)}
+        for type_, v in verdicts.items():
+            old = next((c for c in st.conditions if c.type == type_), None)
+            if old is None or old.status != v.status or old.reason != v.reason:
+                log.info("rollout %s/%s: %s %s (%s): %s", ns, name, type_, v.status, v.reason, v.message)
+                if v.status == "True":
+                    out.events.append(("Warning", v.reason, f"{serving_name}: {v.message}"))
+                elif old is not None and old.status == "True":
+                    out.events.append(("Normal", v.reason, f"{serving_name}: {v.message}"))
+            set_condition(st, type_, v.status, v.reason, f"{serving_name}: {v.message}"[:1024], world)
+        metrics.set_drift(ns, name, serving_name, drift.gauge_values(d.signals))
+        return drift.next_check_at(wd, d, serving_name), verdicts
 
     async def apply(self, obj: dict, spec: RolloutSpec, out: Outcome, mvs: dict[str, ModelVersion], world: World) -> None:
         meta = obj["metadata"]
@@ -297,6 +373,26 @@ class Reconciler:
             return
         meta = obj["metadata"]
         await self.client.patch(r.ROLLOUTS, meta["namespace"], meta["name"], {"status": new}, subresource="status")
+
+    async def mark_drift(self, ns: str, mv_name: str, verdicts: dict[str, drift.ConditionVerdict], now: dt.datetime) -> None:
+        """The serving ModelVersion's Drifted/Degraded conditions (this reconciler owns those two; the FineTuneJob's
+        registration owns Evaluated/Ready): written only when a status or reason changed."""
+        raw = await self.client.get(r.MODELVERSIONS, ns, mv_name)
+        if raw is None:
+            return
+        conds = [dict(c) for c in (raw.get("status") or {}).get("conditions") or []]
+        changed = False
+        for type_, v in verdicts.items():
+            cur = next((c for c in conds if c.get("type") == type_), None)
+            if cur is not None and cur.get("status") == v.status and cur.get("reason") == v.reason:
+                continue
+            new = {"type": type_, "status": v.status, "reason": v.reason, "message": v.message[:1024],
+                   "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if cur is None or cur.get("status") != v.status
+                   else cur.get("lastTransitionTime")}  # fmt: skip
+            conds = [c for c in conds if c.get("type") != type_] + [{k: x for k, x in new.items() if x is not None}]
+            changed = True
+        if changed:
+            await self.client.patch(r.MODELVERSIONS, ns, mv_name, {"status": {"conditions": conds}}, subresource="status")
 
     async def mark_model_version(self, ns: str, mv_name: str, rollout: str, phase: str | None, message: str) -> None:
         raw = await self.client.get(r.MODELVERSIONS, ns, mv_name)

@@ -194,8 +194,9 @@ def _until(times: list[dt.datetime], now: dt.datetime, default: float) -> float:
     return max(0.05, soonest)
 
 
-def set_condition(status: RolloutStatus, type_: str, value: bool, reason: str, message: str, world: World) -> None:
-    new = ConditionStatus.TRUE.value if value else ConditionStatus.FALSE.value
+def set_condition(status: RolloutStatus, type_: str, value: bool | str, reason: str, message: str, world: World) -> None:
+    """Set one condition (True/False from a bool, or a ConditionStatus value such as "Unknown")."""
+    new = value if isinstance(value, str) else (ConditionStatus.TRUE.value if value else ConditionStatus.FALSE.value)
     for c in status.conditions:
         if c.type == type_:
             if c.status != new:
