@@ -281,8 +281,19 @@ def summary(record: EvaluationRecord, path: Any) -> dict[str, Any]:
     return {
         "verdict": record.verdict if isinstance(record.verdict, str) else record.verdict.value,
         "testExamples": record.test_examples,
-        "metrics": {m.name: {"base": m.base, "tuned": m.tuned} for m in record.metrics},
+        "metrics": {m.name: _summary_row(m) for m in record.metrics},
         "gates": {"passed": sum(g.passed for g in record.gates), "total": len(record.gates)},
         "failedGates": [g.reason for g in record.gates if not g.passed],
         "evalJson": str(path),
     }
+
+
+def _summary_row(m: Any) -> dict[str, Any]:
+    """base, tuned, the majority baseline and the tuned score's 95 % interval, when measured."""
+    row: dict[str, Any] = {"base": m.base, "tuned": m.tuned}
+    majority = next((r for r in m.references or [] if r.reference == "majority"), None)
+    if majority is not None and majority.value is not None:
+        row["majority"] = majority.value
+    if m.tuned_interval is not None:
+        row["tunedInterval"] = [m.tuned_interval.low, m.tuned_interval.high]
+    return row
