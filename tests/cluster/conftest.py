@@ -35,7 +35,8 @@ from .kube import ApiError, Kube
 
 POD_ROOT = Path(os.environ.get("TUNELOOP_K8S_POD_ROOT", "/var/tmp/k8s-pods"))
 KEEP = os.environ.get("TUNELOOP_CLUSTER_KEEP") == "1"
-CRD_NAMES = ["finetunejobs.tuneloop.dev", "modelversions.tuneloop.dev", "rollouts.tuneloop.dev"]
+CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
+CRD_NAMES = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in CRD_FILES]  # every CRD the checkout ships
 RELEASE = "tuneloop"
 # The chart's operator Deployment is installed (it proves restricted-PSA admission of its pod template) but must not
 # run: the operator under test runs on this machine as the chart's ServiceAccount instead.

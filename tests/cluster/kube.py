@@ -34,7 +34,7 @@ PREFIX = {
     "customresourcedefinitions": "/apis/apiextensions.k8s.io/v1",
     "httproutes": "/apis/gateway.networking.k8s.io/v1",
     "finetunejobs": "/apis/tuneloop.dev/v1alpha1", "modelversions": "/apis/tuneloop.dev/v1alpha1",
-    "rollouts": "/apis/tuneloop.dev/v1alpha1",
+    "rollouts": "/apis/tuneloop.dev/v1alpha1", "finetuneschedules": "/apis/tuneloop.dev/v1alpha1",
 }
 
 
