@@ -8,6 +8,7 @@ a kubernetes_sd `labelmap` would give real pods (namespace, tuneloop_dev_rollout
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import socket
@@ -22,6 +23,8 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+MAX_MODEL_LEN = 2048
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)  # vLLM: build_1_2_5_buckets(max_model_len)
 
 
 def prometheus_binary() -> str | None:
@@ -63,8 +66,11 @@ class FakeVllm:
     """One vLLM pod's /metrics with traffic whose error rate and latency can be changed at any time."""
 
     def __init__(self, role: str, *, rps: float = 50.0, error_rate: float = 0.0, ttft: float = 0.08, e2e: float = 0.6,
-                 abort_rate: float = 0.0, noise: float = 0.0, seed: int | None = None):  # fmt: skip
+                 abort_rate: float = 0.0, noise: float = 0.0, seed: int | None = None, prompt_tokens: float = 40.0,
+                 generation_tokens: float = 12.0):  # fmt: skip
         self.role = role
+        # median request lengths (log-normal, sigma 0.3); set(prompt_tokens=...) shifts the served distribution
+        self.prompt_tokens, self.generation_tokens = prompt_tokens, generation_tokens
         self.rps, self.error_rate, self.ttft, self.e2e, self.noise = rps, error_rate, ttft, e2e, noise
         self.abort_rate = abort_rate
         self.rng = random.Random(seed)
@@ -73,6 +79,9 @@ class FakeVllm:
         self.ttft_h = Histogram("vllm:time_to_first_token_seconds", "TTFT.", ["model_name"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.e2e_h = Histogram("vllm:e2e_request_latency_seconds", "E2E latency.", ["model_name"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.success = Counter("vllm:request_success", "Finished requests.", ["finished_reason", "model_name"], registry=self.registry)
+        self.prompt_h = Histogram("vllm:request_prompt_tokens", "Prompt tokens.", ["model_name"], buckets=TOKEN_BUCKETS, registry=self.registry)
+        self.gen_h = Histogram("vllm:request_generation_tokens", "Generation tokens.", ["model_name"], buckets=TOKEN_BUCKETS,
+                               registry=self.registry)
         self.http.labels("/v1/chat/completions", "2xx", "POST")  # present from the start, as after the first request
         self.port = free_port()
         self.server = serve_text_format(self.registry, self.port)
@@ -102,6 +111,11 @@ class FakeVllm:
                 self.ttft_h.labels("bot").observe(self._jitter(self.ttft))
                 self.e2e_h.labels("bot").observe(self._jitter(self.e2e))
                 self.success.labels("abort" if self.rng.random() < self.abort_rate else "stop", "bot").inc()
+                self.prompt_h.labels("bot").observe(self.length(self.prompt_tokens))
+                self.gen_h.labels("bot").observe(self.length(self.generation_tokens))
+
+    def length(self, median: float) -> int:
+        return max(1, min(MAX_MODEL_LEN, round(self.rng.lognormvariate(math.log(median), 0.3))))
 
     def close(self) -> None:
         self._stop.set()
@@ -184,6 +198,9 @@ class PrometheusServer:
             return json.loads(resp.read())
 
 
-def pod_labels(namespace: str, rollout: str, role: str) -> dict[str, str]:
+def pod_labels(namespace: str, rollout: str, role: str, model_version: str | None = None) -> dict[str, str]:
     """The labels a real pod's series get via `labelmap: __meta_kubernetes_pod_label_(.+)`."""
-    return {"namespace": namespace, "tuneloop_dev_rollout": rollout, "tuneloop_dev_role": role}
+    out = {"namespace": namespace, "tuneloop_dev_rollout": rollout, "tuneloop_dev_role": role}
+    if model_version:
+        out["tuneloop_dev_model_version"] = model_version
+    return out
