@@ -126,16 +126,27 @@ def panels() -> list[dict[str, Any]]:
     out.append(_panel("timeseries", "Tokens / s", [
         (f"sum by (tuneloop_dev_role) (rate(vllm:generation_tokens_total{{{VLLM}}}[{RATE}]))", "{{tuneloop_dev_role}} generated"),
         (f"sum by (tuneloop_dev_role) (rate(vllm:prompt_tokens_total{{{VLLM}}}[{RATE}]))", "{{tuneloop_dev_role}} prompt")], (16, 46, 8, 8)))
+    # Drift watch ----------------------------------------------------------------------------------
+    out.append(_row("Serving version: drift and degradation since promotion", 54))
+    out.append(_panel("timeseries", "Token-length drift (PSI vs training data)", [
+        (f'tuneloop_serving_drift{{{RO}, signal=~"prompt_tokens|generation_tokens"}}', "{{rollout}} {{model_version}} {{signal}}"),
+        (f'max by (rollout) (tuneloop_serving_drift_threshold{{{RO}, signal="prompt_tokens"}})', "{{rollout}} threshold")],
+        (0, 55, 12, 7), description="Population-stability index of served prompt / generation token lengths (vLLM's "
+        "request_*_tokens histograms over driftWatch.window) against the train split's. No point: too few requests."))
+    out.append(_panel("timeseries", "Degradation since promotion", [
+        (f'tuneloop_serving_drift{{{RO}, signal=~"error_rate|e2e_latency_p95"}}', "{{rollout}} {{model_version}} {{signal}}")],
+        (12, 55, 12, 7), description="error_rate: 5xx-rate increase over the rate at promotion; e2e_latency_p95: p95 over the "
+        "p95 at promotion (limits: driftWatch.maxErrorRateIncrease, maxLatencyRatio)."))
     # Operator -------------------------------------------------------------------------------------
-    out.append(_row("Operator", 54))
-    out.append(_panel("stat", "Operator up", [('sum(up{container="operator", endpoint="metrics"})', "up")], (0, 55, 4, 7),
+    out.append(_row("Operator", 62))
+    out.append(_panel("stat", "Operator up", [('sum(up{container="operator", endpoint="metrics"})', "up")], (0, 63, 4, 7),
                       description="Scraped operator targets that answer (1 expected).",
                       options={"colorMode": "background", "graphMode": "none", "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}))
     out.append(_panel("timeseries", "Reconcile latency", [
         (_p(0.5, "tuneloop_reconcile_duration_seconds", "", "resource"), "{{resource}} p50"),
-        (_p(0.99, "tuneloop_reconcile_duration_seconds", "", "resource"), "{{resource}} p99")], (4, 55, 10, 7), unit="s"))
+        (_p(0.99, "tuneloop_reconcile_duration_seconds", "", "resource"), "{{resource}} p99")], (4, 63, 10, 7), unit="s"))
     out.append(_panel("timeseries", "Reconcile errors", [
-        (f"sum by (resource) (rate(tuneloop_reconcile_errors_total[{RATE}]))", "{{resource}}")], (14, 55, 10, 7), unit="reqps",
+        (f"sum by (resource) (rate(tuneloop_reconcile_errors_total[{RATE}]))", "{{resource}}")], (14, 63, 10, 7), unit="reqps",
         description="Failed reconcile handler runs per second (retried or permanent)."))
     for p in out:
         if "fieldConfig_max" in p:

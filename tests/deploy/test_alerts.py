@@ -39,7 +39,7 @@ def rules_dir(tmp_path_factory) -> Path:
 def test_promtool_check_rules(rules_dir):
     out = _promtool("check", "rules", "rules.yaml", cwd=rules_dir)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout
+    assert "SUCCESS: 9 rules found" in out.stdout
 
 
 def test_promtool_check_rules_with_custom_values(tmp_path):
@@ -69,7 +69,7 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path, rules_dir):
 def test_every_alert_has_a_firing_and_a_quiet_case():
     alerts = {r["alert"] for g in _rules()["groups"] for r in g["rules"]}
     assert alerts == {"TuneloopFineTuneJobFailed", "TuneloopTrainingStalled", "TuneloopRolloutRolledBack",
-                      "TuneloopAnalysisInconclusive", "TuneloopRolloutPausedTooLong", "TuneloopOperatorDown",
+                      "TuneloopAnalysisInconclusive", "TuneloopRolloutPausedTooLong", "TuneloopServingDrifted", "TuneloopServingDegraded", "TuneloopOperatorDown",
                       "TuneloopReconcileErrorsRising"}
     fires, quiet = set(), set()
     for case in yaml.safe_load(TESTS.read_text())["tests"]:
