@@ -12,7 +12,8 @@ is a fixed, deterministic text. What it does like vLLM v0.11's OpenAI server:
   `POST /v1/chat/completions` and `POST /v1/completions` (OpenAI schema; an unknown `model` is a 404
   with vLLM's message), `GET /metrics` in the classic Prometheus text format (`vllm:` names keep
   their colon) with vLLM's exact metric names: `vllm:time_to_first_token_seconds`,
-  `vllm:e2e_request_latency_seconds` (histograms, vLLM's buckets), `vllm:request_success_total
+  `vllm:e2e_request_latency_seconds`, `vllm:request_prompt_tokens`, `vllm:request_generation_tokens`
+  (histograms, vLLM's buckets; the token ones build_1_2_5_buckets(2048)), `vllm:request_success_total
   {finished_reason}`, `vllm:num_requests_running`, `vllm:num_requests_waiting`,
   `vllm:prompt_tokens_total`, `vllm:generation_tokens_total` (labels `model_name`, `engine`), and
   prometheus-fastapi-instrumentator's `http_requests_total{handler,method,status}` with the status
@@ -25,6 +26,7 @@ MODEL directory. So a test can make one ModelVersion's artifact misbehave while 
     {"error_rate": 0.3}        fraction of completions answered HTTP 500 (counted as 5xx)
     {"silent": true}           every endpoint, /health and /metrics included, hangs without answering
     {"latency": 0.05, "ttft": 0.01, "abort_rate": 0.0}
+    {"prompt_scale": 10}       multiply every request's counted prompt tokens (shifts vllm:request_prompt_tokens)
 
 Harness limit: every pod of the loopback cluster shares 127.0.0.1, so two pods cannot both listen
 on `--port`. When the port is taken, the stand-in listens on a free port instead and says so on
@@ -59,7 +61,11 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 80.0, 160.0, 640.0, 2560.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
                1920.0, 7680.0)
-DEFAULT_KNOBS: dict[str, Any] = {"error_rate": 0.0, "silent": False, "latency": 0.02, "ttft": 0.005, "abort_rate": 0.0}
+MAX_MODEL_LEN = 2048
+# vLLM's build_1_2_5_buckets(max_model_len), the bounds of vllm:request_prompt_tokens / request_generation_tokens.
+TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(4) for m in (1, 2, 5) if m * 10**e <= MAX_MODEL_LEN)
+DEFAULT_KNOBS: dict[str, Any] = {"error_rate": 0.0, "silent": False, "latency": 0.02, "ttft": 0.005, "abort_rate": 0.0,
+                                 "prompt_scale": 1.0}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -106,6 +112,8 @@ class Metrics:
         self.http: dict[tuple[str, str, str], int] = {("/v1/chat/completions", "POST", "2xx"): 0}
         self.ttft = Histogram(TTFT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
+        self.prompt_h = Histogram(TOKEN_BUCKETS)
+        self.gen_h = Histogram(TOKEN_BUCKETS)
         self.success: dict[str, int] = {}
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -123,6 +131,8 @@ class Metrics:
             self.e2e.observe(e2e)
             self.prompt_tokens += prompt
             self.generation_tokens += generated
+            self.prompt_h.observe(prompt)
+            self.gen_h.observe(generated)
 
     def render(self) -> str:
         m = f'model_name="{self.model}",engine="0"'
@@ -158,6 +168,8 @@ class Metrics:
                 out.append(f'vllm:request_success_total{{{m},finished_reason="{reason}"}} {float(n)}')
             hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft)
             hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.e2e)
+            hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", self.prompt_h)
+            hist("vllm:request_generation_tokens", "Number of generation tokens processed.", self.gen_h)
         return "\n".join(out) + "\n"
 
 
@@ -315,6 +327,7 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
                     return
                 text = f"stand-in answer from {model}"
                 prompt_tokens = len(json.dumps(req.get("messages") or req.get("prompt") or "").split())
+                prompt_tokens = min(MAX_MODEL_LEN, max(1, round(prompt_tokens * float(knobs.get("prompt_scale", 1.0)))))
                 gen_tokens = len(text.split())
                 reason = "abort" if srv.rng.random() < float(knobs.get("abort_rate", 0.0)) else "stop"
                 srv.metrics.finished(reason, ttft, time.monotonic() - start, prompt_tokens, gen_tokens)
