@@ -181,6 +181,7 @@ def next_steps(record: dict[str, Any], facts: dict[str, Any], per_field: dict[st
         steps.append("Reduce forgetting: lower the learning rate or LoRA rank, or mix some general instruction data into the training set.")
     if test_examples is not None and test_examples < 200:
         steps.append(f"Grow the test set beyond {test_examples} examples so a 1-point change is measurable (each example is {100 / max(test_examples, 1):.1f} pp now).")
-    if record.get("verdict") == "Passed":
+    all_right = next((r for r in record.get("metrics", []) if r["name"] == "allFieldsExact"), None)
+    if record.get("verdict") == "Passed" and not (all_right and all_right.get("tuned") is not None and all_right["tuned"] < 0.5):
         steps.append("Roll it out behind a canary: apply modelversion.yaml and a Rollout that references it.")
     return steps

@@ -135,6 +135,28 @@ def serving_finding(record: dict[str, Any]) -> str | None:
             }.get(s.get("outcome"), f"It could not be compared with {mv}: {s.get('reason')}.")
 
 
+def fields_not_beating_majority(ev: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(field, tuned, majority) for every field where the tuned model is below the majority answer."""
+    items = ev.get("perFieldItems") or {}
+    tuned, majority = items.get("tuned") or {}, items.get("majority") or {}
+    out = []
+    for f, hits in tuned.items():
+        pairs = [(t, m) for t, m in zip(hits, majority.get(f) or []) if t is not None and m is not None]
+        if pairs:
+            t, m = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
+            if t < m:
+                out.append((f, t, m))
+    return out
+
+
+def fully_right(record: dict[str, Any]) -> tuple[float, int] | None:
+    """(share of answers with every field right, test items) when measured."""
+    row = next((r for r in record.get("metrics", []) if r["name"] == "allFieldsExact"), None)
+    if row is None or row.get("tuned") is None:
+        return None
+    return row["tuned"], record.get("testExamples") or 0
+
+
 def assessment(record: dict[str, Any], ev: dict[str, Any]) -> str:
     verdict = record.get("verdict", "NotEvaluated")
     gates = record.get("gates", [])
@@ -148,6 +170,12 @@ def assessment(record: dict[str, Any], ev: dict[str, Any]) -> str:
         parts.append(sentence)
     if kind in ("not better", "worse") and verdict == "Passed":
         parts.append("The gates passed only because they do not compare against the majority baseline; treat it as not yet useful.")
+    weak = fields_not_beating_majority(ev)
+    if weak:
+        parts.append("Per field it is below the majority answer on " + ", ".join(f"`{f}` ({100 * t:.0f}% vs {100 * m:.0f}%)" for f, t, m in weak) + ".")
+    full = fully_right(record)
+    if full and full[0] < 0.5:
+        parts.append(f"Only {round(full[0] * full[1])} of {full[1]} answers have every field right ({100 * full[0]:.0f}%).")
     s = serving_finding(record)
     if s:
         parts.append(s)
@@ -166,6 +194,11 @@ def practical_use(record: dict[str, Any], ev: dict[str, Any]) -> str:
                 "Add a gate with `reference: majority` and `confidenceBound: true` so the verdict says so.")
     if serving == "Worse":
         return "Do not serve it: it lost to the serving version; a Rollout refuses it."
+    full = fully_right(record)
+    if full and full[0] < 0.5:
+        return (f"Not for unattended use yet: it passed its gates and beats the trivial baseline, but only {100 * full[0]:.0f}% of its "
+                "answers have every field right. Serve it (canary Rollout) only as a draft a person confirms, or improve it first "
+                "(next steps).")
     if serving == "NoSignificantDifference":
         return ("Serving it is optional: it is not measurably better than the serving version on this test set; "
                 "grow the test set or improve the model before a canary.")
