@@ -56,7 +56,7 @@ def evaluation_section(ev: dict[str, Any], record: dict[str, Any]) -> list[str]:
         + "Corpus BLEU is resampled from per-item n-gram counts. The majority baseline answers every item with the train split's most common "
         "value per field (or its most common answer).",
         "",
-        *report_verdict.quantitative_table(rows, record.get("confidenceLevel")),
+        *report_verdict.quantitative_table(rows, record.get("confidenceLevel"), ev.get("timingSpread")),
     ]
     field_table = report_verdict.per_field_table(ev.get("perFieldItems") or {})
     per_field = _per_field(ev)

@@ -59,7 +59,14 @@ def references_present(rows: list[dict[str, Any]]) -> list[str]:
     return present
 
 
-def quantitative_table(rows: list[dict[str, Any]], confidence: float | None) -> list[str]:
+def _spread(s: dict[str, Any] | None) -> str:
+    """Per-batch wall time of one model: mean ± sd, min–max, batches."""
+    if not s:
+        return ""
+    return f" (batches {s['mean']:.2f} ± {s['sd']:.2f} s, {s['min']:.2f}–{s['max']:.2f} s, n={s['n']})"
+
+
+def quantitative_table(rows: list[dict[str, Any]], confidence: float | None, spreads: dict[str, Any] | None = None) -> list[str]:
     refs = references_present(rows)
     level = f"{round(100 * (confidence or 0.95))} %"
     head = ["Metric", *(REFERENCE_LABELS[r] for r in refs), f"Tuned ({level} CI)", *(f"Tuned − {REFERENCE_LABELS[r].lower()}" for r in refs)]
@@ -67,10 +74,11 @@ def quantitative_table(rows: list[dict[str, Any]], confidence: float | None) -> 
     for r in rows:
         n = r["name"]
         cells = [f"{label(n)} (`{n}`)"]
+        timing = n == "latencySeconds" and spreads
         for x in refs:
             s = ref(r, x)
-            cells.append(fmt(n, s.get("value")) + fmt_interval(n, s.get("interval")) if s else "—")
-        cells.append(fmt(n, r.get("tuned")) + fmt_interval(n, r.get("tunedInterval")))
+            cells.append(fmt(n, s.get("value")) + fmt_interval(n, s.get("interval")) + (_spread(spreads.get(x)) if timing else "") if s else "—")
+        cells.append(fmt(n, r.get("tuned")) + fmt_interval(n, r.get("tunedInterval")) + (_spread(spreads.get("tuned")) if timing else ""))
         cells += [fmt_difference(n, ref(r, x)) if ref(r, x) else "—" for x in refs]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
