@@ -206,3 +206,15 @@ def test_6_a_loaded_machine_is_said_in_the_report():
     assert any("The machine was loaded: load average up to 999.0" in c for c in challenges(run, {}, {}))
     run.local_run = {"stages": [{"stage": "train", "loadAverage": 0.1}]}
     assert not any("loaded" in c for c in challenges(run, {}, {}))
+
+
+def test_make_quickstart_passes_args_through():
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-n", "-C", str(root), "quickstart", "ARGS=--threads 1 --force"], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert "local run manifests/samples/quickstart.yaml --threads 1 --force" in out
