@@ -15,8 +15,11 @@ import copy
 import datetime as dt
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -31,6 +34,7 @@ from .serving import Discovery, Gateway, Prometheus
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 RO = "bot"
+TERMINAL = ("Promoted", "RolledBack", "Aborted")
 SERVED = "support-bot"
 
 
@@ -264,3 +268,32 @@ def test_failing_canary_is_rolled_back_during_a_pause(kube: Kube, env: Env, serv
     assert (rolled - start).total_seconds() < 60, f"{(rolled - start).total_seconds():.0f} s of a 5 min pause with a failing canary"
     assert ro["status"].get("stableModelVersion") == stable
     assert not env.forbidden_lines(), "\n".join(env.forbidden_lines())
+
+
+def test_manual_promote_with_the_cli(kube: Kube, env: Env, serving: SimpleNamespace):
+    """`kubectl tuneloop promote` against the real API server ends an indefinite pause."""
+    s = serving
+    v6 = _clone_modelversion(kube, env, "v6")
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v6}, "steps": [{"setWeight": 50}, {"pause": {}}, {"analysis": {}}]}})
+    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v6 and phase(o) == "Paused", "paused for a human", 90)
+    cli = Path(sys.executable).parent / "kubectl-tuneloop"
+    out = subprocess.run([str(cli), "promote", RO, "-n", env.ns, "--kubeconfig", kube.kubeconfig, "--wait", "--timeout", "60"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _wait_rollout(kube, env, s, lambda o: phase(o) == "Promoted" and o["status"].get("stableModelVersion") == v6, "v6 promoted by hand", 60)
+    _wait_mv(kube, env, v6, "Serving")
+
+
+def test_prometheus_outage_never_promotes(kube: Kube, env: Env, serving: SimpleNamespace):
+    """Prometheus unreachable: measurements are Errors, which never count toward success; past consecutiveErrorLimit
+    the canary is rolled back (AnalysisError). Runs last: it stops the module's Prometheus."""
+    s = serving
+    stable = kube.get("rollouts", RO, env.ns)["status"].get("stableModelVersion")
+    v7 = _clone_modelversion(kube, env, "v7")
+    s.prom.stop()
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v7}, "steps": [{"setWeight": 50}, {"analysis": {}}]}})
+    ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v7 and phase(o) in TERMINAL,
+                       "the analysis ends without Prometheus", 120)
+    assert phase(ro) == "RolledBack", ro["status"]
+    assert any(m.get("phase") == "Error" for m in ro["status"].get("measurements") or []), ro["status"].get("measurements")
+    assert ro["status"].get("stableModelVersion") == stable
