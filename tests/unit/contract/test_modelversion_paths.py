@@ -125,8 +125,10 @@ def test_operator_and_trainer_report_build_the_same_model_version(tmp_path, meth
 
 
 @pytest.mark.parametrize("method", ["lora", "merged", "full"])
-def test_local_run_of_a_cluster_spec_names_the_same_artifact(tmp_path, method):
-    """Without the pod's environment (kubectl tuneloop local run) the location still follows output.pvc."""
+def test_local_run_of_a_cluster_spec_names_the_local_artifact(tmp_path, method):
+    """Without the pod's environment (kubectl tuneloop local run) the ModelVersion names where the artifact
+    really is — the local work directory — not the PVC a cluster would use (issue 12, defect 3); the rest
+    is the operator's manifest."""
     doc = job(method, "")
     wd = tmp_path / "output"
     lineage, data_report = workdir_files(wd)
@@ -134,6 +136,8 @@ def test_local_run_of_a_cluster_spec_names_the_same_artifact(tmp_path, method):
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(doc))
     local = report_modelversion.manifest(load_context(spec_file, wd), lineage, data_report, RECORD, env={})
-    assert local["spec"]["artifact"] == op["spec"]["artifact"]
-    assert local["spec"]["report"] == {"uri": op["spec"]["report"]["uri"]}  # no ConfigMap outside a cluster
+    here = wd.resolve().as_uri()
+    assert local["spec"]["artifact"] == {**op["spec"]["artifact"], "uri": op["spec"]["artifact"]["uri"].replace(
+        op["spec"]["artifact"]["uri"].split("/artifact")[0], here)}
+    assert local["spec"]["report"] == {"uri": f"{here}/report/report.md"}  # no ConfigMap outside a cluster
     assert local["metadata"] == op["metadata"]
