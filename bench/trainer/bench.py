@@ -85,7 +85,6 @@ def run_plain(spec_file: Path, work: Path) -> dict:
     """The plain recipe: HF Trainer, default arguments, batches padded to the longest record (DataCollatorForSeq2Seq)."""
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
-
     from tuneloop_trainer.collate import load_split
     from tuneloop_trainer.context import load_context
     from tuneloop_trainer.modeling import load_base

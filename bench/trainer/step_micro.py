@@ -3,13 +3,21 @@ alternating in one process so the layouts see the same machine load.
 
     OMP_NUM_THREADS=2 python bench/trainer/step_micro.py quickstart padded,grouped-sparse 4
 """
-import glob, os, time, json, torch, sys
+import glob
+import os
+import sys
+import time
+
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import records
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import LoraConfig, get_peft_model
-from tuneloop_trainer.encoding import encode
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from tuneloop_trainer.collate import FlatCollator, PaddedCollator, sparse_logits_loss
+from tuneloop_trainer.encoding import encode
+
+from bench import records
+
 torch.set_num_threads(2)
 d = glob.glob(os.path.expanduser('~/.cache/tuneloop/gguf/*'))[0]
 tok = AutoTokenizer.from_pretrained(d)

@@ -24,7 +24,6 @@ if str(TOOLS) not in sys.path:
 import chart  # noqa: E402  (manifests/tools/chart.py)
 import dashboard  # noqa: E402
 import generate  # noqa: E402
-
 from tuneloop.api import schema_check  # noqa: E402
 
 RELEASE, NAMESPACE = "tuneloop", "tuneloop-system"
@@ -44,14 +43,14 @@ def kustomize(path: str) -> list[dict[str, Any]]:
     return copy.deepcopy(_kustomize(str(path)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kustomize(path: str) -> list[dict[str, Any]]:
     out = subprocess.run(["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd_schema(kind: str, group: str) -> dict[str, Any]:
     name = {"monitoring": "monitoring-v1", "argoproj": "argoproj-v1alpha1"}[group]
     return json.loads((SCHEMAS / f"{kind.lower()}-{name}.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ._support import one, objects
+from ._support import objects, one
 
 pytestmark = [
     pytest.mark.unit,

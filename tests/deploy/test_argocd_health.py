@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import yaml
-
 from tuneloop.api import schema_check
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import RolloutPhase

@@ -7,7 +7,6 @@ import copy
 import helm_python as helm
 import pytest
 import yaml
-
 from tuneloop.operator.settings import OperatorSettings
 
 from ._support import ROOT, all_problems, by_kind, chart, container, env, objects, one, render
@@ -255,7 +254,6 @@ def test_render_helper_matches_plain_chart_render():
 def test_samples_are_valid_against_the_chart_crds(rendered):
     """The samples (CRD instances) validate against the CRDs the chart installs, and against the models."""
     import jsonschema
-
     from tuneloop.api import schema_check
 
     schemas = {c["spec"]["names"]["kind"]: c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

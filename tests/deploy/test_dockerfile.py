@@ -14,7 +14,6 @@ import tomllib
 import zipfile
 
 import pytest
-
 from tuneloop.operator.settings import OperatorSettings
 
 from ._support import ROOT

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from ._support import ROOT, dashboard, one, objects
+from ._support import ROOT, dashboard, objects, one
 
 pytestmark = pytest.mark.unit
 

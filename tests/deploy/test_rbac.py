@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from tuneloop.operator import rbac
 
 from ._support import ROOT, by_kind, kustomize, objects

@@ -6,12 +6,11 @@ import re
 import tomllib
 
 import pytest
-import yaml
-
 import tuneloop
+import yaml
 from tuneloop.operator.settings import OperatorSettings
 
-from ._support import ROOT, container, kustomize, one, objects
+from ._support import ROOT, container, kustomize, objects, one
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from tuneloop_trainer.testing import chat_records, make_tiny_model, tiny_spec, write_jsonl
 
 # DeepSpeed's CPU accelerator JIT-builds its shared-memory comm op once; keep it across sessions.

@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-
 from tuneloop.api import FineTuneJobSpec
 from tuneloop_trainer.context import load_context
 from tuneloop_trainer.distributed import Topology, topology, torchrun_command

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tuneloop_trainer.context import load_context
 from tuneloop_trainer.errors import DataError
 from tuneloop_trainer.prepare import run as prepare

@@ -7,7 +7,6 @@ import tempfile
 
 import pytest
 import yaml
-
 from tuneloop_trainer.testing import chat_records, write_jsonl
 
 from .conftest import run_stage, stage_env

@@ -12,7 +12,6 @@ import urllib.request
 
 import pytest
 import torch
-
 from tuneloop_trainer.context import load_context
 from tuneloop_trainer.prepare import run as prepare
 from tuneloop_trainer.train import run as train
@@ -53,7 +52,6 @@ def test_training_reduces_loss(write_spec, method):
 
 def test_every_batch_layout_gives_the_same_loss_as_padded(write_spec):
     from transformers import AutoModelForCausalLM
-
     from tuneloop_trainer.collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
     from tuneloop_trainer.modeling import load_tokenizer
 
@@ -87,7 +85,6 @@ def test_every_batch_layout_gives_the_same_loss_as_padded(write_spec):
 
 def test_loss_only_on_assistant_tokens(tiny_model):
     from transformers import AutoTokenizer
-
     from tuneloop_trainer.encoding import encode
 
     tok = AutoTokenizer.from_pretrained(tiny_model)

@@ -137,7 +137,7 @@ def _gguf_cache(loc: ModelLocation) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(str(f.parent), gguf_file=str(f))
         loaded = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=str(f))
-    except Exception as exc:  # gguf not installed, unsupported architecture, corrupt file
+    except Exception as exc:  # noqa: BLE001 — gguf not installed, unsupported architecture, corrupt file
         raise _wrap_load_error(loc, exc) from None
     cfg_dict = loaded.config.to_dict()
     cfg_dict.pop("quantization_config", None)

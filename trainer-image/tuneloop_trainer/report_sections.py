@@ -154,7 +154,7 @@ def _hardware(run: Any) -> str:
 
         if torch.cuda.is_available():
             here = f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
-    except Exception:  # noqa: BLE001, S110 — a broken CUDA setup must not stop the report
+    except Exception:  # noqa: BLE001 — a broken CUDA setup must not stop the report
         pass
     return f"world size {world or 1}; the trainer did not record its devices — the report host has {here}"
 

@@ -61,7 +61,7 @@ class OneOf(ApiModel):
             cls.model_rebuild(force=True)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "OneOf":
+    def _exactly_one(self) -> OneOf:
         if self.one_of:
             by_alias = {(f.alias or n): n for n, f in type(self).model_fields.items()}
             count = sum(getattr(self, by_alias[a]) is not None for a in self.one_of)

@@ -11,12 +11,12 @@ from .common import (
     API_VERSION,
     ApiModel,
     ObjectMeta,
+    OneOf,
     PvcPath,
     S3Location,
     SecretKeyRef,
     Toleration,
     cel,
-    OneOf,
 )
 from .evaluation import EvaluationSpec
 from .status import FineTuneJobStatus

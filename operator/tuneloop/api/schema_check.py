@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 import yaml
 from pydantic import ValidationError
 
 from . import KINDS
-from .common import API_VERSION
 from .cel_rules import apply_defaults, violations
+from .common import API_VERSION
 from .crdgen import openapi_schema
 
 
@@ -54,7 +55,7 @@ def to_jsonschema(node: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_validator(kind: str) -> jsonschema.Draft4Validator:
     return jsonschema.Draft4Validator(to_jsonschema(openapi_schema(kind)))
 

@@ -16,10 +16,10 @@ and print every one of them.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jsonschema
-
 from tuneloop.api.cel_rules import violations
 from tuneloop.api.schema_check import to_jsonschema
 

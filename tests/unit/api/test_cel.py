@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.api import KINDS, crdgen
-
 from tuneloop.api.cel_rules import apply_defaults, program, violations
 
 pytestmark = pytest.mark.unit

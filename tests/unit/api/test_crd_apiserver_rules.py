@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.api import KINDS, crdgen
 from tuneloop.api.cel_rules import apply_defaults, violations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-
 from tuneloop.api.common import OneOf
 from tuneloop.api.finetunejob import BaseModelSource, DataSource, GgufModel, OutputSpec
 from tuneloop.api.rollout import Step, TrafficRouting

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.api import KINDS
 from tuneloop.api.schema_check import check_document, check_files
 from tuneloop.cli.main import main as cli

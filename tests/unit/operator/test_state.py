@@ -67,7 +67,7 @@ def test_status_patch_only_when_changed():
 
 
 def test_parse_progress_from_trainer_metrics():
-    text = "\n".join([  # noqa: FLY002
+    text = "\n".join([
         "# TYPE tuneloop_trainer_step gauge", 'tuneloop_trainer_step{job="a",namespace="n"} 30.0',
         "# TYPE tuneloop_trainer_total_steps gauge", 'tuneloop_trainer_total_steps{job="a",namespace="n"} 120.0',
         "# TYPE tuneloop_trainer_loss gauge", 'tuneloop_trainer_loss{job="a",namespace="n"} 1.5',
