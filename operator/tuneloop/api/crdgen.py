@@ -31,6 +31,8 @@ COLUMNS = {
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent"},
         {"name": "Base model", "type": "string", "jsonPath": ".status.baseModel"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+        {"name": "Tokens/s/GPU", "type": "number", "jsonPath": ".status.progress.tokensPerSecondPerGpu"},
+        {"name": "MFU", "type": "number", "jsonPath": ".status.progress.mfu"},
         AGE,
     ],
     "ModelVersion": [

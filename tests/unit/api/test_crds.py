@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneloop.api import KINDS, crdgen
 from tuneloop.cli import crds_cmd
 
@@ -106,7 +105,7 @@ def test_crd_metadata(repo_root: Path) -> None:
     docs = {d["spec"]["names"]["kind"]: d for d in (yaml.safe_load(p.read_text()) for p in (repo_root / "crds").glob("*.yaml"))}
     assert set(docs) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule"}
     cols = {k: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"]] for k, d in docs.items()}
-    assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Age"]
+    assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Tokens/s/GPU", "MFU", "Age"]
     assert cols["ModelVersion"] == ["Model", "Version", "Phase", "Verdict", "Age"]
     assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Step", "Message", "Age"]
     assert cols["FineTuneSchedule"] == ["Schedule", "Suspend", "Phase", "Last run", "Next", "Serving", "Message", "Age"]
