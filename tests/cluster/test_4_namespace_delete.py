@@ -60,8 +60,8 @@ def test_namespace_with_an_unfinished_finetunejob_goes_while_the_operator_is_sto
 
 
 def test_namespace_with_a_rollout_goes_while_the_operator_is_stopped(kube: Kube, other_env: Env):
-    """The same for a Rollout: docs/rollout.md says Kopf puts its finalizer on each Rollout (for the rollout-loop
-    daemon), so with the operator uninstalled or down, the namespace cannot be deleted."""
+    """The same for a Rollout: Kopf would put its finalizer on each Rollout (for the rollout-loop daemon), so
+    with the operator uninstalled or down the namespace could not be deleted; the operator releases it."""
     e = other_env
     e.start_operator()
     kube.create("rollouts", {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "bot", "namespace": e.ns},

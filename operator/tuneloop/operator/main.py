@@ -29,6 +29,28 @@ def import_handlers() -> None:
     from .rollout import handlers as _rollout  # noqa: F401
     from .schedule import handlers as _schedule  # noqa: F401
 
+    release_daemon_finalizers()
+
+
+def release_daemon_finalizers(registry: object | None = None) -> int:
+    """No tuneloop object waits on the operator to be deleted: drop Kopf's finalizer from our daemons.
+
+    Kopf marks every daemon as needing a finalizer so that it can stop the daemon before the object
+    goes. With the operator stopped or uninstalled, that finalizer keeps each Rollout and
+    FineTuneSchedule, and so its namespace, Terminating forever (issue 10). Our daemons stop on their
+    own instead: a deletion event wakes the loop, which finds its object gone, forgets it and returns.
+    Kopf removes the finalizer it put on objects earlier once no handler needs it. Returns how many
+    daemons were released."""
+    import dataclasses
+
+    import kopf
+
+    spawning = (registry or kopf.get_default_registry())._spawning  # type: ignore[attr-defined]
+    released = [h for h in spawning._handlers if h.requires_finalizer]
+    spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) if h.requires_finalizer else h
+                          for h in spawning._handlers]
+    return len(released)
+
 
 def resolve_scope(args: argparse.Namespace, settings: OperatorSettings) -> tuple[bool, list[str]]:
     """(clusterwide, namespaces): flags win over env; default is the operator's own namespace."""

@@ -50,7 +50,8 @@ async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, l
         try:
             with reconcile_timer("rollout"):
                 obj = await reconciler.client.get(r.ROLLOUTS, namespace, name)
-                if obj is None:
+                if obj is None:  # deleted: no finalizer waits for us (main.release_daemon_finalizers)
+                    _forget(namespace, name)
                     return
                 delay = await reconciler.tick(obj)
         except Exception:  # keep the loop alive; counted by reconcile_timer, retried after ERROR_DELAY
@@ -79,8 +80,14 @@ async def rollout_spec_changed(name: str, namespace: str, **_: Any) -> None:
     _wake_event(namespace, name).set()
 
 
-@kopf.on.delete(GROUP, VERSION, "rollouts", id="rollout-forget", optional=True)
-async def rollout_deleted(name: str, namespace: str, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, "rollouts", id="rollout-gone")
+async def rollout_gone(type: str, name: str, namespace: str, **_: Any) -> None:
+    """A deleted Rollout wakes its loop at once, which sees it gone, forgets it and exits."""
+    if type == "DELETED" and (namespace, name) in WAKE:
+        WAKE[(namespace, name)].set()
+
+
+def _forget(namespace: str, name: str) -> None:
     from . import metrics
 
     metrics.forget(namespace, name)

@@ -52,7 +52,8 @@ async def schedule_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, 
         try:
             with reconcile_timer("finetuneschedule"):
                 obj = await reconciler.client.get(r.FINETUNESCHEDULES, namespace, name)
-                if obj is None:
+                if obj is None:  # deleted: no finalizer waits for us (main.release_daemon_finalizers)
+                    WAKE.pop((namespace, name), None)
                     return
                 delay = await reconciler.tick(obj)
         except Exception:  # keep the loop alive; counted by reconcile_timer, retried after ERROR_DELAY
@@ -80,6 +81,8 @@ async def schedule_run_event(body: Any, namespace: str, **_: Any) -> None:
         WAKE[(namespace, owner)].set()
 
 
-@kopf.on.delete(GROUP, VERSION, "finetuneschedules", id="schedule-forget", optional=True)
-async def schedule_deleted(name: str, namespace: str, **_: Any) -> None:
-    WAKE.pop((namespace, name), None)
+@kopf.on.event(GROUP, VERSION, "finetuneschedules", id="schedule-gone")
+async def schedule_gone(type: str, name: str, namespace: str, **_: Any) -> None:
+    """A deleted schedule wakes its loop at once, which sees it gone, forgets it and exits."""
+    if type == "DELETED" and (namespace, name) in WAKE:
+        WAKE[(namespace, name)].set()
