@@ -106,6 +106,9 @@ S, F, I, E = "Successful", "Failed", "Inconclusive", "Error"  # noqa: E741
         ([I, I, S], {}, V.SUCCESSFUL),
         ([I, I, I], {}, V.INCONCLUSIVE),
         ([I], {"inconclusiveLimit": 0}, V.INCONCLUSIVE),
+        # count reached with no successful measurement at all: never Successful (no evidence to promote on)
+        ([I, I, I], {"inconclusiveLimit": 5}, V.INCONCLUSIVE),
+        ([I, I, S], {"inconclusiveLimit": 5}, V.SUCCESSFUL),
         # consecutiveErrorLimit (default 4); errors do not count toward count
         ([E, E, E, E], {}, V.RUNNING),
         ([E, E, E, E, E], {}, V.ERROR),

@@ -155,7 +155,9 @@ def metric_verdict(
     if result.consecutive_error > _pick(getattr(m, "consecutive_error_limit", None), spec.consecutive_error_limit):
         return Verdict.ERROR
     if not background and count is not None and result.count >= count:
-        return Verdict.SUCCESSFUL
+        # Never promote on no evidence: a step whose every measurement was no-data (inconclusiveLimit
+        # at or above count) is Inconclusive, not Successful.
+        return Verdict.SUCCESSFUL if result.successful > 0 else Verdict.INCONCLUSIVE
     return Verdict.RUNNING
 
 
