@@ -8,7 +8,6 @@ wake it at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,13 +15,11 @@ import kopf
 
 from tuneloop.api.common import GROUP, VERSION
 
-WAKE: dict[tuple[str, str], asyncio.Event] = {}
-ERROR_DELAY = 5.0
+from .. import daemonloop
+from ..daemonloop import Wakers
+
+WAKERS = Wakers()
 LABEL_SCHEDULE = "tuneloop.dev/schedule"
-
-
-def _wake_event(namespace: str, name: str) -> asyncio.Event:
-    return WAKE.setdefault((namespace, name), asyncio.Event())
 
 
 def _reconciler():
@@ -39,50 +36,36 @@ def _reconciler():
 @kopf.daemon(GROUP, VERSION, "finetuneschedules", id="schedule-loop", cancellation_timeout=10.0)
 async def schedule_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
     from tuneloop.operator.kube import resources as r
-    from tuneloop.operator.metrics import reconcile_timer
 
-    from ..rollout.handlers import _sleep
-
-    wake = _wake_event(namespace, name)
     reconciler = _reconciler()
-    loop = asyncio.get_running_loop()
-    while not stopped:
-        wake.clear()
-        started = loop.time()
-        try:
-            with reconcile_timer("finetuneschedule"):
-                obj = await reconciler.client.get(r.FINETUNESCHEDULES, namespace, name)
-                if obj is None:  # deleted: no finalizer waits for us (main.release_daemon_finalizers)
-                    WAKE.pop((namespace, name), None)
-                    return
-                delay = await reconciler.tick(obj)
-        except Exception:  # keep the loop alive; counted by reconcile_timer, retried after ERROR_DELAY
-            logger.exception("schedule tick failed")
-            delay = ERROR_DELAY
-        await _sleep(stopped, wake, max(0.0, delay - (loop.time() - started)))
+    await daemonloop.run(
+        kind="finetuneschedule", namespace=namespace, name=name,
+        get=lambda: reconciler.client.get(r.FINETUNESCHEDULES, namespace, name), tick=reconciler.tick,
+        wakers=WAKERS, stopped=stopped, logger=logger,
+    )
 
 
 @kopf.on.update(GROUP, VERSION, "finetuneschedules", field="spec", id="schedule-spec-changed")
 async def schedule_spec_changed(name: str, namespace: str, **_: Any) -> None:
-    _wake_event(namespace, name).set()
+    WAKERS.event(namespace, name).set()
 
 
 @kopf.on.update(GROUP, VERSION, "finetuneschedules", field="metadata.annotations", id="schedule-retrain")
 async def schedule_retrain(name: str, namespace: str, **_: Any) -> None:
     """`kubectl tuneloop retrain` sets an annotation: act on it now."""
-    _wake_event(namespace, name).set()
+    WAKERS.event(namespace, name).set()
 
 
 @kopf.on.event(GROUP, VERSION, "finetunejobs", labels={LABEL_SCHEDULE: kopf.PRESENT})
 async def schedule_run_event(body: Any, namespace: str, **_: Any) -> None:
     """A run's FineTuneJob changed (phase, ModelVersion): wake its schedule. Raw events patch nothing."""
     owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_SCHEDULE)
-    if owner and (namespace, owner) in WAKE:
-        WAKE[(namespace, owner)].set()
+    if owner:
+        WAKERS.wake(namespace, owner)
 
 
 @kopf.on.event(GROUP, VERSION, "finetuneschedules", id="schedule-gone")
 async def schedule_gone(type: str, name: str, namespace: str, **_: Any) -> None:
     """A deleted schedule wakes its loop at once, which sees it gone, forgets it and exits."""
-    if type == "DELETED" and (namespace, name) in WAKE:
-        WAKE[(namespace, name)].set()
+    if type == "DELETED":
+        WAKERS.wake(namespace, name)
