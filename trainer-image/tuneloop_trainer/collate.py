@@ -84,13 +84,21 @@ class FlatCollator:
             self.attn_pairs += n * (n + 1) // 2
         self.tokens += len(ids)
         batch = {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([pos], dtype=torch.long)}
-        if not self.sparse:
-            batch["labels"] = torch.tensor([labels], dtype=torch.long)
-            return batch
-        keep = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE]
-        batch["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
-        batch["labels"] = torch.tensor([[IGNORE] + [labels[t + 1] for t in keep]], dtype=torch.long)
+        return with_labels(batch, labels, self.sparse)
+
+
+def with_labels(batch: dict[str, Any], labels: list[int], sparse: bool) -> dict[str, Any]:
+    """Add the labels of one padding-free row. `sparse`: keep the LM head's logits only where a token is
+    trained (`logits_to_keep`), with the labels shifted to match."""
+    import torch
+
+    if not sparse:
+        batch["labels"] = torch.tensor([labels], dtype=torch.long)
         return batch
+    keep = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE]
+    batch["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
+    batch["labels"] = torch.tensor([[IGNORE] + [labels[t + 1] for t in keep]], dtype=torch.long)
+    return batch
 
 
 def sparse_logits_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
@@ -187,13 +195,7 @@ class PackedCollator:
             "input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([pos], dtype=torch.long),
             "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t.clone(), "max_length_q": max(lens), "max_length_k": max(lens),
         }
-        if not self.sparse:
-            batch["labels"] = torch.tensor([labels], dtype=torch.long)
-            return batch
-        keep = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE]
-        batch["logits_to_keep"] = torch.tensor(keep, dtype=torch.long)
-        batch["labels"] = torch.tensor([[IGNORE] + [labels[t + 1] for t in keep]], dtype=torch.long)
-        return batch
+        return with_labels(batch, labels, self.sparse)
 
 
 def pack_by_tokens(ds: EncodedDataset, budget: int, seed: int = 0, window: int = 256) -> EncodedDataset:
