@@ -6,9 +6,9 @@ import pytest
 import yaml
 from tuneloop.api import FineTuneJob, ModelVersion
 from tuneloop.api.rollout import RolloutSpec
+from tuneloop.operator.builders import serving
 from tuneloop.operator.builders.common import JobMeta
 from tuneloop.operator.builders.jobs import data_job, eval_job, train_job
-from tuneloop.operator.rollout import serving
 from tuneloop.operator.settings import OperatorSettings
 
 from ._support import ROOT, by_kind, objects

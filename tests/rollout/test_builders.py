@@ -9,8 +9,10 @@ import pytest
 import yaml
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import Rollout
-from tuneloop.operator.rollout import names, serving, traffic
-from tuneloop.operator.rollout.serving import ServingConfig, ServingError
+from tuneloop.contract import names
+from tuneloop.operator.builders import serving, traffic
+from tuneloop.operator.builders.serving import ServingConfig, ServingError
+from tuneloop.operator.rollout.traffic import effective_weight, replica_split, route_weights
 
 from . import samples
 
@@ -103,7 +105,7 @@ def test_services_and_http_route_golden():
     check_golden("httproute-10", route)
     refs = route["spec"]["rules"][0]["backendRefs"]
     assert [(r["name"], r["weight"]) for r in refs] == [("support-bot-stable", 90), ("support-bot-canary", 10)]
-    assert traffic.route_weights(route, "support-bot") == (90, 10)
+    assert route_weights(route, "support-bot") == (90, 10)
 
 
 def test_replica_weighted_golden():
@@ -117,11 +119,11 @@ def test_replica_weighted_golden():
     [(4, 0, (4, 0)), (4, 10, (3, 1)), (4, 50, (2, 2)), (4, 90, (1, 3)), (4, 100, (0, 4)), (1, 10, (1, 1)), (10, 25, (8, 2)), (2, 99, (1, 1))],
 )
 def test_replica_split(total, weight, expected):
-    assert traffic.replica_split(total, weight) == expected
+    assert replica_split(total, weight) == expected
 
 
 def test_effective_weight_is_coarse():
-    assert traffic.effective_weight(*traffic.replica_split(4, 10)) == 25
+    assert effective_weight(*replica_split(4, 10)) == 25
 
 
 def test_unservable_artifacts_have_clear_errors():

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from tuneloop.contract.tokenlengths import token_lengths
+from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout import metrics as rm
 from tuneloop.operator.rollout.reconcile import Reconciler
-from tuneloop.operator.rollout.serving import ServingConfig
 
 from ..operator.harness import cluster
 from . import samples

@@ -7,11 +7,11 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout import metrics as rm
 from tuneloop.operator.rollout.prometheus import PrometheusError
 from tuneloop.operator.rollout.reconcile import HASH_ANNOTATION, Reconciler, available_for
-from tuneloop.operator.rollout.serving import ServingConfig
 
 from ..operator.harness import cluster
 from . import samples

@@ -1,9 +1,11 @@
-"""Kubernetes names and the labels every tuneloop object carries (one managed-by value)."""
+"""Kubernetes names, the labels every tuneloop object carries (one managed-by value) and the selectors
+built from them: a FineTuneJob's children, a Rollout's vLLM Deployments, Services and HTTPRoute."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -12,6 +14,14 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tuneloop-operator"
 LABEL_JOB = "tuneloop.dev/finetunejob"
 LABEL_MODEL = "tuneloop.dev/model-name"
+LABEL_ROLLOUT = "tuneloop.dev/rollout"
+LABEL_ROLE = "tuneloop.dev/role"
+LABEL_MODEL_VERSION = "tuneloop.dev/model-version"
+
+# The two roles of a Rollout's serving pods.
+STABLE = "stable"
+CANARY = "canary"
+ROLES = (STABLE, CANARY)
 
 
 def child_name(base: str, suffix: str, limit: int = 63) -> str:
@@ -41,4 +51,47 @@ def job_labels(job_name: str, component: str) -> dict[str, str]:
         LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_JOB: job_name,
+    }
+
+
+# --- a Rollout's serving objects ------------------------------------------------------------------
+def deployment_name(rollout: str, role: str) -> str:
+    return child_name(rollout, role)
+
+
+def service_name(rollout: str, role: str) -> str:
+    return child_name(rollout, role)
+
+
+def serving_labels(rollout: str) -> dict[str, str]:
+    """Labels of everything made for one Rollout (Deployments, pods, Services, the HTTPRoute)."""
+    return {
+        LABEL_NAME: "vllm",
+        LABEL_INSTANCE: rollout,
+        LABEL_COMPONENT: "serving",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_ROLLOUT: rollout,
+    }
+
+
+def role_selector(rollout: str, role: str) -> dict[str, str]:
+    """Pod selector of one role's Deployment and Service (labels that never change on a pod)."""
+    return {LABEL_ROLLOUT: rollout, LABEL_ROLE: role}
+
+
+def rollout_selector(rollout: str) -> dict[str, str]:
+    """Pods of both roles (the replica-weighted Service)."""
+    return {LABEL_ROLLOUT: rollout, LABEL_COMPONENT: "serving"}
+
+
+def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    """The controller owner reference to a tuneloop object (a Rollout) given as its manifest."""
+    meta = obj.get("metadata") or {}
+    return {
+        "apiVersion": obj.get("apiVersion", "tuneloop.dev/v1alpha1"),
+        "kind": obj.get("kind", "Rollout"),
+        "name": meta["name"],
+        "uid": meta.get("uid", ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
     }

@@ -1,7 +1,10 @@
 """Pure builders: (spec, meta, config) -> Kubernetes manifest dicts. No I/O, no Kopf.
 
-Every child carries the FineTuneJob's labels and an owner reference (except the ModelVersion,
-a registry record that outlives the job; its report ConfigMap is owned by the ModelVersion).
+A FineTuneJob's children (`common`, `config`, `jobs`, `modelversion`): every child carries the
+FineTuneJob's labels and an owner reference (except the ModelVersion, a registry record that outlives
+the job; its report ConfigMap is owned by the ModelVersion). A Rollout's serving objects (`serving`:
+the vLLM Deployment and Service of a role; `traffic`: the HTTPRoute or the replica-weighted Service):
+the Rollout's labels (`tuneloop.contract.names`, the same managed-by value) and an owner reference.
 """
 
 from .common import BuildError, JobMeta, names

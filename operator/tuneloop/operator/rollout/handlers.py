@@ -26,8 +26,8 @@ def _reconciler():
     from tuneloop.operator.kube import get_client
     from tuneloop.operator.settings import get_settings
 
+    from ..builders.serving import ServingConfig
     from .reconcile import Reconciler
-    from .serving import ServingConfig
 
     settings = get_settings()
     return Reconciler(get_client(), ServingConfig.from_settings(settings), settings.prometheus_url)

@@ -11,7 +11,23 @@ from __future__ import annotations
 
 from tuneloop.api.rollout import AnalysisMetric, BuiltinMetric
 
-from . import names
+# How the pod labels (tuneloop.contract.names) appear on scraped series when Prometheus maps pod labels
+# with `labelmap: __meta_kubernetes_pod_label_(.+)` (or a PodMonitor's podTargetLabels):
+# every character outside [a-zA-Z0-9_] becomes "_".
+PROM_LABEL_ROLLOUT = "tuneloop_dev_rollout"
+PROM_LABEL_ROLE = "tuneloop_dev_role"
+PROM_LABEL_MODEL_VERSION = "tuneloop_dev_model_version"
+
+
+def prom_version_selector(namespace: str, rollout: str, model_version: str) -> str:
+    """PromQL label matchers of one ModelVersion's pods of a Rollout (any role), for the drift watch."""
+    return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_MODEL_VERSION}="{model_version}"'
+
+
+def prom_selector(namespace: str, rollout: str, role: str) -> str:
+    """PromQL label matchers of one role's pods, for `{{selector}}` in analysis queries."""
+    return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_ROLE}="{role}"'
+
 
 # The OpenAI-compatible generation endpoints (prometheus-fastapi-instrumentator `handler` label).
 COMPLETION_HANDLERS = "/v1/completions|/v1/chat/completions"
@@ -48,7 +64,7 @@ def render(template: str, *, namespace: str, rollout: str, role: str, window: st
         "rollout": rollout,
         "role": role,
         "window": window,
-        "selector": names.prom_selector(namespace, rollout, role),
+        "selector": prom_selector(namespace, rollout, role),
     }
     out = template
     for key, value in values.items():
@@ -62,7 +78,7 @@ def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role:
 
 # The drift watch (drift.py): one window of the serving ModelVersion's pods, whatever their role (after a
 # promotion its traffic moves from the canary pods to the stable ones). {{selector}} is
-# names.prom_version_selector. The histograms are vLLM's, with build_1_2_5_buckets(max_model_len) bounds.
+# prom_version_selector. The histograms are vLLM's, with build_1_2_5_buckets(max_model_len) bounds.
 DRIFT_PROMPT, DRIFT_GENERATION, DRIFT_REQUESTS, DRIFT_ERRORS, DRIFT_LATENCY = "prompt", "generation", "requests", "errors", "latency"
 DRIFT_QUERIES: dict[str, str] = {
     DRIFT_PROMPT: "sum by (le) (increase(vllm:request_prompt_tokens_bucket{ {{selector}} }[{{window}}]))",
@@ -77,5 +93,5 @@ DRIFT_VECTORS = (DRIFT_PROMPT, DRIFT_GENERATION)  # answered as a vector by `le`
 
 
 def render_drift(kind: str, *, namespace: str, rollout: str, model_version: str, window: str) -> str:
-    selector = names.prom_version_selector(namespace, rollout, model_version)
+    selector = prom_version_selector(namespace, rollout, model_version)
     return DRIFT_QUERIES[kind].replace("{{selector}}", selector).replace("{{window}}", window)

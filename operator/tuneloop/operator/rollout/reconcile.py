@@ -20,10 +20,12 @@ from pydantic import ValidationError
 
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import AnalysisMetric, DriftStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
+from tuneloop.contract import names
+from tuneloop.operator.builders import serving, traffic
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
-from . import drift, metrics, names, queries, serving, traffic
+from . import drift, metrics, queries
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
 from .prometheus import MetricsProvider, PrometheusClient, PrometheusError, is_nodata

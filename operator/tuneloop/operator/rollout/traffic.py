@@ -1,4 +1,4 @@
-"""Traffic split between stable and canary (pure).
+"""Traffic split between stable and canary (pure decisions; the manifests are `builders.traffic`).
 
 Gateway API: one HTTPRoute rule with two weighted backendRefs (exact percentages).
 Replica-weighted: one Service selects both roles, so the split follows the ready pod counts; a
@@ -10,53 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tuneloop.api.rollout import RolloutSpec
-
-from . import names
-from .serving import service_manifest
-
-
-def build_http_route(rollout: dict[str, Any], spec: RolloutSpec, canary_weight: int) -> dict[str, Any]:
-    """HTTPRoute (gateway.networking.k8s.io/v1) sending `canary_weight` % to the canary Service."""
-    gw = spec.traffic_routing.gateway_api
-    if gw is None:
-        raise ValueError("build_http_route needs spec.trafficRouting.gatewayAPI")
-    meta = rollout["metadata"]
-    name, ns = meta["name"], meta.get("namespace")
-    parents = []
-    for p in gw.parent_refs:
-        ref: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": p.name}
-        if p.namespace:
-            ref["namespace"] = p.namespace
-        if p.section_name:
-            ref["sectionName"] = p.section_name
-        parents.append(ref)
-    port = spec.serving.port
-    spec_out: dict[str, Any] = {
-        "parentRefs": parents,
-        "rules": [
-            {
-                "matches": [{"path": {"type": "PathPrefix", "value": gw.path_prefix}}],
-                "backendRefs": [
-                    {"group": "", "kind": "Service", "name": names.service_name(name, names.STABLE), "port": port, "weight": 100 - canary_weight},
-                    {"group": "", "kind": "Service", "name": names.service_name(name, names.CANARY), "port": port, "weight": canary_weight},
-                ],
-            }
-        ],
-    }
-    if gw.hostnames:
-        spec_out = {"hostnames": list(gw.hostnames)} | spec_out
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": {
-            "name": gw.http_route,
-            "namespace": ns,
-            "labels": names.common_labels(name),
-            "ownerReferences": [names.owner_reference(rollout)],
-        },
-        "spec": spec_out,
-    }
+from tuneloop.contract import names
 
 
 def route_weights(route: dict[str, Any], rollout: str) -> tuple[int, int] | None:
@@ -96,12 +50,3 @@ def effective_weight(stable_replicas: int, canary_replicas: int) -> int:
 def gateway_canary_replicas(stable_replicas: int, canary_weight: int) -> int:
     """Canary pods behind a weighted HTTPRoute: capacity for its share, at least one while it runs."""
     return max(1, math.ceil(stable_replicas * canary_weight / 100))
-
-
-def build_shared_service(rollout: dict[str, Any], spec: RolloutSpec) -> dict[str, Any]:
-    """Replica-weighted mode: one Service in front of the pods of both roles."""
-    rw = spec.traffic_routing.replica_weighted
-    if rw is None:
-        raise ValueError("build_shared_service needs spec.trafficRouting.replicaWeighted")
-    name = rollout["metadata"]["name"]
-    return service_manifest(rollout, spec, rw.service, names.common_labels(name), names.rollout_selector(name))

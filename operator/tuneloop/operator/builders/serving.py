@@ -1,4 +1,5 @@
-"""vLLM Deployment and Service for one role (stable/canary) of a Rollout (pure builders).
+"""vLLM Deployment and Services of a Rollout (pure builders): one Deployment and one Service per role
+(stable/canary). The HTTPRoute and the replica-weighted mode's shared Service are `traffic.py`.
 
 LoRA artifacts: `vllm serve BASE --enable-lora --lora-modules SERVED=/models/adapter ...` with the
 adapter mounted read-only from its PVC; the base model is served under `SERVED-base` so that the
@@ -13,8 +14,7 @@ from typing import Any
 
 from tuneloop.api.modelversion import ArtifactFormat, ModelVersion
 from tuneloop.api.rollout import RolloutSpec
-
-from . import names
+from tuneloop.contract import names
 
 ARTIFACT_MOUNT = "/models/artifact"
 BASE_MOUNT = "/models/base"
@@ -153,7 +153,7 @@ def build_deployment(
     name, ns = meta["name"], meta.get("namespace")
     serving = spec.serving
     args, volumes, mounts = vllm_args(spec, mv)
-    labels = names.common_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
+    labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
     res = serving.resources
     requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, Any] = {"memory": res.memory}
@@ -264,4 +264,4 @@ def build_service(rollout: dict[str, Any], spec: RolloutSpec, role: str) -> dict
     """ClusterIP Service of one role's pods (a backendRef of the HTTPRoute)."""
     name = rollout["metadata"]["name"]
     return service_manifest(rollout, spec, names.service_name(name, role),
-                            names.common_labels(name) | {names.LABEL_ROLE: role}, names.role_selector(name, role))
+                            names.serving_labels(name) | {names.LABEL_ROLE: role}, names.role_selector(name, role))
