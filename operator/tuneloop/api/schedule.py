@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, cel
 from .finetunejob import FineTuneJobSpec
@@ -16,6 +16,10 @@ from .rollout import DURATION
 # Five fields (minute hour day-of-month month day-of-week) or a macro; croniter parses it in the operator.
 CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
 RETRAIN_ANNOTATION = "tuneloop.dev/retrain"  # `kubectl tuneloop retrain` sets it; a new value starts a run
+# An IANA time zone name's shape (Europe/Berlin, America/Argentina/Buenos_Aires, Etc/GMT+5, UTC); whether the zone
+# exists is checked by the models (zoneinfo) and, in the API server, by the CEL rule below.
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+TIME_ZONE_MESSAGE = "timeZone must be an IANA time zone name such as Europe/Berlin or UTC"
 
 
 class ConcurrencyPolicy(str, Enum):
@@ -93,7 +97,17 @@ class HandOff(ApiModel):
 class FineTuneScheduleSpec(ApiModel):
     """Desired state of a FineTuneSchedule."""
 
-    schedule: str | None = Field(default=None, pattern=CRON, description="Cron schedule in UTC, e.g. '0 3 * * 1' (Mondays 03:00).")
+    schedule: str | None = Field(default=None, pattern=CRON,
+                                 description="Cron schedule in `timeZone` (default UTC), e.g. '0 3 * * 1' (Mondays 03:00).")
+    time_zone: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=TIME_ZONE,
+        description="IANA time zone the schedule's times are in, e.g. Europe/Berlin (as a CronJob's timeZone); default UTC. "
+        "On a daylight-saving change a time the clocks skip fires once when they jump; a time in the repeated hour fires "
+        "once (its first occurrence) unless the schedule's hour field is * or */n.",
+        json_schema_extra={"x-kubernetes-validations": [cel("timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0", TIME_ZONE_MESSAGE)]},
+    )
     starting_deadline_seconds: int | None = Field(
         default=None, ge=1, description="A scheduled run that could not start within this many seconds of its time is skipped."
     )
@@ -133,6 +147,13 @@ class FineTuneScheduleSpec(ApiModel):
         }
     }
 
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone_problem(value)
+        return value
+
     @model_validator(mode="after")
     def _shape(self) -> FineTuneScheduleSpec:
         if self.schedule is None and self.triggers.new_data is None and not self.triggers.prometheus:
@@ -154,6 +175,16 @@ class FineTuneScheduleSpec(ApiModel):
             if not croniter.is_valid(self.schedule):
                 raise ValueError(f"schedule {self.schedule!r} is not a valid cron expression")
         return self
+
+
+def zone_problem(name: str) -> None:
+    """ValueError (in the spec's words) when `name` is not a time zone this machine's zoneinfo knows."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timeZone {name!r} is not a known IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)") from None
 
 
 class RunPhase(str, Enum):

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
@@ -51,14 +52,49 @@ def _kind(v: object) -> str:
     return str(getattr(v, "value", v))
 
 
-def cron_due(schedule: str, last: dt.datetime, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime]:
-    """(the latest cron time in (last, now], or None; the next cron time after it / after last). Missed times
-    collapse into the latest one, as a CronJob with a starting deadline does."""
-    nxt = croniter(schedule, last).get_next(dt.datetime)
+def _zone(time_zone: str | None) -> ZoneInfo:
+    return ZoneInfo(time_zone or "UTC")
+
+
+def _follows_real_time(schedule: str) -> bool:
+    """The hour field is * or */n: the schedule fires every (n-th) hour, so in the repeated hour of a daylight-saving
+    change it fires in both passes, as cron does for wildcard jobs."""
+    fields = schedule.split()
+    hour = fields[1] if len(fields) == 5 else {"@hourly": "*"}.get(fields[0], "0")
+    return hour == "*" or hour.startswith("*/")
+
+
+def _repeat(t: dt.datetime) -> bool:
+    """`t` (aware, in its zone) is the second pass of a wall-clock time the clocks go through twice."""
+    return t.fold == 1 and t.replace(fold=0).utcoffset() != t.utcoffset()
+
+
+def _next(schedule: str, after: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """The first cron time after `after`, computed on the zone's wall clock, in UTC. A wall-clock time the clocks skip
+    (spring forward) fires once when they jump (croniter's choice); the second pass of a repeated wall-clock time
+    (fall back) is skipped unless the hour field is * or */n."""
+    it = croniter(schedule, after.astimezone(zone))
+    while True:
+        t = it.get_next(dt.datetime).astimezone(zone)
+        if not (_repeat(t) and not _follows_real_time(schedule)):
+            return t.astimezone(dt.UTC)
+
+
+def cron_due(schedule: str, last: dt.datetime, now: dt.datetime, time_zone: str | None = None) -> tuple[dt.datetime | None, dt.datetime]:
+    """(the latest cron time in (last, now], or None; the next cron time after it / after last), in UTC; the cron
+    fields are read on `time_zone`'s wall clock (default UTC). Missed times collapse into the latest one, as a CronJob
+    with a starting deadline does."""
+    zone = _zone(time_zone)
+    nxt = _next(schedule, last, zone)
     if nxt > now:
         return None, nxt
-    due = croniter(schedule, now + dt.timedelta(seconds=1)).get_prev(dt.datetime)
-    return due, croniter(schedule, due).get_next(dt.datetime)
+    it = croniter(schedule, (now + dt.timedelta(seconds=1)).astimezone(zone))
+    while True:  # the latest cron time <= now, not a skipped second pass
+        due = it.get_prev(dt.datetime).astimezone(zone)
+        if not (_repeat(due) and not _follows_real_time(schedule)):
+            break
+    due = due.astimezone(dt.UTC)
+    return due, _next(schedule, due, zone)
 
 
 def holding(value: float | None) -> bool:
@@ -99,7 +135,8 @@ def fired(spec: FineTuneScheduleSpec, status_data: DataObservation | None, prom:
     if retrain and retrain != last_retrain:
         out.append(Fire(TriggerKind.MANUAL, f"kubectl tuneloop retrain (annotation tuneloop.dev/retrain={retrain})", f"m{_hash(retrain)}"))
     if cron_time is not None:
-        out.append(Fire(TriggerKind.SCHEDULE, f"schedule {spec.schedule!r} at {cron_time.isoformat()}", str(int(cron_time.timestamp()) // 60)))
+        local = f"{cron_time.astimezone(_zone(spec.time_zone)).isoformat()} ({spec.time_zone})" if spec.time_zone else cron_time.isoformat()
+        out.append(Fire(TriggerKind.SCHEDULE, f"schedule {spec.schedule!r} at {local}", str(int(cron_time.timestamp()) // 60)))
     d = status_data
     if spec.triggers.new_data and d and d.digest and d.last_run_digest and d.digest != d.last_run_digest:
         out.append(Fire(TriggerKind.NEW_DATA,
@@ -135,7 +172,7 @@ def decide(spec: FineTuneScheduleSpec, *, created: dt.datetime, last_schedule_ti
     dec = Decision(last_schedule_time=last_schedule_time)
     cron_time = None
     if spec.schedule:
-        due, nxt = cron_due(spec.schedule, last_schedule_time or created, now)
+        due, nxt = cron_due(spec.schedule, last_schedule_time or created, now, spec.time_zone)
         dec.next_schedule_time = nxt
         if due is not None:
             dec.last_schedule_time = due  # consumed whatever happens below: a missed time is skipped, not queued
