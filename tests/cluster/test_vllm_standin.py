@@ -115,3 +115,48 @@ def test_missing_model_path_fails_like_vllm(tmp_path: Path):
                          env={**os.environ, "VLLM_STANDIN_REGISTRY": str(tmp_path)}, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "does not exist" in out.stderr
     assert subprocess.run([sys.executable, str(VLLM), "--version"], capture_output=True, text=True).stdout.startswith("0.11")
+
+
+def _bucket_counts(metrics: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="')[1].split('"')[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_tokenizer_and_reply_knobs_count_tokens_like_vllm(tmp_path: Path):
+    """With {"tokenizer": true} the token histograms count the chat-templated prompt and the answer (+ EOS) with the
+    served model's tokenizer, as vLLM does, so they are comparable with what `prepare` measured on the train split."""
+    from transformers import AutoTokenizer
+
+    from tuneloop_trainer.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(model)
+    messages = [{"role": "user", "content": "question 4242 what is tune eval"}]
+    want_prompt = len(tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), add_special_tokens=False).input_ids)
+    want_gen = len(tok("the answer is red tune", add_special_tokens=False).input_ids) + 1
+    (model / "vllm-standin.json").write_text(json.dumps({"tokenizer": True, "reply": "the answer is red tune"}))
+    port = free_port()
+    proc, _ = _start(tmp_path, "tok-pod", [str(model), "--served-model-name", "bot", "--port", str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        req = urllib.request.Request(f"{url}/v1/chat/completions", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "bot", "messages": messages}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = json.loads(r.read())
+        assert body["choices"][0]["message"]["content"] == "the answer is red tune"
+        assert body["usage"]["prompt_tokens"] == want_prompt and body["usage"]["completion_tokens"] == want_gen
+        metrics = _get(f"{url}/metrics")[1].decode()
+        prompt_h = _bucket_counts(metrics, "vllm:request_prompt_tokens")
+        gen_h = _bucket_counts(metrics, "vllm:request_generation_tokens")
+        first_prompt_bucket = min(float(le) for le, n in prompt_h.items() if n >= 1)
+        first_gen_bucket = min(float(le) for le, n in gen_h.items() if n >= 1)
+        buckets = sorted(float(le) for le in prompt_h if le != "+Inf")
+        assert first_prompt_bucket == min(b for b in buckets if b >= want_prompt)
+        assert first_gen_bucket == min(b for b in buckets if b >= want_gen)
+    finally:
+        proc.terminate()
+        proc.wait(10)

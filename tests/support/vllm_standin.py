@@ -27,6 +27,12 @@ MODEL directory. So a test can make one ModelVersion's artifact misbehave while 
     {"silent": true}           every endpoint, /health and /metrics included, hangs without answering
     {"latency": 0.05, "ttft": 0.01, "abort_rate": 0.0}
     {"prompt_scale": 10}       multiply every request's counted prompt tokens (shifts vllm:request_prompt_tokens)
+    {"reply": "the answer is red"}  the text of every answer (default "stand-in answer from MODEL")
+    {"tokenizer": true}        count prompt and generation tokens as vLLM does: the chat-templated prompt
+                               (add_generation_prompt) and the answer plus its end-of-sequence token, with the
+                               tokenizer of the MODEL directory (transformers, loaded on the first request after
+                               the knob is set); otherwise the counts are whitespace-separated words of the request's
+                               JSON and of the answer
 
 Harness limit: every pod of the loopback cluster shares 127.0.0.1, so two pods cannot both listen
 on `--port`. When the port is taken, the stand-in listens on a free port instead and says so on
@@ -65,7 +71,44 @@ MAX_MODEL_LEN = 2048
 # vLLM's build_1_2_5_buckets(max_model_len), the bounds of vllm:request_prompt_tokens / request_generation_tokens.
 TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(4) for m in (1, 2, 5) if m * 10**e <= MAX_MODEL_LEN)
 DEFAULT_KNOBS: dict[str, Any] = {"error_rate": 0.0, "silent": False, "latency": 0.02, "ttft": 0.005, "abort_rate": 0.0,
-                                 "prompt_scale": 1.0}
+                                 "prompt_scale": 1.0, "reply": None, "tokenizer": False}
+
+
+class TokenCounter:
+    """vLLM's token counts with the served model's own tokenizer and chat template (loaded once, lazily)."""
+
+    def __init__(self, model_dir: str):
+        self.model_dir = model_dir
+        self.lock = threading.Lock()
+        self.tok: Any = None
+        self.error: str | None = None
+
+    def _load(self) -> Any:
+        with self.lock:
+            if self.tok is None and self.error is None:
+                try:
+                    from transformers import AutoTokenizer
+
+                    self.tok = AutoTokenizer.from_pretrained(self.model_dir)
+                except Exception as exc:  # noqa: BLE001 — no tokenizer there: say so, count words
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    print(f"stand-in: no tokenizer in {self.model_dir} ({self.error}); counting words", file=sys.stderr, flush=True)
+            return self.tok
+
+    def prompt(self, req: dict) -> int | None:
+        tok = self._load()
+        if tok is None:
+            return None
+        if req.get("messages") is not None:
+            text = tok.apply_chat_template(req["messages"], add_generation_prompt=True, tokenize=False)
+            return len(tok(text, add_special_tokens=False).input_ids)
+        return len(tok(str(req.get("prompt") or "")).input_ids)
+
+    def generation(self, text: str) -> int | None:
+        tok = self._load()
+        if tok is None:
+            return None
+        return len(tok(text, add_special_tokens=False).input_ids) + (1 if tok.eos_token_id is not None else 0)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -227,6 +270,7 @@ class Server:
         if args.model.startswith("/"):
             knob_files.append(Path(args.model) / KNOB_FILE)
         self.knobs = Knobs(knob_files)
+        self.tokens = TokenCounter(args.model)
         self.rng = random.Random()
         self.created = int(time.time())
 
@@ -325,10 +369,11 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
                     self._send(500, {"object": "error", "message": "stand-in: injected failure", "type": "InternalServerError",
                                      "param": None, "code": 500})
                     return
-                text = f"stand-in answer from {model}"
-                prompt_tokens = len(json.dumps(req.get("messages") or req.get("prompt") or "").split())
+                text = str(knobs.get("reply") or f"stand-in answer from {model}")
+                counted = (srv.tokens.prompt(req), srv.tokens.generation(text)) if knobs.get("tokenizer") else (None, None)
+                prompt_tokens = counted[0] if counted[0] is not None else len(json.dumps(req.get("messages") or req.get("prompt") or "").split())
                 prompt_tokens = min(MAX_MODEL_LEN, max(1, round(prompt_tokens * float(knobs.get("prompt_scale", 1.0)))))
-                gen_tokens = len(text.split())
+                gen_tokens = counted[1] if counted[1] is not None else len(text.split())
                 reason = "abort" if srv.rng.random() < float(knobs.get("abort_rate", 0.0)) else "stop"
                 srv.metrics.finished(reason, ttft, time.monotonic() - start, prompt_tokens, gen_tokens)
                 srv.metrics.request(path, 200)
