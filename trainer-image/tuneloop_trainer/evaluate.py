@@ -289,11 +289,12 @@ def summary(record: EvaluationRecord, path: Any) -> dict[str, Any]:
 
 
 def _summary_row(m: Any) -> dict[str, Any]:
-    """base, tuned, the majority baseline and the tuned score's 95 % interval, when measured."""
+    """base, tuned, the majority baseline, the serving version (champion) and the tuned score's 95 % interval, when measured."""
     row: dict[str, Any] = {"base": m.base, "tuned": m.tuned}
-    majority = next((r for r in m.references or [] if r.reference == "majority"), None)
-    if majority is not None and majority.value is not None:
-        row["majority"] = majority.value
+    for ref in ("majority", "serving"):
+        found = next((r for r in m.references or [] if r.reference == ref), None)
+        if found is not None and found.value is not None:
+            row[ref] = found.value
     if m.tuned_interval is not None:
         row["tunedInterval"] = [m.tuned_interval.low, m.tuned_interval.high]
     return row

@@ -60,10 +60,14 @@ def objective(ctx: Any, record: dict[str, Any]) -> list[str]:
     lines.append("The run succeeds when the tuned model meets every gate below on the held-out test split:")
     for g in ev.gates:
         parts = []
+        ref = str(getattr(g.reference, "value", g.reference) or "base")
+        against = {"majority": "the majority baseline", "serving": "the serving version (the champion"
+                   + (f" `{ev.serving.model_version}`" if ev.serving else "") + ")"}.get(ref, "the base")
+        bound = " at the 95 % bound" if g.confidence_bound else ""
         if g.min_improvement is not None:
-            parts.append(f"beat the base by at least {g.min_improvement}")
+            parts.append(f"beat {against} by at least {g.min_improvement}{bound}")
         if g.max_regression is not None:
-            parts.append(f"lose at most {g.max_regression} against the base")
+            parts.append(f"lose at most {g.max_regression} against {against}{bound}")
         if g.min_value is not None:
             parts.append(f"reach {g.min_value}")
         lines.append(f"- **{label(g.metric)}** (`{g.metric}`): " + ", ".join(parts) + ".")

@@ -4,6 +4,11 @@ prepare → train → evaluate → report, in this process, with the stage code 
 (CPU, or the local GPU when torch sees one). Progress bars while it runs, a summary table at the
 end, and a non-zero exit with the cause when a stage fails (42: the spec or data is wrong —
 rerunning will not help; 1: a runtime failure; 130: interrupted).
+
+FILE may also be a FineTuneSchedule: then one iteration of its loop runs, in ROOT/<NNN>/
+(ROOT: --workdir, else ./runs/<schedule>), against the champion (the latest iteration that won,
+or --champion DIR), and the terminal, the report and ROOT/schedule.json say which won and why
+(tuneloop.cli.local_schedule).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 from tuneloop.contract import layout
 from tuneloop.contract.exits import EXIT_CONFIG_ERROR
 
+from . import local_schedule
+
 STAGES = list(layout.STAGES)
 
 
@@ -30,10 +37,11 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="local_action", metavar="ACTION")
-    r = sub.add_parser("run", help="run prepare → train → evaluate → report for a FineTuneJob file",
+    r = sub.add_parser("run", help="run prepare → train → evaluate → report for a FineTuneJob file (or one iteration of a FineTuneSchedule)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("file", type=Path, metavar="FILE", help="FineTuneJob manifest (YAML)")
-    r.add_argument("--workdir", type=Path, help="output directory (default: spec.output.path, else ./runs/<job name>)")
+    r.add_argument("file", type=Path, metavar="FILE", help="FineTuneJob or FineTuneSchedule manifest (YAML)")
+    r.add_argument("--workdir", type=Path, help="output directory (default: spec.output.path, else ./runs/<job name>; "
+                   "a FineTuneSchedule's iterations go to WORKDIR/<NNN>/, default ./runs/<schedule name>)")
     r.add_argument("--from-stage", choices=STAGES, help="start here, reusing the earlier stages' outputs in the workdir")
     r.add_argument("--to-stage", choices=STAGES, help="stop after this stage")
     r.add_argument("--max-steps", type=_positive, help="override hyperparameters.maxSteps (a quick try)")
@@ -42,10 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
     r.add_argument("--fresh", action="store_true", help="delete this job's previous outputs in the workdir first (otherwise training resumes from its checkpoints)")
     r.add_argument("--force", action="store_true", help="retrain even when this workdir already holds a completed training run of the same spec "
-                   "(implies --fresh); without it a completed run is evaluated and reported again, not retrained")
+                   "(implies --fresh); without it a completed run is evaluated and reported again, not retrained. "
+                   "FineTuneSchedule: start a new iteration even when the spec and data are those of the latest one")
     r.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice, one per core); 1 helps on a busy shared machine")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (plain stage lines only)")
     r.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
+    local_schedule.add_arguments(r)
 
 
 class _ErrorsOnly:
@@ -134,9 +144,18 @@ def run_local(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError) as exc:
         err.print(f"[red]error:[/] cannot read {args.file}: {exc}")
         return EXIT_CONFIG_ERROR
+    if isinstance(doc, dict) and doc.get("kind") == "FineTuneSchedule":
+        return local_schedule.run(args, doc, run_local)  # one iteration: a FineTuneJob from its template, run below
     if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
-        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob manifest (kind: {doc.get('kind') if isinstance(doc, dict) else None})")
+        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob or FineTuneSchedule manifest "
+                  f"(kind: {doc.get('kind') if isinstance(doc, dict) else None})")
         return EXIT_CONFIG_ERROR
+    if getattr(args, "champion", None) is not None:
+        err.print("[red]error:[/] --champion is for a FineTuneSchedule; in a FineTuneJob set evaluation.serving "
+                  "(modelVersion, evalJson: the champion's eval.json)")
+        return 2
+    if getattr(args, "data_dir", None) is not None:
+        os.environ[layout.ENV_DATA_DIR] = str(args.data_dir.expanduser().resolve())  # where dataset *.pvc paths are read
     try:
         probe = load_context(args.file, Path(tempfile.gettempdir()))  # validates the spec; the workdir is decided below
     except TrainerError as exc:

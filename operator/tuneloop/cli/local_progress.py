@@ -123,14 +123,14 @@ def metrics_table(metrics: dict[str, dict[str, Any]], verdict: str | None) -> Ta
     table = Table(title=f"evaluation — verdict {verdict}")
     table.add_column("metric")
     table.add_column("base", justify="right")
-    majority = any(v.get("majority") is not None for v in metrics.values())
-    if majority:
-        table.add_column("majority", justify="right")
+    refs = [r for r in ("majority", "serving") if any(v.get(r) is not None for v in metrics.values())]
+    for ref in refs:
+        table.add_column("serving (champion)" if ref == "serving" else ref, justify="right")
     table.add_column("tuned [95% CI]", justify="right")
     for name, v in metrics.items():
         iv = v.get("tunedInterval")
         tuned = _num(v.get("tuned")) + (f" [{_num(iv[0])}, {_num(iv[1])}]" if iv else "")
-        table.add_row(name, _num(v.get("base")), *([_num(v.get("majority"))] if majority else []), tuned)
+        table.add_row(name, _num(v.get("base")), *[_num(v.get(r)) for r in refs], tuned)
     return table
 
 
