@@ -6,11 +6,10 @@ import math
 
 import pytest
 from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MetricResult
+from tuneloop.operator.analysis.prometheus import PrometheusError, parse_result, queries
 from tuneloop.operator.rollout import analysis as a
-from tuneloop.operator.rollout import queries
 from tuneloop.operator.rollout.analysis import QueryOutcome as Q
 from tuneloop.operator.rollout.analysis import Verdict as V
-from tuneloop.operator.rollout.prometheus import PrometheusError, parse_result
 
 pytestmark = pytest.mark.unit
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from tuneloop.contract.tokenlengths import token_lengths
+from tuneloop.operator.analysis import prometheus
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout import metrics as rm
@@ -85,7 +86,7 @@ async def test_prompt_shift_sets_drifted_and_an_error_burst_sets_degraded(tmp_pa
         async with cluster(tmp_path) as kc:
             await kc.apply(mv)
             await kc.apply(ro)
-            rec = Reconciler(kc.client, ServingConfig(), "http://unused")
+            rec = Reconciler(kc.client, ServingConfig(), "http://unused", provider_factory=prometheus.provider_for)
 
             st = await until(kc, rec, lambda st, mv: cond(st, "Drifted").get("status") == "False"
                              and cond(st, "Degraded").get("status") == "False")

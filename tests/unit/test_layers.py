@@ -56,6 +56,9 @@ FORBIDDEN = [
     ("operator/tuneloop/operator/builders/jobs.py", "import kopf", "builders and the rollout analysis are pure"),
     ("operator/tuneloop/operator/builders/config.py", "import aiohttp", "builders and the rollout analysis are pure"),
     ("operator/tuneloop/operator/rollout/analysis.py", "from tuneloop.operator.kube import KubeClient", "builders and the rollout analysis are pure"),
+    ("operator/tuneloop/operator/analysis/provider.py", "import aiohttp", "builders and the rollout analysis are pure"),
+    ("operator/tuneloop/operator/rollout/drift.py", "from tuneloop.operator.analysis.prometheus import queries", "the rollout core is provider-neutral"),
+    ("operator/tuneloop/operator/rollout/reconcile.py", "from tuneloop.operator.analysis import prometheus", "the rollout core is provider-neutral"),
     ("trainer-image/tuneloop_trainer/report.py", "from tuneloop.operator.builders import modelversion", "the trainer never imports the operator"),
 ]
 

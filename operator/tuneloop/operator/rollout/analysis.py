@@ -1,4 +1,4 @@
-"""Prometheus analysis as pure functions: one measurement -> phase; measurements -> verdict.
+"""Canary analysis as pure functions: one measurement -> phase; measurements -> verdict (whatever the provider).
 
 Like Argo Rollouts' analysis: Successful/Failed/Inconclusive measurements count toward `count`;
 Error measurements (no answer from the provider) do not, and only `consecutiveErrorLimit`

@@ -43,10 +43,6 @@ def psi(expected: list[float], actual: list[float], epsilon: float = EPSILON) ->
     return total
 
 
-def parse_le(text: str) -> float:
-    return math.inf if text in ("+Inf", "Inf", "inf") else float(text)
-
-
 def align(train: TokenLengths, counts: list[int], served: dict[float, float]) -> tuple[list[float], list[float]]:
     """The train counts (per bucket of `train.le`, last +Inf) and the served cumulative increases (le -> count)
     as two lists of counts over the bounds both have (vLLM's bounds go up to its max_model_len, the train
@@ -71,7 +67,7 @@ def align(train: TokenLengths, counts: list[int], served: dict[float, float]) ->
 
 @dataclass(frozen=True)
 class Window:
-    """What Prometheus answered for one window (None: empty result; a signal in `errors`: no answer)."""
+    """What the metrics provider answered for one window (None: empty result; a signal in `failed`: no answer)."""
 
     prompt: dict[float, float] | None = None  # le -> increase of the cumulative bucket
     generation: dict[float, float] | None = None

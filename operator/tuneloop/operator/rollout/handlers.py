@@ -26,11 +26,13 @@ def _reconciler():
     from tuneloop.operator.kube import get_client
     from tuneloop.operator.settings import get_settings
 
+    from ..analysis import prometheus  # the metrics provider: the one place the Rollout names it
     from ..builders.serving import ServingConfig
     from .reconcile import Reconciler
 
     settings = get_settings()
-    return Reconciler(get_client(), ServingConfig.from_settings(settings), settings.prometheus_url)
+    return Reconciler(get_client(), ServingConfig.from_settings(settings), settings.prometheus_url,
+                      provider_factory=prometheus.provider_for)
 
 
 @kopf.daemon(GROUP, VERSION, "rollouts", id="rollout-loop", cancellation_timeout=10.0)

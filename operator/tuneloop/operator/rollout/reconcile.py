@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,15 +25,14 @@ from tuneloop.operator.builders import serving, traffic
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
-from . import drift, metrics, queries
+from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, ProviderError, ProviderFactory, WindowSignal
+from . import drift, metrics
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
-from .prometheus import MetricsProvider, PrometheusClient, PrometheusError, is_nodata
 from .steps import TERMINAL, Outcome, World, advance, due_metrics, next_wakeup, query_window, set_condition
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
-ProviderFactory = Callable[[str], MetricsProvider]
 
 
 def manifest_hash(obj: dict) -> str:
@@ -84,55 +83,55 @@ def available_for(dep: dict | None, mv: str | None) -> int:
 async def measure(
     provider: MetricsProvider, metrics_: list[AnalysisMetric], spec: RolloutSpec, namespace: str, rollout: str, window: str | None = None
 ) -> dict[str, Assessment]:
-    """Every metric's query for the canary (and the stable, for relative thresholds) over `window`
-    (default analysis.window), assessed (pure)."""
+    """Every metric of the canary (and the stable, for relative thresholds) over `window` (default
+    analysis.window), as the provider answers it, assessed (pure)."""
     window = window or spec.analysis.window
 
-    async def one(q: str) -> QueryOutcome:
+    async def one(m: AnalysisMetric, role: str) -> QueryOutcome:
         try:
-            return QueryOutcome(value=await provider.query(q))
-        except PrometheusError as exc:
+            return QueryOutcome(value=await provider.measure(m, Pods(namespace, rollout, role=role), window))
+        except ProviderError as exc:
             return QueryOutcome(error=str(exc))
 
-    def promql(m: AnalysisMetric, role: str) -> str:
-        return queries.render_metric(m, namespace=namespace, rollout=rollout, role=role, window=window)
-
     async def metric(m: AnalysisMetric) -> tuple[str, Assessment]:
-        calls = [one(promql(m, names.CANARY))]
+        calls = [one(m, names.CANARY)]
         if m.max_relative_to_stable is not None:
-            calls.append(one(promql(m, names.STABLE)))
+            calls.append(one(m, names.STABLE))
         got = await asyncio.gather(*calls)
         return m.name, assess(m, spec.analysis, got[0], got[1] if len(got) > 1 else None)
 
     return dict(await asyncio.gather(*(metric(m) for m in metrics_)))
 
 
+# which drift signals a provider's signal feeds (a failed answer leaves them unknown)
+_FEEDS = {WindowSignal.PROMPT_TOKENS: [drift.PROMPT], WindowSignal.GENERATION_TOKENS: [drift.GENERATION],
+          WindowSignal.REQUESTS: [drift.ERROR_RATE, drift.LATENCY], WindowSignal.ERRORS: [drift.ERROR_RATE],
+          WindowSignal.LATENCY_P95: [drift.LATENCY]}  # fmt: skip
+
+
+def _number(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
 async def measure_drift_window(provider: MetricsProvider, namespace: str, rollout: str, model_version: str, window: str) -> drift.Window:
-    """One drift-watch window of the serving version's pods: the histograms' bucket increases by `le`, requests,
-    5xx responses and the p95 latency. A query without an answer is named in `failed` under its signal(s)."""
-    q = {k: queries.render_drift(k, namespace=namespace, rollout=rollout, model_version=model_version, window=window)
-         for k in queries.DRIFT_QUERIES}  # fmt: skip
-    signal_of = {queries.DRIFT_PROMPT: [drift.PROMPT], queries.DRIFT_GENERATION: [drift.GENERATION],
-                 queries.DRIFT_REQUESTS: [drift.ERROR_RATE, drift.LATENCY], queries.DRIFT_ERRORS: [drift.ERROR_RATE],
-                 queries.DRIFT_LATENCY: [drift.LATENCY]}  # fmt: skip
+    """One drift-watch window of the serving version's pods: the token histograms' bucket increases, requests,
+    5xx responses and the p95 latency. A signal without an answer is named in `failed` under the drift signal(s) it feeds."""
+    pods = Pods(namespace, rollout, model_version=model_version)
 
-    async def one(kind: str) -> tuple[str, object]:
+    async def one(sig: WindowSignal) -> tuple[WindowSignal, object]:
         try:
-            if kind in queries.DRIFT_VECTORS:
-                series = await provider.query_vector(q[kind])
-                buckets = {drift.parse_le(labels.get("le", "+Inf")): v for labels, v in series if not is_nodata(v)}
-                return kind, buckets or None
-            return kind, await provider.query(q[kind])
-        except (PrometheusError, ValueError) as exc:
-            return kind, PrometheusError(str(exc))
+            if sig in HISTOGRAM_SIGNALS:
+                return sig, await provider.histogram(sig, pods, window)
+            return sig, await provider.value(sig, pods, window)
+        except ProviderError as exc:
+            return sig, exc
 
-    got = dict(await asyncio.gather(*(one(k) for k in q)))
-    failed = {sig: str(v) for k, v in got.items() if isinstance(v, PrometheusError) for sig in signal_of[k]}
-    val = {k: (None if isinstance(v, PrometheusError) else v) for k, v in got.items()}
-    num = {k: (None if val[k] is None or isinstance(val[k], dict) or is_nodata(val[k]) else float(val[k])) for k in val}  # type: ignore[arg-type]
-    return drift.Window(prompt=val[queries.DRIFT_PROMPT], generation=val[queries.DRIFT_GENERATION],  # type: ignore[arg-type]
-                        requests=num[queries.DRIFT_REQUESTS], errors=num[queries.DRIFT_ERRORS],
-                        latency_p95=num[queries.DRIFT_LATENCY], failed=failed)
+    got = dict(await asyncio.gather(*(one(sig) for sig in WindowSignal)))
+    failed = {d: str(v) for sig, v in got.items() if isinstance(v, ProviderError) for d in _FEEDS[sig]}
+    val = {sig: (None if isinstance(v, ProviderError) else v) for sig, v in got.items()}
+    return drift.Window(prompt=val[WindowSignal.PROMPT_TOKENS], generation=val[WindowSignal.GENERATION_TOKENS],  # type: ignore[arg-type]
+                        requests=_number(val[WindowSignal.REQUESTS]), errors=_number(val[WindowSignal.ERRORS]),  # type: ignore[arg-type]
+                        latency_p95=_number(val[WindowSignal.LATENCY_P95]), failed=failed)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -191,13 +190,15 @@ def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, ass
 
 
 class Reconciler:
-    """Everything one tick needs besides the Rollout: the API client, settings, Prometheus."""
+    """Everything one tick needs besides the Rollout: the API client, settings, and the metrics provider
+    (`provider_factory(address)`, address = spec.analysis.prometheusAddress or `metrics_address`; the
+    operator's wiring, `handlers.py`, passes Prometheus: `analysis.prometheus.provider_for`)."""
 
-    def __init__(self, client: KubeClient, config: serving.ServingConfig, prometheus_url: str, provider_factory: ProviderFactory | None = None):
+    def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory):
         self.client = client
         self.config = config
-        self.prometheus_url = prometheus_url
-        self.provider_factory = provider_factory or (lambda url: PrometheusClient(url))
+        self.metrics_address = metrics_address
+        self.provider_factory = provider_factory
 
     async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, Problem | None]:
         if name is None:
@@ -255,7 +256,7 @@ class Reconciler:
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not problem else []
         if due:
-            provider = self.provider_factory(spec.analysis.prometheus_address or self.prometheus_url)
+            provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
                 metrics.measured(ns, name, mname, a.phase, a.value)
@@ -291,7 +292,7 @@ class Reconciler:
         if d is None:
             d = DriftStatus(model_version=serving_name, since=world.now)
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
-        provider = self.provider_factory(spec.analysis.prometheus_address or self.prometheus_url)
+        provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
         window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
         if d.baseline_recorded_at is None:  # the values at promotion: the first window with enough requests
             base = drift.baseline(wd, window)

@@ -8,8 +8,8 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
   for W (no traffic to pods that are not ready); replica-weighted routing has no such wait.
 - pause: with a duration, until it elapsed; without, phase Paused until `promote` or `abort`.
 - analysis: one measurement per metric per interval; Failed or Error -> rollback; Inconclusive ->
-  Paused for a human; Successful -> next step. Prometheus errors never count as success, so an
-  unreachable Prometheus can never promote.
+  Paused for a human; Successful -> next step. Provider errors never count as success, so an
+  unreachable metrics provider (Prometheus) can never promote.
 - background analysis: outside analysis steps, while the canary has traffic, every metric once per
   backgroundInterval; Failed or Error -> rollback (it never succeeds and ignores Inconclusive).
 - no measurement before initialDelay after a weight change; the query window is cut to the time

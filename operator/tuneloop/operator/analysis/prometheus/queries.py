@@ -1,4 +1,4 @@
-"""Built-in vLLM analysis queries and PromQL templating (pure).
+"""Prometheus' built-in vLLM analysis queries, the drift watch's queries, and PromQL templating (pure).
 
 Placeholders: {{namespace}}, {{rollout}}, {{role}}, {{window}} and {{selector}} (the label matchers
 of one role's pods as scraped by Prometheus: namespace, tuneloop_dev_rollout, tuneloop_dev_role).
@@ -10,6 +10,8 @@ no data (0/0), which the metric's noDataPolicy decides.
 from __future__ import annotations
 
 from tuneloop.api.rollout import AnalysisMetric, BuiltinMetric
+
+from ..provider import WindowSignal
 
 # How the pod labels (tuneloop.contract.names) appear on scraped series when Prometheus maps pod labels
 # with `labelmap: __meta_kubernetes_pod_label_(.+)` (or a PodMonitor's podTargetLabels):
@@ -76,22 +78,20 @@ def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role:
     return render(template_of(metric), namespace=namespace, rollout=rollout, role=role, window=window)
 
 
-# The drift watch (drift.py): one window of the serving ModelVersion's pods, whatever their role (after a
+# The drift watch (rollout/drift.py): one window of the serving ModelVersion's pods, whatever their role (after a
 # promotion its traffic moves from the canary pods to the stable ones). {{selector}} is
 # prom_version_selector. The histograms are vLLM's, with build_1_2_5_buckets(max_model_len) bounds.
-DRIFT_PROMPT, DRIFT_GENERATION, DRIFT_REQUESTS, DRIFT_ERRORS, DRIFT_LATENCY = "prompt", "generation", "requests", "errors", "latency"
-DRIFT_QUERIES: dict[str, str] = {
-    DRIFT_PROMPT: "sum by (le) (increase(vllm:request_prompt_tokens_bucket{ {{selector}} }[{{window}}]))",
-    DRIFT_GENERATION: "sum by (le) (increase(vllm:request_generation_tokens_bucket{ {{selector}} }[{{window}}]))",
-    DRIFT_REQUESTS: 'sum(increase(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '" }[{{window}}]))',
-    DRIFT_ERRORS: (
+DRIFT_QUERIES: dict[WindowSignal, str] = {
+    WindowSignal.PROMPT_TOKENS: "sum by (le) (increase(vllm:request_prompt_tokens_bucket{ {{selector}} }[{{window}}]))",
+    WindowSignal.GENERATION_TOKENS: "sum by (le) (increase(vllm:request_generation_tokens_bucket{ {{selector}} }[{{window}}]))",
+    WindowSignal.REQUESTS: 'sum(increase(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '" }[{{window}}]))',
+    WindowSignal.ERRORS: (
         '(sum(increase(http_requests_total{ {{selector}}, handler=~"' + COMPLETION_HANDLERS + '", status="5xx" }[{{window}}])) or vector(0))'
     ),
-    DRIFT_LATENCY: "histogram_quantile(0.95, sum by (le) (rate(vllm:e2e_request_latency_seconds_bucket{ {{selector}} }[{{window}}])))",
-}
-DRIFT_VECTORS = (DRIFT_PROMPT, DRIFT_GENERATION)  # answered as a vector by `le`
+    WindowSignal.LATENCY_P95: "histogram_quantile(0.95, sum by (le) (rate(vllm:e2e_request_latency_seconds_bucket{ {{selector}} }[{{window}}])))",
+}  # the histograms (HISTOGRAM_SIGNALS) are answered as a vector by `le`
 
 
-def render_drift(kind: str, *, namespace: str, rollout: str, model_version: str, window: str) -> str:
+def render_drift(signal: WindowSignal, *, namespace: str, rollout: str, model_version: str, window: str) -> str:
     selector = prom_version_selector(namespace, rollout, model_version)
-    return DRIFT_QUERIES[kind].replace("{{selector}}", selector).replace("{{window}}", window)
+    return DRIFT_QUERIES[WindowSignal(signal)].replace("{{selector}}", selector).replace("{{window}}", window)
