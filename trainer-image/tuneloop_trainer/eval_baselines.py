@@ -1,7 +1,8 @@
 """Trivial baselines: the answers a model must beat to be worth anything. Pure.
 
 - majority: for JSON-object answers, one object holding each field's most common value in the TRAIN
-  split (the per-field majority answer; for a classification-like field that is its majority class);
+  split (the per-field majority answer; for a classification-like field that is its majority class;
+  with a jsonSchema, over the train answers that are JSON objects, so rehearsal records don't count);
   for other answers, the train split's most common whole answer (the majority class).
 - copyPrompt: the prompt itself as the answer — for free-text answers only (summaries, rewrites), where
   overlap metrics reward copying; meaningless for structured answers, so not computed there.
@@ -36,7 +37,9 @@ def majority_answer(train_answers: list[str], schema: dict[str, Any] | None = No
         return None
     parsed = [em.parse_json(a) for a in train_answers]
     objects = [v for ok, v in parsed if ok and isinstance(v, dict)]
-    if objects and len(objects) == len(train_answers):
+    # With a jsonSchema the task's answers are the JSON objects; other train answers (general
+    # rehearsal records mixed in to limit forgetting) are not answers to the task and are left out.
+    if objects and (schema is not None or len(objects) == len(train_answers)):
         fields = em.schema_fields(schema, objects)
         return json.dumps({f: _most_common([o[f] for o in objects if f in o]) for f in fields if any(f in o for o in objects)})
     return _most_common([em.normalize(a) for a in train_answers])
