@@ -317,19 +317,6 @@ class MetricResult(ApiModel):
     consecutive_error: int = Field(default=0, ge=0, description="Errors since the last measurement that could be taken.")
 
 
-class DriftReason(str, Enum):
-    """Reasons of the Drifted and Degraded conditions (Rollout and serving ModelVersion)."""
-
-    DISTRIBUTION_SHIFTED = "DistributionShifted"
-    WITHIN_THRESHOLD = "WithinThreshold"
-    INSUFFICIENT_DATA = "InsufficientData"
-    NO_TRAINING_HISTOGRAM = "NoTrainingHistogram"
-    SERVING_DEGRADED = "ServingDegraded"
-    AS_AT_PROMOTION = "AsAtPromotion"
-    NO_PROMOTION_BASELINE = "NoPromotionBaseline"
-    PROMETHEUS_ERROR = "PrometheusError"
-
-
 class DriftSignalState(str, Enum):
     OK = "OK"
     DRIFTED = "Drifted"

@@ -6,7 +6,7 @@ other non-zero code is retried up to backoffLimit.
 
 from __future__ import annotations
 
-from enum import Enum
+from tuneloop.api.conditions import StageFailureReason
 
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1  # retried
@@ -14,15 +14,9 @@ EXIT_CONFIG_ERROR = 42  # the spec or the data is wrong: never retried
 EXIT_INTERRUPTED = 130  # Ctrl-C in a local run
 
 
-class Reason(str, Enum):
-    """`reason` of a failed stage's summary (and of the FineTuneJob condition it becomes)."""
-
-    INVALID_SPEC = "InvalidSpec"
-    INVALID_DATA = "InvalidData"
-    RUNTIME_ERROR = "RuntimeError"
-    OUT_OF_RESOURCES = "OutOfResources"
-    INTERNAL_ERROR = "InternalError"
-    INTERRUPTED = "Interrupted"
+# `reason` of a failed stage's summary, and of the FineTuneJob condition it becomes: one enum, in the API's
+# condition module (tuneloop.api.conditions), so that the trainer's reasons and the operator's are the same names.
+Reason = StageFailureReason
 
 
 def reason_for_exit(code: int | None, default: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tuneloop.api.conditions import RolloutReason
 from tuneloop.api.modelversion import ArtifactFormat, ModelVersion
 from tuneloop.api.rollout import RolloutSpec
 from tuneloop.contract import names
@@ -28,7 +29,7 @@ class ServingError(ValueError):
     `reason` is the CamelCase condition reason the Rollout shows.
     """
 
-    def __init__(self, message: str, reason: str = "NotServable"):
+    def __init__(self, message: str, reason: str = RolloutReason.NOT_SERVABLE.value):
         super().__init__(message)
         self.reason = reason
 
@@ -50,7 +51,7 @@ class ServingConfig:
         )
 
 
-def parse_pvc_uri(uri: str, what: str, reason: str = "ArtifactNotServable") -> tuple[str, str]:
+def parse_pvc_uri(uri: str, what: str, reason: str = RolloutReason.ARTIFACT_NOT_SERVABLE.value) -> tuple[str, str]:
     """pvc://CLAIM/PATH -> (CLAIM, PATH). Anything else cannot be mounted by a serving pod."""
     if not uri.startswith("pvc://"):
         scheme = uri.split("://", 1)[0] if "://" in uri else "a plain path"
@@ -74,7 +75,7 @@ def check_base_servable(mv: ModelVersion, base: str) -> None:
             f"ModelVersion {mv.metadata.name} base model {base!r} is a GGUF file (from a Python package or a local path) that "
             "vLLM pods cannot load; register the ModelVersion with baseModel.servingPath (pvc://CLAIM/PATH or a Hugging Face id "
             "of the unquantized base) or with a merged artifact",
-            "BaseModelNotServable",
+            RolloutReason.BASE_MODEL_NOT_SERVABLE.value,
         )
 
 
@@ -85,7 +86,8 @@ def lora_rank_flag(spec_rank: int | None, artifact_rank: int | None) -> int | No
     for allowed in VLLM_LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ServingError(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}", "LoraRankTooLarge")
+    raise ServingError(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank {VLLM_LORA_RANKS[-1]}",
+                       RolloutReason.LORA_RANK_TOO_LARGE.value)
 
 
 def _mount(volume: str, claim: str, path: str, mount_path: str) -> tuple[dict, dict]:
@@ -110,7 +112,8 @@ def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict
         base = mv.spec.base_model.serving_path or mv.spec.base_model.name
         check_base_servable(mv, base)
         if base.startswith("pvc://"):
-            bclaim, bpath = parse_pvc_uri(base, f"ModelVersion {mv.metadata.name} baseModel.servingPath", "BaseModelNotServable")
+            bclaim, bpath = parse_pvc_uri(base, f"ModelVersion {mv.metadata.name} baseModel.servingPath",
+                                         RolloutReason.BASE_MODEL_NOT_SERVABLE.value)
             vol, mount = _mount("base-model", bclaim, bpath, BASE_MOUNT)
             volumes.append(vol)
             mounts.append(mount)

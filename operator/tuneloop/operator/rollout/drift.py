@@ -18,8 +18,9 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 
+from tuneloop.api.conditions import DriftReason
 from tuneloop.api.modelversion import TokenLengths
-from tuneloop.api.rollout import DriftReason, DriftSignal, DriftSignalState, DriftStatus, DriftWatchSpec
+from tuneloop.api.rollout import DriftSignal, DriftSignalState, DriftStatus, DriftWatchSpec
 
 from .analysis import parse_duration
 

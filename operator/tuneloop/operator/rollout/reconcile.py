@@ -18,6 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tuneloop.api.common import Condition
+from tuneloop.api.conditions import RolloutCondition, RolloutReason, find_condition
+from tuneloop.api.conditions import set_condition as set_condition_in
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import AnalysisMetric, DriftStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
 from tuneloop.contract import names
@@ -150,17 +153,17 @@ def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
     verdict = mv.spec.evaluation.verdict
     verdict = verdict.value if hasattr(verdict, "value") else str(verdict)
     if (mv.status and mv.status.phase == "Rejected") or verdict == "Failed":
-        return Problem("CandidateRejected", f"ModelVersion {name} was Rejected by its evaluation gates; it is not rolled out")
+        return Problem(RolloutReason.CANDIDATE_REJECTED.value, f"ModelVersion {name} was Rejected by its evaluation gates; it is not rolled out")
     serving = mv.spec.evaluation.serving
     if serving is not None and str(getattr(serving.outcome, "value", serving.outcome)) == "Worse":
         return Problem(
-            "CandidateLostToServing",
+            RolloutReason.CANDIDATE_LOST_TO_SERVING.value,
             f"ModelVersion {name} lost to the serving version {serving.model_version or '(unnamed)'} it would replace "
             f"({serving.reason}); it is not rolled out",
         )
     if verdict != "Passed" and not spec.allow_unevaluated_candidate:
         return Problem(
-            "CandidateNotEvaluated",
+            RolloutReason.CANDIDATE_NOT_EVALUATED.value,
             f"ModelVersion {name} was never evaluated (spec.evaluation.verdict {verdict}); it is not rolled out. "
             "Evaluate it, or set spec.allowUnevaluatedCandidate: true on the Rollout to roll it out anyway",
         )
@@ -205,11 +208,11 @@ class Reconciler:
             return None, None
         raw = await self.client.get(r.MODELVERSIONS, namespace, name)
         if raw is None:
-            return None, Problem("ModelVersionNotFound", f"ModelVersion {name} not found in namespace {namespace}")
+            return None, Problem(RolloutReason.MODEL_VERSION_NOT_FOUND.value, f"ModelVersion {name} not found in namespace {namespace}")
         try:
             mv = ModelVersion.model_validate(raw)
         except ValidationError as exc:
-            return None, Problem("ModelVersionInvalid", f"ModelVersion {name} is invalid: {exc.errors()[0]['msg']}")
+            return None, Problem(RolloutReason.MODEL_VERSION_INVALID.value, f"ModelVersion {name} is invalid: {exc.errors()[0]['msg']}")
         try:
             serving.vllm_args(spec, mv)
         except serving.ServingError as exc:
@@ -233,7 +236,7 @@ class Reconciler:
             if (obj.get("status") or {}).get("message") != msg:
                 log.warning("rollout %s/%s: %s", ns, name, msg)
             kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
-            set_condition(kept, "Progressing", False, "InvalidSpec", msg, World(now=now, generation=meta.get("generation")))
+            set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg, World(now=now, generation=meta.get("generation")))
             await self.write_status(obj, kept)
             return 30.0
         spec = ro.spec
@@ -250,7 +253,7 @@ class Reconciler:
             now=now,
             canary_available=available_for(canary_dep, cand_name),
             serving_error=problem.message if problem else None,
-            serving_reason=problem.reason if problem else "ServingError",
+            serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
             generation=meta.get("generation"),
         )
         assessments: dict[str, Assessment] = {}
@@ -301,9 +304,9 @@ class Reconciler:
         d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)
         d.checked_at = world.now
         st.drift = d
-        verdicts = {"Drifted": drift.drifted(d.signals), "Degraded": drift.degraded(d.signals)}
+        verdicts = {RolloutCondition.DRIFTED.value: drift.drifted(d.signals), RolloutCondition.DEGRADED.value: drift.degraded(d.signals)}
         for type_, v in verdicts.items():
-            old = next((c for c in st.conditions if c.type == type_), None)
+            old = find_condition(st.conditions, type_)
             if old is None or old.status != v.status or old.reason != v.reason:
                 log.info("rollout %s/%s: %s %s (%s): %s", ns, name, type_, v.status, v.reason, v.message)
                 if v.status == "True":
@@ -383,19 +386,17 @@ class Reconciler:
         raw = await self.client.get(r.MODELVERSIONS, ns, mv_name)
         if raw is None:
             return
-        conds = [dict(c) for c in (raw.get("status") or {}).get("conditions") or []]
+        conds = [Condition.model_validate(c) for c in (raw.get("status") or {}).get("conditions") or []]
         changed = False
         for type_, v in verdicts.items():
-            cur = next((c for c in conds if c.get("type") == type_), None)
-            if cur is not None and cur.get("status") == v.status and cur.get("reason") == v.reason:
+            cur = find_condition(conds, type_)
+            if cur is not None and cur.status == v.status and cur.reason == v.reason:
                 continue
-            new = {"type": type_, "status": v.status, "reason": v.reason, "message": v.message[:1024],
-                   "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if cur is None or cur.get("status") != v.status
-                   else cur.get("lastTransitionTime")}  # fmt: skip
-            conds = [c for c in conds if c.get("type") != type_] + [{k: x for k, x in new.items() if x is not None}]
+            set_condition_in(conds, type_, v.status, v.reason, v.message[:1024], now=now.replace(microsecond=0))
             changed = True
         if changed:
-            await self.client.patch(r.MODELVERSIONS, ns, mv_name, {"status": {"conditions": conds}}, subresource="status")
+            await self.client.patch(r.MODELVERSIONS, ns, mv_name, {"status": {"conditions": [c.wire() for c in conds]}},
+                                    subresource="status")
 
     async def mark_model_version(self, ns: str, mv_name: str, rollout: str, phase: str | None, message: str) -> None:
         raw = await self.client.get(r.MODELVERSIONS, ns, mv_name)

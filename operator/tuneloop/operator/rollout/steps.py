@@ -28,7 +28,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from tuneloop.api.common import Condition, ConditionStatus
+from tuneloop.api import conditions
+from tuneloop.api.conditions import RolloutCondition as C
+from tuneloop.api.conditions import RolloutReason as R
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
 
@@ -46,7 +48,7 @@ class World:
     now: dt.datetime
     canary_available: int = 0
     serving_error: str | None = None  # the candidate/stable cannot be served (bad artifact, missing ModelVersion)
-    serving_reason: str = "ServingError"  # the condition reason for serving_error (e.g. CandidateNotEvaluated)
+    serving_reason: str = R.SERVING_ERROR.value  # the condition reason for serving_error (e.g. CandidateNotEvaluated)
     generation: int | None = None
 
 
@@ -195,17 +197,8 @@ def _until(times: list[dt.datetime], now: dt.datetime, default: float) -> float:
 
 
 def set_condition(status: RolloutStatus, type_: str, value: bool | str, reason: str, message: str, world: World) -> None:
-    """Set one condition (True/False from a bool, or a ConditionStatus value such as "Unknown")."""
-    new = value if isinstance(value, str) else (ConditionStatus.TRUE.value if value else ConditionStatus.FALSE.value)
-    for c in status.conditions:
-        if c.type == type_:
-            if c.status != new:
-                c.last_transition_time = world.now
-            c.status, c.reason, c.message, c.observed_generation = new, reason, message, world.generation
-            return
-    status.conditions.append(
-        Condition(type=type_, status=new, reason=reason, message=message, last_transition_time=world.now, observed_generation=world.generation)
-    )
+    """One condition of the Rollout's status at `world.now` (tuneloop.api.conditions.set_condition)."""
+    conditions.set_condition(status.conditions, type_, value, reason, message, now=world.now, generation=world.generation)
 
 
 class _Machine:
@@ -216,7 +209,7 @@ class _Machine:
 
     # --- effects --------------------------------------------------------------------------
     def event(self, type_: str, reason: str, message: str) -> None:
-        self.out.events.append((type_, reason, message))
+        self.out.events.append((type_, getattr(reason, "value", reason), message))
 
     def enter_step(self, index: int) -> None:
         self.st.current_step_index = index
@@ -230,7 +223,7 @@ class _Machine:
         i = self.st.current_step_index or 0
         msg = f"step {i + 1}/{len(self.spec.steps)}, canary weight {self.st.canary_weight}%" + (f"; waiting for {waiting}" if waiting else "")
         self.st.message = msg
-        set_condition(self.st, "Progressing", True, f"Step{i}", msg, self.world)
+        set_condition(self.st, C.PROGRESSING, True, conditions.step_reason(i), msg, self.world)
 
     def pause(self, reason: str, waiting: str) -> None:
         if self.st.phase != RolloutPhase.PAUSED.value:
@@ -238,7 +231,7 @@ class _Machine:
         self.st.phase = RolloutPhase.PAUSED.value
         self.st.waiting_for = waiting
         self.st.message = f"paused at step {(self.st.current_step_index or 0) + 1}: waiting for {waiting}"
-        set_condition(self.st, "Progressing", False, reason, self.st.message, self.world)
+        set_condition(self.st, C.PROGRESSING, False, reason, self.st.message, self.world)
 
     def scale_down_later(self) -> None:
         """Traffic has left the canary: its Deployment keeps its pods for scaleDownDelaySeconds."""
@@ -255,8 +248,8 @@ class _Machine:
         self.st.message = f"{cand} promoted to stable ({how})"
         if old is not None:
             self.scale_down_later()
-        set_condition(self.st, "Progressing", False, reason, self.st.message, self.world)
-        set_condition(self.st, "RolledBack", False, reason, self.st.message, self.world)
+        set_condition(self.st, C.PROGRESSING, False, reason, self.st.message, self.world)
+        set_condition(self.st, C.ROLLED_BACK, False, reason, self.st.message, self.world)
         self.out.model_versions[cand] = (ModelVersionPhase.SERVING.value, f"serving as stable of Rollout ({how})")
         if old and old != cand:
             self.out.model_versions[old] = (ModelVersionPhase.RETIRED.value, f"replaced by {cand}")
@@ -269,8 +262,8 @@ class _Machine:
         self.st.waiting_for = None
         self.st.message = f"{cand} rolled back: {message}"
         self.scale_down_later()
-        set_condition(self.st, "Progressing", False, reason, self.st.message, self.world)
-        set_condition(self.st, "RolledBack", True, reason, message, self.world)
+        set_condition(self.st, C.PROGRESSING, False, reason, self.st.message, self.world)
+        set_condition(self.st, C.ROLLED_BACK, True, reason, message, self.world)
         if cand:
             self.out.model_versions[cand] = (ModelVersionPhase.ROLLED_BACK.value, message)
         self.out.rolled_back = True
@@ -296,10 +289,10 @@ class _Machine:
         if st.phase in TERMINAL:
             return self.out
         if spec.abort:
-            self.rollback(RolloutPhase.ABORTED, "Aborted", "aborted by user (spec.abort)")
+            self.rollback(RolloutPhase.ABORTED, R.ABORTED, "aborted by user (spec.abort)")
             return self.out
         if spec.promote and not world.serving_error:
-            self.promote("PromotedByUser", "promoted by user, remaining steps skipped")
+            self.promote(R.PROMOTED_BY_USER, "promoted by user, remaining steps skipped")
             return self.out
         if world.serving_error:
             if spec.promote:
@@ -309,13 +302,13 @@ class _Machine:
             st.phase = RolloutPhase.DEGRADED.value
             st.waiting_for = "a servable candidate"
             st.message = world.serving_error
-            set_condition(st, "Progressing", False, world.serving_reason, world.serving_error, world)
-            set_condition(st, "Servable", False, world.serving_reason, world.serving_error, world)
+            set_condition(st, C.PROGRESSING, False, world.serving_reason, world.serving_error, world)
+            set_condition(st, C.SERVABLE, False, world.serving_reason, world.serving_error, world)
             return self.out
-        if any(c.type == "Servable" for c in st.conditions):
-            set_condition(st, "Servable", True, "Servable", "the stable and candidate ModelVersions can be served", world)
+        if conditions.find_condition(st.conditions, C.SERVABLE) is not None:
+            set_condition(st, C.SERVABLE, True, R.SERVABLE, "the stable and candidate ModelVersions can be served", world)
         if st.stable_model_version is None:
-            self.promote("FirstVersion", "first version, nothing to compare with: served as stable without a canary")
+            self.promote(R.FIRST_VERSION, "first version, nothing to compare with: served as stable without a canary")
             return self.out
         if st.phase == RolloutPhase.PAUSED.value:
             step = _current_step(spec, st)
@@ -334,24 +327,24 @@ class _Machine:
         if spec.stable is None or st.stable_model_version is None:
             return
         if spec.stable.name == st.stable_model_version:
-            if any(c.type == "StableInSync" for c in st.conditions):
-                set_condition(st, "StableInSync", True, "InSync", f"spec.stable names {st.stable_model_version}, which serves", self.world)
+            if conditions.find_condition(st.conditions, C.STABLE_IN_SYNC) is not None:
+                set_condition(st, C.STABLE_IN_SYNC, True, R.IN_SYNC, f"spec.stable names {st.stable_model_version}, which serves", self.world)
             return
         msg = (
             f"spec.stable {spec.stable.name} is not serving; {st.stable_model_version} is (status.stableModelVersion). "
             f"spec.stable only names the first stable version and never replaces the serving one; "
             f"to serve {spec.stable.name} again, roll it out as spec.candidate"
         )
-        old = next((c for c in st.conditions if c.type == "StableInSync"), None)
+        old = conditions.find_condition(st.conditions, C.STABLE_IN_SYNC)
         if old is None or old.status != "False" or old.message != msg:
-            self.event("Normal", "SpecStableNotServing", msg)
-        set_condition(st, "StableInSync", False, "SpecStableNotServing", msg, self.world)
+            self.event("Normal", R.SPEC_STABLE_NOT_SERVING, msg)
+        set_condition(st, C.STABLE_IN_SYNC, False, R.SPEC_STABLE_NOT_SERVING, msg, self.world)
 
     def steady(self, cand: str | None) -> Outcome:
         st = self.st
         if st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value) and st.candidate_model_version \
                 and st.candidate_model_version != st.stable_model_version:  # fmt: skip
-            self.rollback(RolloutPhase.ABORTED, "CandidateRemoved", "spec.candidate was removed (or set to the stable version) during the rollout")
+            self.rollback(RolloutPhase.ABORTED, R.CANDIDATE_REMOVED, "spec.candidate was removed (or set to the stable version) during the rollout")
         if st.phase not in TERMINAL:
             st.phase = RolloutPhase.PROMOTED.value
             if st.stable_model_version:
@@ -383,7 +376,7 @@ class _Machine:
         st.canary_scale_down_at = None
         self.enter_step(0)
         st.phase = RolloutPhase.PROGRESSING.value
-        set_condition(st, "RolledBack", False, "NewCandidate", f"rolling out {cand}", self.world)
+        set_condition(st, C.ROLLED_BACK, False, R.NEW_CANDIDATE, f"rolling out {cand}", self.world)
         if st.stable_model_version is None:
             return  # the first version: served as stable at once (once it is servable)
         self.out.model_versions[cand] = (None, "candidate of Rollout")
@@ -394,7 +387,7 @@ class _Machine:
         for _ in range(len(spec.steps) + 1):
             i = st.current_step_index or 0
             if i >= len(spec.steps):
-                self.promote("Promoted", f"all {len(spec.steps)} steps passed")
+                self.promote(R.PROMOTED, f"all {len(spec.steps)} steps passed")
                 return
             step = spec.steps[i]
             if step.analysis is None and assessments:  # background analysis of the step that was current when measured
@@ -416,7 +409,7 @@ class _Machine:
                 continue
             if step.pause is not None:
                 if not step.pause.duration:
-                    self.pause("PausedIndefinitely", f"`kubectl tuneloop promote` (indefinite pause at step {i + 1})")
+                    self.pause(R.PAUSED_INDEFINITELY, f"`kubectl tuneloop promote` (indefinite pause at step {i + 1})")
                     return
                 started = st.step_started_at or world.now
                 end = started + dt.timedelta(seconds=parse_duration(step.pause.duration))
@@ -435,7 +428,7 @@ class _Machine:
                 self.fail(i, verdict, "analysis")
                 return
             if verdict == Verdict.INCONCLUSIVE:
-                self.pause("AnalysisInconclusive", f"a human: analysis at step {i + 1} inconclusive (promote or abort)")
+                self.pause(R.ANALYSIS_INCONCLUSIVE, f"a human: analysis at step {i + 1} inconclusive (promote or abort)")
                 return
             done = {r.metric: r.count for r in st.metric_results}
             need = spec.steps[i].analysis.count or spec.analysis.count  # type: ignore[union-attr]
@@ -451,7 +444,7 @@ class _Machine:
         wanted = MeasurementPhase.FAILED.value if verdict == Verdict.FAILED else MeasurementPhase.ERROR.value
         bad = [m for m in reversed(st.measurements) if m.step_index == i and m.phase == wanted]
         detail = bad[0].message if bad else f"{what} failed"
-        reason = "AnalysisFailed" if verdict == Verdict.FAILED else "AnalysisError"
+        reason = R.ANALYSIS_FAILED if verdict == Verdict.FAILED else R.ANALYSIS_ERROR
         self.rollback(RolloutPhase.ROLLED_BACK, reason, f"{verdict.value} {what} at step {i + 1}: {detail}")
 
     def record_measurements(self, i: int, metrics: list[AnalysisMetric], assessments: dict[str, Assessment]) -> dict[str, MetricResult]:
@@ -509,7 +502,7 @@ class _Machine:
             return
         self.rollback(
             RolloutPhase.ROLLED_BACK,
-            "ProgressDeadlineExceeded",
+            R.PROGRESS_DEADLINE_EXCEEDED,
             f"no data from the canary at {st.canary_weight}% for {spec.progress_deadline_seconds}s "
             f"(progressDeadlineSeconds; {len(empty)} measurements, latest: {empty[-1].message})",
         )
