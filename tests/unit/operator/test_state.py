@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
+from tuneloop.api.conditions import set_condition
 from tuneloop.operator.finetunejob import state as st
 from tuneloop.operator.finetunejob.progress import rank0_pod
 from tuneloop.operator.finetunejob.reconcile import validate
@@ -48,14 +50,15 @@ def test_plain_text_termination_message():
     assert st.parse_message("", 1) == {"exitCode": 1}
 
 
-def test_condition_transition_time_only_changes_with_status(monkeypatch):
-    monkeypatch.setattr(st, "now", lambda: "T1")
-    conds = st.set_condition([], "Training", "Unknown", "Starting", generation=1)
-    monkeypatch.setattr(st, "now", lambda: "T2")
-    conds = st.set_condition(conds, "Training", "Unknown", "Starting", "still", generation=1)
-    assert conds[0]["lastTransitionTime"] == "T1" and conds[0]["message"] == "still"
-    conds = st.set_condition(conds, "Training", "True", "Running", generation=2)
-    assert conds[0]["lastTransitionTime"] == "T2" and conds[0]["observedGeneration"] == 2 and len(conds) == 1
+def test_condition_transition_time_only_changes_with_status():
+    """The FineTuneJob's conditions are set by the one setter, tuneloop.api.conditions.set_condition."""
+    t1, t2 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    conds: list = []
+    set_condition(conds, "Training", "Unknown", "Starting", "", now=t1, generation=1)
+    set_condition(conds, "Training", "Unknown", "Starting", "still", now=t2, generation=1)
+    assert conds[0].last_transition_time == t1 and conds[0].message == "still"
+    set_condition(conds, "Training", "True", "Running", "", now=t2, generation=2)
+    assert conds[0].last_transition_time == t2 and conds[0].observed_generation == 2 and len(conds) == 1
 
 
 def test_status_patch_only_when_changed():

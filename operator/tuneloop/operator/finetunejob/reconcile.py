@@ -17,16 +17,22 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
 
-from tuneloop.api import FineTuneJobSpec
+from tuneloop.api import FineTuneJobPhase, FineTuneJobSpec, FineTuneJobStatus
+from tuneloop.api.common import Condition
+from tuneloop.api.conditions import FineTuneJobCondition as C
+from tuneloop.api.conditions import FineTuneJobReason as R
+from tuneloop.api.conditions import ModelVersionCondition, ModelVersionReason, StageFailureReason, find_condition, set_condition
+from tuneloop.api.status import ChildRefs, DataReportSummary, Progress
 from tuneloop.contract.exits import reason_for_exit
 
 from .. import builders, metrics
-from ..builders.common import BuildError, JobMeta, data_claim, names, workdir
+from ..builders.common import BuildError, JobMeta, Names, data_claim, names, workdir
 from ..builders.config import check_batch, deepspeed_json
 from ..builders.modelversion import model_version_phase
 from ..kube import ApiError, KubeClient
@@ -42,7 +48,7 @@ log = logging.getLogger("tuneloop.finetunejob")
 class Outcome:
     phase: str
     invalid: str | None = None  # set when the spec can never run (the status says Failed/InvalidSpec)
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # the new status, wire form
     written: dict[str, Any] | None = None  # the FineTuneJob as the status patch returned it (None: nothing written)
 
 
@@ -83,6 +89,96 @@ def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJo
     return spec, "", ""
 
 
+@dataclass
+class Pass:
+    """What one pass knows while it walks the stages: the inputs, the typed status it edits, and what the
+    finished stages handed on (the training summary, the evaluation record, the report)."""
+
+    body: dict[str, Any]
+    spec: FineTuneJobSpec
+    meta: JobMeta
+    names: Names
+    status: FineTuneJobStatus
+    progress: dict[str, Any] | None = None
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage Jobs read this pass, by condition
+    train_summary: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)  # the evaluation stage's termination message
+    evaluation: dict[str, Any] | None = None
+    report_md: str | None = None
+
+    def condition(self, type_: C) -> Condition | None:
+        return find_condition(self.status.conditions, type_)
+
+    def set(self, type_: C, status: bool | str, reason: str | Enum, message: str) -> None:
+        set_condition(self.status.conditions, type_, status, reason, message, now=st.utcnow(), generation=self.meta.generation)
+
+
+Build = Callable[[FineTuneJobSpec, JobMeta, OperatorSettings], dict]
+Waiting = tuple[str, "str | Enum", str, str]  # (condition status, reason, condition message, status message)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the pipeline: a stage Job (its builder, the objects created with it), the condition that
+    tracks it and the phase while it runs. `run_stage` does what every stage does; the rest is per stage."""
+
+    condition: C
+    phase: FineTuneJobPhase
+    job: Callable[[Names], str]  # the Job's name
+    build: Build  # the Job, built only when it is about to be created
+    children: tuple[tuple[str, Callable[[Names], str]], ...]  # status.children fields set when the stage begins
+    before: tuple[tuple[r.Resource, Build], ...] = ()  # created (409 = exists) only together with the Job
+    failed: str = ""  # "… failed: <message>" in status.message
+    done: Callable[[Condition | None], bool] = lambda c: False  # the status already records it as done
+    waiting: Callable[[Pass, str], Waiting] | None = None  # the condition and message while it is unfinished
+    finish: str = ""  # the Reconciler method run once the Job succeeded
+    observe: str = ""  # a Reconciler method run on the Job whatever its state
+    running: str = ""  # a Reconciler method run while the Job is unfinished
+    enabled: Callable[[FineTuneJobSpec], bool] = lambda spec: True
+    skipped: tuple[str, str | Enum, str] | None = None  # the condition when not enabled
+    timed: bool = False  # its creation is the create-to-training latency
+
+
+def _data_waiting(p: Pass, state: str) -> Waiting:
+    msg = "preparing and checking the dataset"
+    return "Unknown", R.VALIDATING, msg, msg
+
+
+def _train_waiting(p: Pass, state: str) -> Waiting:
+    res = p.spec.resources
+    reason = {"Running": R.RUNNING, "Suspended": R.SUSPENDED}.get(state, R.STARTING)
+    return ("True" if state == "Running" else "Unknown"), reason, f"{res.nodes} node(s) × {res.gpus_per_node} GPU(s)", \
+        f"training on {res.nodes} node(s)"
+
+
+def _eval_waiting(p: Pass, state: str) -> Waiting:
+    return "Unknown", R.EVALUATING, "comparing the tuned model with its base", "evaluating the tuned model against its base"
+
+
+def _is_true(c: Condition | None) -> bool:
+    return c is not None and c.status == "True"
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(C.DATA_VALIDATED, FineTuneJobPhase.VALIDATING_DATA, lambda n: n.data_job,
+          lambda spec, meta, cfg: builders.data_job(spec, meta, cfg),
+          children=(("config_map", lambda n: n.config_map), ("data_job", lambda n: n.data_job)),
+          before=((r.CONFIGMAPS, lambda spec, meta, cfg: builders.config_map(spec, meta, cfg)),),
+          failed="data preparation failed", done=_is_true, waiting=_data_waiting, finish="_data_done"),
+    Stage(C.TRAINING, FineTuneJobPhase.TRAINING, lambda n: n.train_job,
+          lambda spec, meta, cfg: builders.train_job(spec, meta, cfg),
+          children=(("service", lambda n: n.service), ("train_job", lambda n: n.train_job)),
+          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),),
+          failed="training failed", done=lambda c: c is not None and c.reason == R.COMPLETED.value, waiting=_train_waiting,
+          finish="_train_done", observe="_train_started", running="_train_progress", timed=True),
+    Stage(C.EVALUATED, FineTuneJobPhase.EVALUATING, lambda n: n.eval_job,
+          lambda spec, meta, cfg: builders.eval_job(spec, meta, cfg),
+          children=(("eval_job", lambda n: n.eval_job),),
+          failed="evaluation failed", done=_is_true, waiting=_eval_waiting, finish="_eval_done",
+          enabled=lambda spec: spec.evaluation.enabled, skipped=("False", R.DISABLED, "evaluation.enabled is false")),
+)
+
+
 class Reconciler:
     """Holds the client and settings; `run(body)` is one pass."""
 
@@ -96,127 +192,121 @@ class Reconciler:
         """One pass. `jobs`: the FineTuneJob's child Jobs by name as the caller already knows them
         (Kopf's index); None means "unknown": each stage Job is then read with a GET."""
         old = dict(body.get("status") or {})
-        status = {k: v for k, v in old.items()}
-        status.setdefault("conditions", [])
         meta = JobMeta.from_body(body)
         if old.get("phase") in st.TERMINAL:
             metrics.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
             return Outcome(old["phase"], status=old)
+        status = st.read_status(old)
+        status.conditions = status.conditions  # always written, as an empty list at first
         spec, where, why = validate_cached(body, self.config)
         if spec is None:
             msg = f"{where}: {why}"
-            self._fail(status, meta, "InvalidSpec", msg, ready_reason="InvalidSpec")
+            self._fail(status, meta, StageFailureReason.INVALID_SPEC, msg)
             written = await self._write(body, old, status)
-            return Outcome("Failed", invalid=msg, status=status, written=written)
-        status["baseModel"] = spec.base_model.display_name()
-        status["observedGeneration"] = meta.generation
+            return Outcome(status.phase, invalid=msg, status=st.wire(status), written=written)
+        status.base_model = spec.base_model.display_name()
+        status.observed_generation = meta.generation
         self._jobs = jobs
-        await self._advance(body, spec, meta, status, progress)
+        p = Pass(body, spec, meta, names(meta.name), status, progress)
+        if await self.run_stages(p):
+            await self._register(p)
         written = await self._write(body, old, status)
-        return Outcome(status["phase"], status=status, written=written)
+        return Outcome(status.phase, status=st.wire(status), written=written)
 
     # --- the pipeline -------------------------------------------------------------------------
-    async def _advance(self, body: dict, spec: FineTuneJobSpec, meta: JobMeta, status: dict, progress: dict | None) -> None:
-        n = names(meta.name)
-        cfg = self.config
-        status["children"] = {**(status.get("children") or {}), "configMap": n.config_map, "dataJob": n.data_job}
-        # The ConfigMap comes before the data-prep Job (once that exists, so does the ConfigMap);
-        # the headless Service only with the training Job.
-        conds = status["conditions"]
-        data = await self._job(meta, n.data_job, lambda: builders.data_job(spec, meta, cfg), spec.suspend,
-                               done=(st.condition(conds, "DataValidated") or {}).get("status") == "True",
-                               before=[(r.CONFIGMAPS, lambda: builders.config_map(spec, meta, cfg))])
-        ds = st.job_state(data)
-        if ds == "Failed":
-            msg, reason = await self._failure(data)
-            status["conditions"] = st.set_condition(conds, "DataValidated", "False", reason, msg, meta.generation)
-            self._fail(status, meta, reason, f"data preparation failed: {msg}")
-            return
-        if ds != "Succeeded":
-            status["conditions"] = st.set_condition(conds, "DataValidated", "Unknown", "Validating", "preparing and checking the dataset", meta.generation)
-            status["phase"] = "Suspended" if ds == "Suspended" else "ValidatingData"
-            status["message"] = "suspended" if ds == "Suspended" else "preparing and checking the dataset"
-            return
-        if not status.get("dataReport"):  # read once: the pod list is not free
-            summary = await self._message(data, success=True)
-            if summary:
-                status["dataReport"] = st.data_report(summary)
-        if st.condition(conds, "DataValidated") is None or st.condition(conds, "DataValidated")["status"] != "True":
-            rep = status.get("dataReport") or {}
-            conds = st.set_condition(conds, "DataValidated", "True", "Validated",
-                                     f"{rep.get('accepted', '?')} records accepted, {rep.get('rejected', 0)} rejected", meta.generation)
-        status["conditions"] = conds
-        status["children"]["service"] = n.service
-        status["children"]["trainJob"] = n.train_job
-        train = await self._job(meta, n.train_job, lambda: builders.train_job(spec, meta, cfg), spec.suspend, timed=body,
-                                done=(st.condition(status["conditions"], "Training") or {}).get("reason") == "Completed",
-                                before=[(r.SERVICES, lambda: builders.headless_service(spec, meta, cfg))])
-        ts = st.job_state(train)
-        old_progress = dict(status.get("progress") or {})
-        start = (train.get("status") or {}).get("startTime")
-        if start and not status.get("startTime"):
-            status["startTime"] = start
-        if ts == "Failed":
-            msg, reason = await self._failure(train)
-            status["conditions"] = st.set_condition(status["conditions"], "Training", "False", reason, msg, meta.generation)
-            self._fail(status, meta, reason, f"training failed: {msg}")
-            return
-        if ts != "Succeeded":
-            running = ts == "Running"
-            status["conditions"] = st.set_condition(
-                status["conditions"], "Training", "True" if running else "Unknown",
-                {"Running": "Running", "Suspended": "Suspended"}.get(ts, "Starting"),
-                f"{spec.resources.nodes} node(s) × {spec.resources.gpus_per_node} GPU(s)", meta.generation)
-            status["phase"] = "Suspended" if ts == "Suspended" else "Training"
-            status["message"] = "suspended" if ts == "Suspended" else f"training on {spec.resources.nodes} node(s)"
-            if progress:
-                status["progress"] = st.merge_progress(old_progress, progress)
-                metrics.set_progress(meta.namespace, meta.name, st.snake_progress(status["progress"]))
-            return
-        train_summary: dict = {}
-        if (st.condition(status["conditions"], "Training") or {}).get("reason") != "Completed":
-            train_summary = await self._message(train, success=True) or {}
-            status["progress"] = st.finished_progress(old_progress, train_summary)
-            metrics.set_progress(meta.namespace, meta.name, st.snake_progress(status["progress"]))
-            loss = status["progress"].get("loss")  # the last logged step's loss, as while training
-            status["conditions"] = st.set_condition(status["conditions"], "Training", "False", "Completed",
-                                                    "training finished" + (f", loss {loss}" if loss is not None else ""), meta.generation)
-        evaluation, report_md, result = None, None, {}
-        if spec.evaluation.enabled:
-            status["children"]["evalJob"] = n.eval_job
-            ev = await self._job(meta, n.eval_job, lambda: builders.eval_job(spec, meta, cfg), spec.suspend,
-                                 done=(st.condition(status["conditions"], "Evaluated") or {}).get("status") == "True")
-            es = st.job_state(ev)
-            if es == "Failed":
-                msg, reason = await self._failure(ev)
-                status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "False", reason, msg, meta.generation)
-                self._fail(status, meta, reason, f"evaluation failed: {msg}")
-                return
-            if es != "Succeeded":
-                status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "Unknown", "Evaluating",
-                                                        "comparing the tuned model with its base", meta.generation)
-                status["phase"] = "Suspended" if es == "Suspended" else "Evaluating"
-                status["message"] = "suspended" if es == "Suspended" else "evaluating the tuned model against its base"
-                return
-            result = await self._message(ev, success=True) or {}
-            evaluation = result.get("evaluation")
-            report_md = await self._report(ev)
-            verdict = (evaluation or {}).get("verdict", "NotEvaluated")
-            status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "True", verdict,
-                                                    _verdict_message(evaluation), meta.generation)
-        else:
-            status["conditions"] = st.set_condition(status["conditions"], "Evaluated", "False", "Disabled",
-                                                    "evaluation.enabled is false", meta.generation)
-        train_summary = train_summary or await self._message(train, success=True) or {}
-        if isinstance(result.get("lineage"), dict):
-            train_summary = {**result["lineage"], **train_summary}
-        await self._register(spec, meta, status, evaluation, train_summary, report_md)
+    async def run_stages(self, p: Pass) -> bool:
+        """Every stage of STAGES in order, as far as they are done; True when all are."""
+        for stage in STAGES:
+            if not stage.enabled(p.spec):
+                if stage.skipped is not None:
+                    p.set(stage.condition, *stage.skipped)
+                continue
+            if not await self.run_stage(stage, p):
+                return False
+        return True
 
-    async def _register(self, spec, meta, status, evaluation, train_summary, report_md) -> None:
+    async def run_stage(self, stage: Stage, p: Pass) -> bool:
+        """Create the stage's Job when it is missing; then by its state: Failed → the job fails; unfinished → the
+        stage's condition and phase (or Suspended); Succeeded → the stage's `finish`. True when it succeeded."""
+        spec, meta, cfg, status = p.spec, p.meta, self.config, p.status
+        status.children = status.children or ChildRefs()
+        for field_, name in stage.children:
+            setattr(status.children, field_, name(p.names))
+        job = await self._job(meta, stage.job(p.names), lambda: stage.build(spec, meta, cfg), spec.suspend,
+                              timed=p.body if stage.timed else None, done=stage.done(p.condition(stage.condition)),
+                              before=[(res, lambda b=b: b(spec, meta, cfg)) for res, b in stage.before])
+        p.jobs[stage.condition.value] = job
+        state = st.job_state(job)
+        if stage.observe:
+            getattr(self, stage.observe)(p, job)
+        if state == "Failed":
+            msg, reason = await self._failure(job)
+            p.set(stage.condition, False, reason, msg)
+            self._fail(status, meta, reason, f"{stage.failed}: {msg}")
+            return False
+        if state != "Succeeded":
+            assert stage.waiting is not None
+            cond_status, reason, cond_msg, msg = stage.waiting(p, state)
+            p.set(stage.condition, cond_status, reason, cond_msg)
+            suspended = state == "Suspended"
+            status.phase = FineTuneJobPhase.SUSPENDED.value if suspended else stage.phase.value
+            status.message = "suspended" if suspended else msg
+            if stage.running:
+                getattr(self, stage.running)(p, job)
+            return False
+        await getattr(self, stage.finish)(p, job)
+        return True
+
+    def _train_started(self, p: Pass, job: dict) -> None:
+        start = (job.get("status") or {}).get("startTime")
+        if start and p.status.start_time is None:
+            p.status.start_time = st.parse_time(start)
+
+    def _train_progress(self, p: Pass, job: dict) -> None:
+        if p.progress:  # a poll of rank 0's /metrics came with this pass
+            self._set_progress(p, st.merge_progress(st.wire_progress(p.status), p.progress))
+
+    def _set_progress(self, p: Pass, progress: dict[str, Any]) -> None:
+        p.status.progress = Progress.model_validate(progress)
+        metrics.set_progress(p.meta.namespace, p.meta.name, st.snake_progress(progress))
+
+    async def _data_done(self, p: Pass, job: dict) -> None:
+        if not p.status.data_report:  # read once: the pod list is not free
+            summary = await self._message(job, success=True)
+            if summary:
+                p.status.data_report = DataReportSummary.model_validate(st.data_report(summary))
+        if not _is_true(p.condition(C.DATA_VALIDATED)):
+            rep = p.status.data_report
+            accepted = rep.accepted if rep is not None and rep.accepted is not None else "?"
+            rejected = rep.rejected if rep is not None and rep.rejected is not None else 0
+            p.set(C.DATA_VALIDATED, True, R.VALIDATED, f"{accepted} records accepted, {rejected} rejected")
+
+    async def _train_done(self, p: Pass, job: dict) -> None:
+        done = p.condition(C.TRAINING)
+        if done is None or done.reason != R.COMPLETED.value:
+            p.train_summary = await self._message(job, success=True) or {}
+            progress = st.finished_progress(st.wire_progress(p.status), p.train_summary)
+            self._set_progress(p, progress)
+            loss = progress.get("loss")  # the last logged step's loss, as while training
+            p.set(C.TRAINING, False, R.COMPLETED, "training finished" + (f", loss {loss}" if loss is not None else ""))
+
+    async def _eval_done(self, p: Pass, job: dict) -> None:
+        p.result = await self._message(job, success=True) or {}
+        p.evaluation = p.result.get("evaluation")
+        p.report_md = await self._report(job)
+        verdict = (p.evaluation or {}).get("verdict", "NotEvaluated")
+        p.set(C.EVALUATED, True, verdict, _verdict_message(p.evaluation))
+
+    async def _register(self, p: Pass) -> None:
+        spec, meta, status, evaluation, report_md = p.spec, p.meta, p.status, p.evaluation, p.report_md
+        train_summary = p.train_summary or await self._message(p.jobs[C.TRAINING.value], success=True) or {}
+        if isinstance(p.result.get("lineage"), dict):
+            train_summary = {**p.result["lineage"], **train_summary}
         cfg = self.config
         msg = "training finished"
         if spec.registry.create_model_version:
-            mv = builders.model_version(spec, meta, cfg, evaluation=evaluation, data_summary=status.get("dataReport"),
+            data_summary = status.data_report.model_dump(by_alias=True, mode="json", exclude_unset=True) if status.data_report else None
+            mv = builders.model_version(spec, meta, cfg, evaluation=evaluation, data_summary=data_summary,
                                         train_summary=train_summary, has_report=report_md is not None)
             name = mv["metadata"]["name"]
             obj, _ = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
@@ -226,25 +316,27 @@ class Reconciler:
             if ((obj.get("status") or {}).get("phase") or "Pending") == "Pending":
                 await self.client.patch(r.MODELVERSIONS, meta.namespace, name, {"status": model_version_status(
                     evaluation, meta.name, (obj.get("metadata") or {}).get("generation") or 1)}, subresource="status")
-            status["children"]["modelVersion"] = name
+            status.children = status.children or ChildRefs()
+            status.children.model_version = name
             evaluated = "" if (evaluation or {}).get("verdict") in ("Passed", "Failed") else ", not evaluated"
             msg = f"registered ModelVersion {name} ({phase}{evaluated})"
-        status["metrics"] = st.headline_metrics(evaluation)
+        status.metrics = st.headline_metrics(evaluation)
         if evaluation:
-            status["verdict"] = evaluation.get("verdict")
-        status["phase"] = "Succeeded"
-        status["completionTime"] = status.get("completionTime") or st.now()
-        status["message"] = msg
-        status["conditions"] = st.set_condition(status["conditions"], "Succeeded", "True", "Completed", msg, meta.generation)
-        status["conditions"] = st.set_condition(status["conditions"], "Ready", "True", "Succeeded", msg, meta.generation)
+            status.verdict = evaluation.get("verdict")
+        status.phase = FineTuneJobPhase.SUCCEEDED.value
+        status.completion_time = status.completion_time or st.utcnow()
+        status.message = msg
+        p.set(C.SUCCEEDED, True, R.COMPLETED, msg)
+        p.set(C.READY, True, R.SUCCEEDED, msg)
 
     # --- helpers ------------------------------------------------------------------------------
-    def _fail(self, status: dict, meta: JobMeta, reason: str, message: str, ready_reason: str | None = None) -> None:
-        status["phase"] = "Failed"
-        status["message"] = message
-        status["completionTime"] = status.get("completionTime") or st.now()
-        status["conditions"] = st.set_condition(status.get("conditions") or [], "Failed", "True", reason, message, meta.generation)
-        status["conditions"] = st.set_condition(status["conditions"], "Ready", "False", ready_reason or reason, message, meta.generation)
+    def _fail(self, status: FineTuneJobStatus, meta: JobMeta, reason: str | Enum, message: str) -> None:
+        now = st.utcnow()
+        status.phase = FineTuneJobPhase.FAILED.value
+        status.message = message
+        status.completion_time = status.completion_time or now
+        set_condition(status.conditions, C.FAILED, True, reason, message, now=now, generation=meta.generation)
+        set_condition(status.conditions, C.READY, False, reason, message, now=now, generation=meta.generation)
 
     async def _ensure(self, res: r.Resource, manifest: dict) -> None:
         """Create; an existing object (409) counts as done and is not read."""
@@ -301,18 +393,19 @@ class Reconciler:
             return None
         return publish.extract_report(text or "")
 
-    async def _write(self, body: dict, old: dict, status: dict) -> dict | None:
+    async def _write(self, body: dict, old: dict, status: FineTuneJobStatus) -> dict | None:
         """Patch the status when it changed (and post an Event on a phase change); the patched object."""
         m = body["metadata"]
-        metrics.set_phase(m.get("namespace") or "default", m["name"], status.get("phase", "Pending"))
-        if not st.status_changed(old, status):
+        new = st.wire(status)
+        metrics.set_phase(m.get("namespace") or "default", m["name"], new.get("phase", "Pending"))
+        if not st.status_changed(old, new):
             return None
-        written = await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, status)},
+        written = await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, new)},
                                           subresource="status")
-        if old.get("phase") != status.get("phase"):
-            failed = status.get("phase") == "Failed"
-            await self.client.event(body, type="Warning" if failed else "Normal", reason=status.get("phase", "Pending"),
-                                    message=status.get("message") or f"phase {old.get('phase', 'Pending')} → {status.get('phase')}")
+        if old.get("phase") != new.get("phase"):
+            failed = new.get("phase") == "Failed"
+            await self.client.event(body, type="Warning" if failed else "Normal", reason=new.get("phase", "Pending"),
+                                    message=new.get("message") or f"phase {old.get('phase', 'Pending')} → {new.get('phase')}")
         return written if isinstance(written, dict) else None
 
 
@@ -323,13 +416,15 @@ def model_version_status(evaluation: dict | None, job: str, generation: int) -> 
     phase = model_version_phase(evaluation)
     verdict = (evaluation or {}).get("verdict") or "NotEvaluated"
     evaluated = verdict in ("Passed", "Failed")
-    conds = st.set_condition([], "Evaluated", "True" if evaluated else "False", verdict,
-                             _verdict_message(evaluation) if evaluated else "never evaluated against its base: no gates were applied")
-    conds = st.set_condition(conds, "Ready", "True" if phase == "Ready" else "False",
-                             ("Registered" if evaluated else "RegisteredNotEvaluated") if phase == "Ready" else "GatesFailed",
-                             _verdict_message(evaluation))
+    now = st.utcnow()
+    conds: list[Condition] = []
+    set_condition(conds, ModelVersionCondition.EVALUATED, evaluated, verdict,
+                  _verdict_message(evaluation) if evaluated else "never evaluated against its base: no gates were applied", now=now)
+    ready = (ModelVersionReason.REGISTERED if evaluated else ModelVersionReason.REGISTERED_NOT_EVALUATED) if phase == "Ready" \
+        else ModelVersionReason.GATES_FAILED
+    set_condition(conds, ModelVersionCondition.READY, phase == "Ready", ready, _verdict_message(evaluation), now=now)
     msg = f"registered from FineTuneJob {job}" + ("" if evaluated else " without evaluation (verdict NotEvaluated)")
-    return {"phase": phase, "observedGeneration": generation, "message": msg, "conditions": conds}
+    return {"phase": phase, "observedGeneration": generation, "message": msg, "conditions": [c.wire() for c in conds]}
 
 
 def _verdict_message(evaluation: dict | None) -> str:

@@ -1,4 +1,5 @@
-"""Pure helpers: child Job states, termination messages, conditions, progress parsing, status diffs."""
+"""Pure helpers: child Job states, termination messages, the typed status and its wire form, progress parsing,
+status diffs. Conditions are set with `tuneloop.api.conditions.set_condition`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import math
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
+from tuneloop.api import FineTuneJobStatus
 from tuneloop.contract import lineage
 from tuneloop.contract import progress as progress_contract
 
@@ -18,8 +21,36 @@ TERMINAL = ("Succeeded", "Failed")
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
+def utcnow() -> dt.datetime:
+    """Now, to the second (how status times are written)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
 def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def read_status(raw: dict[str, Any]) -> FineTuneJobStatus:
+    """The status as the API server holds it, typed. The CRD's schema is the model's, so it validates; a status
+    that does not (written by hand) is rebuilt from nothing."""
+    try:
+        return FineTuneJobStatus.model_validate(raw)
+    except ValidationError:
+        return FineTuneJobStatus()
+
+
+def wire(status: FineTuneJobStatus) -> dict[str, Any]:
+    """The status as it is written: the fields the server had plus those this pass set (nothing else)."""
+    return status.model_dump(by_alias=True, mode="json", exclude_unset=True)
+
+
+def wire_progress(status: FineTuneJobStatus) -> dict[str, Any]:
+    """status.progress in wire form ({} when there is none), for the progress helpers below."""
+    return status.progress.model_dump(by_alias=True, mode="json", exclude_unset=True) if status.progress else {}
 
 
 def job_state(job: dict[str, Any] | None) -> str:
@@ -92,34 +123,13 @@ def parse_message(text: str, exit_code: int | None = None) -> dict[str, Any]:
     return out
 
 
-def set_condition(conditions: list[dict[str, Any]], type: str, status: str, reason: str, message: str = "",
-                  generation: int | None = None) -> list[dict[str, Any]]:
-    """Upsert one condition; lastTransitionTime changes only when `status` changes."""
-    out = [dict(c) for c in conditions]
-    for c in out:
-        if c.get("type") == type:
-            if c.get("status") != status:
-                c["lastTransitionTime"] = now()
-            c.update(status=status, reason=reason, message=message[:2000])
-            if generation is not None:
-                c["observedGeneration"] = generation
-            return out
-    new = {"type": type, "status": status, "reason": reason, "message": message[:2000], "lastTransitionTime": now()}
-    if generation is not None:
-        new["observedGeneration"] = generation
-    return [*out, new]
-
-
-def condition(conditions: list[dict[str, Any]], type: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type), None)
-
-
 def status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether a patch is needed (progress.updatedAt alone is not a change)."""
-    def norm(s: dict[str, Any]) -> str:
+    """Whether a patch is needed (progress.updatedAt alone is not a change; numbers compare by value, so a
+    float field the server hands back as `0` equals the typed status' `0.0`)."""
+    def norm(s: dict[str, Any]) -> dict[str, Any]:
         s = json.loads(json.dumps(s, default=str))
         (s.get("progress") or {}).pop("updatedAt", None)
-        return json.dumps(s, sort_keys=True)
+        return s
 
     return norm(old) != norm(new)
 
