@@ -112,6 +112,19 @@ def test_two_iterations_the_second_loses_to_the_first_as_champion(tmp_path, tiny
     ledger = json.loads((root / "schedule.json").read_text())["iterations"]
     assert len(ledger) == 3 and "outcome" not in ledger[2] and ledger[2]["champion"]["iteration"] == "001"
 
+    # the same command finishes the unfinished iteration (still against 001: 002 lost)
+    assert cli([*base[:2], str(worse), *base[2:]]) == 0
+    out = capsys.readouterr().out
+    assert "resuming 003" in out and f"the champion stays iteration 001 ({mv1})" in out
+    ledger = json.loads((root / "schedule.json").read_text())["iterations"]
+    assert len(ledger) == 3 and ledger[2]["outcome"] == "Rejected" and ledger[2]["data"]["files"] == 2
+
+    # --force: a new iteration although nothing changed
+    assert cli([*base[:2], str(worse), *base[2:], "--force", "--to-stage", "prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "iteration 004" in out and "--force: a new iteration on the same spec and data" in out
+    assert "Data unchanged since iteration 003" in out
+
 
 def test_an_invalid_template_is_refused_with_every_problem_at_once(tmp_path, tiny, capsys):
     doc = schedule_doc(tiny)

@@ -98,7 +98,8 @@ def template_problems(template: dict[str, Any], spec_dir: Path, data_dir: Path) 
     PVC sources, which a local run reads under the data directory."""
     from .validate_cmd import local_path_problems
 
-    out = [f"{where.replace('spec.', 'spec.jobTemplate.spec.', 1)}: {why}" for where, why in local_path_problems(template, spec_dir)]
+    out = [f"{where.replace('spec.', 'spec.jobTemplate.spec.', 1)}: {why}" for where, why in local_path_problems(template, spec_dir)
+           if where != "spec.evaluation.serving.evalJson"]  # replaced by the champion's (or dropped)
     for split in DATA_SOURCES:
         pvc = _get(template, ("dataset", split, "pvc"))
         if isinstance(pvc, dict) and pvc.get("path") is not None:
