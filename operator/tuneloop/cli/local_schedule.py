@@ -253,7 +253,8 @@ def judge(sched: FineTuneSchedule, it_dir: Path, job_name: str, champion: Champi
         message = (f"{mv_name} {won}: it is the champion from now on (in a cluster it would become Rollout "
                    f"{sched.spec.hand_off.rollout.name}'s candidate)")
     else:
-        message = j.message.replace("; not rolled out", "").replace(" was not rolled out:", " does not replace the champion:")
+        lost = " does not replace the champion:" if champion else " does not become the champion:"
+        message = j.message.replace("; not rolled out", "").replace(" was not rolled out:", lost)
         message += f"; the champion stays {champion.label()}" if champion else "; there is still no champion"
     return {"modelVersion": mv_name, "verdict": j.verdict, "servingOutcome": j.serving_outcome, "servingReason": serving.get("reason"),
             "servingMetric": serving.get("metric"), "outcome": outcome, "message": message, "finishedAt": datetime.now(UTC).isoformat()}
@@ -370,7 +371,7 @@ def _say(console: Any, entry: dict[str, Any], champion: Champion | None) -> None
 
     console.print()
     won = entry["outcome"] == RunOutcome.HANDED_OFF.value
-    head = "[green]wins[/]" if won else "[yellow]does not replace the champion[/]"
+    head = "[green]wins[/]" if won else f"[yellow]does not {'replace' if champion else 'become'} the champion[/]"
     console.print(f"[bold]iteration {entry['iteration']}[/] ({entry['modelVersion']}) {head}: outcome {entry['outcome']}, "
                   f"verdict {entry['verdict']}" + (f", serving outcome {entry['servingOutcome']}" if entry.get("servingOutcome") else ""),
                   soft_wrap=True)
