@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneloop.api.common import Condition, ConditionStatus
+from tuneloop.api.common import Condition
+from tuneloop.api.conditions import FineTuneScheduleCondition, set_condition
 from tuneloop.api.schedule import (
     RETRAIN_ANNOTATION,
     DataObservation,
@@ -27,11 +28,11 @@ from tuneloop.api.schedule import (
     ScheduleRun,
     TriggerKind,
 )
+from tuneloop.operator.analysis.prometheus import PrometheusClient, PrometheusError, QueryClient
 from tuneloop.operator.finetunejob.state import termination
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout.analysis import parse_duration
-from tuneloop.operator.rollout.prometheus import MetricsProvider, PrometheusClient, PrometheusError
 
 from . import build, decide
 
@@ -208,7 +209,7 @@ class Reconciler:
         for trig in sched.spec.triggers.prometheus:
             obs = by_name.get(trig.name) or PrometheusObservation(name=trig.name)
             if decide.prometheus_check_due(by_name.get(trig.name), trig.interval, now) and not sched.spec.suspend:
-                provider: MetricsProvider = self.provider_factory(trig.prometheus_address or self.prometheus_url)
+                provider: QueryClient = self.provider_factory(trig.prometheus_address or self.prometheus_url)
                 try:
                     obs = decide.observe_prometheus(obs, await provider.query(trig.query), None, now)
                 except PrometheusError as exc:
@@ -271,13 +272,10 @@ class Reconciler:
         if not done:
             return [c.wire() for c in old]
         last = done[-1]
-        ok = _v(last.phase) == RunPhase.SUCCEEDED.value
-        cond = Condition(type="LastRunSucceeded", status=ConditionStatus.TRUE if ok else ConditionStatus.FALSE,
-                         reason=_v(last.outcome), message=f"{last.name}: {last.message}"[:1024], observed_generation=generation)
-        prev = next((c for c in old if c.type == cond.type), None)
-        same = prev is not None and _v(prev.status) == _v(cond.status) and prev.reason == cond.reason and prev.message == cond.message
-        cond.last_transition_time = prev.last_transition_time if same and prev else now
-        return [*(c.wire() for c in old if c.type != cond.type), cond.wire()]
+        conds = [c.model_copy() for c in old]
+        set_condition(conds, FineTuneScheduleCondition.LAST_RUN_SUCCEEDED, _v(last.phase) == RunPhase.SUCCEEDED.value,
+                      _v(last.outcome), f"{last.name}: {last.message}", now=now, generation=generation)
+        return [c.wire() for c in conds]
 
     def _delay(self, sched: FineTuneSchedule, st: FineTuneScheduleStatus, runs: list[ScheduleRun], now: dt.datetime) -> float:
         spec = sched.spec
