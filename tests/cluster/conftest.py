@@ -204,6 +204,7 @@ class Env:
         self.sa_kubeconfig: Path | None = None
         self.operator: OperatorProcess | None = None
         self.trainer_metrics_port = free_port()
+        self.operator_metrics_port = free_port()  # the operator's /metrics (the drift gauges), scraped by test_5's Prometheus
         self.prometheus_url = ""
         self.state: dict[str, Any] = {}  # what earlier tests of the chain leave for later ones
 
@@ -212,6 +213,7 @@ class Env:
         # commit before a fix, to see a test fail before it)
         src = os.environ.get("TUNELOOP_CLUSTER_OPERATOR_SRC")
         return {**({"PYTHONPATH": src} if src else {}),"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "3",
+                "TUNELOOP_METRICS_PORT": str(self.operator_metrics_port),
                 "TUNELOOP_PROMETHEUS_URL": self.prometheus_url or "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
 
     def start_operator(self) -> OperatorProcess:

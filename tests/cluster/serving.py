@@ -155,10 +155,12 @@ class Gateway(threading.Thread):
         self.stop_event = threading.Event()
         self.rng = random.Random(7)
         self.sem = threading.Semaphore(16)
+        # what clients ask; a test may replace the list while traffic flows (e.g. to shift prompt lengths)
+        self.prompts: list[str] = ["where is my order ORD-123456?"]
 
     def _send(self, service: str, port: int) -> None:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "where is my order ORD-123456?"}],
-                           "max_tokens": 16}).encode()
+        prompt = self.rng.choice(self.prompts)
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
@@ -204,7 +206,9 @@ class Gateway(threading.Thread):
 class Prometheus:
     """The real `prometheus` binary scraping the file_sd targets every second."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, static_targets: dict[str, str] | None = None, rules: dict | None = None):
+        """`static_targets`: job name -> host:port scraped besides the vLLM pods (e.g. the operator's /metrics);
+        `rules`: a rule-file document ({"groups": [...]}) Prometheus evaluates every second."""
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus binary not found (apt-get install -y prometheus)")
@@ -214,11 +218,18 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.sd_file = workdir / "vllm-targets.json"
         self.sd_file.write_text("[]")
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump({
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "vllm", "scrape_interval": "1s", "scrape_timeout": "1s",
                                 "file_sd_configs": [{"files": [str(self.sd_file)], "refresh_interval": "1s"}]}],
-        }))
+        }
+        for job, target in (static_targets or {}).items():
+            config["scrape_configs"].append({"job_name": job, "scrape_interval": "1s", "scrape_timeout": "1s",
+                                             "static_configs": [{"targets": [target]}]})
+        if rules is not None:
+            (workdir / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+            config["rule_files"] = [str(workdir / "rules.yaml")]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -242,6 +253,11 @@ class Prometheus:
 
         with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout=5) as resp:
             return json.loads(resp.read())["data"]["result"]
+
+    def alerts(self) -> list[dict]:
+        """Active alerts (pending and firing) as Prometheus's /api/v1/alerts lists them."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/alerts", timeout=5) as resp:
+            return json.loads(resp.read())["data"]["alerts"]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -130,7 +130,6 @@ def test_tokenizer_and_reply_knobs_count_tokens_like_vllm(tmp_path: Path):
     """With {"tokenizer": true} the token histograms count the chat-templated prompt and the answer (+ EOS) with the
     served model's tokenizer, as vLLM does, so they are comparable with what `prepare` measured on the train split."""
     from transformers import AutoTokenizer
-
     from tuneloop_trainer.testing import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")
