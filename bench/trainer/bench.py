@@ -60,8 +60,8 @@ def spec_for(task: str, micro: int, steps: int, data: Path, out: Path) -> dict:
 
 def run_tuneloop(spec_file: Path, work: Path) -> dict:
     from tuneloop_trainer.context import load_context
-    from tuneloop_trainer.prepare import run as prepare
-    from tuneloop_trainer.train import run as train
+    from tuneloop_trainer.stages.prepare import run as prepare
+    from tuneloop_trainer.stages.train import run as train
 
     ctx = load_context(spec_file, work)
     prepare(ctx)
@@ -85,10 +85,10 @@ def run_plain(spec_file: Path, work: Path) -> dict:
     """The plain recipe: HF Trainer, default arguments, batches padded to the longest record (DataCollatorForSeq2Seq)."""
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
-    from tuneloop_trainer.collate import load_split
     from tuneloop_trainer.context import load_context
     from tuneloop_trainer.modeling import load_base
-    from tuneloop_trainer.prepare import run as prepare
+    from tuneloop_trainer.stages.prepare import run as prepare
+    from tuneloop_trainer.training.collate import load_split
 
     ctx = load_context(spec_file, work)
     prepare(ctx)

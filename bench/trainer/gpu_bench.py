@@ -117,7 +117,7 @@ def patch_load_base(path: Path) -> None:
 def lora_flops_model(path: Path):
     """FlopsModel of LoRA r16 on every linear layer of the shape (flops.py, counted from the config)."""
     from transformers import AutoConfig
-    from tuneloop_trainer.flops import FlopsModel
+    from tuneloop_trainer.training.flops import FlopsModel
 
     c = AutoConfig.from_pretrained(str(path))
     h, i, hd = c.hidden_size, c.intermediate_size, c.hidden_size // c.num_attention_heads
@@ -165,8 +165,8 @@ def mean_context(ds) -> float:
 
 def run_tuneloop(spec_file: Path, work: Path, recipe: str) -> dict:
     from tuneloop_trainer.context import load_context
-    from tuneloop_trainer.prepare import run as prepare
-    from tuneloop_trainer.train import run as train
+    from tuneloop_trainer.stages.prepare import run as prepare
+    from tuneloop_trainer.stages.train import run as train
 
     ctx = load_context(spec_file, work)
     prepare(ctx)
@@ -197,9 +197,9 @@ def run_plain(spec_file: Path, work: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
     from tuneloop_trainer import modeling
-    from tuneloop_trainer.collate import load_split
     from tuneloop_trainer.context import load_context
-    from tuneloop_trainer.prepare import run as prepare
+    from tuneloop_trainer.stages.prepare import run as prepare
+    from tuneloop_trainer.training.collate import load_split
 
     ctx = load_context(spec_file, work)
     prepare(ctx)
@@ -247,9 +247,9 @@ def run_plain(spec_file: Path, work: Path) -> dict:
 
 def one(run: str, work: Path) -> dict:
     import torch
-    from tuneloop_trainer.collate import load_split
-    from tuneloop_trainer.flops import mfu, peak_tflops
     from tuneloop_trainer.modeling import load_tokenizer
+    from tuneloop_trainer.training.collate import load_split
+    from tuneloop_trainer.training.flops import mfu, peak_tflops
 
     shape, task, micro, steps, recipe = run.split("/")
     micro, steps = int(micro), int(steps)
@@ -327,9 +327,9 @@ def environment() -> dict:
             out[d] = md.version(d)
         except md.PackageNotFoundError:
             out[d] = None
-    from tuneloop_trainer.attention import backend
-    from tuneloop_trainer.flops import peak_tflops
-    from tuneloop_trainer.loss import loss_backend
+    from tuneloop_trainer.training.attention import backend
+    from tuneloop_trainer.training.flops import peak_tflops
+    from tuneloop_trainer.training.loss import loss_backend
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     out.update(varlen_backend=backend(dev), loss_backend=loss_backend(dev), peak_tflops=peak_tflops())

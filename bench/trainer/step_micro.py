@@ -13,8 +13,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from tuneloop_trainer.collate import FlatCollator, PaddedCollator, sparse_logits_loss
-from tuneloop_trainer.encoding import encode
+from tuneloop_trainer.dataset.encoding import encode
+from tuneloop_trainer.training.collate import FlatCollator, PaddedCollator, sparse_logits_loss
 
 from bench import records
 

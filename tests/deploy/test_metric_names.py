@@ -42,7 +42,7 @@ def known() -> dict[str, set[str] | None]:
     """Every queryable series name → its own label names (None: not checked, e.g. vLLM's)."""
     import tuneloop.operator.rollout.metrics  # noqa: F401  registers the rollout metrics on REGISTRY
     from tuneloop.operator.metrics import REGISTRY
-    from tuneloop_trainer.metrics import TrainerMetrics
+    from tuneloop_trainer.training.metrics import TrainerMetrics
 
     operator = _exposed(REGISTRY._collector_to_names)
     trainer_metrics = TrainerMetrics(job="j", namespace="n")

@@ -1,12 +1,12 @@
-"""Intervals, paired differences, McNemar and timing noise (tuneloop_trainer.eval_stats / eval_compare). Pure."""
+"""Intervals, paired differences, McNemar and timing noise (tuneloop_trainer.evaluation.stats / compare). Pure."""
 
 from __future__ import annotations
 
 import pytest
-from tuneloop_trainer import eval_compare
-from tuneloop_trainer.eval_baselines import baseline_predictions, majority_answer
-from tuneloop_trainer.eval_items import task_items
-from tuneloop_trainer.eval_stats import ItemScores, beyond_noise, difference_interval, interval, mcnemar_exact, spread, wilson
+from tuneloop_trainer.evaluation import compare as eval_compare
+from tuneloop_trainer.evaluation.baselines import baseline_predictions, majority_answer
+from tuneloop_trainer.evaluation.items import task_items
+from tuneloop_trainer.evaluation.stats import ItemScores, beyond_noise, difference_interval, interval, mcnemar_exact, spread, wilson
 
 pytestmark = pytest.mark.unit
 
@@ -82,8 +82,8 @@ def test_rows_carry_intervals_references_and_outcomes():
 
 
 def test_corpus_bleu_is_resampled_exactly_from_per_item_counts():
-    from tuneloop_trainer.eval_items import bleu_items, unwire, wire
-    from tuneloop_trainer.eval_metrics import bleu
+    from tuneloop_trainer.evaluation.items import bleu_items, unwire, wire
+    from tuneloop_trainer.evaluation.metrics import bleu
 
     preds = ["the cat sat on the mat today", "a dog ran in the big park", "hello world", "json please"]
     refs = ["the cat sat on the mat", "a dog ran in the park", "hello there world", "json please now"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from tuneloop.api.evaluation import ForgettingCheck, Gate
-from tuneloop_trainer.eval_gates import check_gate, comparisons, decide
+from tuneloop_trainer.evaluation.gates import check_gate, comparisons, decide
 
 pytestmark = pytest.mark.unit
 

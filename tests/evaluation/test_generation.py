@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from tuneloop_trainer.eval_generate import chat_prompt, generate, reference_nll, reference_pair, shared_prefix_length
+from tuneloop_trainer.evaluation.generate import chat_prompt, generate, reference_nll, reference_pair, shared_prefix_length
 from tuneloop_trainer.testing import make_tiny_model
 
 pytestmark = pytest.mark.unit

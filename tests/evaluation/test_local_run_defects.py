@@ -159,8 +159,8 @@ def test_4_an_empty_train_file_is_named_and_test_records_are_counted_apart(tmp_p
 
 def test_5_loss_is_the_last_steps_and_duplicated_rows_count_once(tmp_path):
     from tuneloop.cli.local_progress import stage_headline
-    from tuneloop_trainer.report_analysis import curve_facts
-    from tuneloop_trainer.report_inputs import read_progress
+    from tuneloop_trainer.report.analysis import curve_facts
+    from tuneloop_trainer.report.inputs import read_progress
 
     rows = [{"step": s, "loss": 1.0 - s / 50, "eval_loss": None} for s in range(1, 41)]
     rows.append({"step": 40, "loss": 0.2, "eval_loss": 0.3})  # step 40's evaluation row repeats it
@@ -180,7 +180,7 @@ def test_6_noise_deepspeed_warning_metrics_address_and_one_eta():
     import sys
 
     from tuneloop.cli.local_progress import StageDisplay
-    from tuneloop_trainer.metrics import listen_address
+    from tuneloop_trainer.training.metrics import listen_address
 
     code = ("from tuneloop.cli.local_cmd import _quiet_libraries; _quiet_libraries()\n"
             "from deepspeed.accelerator import get_accelerator; get_accelerator()")
@@ -199,7 +199,7 @@ def test_6_noise_deepspeed_warning_metrics_address_and_one_eta():
 def test_6_a_loaded_machine_is_said_in_the_report():
     from types import SimpleNamespace
 
-    from tuneloop_trainer.report_analysis import challenges
+    from tuneloop_trainer.report.analysis import challenges
 
     run = SimpleNamespace(data_report={}, results={}, lineage={}, missing=[],
                           local_run={"stages": [{"stage": "train", "loadAverage": 999.0}]})

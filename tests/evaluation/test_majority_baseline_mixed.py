@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tuneloop_trainer.eval_baselines import baseline_predictions, majority_answer
+from tuneloop_trainer.evaluation.baselines import baseline_predictions, majority_answer
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 from tuneloop.api.evaluation import METRICS, Gate, MetricInfo, metric_info
-from tuneloop_trainer import eval_metrics, evaluate, report, report_analysis, report_charts
-from tuneloop_trainer.eval_gates import check_gate, comparisons
+from tuneloop_trainer.evaluation import metrics as eval_metrics
+from tuneloop_trainer.evaluation.gates import check_gate, comparisons
+from tuneloop_trainer.report import analysis as report_analysis
+from tuneloop_trainer.report import charts as report_charts
+from tuneloop_trainer.stages import evaluate, report
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from tuneloop_trainer import eval_metrics as m
+from tuneloop_trainer.evaluation import metrics as m
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from tuneloop.api.evaluation import EvaluationRecord, Gate
 from tuneloop.contract.termination import TERMINATION_LIMIT, fit_publish
-from tuneloop_trainer import eval_compare
-from tuneloop_trainer.eval_gates import decide
-from tuneloop_trainer.eval_stats import ItemScores
+from tuneloop_trainer.evaluation import compare as eval_compare
+from tuneloop_trainer.evaluation.gates import decide
+from tuneloop_trainer.evaluation.stats import ItemScores
 
 pytestmark = pytest.mark.unit
 

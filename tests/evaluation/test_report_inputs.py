@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tuneloop_trainer.report_analysis import curve_facts, fmt, fmt_change
-from tuneloop_trainer.report_inputs import label_distribution, read_progress, validation_points
+from tuneloop_trainer.report.analysis import curve_facts, fmt, fmt_change
+from tuneloop_trainer.report.inputs import label_distribution, read_progress, validation_points
 
 pytestmark = pytest.mark.unit
 

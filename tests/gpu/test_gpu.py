@@ -53,7 +53,7 @@ def _env(tmp: Path) -> dict[str, str]:
 def _stage(stage: str, spec: Path, work: Path, tmp: Path, timeout: int = 240) -> dict:
     if stage == "prepare":  # CPU-only and quick: in process
         from tuneloop_trainer.context import load_context
-        from tuneloop_trainer.prepare import run as prepare
+        from tuneloop_trainer.stages.prepare import run as prepare
 
         prepare(load_context(spec, work))
         return json.loads((work / "result-prepare.json").read_text()) if (work / "result-prepare.json").exists() else {"outcome": "Succeeded"}
@@ -65,10 +65,10 @@ def _stage(stage: str, spec: Path, work: Path, tmp: Path, timeout: int = 240) ->
 
 def test_varlen_attention_kernel_matches_reference():
     import torch
-    from tuneloop_trainer.attention import _sdpa_loop, backend, varlen_attention_forward
+    from tuneloop_trainer.training.attention import _sdpa_loop, backend, varlen_attention_forward
 
     assert backend("cuda") in ("flash_attn", "torch_varlen"), backend("cuda")
-    from tuneloop_trainer import attention
+    from tuneloop_trainer.training import attention
 
     attention._probe(backend("cuda"))
     print("varlen kernel", backend("cuda"), "grouped-query native:", attention._state["gqa_native"])
@@ -94,7 +94,7 @@ def test_varlen_attention_kernel_matches_reference():
 def test_fused_loss_matches_reference_on_cuda(monkeypatch, liger):
     import torch
     import torch.nn.functional as F
-    from tuneloop_trainer import loss
+    from tuneloop_trainer.training import loss
 
     monkeypatch.setenv("TUNELOOP_LIGER", liger)
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -114,10 +114,10 @@ def test_fused_loss_matches_reference_on_cuda(monkeypatch, liger):
 def test_packed_default_gives_the_padded_loss_on_cuda(tiny):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from tuneloop_trainer.attention import use_varlen_attention
-    from tuneloop_trainer.collate import PackedCollator, PaddedCollator
-    from tuneloop_trainer.encoding import encode
-    from tuneloop_trainer.loss import install_fused_loss
+    from tuneloop_trainer.dataset.encoding import encode
+    from tuneloop_trainer.training.attention import use_varlen_attention
+    from tuneloop_trainer.training.collate import PackedCollator, PaddedCollator
+    from tuneloop_trainer.training.loss import install_fused_loss
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
     feats = [dict(zip(("input_ids", "labels"), encode(tok, r))) for r in chat_records(8, system=True)]

@@ -8,10 +8,10 @@ import sys
 import pytest
 from tuneloop.api import FineTuneJobSpec
 from tuneloop_trainer.context import load_context
-from tuneloop_trainer.distributed import Topology, topology, torchrun_command
-from tuneloop_trainer.dsconfig import deepspeed_config
 from tuneloop_trainer.errors import ConfigError
-from tuneloop_trainer.prepare import run as prepare
+from tuneloop_trainer.stages.prepare import run as prepare
+from tuneloop_trainer.training.distributed import Topology, topology, torchrun_command
+from tuneloop_trainer.training.dsconfig import deepspeed_config
 
 from .conftest import free_port, run_stage, stage_env
 

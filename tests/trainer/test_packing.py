@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tuneloop_trainer.context import load_context
-from tuneloop_trainer.prepare import run as prepare
-from tuneloop_trainer.train import run as train
+from tuneloop_trainer.stages.prepare import run as prepare
+from tuneloop_trainer.stages.train import run as train
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_chunked_linear_cross_entropy_matches_reference(dtype, tol, bias):
-    from tuneloop_trainer.loss import chunked_linear_cross_entropy
+    from tuneloop_trainer.training.loss import chunked_linear_cross_entropy
 
     g = torch.Generator().manual_seed(1)
     n, h, v = 53, 24, 301
@@ -43,7 +43,7 @@ def test_chunked_linear_cross_entropy_matches_reference(dtype, tol, bias):
 
 
 def test_chunked_loss_skips_gradients_it_does_not_need():
-    from tuneloop_trainer.loss import chunked_linear_cross_entropy
+    from tuneloop_trainer.training.loss import chunked_linear_cross_entropy
 
     x = torch.randn(9, 8, requires_grad=True)
     w = torch.randn(50, 8)  # frozen head (LoRA): no weight gradient is computed or returned
@@ -56,7 +56,7 @@ def test_chunked_loss_skips_gradients_it_does_not_need():
 
 
 def test_liger_is_optional_and_the_chunked_loss_is_the_fallback(monkeypatch):
-    from tuneloop_trainer import loss
+    from tuneloop_trainer.training import loss
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # not installed
     monkeypatch.setitem(sys.modules, "liger_kernel.ops.fused_linear_cross_entropy", None)
@@ -80,7 +80,7 @@ def _ref_attention(q, k, v, lengths):
 
 @pytest.mark.parametrize("given", ["cu_seq_lens", "position_ids"])
 def test_varlen_attention_never_crosses_records(given):
-    from tuneloop_trainer.attention import backend, varlen_attention_forward
+    from tuneloop_trainer.training.attention import backend, varlen_attention_forward
 
     assert backend("cpu") == "sdpa_loop"
     lengths = [5, 1, 9, 3]
@@ -98,7 +98,7 @@ def test_varlen_attention_never_crosses_records(given):
 def test_varlen_backend_prefers_flash_attn_when_installed(monkeypatch):
     import types
 
-    from tuneloop_trainer import attention
+    from tuneloop_trainer.training import attention
 
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
     assert attention.backend("cuda") == "flash_attn"
@@ -111,7 +111,7 @@ def test_varlen_backend_prefers_flash_attn_when_installed(monkeypatch):
 # ---------------------------------------------------------------- packing
 
 def test_pack_by_tokens_keeps_every_record_once_within_the_budget():
-    from tuneloop_trainer.collate import EncodedDataset, PackedCollator, pack_by_tokens
+    from tuneloop_trainer.training.collate import EncodedDataset, PackedCollator, pack_by_tokens
 
     lens = [3, 17, 40, 8, 8, 25, 1, 60, 12, 33, 70]  # 70 > budget: a row of its own
     ds = EncodedDataset([{"input_ids": [100 * i + j for j in range(n)], "labels": [100 * i + j for j in range(n)]}
@@ -148,10 +148,10 @@ def _tiny(ctx):
 def test_packed_layout_and_fused_loss_give_the_padded_loss_and_gradients(write_spec):
     """The GPU default path (packed rows + varlen attention + fused LM-head loss) against the plain padded recipe:
     same loss, same gradient for every weight — with a micro-batch of records and with pre-packed rows."""
-    from tuneloop_trainer.attention import use_varlen_attention
-    from tuneloop_trainer.collate import PackedCollator, PaddedCollator, load_split, pack_by_tokens
-    from tuneloop_trainer.loss import install_fused_loss
     from tuneloop_trainer.modeling import load_tokenizer
+    from tuneloop_trainer.training.attention import use_varlen_attention
+    from tuneloop_trainer.training.collate import PackedCollator, PaddedCollator, load_split, pack_by_tokens
+    from tuneloop_trainer.training.loss import install_fused_loss
 
     spec, work = write_spec(records=None)
     ctx = _ctx(spec, work)
@@ -177,7 +177,7 @@ def test_packed_layout_and_fused_loss_give_the_padded_loss_and_gradients(write_s
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, ref_grads[n], atol=1e-5, rtol=1e-4), n
 
-    from tuneloop_trainer.collate import EncodedDataset
+    from tuneloop_trainer.training.collate import EncodedDataset
 
     rows = pack_by_tokens(EncodedDataset(feats), 10_000)
     assert len(rows) == 1
@@ -211,7 +211,7 @@ def test_packing_trains_on_cpu_with_a_token_budget(write_spec, monkeypatch):
 
 
 def test_cpu_default_layout_stays_grouped(write_spec, monkeypatch):
-    from tuneloop_trainer.train import _fused_loss_wanted, _layout
+    from tuneloop_trainer.stages.train import _fused_loss_wanted, _layout
 
     monkeypatch.delenv("TUNELOOP_BATCH_LAYOUT", raising=False)
     monkeypatch.delenv("TUNELOOP_FUSED_LOSS", raising=False)
@@ -243,7 +243,7 @@ def test_full_fine_tuning_packed_saves_a_loadable_model(write_spec, monkeypatch)
 def test_flops_model_counts_lora_and_full(tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    from tuneloop_trainer.flops import FlopsModel, flops_model, mfu, peak_tflops
+    from tuneloop_trainer.training.flops import FlopsModel, flops_model, mfu, peak_tflops
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     cfg = model.config
@@ -266,9 +266,9 @@ def test_flops_model_counts_lora_and_full(tiny_model):
 def test_progress_row_and_gauges_carry_tokens_per_gpu_and_mfu(tmp_path):
     from types import SimpleNamespace
 
-    from tuneloop_trainer.callbacks import ProgressCallback
-    from tuneloop_trainer.flops import FlopsModel
-    from tuneloop_trainer.metrics import TrainerMetrics
+    from tuneloop_trainer.training.callbacks import ProgressCallback
+    from tuneloop_trainer.training.flops import FlopsModel
+    from tuneloop_trainer.training.metrics import TrainerMetrics
 
     metrics = TrainerMetrics("j", "ns")
     coll = SimpleNamespace(tokens=100, attn_pairs=550)  # mean context 5.5

@@ -7,7 +7,7 @@ import json
 import pytest
 from tuneloop_trainer.context import load_context
 from tuneloop_trainer.errors import DataError
-from tuneloop_trainer.prepare import run as prepare
+from tuneloop_trainer.stages.prepare import run as prepare
 from tuneloop_trainer.testing import chat_records, write_jsonl
 
 pytestmark = pytest.mark.unit

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 import torch
 from tuneloop_trainer.context import load_context
-from tuneloop_trainer.prepare import run as prepare
-from tuneloop_trainer.train import run as train
+from tuneloop_trainer.stages.prepare import run as prepare
+from tuneloop_trainer.stages.train import run as train
 
 from .conftest import free_port, stage_env
 
@@ -52,8 +52,8 @@ def test_training_reduces_loss(write_spec, method):
 
 def test_every_batch_layout_gives_the_same_loss_as_padded(write_spec):
     from transformers import AutoModelForCausalLM
-    from tuneloop_trainer.collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
     from tuneloop_trainer.modeling import load_tokenizer
+    from tuneloop_trainer.training.collate import FlatCollator, PaddedCollator, load_split, sparse_logits_loss
 
     spec, work = write_spec()
     ctx = _ctx(spec, work)
@@ -85,7 +85,7 @@ def test_every_batch_layout_gives_the_same_loss_as_padded(write_spec):
 
 def test_loss_only_on_assistant_tokens(tiny_model):
     from transformers import AutoTokenizer
-    from tuneloop_trainer.encoding import encode
+    from tuneloop_trainer.dataset.encoding import encode
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rec = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},

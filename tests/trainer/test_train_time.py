@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_resumed_run_adds_its_time_to_the_killed_runs(tmp_path, monkeypatch):
-    from tuneloop_trainer import callbacks
+    from tuneloop_trainer.training import callbacks
 
     clock = {"now": 1000.0}
     monkeypatch.setattr(callbacks.time, "time", lambda: clock["now"])
@@ -38,7 +38,7 @@ def test_resumed_run_adds_its_time_to_the_killed_runs(tmp_path, monkeypatch):
 
 
 def test_a_missing_or_broken_ledger_counts_this_run_only(tmp_path, monkeypatch):
-    from tuneloop_trainer import callbacks
+    from tuneloop_trainer.training import callbacks
 
     monkeypatch.setattr(callbacks.time, "time", lambda: 100.0)
     path = tmp_path / "train-time.json"

@@ -59,7 +59,8 @@ FORBIDDEN = [
     ("operator/tuneloop/operator/analysis/provider.py", "import aiohttp", "builders and the rollout analysis are pure"),
     ("operator/tuneloop/operator/rollout/drift.py", "from tuneloop.operator.analysis.prometheus import queries", "the rollout core is provider-neutral"),
     ("operator/tuneloop/operator/rollout/reconcile.py", "from tuneloop.operator.analysis import prometheus", "the rollout core is provider-neutral"),
-    ("trainer-image/tuneloop_trainer/report.py", "from tuneloop.operator.builders import modelversion", "the trainer never imports the operator"),
+    ("trainer-image/tuneloop_trainer/stages/report.py", "from tuneloop.operator.builders import modelversion", "the trainer never imports the operator"),
+    ("trainer-image/tuneloop_trainer/evaluation/gates.py", "from tuneloop_trainer.stages import evaluate", "inside the trainer, the concern packages"),
 ]
 
 
@@ -128,5 +129,5 @@ def test_the_operator_does_not_import_the_trainer_dynamically_either(tmp_path):
     sources = [p for sub in ("operator", "cli") for p in sorted((PACKAGES["tuneloop"] / sub).rglob("*.py"))]
     assert [f for p in sources for f in _dynamic_trainer_imports(p)] == []
     probe = tmp_path / "probe.py"  # what builders/config.py did before the contract: the check finds it
-    probe.write_text("import importlib\nfn = importlib.import_module('tuneloop_trainer.dsconfig').deepspeed_config\n")
-    assert _dynamic_trainer_imports(probe) == ["probe.py:2: import_module('tuneloop_trainer.dsconfig')"]
+    probe.write_text("import importlib\nfn = importlib.import_module('tuneloop_trainer.training.dsconfig').deepspeed_config\n")
+    assert _dynamic_trainer_imports(probe) == ["probe.py:2: import_module('tuneloop_trainer.training.dsconfig')"]

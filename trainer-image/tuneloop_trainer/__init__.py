@@ -9,8 +9,8 @@ __all__ = ["STAGES"]
 
 # stage name -> "module:function"; each function takes a StageContext and returns a JSON-able summary.
 STAGES = {
-    "prepare": "tuneloop_trainer.prepare:run",
-    "train": "tuneloop_trainer.train:run",
-    "evaluate": "tuneloop_trainer.evaluate:run",
-    "report": "tuneloop_trainer.report:run",
+    "prepare": "tuneloop_trainer.stages.prepare:run",
+    "train": "tuneloop_trainer.stages.train:run",
+    "evaluate": "tuneloop_trainer.stages.evaluate:run",
+    "report": "tuneloop_trainer.stages.report:run",
 }

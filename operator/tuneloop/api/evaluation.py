@@ -23,7 +23,7 @@ class MetricInfo:
     lower_is_better  direction (gates, the report's better/worse, the tuned-vs-base gain)
     fraction    a 0–1 score: shown as %, drawn in the grouped bar chart, changes in percentage points
     unit, decimals   how other values are shown ("s" → "0.42 s"); no unit: 3 significant decimals
-    scorer      "module:function" that scores one model's task outputs (tuneloop_trainer.eval_metrics.Task)
+    scorer      "module:function" that scores one model's task outputs (tuneloop_trainer.evaluation.metrics.Task)
                 and returns a float, None (nothing to score) or eval_metrics.SKIP (not applicable: no row);
                 None when the evaluate stage measures it itself (forgetting, latency, throughput)
     chart       position in the report's metrics figure (None: not drawn); chart_label names a side panel
@@ -59,7 +59,7 @@ def metric_info(name: str) -> MetricInfo:
     return METRICS.get(name) or MetricInfo(name=name, label=name, selectable=False)
 
 
-_SCORERS = "tuneloop_trainer.eval_metrics"
+_SCORERS = "tuneloop_trainer.evaluation.metrics"
 for _info in (
     MetricInfo("perplexity", "Perplexity on references", lower_is_better=True, scorer=f"{_SCORERS}:score_perplexity",
                chart=100, chart_label="perplexity (lower is better)", comparison=4),

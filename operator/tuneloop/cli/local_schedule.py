@@ -39,7 +39,7 @@ from tuneloop.contract.exits import EXIT_CONFIG_ERROR
 
 LEDGER = "schedule.json"
 JOB_FILE = "finetunejob.yaml"
-OBJECTIVE_ANNOTATION = "tuneloop.dev/objective"  # fills the report's Objective (tuneloop_trainer.report_sections)
+OBJECTIVE_ANNOTATION = "tuneloop.dev/objective"  # fills the report's Objective (tuneloop_trainer.report.sections)
 ITERATION_ANNOTATION = "tuneloop.dev/schedule-iteration"
 # Local paths of a FineTuneJob spec, made absolute (relative to the schedule file) in each iteration's FineTuneJob.
 LOCAL_PATH_KEYS = (("baseModel", "path"), ("baseModel", "gguf", "path"), ("dataset", "train", "path"),

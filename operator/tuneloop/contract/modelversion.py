@@ -2,7 +2,7 @@
 
 The operator registers it from the termination messages (`tuneloop.operator.builders.modelversion`);
 the trainer's report stage writes the same manifest to DIR/report/modelversion.yaml
-(`tuneloop_trainer.report_modelversion`). Both call `build` with the same inputs:
+(`tuneloop_trainer.report.modelversion`). Both call `build` with the same inputs:
 
 - `job`: the FineTuneJob's identity (the trainer reads it from the spec.yaml the operator wrote);
 - `workdir_uri`: where DIR lives as the cluster sees it (`layout.output_location` / `workdir_uri`);

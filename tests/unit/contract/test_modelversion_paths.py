@@ -19,8 +19,9 @@ from tuneloop.operator import builders
 from tuneloop.operator.builders.config import spec_manifest
 from tuneloop.operator.finetunejob import state as st
 from tuneloop.operator.settings import OperatorSettings
-from tuneloop_trainer import publish, report_modelversion
+from tuneloop_trainer import publish
 from tuneloop_trainer.context import load_context
+from tuneloop_trainer.report import modelversion as report_modelversion
 
 pytestmark = pytest.mark.unit
 

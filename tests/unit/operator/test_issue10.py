@@ -84,7 +84,7 @@ def test_eval_loss_is_absent_until_reported_not_zero():
 
 
 def test_fresh_trainer_gauges_report_no_eval_loss():
-    metrics = pytest.importorskip("tuneloop_trainer.metrics")
+    metrics = pytest.importorskip("tuneloop_trainer.training.metrics")
     from prometheus_client import generate_latest
 
     m = metrics.TrainerMetrics("x", "ns")

@@ -9,9 +9,11 @@ from typing import Any
 
 from tuneloop.api.evaluation import Gate, MetricComparison, ServingComparison
 
-from . import eval_compare, eval_items, eval_metrics
-from .eval_baselines import baseline_predictions
-from .eval_stats import ItemScores, spread
+from . import compare as eval_compare
+from . import items as eval_items
+from . import metrics as eval_metrics
+from .baselines import baseline_predictions
+from .stats import ItemScores, spread
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from . import eval_metrics as em
+from . import metrics as em
 
 MAJORITY = "majority"
 COPY_PROMPT = "copyPrompt"

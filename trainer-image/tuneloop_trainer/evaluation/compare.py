@@ -14,7 +14,7 @@ from tuneloop.api.evaluation import (
     metric_info,
 )
 
-from .eval_stats import BOOTSTRAP_SAMPLES, CONFIDENCE, ItemScores, beyond_noise, difference_interval, interval, mcnemar_exact
+from .stats import BOOTSTRAP_SAMPLES, CONFIDENCE, ItemScores, beyond_noise, difference_interval, interval, mcnemar_exact
 
 REFERENCES = ("base", "majority", "copyPrompt", "serving")
 TIMINGS = ("latencySeconds", "tokensPerSecond")

@@ -10,11 +10,11 @@ from typing import Any
 
 from tuneloop.contract import layout
 
-from .errors import TrainerError
+from ..errors import TrainerError
 
 
 def write_lineage(ctx: Any, extra: dict[str, Any]) -> Path:
-    from .modeling import library_versions, locate
+    from ..modeling import library_versions, locate
 
     report_file = ctx.workdir / layout.DATA_REPORT_FILE
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
@@ -46,7 +46,7 @@ def merge_adapter(ctx: Any, prompts: list[list[dict[str, str]]], max_new_tokens:
     import torch
     from peft import PeftModel
 
-    from .modeling import load_base
+    from ..modeling import load_base
 
     art = ctx.artifact_dir
     out = art / "merged"

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-from . import distributed as dist
-from .errors import ConfigError, DataError, ResourceError, TrainerError
+from ..errors import ConfigError, DataError, ResourceError, TrainerError
+from ..training import distributed as dist
 
 
 class LaunchFailed(TrainerError):
@@ -71,8 +71,8 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
     import torch
     from transformers import TrainingArguments
 
-    from .dsconfig import deepspeed_config, gradient_accumulation
-    from .modeling import train_dtype
+    from ..modeling import train_dtype
+    from ..training.dsconfig import deepspeed_config, gradient_accumulation
 
     hp, spec = ctx.spec.hyperparameters, ctx.spec
     accum = gradient_accumulation(hp.batch_size, hp.micro_batch_size, world)
@@ -143,7 +143,7 @@ def _layout(ctx: Any, model: Any) -> str:
     if hp.packing or hp.max_tokens_per_batch:
         return "packed"
     if torch.cuda.is_available():
-        from .attention import backend
+        from ..training.attention import backend
 
         # packed rows pay only with a varlen kernel (flash-attn, or torch >= 2.10's); else the per-record loop
         return "packed" if backend("cuda") != "sdpa_loop" else "grouped"
@@ -225,12 +225,12 @@ def _train(ctx: Any) -> dict[str, Any]:
         cpu_deepspeed()
     from transformers import Trainer
 
-    from .callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback, TrainTimeCallback
-    from .checkpoints import newest_complete, remove_incomplete
-    from .collate import FlatCollator, PackedCollator, PaddedCollator, load_split, pack_by_tokens, sparse_logits_loss
-    from .flops import flops_model
-    from .metrics import TrainerMetrics
-    from .modeling import load_base
+    from ..modeling import load_base
+    from ..training.callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback, TrainTimeCallback
+    from ..training.checkpoints import newest_complete, remove_incomplete
+    from ..training.collate import FlatCollator, PackedCollator, PaddedCollator, load_split, pack_by_tokens, sparse_logits_loss
+    from ..training.flops import flops_model
+    from ..training.metrics import TrainerMetrics
 
     started = time.time()
     spec, hp = ctx.spec, ctx.spec.hyperparameters
@@ -250,7 +250,7 @@ def _train(ctx: Any) -> dict[str, Any]:
     layout = _layout(ctx, model)
     attention = None
     if layout == "packed":
-        from .attention import use_varlen_attention
+        from ..training.attention import use_varlen_attention
 
         attention = use_varlen_attention(model)
         if attention is None:  # a model without transformers' attention interface: rows with its own masks
@@ -271,7 +271,7 @@ def _train(ctx: Any) -> dict[str, Any]:
         collator = PaddedCollator(tok.pad_token_id, sparse_logits=layout == "grouped")
     fused = False
     if _fused_loss_wanted(layout):
-        from .loss import install_fused_loss
+        from ..training.loss import install_fused_loss
 
         fused = install_fused_loss(model)
     loss_func = None if layout == "padded" or fused else sparse_logits_loss
@@ -360,19 +360,19 @@ def _loss_name(fused: bool, layout: str) -> str:
 
     if not fused:
         return "full_logits" if layout == "padded" else "sparse_logits"
-    from .loss import loss_backend
+    from ..training.loss import loss_backend
 
     return "fused_" + loss_backend("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _merge(ctx: Any, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
-    from .artifact import merge_adapter
+    from ..training.artifact import merge_adapter
 
     return merge_adapter(ctx, prompts)
 
 
 def write_lineage_for(ctx: Any, summary: dict[str, Any], tokens: int, wall: float):
-    from .artifact import write_lineage
+    from ..training.artifact import write_lineage
 
     return write_lineage(ctx, {
         "world_size": summary["world_size"],

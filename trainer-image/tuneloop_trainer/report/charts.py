@@ -27,7 +27,7 @@ def _plt():
 def loss_plot(progress: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Training loss (every logged step) and validation loss (where measured) against step."""
     train = [(r["step"], r["loss"]) for r in progress if isinstance(r.get("loss"), (int, float))]
-    from .report_inputs import validation_points
+    from .inputs import validation_points
 
     val = validation_points(progress)
     if not train and not val:

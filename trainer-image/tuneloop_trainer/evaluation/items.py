@@ -1,7 +1,7 @@
 """Per-item scores of one model's outputs on the test items: the input of every interval. Pure.
 
 Each metric becomes an `ItemScores` (per-item numerator and denominator) whose ratio is exactly the
-metric `eval_metrics.score_task` reports — field accuracy is hits over fields, perplexity exp(nll/tokens).
+metric `metrics.score_task` reports — field accuracy is hits over fields, perplexity exp(nll/tokens).
 Corpus BLEU is kept as per-item n-gram statistics (summed, they give corpus BLEU exactly).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from . import eval_metrics as em
-from .eval_stats import ItemScores
+from . import metrics as em
+from .stats import ItemScores
 
 
 def item_key(prompt: str, reference: str) -> str:
@@ -69,7 +69,7 @@ def bleu_items(predictions: list[str], references: list[str]) -> ItemScores | No
 
 
 def _field_items(predictions: list[str], references: list[str], schema: dict[str, Any] | None) -> tuple[list[int], list[int], list[int]]:
-    """Per item: fields right, fields scored, every field right — as `eval_metrics.field_accuracy` counts them."""
+    """Per item: fields right, fields scored, every field right — as `metrics.field_accuracy` counts them."""
     parsed = [em.parse_json(r) for r in references]
     fields = em.schema_fields(schema, [v for ok, v in parsed if ok])
     hits, totals, exact = [], [], []

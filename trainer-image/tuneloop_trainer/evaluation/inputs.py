@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 DEFAULT_FORGETTING_SET = "forgetting.jsonl"
 

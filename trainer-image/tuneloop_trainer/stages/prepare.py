@@ -14,11 +14,11 @@ from typing import Any
 
 from tuneloop.contract.tokenlengths import token_lengths
 
-from . import dataio
-from .errors import DataError
-from .records import Rejected, dedupe_key, normalize, prompt_key
-from .splitting import split_groups
-from .statistics import length_stats, write_text_report
+from ..dataset import dataio
+from ..dataset.records import Rejected, dedupe_key, normalize, prompt_key
+from ..dataset.splitting import split_groups
+from ..dataset.statistics import length_stats, write_text_report
+from ..errors import DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -42,7 +42,7 @@ class _Collector:
         self.rejected.append({"source": source, "file": raw.file, "line": raw.line, "rule": rule, "reason": reason})
 
     def add(self, raw: dataio.RawRecord, source: str) -> None:
-        from .encoding import EncodingError, count_tokens
+        from ..dataset.encoding import EncodingError, count_tokens
 
         if raw.error == "blank":
             self.blank += 1
@@ -113,7 +113,7 @@ def _leakage(col: _Collector) -> None:
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    from .modeling import load_tokenizer, locate
+    from ..modeling import load_tokenizer, locate
 
     spec = ctx.spec
     ds = spec.dataset

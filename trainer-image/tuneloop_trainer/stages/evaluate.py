@@ -21,10 +21,11 @@ from typing import Any
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
 from tuneloop.contract import layout
 
-from . import eval_analysis, eval_metrics
-from .errors import ConfigError
-from .eval_compare import CONFIDENCE_LEVEL, METHOD
-from .eval_data import load_train_answers
+from ..errors import ConfigError
+from ..evaluation import analysis as eval_analysis
+from ..evaluation import metrics as eval_metrics
+from ..evaluation.compare import CONFIDENCE_LEVEL, METHOD
+from ..evaluation.inputs import load_train_answers
 
 FORGETTING_MAX_NEW_TOKENS = 48
 
@@ -73,7 +74,7 @@ def _evaluate_model(
     nll: bool,
 ) -> dict[str, Any]:
     """Generate and score what this model needs; the model is freed before returning."""
-    from .eval_generate import chat_prompt, generate, reference_nll, reference_pair
+    from ..evaluation.generate import chat_prompt, generate, reference_nll, reference_pair
 
     ev = ctx.spec.evaluation
     seed = ctx.spec.hyperparameters.seed
@@ -159,8 +160,8 @@ def _serving_doc(ctx: Any, ev: Any) -> dict[str, Any] | None:
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    from .eval_data import load_forgetting_set, load_test_split
-    from .eval_gates import decide
+    from ..evaluation.gates import decide
+    from ..evaluation.inputs import load_forgetting_set, load_test_split
 
     ev = ctx.spec.evaluation
     started = datetime.now(UTC)
@@ -179,7 +180,7 @@ def run(ctx: Any) -> dict[str, Any]:
     metrics = wanted_metrics(ev)
     need_nll = MetricName.PERPLEXITY.value in metrics
 
-    from .modeling import load_base, load_tuned
+    from ..modeling import load_base, load_tuned
 
     results: dict[str, dict[str, Any] | None] = {"base": None, "tuned": None}
     if ev.baseline or forgetting:

@@ -11,7 +11,7 @@ from typing import Any
 from tuneloop.contract import deepspeed as _contract
 from tuneloop.contract.deepspeed import deep_merge
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["deep_merge", "deepspeed_config", "gradient_accumulation"]
 

@@ -46,7 +46,7 @@ class EncodedDataset:
 
 def load_split(path: Path, tok: Any, max_len: int) -> EncodedDataset:
     """Encode DIR/data/<split>.jsonl (written by prepare); records are truncated to max_len as a last resort."""
-    from .encoding import encode
+    from ..dataset.encoding import encode
 
     out = []
     if path.exists():

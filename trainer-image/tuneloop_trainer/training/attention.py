@@ -13,7 +13,7 @@ The implementation name is `tuneloop_varlen`. It has no entry in transformers' m
 `create_causal_mask` returns the collator's mask as is (None for packed rows): the dense
 block-diagonal mask transformers would otherwise build from the position resets is never made.
 
-    from tuneloop_trainer.attention import use_varlen_attention
+    from tuneloop_trainer.training.attention import use_varlen_attention
     use_varlen_attention(model)         # before peft wraps it; returns the backend name
 """
 

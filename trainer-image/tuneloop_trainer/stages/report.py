@@ -17,10 +17,10 @@ from tuneloop.api.evaluation import METRICS, EvaluationRecord
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.contract import layout
 
-from . import report_verdict
-from .errors import ConfigError
-from .report_analysis import curve_facts, duration, fmt, label, next_steps, strengths_weaknesses
-from .report_sections import dataset, objective, overview, training_parameters, training_process
+from ..errors import ConfigError
+from ..report import verdict as report_verdict
+from ..report.analysis import curve_facts, duration, fmt, label, next_steps, strengths_weaknesses
+from ..report.sections import dataset, objective, overview, training_parameters, training_process
 
 SAMPLES = 3
 
@@ -173,7 +173,9 @@ def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    from . import report_charts, report_inputs, report_modelversion
+    from ..report import charts as report_charts
+    from ..report import inputs as report_inputs
+    from ..report import modelversion as report_modelversion
 
     run_rec = report_inputs.load(ctx.workdir)
     ev = run_rec.evaluation

@@ -11,8 +11,8 @@ from typing import Any
 
 from tuneloop.api.evaluation import metric_info
 
-from .eval_stats import wilson
-from .report_analysis import fmt, label
+from ..evaluation.stats import wilson
+from .analysis import fmt, label
 
 REFERENCE_LABELS = {"base": "Base", "majority": "Majority baseline", "copyPrompt": "Copy the prompt", "serving": "Serving version"}
 TIMINGS = ("latencySeconds", "tokensPerSecond")

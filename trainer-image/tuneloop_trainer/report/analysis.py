@@ -60,7 +60,7 @@ def duration(seconds: float | None) -> str:
 def curve_facts(progress: list[dict[str, Any]]) -> dict[str, Any]:
     """Start/end/min of train and validation loss, and whether validation loss turned up at the end."""
     train = [(r["step"], r["loss"]) for r in progress if isinstance(r.get("loss"), (int, float))]
-    from .report_inputs import validation_points
+    from .inputs import validation_points
 
     val = validation_points(progress)
     facts: dict[str, Any] = {"train_points": len(train), "val_points": len(val)}

@@ -7,9 +7,9 @@ import os
 import platform
 from typing import Any
 
-from .report_analysis import challenges, curve_facts, duration, label
-from .report_inputs import label_distribution
-from .report_modelversion import pick
+from .analysis import challenges, curve_facts, duration, label
+from .inputs import label_distribution
+from .modelversion import pick
 
 PURPOSE_ANNOTATION = "tuneloop.dev/purpose"
 OBJECTIVE_ANNOTATION = "tuneloop.dev/objective"
