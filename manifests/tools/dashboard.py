@@ -96,7 +96,7 @@ def panels() -> list[dict[str, Any]]:
                       (0, 22, 8, 8), unit="percent", description="Percent of traffic on the candidate.",
                       fieldConfig_max=100))
     out.append(_panel("state-timeline", "Rollout phase", [(f"max by (namespace, rollout, phase) (tuneloop_rollout_phase{{{RO}}}) == 1",
-                      "{{namespace}}/{{rollout}} {{phase}}")], (8, 22, 8, 8), description="Progressing, Paused, Promoted, RolledBack, Degraded or Aborted."))
+                      "{{namespace}}/{{rollout}} {{phase}}")], (8, 22, 8, 8), description="Waiting (nothing to serve yet), Progressing, Paused, Promoted, RolledBack, Degraded or Aborted."))
     out.append(_panel("timeseries", "Analysis measurements", [(f"tuneloop_analysis_measurement_value{{{RO}}}", "{{rollout}} {{metric}}")],
                       (16, 22, 8, 8), description="Latest canary value of each analysis metric."))
     out.append(_panel("timeseries", "Measurement verdicts", [

@@ -28,7 +28,7 @@ FINETUNEJOB = {
 }
 MODELVERSION = {"Pending": "Progressing", "Ready": "Healthy", "Serving": "Healthy", "Retired": "Healthy",
                 "Rejected": "Degraded", "RolledBack": "Degraded"}
-ROLLOUT = {"Progressing": "Progressing", "Paused": "Suspended", "Promoted": "Healthy", "RolledBack": "Degraded",
+ROLLOUT = {"Waiting": "Healthy", "Progressing": "Progressing", "Paused": "Suspended", "Promoted": "Healthy", "RolledBack": "Degraded",
            "Degraded": "Degraded", "Aborted": "Degraded"}
 SCHEDULE = {"Idle": "Healthy", "Running": "Healthy", "Suspended": "Suspended", "Failed": "Degraded"}
 EXPECTED = {"FineTuneJob": FINETUNEJOB, "ModelVersion": MODELVERSION, "Rollout": ROLLOUT, "FineTuneSchedule": SCHEDULE}
@@ -130,6 +130,22 @@ def test_rollout_messages(scripts):
     assert run(scripts["Rollout"], paused) == {"status": "Suspended", "message": "Paused at canary weight 10%; promote or abort"}
     promoted = sample("Rollout", "Promoted", stableModelVersion="support-triage-v3", canaryWeight=0)
     assert run(scripts["Rollout"], promoted)["message"] == "Promoted: support-triage-v3 serves 100%"
+
+
+def test_a_rollout_waiting_for_its_first_version_is_healthy_and_says_why(scripts):
+    """Declared in Git before its FineTuneSchedule's first winning run: nothing is wrong and nothing is deployed, so it
+    is not Degraded (nor Progressing, which would hold sync waves until the first run wins)."""
+    from tuneloop.operator.rollout.steps import NOTHING_TO_SERVE
+
+    obj = sample("Rollout", "Waiting", canaryWeight=0, waitingFor="a first ModelVersion in spec.candidate", message=NOTHING_TO_SERVE,
+                 conditions=[_condition("Progressing", "False", "WaitingForFirstVersion", NOTHING_TO_SERVE)])
+    del obj["spec"]["stable"], obj["spec"]["candidate"]
+    assert not schema_check.check_document(obj)
+    assert run(scripts["Rollout"], obj) == {"status": "Healthy", "message": NOTHING_TO_SERVE}
+    del obj["status"]["message"]  # no status.message: the condition says what it waits for
+    assert run(scripts["Rollout"], obj) == {"status": "Healthy", "message": f"Progressing: {NOTHING_TO_SERVE}"}
+    del obj["status"]["conditions"]
+    assert run(scripts["Rollout"], obj) == {"status": "Healthy", "message": "Waiting for a first ModelVersion in spec.candidate; nothing is served yet"}
 
 
 def test_schedule_messages(scripts):

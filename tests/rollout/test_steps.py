@@ -8,7 +8,7 @@ import pytest
 from tuneloop.api.rollout import MeasurementPhase, Rollout, RolloutStatus
 from tuneloop.operator.rollout.analysis import Assessment
 from tuneloop.operator.rollout.desired import desired
-from tuneloop.operator.rollout.steps import MAX_MEASUREMENTS, World, advance, due_metrics, next_wakeup
+from tuneloop.operator.rollout.steps import MAX_MEASUREMENTS, WAITING_RECHECK, World, advance, due_metrics, next_wakeup
 
 from . import samples
 
@@ -447,6 +447,62 @@ def test_scale_down_delay_keeps_the_canary_deployment_after_its_traffic_left():
     d.spec = d.spec.model_copy(update={"abort": True})
     out = d.tick(1)
     assert not desired(d.spec, out.status, now=at(d.t)).canary_hold
+
+
+def test_a_rollout_without_a_version_waits_then_serves_its_first_candidate_at_once():
+    raw = samples.gateway_rollout()
+    del raw["spec"]["stable"], raw["spec"]["candidate"]
+    d = Driver(raw)
+    out = d.tick()
+    st = out.status
+    assert (st.phase, st.stable_model_version, st.candidate_model_version, st.canary_weight, st.step) == ("Waiting", None, None, 0, None)
+    assert st.message == "no ModelVersion to serve yet: set spec.candidate (a FineTuneSchedule hands off its first winning run here)"
+    assert st.waiting_for == "a first ModelVersion in spec.candidate"
+    cond = next(c for c in st.conditions if c.type == "Progressing")
+    assert (cond.status, cond.reason, cond.message) == ("False", "WaitingForFirstVersion", st.message)
+    assert not out.events and not out.model_versions and not out.rolled_back
+    want = desired(d.spec, st, now=at(d.t))
+    assert want.serves_nothing and (want.stable_mv, want.canary_mv, want.canary_weight) == (None, None, 0)
+    assert next_wakeup(d.spec, st, at(d.t)) == WAITING_RECHECK  # no polling: a spec change wakes the daemon
+    assert due_metrics(d.spec, st, at(d.t + 3600)) == []
+    assert d.tick(3600).status == st  # nothing changes while waiting
+    # a FineTuneSchedule hands off its first winning run: the first version, served as stable without a canary
+    d.spec = d.spec.model_copy(update={"candidate": spec_of(samples.gateway_rollout()).candidate})
+    out = d.tick(5)
+    st = out.status
+    assert (st.phase, st.stable_model_version, st.canary_weight) == ("Promoted", "support-bot-v2", 0)
+    assert out.model_versions == {"support-bot-v2": ("Serving", "serving as stable of Rollout (first version, nothing to compare with: served as stable without a canary)")}
+    assert [c.reason for c in st.conditions if c.type == "Progressing"] == ["FirstVersion"]
+    assert [e[1] for e in out.events] == ["FirstVersion"] and not out.rolled_back
+    want = desired(d.spec, st, now=at(d.t))
+    assert not want.serves_nothing and (want.stable_mv, want.canary_mv, want.stable_replicas) == ("support-bot-v2", None, 4)
+
+
+def test_a_first_candidate_removed_before_it_served_goes_back_to_waiting():
+    raw = samples.gateway_rollout()
+    del raw["spec"]["stable"]
+    d = Driver(raw)
+    assert d.tick(error="ModelVersion support-bot-v2 was never evaluated").status.phase == "Degraded"
+    d.spec = d.spec.model_copy(update={"candidate": None})
+    out = d.tick(1)
+    st = out.status
+    assert (st.phase, st.candidate_model_version, st.stable_model_version) == ("Waiting", None, None)
+    assert st.message.endswith("; candidate support-bot-v2 was removed before it served")
+    assert [(e[1], e[2]) for e in out.events] == [("CandidateCleared", st.message)]
+    assert not out.model_versions and not out.rolled_back  # it never served: nothing to roll back, nothing to mark
+    assert [c.type for c in st.conditions if c.type == "Servable"] == []  # no version: nothing to judge
+    assert desired(d.spec, st, now=at(d.t)).serves_nothing
+
+
+def test_a_waiting_rollout_given_a_spec_stable_serves_it_without_a_stale_condition():
+    raw = samples.gateway_rollout()
+    del raw["spec"]["stable"], raw["spec"]["candidate"]
+    d = Driver(raw)
+    assert d.tick().status.phase == "Waiting"
+    d.spec = d.spec.model_copy(update={"stable": spec_of(samples.gateway_rollout()).stable})
+    st = d.tick(1).status
+    assert (st.phase, st.stable_model_version, st.message) == ("Promoted", "support-bot-v1", "serving support-bot-v1")
+    assert all(c.reason != "WaitingForFirstVersion" for c in st.conditions)
 
 
 def test_first_version_that_cannot_be_served_is_not_promoted():

@@ -40,13 +40,18 @@ def model_version(name: str, *, verdict: str = "Passed", serving: dict | None = 
 
 
 def rollout(stable: str | None, *, candidate: str | None = None, phase: str = "Promoted") -> dict[str, Any]:
+    """The Rollout `bot`; `rollout(None, phase="Waiting")` is one declared before its first version (no stable, no
+    candidate in spec or status)."""
     st: dict[str, Any] = {"phase": phase}
     if stable:
         st["stableModelVersion"] = stable
     if candidate:
         st["candidateModelVersion"] = candidate
     spec: dict[str, Any] = {"servedModelName": "support-bot", "trafficRouting": {"replicaWeighted": {"service": "bot"}}}
-    spec["stable" if stable else "candidate"] = {"name": stable or "placeholder"}
+    if stable:
+        spec["stable"] = {"name": stable}
+    if candidate:
+        spec["candidate"] = {"name": candidate}
     return {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "bot", "namespace": NS},
             "spec": spec, "status": st}
 

@@ -201,6 +201,27 @@ def test_first_version_needs_only_a_passed_verdict():
     assert j.hand_off and "is the first version" in j.message
 
 
+def test_a_rollout_that_waits_for_its_first_version_takes_the_first_winner_at_once():
+    first = RUN.model_copy(update={"champion": None})
+    job, mv = samples.finished_job("bot-1", mv="v1"), samples.model_version("v1")
+    for ro in (samples.rollout(None, phase="Waiting"), {**samples.rollout(None), "status": {}}):  # Waiting, or not reconciled yet
+        j = judge(run=first, job=job, mv=mv, ro=ro)
+        assert (j.outcome, j.hand_off, j.phase) == (RunOutcome.HANDED_OFF, True, RunPhase.SUCCEEDED)
+        assert j.message == "v1 is the first version (nothing serving); set as the candidate of Rollout bot"
+    # only a Rollout that does not exist at all makes the winner wait
+    missing = decide.judge(first, job, mv, None, True)
+    assert (missing.outcome, missing.hand_off, missing.message) == (RunOutcome.PENDING, False, "v1 won; waiting for its Rollout to exist")
+
+
+def test_a_run_without_a_champion_is_not_handed_off_once_another_version_serves():
+    """It started while the Rollout was Waiting; a version was rolled out meanwhile (by hand, or an earlier run): the
+    run was never compared with it, so it must not replace it."""
+    first = RUN.model_copy(update={"champion": None})
+    j = judge(run=first, job=samples.finished_job("bot-2", mv="v2"), mv=samples.model_version("v2"), ro=samples.rollout("v1"))
+    assert (j.outcome, j.hand_off) == (RunOutcome.NOT_COMPARED, False)
+    assert j.message == "v2 has no comparison with the serving version v1 (the run started without a champion); not rolled out"
+
+
 def test_a_busy_rollout_makes_a_winner_wait_and_a_changed_champion_voids_the_comparison():
     job, mv = samples.finished_job("bot-1", mv="v2"), samples.model_version("v2", serving=better())
     busy = samples.rollout("support-bot-v1", candidate="v9", phase="Progressing")

@@ -93,6 +93,57 @@ async def test_winner_is_handed_off_and_a_loser_is_recorded_with_the_rollout_unt
         assert kc.count(r.FINETUNEJOBS) == 2
 
 
+async def test_first_winning_run_is_handed_off_to_a_rollout_declared_without_a_version(tmp_path: Path):
+    """A team declares the Rollout (no stable, no candidate) together with its schedule, e.g. in Git: the Rollout
+    waits, the first run is compared with nothing, wins on its own gates and is handed off at once; the Rollout then
+    serves it as its first version, and the next run is compared with it."""
+    from tuneloop.operator.builders.serving import ServingConfig
+    from tuneloop.operator.rollout.reconcile import Reconciler as RolloutReconciler
+
+    async with cluster(tmp_path) as kc:
+        ro = samples.rollout(None, phase="Waiting")
+        del ro["status"]
+        await kc.apply(ro)
+        rollouts = RolloutReconciler(kc.client, ServingConfig(), "http://prom:9090", provider_factory=lambda url: None)
+
+        async def rollout_tick(when):
+            return await rollouts.tick(await kc.get(r.ROLLOUTS, NS, "bot"), when)
+
+        await rollout_tick(at(-10))
+        assert (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]["phase"] == "Waiting"
+        await kc.apply(samples.schedule())
+        rec = Reconciler(kc.client, prometheus_url="http://prom:9090", trainer_image="trainer:test")
+
+        await tick(kc, rec, at(0))
+        run1 = f"bot-{int(T3.timestamp()) // 60}"
+        job = await kc.get(r.FINETUNEJOBS, NS, run1)
+        assert "serving" not in job["spec"]["evaluation"]  # nothing serves: no champion, its serving gates are dropped
+        assert [g.get("reference") for g in job["spec"]["evaluation"]["gates"]] == ["base"]
+        st = (await kc.get(r.FINETUNESCHEDULES, NS, "bot"))["status"]
+        assert st["runs"][0].get("champion") is None and st.get("servingModelVersion") is None
+
+        await finish(kc, run1, samples.model_version("support-bot-v1"))
+        assert await tick(kc, rec, at(120)) > 5.0  # handed off in this tick: no winner left to poll for
+        assert (await kc.get(r.ROLLOUTS, NS, "bot"))["spec"]["candidate"] == {"name": "support-bot-v1"}
+        run = (await kc.get(r.FINETUNESCHEDULES, NS, "bot"))["status"]["runs"][0]
+        assert (run["outcome"], run["modelVersion"], run["verdict"]) == ("HandedOff", "support-bot-v1", "Passed")
+        assert run["message"] == "support-bot-v1 is the first version (nothing serving); set as the candidate of Rollout bot"
+        events = await kc.client.events_for(NS, "bot", "FineTuneSchedule")
+        assert [e["reason"] for e in events if e["reason"] == "HandedOff"] == ["HandedOff"]
+
+        # the Rollout's own loop serves it as its first version (no canary: nothing served before it)
+        await rollout_tick(at(121))
+        ro_st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert (ro_st["phase"], ro_st["stableModelVersion"]) == ("Promoted", "support-bot-v1")
+        await tick(kc, rec, at(122))
+        assert (await kc.get(r.FINETUNESCHEDULES, NS, "bot"))["status"]["servingModelVersion"] == "support-bot-v1"
+        # the next run is compared with it
+        await tick(kc, rec, at(7 * 24 * 60))
+        st = (await kc.get(r.FINETUNESCHEDULES, NS, "bot"))["status"]
+        job2 = await kc.get(r.FINETUNEJOBS, NS, st["active"][0])
+        assert job2["spec"]["evaluation"]["serving"]["modelVersion"] == "support-bot-v1" and st["runs"][-1]["champion"] == "support-bot-v1"
+
+
 async def test_new_data_trigger_reads_the_digest_job_and_starts_a_run_when_it_changes(tmp_path: Path):
     async with cluster(tmp_path) as kc:
         rec = await setup(kc, schedule=None, triggers={"newData": {"claimName": "datasets", "glob": "support/*.jsonl", "checkInterval": "15m"}})

@@ -3,7 +3,11 @@ if hs ~= nil then return hs end
 local s = obj.status
 local phase = s.phase
 local weight = s.canaryWeight or 0
-if phase == "Promoted" then
+if phase == "Waiting" then
+  -- Declared before its first version exists (e.g. with the FineTuneSchedule that will hand it one): nothing is wrong
+  -- and nothing is deployed, so it is Healthy; Progressing would hold sync waves and `argocd app wait --health` for days.
+  return {status = "Healthy", message = explain(s, "Waiting for a first ModelVersion in spec.candidate; nothing is served yet")}
+elseif phase == "Promoted" then
   local msg = "Promoted"
   if s.stableModelVersion ~= nil then msg = msg .. ": " .. s.stableModelVersion .. " serves 100%" end
   return {status = "Healthy", message = msg}

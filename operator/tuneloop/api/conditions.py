@@ -82,6 +82,7 @@ class RolloutReason(str, Enum):
     """Reasons of a Rollout's conditions (and of the Events of the same transitions)."""
 
     INVALID_SPEC = "InvalidSpec"
+    WAITING_FOR_FIRST_VERSION = "WaitingForFirstVersion"  # Progressing False: no stable, no candidate (phase Waiting)
     NEW_CANDIDATE = "NewCandidate"
     PROMOTED = "Promoted"
     PROMOTED_BY_USER = "PromotedByUser"

@@ -218,7 +218,13 @@ class RolloutSpec(ApiModel):
 
     served_model_name: str = Field(min_length=1, description="Model name clients send (vLLM --served-model-name); never changes between versions.")
     stable: ObjectRef | None = Field(default=None, description="ModelVersion serving now; empty for the first rollout.")
-    candidate: ObjectRef | None = Field(default=None, description="ModelVersion to roll out.")
+    candidate: ObjectRef | None = Field(
+        default=None,
+        description=(
+            "ModelVersion to roll out (a FineTuneSchedule's handOff sets it). With neither stable nor candidate the Rollout "
+            "serves nothing and waits (phase Waiting) for its first version here."
+        ),
+    )
     serving: ServingSpec = Field(default_factory=ServingSpec, description="vLLM settings.")
     traffic_routing: TrafficRouting = Field(description="How traffic is split.")
     steps: list[Step] = Field(default_factory=list, max_length=64, description="Canary steps, in order.")
@@ -254,7 +260,6 @@ class RolloutSpec(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                cel("has(self.stable) || has(self.candidate)", "a Rollout needs stable, candidate or both"),
                 cel("!(self.promote && self.abort)", "promote and abort cannot both be set"),
             ]
         }
@@ -262,8 +267,6 @@ class RolloutSpec(ApiModel):
 
     @model_validator(mode="after")
     def _refs(self) -> RolloutSpec:
-        if self.stable is None and self.candidate is None:
-            raise ValueError("a Rollout needs stable, candidate or both")
         if self.promote and self.abort:
             raise ValueError("promote and abort cannot both be set")
         names = {m.name for m in self.analysis.metrics}
@@ -277,6 +280,7 @@ class RolloutSpec(ApiModel):
 
 
 class RolloutPhase(str, Enum):
+    WAITING = "Waiting"  # no stable and no candidate: nothing to serve yet, nothing created
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
     PROMOTED = "Promoted"
@@ -352,7 +356,7 @@ class DriftStatus(ApiModel):
 class RolloutStatus(ApiModel):
     """Observed state of a Rollout."""
 
-    phase: RolloutPhase = Field(default=RolloutPhase.PROGRESSING, description="Progressing, Paused, Promoted, RolledBack, Degraded or Aborted.")
+    phase: RolloutPhase = Field(default=RolloutPhase.PROGRESSING, description="Waiting (no version to serve yet), Progressing, Paused, Promoted, RolledBack, Degraded or Aborted.")
     current_step_index: int | None = Field(default=None, ge=0, description="Index of the step being run.")
     canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate.")
     stable_model_version: str | None = Field(default=None, description="ModelVersion serving the stable share.")

@@ -131,9 +131,15 @@ def test_rollout_rules(dotted: str, value, message: str | None) -> None:
     assert (message in found) if message else found == []
 
 
-def test_rollout_needs_a_version_and_not_both_controls() -> None:
+def test_rollout_without_a_version_is_valid_but_not_both_controls() -> None:
+    """A Rollout declared before its first version (neither stable nor candidate) is accepted by the CRD and by the
+    model: it waits for a FineTuneSchedule (or a person) to set spec.candidate."""
+    from tuneloop.api.rollout import Rollout
+
     obj = mutate(mutate(sample("rollout.yaml"), "spec.stable", _DELETE), "spec.candidate", _DELETE)
-    assert ("spec", "a Rollout needs stable, candidate or both") in check("Rollout", obj)
+    assert check("Rollout", obj) == []
+    ro = Rollout.model_validate(obj)
+    assert ro.spec.stable is None and ro.spec.candidate is None
     obj = mutate(mutate(sample("rollout.yaml"), "spec.promote", True), "spec.abort", True)
     assert ("spec", "promote and abort cannot both be set") in check("Rollout", obj)
 

@@ -1,4 +1,9 @@
-"""What should run for a Rollout status: which ModelVersion each role serves, replicas, weight (pure)."""
+"""What should run for a Rollout status: which ModelVersion each role serves, replicas, weight (pure).
+
+A Rollout with no version to serve (no stable yet, no canary: it waits for its first candidate, or its first
+candidate cannot be served) desires nothing at all: no Deployment, no Service, no HTTPRoute (`serves_nothing`).
+They are created with the first version's promotion, so a gateway never routes to Services without pods.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,11 @@ class Desired:
     canary_replicas: int
     canary_weight: int
     canary_hold: bool = False  # keep the canary Deployment as it is (scaleDownDelaySeconds after its traffic left)
+
+    @property
+    def serves_nothing(self) -> bool:
+        """No version in either role: create nothing (a Rollout waiting for its first version)."""
+        return self.stable_mv is None and self.canary_mv is None and not self.canary_hold
 
 
 def canary_active(status: RolloutStatus) -> bool:

@@ -321,12 +321,13 @@ class Reconciler:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         want = desired(spec, out.status, world.canary_available, world.now)
-        if out.rolled_back:
+        if out.rolled_back and not want.serves_nothing:
             await self.cut_canary_traffic(obj, spec, ns, name)
             if out.first_failure_at is not None:
                 metrics.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
         try:
-            await self.apply_serving(obj, spec, want, mvs)
+            if not want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
+                await self.apply_serving(obj, spec, want, mvs)
         except serving.ServingError as exc:
             out.status.phase = RolloutPhase.DEGRADED.value
             out.status.message = str(exc)

@@ -21,6 +21,10 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
 - status.stableModelVersion is what serves; spec.stable only seeds it and never replaces it
   (condition StableInSync). Removing spec.candidate forgets the candidate, so that setting it
   again starts the rollout over.
+- nothing to serve (no stable and no candidate, e.g. a Rollout declared in Git before its
+  FineTuneSchedule's first winning run): phase Waiting, Progressing False with reason
+  WaitingForFirstVersion; nothing is created and the daemon sleeps until the spec changes. Once
+  spec.candidate is set, it is the first version: served as stable at once, without a canary.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from .analysis import Assessment, Verdict, format_duration, metric_verdict, pars
 
 MAX_MEASUREMENTS = 50
 TERMINAL = {RolloutPhase.PROMOTED.value, RolloutPhase.ROLLED_BACK.value, RolloutPhase.ABORTED.value}
+NOTHING_TO_SERVE = "no ModelVersion to serve yet: set spec.candidate (a FineTuneSchedule hands off its first winning run here)"
+WAITING_FOR = "a first ModelVersion in spec.candidate"
+WAITING_RECHECK = 3600.0  # a Waiting Rollout has nothing due: a spec change wakes its daemon; this is only a safety net
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,8 @@ def deadline_at(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
 
 def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> float:
     """Seconds until this Rollout needs another tick (the daemon sleeps that long unless woken)."""
+    if status.phase == RolloutPhase.WAITING.value:
+        return WAITING_RECHECK  # nothing serves, nothing is measured: only a spec change (a candidate) has work
     interval = parse_duration(spec.analysis.interval)
     times: list[dt.datetime] = []
     if status.canary_scale_down_at is not None and status.canary_scale_down_at > now:
@@ -282,6 +291,8 @@ class _Machine:
             self.out.clear_flags = True
         self.check_spec_stable()
 
+        if cand is None and st.stable_model_version is None:
+            return self.waiting()
         if cand is None or cand == st.stable_model_version:
             return self.steady(cand)
         if st.candidate_model_version != cand:
@@ -342,6 +353,9 @@ class _Machine:
 
     def steady(self, cand: str | None) -> Outcome:
         st = self.st
+        waited = conditions.find_condition(st.conditions, C.PROGRESSING)
+        if waited is not None and waited.reason == R.WAITING_FOR_FIRST_VERSION.value:  # spec.stable named a first version
+            st.conditions = [c for c in st.conditions if c is not waited]
         if st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value) and st.candidate_model_version \
                 and st.candidate_model_version != st.stable_model_version:  # fmt: skip
             self.rollback(RolloutPhase.ABORTED, R.CANDIDATE_REMOVED, "spec.candidate was removed (or set to the stable version) during the rollout")
@@ -364,6 +378,26 @@ class _Machine:
                 self.event("Normal", "CandidateCleared", st.message)
         else:
             st.message = f"serving {st.stable_model_version}" + (f"; last candidate {prev} ({st.phase})" if prev else "")
+        return self.out
+
+    def waiting(self) -> Outcome:
+        """No stable and no candidate: nothing to serve, nothing to measure (phase Waiting). A first candidate that
+        was removed before it served (it was never servable) is forgotten: nothing changes for its ModelVersion."""
+        st = self.st
+        prev = st.candidate_model_version
+        st.phase = RolloutPhase.WAITING.value
+        st.waiting_for = WAITING_FOR
+        st.canary_weight = 0
+        st.candidate_model_version = None
+        st.current_step_index = None
+        st.step_started_at = None
+        st.metric_results = []
+        st.message = NOTHING_TO_SERVE
+        if prev is not None:
+            st.message = f"{NOTHING_TO_SERVE}; candidate {prev} was removed before it served"
+            self.event("Normal", "CandidateCleared", st.message)
+        st.conditions = [c for c in st.conditions if c.type != C.SERVABLE.value]  # no version: nothing to judge
+        set_condition(st, C.PROGRESSING, False, R.WAITING_FOR_FIRST_VERSION, st.message, self.world)
         return self.out
 
     def start(self, cand: str) -> None:

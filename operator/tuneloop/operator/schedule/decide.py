@@ -262,9 +262,13 @@ def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | N
             return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_BETTER,
                              f"{mv_name} is not measurably better than {run.champion} ({s_outcome}: {reason}); not rolled out "
                              "(handOff.requireImprovement)", **base)
+    elif serving_now:  # started without a champion (e.g. its Rollout was Waiting), but a version serves by now
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                         f"{mv_name} has no comparison with the serving version {serving_now} (the run started without a champion); "
+                         "not rolled out", **base)
     ro_st = (rollout or {}).get("status") or {}
     busy = ro_st.get("candidateModelVersion")
-    if rollout is None:
+    if rollout is None:  # a Rollout that exists but serves nothing (phase Waiting) takes the first winner at once
         return Judgement(RunPhase.SUCCEEDED, RunOutcome.PENDING, f"{mv_name} won; waiting for its Rollout to exist", **base)
     if busy and busy != mv_name and busy != ro_st.get("stableModelVersion") and ro_st.get("phase") in ROLLOUT_BUSY:
         return Judgement(RunPhase.SUCCEEDED, RunOutcome.PENDING,
