@@ -4,8 +4,9 @@ Rollout's drift watch sees the served prompts move away from the training data.
 
 One schedule (`loop`) and one Rollout (`loop`) go through, in order:
 1. a cron schedule (`* * * * *`, a second schedule) fires on the minute;
-2. the data already on the claim is the new-data trigger's baseline (no run); `kubectl tuneloop retrain loop`
-   starts run 1, which — nothing serving yet — becomes the Rollout's first version;
+2. the Rollout, declared without a version, waits (nothing deployed); the data already on the claim is the new-data
+   trigger's baseline (no run); `kubectl tuneloop retrain loop` starts run 1, which — nothing serving yet — the
+   schedule hands to the waiting Rollout as its first version;
 3. a new, well-labelled drop lands on the claim → the digest Job sees it → run 2 trains on the accumulated data,
    beats the serving run 1 on the same test items (rougeL, paired 95 % interval) → candidate → canary → promoted;
 4. the served prompts shift in length → the drift watch's PSI, the Drifted condition (Rollout and ModelVersion),
@@ -98,11 +99,11 @@ def schedule(ns: str) -> dict[str, Any]:
                      "handOff": {"rollout": {"name": RO}}, "jobTemplate": job_template("loop")}}
 
 
-def rollout(ns: str, s: SimpleNamespace, first: str) -> dict[str, Any]:
+def rollout(ns: str, s: SimpleNamespace) -> dict[str, Any]:
+    """Declared up front with no version (as it would sit in Git next to the schedule): it waits for the first winner."""
     return {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": RO, "namespace": ns},
             "spec": {
                 "servedModelName": SERVED,
-                "candidate": {"name": first},
                 "serving": {"replicas": 1, "port": s.port, "resources": {"gpus": 0, "cpu": "100m", "memory": "256Mi"}},
                 "trafficRouting": {"gatewayAPI": {"httpRoute": RO, "parentRefs": [{"name": "inference-gateway"}]}},
                 "steps": [{"setWeight": 50}, {"analysis": {}}],
@@ -225,6 +226,7 @@ def test_cron_schedule_fires_on_the_minute(kube: Kube, env: Env, loop: SimpleNam
     epoch); its status records that time and the next one. Its template reads a file that does not exist, so the
     run fails at the data check in seconds (and costs no training)."""
     s = loop
+    kube.create("rollouts", rollout(env.ns, s))
     kube.create("finetuneschedules", schedule(env.ns))  # (the loop's schedule too: its digest baseline is read meanwhile)
     tick = {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneSchedule", "metadata": {"name": TICK, "namespace": env.ns},
             "spec": {"schedule": "* * * * *", "handOff": {"rollout": {"name": "no-such-rollout"}},
@@ -260,15 +262,17 @@ def test_first_run_is_manual_and_becomes_the_first_version(kube: Kube, env: Env,
     data = obj["status"]["data"]
     assert data["digest"] == data["lastRunDigest"] and data["files"] == 1, data
     assert not _runs(obj)
+    # the Rollout declared without a version waits, serving nothing
+    ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "Waiting", "the empty Rollout waits", timeout=60)
+    assert (cond(ro, "Progressing") or {}).get("reason") == "WaitingForFirstVersion", ro["status"]
+    assert "no ModelVersion to serve yet" in ro["status"].get("message", ""), ro["status"]
+    assert not kube.list("deployments", env.ns, f"tuneloop.dev/rollout={RO}") and kube.get("httproutes", RO, env.ns) is None
     out = run_cmd([str(ROOT / ".venv" / "bin" / "kubectl-tuneloop"), "retrain", SCHED, "-n", env.ns, "--kubeconfig", kube.kubeconfig])
     assert out.returncode == 0, out.stdout + out.stderr
-    # a Rollout needs a version to serve, so there is none yet: the winner waits for it (as docs/schedule.md says)
-    run = _wait_run(kube, env, s, 0, "run 1 waits for its Rollout", lambda r: "Rollout to exist" in (r.get("message") or ""), timeout=600)
-    assert run["trigger"] == "Manual" and run["outcome"] == "Pending" and run["verdict"] == "Passed" and not run.get("champion"), run
-    mv1 = run["modelVersion"]
-    kube.create("rollouts", rollout(env.ns, s, first=mv1))
-    run = _wait_run(kube, env, s, 0, "run 1 handed off", lambda r: r.get("outcome") not in (None, "Pending"), timeout=120)
+    run = _wait_run(kube, env, s, 0, "run 1 handed off", lambda r: r.get("outcome") not in (None, "Pending"), timeout=600)
+    assert run["trigger"] == "Manual" and run["verdict"] == "Passed" and not run.get("champion"), run
     assert run["outcome"] == "HandedOff" and "first version" in run["message"], run
+    mv1 = run["modelVersion"]
     ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("stableModelVersion") == mv1 and phase(o) == "Promoted",
                        "run 1 promoted as the first version")
     assert ro["spec"]["candidate"]["name"] == mv1
