@@ -67,6 +67,24 @@ def test_cel_and_schema_refusals(kube: Kube, env: Env, patch: dict, needle: str)
     assert info.value.status == 422 and needle in info.value.message, info.value.message
 
 
+@pytest.mark.parametrize("zone, ok", [("Europe/Berlin", True), ("Mars/Olympus_Mons", False)])
+def test_schedule_time_zone_checked_by_the_server(kube: Kube, env: Env, zone: str, ok: bool):
+    """spec.timeZone (as a CronJob's): an IANA zone is accepted, an unknown one refused by the CRD's CEL rule on the
+    real API server (the rule relies on CEL's getHours(zone) failing for an unknown zone)."""
+    body = {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneSchedule",
+            "metadata": {"name": f"tz-{uuid.uuid4().hex[:5]}", "namespace": env.ns},
+            "spec": {"schedule": "0 3 * * 1", "timeZone": zone, "handOff": {"rollout": {"name": "bot"}},
+                     "jobTemplate": {"spec": tiny_finetunejob("tmpl", env.ns)["spec"]}}}
+    url = f"/apis/tuneloop.dev/v1alpha1/namespaces/{env.ns}/finetuneschedules"
+    if ok:
+        created = kube.request("POST", url, body, params={"dryRun": "All"})
+        assert created["spec"]["timeZone"] == zone
+        return
+    with pytest.raises(ApiError) as info:
+        kube.request("POST", url, body, params={"dryRun": "All"})
+    assert info.value.status == 422 and "timeZone" in info.value.message, info.value.message
+
+
 def test_spec_is_immutable_except_suspend_on_the_server(kube: Kube, env: Env):
     body = tiny_finetunejob(f"immutable-{uuid.uuid4().hex[:5]}", env.ns, suspend=True)
     kube.request("POST", f"/apis/tuneloop.dev/v1alpha1/namespaces/{env.ns}/finetunejobs", body, params={"dryRun": "All"})

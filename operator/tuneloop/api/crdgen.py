@@ -53,6 +53,7 @@ COLUMNS = {
     ],
     "FineTuneSchedule": [
         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+        {"name": "Timezone", "type": "string", "jsonPath": ".spec.timeZone"},
         {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Last run", "type": "date", "jsonPath": ".status.lastRunTime"},

@@ -108,7 +108,7 @@ def test_crd_metadata(repo_root: Path) -> None:
     assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Tokens/s/GPU", "MFU", "Age"]
     assert cols["ModelVersion"] == ["Model", "Version", "Phase", "Verdict", "Age"]
     assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Step", "Message", "Age"]
-    assert cols["FineTuneSchedule"] == ["Schedule", "Suspend", "Phase", "Last run", "Next", "Serving", "Message", "Age"]
+    assert cols["FineTuneSchedule"] == ["Schedule", "Timezone", "Suspend", "Phase", "Last run", "Next", "Serving", "Message", "Age"]
     for d in docs.values():
         v = d["spec"]["versions"][0]
         assert v["subresources"] == {"status": {}}
