@@ -1,7 +1,12 @@
-"""The quickstart's dataset: reproducible from its generator, varied, and consistent with the spec's schema."""
+"""The quickstart's dataset: reproducible from its generator, varied, and consistent with the spec's schema.
+
+train.jsonl mixes triage tickets (under the triage system prompt) with rehearsal records (general
+prompts under the model's default system prompt, answered by the base model: rehearsal.jsonl);
+tests/evaluation/test_quickstart_rehearsal.py checks the rehearsal part."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,7 +14,7 @@ from collections import Counter
 
 import pytest
 import yaml
-from tuneloop_trainer import eval_metrics
+from tuneloop_trainer.evaluation import metrics as eval_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -23,6 +28,14 @@ def _records(repo_root, name):
     return [json.loads(line) for line in (repo_root / "manifests/samples/data" / name).read_text().splitlines()]
 
 
+def _tickets(repo_root, name):
+    """The triage records of a file (rehearsal records are under another system prompt)."""
+    spec = importlib.util.spec_from_file_location("quickstart_generate", repo_root / "manifests/samples/data/generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return [r for r in _records(repo_root, name) if r["messages"][0]["content"] == gen.SYSTEM_PROMPT]
+
+
 def test_committed_files_match_the_generator(repo_root):
     gen = repo_root / "manifests/samples/data/generate.py"
     result = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True, check=False)
@@ -30,8 +43,9 @@ def test_committed_files_match_the_generator(repo_root):
 
 
 def test_sizes_and_no_overlap(repo_root):
-    train, test = _records(repo_root, "train.jsonl"), _records(repo_root, "test.jsonl")
+    train, test = _tickets(repo_root, "train.jsonl"), _tickets(repo_root, "test.jsonl")
     assert len(train) >= 300 and len(test) >= 50
+    assert len(test) == len(_records(repo_root, "test.jsonl"))  # the test set is tickets only
 
     def prompts(rs):
         return {" ".join(r["messages"][1]["content"].lower().split()) for r in rs}
@@ -44,7 +58,9 @@ def test_every_answer_follows_the_spec_schema_and_labels_are_varied(repo_root, q
     schema = quickstart["spec"]["evaluation"]["jsonSchema"]
     validator = eval_metrics.schema_validator(schema)
     answers = []
-    for r in _records(repo_root, "train.jsonl") + _records(repo_root, "test.jsonl"):
+    tickets = _tickets(repo_root, "train.jsonl") + _tickets(repo_root, "test.jsonl")
+    assert len(tickets) == 420  # 360 train + 60 test; the rest of train.jsonl is rehearsal
+    for r in tickets:
         roles = [m["role"] for m in r["messages"]]
         assert roles == ["system", "user", "assistant"]
         ok, value = eval_metrics.parse_json(r["messages"][-1]["content"])

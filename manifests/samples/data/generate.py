@@ -4,11 +4,16 @@
     python manifests/samples/data/generate.py            # rewrites train.jsonl and test.jsonl here
     python manifests/samples/data/generate.py --check    # exit 1 if the committed files differ
 
-Every record is written by us from templates and vocabularies (no scraped text), deterministically
-from a seed, in tuneloop's `chat` format: a system prompt describing the schema, the ticket as the
+Every ticket is written by us from templates and vocabularies (no scraped text), deterministically
+from a seed, in tuneloop's `chat` format: a short system prompt naming the task, the ticket as the
 user turn, and the triage record (compact JSON, fixed key order) as the assistant turn. Every label
 is recoverable from the ticket's wording (a cue phrase decides priority, sentiment and escalation),
 so a small model can learn the task and exact-match scoring is meaningful.
+
+train.jsonl also holds the rehearsal records of rehearsal.jsonl (general prompts under the model's
+default system prompt, answered by the base model itself; made by rehearsal.py), mixed in at
+seeded positions, so the adapter learns to answer triage only under the triage prompt.
+test.jsonl holds tickets only.
 """
 
 from __future__ import annotations
@@ -28,13 +33,11 @@ CATEGORIES = ["billing", "shipping", "returns", "technical", "account", "product
 PRIORITIES = ["low", "medium", "high", "urgent"]
 SENTIMENTS = ["negative", "neutral", "positive"]
 
-SYSTEM_PROMPT = (
-    "You triage customer-support tickets. Reply with only a JSON object with these keys: "
-    '"category" (billing, shipping, returns, technical, account or product_question), '
-    '"priority" (low, medium, high or urgent), "product" (the product name, or null), '
-    '"order_id" ("ORD-" and 6 digits, or null), "sentiment" (negative, neutral or positive), '
-    '"needs_human" (true or false).'
-)
+# Short on purpose: the schema-describing prompt it replaces was 99 of a record's ~198 tokens, so it
+# halved the tickets a CPU trains on in the quickstart's time; the tuned model learns the label set and
+# key order from the answers it trains on. The schema itself is evaluation.jsonSchema in quickstart.yaml.
+SYSTEM_PROMPT = "Triage this support ticket. Reply with the JSON record."
+REHEARSAL = HERE / "rehearsal.jsonl"
 
 # The schema the quickstart's evaluation.jsonSchema repeats (tests keep the two in sync).
 JSON_SCHEMA = {
@@ -222,6 +225,18 @@ def generate(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = SEED) -> 
     return out[:n_train], out[n_train:]
 
 
+def mix_rehearsal(train: list[dict], rehearsal: list[dict], seed: int = SEED) -> list[dict]:
+    """train with the rehearsal records inserted at seeded positions (each keeps its order)."""
+    rng = random.Random(seed + 1)
+    slots = set(rng.sample(range(len(train) + len(rehearsal)), len(rehearsal)))
+    tickets, extra = iter(train), iter(rehearsal)
+    return [next(extra) if i in slots else next(tickets) for i in range(len(train) + len(rehearsal))]
+
+
+def load_rehearsal(path: Path = REHEARSAL) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def dumps(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -232,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="verify the files on disk instead of writing them")
     args = ap.parse_args(argv)
     train, test = generate()
+    train = mix_rehearsal(train, load_rehearsal())
     files = {"train.jsonl": dumps(train), "test.jsonl": dumps(test)}
     if args.check:
         stale = [n for n, text in files.items() if not (args.out / n).exists() or (args.out / n).read_text() != text]
