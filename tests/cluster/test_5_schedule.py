@@ -362,9 +362,9 @@ def test_worse_run_is_refused_and_the_rollout_untouched(kube: Kube, env: Env, lo
     run = _wait_run(kube, env, s, 2, "run 3 judged", lambda r: r.get("outcome") not in (None, "Pending"), timeout=900)
     assert run["trigger"] == "NewData" and run["champion"] == mv2, run
     assert run["servingOutcome"] == "Worse", run
-    # the template's serving gate fails (verdict Failed → Rejected); without that gate it would be LostToServing
-    assert run["outcome"] in ("Rejected", "LostToServing"), run
-    assert mv2 in run["message"] or "serving" in run["message"], run
+    # the template's serving gate fails (verdict Failed → Rejected; without that gate it would be LostToServing)
+    assert run["outcome"] == "Rejected" and run["verdict"] == "Failed", run
+    assert "rougeL" in run["message"] and "serving" in run["message"], run
     mv3 = run["modelVersion"]
     ro = kube.get("rollouts", RO, env.ns)
     assert ro["metadata"]["generation"] == before["metadata"]["generation"], "the Rollout's spec was changed"
