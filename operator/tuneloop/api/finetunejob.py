@@ -222,6 +222,11 @@ class Hyperparameters(ApiModel):
         description="Pack records into micro-batches of at most this many tokens per GPU (one padding-free row, attention "
         "kept per record) instead of microBatchSize records each; gradient accumulation stays batchSize / (microBatchSize x GPUs).")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="torch.compile each decoder layer (fuses the small kernels around the matmuls; the first steps pay the "
+        "compile). auto: on for LoRA on CUDA without DeepSpeed when the run has at least 300 optimizer steps, else off; "
+        "on: always (CPU too); off: never.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(default="auto", description="auto: bf16 where the GPU supports it, fp32 on CPU.")
     seed: int = Field(default=42, description="Training seed.")
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate validation loss every N steps (default: once per epoch, or every 10% of maxSteps).")
