@@ -14,8 +14,10 @@ A run is SHAPE/TASK/MICRO/STEPS/RECIPE:
 - RECIPE: `plain` (transformers.Trainer defaults, random batches padded to the longest record,
   DataCollatorForSeq2Seq, sdpa, full logits), `tuneloop` (the train stage with its default layout for the
   device), `tuneloop-<layout>` (TUNELOOP_BATCH_LAYOUT forced), suffixes `+nofused` (TUNELOOP_FUSED_LOSS=0),
-  `+noliger` (TUNELOOP_LIGER=0), `+compile` (TUNELOOP_COMPILE=1), `+log10` (loggingSteps 10 instead of 1: fewer
-  host-device syncs), `+profile` (torch.profiler tables of the run on stdout).
+  `+noliger` (TUNELOOP_LIGER=0), `+compile` / `+nocompile` (TUNELOOP_COMPILE=1/0 over hyperparameters.compile: auto),
+  `+noops` (TUNELOOP_FUSED_OPS=0: no Liger RMSNorm/SwiGLU/RoPE), `+casts` (TUNELOOP_ADAPTER_CASTS=1: keep peft's
+  fp32 cast of every adapter input), `+log10` (loggingSteps 10 instead of 1: fewer host-device syncs), `+profile`
+  (torch.profiler tables of the run on stdout).
 Both recipes: LoRA r16 / alpha 32 / dropout 0.05 on every linear layer, bf16 autocast, AdamW, constant LR, no
 accumulation, loss on assistant tokens only. The tuneloop run is the real stage (`prepare` + `train.run`): only
 `modeling.load_base` is replaced, to build the random model on the GPU instead of reading weights from disk.
@@ -89,25 +91,37 @@ def model_dir(shape: str, work: Path) -> Path:
     return out
 
 
-def build_model(path: Path):
+def build_model(path: Path, dtype=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.from_pretrained(str(path))
     torch.manual_seed(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     return model
 
 
+_REAL_LOAD_BASE = None
+
+
 def patch_load_base(path: Path) -> None:
-    """The train stage's base-model loader → the random model built on the GPU (everything else stays real)."""
+    """The train stage's base-model loader → the random model built on the GPU, in the dtype the real loader would
+    use (modeling.load_dtype: bf16 for LoRA on CUDA); everything else stays real. The plain recipe asks for bf16."""
+    global _REAL_LOAD_BASE
     from tuneloop_trainer import modeling
 
+    _REAL_LOAD_BASE = _REAL_LOAD_BASE or modeling.load_base
+
     def load_base(ctx, for_training=False, *, location=None):
+        import torch
+
         tok = modeling.load_tokenizer(ctx)
-        model = build_model(path)
+        dtype = modeling.load_dtype(ctx, for_training) or torch.float32
+        model = build_model(path, dtype if getattr(ctx, "plain", False) is False else None)
         model.config.pad_token_id = tok.pad_token_id
         return model, tok
 
@@ -188,7 +202,15 @@ def run_tuneloop(spec_file: Path, work: Path, recipe: str) -> dict:
     logs = [(r["time"], r["tokens_seen"]) for r in rows if r["event"] == "log"]
     return {"tokens_per_second": end["tokens_per_second"], "median_step_tokens_per_second": median_rate(logs),
             "trainer_mfu": summary.get("mfu"), "layout": summary["batch_layout"], "attention": summary.get("attention"),
-            "loss": summary.get("loss"), "compiled_layers": summary.get("compiled_layers"), "steps": summary["steps"]}
+            "loss": summary.get("loss"), "compiled_layers": summary.get("compiled_layers"), "compile": summary.get("compile"),
+            "fused_ops": summary.get("fused_ops"), "steps": summary["steps"], "first_step_seconds": first_step(rows)}
+
+
+def first_step(rows: list[dict]) -> float | None:
+    """Seconds from the stage's start of training to the first logged step (the compile shows here)."""
+    logs = [r["time"] for r in rows if r["event"] == "log"]
+    begin = [r["time"] for r in rows if r["event"] == "begin"]
+    return round(logs[0] - begin[0], 1) if logs and begin else None
 
 
 def run_plain(spec_file: Path, work: Path) -> dict:
@@ -204,6 +226,7 @@ def run_plain(spec_file: Path, work: Path) -> dict:
     ctx = load_context(spec_file, work)
     prepare(ctx)
     hp = ctx.spec.hyperparameters
+    ctx.plain = True  # the plain recipe loads the base in bf16 on CUDA, as the seeds' recipes do
     model, tok = modeling.load_base(ctx, for_training=True)
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -264,7 +287,9 @@ def one(run: str, work: Path) -> dict:
     spec_file.write_text(json.dumps(spec_for(path, data, tmp / "out", micro, steps, rows, 10 if "log10" in flags else 1)))
     env = {"TUNELOOP_BATCH_LAYOUT": base.split("-", 1)[1] if base.startswith("tuneloop-") else None,
            "TUNELOOP_FUSED_LOSS": "0" if "nofused" in flags else None, "TUNELOOP_LIGER": "0" if "noliger" in flags else None,
-           "TUNELOOP_COMPILE": "1" if "compile" in flags else None, "TUNELOOP_METRICS_PORT": "0"}
+           "TUNELOOP_COMPILE": "1" if "compile" in flags else "0" if "nocompile" in flags else None,
+           "TUNELOOP_FUSED_OPS": "0" if "noops" in flags else None, "TUNELOOP_ADAPTER_CASTS": "1" if "casts" in flags else None,
+           "TUNELOOP_METRICS_PORT": "0"}
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         if v is None:

@@ -3,7 +3,8 @@
 Skipped, with the reason, without --run-gpu or without a CUDA GPU (tests/conftest.py). Covers: the varlen
 attention kernel and the fused LM-head loss against references, the packed GPU default = the padded loss,
 the train stage with LoRA, QLoRA (bitsandbytes 4-bit), full fine-tuning under DeepSpeed ZeRO-2 and ZeRO-3, all bf16,
-and the evaluate stage on CUDA.
+Liger's fused RMSNorm/SwiGLU/RoPE against the eager ops, LoRA with compiled decoder layers, and the evaluate stage on
+CUDA.
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ def test_lora_trains_packed_bf16_then_evaluates_on_cuda(tiny, tmp_path):
     assert res["batch_layout"] == "packed" and res["attention"] in ("flash_attn", "torch_varlen"), res
     # the tiny model's MFU rounds to 0.0; that it is reported (not None) is what counts here
     assert res["loss"].startswith("fused_") and res["mfu"] is not None and res["tokens_per_second_per_gpu"] > 0
+    assert res["compiled_layers"] == 0 and res["compile"].startswith("auto: 12 steps"), res  # too short to pay
+    try:
+        import liger_kernel  # noqa: F401
+
+        assert res["fused_ops"] == "liger:rms_norm,swiglu,rope", res
+    except ImportError:
+        assert res["fused_ops"] is None, res
     rows = [json.loads(x) for x in (work / "progress.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["loss"] is not None]
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
@@ -168,3 +176,52 @@ def test_full_fine_tuning_with_deepspeed_zero_on_cuda(tiny, tmp_path, stage):
     res = _stage("train", spec, work, tmp_path, timeout=300)
     assert res["steps"] == 4 and res["batch_layout"] == "packed" and res["eval_loss"] is not None
     assert (work / "artifact" / "model.safetensors").exists()
+
+
+def test_liger_fused_ops_give_the_reference_loss_and_grads_on_cuda(tiny):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tuneloop_trainer.dataset.encoding import encode
+    from tuneloop_trainer.training import kernels
+    from tuneloop_trainer.training.attention import use_varlen_attention
+    from tuneloop_trainer.training.collate import PackedCollator
+
+    pytest.importorskip("liger_kernel", reason="Liger's fused RMSNorm/SwiGLU/RoPE need liger-kernel (the trainer image installs it)")
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    feats = [dict(zip(("input_ids", "labels"), encode(tok, r))) for r in chat_records(8, system=True)]
+    b = {k: v.cuda() if hasattr(v, "cuda") else v for k, v in PackedCollator(sparse_logits=False)(feats).items()}
+
+    def run(fused: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.bfloat16).cuda()
+        assert use_varlen_attention(model) in ("flash_attn", "torch_varlen")
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+        for m in model.modules():
+            if hasattr(m, "lora_B") and "default" in m.lora_B:
+                torch.nn.init.normal_(m.lora_B["default"].weight, 0, 0.05)
+        what, undo = kernels.fused_ops(model, "cuda") if fused else (None, lambda: None)
+        undo_casts = kernels.adapter_input_casts_off(model)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**b).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
+        undo_casts()
+        undo()
+        return what, float(loss), grads
+
+    _, ref, ref_g = run(False)
+    what, got, got_g = run(True)
+    assert what == "liger:rms_norm,swiglu,rope"
+    assert abs(got - ref) < 2e-2 * ref, (got, ref)
+    assert _rel(got_g, ref_g) < 5e-2
+
+
+def test_lora_compiled_layers_train_on_cuda(tiny, tmp_path):
+    spec, work = _spec(tmp_path, tiny, hyperparameters={"maxSteps": 8, "learningRate": 1e-2, "saveSteps": 100, "compile": "on"})
+    _stage("prepare", spec, work, tmp_path)
+    res = _stage("train", spec, work, tmp_path, timeout=300)
+    assert res["compiled_layers"] == 2 and res["compile"] == "compile: on" and res["fused_ops"] is None, res
+    rows = [json.loads(x) for x in (work / "progress.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["loss"] is not None]
+    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3]), losses

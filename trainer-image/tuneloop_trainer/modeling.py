@@ -186,6 +186,25 @@ def train_dtype(ctx: Any):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p]
 
 
+def load_dtype(ctx: Any, for_training: bool):
+    """The dtype the base weights are loaded in (None: as stored, fp32 for the models here).
+
+    On CUDA: the compute dtype for inference, and for LoRA training too — its base weights are frozen, so an fp32
+    copy would only double their memory and add a cast before every matmul under autocast. Full fine-tuning keeps
+    fp32 master weights (the Trainer's mixed precision); QLoRA's are quantized by bitsandbytes. CPU: fp32.
+    """
+    import torch
+
+    if not use_cuda():
+        return None
+    if not for_training:
+        return train_dtype(ctx)
+    if ctx.spec.method.type == "lora":
+        dtype = train_dtype(ctx)
+        return dtype if dtype != torch.float32 else None
+    return None
+
+
 def _quantization_config(ctx: Any):
     q = ctx.spec.method.quantization
     if not use_cuda():
@@ -208,8 +227,8 @@ def _quantization_config(ctx: Any):
 def load_base(ctx: Any, for_training: bool = False, *, location: ModelLocation | None = None):
     """(model, tokenizer) of spec.baseModel.
 
-    for_training: weights in fp32 (the Trainer's mixed precision casts), 4-bit via bitsandbytes for
-    method qlora (GPU only). Otherwise the model is put in eval mode, on the GPU when one is visible.
+    for_training: on CUDA, LoRA's frozen base in the compute dtype (bf16/fp16), full fine-tuning in fp32 (the Trainer's
+    mixed precision casts), 4-bit via bitsandbytes for method qlora (GPU only); fp32 on CPU. Otherwise the model is put in eval mode, on the GPU when one is visible.
     """
     from transformers import AutoModelForCausalLM
 
@@ -220,8 +239,9 @@ def load_base(ctx: Any, for_training: bool = False, *, location: ModelLocation |
     if for_training and ctx.spec.method.type == "qlora":
         kw["quantization_config"] = _quantization_config(ctx)
         kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    if not for_training and use_cuda():
-        kw["dtype"] = train_dtype(ctx)
+    dtype = load_dtype(ctx, for_training)
+    if dtype is not None:
+        kw["dtype"] = dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
     except (OSError, ValueError) as exc:

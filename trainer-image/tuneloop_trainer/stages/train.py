@@ -9,6 +9,7 @@ tuneloop_trainer_* gauges. Under NNODES × NPROC_PER_NODE > 1 it re-executes its
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -160,17 +161,6 @@ def _fused_loss_wanted(layout: str) -> bool:
     return torch.cuda.is_available() and layout != "padded"
 
 
-def _compile_layers(model: Any) -> int:
-    """TUNELOOP_COMPILE=1: torch.compile each decoder layer (dynamic shapes); returns how many were compiled."""
-    if os.environ.get("TUNELOOP_COMPILE") != "1":
-        return 0
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(getattr(base, "model", None), "layers", None) or []
-    for layer in layers:
-        layer.compile(dynamic=True)
-    return len(layers)
-
-
 def spec_uses_deepspeed(ctx: Any) -> bool:
     return bool(ctx.spec.deepspeed and ctx.spec.deepspeed.enabled)
 
@@ -225,7 +215,8 @@ def _train(ctx: Any) -> dict[str, Any]:
         cpu_deepspeed()
     from transformers import Trainer
 
-    from ..modeling import load_base
+    from ..modeling import load_base, train_dtype
+    from ..training import kernels
     from ..training.callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback, TrainTimeCallback
     from ..training.checkpoints import newest_complete, remove_incomplete
     from ..training.collate import FlatCollator, PackedCollator, PaddedCollator, load_split, pack_by_tokens, sparse_logits_loss
@@ -275,10 +266,20 @@ def _train(ctx: Any) -> dict[str, Any]:
 
         fused = install_fused_loss(model)
     loss_func = None if layout == "padded" or fused else sparse_logits_loss
-    compiled = _compile_layers(model)
     flops = flops_model(model)
     records_per_step = 1 if rows else hp.micro_batch_size
     steps_per_epoch = max(1, len(train_ds) * records_per_step // hp.batch_size)
+    planned = hp.max_steps or max(1, math.ceil(hp.epochs * steps_per_epoch))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    compile_on, compile_why = kernels.compile_plan(hp.compile, device=device, method=spec.method.type,
+                                                   deepspeed=spec_uses_deepspeed(ctx), planned_steps=planned)
+    fused_ops, undo_ops = (None, lambda: None) if compile_on else kernels.fused_ops(model, device)
+    compiled = kernels.compile_layers(model) if compile_on else 0
+    print(f"tuneloop train: layout {layout}, loss {_loss_name(fused, layout)}, fused ops {fused_ops or 'none'}, "
+          f"compile {'on' if compile_on else 'off'} ({compile_why})", file=sys.stderr)
+    # under mixed precision autocast picks the matmul dtype: peft's cast of each adapter input to fp32 is pure copying
+    keep_casts = train_dtype(ctx) == torch.float32 or os.environ.get("TUNELOOP_ADAPTER_CASTS") == "1"
+    undo_casts = (lambda: None) if keep_casts else kernels.adapter_input_casts_off(model)
     args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout, rows=rows)
 
     metrics = None
@@ -316,6 +317,8 @@ def _train(ctx: Any) -> dict[str, Any]:
         out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate() if len(eval_ds) else {}
     finally:
+        undo_casts()
+        undo_ops()
         if metrics:
             metrics.close()
 
@@ -334,6 +337,8 @@ def _train(ctx: Any) -> dict[str, Any]:
         "attention": attention or str(getattr(getattr(_inner(model), "config", None), "_attn_implementation", "") or ""),
         "loss": _loss_name(fused, layout),
         "compiled_layers": compiled,
+        "compile": compile_why,
+        "fused_ops": fused_ops,
         "tokens_per_second_per_gpu": progress.last_rates.get("tokens_per_second_per_gpu"),
         "mfu": progress.last_rates.get("mfu"),
     }

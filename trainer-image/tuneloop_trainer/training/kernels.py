@@ -1,0 +1,149 @@
+"""What runs around the matmuls of a training step on a GPU (bench/trainer/README.md has the measurements).
+
+A LoRA step on one GPU is mostly *not* matmuls: the profile of the 1B shape on an H200 showed ~4 700 kernel
+launches per step, host time 2.4× the GPU's busy time, and of the GPU time only 36 % in matmuls — 20 % dtype
+casts, 23 % element-wise glue (RMSNorm, RoPE, SwiGLU, LoRA scaling), 8 % LoRA dropout. Three remedies, each
+measured and each with a clean fallback:
+
+- `adapter_input_casts_off(model)`: peft keeps LoRA weights in fp32 on a bf16/fp16 model and casts every
+  adapter's *input* [tokens × hidden] to fp32, which autocast then casts back to bf16 for the matmul — two
+  copies of the activations per adapter and pass. Under mixed precision autocast already chooses the matmul
+  dtype, so the input cast is switched off while training (peft's `cast_input_dtype_enabled`), and restored
+  afterwards. The adapters' weights, gradients and optimizer state stay fp32.
+- `fused_ops(model)`: Liger-kernel's fused RMSNorm, SwiGLU and RoPE Triton kernels on CUDA for Llama-family
+  models (one kernel where eager PyTorch launches 3–10), bound to this model instance only (RoPE: the modelling
+  module's function, restored by the returned undo). Off without CUDA, without liger-kernel, for other model
+  families, and when the layers are compiled (inductor fuses the same ops). TUNELOOP_FUSED_OPS=0 turns it off.
+- `compile_plan(...)` / `compile_layers(model)`: torch.compile of each decoder layer (hyperparameters.compile):
+  fuses everything between the matmuls and cuts the launches; it costs a compile at the first steps, so `auto`
+  turns it on only where it was measured to pay: LoRA on CUDA without DeepSpeed, for runs of at least
+  COMPILE_MIN_STEPS optimizer steps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+# `auto` compiles runs of at least this many optimizer steps: the compile took 20–70 s on an H200 and saved
+# 0.05 s (1B) to 0.14 s (8B) per 4096-token step (bench/trainer/README.md, runs 2 and 4).
+COMPILE_MIN_STEPS = 300
+_LLAMA_LIKE = ("llama", "mistral", "qwen2")
+
+
+def _inner(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    base = _inner(model)
+    return list(getattr(getattr(base, "model", None), "layers", None) or [])
+
+
+# -- adapter input casts -------------------------------------------------------------------------------------------
+
+def adapter_input_casts_off(model: Any) -> Callable[[], None]:
+    """Stop peft casting each adapter's input to the adapter dtype; returns the undo. Call only under autocast."""
+    changed = []
+    for module in model.modules():
+        if getattr(module, "cast_input_dtype_enabled", None) is True:
+            module.cast_input_dtype_enabled = False
+            changed.append(module)
+
+    def undo() -> None:
+        for m in changed:
+            m.cast_input_dtype_enabled = True
+
+    return undo
+
+
+# -- Liger's fused RMSNorm / SwiGLU / RoPE ----------------------------------------------------------------------------
+
+def fused_ops_available(device: str) -> bool:
+    if device != "cuda" or os.environ.get("TUNELOOP_FUSED_OPS") == "0":
+        return False
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception:  # noqa: BLE001 — not installed, or no Triton for this GPU
+        return False
+    return True
+
+
+def fused_ops(model: Any, device: str) -> tuple[str | None, Callable[[], None]]:
+    """Bind Liger's RMSNorm, SwiGLU and RoPE kernels to this model; returns (what was fused or None, undo)."""
+    noop: Callable[[], None] = lambda: None  # noqa: E731
+    base = _inner(model)
+    model_type = getattr(getattr(base, "config", None), "model_type", "")
+    layers = decoder_layers(model)
+    if model_type not in _LLAMA_LIKE or not layers or not fused_ops_available(device):
+        return None, noop
+    from liger_kernel.transformers import LigerRMSNorm, LigerSwiGLUMLP, liger_rotary_pos_emb
+
+    if getattr(base.config, "hidden_act", "silu") not in ("silu", "swish"):
+        return None, noop
+    bound: list[tuple[Any, str]] = []
+
+    def bind(module: Any, name: str, fn: Any) -> None:
+        module.__dict__[name] = types.MethodType(fn, module)
+        bound.append((module, name))
+
+    def rms(module: Any) -> None:
+        if module is None or getattr(module, "weight", None) is None:
+            return
+        module.variance_epsilon = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None) or 1e-6
+        module.offset, module.casting_mode, module.in_place, module.row_mode = 0.0, "llama", True, None
+        module.impl = module.mode = None
+        bind(module, "forward", LigerRMSNorm.forward)
+
+    rms(getattr(getattr(base, "model", None), "norm", None))
+    for layer in layers:
+        rms(getattr(layer, "input_layernorm", None))
+        rms(getattr(layer, "post_attention_layernorm", None))
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None and all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj")):
+            bind(mlp, "forward", LigerSwiGLUMLP.forward)
+    modelling = sys.modules.get(type(layers[0]).__module__)
+    original_rope = getattr(modelling, "apply_rotary_pos_emb", None)
+    if original_rope is not None:
+        modelling.apply_rotary_pos_emb = liger_rotary_pos_emb
+
+    def undo() -> None:
+        for module, name in bound:
+            module.__dict__.pop(name, None)
+        if original_rope is not None:
+            modelling.apply_rotary_pos_emb = original_rope
+
+    return "liger:rms_norm,swiglu,rope", undo
+
+
+# -- torch.compile per decoder layer ----------------------------------------------------------------------------------
+
+def compile_plan(setting: str, *, device: str, method: str, deepspeed: bool, planned_steps: int) -> tuple[bool, str]:
+    """(compile?, why) for hyperparameters.compile; TUNELOOP_COMPILE=1/0 overrides (benchmarks)."""
+    env = os.environ.get("TUNELOOP_COMPILE")
+    if env in ("0", "1"):
+        return env == "1", f"TUNELOOP_COMPILE={env}"
+    if setting == "on":
+        return True, "compile: on"
+    if setting == "off":
+        return False, "compile: off"
+    if device != "cuda":
+        return False, "auto: not on CPU (not measured to pay there)"
+    if method != "lora":
+        return False, f"auto: method {method} (compile measured for LoRA only)"
+    if deepspeed:
+        return False, "auto: not with DeepSpeed"
+    if planned_steps < COMPILE_MIN_STEPS:
+        return False, f"auto: {planned_steps} steps < {COMPILE_MIN_STEPS} (the compile would not pay back)"
+    return True, f"auto: LoRA on CUDA, {planned_steps} steps"
+
+
+def compile_layers(model: Any) -> int:
+    """torch.compile each decoder layer (dynamic shapes: packed rows vary in length); returns how many."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
