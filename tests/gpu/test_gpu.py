@@ -142,12 +142,7 @@ def test_lora_trains_packed_bf16_then_evaluates_on_cuda(tiny, tmp_path):
     # the tiny model's MFU rounds to 0.0; that it is reported (not None) is what counts here
     assert res["loss"].startswith("fused_") and res["mfu"] is not None and res["tokens_per_second_per_gpu"] > 0
     assert res["compiled_layers"] == 0 and res["compile"].startswith("auto: 12 steps"), res  # too short to pay
-    try:
-        import liger_kernel  # noqa: F401
-
-        assert res["fused_ops"] == "liger:rms_norm,swiglu,rope", res
-    except ImportError:
-        assert res["fused_ops"] is None, res
+    assert res["fused_ops"] is None, res  # micro-batches of records: Liger's ops measured slower there
     rows = [json.loads(x) for x in (work / "progress.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["loss"] is not None]
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
@@ -223,5 +218,14 @@ def test_lora_compiled_layers_train_on_cuda(tiny, tmp_path):
     res = _stage("train", spec, work, tmp_path, timeout=300)
     assert res["compiled_layers"] == 2 and res["compile"] == "compile: on" and res["fused_ops"] is None, res
     rows = [json.loads(x) for x in (work / "progress.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows if r["loss"] is not None]
-    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3]), losses
+    losses = {r["step"]: r["loss"] for r in rows if r["loss"] is not None}  # evaluation rows repeat a step's loss
+    assert sorted(losses) == list(range(1, 9)) and losses[8] < losses[1], losses
+
+
+def test_lora_rows_use_liger_fused_ops_on_cuda(tiny, tmp_path):
+    pytest.importorskip("liger_kernel", reason="Liger's fused RMSNorm/SwiGLU/RoPE need liger-kernel (the trainer image installs it)")
+    spec, work = _spec(tmp_path, tiny, hyperparameters={"maxSteps": 6, "learningRate": 1e-2, "saveSteps": 100,
+                                                         "maxTokensPerBatch": 4096})
+    _stage("prepare", spec, work, tmp_path)
+    res = _stage("train", spec, work, tmp_path)
+    assert res["fused_ops"] == "liger:rms_norm,swiglu,rope" and res["compiled_layers"] == 0, res

@@ -40,6 +40,18 @@ def test_compile_plan(monkeypatch, setting, device, method, ds, steps, expected)
     assert on is expected and why
 
 
+@pytest.mark.parametrize("env,row_tokens,expected", [
+    (None, None, False), (None, 2048, False), (None, kernels.FUSED_OPS_MIN_ROW_TOKENS, True), (None, 16384, True),
+    ("0", 16384, False), ("1", None, True),
+])
+def test_fused_ops_wanted_for_big_rows_only(monkeypatch, env, row_tokens, expected):
+    if env is None:
+        monkeypatch.delenv("TUNELOOP_FUSED_OPS", raising=False)
+    else:
+        monkeypatch.setenv("TUNELOOP_FUSED_OPS", env)
+    assert kernels.fused_ops_wanted(row_tokens) is expected
+
+
 def test_compile_env_overrides_the_spec(monkeypatch):
     monkeypatch.setenv("TUNELOOP_COMPILE", "0")
     assert kernels.compile_plan("on", device="cuda", method="lora", deepspeed=False, planned_steps=1000) == (False, "TUNELOOP_COMPILE=0")

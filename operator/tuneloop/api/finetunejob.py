@@ -225,7 +225,7 @@ class Hyperparameters(ApiModel):
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="torch.compile each decoder layer (fuses the small kernels around the matmuls; the first steps pay the "
-        "compile). auto: on for LoRA on CUDA without DeepSpeed when the run has at least 300 optimizer steps, else off; "
+        "compile). auto: on for LoRA on CUDA without DeepSpeed when the run has at least 2000 optimizer steps, else off; "
         "on: always (CPU too); off: never.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(default="auto", description="auto: bf16 where the GPU supports it, fp32 on CPU.")
     seed: int = Field(default=42, description="Training seed.")

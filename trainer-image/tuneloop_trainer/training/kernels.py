@@ -12,12 +12,13 @@ measured and each with a clean fallback:
   afterwards. The adapters' weights, gradients and optimizer state stay fp32.
 - `fused_ops(model)`: Liger-kernel's fused RMSNorm, SwiGLU and RoPE Triton kernels on CUDA for Llama-family
   models (one kernel where eager PyTorch launches 3–10), bound to this model instance only (RoPE: the modelling
-  module's function, restored by the returned undo). Off without CUDA, without liger-kernel, for other model
-  families, and when the layers are compiled (inductor fuses the same ops). TUNELOOP_FUSED_OPS=0 turns it off.
+  module's function, restored by the returned undo). Used where measured to pay (`fused_ops_wanted`: token-budget
+  rows of >= 4096 tokens); off without CUDA, without liger-kernel, for other model families, and when the layers
+  are compiled (inductor fuses the same ops). TUNELOOP_FUSED_OPS=1/0 overrides.
 - `compile_plan(...)` / `compile_layers(model)`: torch.compile of each decoder layer (hyperparameters.compile):
   fuses everything between the matmuls and cuts the launches; it costs a compile at the first steps, so `auto`
   turns it on only where it was measured to pay: LoRA on CUDA without DeepSpeed, for runs of at least
-  COMPILE_MIN_STEPS optimizer steps.
+  COMPILE_MIN_STEPS optimizer steps (the measured break-even was ~450–1 600 steps).
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-# `auto` compiles runs of at least this many optimizer steps: the compile took 20–70 s on an H200 and saved
-# 0.05 s (1B) to 0.14 s (8B) per 4096-token step (bench/trainer/README.md, runs 2 and 4).
-COMPILE_MIN_STEPS = 300
+# `auto` compiles runs of at least this many optimizer steps. Measured on an H100 (bench/trainer/README.md, run 4):
+# the compile took 65 s (8B, 4096-token rows) and 16 s (1B, 16k rows) and then saved 0.042 s and 0.035 s per step
+# against the uncompiled default — it pays back after ~1 600 and ~450 steps.
+COMPILE_MIN_STEPS = 2000
+# Liger's fused ops pay on big micro-batches and cost on small ones (Triton's launch overhead on a host-bound step),
+# measured on an H100: +22 % (8B, 4096-token rows), +33 % (1B, 16k-token rows); -11 % / -17 % (1B, 16 records of the
+# mixed / quickstart sets, ~3.7k / ~1.6k tokens). So by default they are used for token-budget rows of at least:
+FUSED_OPS_MIN_ROW_TOKENS = 4096
 _LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 
@@ -61,6 +67,15 @@ def adapter_input_casts_off(model: Any) -> Callable[[], None]:
 
 
 # -- Liger's fused RMSNorm / SwiGLU / RoPE ----------------------------------------------------------------------------
+
+def fused_ops_wanted(row_tokens: int | None) -> bool:
+    """Default: on for token-budget rows (hyperparameters.maxTokensPerBatch) of at least FUSED_OPS_MIN_ROW_TOKENS;
+    TUNELOOP_FUSED_OPS=1/0 overrides."""
+    env = os.environ.get("TUNELOOP_FUSED_OPS")
+    if env in ("0", "1"):
+        return env == "1"
+    return bool(row_tokens) and row_tokens >= FUSED_OPS_MIN_ROW_TOKENS
+
 
 def fused_ops_available(device: str) -> bool:
     if device != "cuda" or os.environ.get("TUNELOOP_FUSED_OPS") == "0":
