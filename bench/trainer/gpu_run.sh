@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU test tier, then gpu_bench.py (1b mixed/quickstart default vs plain, packed 4096-token rows
-# on 1b and 8b). Each part has its own time cap; one failing part does not stop the next. Everything lands in $OUT.
+# on 1b and 8b, 16k-token rows on 1b, compiled and not). Each part has its own time cap; one failing part does not stop the next. Everything lands in $OUT.
 #   bash bench/trainer/gpu_run.sh            (needs the wheels in .whl/ that the device lacks: see bench/trainer/README.md)
 set -o pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
@@ -25,10 +25,11 @@ part() {  # part NAME SECONDS CMD...
 }
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  part gpu-tests "${TESTS_CAP:-150}" python3 -m pytest -m gpu --run-gpu tests/gpu -q -p no:cacheprovider -rs --durations=10
+  part gpu-tests "${TESTS_CAP:-240}" python3 -m pytest -m gpu --run-gpu tests/gpu -q -p no:cacheprovider -rs --durations=10
 fi
 RUNS=${RUNS:-"1b/quickstart/16/4/tuneloop 1b/mixed/16/30/plain 1b/mixed/16/30/tuneloop 1b/quickstart/16/30/plain 1b/quickstart/16/30/tuneloop \
-8b/rows4096/1/10/tuneloop 1b/rows4096/1/20/tuneloop 1b/mixed/16/30/tuneloop-grouped 1b/quickstart/16/30/tuneloop+noliger"}
+8b/rows4096/1/30/tuneloop 8b/rows4096/1/40/tuneloop+compile 1b/rows16384/1/30/tuneloop 1b/rows16384/1/30/tuneloop+compile \
+1b/rows4096/1/40/tuneloop 1b/rows4096/1/40/tuneloop+noops"}
 args=(); for r in $RUNS; do args+=(--run "$r"); done
 part gpu-bench "${BENCH_CAP:-250}" python3 bench/trainer/gpu_bench.py "${args[@]}" --json "$OUT/gpu.json"
 echo "done $(date -u +%T)"
