@@ -195,3 +195,15 @@ def test_base_weights_stay_fp32_on_cpu():
         pytest.skip("this machine has a GPU; the CPU rule is what is tested here")
     ctx = SimpleNamespace(spec=SimpleNamespace(method=SimpleNamespace(type="lora"), hyperparameters=SimpleNamespace(precision="auto")))
     assert modeling.load_dtype(ctx, True) is None and modeling.load_dtype(ctx, False) is None
+
+
+@pytest.mark.parametrize("items,batch,micro,rows,expected", [
+    (1000, 8, 1, False, 125), (1000, 8, 4, False, 125),  # records: batchSize per optimizer step, whatever the micro-batch
+    (100, 8, 4, True, 50), (100, 8, 8, True, 100),       # rows: batchSize / microBatchSize rows per step
+    (3, 8, 1, False, 1),
+])
+def test_optimizer_steps_per_epoch(items, batch, micro, rows, expected):
+    from tuneloop_trainer.stages.train import optimizer_steps_per_epoch
+
+    hp = SimpleNamespace(batch_size=batch, micro_batch_size=micro)
+    assert optimizer_steps_per_epoch(items, hp, rows) == expected

@@ -60,6 +60,13 @@ def apply_method(ctx: Any, model: Any) -> Any:
         raise ConfigError(f"method.lora.targetModules {targets}: {exc}") from None
 
 
+def optimizer_steps_per_epoch(items: int, hp: Any, rows: bool) -> int:
+    """Optimizer steps in one pass over `items` training items: records take batchSize per step; token-budget rows
+    (maxTokensPerBatch) are micro-batches of their own, batchSize / microBatchSize of them per step."""
+    per_step = max(1, hp.batch_size // hp.micro_batch_size) if rows else hp.batch_size
+    return max(1, items // per_step)
+
+
 def _eval_steps(hp: Any, steps_per_epoch: int) -> int:
     if hp.eval_steps:
         return hp.eval_steps
@@ -267,8 +274,7 @@ def _train(ctx: Any) -> dict[str, Any]:
         fused = install_fused_loss(model)
     loss_func = None if layout == "padded" or fused else sparse_logits_loss
     flops = flops_model(model)
-    records_per_step = 1 if rows else hp.micro_batch_size
-    steps_per_epoch = max(1, len(train_ds) * records_per_step // hp.batch_size)
+    steps_per_epoch = optimizer_steps_per_epoch(len(train_ds), hp, rows)
     planned = hp.max_steps or max(1, math.ceil(hp.epochs * steps_per_epoch))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     compile_on, compile_why = kernels.compile_plan(hp.compile, device=device, method=spec.method.type,
