@@ -191,7 +191,7 @@ def finetunejob(sched: FineTuneSchedule, template: dict[str, Any], iteration: st
                 spec_dir: Path, objective: str) -> dict[str, Any]:
     """The template as this iteration's FineTuneJob: local paths absolute, the schedule's model name, and
     evaluation.serving = the champion's eval.json (none: the serving gates dropped, as the operator does)."""
-    from tuneloop.operator.schedule.build import ANNOTATION_CHAMPION, LABEL_SCHEDULE, model_name
+    from tuneloop.operator.schedule.build import ANNOTATION_CHAMPION, LABEL_SCHEDULE, model_name, run_version
 
     body = json.loads(json.dumps(template))
     for keys in LOCAL_PATH_KEYS:
@@ -200,7 +200,9 @@ def finetunejob(sched: FineTuneSchedule, template: dict[str, Any], iteration: st
         if isinstance(value, str) and value and "://" not in value:
             parent[keys[-1]] = str(_local(value, spec_dir))
     name = sched.metadata.name
-    body.setdefault("registry", {})["modelName"] = model_name(sched.spec, name)
+    registry = body.setdefault("registry", {})
+    registry["modelName"] = model_name(sched.spec, name)
+    registry["version"] = run_version(f"i{iteration}")
     ev = body["evaluation"]
     if champion is not None:
         ev["serving"] = {"modelVersion": champion.model_version, "evalJson": str(champion.dir / layout.EVAL_FILE)}

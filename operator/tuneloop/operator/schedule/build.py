@@ -31,6 +31,13 @@ def model_name(spec: FineTuneScheduleSpec, schedule_name: str) -> str:
     return spec.job_template.spec.registry.model_name or schedule_name
 
 
+def run_version(run_key: str) -> str:
+    """Each run's registry.version (a template may not set one): the run's key — the cron minute, `d<digest>`,
+    `p<hash>`, `m<hash>`, or a local iteration — so that the ModelVersion `<model>-<key>` is named like its run
+    `<schedule>-<key>` (instead of `v1-<uid>` for every run)."""
+    return run_key
+
+
 def champion_eval_json(champion: dict[str, Any] | None, output_claim: str | None) -> tuple[str | None, str | None]:
     """(evalJson path inside the run's pods, why not): the serving ModelVersion's eval.json sits next to its artifact
     (DIR/eval.json for DIR/artifact); the run's pods see it when it is on the run's output claim (mounted at /output)."""
@@ -54,7 +61,8 @@ def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire
                 champion: dict[str, Any] | None, now: dt.datetime) -> tuple[dict[str, Any], str | None]:
     """The run's FineTuneJob (and why it has no serving reference, when a champion exists but cannot be read).
 
-    From the template: its own output directory (`<template path or schedule>/<run>`), the schedule's model name, and
+    From the template: its own output directory (`<template path or schedule>/<run>`), the schedule's model name, its own
+    version (`run_version`), and
     `evaluation.serving` set to the champion's eval.json, so gates with `reference: serving` compare with it. Without a
     readable champion the serving gates are dropped (they could only fail); `decide.judge` then refuses to hand off a run
     that had a champion it was not compared with."""
@@ -69,7 +77,9 @@ def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire
         out["pvc"]["path"] = f"{(out['pvc'].get('path') or meta['name']).strip('/')}/{name}"
     elif "s3" in out:
         out["s3"]["uri"] = f"{out['s3']['uri'].rstrip('/')}/{name}"
-    body.setdefault("registry", {})["modelName"] = model_name(spec, meta["name"])
+    registry = body.setdefault("registry", {})
+    registry["modelName"] = model_name(spec, meta["name"])
+    registry["version"] = run_version(fire.key)
     eval_json, why_not = champion_eval_json(champion, claim)
     if eval_json:
         body["evaluation"]["serving"] = {"modelVersion": champion["metadata"]["name"], "evalJson": eval_json}
