@@ -10,9 +10,11 @@ created (what is measured) but no pods run, so nothing but the control plane and
 uses the CPUs. Measured:
 
 - creation (just before the POST) → the data-prep Job's ADDED event on the bench's own watch: p50/p99/max;
+  split into the POST itself (until its response) and POST returned → data-prep Job (p50/p99);
 - operator requests per FineTuneJob (non-watch) from the first POST until every data-prep Job
   exists and the operator went quiet (2 s without a request), with a breakdown by verb/resource;
-- CPU seconds per FineTuneJob of the operator, kube-apiserver and etcd (their processes, read via psutil);
+- CPU seconds per FineTuneJob of the operator, kube-apiserver, etcd and kube-controller-manager (their
+  processes, read via psutil), and of the bench process itself (its POSTs and its watch);
 - operator RSS (idle, peak, after), the machine's load average and CPU busy share during the run;
 - steady state: operator CPU (cores) and requests/s over `--steady` seconds with the N jobs unfinished;
 - deletion: all FineTuneJobs deleted at once (DELETE collection) with the operator running → gone
@@ -165,6 +167,7 @@ async def run(kubeconfig: str, n: int, rate: float, steady: float, timeout: floa
         op = psutil.Process(proc.pid)
         apiserver = _proc_by_name("kube-apiserver", "/tmp/k8s/run/kube-apiserver.pid")
         etcd = _proc_by_name("etcd", "/tmp/k8s/run/etcd.pid")
+        kcm = _proc_by_name("kube-controller-manager", "/tmp/k8s/run/kube-controller-manager.pid")
         deadline = time.monotonic() + 60
         while "Initial authentication has finished" not in (tmp / "operator.log").read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -184,10 +187,12 @@ async def run(kubeconfig: str, n: int, rate: float, steady: float, timeout: floa
 
         sampler = asyncio.create_task(sample())
         c0 = _counts(counts_path)
-        cpu0 = {"operator": _cpu(op), "apiserver": _cpu(apiserver), "etcd": _cpu(etcd)}
+        cpu0 = {"operator": _cpu(op), "apiserver": _cpu(apiserver), "etcd": _cpu(etcd), "controller_manager": _cpu(kcm)}
         mach0 = psutil.cpu_times()
         load0 = os.getloadavg()
         created: dict[str, float] = {}
+        posted: dict[str, float] = {}  # the FineTuneJob's POST returned
+        bench0 = _cpu(psutil.Process())
         sem = asyncio.Semaphore(50)
 
         async def create(i: int) -> None:
@@ -196,6 +201,7 @@ async def run(kubeconfig: str, n: int, rate: float, steady: float, timeout: floa
             async with sem:
                 created[doc["metadata"]["name"]] = time.perf_counter()
                 await client.create(r.FINETUNEJOBS, ns, doc)
+                posted[doc["metadata"]["name"]] = time.perf_counter()
 
         t0 = time.perf_counter()
         if rate:
@@ -215,18 +221,23 @@ async def run(kubeconfig: str, n: int, rate: float, steady: float, timeout: floa
         all_data_s = time.perf_counter() - t0
         await _wait_quiet(counts_path, quiet=2.0)
         c1 = _counts(counts_path)
-        cpu1 = {"operator": _cpu(op), "apiserver": _cpu(apiserver), "etcd": _cpu(etcd)}
+        cpu1 = {"operator": _cpu(op), "apiserver": _cpu(apiserver), "etcd": _cpu(etcd), "controller_manager": _cpu(kcm)}
         mach1 = psutil.cpu_times()
         load1 = os.getloadavg()
         busy = 1 - (mach1.idle - mach0.idle + getattr(mach1, "iowait", 0) - getattr(mach0, "iowait", 0)) / max(
             1e-9, sum(mach1) - sum(mach0))
         peak = max(rss) if rss else _rss(op)
         lat = [watch.seen[k] - created[k] for k in created if k in watch.seen]
+        post = [posted[k] - created[k] for k in posted]
+        after_post = [watch.seen[k] - posted[k] for k in posted if k in watch.seen]
         reqs = _delta(c0, c1)
         result.update({
             "data_jobs_seen": len(lat), "create_all_s": round(create_s, 2), "all_data_jobs_s": round(all_data_s, 2),
             "create_to_data_job_p50_s": round(pct(lat, 0.5), 3), "create_to_data_job_p99_s": round(pct(lat, 0.99), 3),
             "create_to_data_job_max_s": round(max(lat), 3) if lat else None,
+            "post_p50_p99_s": [round(pct(post, 0.5), 3), round(pct(post, 0.99), 3)],
+            "post_to_data_job_p50_p99_s": [round(pct(after_post, 0.5), 3), round(pct(after_post, 0.99), 3)],
+            "bench_cpu_ms_per_job": round(1000 * (_cpu(psutil.Process()) - bench0) / n, 1),
             "operator_requests_per_job": round(sum(reqs.values()) / n, 2), "operator_requests": reqs,
             "operator_watch_requests": _delta(c0, c1, watches=True),
             "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / n, 1) for k in cpu0},

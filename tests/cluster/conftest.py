@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -68,6 +69,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _SESSION: dict[str, Any] = {}
+_LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +244,10 @@ class Env:
         for i in range(1, (self.operator.starts if self.operator else 0) + 1):
             p = self.workdir / f"operator-{i}.log"
             if p.exists():
-                out += [line for line in p.read_text(errors="replace").splitlines() if "403" in line or "forbidden" in line.lower()]
+                for line in p.read_text(errors="replace").splitlines():
+                    text = _LOG_TIME.sub("", line)  # "…:45,403 INFO" is a time, not a status
+                    if "403" in text or "forbidden" in text.lower():
+                        out.append(line)
         return out
 
 

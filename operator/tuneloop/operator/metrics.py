@@ -22,6 +22,8 @@ FINETUNEJOB_PHASE = Gauge(
     ["namespace", "name", "phase"], registry=REGISTRY,
 )
 FINETUNEJOBS = Gauge("tuneloop_finetunejobs", "FineTuneJobs by phase.", ["phase"], registry=REGISTRY)
+for _p in PHASES:  # every phase has a series from the start (0)
+    FINETUNEJOBS.labels(_p)
 RECONCILE_DURATION = Histogram(
     "tuneloop_reconcile_duration_seconds", "Time spent in one reconcile handler.", ["resource"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
@@ -49,21 +51,29 @@ _phases: dict[tuple[str, str], str] = {}
 
 
 def set_phase(namespace: str, name: str, phase: str) -> None:
-    """Record a FineTuneJob's phase (kube-state-metrics style: 1 for current, 0 for others)."""
+    """Record a FineTuneJob's phase (kube-state-metrics style: 1 for current, 0 for others). Every pass
+    calls it: a phase already recorded costs nothing, the per-phase counts change by one."""
+    key = (namespace, name)
+    was = _phases.get(key)
+    if was == phase:
+        return
     for p in PHASES:
         FINETUNEJOB_PHASE.labels(namespace, name, p).set(1 if p == phase else 0)
-    _phases[(namespace, name)] = phase
-    _recount()
+    _phases[key] = phase
+    if was is not None:
+        FINETUNEJOBS.labels(was).dec()
+    FINETUNEJOBS.labels(phase).inc()
 
 
 def forget(namespace: str, name: str) -> None:
     """Drop every series of a deleted FineTuneJob."""
-    _phases.pop((namespace, name), None)
+    was = _phases.pop((namespace, name), None)
+    if was is not None:
+        FINETUNEJOBS.labels(was).dec()
     for p in PHASES:
         _remove(FINETUNEJOB_PHASE, namespace, name, p)
     for g in [*_PROGRESS_GAUGES.values(), PROGRESS_UPDATED]:
         _remove(g, namespace, name)
-    _recount()
 
 
 def _remove(metric, *labels: str) -> None:
@@ -73,12 +83,6 @@ def _remove(metric, *labels: str) -> None:
         pass
 
 
-def _recount() -> None:
-    counts = dict.fromkeys(PHASES, 0)
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase, n in counts.items():
-        FINETUNEJOBS.labels(phase).set(n)
 
 
 def set_progress(namespace: str, name: str, progress: dict) -> None:

@@ -154,3 +154,76 @@ def test_a_pass_uses_our_own_status_write_until_the_watch_delivers_it():
     assert h.current(ftjs, key) is newer  # a later change (e.g. the user's) wins
     assert h.current(ftjs, ("ns", "gone")) is None
     h._written.pop(key, None)
+
+
+# --- 500 at once: the per-job CPU (bench/operator/README.md) -----------------------------------
+_TRICKY = ["", "4", "007", "1.0", ".5", "1e5", "1e-05", "0x1F", "true", "yes", "No", "on", "null", "~", "=", "<<",
+           "2026-01-01", "12:30", "a b", "a: b", "#x", "-x", "- x", "x-", "é", "a'b", 'a"b', "line\nbreak", " lead",
+           "all-linear", "HuggingFaceTB/SmolLM2-135M-Instruct", "nvidia.com/gpu", "16Gi", "main", "_x", ".hidden", "a/b.c"]
+_VALUES = [*_TRICKY, 0, -3, 2**40, 1.0, 0.0002, 1e-05, 5e-5, 1e16, -0.5, float("inf"), float("nan"), True, False, None, {}, []]
+
+
+def _random_doc(rng, depth: int = 0) -> dict:
+    doc = {}
+    for _ in range(rng.randint(0, 5)):
+        key = rng.choice(["a", "spec", "learningRate", "tuneloop.dev/purpose", *_TRICKY[:8], "k k"])
+        r = rng.random()
+        if r < 0.25 and depth < 3:
+            doc[key] = _random_doc(rng, depth + 1)
+        elif r < 0.45 and depth < 3:
+            doc[key] = [_random_doc(rng, depth + 1) if rng.random() < 0.4 else rng.choice(_VALUES[:-2]) for _ in range(rng.randint(0, 3))]
+        else:
+            doc[key] = rng.choice(_VALUES)
+    return doc
+
+
+def test_spec_yaml_is_the_text_pyyaml_writes():
+    """builders.config.dump_yaml (the per-job ConfigMap's spec.yaml) is PyYAML's `dump(sort_keys=False)`
+    byte for byte — its fast path for the usual spec, PyYAML itself for anything else."""
+    import random
+
+    from tuneloop.operator.builders import config
+    from tuneloop.operator.builders.config import _DUMPER, dump_yaml, spec_manifest
+
+    def pyyaml(d: dict) -> str:
+        return yaml.dump(d, Dumper=_DUMPER, sort_keys=False)
+
+    def fast(d: dict) -> bool:
+        try:
+            config._block(d, "", [])
+        except config._NotSimple:
+            return False
+        return True
+
+    rng = random.Random(10)
+    docs = [_random_doc(rng) for _ in range(3000)]
+    for d in docs:
+        assert dump_yaml(d) == pyyaml(d), d
+    assert 500 < sum(map(fast, docs)) < 2900  # both paths were taken
+    for name in ("manifests/samples/finetunejob-llama-2x8-zero3.yaml", "manifests/samples/quickstart.yaml"):
+        body = yaml.safe_load((ROOT / name).read_text())
+        body["metadata"].update(uid="u", generation=1)
+        spec = FineTuneJobSpec.model_validate(body["spec"])
+        doc = spec_manifest(spec, JobMeta.from_body(body))
+        assert fast(doc) == (name != "manifests/samples/quickstart.yaml")  # the quickstart's annotations are free text
+        assert dump_yaml(doc) == pyyaml(doc) and yaml.safe_load(dump_yaml(doc)) == doc
+
+
+def test_phase_counts_stay_exact_when_every_pass_reports_the_phase():
+    from prometheus_client import generate_latest
+    from tuneloop.operator import metrics
+
+    def count(phase: str) -> float:
+        return metrics.FINETUNEJOBS.labels(phase)._value.get()
+
+    before = {p: count(p) for p in metrics.PHASES}
+    for _ in range(3):  # three passes, one phase
+        metrics.set_phase("ns10", "a", "ValidatingData")
+    metrics.set_phase("ns10", "b", "Suspended")
+    metrics.set_phase("ns10", "b", "ValidatingData")
+    assert count("ValidatingData") == before["ValidatingData"] + 2 and count("Suspended") == before["Suspended"]
+    metrics.forget("ns10", "a")
+    metrics.forget("ns10", "b")
+    metrics.forget("ns10", "b")  # a second DELETED changes nothing
+    assert {p: count(p) for p in metrics.PHASES} == before
+    assert 'tuneloop_finetunejobs{phase="Pending"}' in generate_latest(metrics.REGISTRY).decode()

@@ -91,17 +91,38 @@ async def test_first_pass_creates_config_data_job_and_status():
     status = c.objects[("finetunejobs", "ns", "x")]["status"]
     assert status["observedGeneration"] == 3
     assert all(cd["observedGeneration"] == 3 for cd in status["conditions"])
-    assert [w[3]["reason"] for w in c.writes if w[0] == "event"] == ["ValidatingData"]
+    # the first phase gets no Event: the status says it (phase, DataValidated=Unknown/Validating, children.dataJob)
+    assert [w for w in c.writes if w[0] == "event"] == []
+    assert status["phase"] == "ValidatingData" and status["children"]["dataJob"] == "x-data"
+    assert {(cd["type"], cd["status"], cd["reason"]) for cd in status["conditions"]} >= {("DataValidated", "Unknown", "Validating")}
 
 
 async def test_creation_to_data_job_takes_at_most_six_requests():
-    """Issue 10: create first (409 = exists), no GETs of what the index shows, one status patch."""
+    """Issue 10: create first (409 = exists), no GETs of what the index shows, one status patch, no Event."""
     c = FakeClient()
     out = await _pass(c, _ftj())
     assert out.phase == "ValidatingData" and out.written is not None
-    assert c.requests == [("POST", "configmaps", "x-config"), ("POST", "jobs", "x-data"),
-                          ("PATCH", "finetunejobs", "x"), ("POST", "events", "x")]
+    assert c.requests == [("POST", "configmaps", "x-config"), ("POST", "jobs", "x-data"), ("PATCH", "finetunejobs", "x")]
     assert len(c.requests) <= 6
+
+
+async def test_a_job_created_suspended_gets_no_event_until_it_is_resumed():
+    c = FakeClient()
+    out = await _pass(c, _ftj(suspend=True))
+    assert out.phase == "Suspended" and [w for w in c.writes if w[0] == "event"] == []
+    c.objects[("jobs", "ns", "x-data")]["spec"]["suspend"] = True
+    out = await _pass(c, _ftj(suspend=False))
+    assert out.phase == "ValidatingData"
+    assert [(w[3]["type"], w[3]["reason"]) for w in c.writes if w[0] == "event"] == [("Normal", "ValidatingData")]
+
+
+async def test_a_spec_that_cannot_run_still_gets_its_warning_event_at_creation():
+    c = FakeClient()
+    body = _ftj()
+    body["spec"]["dataset"] = {"train": {"path": "/local/train.jsonl"}}
+    out = await _pass(c, body)
+    assert out.phase == "Failed" and out.invalid
+    assert [(w[3]["type"], w[3]["reason"]) for w in c.writes if w[0] == "event"] == [("Warning", "Failed")]
 
 
 async def test_a_job_the_index_does_not_show_yet_is_created_and_read_once():
@@ -227,7 +248,7 @@ async def test_evaluation_disabled_registers_not_evaluated_modelversion():
     assert mv["status"]["phase"] == "Ready"
     conds = {cd["type"]: (cd["status"], cd["reason"]) for cd in out.status["conditions"]}
     assert conds["Evaluated"] == ("False", "Disabled") and conds["Succeeded"] == ("True", "Completed")
-    assert [w[3]["reason"] for w in c.writes if w[0] == "event"] == ["ValidatingData", "Training", "Succeeded"]
+    assert [w[3]["reason"] for w in c.writes if w[0] == "event"] == ["Training", "Succeeded"]
 
 
 def test_failed_gates_reject_the_modelversion():

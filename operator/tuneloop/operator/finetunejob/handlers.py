@@ -89,13 +89,15 @@ def _slim(body: Any) -> dict[str, Any]:
 
 
 # --- indexes (no API requests: fed by the watch streams) ---------------------------------------
+# async: Kopf runs a sync handler in its thread pool (a task, a thread hand-off and a context copy per
+# watch event: ~10 % of the operator's CPU samples at 500 creations); these only copy dicts.
 @kopf.index(*FTJ)
-def tuneloop_finetunejobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def tuneloop_finetunejobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace or "default", name): _slim(body)}
 
 
 @kopf.index("batch", "v1", "jobs", **CHILD_JOBS)
-def tuneloop_stage_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, dict[str, Any]]:
+async def tuneloop_stage_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, dict[str, Any]]:
     """A stage Job as a pass reads it: its name, whether it is suspended, its status (not the pod template)."""
     job = _slim(body)
     job["spec"] = {"suspend": job["spec"].get("suspend")}
