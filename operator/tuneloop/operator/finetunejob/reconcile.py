@@ -398,7 +398,7 @@ class Reconciler:
 
         The first phase of a new job (ValidatingData, Suspended) gets no Event: the status already says it
         (phase, message, `DataValidated=Unknown/Validating` with its time, `children.dataJob`), and an Event
-        costs the control plane ~5 ms of CPU (bench/operator/README.md), which 500 creations at once feel. A job
+        costs the control plane 3–5 ms of CPU (bench/operator/README.md), which 500 creations at once feel. A job
         that fails at once (InvalidSpec) still gets its Warning; every later phase change gets an Event."""
         m = body["metadata"]
         new = st.wire(status)
