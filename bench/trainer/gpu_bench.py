@@ -105,23 +105,17 @@ def build_model(path: Path, dtype=None):
     return model
 
 
-_REAL_LOAD_BASE = None
-
-
 def patch_load_base(path: Path) -> None:
     """The train stage's base-model loader → the random model built on the GPU, in the dtype the real loader would
     use (modeling.load_dtype: bf16 for LoRA on CUDA); everything else stays real. The plain recipe asks for bf16."""
-    global _REAL_LOAD_BASE
     from tuneloop_trainer import modeling
-
-    _REAL_LOAD_BASE = _REAL_LOAD_BASE or modeling.load_base
 
     def load_base(ctx, for_training=False, *, location=None):
         import torch
 
         tok = modeling.load_tokenizer(ctx)
-        dtype = modeling.load_dtype(ctx, for_training) or torch.float32
-        model = build_model(path, dtype if getattr(ctx, "plain", False) is False else None)
+        plain = getattr(ctx, "plain", False)
+        model = build_model(path, None if plain else (modeling.load_dtype(ctx, for_training) or torch.float32))
         model.config.pad_token_id = tok.pad_token_id
         return model, tok
 

@@ -342,7 +342,7 @@ def _train(ctx: Any) -> dict[str, Any]:
         "artifact": str(ctx.artifact_dir),
         "world_size": world,
         "batch_layout": layout,
-        "attention": attention or str(getattr(getattr(_inner(model), "config", None), "_attn_implementation", "") or ""),
+        "attention": attention or str(getattr(getattr(kernels.inner_model(model), "config", None), "_attn_implementation", "") or ""),
         "loss": _loss_name(fused, layout),
         "compiled_layers": compiled,
         "compile": compile_why,
@@ -362,10 +362,6 @@ def _train(ctx: Any) -> dict[str, Any]:
         lineage = write_lineage_for(ctx, summary, tokens, summary["train_seconds"])
         summary["lineage"] = str(lineage)
     return summary
-
-
-def _inner(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _loss_name(fused: bool, layout: str) -> str:

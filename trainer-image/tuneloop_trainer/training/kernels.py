@@ -40,12 +40,13 @@ FUSED_OPS_MIN_ROW_TOKENS = 4096
 _LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 
-def _inner(model: Any) -> Any:
+def inner_model(model: Any) -> Any:
+    """The transformers model under a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def decoder_layers(model: Any) -> list[Any]:
-    base = _inner(model)
+    base = inner_model(model)
     return list(getattr(getattr(base, "model", None), "layers", None) or [])
 
 
@@ -90,7 +91,7 @@ def fused_ops_available(device: str) -> bool:
 def fused_ops(model: Any, device: str) -> tuple[str | None, Callable[[], None]]:
     """Bind Liger's RMSNorm, SwiGLU and RoPE kernels to this model; returns (what was fused or None, undo)."""
     noop: Callable[[], None] = lambda: None  # noqa: E731
-    base = _inner(model)
+    base = inner_model(model)
     model_type = getattr(getattr(base, "config", None), "model_type", "")
     layers = decoder_layers(model)
     if model_type not in _LLAMA_LIKE or not layers or not fused_ops_available(device):
