@@ -207,3 +207,21 @@ def test_optimizer_steps_per_epoch(items, batch, micro, rows, expected):
 
     hp = SimpleNamespace(batch_size=batch, micro_batch_size=micro)
     assert optimizer_steps_per_epoch(items, hp, rows) == expected
+
+
+def test_compile_cache_is_kept_per_node_in_the_work_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so the value set below is undone after the test
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    path = kernels.compile_cache(tmp_path, 1)
+    assert path == str(tmp_path / "compile-cache" / "node-1") and (tmp_path / "compile-cache" / "node-1").is_dir()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # the user's choice wins
+    assert kernels.compile_cache(tmp_path, 0) is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    cache_dir()  # inductor, once used, writes its default into the environment: that is not a user's choice
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.abspath(default_cache_dir())
+    assert kernels.compile_cache(tmp_path, 0) == str(tmp_path / "compile-cache" / "node-0")

@@ -7,6 +7,7 @@ builders read them from here.
 
     DIR/data/{train,validation,test}.jsonl, data_report.json, data_report.txt   (prepare)
     DIR/checkpoints/checkpoint-<step>/                                          (train, resumable)
+    DIR/compile-cache/node-<rank>/   (train with hyperparameters.compile: inductor's cache, reused on resume)
     DIR/artifact/ (+ artifact/merged/ when mergeAdapter), DIR/lineage.json,
     DIR/progress.jsonl                                                          (train)
     DIR/eval.json                                                               (evaluate)
@@ -22,6 +23,7 @@ from typing import Any
 # --- the work directory (names relative to DIR) ----------------------------------------------
 DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
+COMPILE_CACHE_DIR = "compile-cache"
 ARTIFACT_DIR = "artifact"
 MERGED_DIR = f"{ARTIFACT_DIR}/merged"
 REPORT_DIR = "report"

@@ -282,6 +282,8 @@ def _train(ctx: Any) -> dict[str, Any]:
     row_tokens = hp.max_tokens_per_batch if rows else None
     use_ops = not compile_on and kernels.fused_ops_wanted(row_tokens)
     fused_ops, undo_ops = kernels.fused_ops(model, device) if use_ops else (None, lambda: None)
+    if compile_on:
+        kernels.compile_cache(ctx.workdir, dist.topology().node_rank)
     compiled = kernels.compile_layers(model) if compile_on else 0
     print(f"tuneloop train: layout {layout}, loss {_loss_name(fused, layout)}, fused ops {fused_ops or 'none'}, "
           f"compile {'on' if compile_on else 'off'} ({compile_why})", file=sys.stderr)

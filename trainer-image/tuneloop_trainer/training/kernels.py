@@ -18,7 +18,8 @@ measured and each with a clean fallback:
 - `compile_plan(...)` / `compile_layers(model)`: torch.compile of each decoder layer (hyperparameters.compile):
   fuses everything between the matmuls and cuts the launches; it costs a compile at the first steps, so `auto`
   turns it on only where it was measured to pay: LoRA on CUDA without DeepSpeed, for runs of at least
-  COMPILE_MIN_STEPS optimizer steps (the measured break-even was ~450–1 600 steps).
+  COMPILE_MIN_STEPS optimizer steps (the measured break-even was ~450–1 600 steps). Its cache lives in the work
+  directory (`compile_cache`), so a resumed pod does not compile from scratch.
 """
 
 from __future__ import annotations
@@ -155,6 +156,32 @@ def compile_plan(setting: str, *, device: str, method: str, deepspeed: bool, pla
     if planned_steps < COMPILE_MIN_STEPS:
         return False, f"auto: {planned_steps} steps < {COMPILE_MIN_STEPS} (the compile would not pay back)"
     return True, f"auto: LoRA on CUDA, {planned_steps} steps"
+
+
+def compile_cache(workdir: Any, node_rank: int) -> str | None:
+    """Keep inductor's caches (compiled graphs, Triton kernels) in the job's work directory, one per node, so a pod
+    that resumes from a checkpoint reuses the compile instead of paying it again. An explicit
+    TORCHINDUCTOR_CACHE_DIR wins. Returns the directory used (None: the user's)."""
+    from pathlib import Path
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != _inductor_default_cache():
+        return None  # the user's (inductor writes its default into the environment once it is first used)
+
+    from tuneloop.contract.layout import COMPILE_CACHE_DIR
+
+    path = Path(workdir) / COMPILE_CACHE_DIR / f"node-{node_rank}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return str(path)
+
+
+def _inductor_default_cache() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def compile_layers(model: Any) -> int:
