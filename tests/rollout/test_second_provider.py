@@ -65,14 +65,20 @@ def _factory(dd: FakeDatadog):
     return make
 
 
+async def _canary_running(kc, dd: FakeDatadog) -> Reconciler:
+    """The Rollout set up with the fake Datadog provider, first tick done, its canary pods available."""
+    ro, mvs = objs()
+    await setup(kc, ro, mvs)
+    rec = Reconciler(kc.client, ServingConfig(), "https://api.datadoghq.eu", provider_factory=_factory(dd))
+    await tick(kc, rec, 0)
+    await make_available(kc, "bot-canary")
+    return rec
+
+
 async def test_a_second_provider_drives_a_canary_to_promotion(tmp_path: Path):
     dd = FakeDatadog()
-    ro, mvs = objs()
     async with cluster(tmp_path) as kc:
-        await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "https://api.datadoghq.eu", provider_factory=_factory(dd))
-        await tick(kc, rec, 0)
-        await make_available(kc, "bot-canary")
+        rec = await _canary_running(kc, dd)
         for t in (1, 2, 12, 22):
             await tick(kc, rec, t)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
@@ -87,12 +93,8 @@ async def test_a_second_provider_drives_a_canary_to_promotion(tmp_path: Path):
 async def test_a_second_providers_errors_are_error_measurements_never_success(tmp_path: Path):
     dd = FakeDatadog()
     dd.down.add("measure")
-    ro, mvs = objs()
     async with cluster(tmp_path) as kc:
-        await setup(kc, ro, mvs)
-        rec = Reconciler(kc.client, ServingConfig(), "https://api.datadoghq.eu", provider_factory=_factory(dd))
-        await tick(kc, rec, 0)
-        await make_available(kc, "bot-canary")
+        rec = await _canary_running(kc, dd)
         for t in range(1, 6):
             await tick(kc, rec, t * 10)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
