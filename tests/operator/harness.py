@@ -197,6 +197,16 @@ class Cluster:
             })
         return await self.client.patch(r.JOBS, namespace, job, {"status": {"active": 1, "startTime": _now()}}, subresource="status")
 
+    async def make_available(self, namespace: str, name: str) -> dict:
+        """Play the Deployment controller and the kubelet for one Deployment: all its pods available (the emulator has
+        no controllers)."""
+        dep = await self.get(r.DEPLOYMENTS, namespace, name)
+        assert dep is not None, f"Deployment {namespace}/{name} does not exist"
+        n = dep["spec"].get("replicas", 1)
+        status = {"observedGeneration": dep["metadata"].get("generation", 1), "replicas": n, "updatedReplicas": n,
+                  "readyReplicas": n, "availableReplicas": n}
+        return await self.client.patch(r.DEPLOYMENTS, namespace, name, {"status": status}, subresource="status")
+
     def count(self, res: r.Resource) -> int:
         """How many live objects of a resource the emulator holds (duplicate detection)."""
         key = kmock.resource(f"{res.api_version}/{res.plural}")

@@ -61,6 +61,9 @@ async def until(kc, rec, check, timeout: float = 40.0) -> dict:
     """Tick every second (real time, real Prometheus) until `check(rollout status, model version status)` holds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
+        dep = await kc.get(r.DEPLOYMENTS, NS, f"{NAME}-stable")
+        if dep is not None and not (dep.get("status") or {}).get("availableReplicas"):
+            await kc.make_available(NS, f"{NAME}-stable")  # the emulator has no Deployment controller
         obj = await kc.get(r.ROLLOUTS, NS, NAME)
         await rec.tick(obj, dt.datetime.now(dt.UTC))
         st = (await kc.get(r.ROLLOUTS, NS, NAME))["status"]

@@ -35,12 +35,15 @@ class Driver:
         self.t = 0.0
         self.outcomes = []
 
-    def tick(self, seconds: float = 0.0, available: int = 10, results=None, error: str | None = None):
+    def tick(self, seconds: float = 0.0, available: int = 10, results=None, error: str | None = None,
+             stable: int | None = None, failures: tuple = ()):
         self.t += seconds
         now = at(self.t)
         due = due_metrics(self.spec, self.status, now)
         taken = {m.name: (results or OK)[m.name] for m in due}
-        out = advance(self.spec, self.status, World(now=now, canary_available=available, serving_error=error, generation=1), taken)
+        world = World(now=now, canary_available=available, serving_error=error, generation=1, stable_available=stable,
+                      pod_failures=tuple(failures))
+        out = advance(self.spec, self.status, world, taken)
         self.status = out.status
         self.outcomes.append(out)
         return out

@@ -90,6 +90,11 @@ async def test_waiting_rollout_creates_nothing_then_serves_its_first_candidate_a
         await kc.client.patch(r.ROLLOUTS, NS, "bot", {"spec": {"candidate": {"name": "v1"}}})
         delay = await rec.tick(await kc.get(r.ROLLOUTS, NS, "bot"), T0 + dt.timedelta(hours=1, seconds=1))
         assert delay < WAITING_RECHECK
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]  # its Deployment is made; it serves once a pod is available
+        assert (st["phase"], st["stableModelVersion"], st["waitingFor"]) == ("Progressing", "v1", "pods of v1 to serve (0/4 ready)")
+        assert (await kc.get(r.MODELVERSIONS, NS, "v1")).get("status", {}).get("phase") != "Serving"
+        await kc.make_available(NS, "bot-stable")
+        await rec.tick(await kc.get(r.ROLLOUTS, NS, "bot"), T0 + dt.timedelta(hours=1, seconds=1.5))
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert (st["phase"], st["stableModelVersion"], st["canaryWeight"]) == ("Promoted", "v1", 0)
         assert {c["type"]: c["reason"] for c in st["conditions"]}["Progressing"] == "FirstVersion"
@@ -125,9 +130,12 @@ async def test_the_operator_wakes_a_waiting_rollout_when_its_candidate_is_set(tm
             assert ro["status"]["message"] == NOTHING_TO_SERVE
             assert created(kc) == {"Deployment": 0, "Service": 0, "HTTPRoute": 0}
             await kc.client.patch(r.ROLLOUTS, NS, "bot", {"spec": {"candidate": {"name": "v1"}}})
+            await kc.wait_for(r.DEPLOYMENTS, NS, "bot-stable", timeout=10)
+            ro = await kc.wait_for(r.ROLLOUTS, NS, "bot", lambda o: o["status"].get("phase") == "Progressing", timeout=10)
+            assert ro["status"]["waitingFor"] == "pods of v1 to serve (0/4 ready)"  # not served before a pod serves
+            await kc.make_available(NS, "bot-stable")
             ro = await kc.wait_for(r.ROLLOUTS, NS, "bot", lambda o: o["status"].get("phase") == "Promoted", timeout=15)
             assert ro["status"]["stableModelVersion"] == "v1"
-            await kc.wait_for(r.DEPLOYMENTS, NS, "bot-stable", timeout=10)
             await kc.wait_for(r.MODELVERSIONS, NS, "v1", lambda o: (o.get("status") or {}).get("phase") == "Serving", timeout=10)
         except BaseException:
             print(op.tail(120))

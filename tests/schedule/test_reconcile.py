@@ -104,7 +104,15 @@ async def test_first_winning_run_is_handed_off_to_a_rollout_declared_without_a_v
         ro = samples.rollout(None, phase="Waiting")
         del ro["status"]
         await kc.apply(ro)
-        rollouts = RolloutReconciler(kc.client, ServingConfig(), "http://prom:9090", provider_factory=lambda url: None)
+        from tuneloop.operator.analysis.provider import ProviderError
+
+        class NoMetrics:  # the drift watch of the served version asks; this test has no Prometheus
+            async def measure(self, *args):
+                raise ProviderError("no metrics in this test")
+
+            value = histogram = measure
+
+        rollouts = RolloutReconciler(kc.client, ServingConfig(), "http://prom:9090", provider_factory=lambda url: NoMetrics())
 
         async def rollout_tick(when):
             return await rollouts.tick(await kc.get(r.ROLLOUTS, NS, "bot"), when)
@@ -132,6 +140,10 @@ async def test_first_winning_run_is_handed_off_to_a_rollout_declared_without_a_v
         assert [e["reason"] for e in events if e["reason"] == "HandedOff"] == ["HandedOff"]
 
         # the Rollout's own loop serves it as its first version (no canary: nothing served before it)
+        await rollout_tick(at(121))
+        ro_st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert (ro_st["phase"], ro_st["stableModelVersion"]) == ("Progressing", "support-bot-v1")  # served once a pod serves
+        await kc.make_available(NS, "bot-stable")
         await rollout_tick(at(121))
         ro_st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert (ro_st["phase"], ro_st["stableModelVersion"]) == ("Promoted", "support-bot-v1")

@@ -108,6 +108,8 @@ class RolloutReason(str, Enum):
     ARTIFACT_NOT_SERVABLE = "ArtifactNotServable"
     BASE_MODEL_NOT_SERVABLE = "BaseModelNotServable"
     LORA_RANK_TOO_LARGE = "LoraRankTooLarge"
+    STARTING = "Starting"  # Progressing True: the first version's pods are not serving yet
+    SERVING_POD_FAILED = "ServingPodFailed"  # a vLLM pod of the version exited or restarted (any exit code)
 
 
 def step_reason(index: int) -> str:

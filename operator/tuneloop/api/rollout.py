@@ -361,6 +361,9 @@ class RolloutStatus(ApiModel):
     canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate.")
     stable_model_version: str | None = Field(default=None, description="ModelVersion serving the stable share.")
     candidate_model_version: str | None = Field(default=None, description="ModelVersion being rolled out.")
+    candidate_since: datetime | None = Field(
+        default=None, description="When the rollout of candidateModelVersion began (serving pods that failed before it are not its failures)."
+    )
     step_started_at: datetime | None = Field(default=None, description="When the current step began.")
     waiting_for: str | None = Field(default=None, description="Why the Rollout is waiting, if it is.")
     measurements: list[Measurement] = Field(default_factory=list, max_length=100, description="The latest measurements (bounded).")

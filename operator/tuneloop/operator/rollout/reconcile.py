@@ -32,7 +32,7 @@ from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, Provid
 from . import drift, metrics
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
-from .steps import TERMINAL, Outcome, World, advance, due_metrics, next_wakeup, query_window, set_condition
+from .steps import TERMINAL, Outcome, PodFailure, World, advance, due_metrics, next_wakeup, query_window, set_condition
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -81,6 +81,42 @@ def available_for(dep: dict | None, mv: str | None) -> int:
     if (st.get("observedGeneration") or 0) < (dep.get("metadata", {}).get("generation") or 0):
         return 0
     return min(int(st.get("availableReplicas") or 0), int(st.get("updatedReplicas") or 0))
+
+
+def _time(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
+def serving_pod_failures(pods: list[dict]) -> tuple[PodFailure, ...]:
+    """vLLM pods that exited (phase Failed or Succeeded: vLLM's server can exit 0 after its engine died) or restarted,
+    whatever the exit code; pods being deleted (scale-down, rollout) are not failures. Oldest first."""
+    found: list[PodFailure] = []
+    for pod in pods:
+        meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+        labels = meta.get("labels") or {}
+        role, mv = labels.get(names.LABEL_ROLE), labels.get(names.LABEL_MODEL_VERSION)
+        if meta.get("deletionTimestamp") or role is None or mv is None:
+            continue
+        ended = st.get("phase") in ("Failed", "Succeeded")
+        for cs in st.get("containerStatuses") or []:
+            term = ((cs.get("state") or {}).get("terminated") if ended else None) or (
+                (cs.get("lastState") or {}).get("terminated") if int(cs.get("restartCount") or 0) > 0 else None)
+            if not term:
+                continue
+            how = f"exited with code {term.get('exitCode')}" + (f" ({term['reason']})" if term.get("reason") else "")
+            if not ended:
+                how = f"restarted {cs.get('restartCount')} time(s), last {how}"
+            detail = (term.get("message") or "").strip().splitlines()
+            found.append(PodFailure(role, mv, meta.get("name", "?"), f"pod {meta.get('name')} {how}" + (f": {detail[-1][:200]}" if detail else ""),
+                                    _time(term.get("finishedAt"))))
+            break
+        else:
+            if ended:
+                found.append(PodFailure(role, mv, meta.get("name", "?"), f"pod {meta.get('name')} ended ({st.get('phase')})", None))
+    return tuple(sorted(found, key=lambda f: f.at or dt.datetime.min.replace(tzinfo=dt.UTC)))
 
 
 async def measure(
@@ -249,9 +285,13 @@ class Reconciler:
             err_c = candidate_problem(spec, cand_mv)
         problem = err_c or err_s
         canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
+        stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable_name else None
+        pods = await self.client.list(r.PODS, ns, labels=names.rollout_selector(name)) if (stable_name or cand_name) else []
         world = World(
             now=now,
             canary_available=available_for(canary_dep, cand_name),
+            stable_available=available_for(stable_dep, stable_name),
+            pod_failures=serving_pod_failures(pods),
             serving_error=problem.message if problem else None,
             serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
             generation=meta.get("generation"),

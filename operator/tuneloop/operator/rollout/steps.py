@@ -37,6 +37,7 @@ from tuneloop.api.conditions import RolloutCondition as C
 from tuneloop.api.conditions import RolloutReason as R
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
+from tuneloop.contract import names
 
 from . import traffic
 from .analysis import Assessment, Verdict, format_duration, metric_verdict, parse_duration, record, run_verdict
@@ -49,11 +50,26 @@ WAITING_RECHECK = 3600.0  # a Waiting Rollout has nothing due: a spec change wak
 
 
 @dataclass(frozen=True)
+class PodFailure:
+    """A vLLM pod of a Rollout that exited or restarted (whatever its exit code): its version is not serving from it."""
+
+    role: str  # stable | canary
+    model_version: str
+    pod: str
+    message: str  # e.g. "pod r-canary-abc exited with code 1 (Error): <termination message>"
+    at: dt.datetime | None = None  # when it ended (None: unknown, always counts)
+
+
+@dataclass(frozen=True)
 class World:
     """What the handler observed before this tick."""
 
     now: dt.datetime
     canary_available: int = 0
+    # Available pods of the stable Deployment that run status.stableModelVersion (the readiness probe passes only once
+    # /v1/models lists the served names). None: not observed (pure tests of other behaviour); the reconciler always observes.
+    stable_available: int | None = None
+    pod_failures: tuple[PodFailure, ...] = ()
     serving_error: str | None = None  # the candidate/stable cannot be served (bad artifact, missing ModelVersion)
     serving_reason: str = R.SERVING_ERROR.value  # the condition reason for serving_error (e.g. CandidateNotEvaluated)
     generation: int | None = None
@@ -189,6 +205,8 @@ def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> f
         times.append(measure)
     if status.phase == RolloutPhase.PAUSED.value:
         return _until(times, now, max(interval, 5.0))
+    if status.waiting_for and status.waiting_for.startswith("pods of"):  # a first version starting: its pods take minutes
+        return _until(times, now, max(5.0, min(interval, 15.0)))
     if status.waiting_for and status.waiting_for.startswith("canary pods"):
         return _until(times, now, min(2.0, interval))
     step = _current_step(spec, status)
@@ -255,7 +273,7 @@ class _Machine:
         self.st.current_step_index = len(self.spec.steps)
         self.st.waiting_for = None
         self.st.message = f"{cand} promoted to stable ({how})"
-        if old is not None:
+        if old is not None and old != cand:
             self.scale_down_later()
         set_condition(self.st, C.PROGRESSING, False, reason, self.st.message, self.world)
         set_condition(self.st, C.ROLLED_BACK, False, reason, self.st.message, self.world)
@@ -319,7 +337,12 @@ class _Machine:
         if conditions.find_condition(st.conditions, C.SERVABLE) is not None:
             set_condition(st, C.SERVABLE, True, R.SERVABLE, "the stable and candidate ModelVersions can be served", world)
         if st.stable_model_version is None:
-            self.promote(R.FIRST_VERSION, "first version, nothing to compare with: served as stable without a canary")
+            st.stable_model_version = cand  # its Deployment is made now; it is the stable once one of its pods serves
+            self.bring_up()
+            return self.out
+        failed = self.failures(names.CANARY, cand)
+        if failed and st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
+            self.rollback(RolloutPhase.ROLLED_BACK, R.SERVING_POD_FAILED, f"a canary pod is not serving: {_describe(failed)}")
             return self.out
         if st.phase == RolloutPhase.PAUSED.value:
             step = _current_step(spec, st)
@@ -359,10 +382,8 @@ class _Machine:
         if st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value) and st.candidate_model_version \
                 and st.candidate_model_version != st.stable_model_version:  # fmt: skip
             self.rollback(RolloutPhase.ABORTED, R.CANDIDATE_REMOVED, "spec.candidate was removed (or set to the stable version) during the rollout")
-        if st.phase not in TERMINAL:
-            st.phase = RolloutPhase.PROMOTED.value
-            if st.stable_model_version:
-                self.out.model_versions.setdefault(st.stable_model_version, (ModelVersionPhase.SERVING.value, "serving as stable"))
+        if st.phase not in TERMINAL and not self.bring_up():
+            return self.out
         st.canary_weight = 0
         st.waiting_for = None
         prev = st.candidate_model_version
@@ -379,6 +400,40 @@ class _Machine:
         else:
             st.message = f"serving {st.stable_model_version}" + (f"; last candidate {prev} ({st.phase})" if prev else "")
         return self.out
+
+    def failures(self, role: str, mv: str | None) -> list[PodFailure]:
+        """Pod failures of `mv` in `role` since its rollout began (status.candidateSince)."""
+        since = self.st.candidate_since
+        return [f for f in self.world.pod_failures
+                if f.role == role and f.model_version == mv and (since is None or f.at is None or f.at >= since)]  # fmt: skip
+
+    def bring_up(self) -> bool:
+        """A first version (or one spec.stable names) is served once a pod of its stable Deployment is available;
+        until then the phase is Progressing (Starting), or Degraded while its pods exit or restart. True once served."""
+        st, world = self.st, self.world
+        mv = st.stable_model_version
+        if mv is None:
+            return True
+        if world.stable_available is None or world.stable_available > 0:
+            if st.candidate_model_version == mv:
+                self.promote(R.FIRST_VERSION, "first version, nothing to compare with: served as stable without a canary")
+                return False  # this tick's message is the promotion's
+            st.phase = RolloutPhase.PROMOTED.value
+            self.out.model_versions.setdefault(mv, (ModelVersionPhase.SERVING.value, "serving as stable"))
+            return True
+        failed = self.failures(names.STABLE, mv)
+        if failed:
+            msg = f"first version {mv} is not serving: {_describe(failed)}"
+            if st.phase != RolloutPhase.DEGRADED.value or st.message != msg:
+                self.event("Warning", R.SERVING_POD_FAILED, msg)
+            st.phase, st.waiting_for, st.message = RolloutPhase.DEGRADED.value, f"a serving pod of {mv}", msg
+            set_condition(st, C.PROGRESSING, False, R.SERVING_POD_FAILED, msg, world)
+            return False
+        replicas = self.spec.serving.replicas
+        st.phase, st.waiting_for = RolloutPhase.PROGRESSING.value, f"pods of {mv} to serve (0/{replicas} ready)"
+        st.message = f"first version {mv}: waiting for its pods to serve ({self.spec.served_model_name} listed by /v1/models)"
+        set_condition(st, C.PROGRESSING, True, R.STARTING, st.message, world)
+        return False
 
     def waiting(self) -> Outcome:
         """No stable and no candidate: nothing to serve, nothing to measure (phase Waiting). A first candidate that
@@ -403,6 +458,7 @@ class _Machine:
     def start(self, cand: str) -> None:
         st = self.st
         st.candidate_model_version = cand
+        st.candidate_since = self.world.now
         st.canary_weight = 0
         st.measurements = []
         st.weight_changed_at = None
@@ -540,6 +596,11 @@ class _Machine:
             f"no data from the canary at {st.canary_weight}% for {spec.progress_deadline_seconds}s "
             f"(progressDeadlineSeconds; {len(empty)} measurements, latest: {empty[-1].message})",
         )
+
+
+def _describe(failed: list[PodFailure]) -> str:
+    latest = failed[-1].message
+    return latest if len(failed) == 1 else f"{latest} (and {len(failed) - 1} more pod failure(s))"
 
 
 def advance(spec: RolloutSpec, status: RolloutStatus | None, world: World, assessments: dict[str, Assessment] | None = None) -> Outcome:
