@@ -172,7 +172,10 @@ def perplexity(nll_sum: float, tokens: int) -> float | None:
     """exp(mean negative log-likelihood per reference token)."""
     if tokens <= 0:
         return None
-    return math.exp(min(nll_sum / tokens, 700.0))
+    v = nll_sum / tokens
+    if not math.isfinite(v):  # a diverged model: NaN / inf, never capped into a finite perplexity (gates refuse it)
+        return math.inf if v == math.inf else math.nan
+    return math.exp(min(v, 700.0))
 
 
 def answer_found(generation: str, answers: list[str], case_sensitive: bool = False) -> bool:

@@ -80,7 +80,9 @@ class ItemScores:
         if d <= 0:
             return None
         v = n / d
-        return math.exp(min(v, 700.0)) if self.transform == "exp" else v
+        if self.transform == "exp":  # a non-finite mean nll stays non-finite (never capped into a finite perplexity)
+            return math.exp(min(v, 700.0)) if math.isfinite(v) else (math.inf if v == math.inf else math.nan)
+        return v
 
 
 def _bleu(totals: list[float]) -> float:
