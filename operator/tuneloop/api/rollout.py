@@ -327,6 +327,7 @@ class DriftSignalState(str, Enum):
     DEGRADED = "Degraded"
     INSUFFICIENT_DATA = "InsufficientData"
     NO_BASELINE = "NoBaseline"
+    NOT_COMPARABLE = "NotComparable"  # PSI: the train and served histograms share fewer than two buckets
     ERROR = "Error"
 
 
@@ -334,7 +335,7 @@ class DriftSignal(ApiModel):
     """One signal of the latest drift-watch comparison."""
 
     signal: str = Field(description="prompt_tokens, generation_tokens (PSI vs the train split), error_rate (increase since promotion) or e2e_latency_p95 (ratio to promotion).")
-    state: DriftSignalState = Field(description="OK, Drifted, Degraded, InsufficientData, NoBaseline or Error.")
+    state: DriftSignalState = Field(description="OK, Drifted, Degraded, InsufficientData, NoBaseline, NotComparable or Error.")
     value: float | None = Field(default=None, description="The statistic (absent without a verdict).")
     threshold: float | None = Field(default=None, description="Its limit from spec.driftWatch.")
     samples: int | None = Field(default=None, ge=0, description="Requests in the window.")
