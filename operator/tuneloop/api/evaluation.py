@@ -234,7 +234,8 @@ class ReferenceScore(ApiModel):
     interval: Interval | None = Field(default=None, description="95 % interval of the reference's score.")
     difference: float | None = Field(default=None, description="tuned − reference.")
     difference_interval: Interval | None = Field(
-        default=None, description="95 % interval of tuned − reference, paired by test item (bootstrap, fixed seed)."
+        default=None, description="95 % interval of tuned − reference, paired by test item: exact conditional (consistent with "
+        "McNemar's test) for binary per-item outcomes, else bootstrap (fixed seed)."
     )
     mcnemar_p_value: float | None = Field(default=None, description="McNemar's exact test p-value (binary per-item outcomes only).")
     test: SignificanceTest | None = Field(

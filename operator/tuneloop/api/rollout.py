@@ -166,7 +166,9 @@ class AnalysisSpec(ApiModel):
     inconclusive_limit: int = Field(default=2, ge=0, description="Inconclusive measurements tolerated before pausing for a human.")
     consecutive_error_limit: int = Field(default=4, ge=0, description="Consecutive query errors tolerated before the analysis errors out.")
     no_data_policy: NoDataPolicy = Field(
-        default=NoDataPolicy.INCONCLUSIVE, description="An empty result or NaN counts as inconclusive, failed, or is ignored."
+        default=NoDataPolicy.INCONCLUSIVE,
+        description="An empty result or NaN counts as inconclusive, failed, or is ignored (ignored: it counts toward count but never "
+        "as a success, so a metric that only ever had no data ends its step Inconclusive, never promoted).",
     )
     metrics: list[AnalysisMetric] = Field(default_factory=list, max_length=32, description="What is measured.")
     initial_delay: str = Field(
