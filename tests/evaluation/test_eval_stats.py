@@ -6,7 +6,16 @@ import pytest
 from tuneloop_trainer.evaluation import compare as eval_compare
 from tuneloop_trainer.evaluation.baselines import baseline_predictions, majority_answer
 from tuneloop_trainer.evaluation.items import task_items
-from tuneloop_trainer.evaluation.stats import ItemScores, beyond_noise, difference_interval, interval, mcnemar_exact, spread, wilson
+from tuneloop_trainer.evaluation.stats import (
+    ItemScores,
+    beyond_noise,
+    difference_interval,
+    interval,
+    mcnemar_exact,
+    paired_test,
+    spread,
+    wilson,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +52,7 @@ def test_identical_models_are_not_different():
     a = ItemScores.of([1, 0] * 30)
     d = difference_interval(a, a)
     assert d.low == d.high == 0
-    assert eval_compare.outcome("fieldAccuracy", eval_compare._iv(d)) == "NoSignificantDifference"
+    assert eval_compare.outcome("fieldAccuracy", 0.0, paired_test(a, a)) == "NoSignificantDifference"
 
 
 def test_timings_within_noise_are_never_better_or_worse():

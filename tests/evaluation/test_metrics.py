@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tuneloop_trainer.evaluation import metrics as m
 
 pytestmark = pytest.mark.unit
@@ -118,3 +121,49 @@ def test_score_task_with_schema_reports_everything():
     assert s["perplexity"] == pytest.approx(math.e)
     assert s["emptyGenerations"] == 1
     assert 0 < s["rougeL"] < 1 and 0 < s["bleu"] < 1
+
+
+def test_exact_match_does_not_count_1_equal_to_true():
+    # issue 20 item 11: Python's == on parsed JSON says 1 == True; field accuracy already kept them apart
+    assert not m.exact_match('{"a": 1}', '{"a": true}')
+    assert not m.exact_match("1", "true") and not m.exact_match("[0]", "[false]")
+    assert not m.exact_match('{"a": {"b": [1]}}', '{"a": {"b": [true]}}')
+    assert m.exact_match('{"a": 1.0, "b": [true]}', '{"b": [true], "a": 1}')
+    assert m.field_accuracy(['{"a": {"b": [1]}}'], ['{"a": {"b": [true]}}'])["overall"] == 0.0
+
+
+_scalars = st.one_of(st.booleans(), st.integers(-2, 2), st.sampled_from([0.0, 1.0, 2.5]), st.sampled_from(["1", "true", "x"]), st.none())
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("xyz"), inner, max_size=2),
+                       max_leaves=6)
+
+
+def _lookalike(v, flips):
+    """v with some scalars replaced by a value Python calls equal but JSON does not (true ↔ 1, false ↔ 0)."""
+    if isinstance(v, dict):
+        return {k: _lookalike(x, flips) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_lookalike(x, flips) for x in v]
+    if type(v) in (bool, int) and v in (0, 1) and flips.draw(st.booleans()):
+        return int(v) if isinstance(v, bool) else bool(v)
+    return v
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.dictionaries(st.sampled_from("abcd"), _values, min_size=1, max_size=4), st.data())
+def test_exact_match_agrees_with_field_accuracy_on_json_objects(ref, data):
+    pred = {k: data.draw(st.one_of(st.just(_lookalike(v, data)), _values), label=k) for k, v in ref.items()}
+    p, r = json.dumps(pred), json.dumps(ref)
+    same = _canonical(pred) == _canonical(ref)  # the oracle: JSON text with every number as a float, keys sorted
+    assert m.exact_match(p, r) == same
+    assert (m.field_accuracy([p], [r])["allFields"] == 1.0) == same
+
+
+def _canonical(v):
+    def floats(x):
+        if isinstance(x, dict):
+            return {k: floats(y) for k, y in x.items()}
+        if isinstance(x, list):
+            return [floats(y) for y in x]
+        return float(x) if type(x) in (int, float) else x
+
+    return json.dumps(floats(v), sort_keys=True)

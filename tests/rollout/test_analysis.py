@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MetricResult
 from tuneloop.operator.analysis.prometheus import PrometheusError, parse_result, queries
 from tuneloop.operator.rollout import analysis as a
@@ -56,7 +58,7 @@ def test_assess_thresholds(thresholds, canary, stable, phase, needle):
 
 @pytest.mark.parametrize(
     ("policy", "phase"),
-    [("inconclusive", "Inconclusive"), ("fail", "Failed"), ("ignore", "Successful")],
+    [("inconclusive", "Inconclusive"), ("fail", "Failed"), ("ignore", "Inconclusive")],
 )
 @pytest.mark.parametrize(
     ("canary", "stable", "relative", "what"),
@@ -72,6 +74,7 @@ def test_no_data_policy(policy, phase, canary, stable, relative, what):
     # the analysis-wide policy applies ...
     out = a.assess(metric(**thresholds), spec(noDataPolicy=policy), canary, stable)
     assert (out.phase, what in out.message, f"noDataPolicy={policy}" in out.message) == (phase, True, True)
+    assert out.ignored == (policy == "ignore")
     assert out.stable_value is None and (out.value is None or not math.isnan(out.value))
     # ... unless the metric overrides it
     other = "fail" if policy != "fail" else "inconclusive"
@@ -139,6 +142,69 @@ def test_per_metric_limits_override_the_analysis_wide_ones(phases, metric_limits
     for p in phases:
         r = a.record(r, p)
     assert a.metric_verdict(r, s, 3, metric(max=1, **metric_limits)) == verdict
+
+
+def test_ignored_no_data_never_promotes():
+    """issue 20 item 8: under noDataPolicy: ignore, every measurement 'no data … ignored' used to count as
+    Successful, so a canary that never returned one data point passed its analysis and was promoted."""
+    s = spec(count=3, noDataPolicy="ignore")
+    nodata = a.assess(metric(max=0.05), s, Q(None), None)
+    r = MetricResult(metric="m")
+    for _ in range(3):
+        r = a.record(r, nodata.phase, ignored=nodata.ignored)
+    assert (r.count, r.successful, r.inconclusive) == (3, 0, 0)
+    assert a.metric_verdict(r, s, 3) == V.INCONCLUSIVE
+    ok = a.assess(metric(max=0.05), s, Q(0.01), None)
+    r = a.record(r, ok.phase, ignored=ok.ignored)  # one real value among the ignored ones is evidence
+    assert a.metric_verdict(r, s, 3) == V.SUCCESSFUL
+
+
+def test_canary_above_max_fails_even_when_the_stable_has_no_data():
+    # the stable's silence used to end the assessment before the canary's own thresholds were checked
+    for policy in ("ignore", "inconclusive"):
+        out = a.assess(metric(max=0.05, maxRelativeToStable=1.5), spec(noDataPolicy=policy), Q(0.4), Q(None))
+        assert out.phase == "Failed" and "> max 0.05" in out.message
+    inf = a.assess(metric(maxRelativeToStable=1.5), spec(), Q(3.0), Q(math.inf))
+    assert inf.phase == "Inconclusive" and "stable query returned inf" in inf.message
+
+
+_answers = st.one_of(
+    st.builds(Q, st.floats(0, 1)),  # a value
+    st.just(Q(None)), st.just(Q(NAN)), st.just(Q(math.inf)),  # no data, NaN, +Inf
+    st.builds(lambda e: Q(error=e), st.just("connection refused")),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(st.tuples(st.sampled_from(["inconclusive", "fail", "ignore"]), st.booleans()), min_size=1, max_size=3),
+    st.sampled_from(["inconclusive", "fail", "ignore"]), st.integers(1, 4), st.integers(0, 6), st.integers(0, 3), st.data(),
+)
+def test_no_promotion_without_a_successful_measurement_of_every_metric(metrics_, wide, count, inconclusive_limit, failure_limit, data):
+    """Any sequence of provider answers (values, empty, NaN, inf, errors; canary and stable), any noDataPolicy
+    and limits: the analysis is Successful only if every metric had at least one measurement that returned
+    a value and held every threshold."""
+    s = spec(count=count, noDataPolicy=wide, inconclusiveLimit=inconclusive_limit, failureLimit=failure_limit, consecutiveErrorLimit=10)
+    ms = [metric(name=f"m{i}", max=0.5, noDataPolicy=pol, **({"maxRelativeToStable": 1.5} if rel else {}))
+          for i, (pol, rel) in enumerate(metrics_)]
+    results = {m.name: MetricResult(metric=m.name) for m in ms}
+    evidence = {m.name: 0 for m in ms}
+    for _ in range(data.draw(st.integers(0, 8), label="ticks")):
+        for m in ms:
+            canary = data.draw(_answers, label="canary")
+            stable = data.draw(_answers, label="stable") if m.max_relative_to_stable else None
+            out = a.assess(m, s, canary, stable)
+            results[m.name] = a.record(results[m.name], out.phase, ignored=out.ignored)
+            value_ok = canary.error is None and canary.value is not None and not math.isnan(canary.value) and canary.value <= 0.5
+            stable_ok = stable is None or (stable.error is None and stable.value is not None and math.isfinite(stable.value))
+            evidence[m.name] += out.phase == "Successful" and not out.ignored
+            assert out.phase != "Successful" or (value_ok and stable_ok)
+        verdict = a.run_verdict([a.metric_verdict(results[m.name], s, count, m) for m in ms])
+        if verdict == V.SUCCESSFUL:
+            assert all(evidence.values()), (evidence, results)
+            break
+        if verdict != V.RUNNING:
+            break
 
 
 def test_record_counts():

@@ -153,3 +153,26 @@ def test_next_check_and_gauges():
     assert ("ns", "bot", "v1", "prompt_tokens") not in metrics.SERVING_DRIFT._metrics
     metrics.forget("ns", "bot")
     assert not [k for k in metrics.SERVING_DRIFT._metrics if k[:2] == ("ns", "bot")]
+
+
+def test_psi_over_a_single_shared_bucket_is_no_comparison_not_within_threshold():
+    """issue 20 item 12: with no finite bucket bound in common (or everything above the largest shared one) the
+    aligned histograms have one bucket, PSI is 0 whatever the lengths, and it used to read WithinThreshold."""
+    d = DriftStatus(model_version="v1", baseline_error_rate=0.0, baseline_latency_p95=1.0)
+    odd = {3.0: 10.0, 7.0: 100.0, 300.0: 250.0, math.inf: 300.0}  # a histogram with none of the 1-2-5 bounds
+    w = drift.Window(prompt=odd, generation=odd, requests=300, errors=0, latency_p95=1.0)
+    sigs = drift.signals(SPEC, TRAIN, d, w)
+    by = {s.signal: s for s in sigs}
+    assert by["prompt_tokens"].state == "NotComparable" and by["prompt_tokens"].value is None
+    assert "no comparison" in by["prompt_tokens"].message and "no finite bucket bound" in by["prompt_tokens"].message
+    v = drift.drifted(sigs)
+    assert (v.status, v.reason) == ("Unknown", "NoComparableBuckets")
+    assert drift.gauge_values(sigs)["prompt_tokens"] is None  # no gauge, no alert
+    # everything above the largest shared bound: one informative bucket, also no comparison
+    small = TokenLengths.model_validate(token_lengths([4000] * 50, [3000] * 50, 2048))
+    long_ = drift.Window(prompt=_served([3000] * 300), generation=_served([3000] * 300), requests=300, errors=0, latency_p95=1.0)
+    by = {s.signal: s for s in drift.signals(SPEC, small, d, long_)}
+    assert by["prompt_tokens"].state == "NotComparable" and "longer than 2000 tokens" in by["prompt_tokens"].message
+    # but one side above it and the other not is a real shift
+    by = {s.signal: s for s in drift.signals(SPEC, TRAIN, d, long_)}
+    assert by["prompt_tokens"].state == "Drifted"

@@ -65,9 +65,9 @@ def _factory(dd: FakeDatadog):
     return make
 
 
-async def _canary_running(kc, dd: FakeDatadog) -> Reconciler:
-    """The Rollout set up with the fake Datadog provider, first tick done, its canary pods available."""
-    ro, mvs = objs()
+async def _canary_running(kc, dd: FakeDatadog, **spec) -> Reconciler:
+    """The Rollout (with `spec` overrides) set up with the fake Datadog provider, first tick done, its canary pods available."""
+    ro, mvs = objs(**spec)
     await setup(kc, ro, mvs)
     rec = Reconciler(kc.client, ServingConfig(), "https://api.datadoghq.eu", provider_factory=_factory(dd))
     await tick(kc, rec, 0)

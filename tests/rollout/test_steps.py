@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from tuneloop.api.rollout import MeasurementPhase, Rollout, RolloutStatus
+from tuneloop.operator.rollout import analysis
 from tuneloop.operator.rollout.analysis import Assessment
 from tuneloop.operator.rollout.desired import desired
 from tuneloop.operator.rollout.steps import MAX_MEASUREMENTS, WAITING_RECHECK, World, advance, due_metrics, next_wakeup
@@ -522,3 +523,24 @@ def test_step_column_is_one_based():
     d = Driver()
     assert d.tick(available=0).status.step == "1/5"
     assert d.tick(1).status.step == "2/5"
+
+
+def test_a_canary_that_only_returns_no_data_under_ignore_is_never_promoted():
+    """issue 20 item 8: noDataPolicy: ignore used to make every "no data … ignored" measurement Successful, so
+    a canary that never answered passed every analysis step and was promoted. Now the step ends Inconclusive:
+    Paused for a human, with no AnalysisPassed."""
+    raw = samples.gateway_rollout()
+    raw["spec"]["analysis"]["noDataPolicy"] = "ignore"
+    d = Driver(raw)
+    m = {x.name: x for x in d.spec.analysis.metrics}
+    nodata = {name: analysis.assess(m[name], d.spec.analysis, analysis.QueryOutcome(None), analysis.QueryOutcome(0.2))
+              for name in ("error-rate", "ttft")}
+    d.tick(available=0)
+    d.tick(1)
+    for _ in range(3):
+        out = d.tick(10, results=nodata)
+    assert out.status.phase == "Paused" and out.status.current_step_index == 1, out.status.waiting_for
+    assert "AnalysisPassed" not in [e[1] for e in d.events()]
+    assert [(r.metric, r.count, r.successful, r.phase) for r in out.status.metric_results] == [
+        ("error-rate", 3, 0, "Inconclusive"), ("ttft", 3, 0, "Inconclusive")]
+    assert all("ignored" in x.message for x in out.status.measurements)

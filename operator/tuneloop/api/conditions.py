@@ -124,6 +124,7 @@ class DriftReason(str, Enum):
     WITHIN_THRESHOLD = "WithinThreshold"
     INSUFFICIENT_DATA = "InsufficientData"
     NO_TRAINING_HISTOGRAM = "NoTrainingHistogram"
+    NO_COMPARABLE_BUCKETS = "NoComparableBuckets"  # the train and served histograms share no bucket that tells lengths apart
     SERVING_DEGRADED = "ServingDegraded"
     AS_AT_PROMOTION = "AsAtPromotion"
     NO_PROMOTION_BASELINE = "NoPromotionBaseline"

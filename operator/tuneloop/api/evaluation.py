@@ -219,6 +219,13 @@ class ComparisonOutcome(str, Enum):
     NOT_COMPARABLE = "NotComparable"
 
 
+class SignificanceTest(str, Enum):
+    """The paired two-sided test that decides Better/Worse, at level 1 − confidenceLevel (0.05)."""
+
+    MCNEMAR_EXACT = "McNemarExact"  # binary per-item outcomes: exact binomial test on the discordant items
+    PAIRED_SIGN_FLIP = "PairedSignFlip"  # any other metric: permutation test swapping the two models' scores per item
+
+
 class ReferenceScore(ApiModel):
     """One metric of one reference (base, majority, copyPrompt, serving) and the tuned model's paired difference."""
 
@@ -227,11 +234,18 @@ class ReferenceScore(ApiModel):
     interval: Interval | None = Field(default=None, description="95 % interval of the reference's score.")
     difference: float | None = Field(default=None, description="tuned − reference.")
     difference_interval: Interval | None = Field(
-        default=None, description="95 % interval of tuned − reference, paired by test item (bootstrap, fixed seed)."
+        default=None, description="95 % interval of tuned − reference, paired by test item: exact conditional (consistent with "
+        "McNemar's test) for binary per-item outcomes, else bootstrap (fixed seed)."
     )
     mcnemar_p_value: float | None = Field(default=None, description="McNemar's exact test p-value (binary per-item outcomes only).")
+    test: SignificanceTest | None = Field(
+        default=None, description="The paired test that decided the outcome: McNemarExact (binary per-item outcomes) or PairedSignFlip."
+    )
+    p_value: float | None = Field(default=None, description="Its two-sided p-value (absent when a per-item score is not a finite number).")
     outcome: ComparisonOutcome | None = Field(
-        default=None, description="Better/Worse when the difference interval excludes 0 (in the metric's direction), else NoSignificantDifference."
+        default=None,
+        description="Better/Worse when the paired test's p-value is at most 1 − confidenceLevel (in the direction of the difference, "
+        "for the metric), else NoSignificantDifference; absent when there is no paired test.",
     )
 
 
@@ -264,6 +278,8 @@ class ServingComparison(ApiModel):
     model_version: str | None = Field(default=None, description="The serving ModelVersion compared with.")
     outcome: ComparisonOutcome = Field(description="Better, Worse, NoSignificantDifference or NotComparable, on `metric`.")
     metric: str | None = Field(default=None, description="The metric that decided (the first gated or headline quality metric).")
+    test: SignificanceTest | None = Field(default=None, description="The paired test that decided: McNemarExact or PairedSignFlip.")
+    p_value: float | None = Field(default=None, description="Its two-sided p-value; Better/Worse needs at most 1 − confidenceLevel.")
     reason: str = Field(default="", description="Why, with the numbers.")
 
 

@@ -166,7 +166,9 @@ class AnalysisSpec(ApiModel):
     inconclusive_limit: int = Field(default=2, ge=0, description="Inconclusive measurements tolerated before pausing for a human.")
     consecutive_error_limit: int = Field(default=4, ge=0, description="Consecutive query errors tolerated before the analysis errors out.")
     no_data_policy: NoDataPolicy = Field(
-        default=NoDataPolicy.INCONCLUSIVE, description="An empty result or NaN counts as inconclusive, failed, or is ignored."
+        default=NoDataPolicy.INCONCLUSIVE,
+        description="An empty result or NaN counts as inconclusive, failed, or is ignored (ignored: it counts toward count but never "
+        "as a success, so a metric that only ever had no data ends its step Inconclusive, never promoted).",
     )
     metrics: list[AnalysisMetric] = Field(default_factory=list, max_length=32, description="What is measured.")
     initial_delay: str = Field(
@@ -327,6 +329,7 @@ class DriftSignalState(str, Enum):
     DEGRADED = "Degraded"
     INSUFFICIENT_DATA = "InsufficientData"
     NO_BASELINE = "NoBaseline"
+    NOT_COMPARABLE = "NotComparable"  # PSI: the train and served histograms share fewer than two buckets
     ERROR = "Error"
 
 
@@ -334,7 +337,7 @@ class DriftSignal(ApiModel):
     """One signal of the latest drift-watch comparison."""
 
     signal: str = Field(description="prompt_tokens, generation_tokens (PSI vs the train split), error_rate (increase since promotion) or e2e_latency_p95 (ratio to promotion).")
-    state: DriftSignalState = Field(description="OK, Drifted, Degraded, InsufficientData, NoBaseline or Error.")
+    state: DriftSignalState = Field(description="OK, Drifted, Degraded, InsufficientData, NoBaseline, NotComparable or Error.")
     value: float | None = Field(default=None, description="The statistic (absent without a verdict).")
     threshold: float | None = Field(default=None, description="Its limit from spec.driftWatch.")
     samples: int | None = Field(default=None, ge=0, description="Requests in the window.")

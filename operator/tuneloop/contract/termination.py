@@ -75,14 +75,14 @@ def _refs_only_where_decided(m: dict[str, Any]) -> None:
 
 
 # What the publish message gives up first when it would not fit: library versions, the interval
-# method's prose, the references' own intervals and p-values, the base/copyPrompt references (tuned,
+# method's prose, the references' own intervals, p-values and test names, the base/copyPrompt references (tuned,
 # base and delta stay in the row), the majority/serving difference intervals (value, difference and
 # outcome stay), references of metrics no gate reads, long gate reasons, the gates, the lineage, the references, then all but 8 metrics. The verdict and the serving
 # (champion/challenger) outcome are never reduced: the Rollout reads them.
 PUBLISH_REDUCTIONS: tuple[Reduction, ...] = (
     lambda m: m.get("lineage", {}).pop("libraryVersions", None),
     lambda m: m.get("evaluation", {}).pop("intervalMethod", None),
-    lambda m: _drop_ref_keys(m, ("interval", "mcnemarPValue")),
+    lambda m: _drop_ref_keys(m, ("interval", "mcnemarPValue", "pValue", "test")),
     lambda m: _keep_refs(m, ("majority", "serving")),
     lambda m: _drop_ref_keys(m, ("differenceInterval",)),
     lambda m: _refs_only_where_decided(m),

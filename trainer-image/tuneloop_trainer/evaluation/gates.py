@@ -1,7 +1,12 @@
-"""Gates: tuned-vs-reference metrics (base, majority, serving; point or 95 % bound) → Passed/Failed with one reason per gate. Pure, no I/O."""
+"""Gates: tuned-vs-reference metrics (base, majority, serving; point or 95 % bound) → Passed/Failed with one reason per gate. Pure, no I/O.
+
+A gate never passes on a number that is not finite (NaN, inf: a diverged model's perplexity, a metric of
+nothing) nor on fewer than MIN_TEST_EXAMPLES test items: it fails with a reason that says so.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tuneloop.api.evaluation import (
@@ -18,6 +23,11 @@ from tuneloop.api.evaluation import (
 
 EPS = 1e-9
 FORGETTING = "forgettingAccuracy"
+MIN_TEST_EXAMPLES = 2  # one test item is an anecdote: no gate passes on it
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is None or math.isfinite(v) for v in values)
 
 
 def comparisons(base: dict[str, Any], tuned: dict[str, Any], names: list[str]) -> list[MetricComparison]:
@@ -69,6 +79,8 @@ def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
 
     if row is None or row.tuned is None:
         return result(False, f"{metric} was not measured for the tuned model")
+    if not _finite(row.tuned):
+        return result(False, f"{metric}: the tuned score is {row.tuned} (not a finite number), so no gate on it can pass")
     lower = metric_info(metric).lower_is_better
     direction = "lower" if lower else "higher"
     t = row.tuned
@@ -80,6 +92,8 @@ def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
                 return result(False, f"{metric}: no confidence interval for the tuned score, so its 95% bound cannot be checked")
             value = row.tuned_interval.high if lower else row.tuned_interval.low
             what = f"tuned {_fmt(t)}, its 95% {'upper' if lower else 'lower'} bound"
+            if not _finite(value):
+                return result(False, f"{metric}: the 95% bound of the tuned score is {value} (not a finite number)")
         ok = value <= gate.min_value + EPS if lower else value >= gate.min_value - EPS
         passed &= ok
         reasons.append(f"{what} {_fmt(value)} {('≤' if ok else '>') if lower else ('≥' if ok else '<')} required {_fmt(gate.min_value)}")
@@ -91,6 +105,8 @@ def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
             return result(False, f"{metric}: no {ref_name} score to compare with" + (f" ({hint})" if hint else ""))
         r = ref.value
         diff = ref.difference  # tuned - reference
+        if not _finite(r, diff):
+            return result(False, f"{metric}: {ref_name} {r}, difference {diff}: not a finite number, so the gate cannot pass")
         gain = -diff if lower else diff  # positive = better, in the metric's direction
         what = "improvement"
         if bound:
@@ -99,6 +115,8 @@ def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
                 return result(False, f"{metric}: no paired confidence interval against {ref_name}, so its 95% bound cannot be checked")
             gain = -di.high if lower else di.low
             what = f"improvement {(-diff if lower else diff):+.3f}, its 95% lower bound"
+            if not _finite(gain):
+                return result(False, f"{metric}: the 95% bound of the difference against {ref_name} is {gain} (not a finite number)")
         vs = f"{ref_name} {_fmt(r)} → tuned {_fmt(t)}; {direction} is better"
         if gate.min_improvement is not None:
             ok = gain >= gate.min_improvement - EPS
@@ -117,6 +135,9 @@ def check_forgetting(check: ForgettingCheck, row: MetricComparison | None) -> Ga
     """The forgetting budget: accuracy on the general set may drop by at most maxRegression."""
     if row is None or row.tuned is None or row.base is None:
         return GateResult(metric=FORGETTING, passed=False, reason="forgetting set was not scored for both base and tuned")
+    if not _finite(row.base, row.tuned):
+        return GateResult(metric=FORGETTING, passed=False,
+                          reason=f"forgetting: accuracy {row.base} → {row.tuned} is not a finite number, so the budget cannot be checked")
     drop = row.base - row.tuned
     ok = drop <= check.max_regression + EPS
     return GateResult(
@@ -137,9 +158,13 @@ def decide(
     interval_method: str | None = None,
     confidence_level: float | None = None,
 ) -> EvaluationRecord:
-    """The EvaluationRecord: every gate's result and the verdict (Passed only when all gates hold)."""
+    """The EvaluationRecord: every gate's result and the verdict (Passed only when all gates hold). With fewer than
+    MIN_TEST_EXAMPLES test items (when known) every gate on the test set fails, whatever its numbers."""
     by_name = {r.name: r for r in rows}
     results = [check_gate(g, by_name.get(g.metric if isinstance(g.metric, str) else g.metric.value)) for g in gates]
+    if test_examples is not None and test_examples < MIN_TEST_EXAMPLES:
+        results = [r.model_copy(update={"passed": False, "reason": f"only {test_examples} test item(s): a gate needs at least "
+                                        f"{MIN_TEST_EXAMPLES} ({r.reason})"}) for r in results]
     if forgetting is not None and forgetting.enabled:
         results.append(check_forgetting(forgetting, by_name.get(FORGETTING)))
     verdict = Verdict.PASSED if all(r.passed for r in results) else Verdict.FAILED

@@ -44,12 +44,13 @@ def parse_json(text: str) -> tuple[bool, Any]:
 
 
 def exact_match(prediction: str, reference: str) -> bool:
-    """Equal after whitespace normalization, or equal as parsed JSON (key order and spacing ignored)."""
+    """Equal after whitespace normalization, or equal as parsed JSON (key order and spacing ignored; types
+    kept apart as in field accuracy: 1 ≠ true, "1" ≠ 1, but 1 == 1.0)."""
     if normalize(prediction) == normalize(reference):
         return True
     ok_p, p = parse_json(prediction)
     ok_r, r = parse_json(reference)
-    return ok_p and ok_r and p == r
+    return ok_p and ok_r and json_equal(p, r)
 
 
 def mean(values: Iterable[float]) -> float | None:
@@ -150,20 +151,31 @@ def field_accuracy(predictions: list[str], references: list[str], schema: dict[s
     }
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON equality with types kept apart (True ≠ 1, "1" ≠ 1) but 1 == 1.0."""
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality with types kept apart at every depth (true ≠ 1, "1" ≠ 1, [true] ≠ [1]) but 1 == 1.0.
+    Python's `==` on parsed JSON says True == 1; exact match and field accuracy both use this instead."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
     return type(a) is type(b) and a == b
+
+
+_same = json_equal  # the field-level comparison (items.py reads it under this name)
 
 
 def perplexity(nll_sum: float, tokens: int) -> float | None:
     """exp(mean negative log-likelihood per reference token)."""
     if tokens <= 0:
         return None
-    return math.exp(min(nll_sum / tokens, 700.0))
+    v = nll_sum / tokens
+    if not math.isfinite(v):  # a diverged model: NaN / inf, never capped into a finite perplexity (gates refuse it)
+        return math.inf if v == math.inf else math.nan
+    return math.exp(min(v, 700.0))
 
 
 def answer_found(generation: str, answers: list[str], case_sensitive: bool = False) -> bool:

@@ -46,9 +46,19 @@ def fmt_difference(name: str, s: dict[str, Any] | None) -> str:
         text = f"{100 * d:+.1f} pp" + (f" [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]" if iv else "")
     else:
         text = f"{d:+.3g}" + (f" [{iv['low']:+.3g}, {iv['high']:+.3g}]" if iv else "")
+    return f"{text} ({word}{_test_text(s)})" if word else text
+
+
+TEST_LABELS = {"McNemarExact": "McNemar exact", "PairedSignFlip": "paired sign-flip"}
+
+
+def _test_text(s: dict[str, Any]) -> str:
+    """', <the test that decided> p=…' (older records: McNemar's p, which did not decide)."""
+    test, p = s.get("test"), s.get("pValue")
+    if test:
+        return f", {TEST_LABELS.get(test, test)} p={p:.3g}" if p is not None else f", {TEST_LABELS.get(test, test)}: a score is not finite"
     p = s.get("mcnemarPValue")
-    extra = f", McNemar p={p:.3g}" if p is not None else ""
-    return f"{text} ({word}{extra})" if word else text
+    return f", McNemar p={p:.3g}" if p is not None else ""
 
 
 def references_present(rows: list[dict[str, Any]]) -> list[str]:

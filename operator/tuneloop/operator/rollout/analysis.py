@@ -4,8 +4,11 @@ Like Argo Rollouts' analysis: Successful/Failed/Inconclusive measurements count 
 Error measurements (no answer from the provider) do not, and only `consecutiveErrorLimit`
 consecutive errors end the analysis. Verdict order per metric (assessMetricStatus): failed >
 failureLimit -> Failed; inconclusive > inconclusiveLimit -> Inconclusive; consecutive errors >
-consecutiveErrorLimit -> Error; `count` measurements taken -> Successful; else Running.
-Across metrics the worst verdict wins: Failed, Error, Inconclusive, Running, Successful.
+consecutiveErrorLimit -> Error; `count` measurements taken -> Successful if at least one of them was
+Successful, else Inconclusive; else Running. A no-data measurement under `noDataPolicy: ignore` is
+"ignored": it counts toward `count` but is neither Successful nor against any limit, so a metric that
+never returned a value is never promoted. Across metrics the worst verdict wins: Failed, Error,
+Inconclusive, Running, Successful.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Assessment:
     value: float | None
     stable_value: float | None
     message: str
+    ignored: bool = False  # no data under noDataPolicy: ignore (recorded as Inconclusive; counted by `record` as neither)
 
 
 def _nodata(metric: AnalysisMetric, spec: AnalysisSpec, what: str, value: float | None, stable: float | None) -> Assessment:
@@ -72,7 +76,8 @@ def _nodata(metric: AnalysisMetric, spec: AnalysisSpec, what: str, value: float 
     if policy == NoDataPolicy.FAIL:
         return Assessment(MeasurementPhase.FAILED, value, stable, reason)
     if policy == NoDataPolicy.IGNORE:
-        return Assessment(MeasurementPhase.SUCCESSFUL, value, stable, f"{reason}: ignored")
+        return Assessment(MeasurementPhase.INCONCLUSIVE, value, stable,
+                          f"{reason}: ignored (counts toward count, not as a success nor against inconclusiveLimit)", ignored=True)
     return Assessment(MeasurementPhase.INCONCLUSIVE, value, stable, reason)
 
 
@@ -89,20 +94,22 @@ def assess(metric: AnalysisMetric, spec: AnalysisSpec, canary: QueryOutcome, sta
     if value is None:
         what = "canary query returned NaN" if canary.value is not None else "canary query returned no data"
         return _nodata(metric, spec, what, None, None)
+    name = metric.name
+    # absolute thresholds first: a canary above `max` fails whatever the stable answered
+    if metric.max is not None and value > metric.max:
+        return Assessment(MeasurementPhase.FAILED, value, None, f"{name} {value:.6g} > max {metric.max:g}")
+    if metric.min is not None and value < metric.min:
+        return Assessment(MeasurementPhase.FAILED, value, None, f"{name} {value:.6g} < min {metric.min:g}")
     stable_value: float | None = None
     if metric.max_relative_to_stable is not None:
         if stable is None or stable.error:
             err = stable.error if stable else "not queried"
             return Assessment(MeasurementPhase.ERROR, value, None, f"stable query failed: {err}")
         stable_value = _clean(stable.value)
-        if stable_value is None:
-            what = "stable query returned NaN" if stable.value is not None else "stable query returned no data"
+        if stable_value is None or math.isinf(stable_value):  # an infinite stable value is no yardstick either
+            what = ("stable query returned no data" if stable.value is None else
+                    f"stable query returned {'NaN' if stable_value is None else stable_value}")
             return _nodata(metric, spec, what, value, None)
-    name = metric.name
-    if metric.max is not None and value > metric.max:
-        return Assessment(MeasurementPhase.FAILED, value, stable_value, f"{name} {value:.6g} > max {metric.max:g}")
-    if metric.min is not None and value < metric.min:
-        return Assessment(MeasurementPhase.FAILED, value, stable_value, f"{name} {value:.6g} < min {metric.min:g}")
     if metric.max_relative_to_stable is not None and stable_value is not None:
         limit = metric.max_relative_to_stable * stable_value
         if value > limit:
@@ -115,8 +122,9 @@ def assess(metric: AnalysisMetric, spec: AnalysisSpec, canary: QueryOutcome, sta
     return Assessment(MeasurementPhase.SUCCESSFUL, value, stable_value, f"{name} {value:.6g} within thresholds")
 
 
-def record(result: MetricResult, phase: MeasurementPhase | str) -> MetricResult:
-    """Totals after one more measurement (a new object)."""
+def record(result: MetricResult, phase: MeasurementPhase | str, *, ignored: bool = False) -> MetricResult:
+    """Totals after one more measurement (a new object). An ignored one (no data under noDataPolicy: ignore)
+    counts toward `count` only: not Successful, not Inconclusive."""
     r = result.model_copy()
     phase = MeasurementPhase(phase)
     if phase == MeasurementPhase.ERROR:
@@ -125,6 +133,8 @@ def record(result: MetricResult, phase: MeasurementPhase | str) -> MetricResult:
         return r
     r.count += 1
     r.consecutive_error = 0
+    if ignored:
+        return r
     if phase == MeasurementPhase.SUCCESSFUL:
         r.successful += 1
     elif phase == MeasurementPhase.FAILED:
@@ -155,8 +165,8 @@ def metric_verdict(
     if result.consecutive_error > _pick(getattr(m, "consecutive_error_limit", None), spec.consecutive_error_limit):
         return Verdict.ERROR
     if not background and count is not None and result.count >= count:
-        # Never promote on no evidence: a step whose every measurement was no-data (inconclusiveLimit
-        # at or above count) is Inconclusive, not Successful.
+        # Never promote on no evidence: a step whose every measurement was no-data (ignored, or
+        # inconclusiveLimit at or above count) is Inconclusive, not Successful.
         return Verdict.SUCCESSFUL if result.successful > 0 else Verdict.INCONCLUSIVE
     return Verdict.RUNNING
 

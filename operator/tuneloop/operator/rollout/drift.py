@@ -93,6 +93,10 @@ def _distribution(name: str, spec: DriftWatchSpec, train: TokenLengths | None, s
         return DriftSignal(signal=name, state=DriftSignalState.INSUFFICIENT_DATA, samples=n, threshold=spec.psi_threshold,
                            message=f"{n} requests in the window < minSamples {spec.min_samples}")
     expected, actual = align(train, counts, served or {})
+    why = _no_comparison(train, served or {}, expected, actual)
+    if why:  # PSI would be 0 (or undefined) whatever the lengths: say so, never "within threshold"
+        return DriftSignal(signal=name, state=DriftSignalState.NOT_COMPARABLE, samples=n, threshold=spec.psi_threshold,
+                           message=f"no comparison: {why}")
     value = psi(expected, actual)
     drifted = value > spec.psi_threshold
     return DriftSignal(
@@ -100,6 +104,19 @@ def _distribution(name: str, spec: DriftWatchSpec, train: TokenLengths | None, s
         threshold=spec.psi_threshold, samples=n,
         message=f"PSI {value:.3g} {'>' if drifted else '<='} {spec.psi_threshold:g} over {len(expected)} buckets, {n} requests",
     )
+
+
+def _no_comparison(train: TokenLengths, served: dict[float, float], expected: list[float], actual: list[float]) -> str | None:
+    """Why PSI over the aligned buckets cannot tell a shift, or None: the histograms share no finite bound (one
+    bucket), or every train record and every served request is above the largest bound they share."""
+    common = sorted(set(float(b) for b in train.le) & {b for b in served if math.isfinite(b)})
+    if len(expected) < 2 or not common:
+        return "the train split's and vLLM's token-length histograms share no finite bucket bound (a single bucket)"
+    if sum(actual) <= 0:
+        return "the served histogram has no counts in the shared buckets"
+    if expected[-1] >= sum(expected) and actual[-1] >= sum(actual):
+        return f"every train record and every request is longer than {common[-1]:g} tokens, the largest bucket bound both histograms have"
+    return None
 
 
 def _serving(name: str, spec: DriftWatchSpec, w: Window, baseline: float | None) -> DriftSignal:
@@ -112,7 +129,7 @@ def _serving(name: str, spec: DriftWatchSpec, w: Window, baseline: float | None)
                            message=f"{n} requests in the window < minSamples {spec.min_samples}")
     if baseline is None:
         return DriftSignal(signal=name, state=DriftSignalState.NO_BASELINE, samples=n, threshold=threshold,
-                           message="no value recorded at promotion yet")
+                           message="no value recorded at promotion yet (retried at every check)")
     if name == ERROR_RATE:
         rate = (w.errors or 0.0) / n
         value = rate - baseline
@@ -135,6 +152,24 @@ def baseline(spec: DriftWatchSpec, w: Window) -> tuple[float, float | None] | No
         return None
     p95 = w.latency_p95 if w.latency_p95 is not None and not math.isnan(w.latency_p95) and LATENCY not in w.failed else None
     return (w.errors or 0.0) / (w.requests or 1.0), p95
+
+
+def record_baseline(spec: DriftWatchSpec, d: DriftStatus, w: Window, now: dt.datetime) -> DriftStatus:
+    """The values "at promotion", each from the first window that has it: the 5xx rate from the first window
+    with minSamples requests and an answer, the p95 from the first such window with a positive p95. A value
+    missing at the first check (a failed or empty latency query) is retried at every later check, never
+    left unrecorded for good. `baselineRecordedAt`: when the first of them was recorded. Returns a new object."""
+    if (w.requests or 0) < spec.min_samples:
+        return d
+    out = d.model_copy()
+    if out.baseline_error_rate is None and ERROR_RATE not in w.failed:
+        out.baseline_error_rate = (w.errors or 0.0) / (w.requests or 1.0)
+    p95 = w.latency_p95
+    if out.baseline_latency_p95 is None and LATENCY not in w.failed and p95 is not None and math.isfinite(p95) and p95 > 0:
+        out.baseline_latency_p95 = p95
+    if out.baseline_recorded_at is None and (out.baseline_error_rate is not None or out.baseline_latency_p95 is not None):
+        out.baseline_recorded_at = now
+    return out
 
 
 def signals(spec: DriftWatchSpec, train: TokenLengths | None, drift: DriftStatus, w: Window) -> list[DriftSignal]:
@@ -163,6 +198,7 @@ def _condition(sigs: list[DriftSignal], bad_state: DriftSignalState, bad: DriftR
         return ConditionVerdict("False", ok.value, "; ".join(f"{s.signal}: {s.message}" for s in sigs))
     first = next(s for s in sigs if states[s.signal] != DriftSignalState.OK)
     reason = {DriftSignalState.INSUFFICIENT_DATA: DriftReason.INSUFFICIENT_DATA, DriftSignalState.NO_BASELINE: no_base,
+              DriftSignalState.NOT_COMPARABLE: DriftReason.NO_COMPARABLE_BUCKETS,
               DriftSignalState.ERROR: DriftReason.PROMETHEUS_ERROR}[states[first.signal]]
     return ConditionVerdict("Unknown", reason.value, "; ".join(f"{s.signal}: {s.message}" for s in sigs))
 

@@ -337,10 +337,7 @@ class Reconciler:
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
         provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
         window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
-        if d.baseline_recorded_at is None:  # the values at promotion: the first window with enough requests
-            base = drift.baseline(wd, window)
-            if base is not None:
-                d.baseline_error_rate, d.baseline_latency_p95, d.baseline_recorded_at = base[0], base[1], world.now
+        d = drift.record_baseline(wd, d, window, world.now)  # the values at promotion; a missing one is retried
         d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)
         d.checked_at = world.now
         st.drift = d

@@ -544,7 +544,7 @@ class _Machine:
             a = assessments.get(m.name)
             if a is None:
                 continue
-            results[m.name] = record(results.get(m.name) or MetricResult(metric=m.name), a.phase)
+            results[m.name] = record(results.get(m.name) or MetricResult(metric=m.name), a.phase, ignored=a.ignored)
             st.measurements.append(
                 Measurement(metric=m.name, phase=a.phase, value=a.value, stable_value=a.stable_value,
                             message=a.message[:512], step_index=i, at=self.world.now)
