@@ -29,10 +29,14 @@ def _has_cuda() -> bool:
         return False
 
 
-def vllm_executable() -> Path | None:
-    """The real vLLM the vllm tier starts: $TUNELOOP_VLLM, else this checkout's .venv-vllm/bin/vllm (`make vllm`)."""
+def vllm_wanted() -> Path:
+    """Where the vllm tier looks for real vLLM: $TUNELOOP_VLLM, else this checkout's .venv-vllm/bin/vllm (`make vllm`)."""
     explicit = os.environ.get("TUNELOOP_VLLM")
-    path = Path(explicit) if explicit and explicit != "standin" else ROOT / ".venv-vllm" / "bin" / "vllm"
+    return Path(explicit) if explicit and explicit != "standin" else ROOT / ".venv-vllm" / "bin" / "vllm"
+
+
+def vllm_executable() -> Path | None:
+    path = vllm_wanted()
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
@@ -42,8 +46,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_cluster = pytest.mark.skip(reason="cluster tier: pass --kubeconfig PATH to run against a real cluster")
     skip_gpu = pytest.mark.skip(reason="gpu tier: pass --run-gpu on a machine with a CUDA GPU" if not run_gpu
                                 else "gpu tier: --run-gpu given, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-    skip_vllm = pytest.mark.skip(reason=f"vllm tier: no vLLM CPU build at {ROOT / '.venv-vllm/bin/vllm'} "
-                                        "(`make vllm` installs it; or set TUNELOOP_VLLM to a vllm executable)")
+    skip_vllm = pytest.mark.skip(reason=f"vllm tier: no vLLM CPU build at {vllm_wanted()} "
+                                        "(`make vllm` installs it in .venv-vllm; or set TUNELOOP_VLLM to a vllm executable)")
     has_vllm = vllm_executable() is not None
     for item in items:
         if item.get_closest_marker("vllm") and not has_vllm:
