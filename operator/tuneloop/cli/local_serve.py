@@ -151,7 +151,7 @@ def head_dim(model_dir: Path) -> int | None:
 def find_vllm(explicit: Path | None, env: dict[str, str]) -> Path:
     if explicit is not None:
         candidates = [explicit]
-    elif env.get(VLLM_ENV):
+    elif env.get(VLLM_ENV) and env[VLLM_ENV] != "standin":  # "standin" is for the cluster tier's pods
         candidates = [Path(env[VLLM_ENV])]
     else:
         repo = Path(__file__).resolve().parents[3]  # an editable install: the checkout's root
