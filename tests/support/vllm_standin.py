@@ -1,5 +1,8 @@
 """A vLLM stand-in: speaks enough of `vllm serve` for the Rollout tests on the loopback cluster.
 
+Its metrics follow vLLM 0.32 (tests/vllm/test_real_vllm.py compares them with the real CPU build's: names, label
+sets and bucket bounds of every family the operator queries); its CLI and API are those of v0.11 and later.
+
 Installed for pods as the executable `tests/support/bin/vllm` (put that folder on the pod PATH, e.g.
 process_kubelet.py `--path-prefix tests/support/bin:.venv/bin`). No model is loaded; every answer
 is a fixed, deterministic text. What it does like vLLM v0.11's OpenAI server:
@@ -13,8 +16,9 @@ is a fixed, deterministic text. What it does like vLLM v0.11's OpenAI server:
   with vLLM's message), `GET /metrics` in the classic Prometheus text format (`vllm:` names keep
   their colon) with vLLM's exact metric names: `vllm:time_to_first_token_seconds`,
   `vllm:e2e_request_latency_seconds`, `vllm:request_prompt_tokens`, `vllm:request_generation_tokens`
-  (histograms, vLLM's buckets; the token ones build_1_2_5_buckets(2048)), `vllm:request_success_total
-  {finished_reason}`, `vllm:num_requests_running`, `vllm:num_requests_waiting`,
+  (histograms, vLLM's buckets; the token ones build_1_2_5_buckets(max_model_len): `--max-model-len`, else the
+  MODEL directory's config.json max_position_embeddings, else 2048, as vLLM decides), `vllm:request_success_total
+  {finished_reason}` (stop, length, abort, error, repetition: all present from the start, as in vLLM 0.32), `vllm:num_requests_running`, `vllm:num_requests_waiting`,
   `vllm:prompt_tokens_total`, `vllm:generation_tokens_total` (labels `model_name`, `engine`), and
   prometheus-fastapi-instrumentator's `http_requests_total{handler,method,status}` with the status
   grouped as `2xx`/`4xx`/`5xx`.
@@ -67,9 +71,29 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 80.0, 160.0, 640.0, 2560.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
                1920.0, 7680.0)
-MAX_MODEL_LEN = 2048
-# vLLM's build_1_2_5_buckets(max_model_len), the bounds of vllm:request_prompt_tokens / request_generation_tokens.
-TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(4) for m in (1, 2, 5) if m * 10**e <= MAX_MODEL_LEN)
+MAX_MODEL_LEN = 2048  # when neither --max-model-len nor the model's config.json says
+# vllm:request_success_total's finished_reason values, each exposed (0) from the start
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+
+
+def token_buckets(max_model_len: int) -> tuple[float, ...]:
+    """vLLM's build_1_2_5_buckets(max_model_len): the bounds of vllm:request_prompt_tokens / request_generation_tokens."""
+    return tuple(float(m * 10**e) for e in range(8) for m in (1, 2, 5) if m * 10**e <= max_model_len)
+
+
+TOKEN_BUCKETS = token_buckets(MAX_MODEL_LEN)
+
+
+def max_model_len(args: argparse.Namespace) -> int:
+    """What vLLM serves: --max-model-len, else the model's max_position_embeddings (config.json), else MAX_MODEL_LEN."""
+    if args.max_model_len:
+        return int(args.max_model_len)
+    try:
+        cfg = json.loads((Path(args.model) / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)
+        return int(cfg.get("max_position_embeddings") or MAX_MODEL_LEN)
+    except (OSError, ValueError, TypeError):
+        return MAX_MODEL_LEN
 DEFAULT_KNOBS: dict[str, Any] = {"error_rate": 0.0, "silent": False, "latency": 0.02, "ttft": 0.005, "abort_rate": 0.0,
                                  "prompt_scale": 1.0, "reply": None, "tokenizer": False}
 
@@ -126,6 +150,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--host", default="0.0.0.0")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--tensor-parallel-size", type=int, default=1)
+    s.add_argument("--max-model-len", type=int, default=None)
     args, unknown = ap.parse_known_args(argv)
     args.unknown = unknown
     return args
@@ -149,15 +174,15 @@ class Histogram:
 class Metrics:
     """vLLM's and the HTTP instrumentator's series, rendered in the classic text format."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, token_bounds: tuple[float, ...] = TOKEN_BUCKETS):
         self.model = model_name
         self.lock = threading.Lock()
         self.http: dict[tuple[str, str, str], int] = {("/v1/chat/completions", "POST", "2xx"): 0}
         self.ttft = Histogram(TTFT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
-        self.prompt_h = Histogram(TOKEN_BUCKETS)
-        self.gen_h = Histogram(TOKEN_BUCKETS)
-        self.success: dict[str, int] = {}
+        self.prompt_h = Histogram(token_bounds)
+        self.gen_h = Histogram(token_bounds)
+        self.success: dict[str, int] = dict.fromkeys(FINISHED_REASONS, 0)
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.running = 0
@@ -207,7 +232,7 @@ class Metrics:
             out.append(f"vllm:generation_tokens_total{{{m}}} {float(self.generation_tokens)}")
             out.append("# HELP vllm:request_success_total Count of successfully processed requests.\n"
                        "# TYPE vllm:request_success_total counter")
-            for reason, n in sorted(self.success.items()):
+            for reason, n in self.success.items():
                 out.append(f'vllm:request_success_total{{{m},finished_reason="{reason}"}} {float(n)}')
             hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft)
             hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.e2e)
@@ -264,7 +289,8 @@ class Server:
             else:
                 name, _, path = item.partition("=")
                 self.loras[name] = path
-        self.metrics = Metrics(self.base_names[0])
+        self.max_model_len = max_model_len(args)
+        self.metrics = Metrics(self.base_names[0], token_buckets(self.max_model_len))
         knob_files = [Path(os.environ["VLLM_STANDIN_CONTROL"])] if os.environ.get("VLLM_STANDIN_CONTROL") else []
         knob_files += [Path(p) / KNOB_FILE for p in self.loras.values() if p.startswith("/")]
         if args.model.startswith("/"):
@@ -286,9 +312,9 @@ class Server:
 
     def models(self) -> dict[str, Any]:
         data = [{"id": n, "object": "model", "created": self.created, "owned_by": "vllm", "root": self.args.model,
-                 "parent": None, "max_model_len": 2048} for n in self.base_names]
+                 "parent": None, "max_model_len": self.max_model_len} for n in self.base_names]
         data += [{"id": n, "object": "model", "created": self.created, "owned_by": "vllm", "root": p,
-                  "parent": self.base_names[0], "max_model_len": 2048} for n, p in self.loras.items()]
+                  "parent": self.base_names[0], "max_model_len": self.max_model_len} for n, p in self.loras.items()]
         return {"object": "list", "data": data}
 
     def served(self) -> list[str]:
@@ -372,7 +398,7 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
                 text = str(knobs.get("reply") or f"stand-in answer from {model}")
                 counted = (srv.tokens.prompt(req), srv.tokens.generation(text)) if knobs.get("tokenizer") else (None, None)
                 prompt_tokens = counted[0] if counted[0] is not None else len(json.dumps(req.get("messages") or req.get("prompt") or "").split())
-                prompt_tokens = min(MAX_MODEL_LEN, max(1, round(prompt_tokens * float(knobs.get("prompt_scale", 1.0)))))
+                prompt_tokens = min(srv.max_model_len, max(1, round(prompt_tokens * float(knobs.get("prompt_scale", 1.0)))))
                 gen_tokens = counted[1] if counted[1] is not None else len(text.split())
                 reason = "abort" if srv.rng.random() < float(knobs.get("abort_rate", 0.0)) else "stop"
                 srv.metrics.finished(reason, ttft, time.monotonic() - start, prompt_tokens, gen_tokens)

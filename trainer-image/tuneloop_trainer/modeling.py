@@ -124,12 +124,32 @@ def _fix_tokenizer(tok: Any) -> Any:
     return tok
 
 
+def gguf_cache_dir(gguf_file: str | Path) -> Path:
+    """Where the de-quantised safetensors of a GGUF file are cached (complete once it holds `.complete`)."""
+    f = Path(gguf_file)
+    st = f.stat()
+    key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tuneloop")) / "gguf" / f"{f.stem}-{key}"
+
+
+def gguf_serving_dir(ctx: Any) -> Path | None:
+    """The de-quantised safetensors directory of a GGUF base, which vLLM can serve (it cannot serve the GGUF file
+    the trainer started from); None for other sources or while it has not been written (the train stage writes it)."""
+    if not ctx.spec.base_model.gguf:
+        return None
+    try:
+        loc = locate(ctx)
+    except ConfigError:
+        return None
+    out = gguf_cache_dir(loc.gguf_file)
+    return out if (out / ".complete").exists() else None
+
+
 def _gguf_cache(loc: ModelLocation) -> Path:
     """Dequantize a GGUF file once into a trainable, saveable safetensors model directory (cached)."""
     f = Path(loc.gguf_file)
     st = f.stat()
-    key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    out = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tuneloop")) / "gguf" / f"{f.stem}-{key}"
+    out = gguf_cache_dir(f)
     if (out / ".complete").exists():
         return out
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

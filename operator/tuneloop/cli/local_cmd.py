@@ -1,4 +1,5 @@
 """`kubectl tuneloop local run FILE [--workdir DIR]`: a FineTuneJob's whole chain on this machine.
+(`kubectl tuneloop local serve RUN_DIR` then serves its model with real vLLM: tuneloop.cli.local_serve.)
 
 prepare → train → evaluate → report, in this process, with the stage code the pods run
 (CPU, or the local GPU when torch sees one). Progress bars while it runs, a summary table at the
@@ -23,7 +24,7 @@ from pathlib import Path
 from tuneloop.contract import layout
 from tuneloop.contract.exits import EXIT_CONFIG_ERROR
 
-from . import local_schedule
+from . import local_schedule, local_serve
 
 STAGES = list(layout.STAGES)
 
@@ -56,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bars (plain stage lines only)")
     r.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
     local_schedule.add_arguments(r)
+    local_serve.add_arguments(sub)
 
 
 class _ErrorsOnly:
@@ -104,8 +106,10 @@ def _device() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "local_action", None) == "serve":
+        return local_serve.run(args)
     if getattr(args, "local_action", None) != "run":
-        print("usage: kubectl tuneloop local run FILE [--workdir DIR] (see --help)", file=sys.stderr)
+        print("usage: kubectl tuneloop local run FILE [--workdir DIR] | local serve RUN_DIR (see --help)", file=sys.stderr)
         return 2
     return run_local(args)
 

@@ -10,7 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("tuneloop.cli.validate_cmd", "check FineTuneJob/ModelVersion/Rollout files; print every problem with its field path"),
     "crds": ("tuneloop.cli.crds_cmd", "write the CRDs (and the chart's copy) generated from the API models"),
-    "local": ("tuneloop.cli.local_cmd", "run a FineTuneJob on this machine: `local run FILE`"),
+    "local": ("tuneloop.cli.local_cmd", "run a FineTuneJob on this machine: `local run FILE`, then `local serve RUN_DIR` (vLLM)"),
     "status": ("tuneloop.cli.status_cmd", "show a FineTuneJob's phase, progress, conditions and events"),
     "report": ("tuneloop.cli.report_cmd", "print the experiment report of a ModelVersion"),
     "promote": ("tuneloop.cli.rollout_cmd", "promote a Rollout's candidate now"),
@@ -45,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `COMMAND ... -- ARGS`: ARGS go to the command untouched (local serve passes them to vllm serve); argparse
+    # cannot take them once options follow a positional
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if passthrough and not getattr(args, "accepts_passthrough", False):
+        parser.error(f"unexpected arguments after --: {' '.join(passthrough)}")
+    args.passthrough = passthrough
     if not args.command:
         parser.print_help()
         return 2

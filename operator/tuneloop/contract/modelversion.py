@@ -8,7 +8,9 @@ the trainer's report stage writes the same manifest to DIR/report/modelversion.y
 - `workdir_uri`: where DIR lives as the cluster sees it (`layout.output_location` / `workdir_uri`);
 - `trainer_image`: the image the stages ran in;
 - `facts`: `lineage.facts(...)` of whatever trainer output is at hand;
-- `evaluation`: the EvaluationRecord (wire form) or None.
+- `evaluation`: the EvaluationRecord (wire form) or None;
+- `base_serving_path`: where vLLM loads the base from when the spec's source does not say (a GGUF base,
+  de-quantised by a local run's trainer), else None.
 """
 
 from __future__ import annotations
@@ -65,9 +67,14 @@ def artifact(spec: FineTuneJobSpec, workdir_uri: str) -> dict[str, Any]:
     return {"uri": f"{workdir_uri}/{layout.ARTIFACT_DIR}", "format": ArtifactFormat.LORA_ADAPTER.value, "loraRank": spec.method.lora.r}
 
 
-def base_model(spec: FineTuneJobSpec) -> dict[str, Any]:
+def base_model(spec: FineTuneJobSpec, serving_path: str | None = None) -> dict[str, Any]:
+    """The base model record; `serving_path` (what vLLM loads it from) overrides the one the source implies —
+    a local run of a GGUF base records the trainer's de-quantised safetensors directory there."""
     b = spec.base_model
     out: dict[str, Any] = {"name": b.display_name(), "revision": b.revision()}
+    if serving_path:
+        out["servingPath"] = serving_path
+        return out
     if b.hugging_face:
         out["name"] = b.hugging_face.id
         out["servingPath"] = b.hugging_face.id
@@ -86,6 +93,7 @@ def hyperparameters(spec: FineTuneJobSpec) -> dict[str, str]:
 def build(
     spec: FineTuneJobSpec, job: JobIdentity, *, workdir_uri: str, trainer_image: str, facts: LineageFacts | None = None,
     evaluation: dict[str, Any] | EvaluationRecord | None = None, report_config_map: bool = False, no_uid: str = "local",
+    base_serving_path: str | None = None,
 ) -> dict[str, Any]:
     """A validated ModelVersion manifest (wire form). `report_config_map`: the report is (or will be)
     in the ModelVersion's report ConfigMap (only the operator creates it, from the evaluation pod's log)."""
@@ -126,7 +134,7 @@ def build(
         "spec": {
             "modelName": model_name(spec, job),
             "version": version(spec, job, no_uid),
-            "baseModel": base_model(spec),
+            "baseModel": base_model(spec, base_serving_path),
             "artifact": artifact(spec, workdir_uri),
             "lineage": lineage,
             "evaluation": record.wire(),

@@ -1,7 +1,8 @@
 """The ModelVersion manifest for the trained artifact: the contract's one builder
 (`tuneloop.contract.modelversion.build`, which the operator registers with), fed from the work directory.
 
-In a pod the operator's environment says where DIR lives ($TUNELOOP_WORKDIR_URI) and which image ran
+A local run of a GGUF base records the trainer's de-quantised safetensors directory as baseModel.servingPath
+(what `kubectl tuneloop local serve` gives vLLM). In a pod the operator's environment says where DIR lives ($TUNELOOP_WORKDIR_URI) and which image ran
 ($TUNELOOP_IMAGE), so report/modelversion.yaml is the manifest the operator registers. A local run —
 of a cluster spec (output.pvc) too — names the local directory (file://), where the artifact is.
 """
@@ -70,7 +71,18 @@ def manifest(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], rec
         evaluation=record,
         report_config_map=in_cluster,  # the operator copies report.md into the ModelVersion's ConfigMap
         no_uid=_no_uid(lineage, getattr(ctx, "artifact_dir", None)),
+        base_serving_path=None if in_cluster else _local_serving_path(ctx),
     )
+
+
+def _local_serving_path(ctx: Any) -> str | None:
+    """A local run of a GGUF base: the de-quantised safetensors the trainer cached, which `kubectl tuneloop local serve`
+    (vLLM) loads; vLLM cannot load the GGUF file itself. A pod's cache is not a place a serving pod can mount: there the
+    record keeps no servingPath, and a Rollout says BaseModelNotServable."""
+    from ..modeling import gguf_serving_dir
+
+    found = gguf_serving_dir(ctx) if getattr(ctx, "spec", None) is not None else None
+    return str(found) if found else None
 
 
 def build(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord | None) -> ModelVersion:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tuneloop.api.conditions import RolloutReason
 from tuneloop.api.modelversion import ArtifactFormat, ModelVersion
-from tuneloop.api.rollout import RolloutSpec
+from tuneloop.api.rollout import RolloutSpec, ServingSpec
 from tuneloop.contract import names
 
 ARTIFACT_MOUNT = "/models/artifact"
@@ -98,9 +98,63 @@ def _mount(volume: str, claim: str, path: str, mount_path: str) -> tuple[dict, d
     return vol, mount
 
 
+@dataclass(frozen=True)
+class VllmServe:
+    """How `vllm serve` is started for one ModelVersion (`serve_args`)."""
+
+    args: tuple[str, ...]  # after `vllm serve`
+    served_names: tuple[str, ...]  # what GET /v1/models lists once it serves them all: the base name, then the adapter's
+    lora: bool  # a LoRA adapter on its base (else merged/full weights)
+
+
+def base_location(mv: ModelVersion) -> str:
+    """Where a LoRA artifact's base is recorded (baseModel.servingPath, else its name), refusing a GGUF file."""
+    base = mv.spec.base_model.serving_path or mv.spec.base_model.name
+    check_base_servable(mv, base)
+    return base
+
+
+def serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *, artifact: str, base: str | None = None,
+               host: str = "0.0.0.0") -> VllmServe:
+    """The one decision of `vllm serve`'s arguments for a ModelVersion, for the operator's Deployment (`artifact`,
+    `base`: mount paths) and `kubectl tuneloop local serve` (local paths) alike.
+
+    `artifact`: where the artifact directory is; `base`: where a LoRA artifact's base is (a path, or a Hub id),
+    default `base_location(mv)`. LoRA: `BASE --served-model-name SERVED-base --enable-lora --lora-modules
+    SERVED=ARTIFACT --max-loras N [--max-lora-rank R] [--revision REV]` (the revision only for a Hub id);
+    merged/full: `ARTIFACT --served-model-name SERVED`. Then `--host --port`, `--tensor-parallel-size` with
+    more than one GPU, and serving.extraArgs last (so they can override).
+    """
+    art = mv.spec.artifact
+    if art.format == ArtifactFormat.LORA_ADAPTER.value:
+        base = base_location(mv) if base is None else base
+        rank = lora_rank_flag(serving.max_lora_rank, art.lora_rank)
+        base_name = f"{served_model_name}-base"
+        args = [
+            base,
+            "--served-model-name", base_name,
+            "--enable-lora",
+            "--lora-modules", f"{served_model_name}={artifact}",
+            "--max-loras", str(serving.max_loras),
+        ]  # fmt: skip
+        if rank is not None:
+            args += ["--max-lora-rank", str(rank)]
+        if mv.spec.base_model.revision and not base.startswith("/"):
+            args += ["--revision", mv.spec.base_model.revision]
+        names: tuple[str, ...] = (base_name, served_model_name)
+    else:
+        args = [artifact, "--served-model-name", served_model_name]
+        names = (served_model_name,)
+    args += ["--host", host, "--port", str(serving.port)]
+    if serving.resources.gpus > 1:
+        args += ["--tensor-parallel-size", str(serving.resources.gpus)]
+    args += list(serving.extra_args)
+    return VllmServe(tuple(args), names, art.format == ArtifactFormat.LORA_ADAPTER.value)
+
+
 def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict], list[dict]]:
-    """(args after `vllm serve`, volumes, volumeMounts) for the ModelVersion."""
-    serving = spec.serving
+    """(args after `vllm serve`, volumes, volumeMounts) for the ModelVersion: its artifact (and a pvc:// base)
+    mounted read-only, `serve_args` with the mount paths."""
     art = mv.spec.artifact
     claim, path = parse_pvc_uri(art.uri, f"ModelVersion {mv.metadata.name} artifact")
     volumes: list[dict] = []
@@ -108,9 +162,9 @@ def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict
     vol, mount = _mount("artifact", claim, path, ARTIFACT_MOUNT)
     volumes.append(vol)
     mounts.append(mount)
+    base: str | None = None
     if art.format == ArtifactFormat.LORA_ADAPTER.value:
-        base = mv.spec.base_model.serving_path or mv.spec.base_model.name
-        check_base_servable(mv, base)
+        base = base_location(mv)
         if base.startswith("pvc://"):
             bclaim, bpath = parse_pvc_uri(base, f"ModelVersion {mv.metadata.name} baseModel.servingPath",
                                          RolloutReason.BASE_MODEL_NOT_SERVABLE.value)
@@ -118,25 +172,42 @@ def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict
             volumes.append(vol)
             mounts.append(mount)
             base = BASE_MOUNT
-        args = [
-            base,
-            "--served-model-name", f"{spec.served_model_name}-base",
-            "--enable-lora",
-            "--lora-modules", f"{spec.served_model_name}={ARTIFACT_MOUNT}",
-            "--max-loras", str(serving.max_loras),
-        ]  # fmt: skip
-        rank = lora_rank_flag(serving.max_lora_rank, art.lora_rank)
-        if rank is not None:
-            args += ["--max-lora-rank", str(rank)]
-        if mv.spec.base_model.revision and not base.startswith("/"):
-            args += ["--revision", mv.spec.base_model.revision]
-    else:
-        args = [ARTIFACT_MOUNT, "--served-model-name", spec.served_model_name]
-    args += ["--host", "0.0.0.0", "--port", str(serving.port)]
-    if serving.resources.gpus > 1:
-        args += ["--tensor-parallel-size", str(serving.resources.gpus)]
-    args += list(serving.extra_args)
-    return args, volumes, mounts
+    plan = serve_args(mv, spec.serving, spec.served_model_name, artifact=ARTIFACT_MOUNT, base=base)
+    return list(plan.args), volumes, mounts
+
+
+_QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+CPU_KVCACHE_FRACTION = 4  # a quarter of the pod's memory for the KV cache; the rest holds the weights and the server
+CPU_KVCACHE_DEFAULT_GIB = 1
+
+
+def memory_bytes(quantity: str) -> int | None:
+    """A Kubernetes memory quantity ("32Gi", "512Mi", "8G", "1e9") in bytes; None when it is not one."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+(?:[eE][0-9]+)?)\s*([kMGT]i?|)\s*", str(quantity))
+    if not m or m.group(2) not in _QUANTITY:
+        return None
+    try:
+        return int(float(m.group(1)) * _QUANTITY[m.group(2)])
+    except ValueError:
+        return None
+
+
+def cpu_env(serving: ServingSpec) -> list[dict[str, str]]:
+    """What vLLM's CPU engine needs in a pod without GPUs (serving.resources.gpus == 0).
+
+    VLLM_CPU_KVCACHE_SPACE: GiB of KV cache — vLLM's default sizes it from the node's total memory, not the pod's
+    limit, so a pod is OOM-killed; here a quarter of the memory limit (whole GiB, at least 1), 1 when the memory
+    is not a quantity. VLLM_CPU_OMP_THREADS_BIND=auto: vLLM binds one OpenMP thread per physical core of the CPUs
+    the pod may run on (its affinity: the exclusive cores the kubelet's static CPU manager gives an integer CPU
+    request), instead of every engine on a node binding the same cores.
+    """
+    if serving.resources.gpus:
+        return []
+    mem = memory_bytes(serving.resources.memory)
+    gib = max(CPU_KVCACHE_DEFAULT_GIB, mem // CPU_KVCACHE_FRACTION // 2**30) if mem else CPU_KVCACHE_DEFAULT_GIB
+    return [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(gib)}, {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "auto"}]
 
 
 def _security_context() -> dict[str, Any]:
@@ -188,6 +259,7 @@ def build_deployment(
             {"name": "HF_HOME", "value": "/cache/huggingface"},
             {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
             {"name": "XDG_CACHE_HOME", "value": "/cache"},
+            *cpu_env(serving),
         ],
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
