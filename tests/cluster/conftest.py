@@ -55,9 +55,33 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     counts = {k: len([r for r in stats.get(k, []) if getattr(r, "when", "call") in ("call", "setup") and _is_cluster(r)])
               for k in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")}
     version = _SESSION.get("server_version", "?")
+    for line in vllm_engine_lines():
+        terminalreporter.write_line(line)
     terminalreporter.write_sep("=", f"cluster tier: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
                                     f"{counts['skipped']} skipped, {counts['xfailed']} xfailed in {time.monotonic() - _started:.0f} s "
                                     f"against {version}")
+
+
+def vllm_engine_lines() -> list[str]:
+    """Which engine each vLLM pod of this run ran, from the first line tests/support/bin/vllm writes to its log
+    ("vllm: real vLLM (why)" or "vllm: stand-in (why)"): the real engine wherever a scenario needs no injected fault."""
+    real: list[str] = []
+    standin: dict[str, list[str]] = {}
+    for ns in _SESSION.get("namespaces", []):
+        for log in sorted((POD_ROOT / "pods").glob(f"{ns}_*/vllm.log")):
+            pod = log.parent.name.split("_")[1]
+            first = next((ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("vllm: ")), "")
+            if first.startswith("vllm: real vLLM"):
+                real.append(pod)
+            elif first.startswith("vllm: stand-in"):
+                why = first.removeprefix("vllm: stand-in (").removesuffix(")")
+                why = re.sub(r"^/\S*/(serve-[^/]+)/\S*", r"\1/.../vllm-standin.json", why)
+                standin.setdefault(why, []).append(pod)
+    if not real and not standin:
+        return []
+    lines = [f"vLLM pods: {len(real)} ran the real engine (vLLM CPU build), {sum(map(len, standin.values()))} the stand-in"]
+    lines += [f"  stand-in: {len(pods)} pod(s): {why}" for why, pods in sorted(standin.items())]
+    return lines
 
 
 def _is_cluster(report: Any) -> bool:
@@ -92,6 +116,7 @@ def kube(kubeconfig: str | None) -> Kube:
 
 def restricted_namespace(kube: Kube, prefix: str = "tl-e2e") -> str:
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    _SESSION.setdefault("namespaces", []).append(ns)
     kube.create("namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
         "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest",
         "pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted",
@@ -303,7 +328,7 @@ def write_tiny_inputs(ns: str, records: int = 80) -> tuple[Path, Path]:
     from tuneloop_trainer.testing import chat_records, make_tiny_model, write_jsonl
 
     root = pvc_dir(ns, "datasets")
-    model = make_tiny_model(root / "base" / "tiny")
+    model = make_tiny_model(root / "base" / "tiny", hidden=256)  # 4 heads of 64: vLLM's CPU attention needs head_dim 32/64/128
     data = write_jsonl(root / "support" / "train.jsonl", chat_records(records))
     return model, data
 

@@ -36,6 +36,16 @@ from tests.rollout.promstack import free_port, prometheus_binary
 from .kube import Kube
 
 REGISTRY = Path(os.environ.get("VLLM_STANDIN_REGISTRY", "/var/tmp/vllm-standin/pods"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def real_vllm() -> Path | None:
+    """The vLLM CPU build the pods' `vllm` (tests/support/bin/vllm) runs when no fault knob asks for the stand-in."""
+    wanted = os.environ.get("TUNELOOP_VLLM", "")
+    if wanted == "standin":
+        return None
+    path = Path(wanted) if wanted else ROOT / ".venv-vllm" / "bin" / "vllm"
+    return path if os.access(path, os.X_OK) else None
 
 # Gateway API is not part of Kubernetes: a minimal HTTPRoute CRD (open schema) so the operator's
 # gatewayAPI traffic routing has something to write to. Installed only when the cluster has none.
@@ -107,6 +117,8 @@ class Discovery(threading.Thread):
         targets = []
         for p in pods:
             info = _announced(p)
+            if _running(p):
+                self.probe_readiness(p, info is not None)
             if not _running(p) or info is None:
                 continue
             p["_port"] = info["port"]
@@ -117,6 +129,23 @@ class Discovery(threading.Thread):
         with self.lock:
             self.pods, self.services, self.routes = live, services, routes
         self.write(targets)
+
+    def probe_readiness(self, pod: dict, ready: bool) -> None:
+        """Play the kubelet's readinessProbe, which process_kubelet.py does not run (it reports a pod Ready as soon as
+        its process starts): a vLLM pod is Ready only once it announced itself, i.e. once GET /v1/models lists every
+        served name (tools/vllm_cpu.py, the stand-in). The Deployment controller then counts available pods from
+        this, as on a real cluster where the operator's probe checks /v1/models."""
+        st = pod.get("status") or {}
+        want = "True" if ready else "False"
+        conds = [dict(c) for c in st.get("conditions") or []]
+        if all(c.get("status") == want for c in conds if c.get("type") in ("Ready", "ContainersReady")):
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for c in conds:
+            if c.get("type") in ("Ready", "ContainersReady"):
+                c.update(status=want, lastTransitionTime=now)
+        statuses = [dict(cs, ready=ready) for cs in st.get("containerStatuses") or []]
+        self.kube.patch("pods", pod["metadata"]["name"], self.ns, {"status": {"conditions": conds, "containerStatuses": statuses}}, sub="status")
 
     def run(self) -> None:
         while not self.stop_event.is_set():

@@ -1,6 +1,8 @@
-"""Rollouts on the real API server: the ModelVersion the chain trained is served by the vLLM stand-in
-(tests/support/bin/vllm, run as pods by process_kubelet.py), scraped by a real Prometheus, with
-chat-completion traffic split along the HTTPRoute the operator writes (serving.Gateway).
+"""Rollouts on the real API server: the ModelVersion the chain trained is served by real vLLM (its CPU build,
+`make vllm`) where it is installed — tests/support/bin/vllm, run as pods by process_kubelet.py, runs the stand-in
+only for a version whose artifact carries a fault knob (vllm-standin.json), or when vLLM is not installed — scraped
+by a real Prometheus, with chat-completion traffic split along the HTTPRoute the operator writes (serving.Gateway).
+The terminal summary says how many pods ran which engine and why.
 
 One Rollout goes through the whole life of a serving slot, in order:
 first version → healthy canary promoted (operator SIGKILLed mid-analysis) → bad canary (50 % HTTP 500)
@@ -29,7 +31,7 @@ from tests.rollout.promstack import free_port
 
 from .conftest import Env, cond, phase, pod_log, pvc_dir
 from .kube import Kube
-from .serving import Discovery, Gateway, Prometheus
+from .serving import Discovery, Gateway, Prometheus, real_vllm
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -71,18 +73,21 @@ def _debug(kube: Kube, env: Env, s: SimpleNamespace) -> str:
     return "\n".join(out)
 
 
-def _clone_modelversion(kube: Kube, env: Env, version: str, knobs: dict | None = None) -> str:
+def _clone_modelversion(kube: Kube, env: Env, version: str, knobs: dict | None = None, merged_model: Path | None = None) -> str:
     """Another registered version of the trained model: its artifact copied to its own folder (so a knob file
-    there changes only its pods), the same evaluation record."""
+    there changes only its pods), the same evaluation record. `merged_model`: register that model directory as
+    the version's merged weights instead."""
     src = kube.get("modelversions", env.state["modelversion"], env.ns)
     name = f"{SERVED}-{version}"
     dst = pvc_dir(env.ns, "models") / f"serve-{version}" / "artifact"
-    shutil.copytree(env.state["artifact_dir"], dst, dirs_exist_ok=True)
+    shutil.copytree(merged_model or env.state["artifact_dir"], dst, dirs_exist_ok=True)
     if knobs:
         (dst / "vllm-standin.json").write_text(json.dumps(knobs))
     spec = copy.deepcopy(src["spec"])
     spec["version"] = version
     spec["artifact"]["uri"] = f"pvc://models/serve-{version}/artifact"
+    if merged_model is not None:
+        spec["artifact"] = {"uri": spec["artifact"]["uri"], "format": "merged"}
     kube.create("modelversions", {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "ModelVersion",
                                   "metadata": {"name": name, "namespace": env.ns, "labels": src["metadata"].get("labels") or {}},
                                   "spec": spec})
@@ -180,7 +185,38 @@ def test_healthy_canary_is_promoted_across_an_operator_kill(kube: Kube, env: Env
     assert canary_ok > 0, s.gw.summary()
 
 
+def test_slower_canary_is_rolled_back_for_its_real_latency(kube: Kube, env: Env, serving: SimpleNamespace, tmp_path: Path):
+    """Real vLLM only (skipped without the CPU build: the stand-in's latency is a knob, not a model): a candidate that is
+    honestly slower — merged weights of a model 8x deeper and 2x wider than the stable's, served by the same engine
+    under the same traffic — fails the analysis relative to stable (p95 end-to-end latency > 1.5x stable's) and is
+    rolled back."""
+    if real_vllm() is None:
+        pytest.skip("needs the vLLM CPU build (make vllm): only the real engine's latency follows the model's size")
+    from tuneloop_trainer.testing import make_tiny_model
+
+    s = serving
+    v2 = f"{SERVED}-v2"
+    big = make_tiny_model(tmp_path / "big", layers=16, hidden=512)  # head_dim 128, about 40x the stable's work per token
+    v8 = _clone_modelversion(kube, env, "v8", merged_model=big)
+    analysis = copy.deepcopy(kube.get("rollouts", RO, env.ns)["spec"]["analysis"])
+    analysis["metrics"] = [{"name": "error-rate", "builtin": "error-rate", "max": 0.5},
+                           {"name": "e2e-p95", "builtin": "e2e-latency-p95", "maxRelativeToStable": 1.5}]
+    kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v8}, "analysis": analysis}})
+    ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v8 and phase(o) in TERMINAL,
+                       "the slower canary judged", 420)
+    assert phase(ro) == "RolledBack", ro["status"]
+    rb = cond(ro, "RolledBack")
+    assert "e2e-p95" in rb.get("message", ""), ro["status"].get("conditions")
+    failed = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Failed" and m.get("metric") == "e2e-p95"]
+    assert failed and failed[-1]["value"] > 1.5 * failed[-1]["stableValue"], failed
+    assert ro["status"].get("stableModelVersion") == v2 and _route_weights(kube, env.ns)[f"{RO}-canary"] == 0
+    _wait_mv(kube, env, v8, "RolledBack")
+    # put the analysis back for the scenarios that follow
+    kube.patch("rollouts", RO, env.ns, {"spec": {"analysis": _rollout(env, s, v2)["spec"]["analysis"]}})
+
+
 def test_bad_canary_is_rolled_back(kube: Kube, env: Env, serving: SimpleNamespace):
+    """Stand-in: HTTP 500 answers on demand (error_rate knob) are a fault the real engine cannot be made to show."""
     s = serving
     v2 = f"{SERVED}-v2"
     v3 = _clone_modelversion(kube, env, "v3", knobs={"error_rate": 0.5})
@@ -242,7 +278,7 @@ def test_removing_the_candidate_keeps_the_promoted_stable(kube: Kube, env: Env, 
 
 def test_silent_canary_is_rolled_back_by_the_progress_deadline(kube: Kube, env: Env, serving: SimpleNamespace):
     """Issue 10 defect 4: a canary that answers nothing (no completions, no /metrics) gives no data; it must not sit
-    Paused with traffic on it forever."""
+    Paused with traffic on it forever. Stand-in: a live process that never answers (silent knob)."""
     s = serving
     v4 = _clone_modelversion(kube, env, "v4", knobs={"silent": True})
     kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v4}, "progressDeadlineSeconds": 20}})
@@ -254,7 +290,8 @@ def test_silent_canary_is_rolled_back_by_the_progress_deadline(kube: Kube, env: 
 
 
 def test_failing_canary_is_rolled_back_during_a_pause(kube: Kube, env: Env, serving: SimpleNamespace):
-    """Issue 10 defect 5: a long pause must not leave a failing canary in front of users (background analysis)."""
+    """Issue 10 defect 5: a long pause must not leave a failing canary in front of users (background analysis).
+    Stand-in: HTTP 500 answers on demand (error_rate knob)."""
     s = serving
     v5 = _clone_modelversion(kube, env, "v5", knobs={"error_rate": 0.5})
     stable = kube.get("rollouts", RO, env.ns)["status"].get("stableModelVersion")

