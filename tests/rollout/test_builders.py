@@ -183,3 +183,45 @@ def test_docs_examples_are_valid(repo_root):
     assert rollouts
     for doc in rollouts:
         Rollout.model_validate(doc)
+
+
+def test_readiness_probe_passes_only_once_v1_models_lists_every_served_name():
+    """Issue 19 item 6: the Deployment's readinessProbe, run as the kubelet runs it, against an OpenAI-style /v1/models."""
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from tuneloop.operator.builders.serving import readiness_probe
+
+    listed: list[str] = []
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"object": "list", "data": [{"id": n, "object": "model"} for n in listed]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cmd = readiness_probe(server.server_address[1], ("bot-base", "bot"))["exec"]["command"]
+        cmd = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+
+        def ready() -> int:
+            return subprocess.run(cmd, capture_output=True, timeout=20).returncode
+
+        assert ready() == 1  # up, answering, nothing loaded yet
+        listed[:] = ["bot-base"]
+        assert ready() == 1  # the base serves, the adapter not yet
+        listed[:] = ["bot-base", "bot", "other"]
+        assert ready() == 0
+    finally:
+        server.shutdown()
+    assert subprocess.run(cmd, capture_output=True, timeout=20).returncode == 1  # nothing listening: not ready

@@ -219,6 +219,20 @@ def _security_context() -> dict[str, Any]:
     }
 
 
+# Ready means "serves every name", not "the process answers /health": vLLM answers /health while it still loads a
+# LoRA adapter, and a runtime-loaded adapter is listed by /v1/models only once it can answer. The vLLM images carry
+# python3; the names are arguments (no shell).
+_READY_CHECK = ("import json,sys,urllib.request as u; "
+                "d=json.load(u.urlopen('http://127.0.0.1:%d/v1/models',timeout=4)); "
+                "sys.exit(0 if set(sys.argv[1:]) <= {m['id'] for m in d['data']} else 1)")
+
+
+def readiness_probe(port: int, served_names: tuple[str, ...]) -> dict[str, Any]:
+    """A pod is ready once GET /v1/models lists every served name (the base's and the adapter's)."""
+    return {"exec": {"command": ["python3", "-c", _READY_CHECK % port, *served_names]},
+            "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3}
+
+
 def build_deployment(
     rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
 ) -> dict[str, Any]:
@@ -248,6 +262,8 @@ def build_deployment(
     def probe(period: int, failures: int) -> dict[str, Any]:
         return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
+    served = serve_args(mv, serving, spec.served_model_name, artifact=ARTIFACT_MOUNT, base=BASE_MOUNT).served_names
+
     container = {
         "name": "vllm",
         "image": serving.image or config.vllm_image,
@@ -265,7 +281,7 @@ def build_deployment(
         "resources": {"requests": requests, "limits": limits},
         # startup allows 30 min for downloading and loading the model before liveness applies
         "startupProbe": probe(10, 180),
-        "readinessProbe": probe(5, 3),
+        "readinessProbe": readiness_probe(serving.port, served),
         "livenessProbe": probe(15, 4),
         "securityContext": _security_context(),
         "volumeMounts": mounts,
