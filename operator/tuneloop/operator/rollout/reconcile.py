@@ -194,8 +194,8 @@ def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, ass
 
 class Reconciler:
     """Everything one tick needs besides the Rollout: the API client, settings, and the metrics provider
-    (`provider_factory(address)`, address = spec.analysis.prometheusAddress or `metrics_address`; the
-    operator's wiring, `handlers.py`, passes Prometheus: `analysis.prometheus.provider_for`)."""
+    (`provider_factory(ref)`, ref = spec.analysis.provider, else spec.analysis.prometheusAddress, else `metrics_address`;
+    the operator's wiring, `handlers.py`, passes Prometheus behind the admin's allowlist: `analysis.prometheus.Endpoints`)."""
 
     def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory):
         self.client = client
@@ -259,7 +259,7 @@ class Reconciler:
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not problem else []
         if due:
-            provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
+            provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
                 metrics.measured(ns, name, mname, a.phase, a.value)
@@ -295,7 +295,7 @@ class Reconciler:
         if d is None:
             d = DriftStatus(model_version=serving_name, since=world.now)
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
-        provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
+        provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
         window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
         if d.baseline_recorded_at is None:  # the values at promotion: the first window with enough requests
             base = drift.baseline(wd, window)
