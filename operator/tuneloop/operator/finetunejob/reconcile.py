@@ -29,10 +29,11 @@ from tuneloop.api.conditions import FineTuneJobCondition as C
 from tuneloop.api.conditions import FineTuneJobReason as R
 from tuneloop.api.conditions import ModelVersionCondition, ModelVersionReason, StageFailureReason, find_condition, set_condition
 from tuneloop.api.status import ChildRefs, DataReportSummary, Progress
+from tuneloop.contract import ownership
 from tuneloop.contract.exits import reason_for_exit
 
 from .. import builders, metrics
-from ..builders.common import BuildError, JobMeta, Names, data_claim, names, workdir
+from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
 from ..builders.config import check_batch, deepspeed_json
 from ..builders.modelversion import model_version_phase
 from ..kube import ApiError, KubeClient
@@ -208,8 +209,11 @@ class Reconciler:
         status.observed_generation = meta.generation
         self._jobs = jobs
         p = Pass(body, spec, meta, names(meta.name), status, progress)
-        if await self.run_stages(p):
-            await self._register(p)
+        try:
+            if await self.run_stages(p):
+                await self._register(p)
+        except ownership.NotOwned as exc:  # a child's name is taken by an object someone else made: never adopted
+            self._fail(status, meta, R.CHILD_NOT_OWNED, str(exc))
         written = await self._write(body, old, status)
         return Outcome(status.phase, status=st.wire(status), written=written)
 
@@ -309,7 +313,9 @@ class Reconciler:
             mv = builders.model_version(spec, meta, cfg, evaluation=evaluation, data_summary=data_summary,
                                         train_summary=train_summary, has_report=report_md is not None)
             name = mv["metadata"]["name"]
-            obj, _ = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            obj, created = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            if not created and not ownership.same_registration(obj, mv):  # not this job's registration: never adopted
+                raise ownership.NotOwned({"kind": "ModelVersion", **obj}, owner_ref(meta))
             if report_md is not None:
                 await self._ensure(r.CONFIGMAPS, builders.report_config_map(obj, report_md))
             phase = model_version_phase(evaluation)
@@ -339,8 +345,10 @@ class Reconciler:
         set_condition(status.conditions, C.READY, False, reason, message, now=now, generation=meta.generation)
 
     async def _ensure(self, res: r.Resource, manifest: dict) -> None:
-        """Create; an existing object (409) counts as done and is not read."""
-        await self.client.create(res, manifest["metadata"]["namespace"], manifest, read_existing=False)
+        """Create; an existing object (409) counts as done when this job controls it (ownerReference), else NotOwned."""
+        existing, created = await self.client.create(res, manifest["metadata"]["namespace"], manifest)
+        if not created and existing is not None:
+            ownership.check_owned({"kind": res.kind, **existing}, manifest)
 
     async def _job(self, meta: JobMeta, name: str, build: Callable[[], dict], suspend: bool, timed: dict | None = None,
                    done: bool = False, before: list[tuple[r.Resource, Callable[[], dict]]] = ()) -> dict:
@@ -359,6 +367,8 @@ class Reconciler:
             job, created = await self.client.create(r.JOBS, ns, build())
             if created and timed is not None:
                 _observe_create_latency(timed)
+        if not ownership.controlled_by(job, owner_ref(meta)):  # a Job someone else made under our name
+            raise ownership.NotOwned({"kind": "Job", **job}, owner_ref(meta))
         if st.job_state(job) not in ("Succeeded", "Failed") and bool((job.get("spec") or {}).get("suspend")) != suspend:
             job = await self.client.patch(r.JOBS, ns, name, {"spec": {"suspend": suspend}})
         return job

@@ -23,7 +23,7 @@ from tuneloop.api.conditions import RolloutCondition, RolloutReason, find_condit
 from tuneloop.api.conditions import set_condition as set_condition_in
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import AnalysisMetric, DriftStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
-from tuneloop.contract import names
+from tuneloop.contract import names, ownership
 from tuneloop.operator.builders import serving, traffic
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
@@ -46,8 +46,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class NotOwned(serving.ServingError):
+    """An object the Rollout needs exists and is someone else's: it is neither patched nor adopted."""
+
+    def __init__(self, exc: ownership.NotOwned):
+        super().__init__(str(exc), RolloutReason.OBJECT_NOT_OWNED.value)
+
+
 async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replicas: int | None = None) -> dict:
-    """Create, or patch when our manifest (or the replica count) changed since we last wrote it."""
+    """Create, or patch when our manifest (or the replica count) changed since we last wrote it. An existing object
+    the Rollout does not control (ownerReference) is never patched: NotOwned."""
     manifest = json.loads(json.dumps(manifest))
     digest = manifest_hash(manifest)
     manifest["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
@@ -57,6 +65,10 @@ async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replica
         existing, created = await client.create(res, ns, manifest)  # 409 (a racing create) -> the existing one
         if created:
             return existing
+    try:
+        ownership.check_owned({"kind": res.kind, **existing}, manifest)
+    except ownership.NotOwned as exc:
+        raise NotOwned(exc) from None
     same = (existing.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION) == digest
     if same and (replicas is None or existing.get("spec", {}).get("replicas") == replicas):
         return existing
@@ -322,12 +334,23 @@ class Reconciler:
         ns, name = meta["namespace"], meta["name"]
         want = desired(spec, out.status, world.canary_available, world.now)
         if out.rolled_back and not want.serves_nothing:
-            await self.cut_canary_traffic(obj, spec, ns, name)
+            try:
+                await self.cut_canary_traffic(obj, spec, ns, name)
+            except NotOwned:
+                pass  # apply_serving meets the same object and reports it
             if out.first_failure_at is not None:
                 metrics.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
         try:
             if not want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
                 await self.apply_serving(obj, spec, want, mvs)
+                if find_condition(out.status.conditions, RolloutCondition.OBJECTS_OWNED) is not None:
+                    set_condition(out.status, RolloutCondition.OBJECTS_OWNED, True, RolloutReason.OWNED,
+                                  "every object the Rollout needs is its own", world)
+        except NotOwned as exc:  # someone else's Service/HTTPRoute/Deployment under a name the Rollout needs
+            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.message = str(exc)
+            out.status.waiting_for = "the conflicting object to be deleted or renamed"
+            set_condition(out.status, RolloutCondition.OBJECTS_OWNED, False, RolloutReason.OBJECT_NOT_OWNED, str(exc), world)
         except serving.ServingError as exc:
             out.status.phase = RolloutPhase.DEGRADED.value
             out.status.message = str(exc)
