@@ -11,7 +11,8 @@ import re
 
 # C0 except \t\n\r (handled below), DEL, C1, and Unicode bidi embedding/override/isolate controls.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")  # CSI, OSC, 2-byte escapes
+# 7-bit CSI, OSC (to BEL or ST), other 2-byte escapes, and the 8-bit CSI/OSC forms
+_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])|\x9b[0-?]*[ -/]*[@-~]|\x9d[^\x07\x9c]*[\x07\x9c]?")
 
 
 def strip_controls(text: str, *, keep_newlines: bool = False) -> str:

@@ -55,6 +55,7 @@ class Outcome:
 
 _VALIDATED: OrderedDict[tuple[str, int, str], tuple[FineTuneJobSpec | None, str, str]] = OrderedDict()
 _VALIDATED_MAX = 4096
+REPORT_TAIL_LINES = 20000  # lines of the evaluation pod's log read for report.md (then at most eval_log_max_bytes of them)
 
 
 def validate_cached(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
@@ -397,7 +398,9 @@ class Reconciler:
         if pod is None:
             return None
         try:
-            text = await self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container="trainer")
+            # bounded (issue 25): the log is the job's image's output; the report is its last block, so the tail is read
+            text = await self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container="trainer",
+                                             tail_lines=REPORT_TAIL_LINES, limit_bytes=self.config.eval_log_max_bytes)
         except (ApiError, aiohttp.ClientError) as exc:
             log.warning("cannot read the report from pod %s: %s", pod["metadata"]["name"], exc)
             return None
