@@ -78,3 +78,18 @@ async def test_its_own_objects_are_patched_as_before(tmp_path: Path):
         await tick(kc, rec, 1)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert _owned(st) is None and st["phase"] != "Degraded"
+
+
+async def test_vllm_pods_accept_connections_only_from_the_admins_peers(tmp_path: Path):
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+             {"namespaceSelector": {"matchLabels": {"tuneloop.dev/gateway": "true"}}}]
+    ro, mvs = objs()
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(Scripted()),
+                         serving_from=peers)
+        await tick(kc, rec, 0)
+        pol = await kc.get(r.NETWORKPOLICIES, NS, "bot-serving")
+        assert pol["spec"]["podSelector"] == {"matchLabels": {"tuneloop.dev/rollout": "bot", "app.kubernetes.io/component": "serving"}}
+        assert pol["spec"]["ingress"] == [{"from": peers, "ports": [{"protocol": "TCP", "port": 8000}]}]
+        assert pol["metadata"]["ownerReferences"][0]["name"] == "bot"

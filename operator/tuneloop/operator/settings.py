@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _PROVIDER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -19,7 +19,7 @@ _PROVIDER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 class OperatorSettings(BaseSettings):
     """What the operator needs to know about its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore", populate_by_name=True)
 
     trainer_image: str = Field(
         default="ghcr.io/tuneloop/trainer:0.1.0", description="Image of the data-prep, training and evaluation pods (a FineTuneJob's spec.image wins)."
@@ -81,6 +81,41 @@ class OperatorSettings(BaseSettings):
     cluster_wide: bool = Field(default=False, description="Watch all namespaces (overrides namespaces).")
     service_account: str | None = Field(default=None, description="serviceAccountName of training/eval pods (namespace default when empty).")
     run_as_user: int = Field(default=1000, ge=1, description="Non-root UID of the pods.")
+
+    network_policies: bool = Field(
+        default=True,
+        description=(
+            "Create a NetworkPolicy with every training Job (its pods accept connections only from the same job's pods; the "
+            "metrics port also from trainer_metrics_from and the operator's namespace) and with every Rollout (its vLLM "
+            "pods accept connections only from serving_from)."
+        ),
+    )
+    trainer_metrics_from: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=lambda: [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        description="NetworkPolicyPeers (JSON list) that may scrape a training pod's metrics port besides the operator: Prometheus.",
+    )
+    serving_from: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=lambda: [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                                 {"namespaceSelector": {"matchLabels": {"tuneloop.dev/gateway": "true"}}}],
+        description=(
+            "NetworkPolicyPeers (JSON list) that may connect to a Rollout's vLLM pods: Prometheus and the Gateway's data "
+            "plane (namespaces labelled tuneloop.dev/gateway=true by default)."
+        ),
+    )
+    operator_namespace: str | None = Field(
+        default=None, validation_alias=AliasChoices("TUNELOOP_OPERATOR_NAMESPACE", "POD_NAMESPACE"),
+        description="The operator's namespace (POD_NAMESPACE): allowed to poll training pods' metrics port.",
+    )
+
+    @field_validator("trainer_metrics_from", "serving_from", mode="before")
+    @classmethod
+    def _peers(cls, v: object) -> object:
+        """A JSON list of NetworkPolicyPeer objects."""
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip() else []
+        if not isinstance(v, list) or not all(isinstance(p, dict) for p in v):
+            raise ValueError("a JSON list of NetworkPolicyPeer objects, e.g. [{\"namespaceSelector\": {\"matchLabels\": {...}}}]")
+        return v
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -116,3 +116,32 @@ async def test_its_own_model_version_is_found_again_after_a_restart():
 ])
 def test_controlled_by_needs_the_same_controller(ctrl, owner, ok):
     assert ownership.controlled_by({"metadata": {"ownerReferences": [ctrl]}}, owner) is ok
+
+
+# --- NetworkPolicies (issue 25, finding 9) -------------------------------------------------------------------------
+async def test_the_training_pods_accept_connections_only_from_their_own_job():
+    from tuneloop.operator.settings import OperatorSettings
+
+    c = FakeClient()
+    await _pass(c, _ftj())
+    _complete(c, "x-data")
+    await _pass(c, _ftj())
+    pol = c.objects[("networkpolicies", "ns", "x-train")]
+    own = {"batch.kubernetes.io/job-name": "x-train"}
+    assert pol["spec"]["podSelector"] == {"matchLabels": own} and pol["spec"]["policyTypes"] == ["Ingress"]
+    everything, metrics = pol["spec"]["ingress"]
+    assert everything == {"from": [{"podSelector": {"matchLabels": own}}]}  # rendezvous: the same job's pods only
+    assert metrics["ports"] == [{"protocol": "TCP", "port": OperatorSettings().trainer_metrics_port}]
+    assert pol["metadata"]["ownerReferences"][0]["name"] == "x"
+
+
+def test_no_network_policy_when_the_admin_turns_them_off():
+    from tuneloop.api import FineTuneJobSpec
+    from tuneloop.operator.builders import rendezvous_policy
+    from tuneloop.operator.settings import OperatorSettings
+
+    spec = FineTuneJobSpec.model_validate(_ftj()["spec"])
+    meta = JobMeta(name="x", namespace="ns", uid="u-1", generation=1)
+    assert rendezvous_policy(spec, meta, OperatorSettings(network_policies=False)) is None
+    pol = rendezvous_policy(spec, meta, OperatorSettings(operator_namespace="tuneloop-system", trainer_metrics_from=[]))
+    assert pol["spec"]["ingress"][1]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tuneloop-system"}}}]

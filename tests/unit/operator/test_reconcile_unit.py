@@ -167,7 +167,8 @@ async def test_service_is_created_with_the_training_job():
     out = await _pass(c, _ftj())
     assert out.phase == "Training"
     created = [(w[1], w[2]) for w in c.writes if w[0] == "create"]
-    assert created[-2:] == [("services", "x-train"), ("jobs", "x-train")]
+    # the rendezvous NetworkPolicy (issue 25) comes with them, before the pods exist
+    assert created[-3:] == [("services", "x-train"), ("networkpolicies", "x-train"), ("jobs", "x-train")]
     assert out.status["children"]["service"] == "x-train"
 
 

@@ -129,7 +129,7 @@ class Stage:
     job: Callable[[Names], str]  # the Job's name
     build: Build  # the Job, built only when it is about to be created
     children: tuple[tuple[str, Callable[[Names], str]], ...]  # status.children fields set when the stage begins
-    before: tuple[tuple[r.Resource, Build], ...] = ()  # created (409 = exists) only together with the Job
+    before: tuple[tuple[r.Resource, Callable[..., dict | None]], ...] = ()  # created (409 = exists) only together with the Job
     failed: str = ""  # "… failed: <message>" in status.message
     done: Callable[[Condition | None], bool] = lambda c: False  # the status already records it as done
     waiting: Callable[[Pass, str], Waiting] | None = None  # the condition and message while it is unfinished
@@ -170,7 +170,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(C.TRAINING, FineTuneJobPhase.TRAINING, lambda n: n.train_job,
           lambda spec, meta, cfg: builders.train_job(spec, meta, cfg),
           children=(("service", lambda n: n.service), ("train_job", lambda n: n.train_job)),
-          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),),
+          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),
+                  (r.NETWORKPOLICIES, lambda spec, meta, cfg: builders.rendezvous_policy(spec, meta, cfg))),
           failed="training failed", done=lambda c: c is not None and c.reason == R.COMPLETED.value, waiting=_train_waiting,
           finish="_train_done", observe="_train_started", running="_train_progress", timed=True),
     Stage(C.EVALUATED, FineTuneJobPhase.EVALUATING, lambda n: n.eval_job,
@@ -352,7 +353,7 @@ class Reconciler:
             ownership.check_owned({"kind": res.kind, **existing}, manifest)
 
     async def _job(self, meta: JobMeta, name: str, build: Callable[[], dict], suspend: bool, timed: dict | None = None,
-                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict]]] = ()) -> dict:
+                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict | None]]] = ()) -> dict:
         """Create a stage Job when it is missing (and, only then, what it needs first: built and
         created, 409 = exists); keep its `suspend` in line with the spec while it is unfinished. A
         stage the status records as done whose Job is gone (ttlSecondsAfterFinished, manual
@@ -364,7 +365,9 @@ class Reconciler:
                     "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
         if job is None:
             for res, dep in before:
-                await self._ensure(res, dep())
+                child = dep()
+                if child is not None:  # e.g. no NetworkPolicy when the admin turned them off
+                    await self._ensure(res, child)
             job, created = await self.client.create(r.JOBS, ns, build())
             if created and timed is not None:
                 _observe_create_latency(timed)

@@ -33,7 +33,8 @@ def _reconciler():
     settings = get_settings()
     # providers are the admin's (a named allowlist); tenants' custom PromQL is confined to their namespace
     return Reconciler(get_client(), ServingConfig.from_settings(settings), "default",
-                      provider_factory=prometheus.Endpoints.from_settings(settings).provider)
+                      provider_factory=prometheus.Endpoints.from_settings(settings).provider,
+                      serving_from=settings.serving_from if settings.network_policies else None)
 
 
 @kopf.daemon(GROUP, VERSION, "rollouts", id="rollout-loop", cancellation_timeout=10.0)

@@ -209,11 +209,13 @@ class Reconciler:
     (`provider_factory(ref)`, ref = spec.analysis.provider, else spec.analysis.prometheusAddress, else `metrics_address`;
     the operator's wiring, `handlers.py`, passes Prometheus behind the admin's allowlist: `analysis.prometheus.Endpoints`)."""
 
-    def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory):
+    def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory,
+                 serving_from: list[dict[str, Any]] | None = None):
         self.client = client
         self.config = config
         self.metrics_address = metrics_address
         self.provider_factory = provider_factory
+        self.serving_from = serving_from  # NetworkPolicy peers of the vLLM pods (None: no NetworkPolicy)
 
     async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, Problem | None]:
         if name is None:
@@ -376,6 +378,8 @@ class Reconciler:
     async def apply_serving(self, obj: dict, spec: RolloutSpec, want: Desired, mvs: dict[str, ModelVersion]) -> None:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         gateway = spec.traffic_routing.gateway_api is not None
+        if self.serving_from is not None:  # before any pod: vLLM is reachable only from the admin's peers
+            await ensure(self.client, r.NETWORKPOLICIES, traffic.serving_network_policy(obj, spec, self.serving_from))
         # traffic away from the canary before scaling it down; toward it only after its pods exist
         if gateway and want.canary_replicas == 0:
             await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, 0))
