@@ -93,3 +93,18 @@ async def test_vllm_pods_accept_connections_only_from_the_admins_peers(tmp_path:
         assert pol["spec"]["podSelector"] == {"matchLabels": {"tuneloop.dev/rollout": "bot", "app.kubernetes.io/component": "serving"}}
         assert pol["spec"]["ingress"] == [{"from": peers, "ports": [{"protocol": "TCP", "port": 8000}]}]
         assert pol["metadata"]["ownerReferences"][0]["name"] == "bot"
+
+
+def test_vllm_pods_mount_no_service_account_token():
+    import copy
+
+    from tuneloop.api.modelversion import ModelVersion
+    from tuneloop.api.rollout import Rollout
+    from tuneloop.operator.builders import serving
+
+    from . import samples
+
+    ro, _ = objs()
+    mv = ModelVersion.model_validate({**copy.deepcopy(samples.model_version("v1")), "metadata": {"name": "v1", "namespace": NS}})
+    dep = serving.build_deployment(ro, Rollout.model_validate(ro).spec, "stable", mv, 1, ServingConfig())
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False

@@ -145,3 +145,16 @@ def test_no_network_policy_when_the_admin_turns_them_off():
     assert rendezvous_policy(spec, meta, OperatorSettings(network_policies=False)) is None
     pol = rendezvous_policy(spec, meta, OperatorSettings(operator_namespace="tuneloop-system", trainer_metrics_from=[]))
     assert pol["spec"]["ingress"][1]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tuneloop-system"}}}]
+
+
+def test_stage_pods_mount_no_service_account_token():
+    from tuneloop.api import FineTuneJobSpec
+    from tuneloop.operator import builders
+    from tuneloop.operator.settings import OperatorSettings
+
+    spec = FineTuneJobSpec.model_validate(_ftj()["spec"])
+    meta = JobMeta(name="x", namespace="ns", uid="u-1", generation=1)
+    cfg = OperatorSettings(service_account="trainer")
+    for build in (builders.data_job, builders.train_job, builders.eval_job):
+        pod = build(spec, meta, cfg)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "trainer"
