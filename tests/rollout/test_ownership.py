@@ -49,8 +49,10 @@ async def test_a_service_the_rollout_did_not_create_is_not_patched(tmp_path: Pat
         await tick(kc, rec, 2)
         mine = await kc.get(r.SERVICES, NS, "payments")
         assert mine["metadata"]["ownerReferences"][0]["name"] == "bot"
-        cond = _owned((await kc.get(r.ROLLOUTS, NS, "bot"))["status"])
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        cond = _owned(st)
         assert (cond["status"], cond["reason"]) == ("True", "Owned")
+        assert st["phase"] != "Degraded" and "payments" not in (st.get("message") or "")
 
 
 async def test_an_http_route_the_rollout_did_not_create_keeps_its_backends(tmp_path: Path):
