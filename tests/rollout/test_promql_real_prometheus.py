@@ -8,8 +8,8 @@ set) would make the answers differ. team-b's values are 1000× team-a's, so a le
 from __future__ import annotations
 
 import threading
-import urllib.error
 import time
+import urllib.error
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,7 +50,7 @@ class Exporter:
         outer = body
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802  (the http.server API)
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.end_headers()
