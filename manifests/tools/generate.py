@@ -118,7 +118,7 @@ def rendered_outputs() -> dict[str, str]:
     operator = _render(_merge(BARE, {"scope": "namespaced"}))
     ns_rbac = _render(_merge(BARE, {"scope": "namespaced", "rbac": {"create": True}}))
     cw_rbac = _render(_merge(BARE, {"scope": "cluster", "rbac": {"create": True}}))
-    deployment_kinds = {"ServiceAccount", "Service", "Deployment"}
+    deployment_kinds = {"ServiceAccount", "Service", "Deployment", "NetworkPolicy"}
     monitoring = _render(_merge(BARE, {"scope": "cluster", "monitoring": {"enabled": True}, "dashboard": {"enabled": True}, "serviceAccount": {"create": False}}),
                          monitoring=True)
     monitoring = [o for o in monitoring if o["kind"] not in deployment_kinds]

@@ -241,7 +241,10 @@ class Env:
         src = os.environ.get("TUNELOOP_CLUSTER_OPERATOR_SRC")
         return {**({"PYTHONPATH": src} if src else {}),"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "3",
                 "TUNELOOP_METRICS_PORT": str(self.operator_metrics_port),
-                "TUNELOOP_PROMETHEUS_URL": self.prometheus_url or "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
+                "TUNELOOP_PROMETHEUS_URL": self.prometheus_url or "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1",
+                # each test module starts its own Prometheus on a free port after the operator (a single-tenant
+                # set-up): the Rollouts' prometheusAddress is allowed by the admin switch, not by a named provider
+                "TUNELOOP_ALLOW_ANY_METRICS_ADDRESS": "true"}
 
     def start_operator(self) -> OperatorProcess:
         assert self.sa_kubeconfig is not None

@@ -28,7 +28,11 @@ CASES = {
         "fullnameOverride": "tl", "image": {"digest": "sha256:" + "a" * 64}, "imagePullSecrets": [{"name": "regcred"}],
         "serviceAccount": {"create": False, "name": "existing-sa"},
         "config": {"defaultOutputPvc": "models", "modelCachePvc": "hf-cache", "jobServiceAccount": "trainer",
-                   "verbose": True, "metricsPort": 9090, "healthPort": 9091},
+                   "verbose": True, "metricsPort": 9090, "healthPort": 9091,
+                   "metricsProviders": {"team-a": "http://prom-label-proxy.team-a:8080", "team-b": "https://prom-b.example"},
+                   "allowUnconfinedQueries": True, "metricsMaxBytes": 2097152},
+        "networkPolicy": {"prometheus": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+                          "gateway": [{"podSelector": {}}]},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
         "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
         "priorityClassName": "system-cluster-critical", "podAnnotations": {"a": "b"}, "podLabels": {"team": "ml"},
@@ -302,3 +306,41 @@ def test_operator_down_alert_needs_the_service_monitor():
         rule = one(objects(values), "PrometheusRule")
         alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
         assert "TuneloopOperatorDown" not in alerts and "TuneloopReconcileErrorsRising" in alerts
+
+
+# --- tenancy (issue 25, docs/security.md) ------------------------------------------------------------------------
+def test_defaults_render_the_operator_network_policy(rendered):
+    pol = one(rendered["default"], "NetworkPolicy")
+    assert pol["spec"]["policyTypes"] == ["Ingress"]
+    assert pol["spec"]["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                                       "ports": [{"protocol": "TCP", "port": OperatorSettings().metrics_port}]}]
+    assert pol["spec"]["podSelector"]["matchLabels"] == one(rendered["default"], "Deployment")["spec"]["selector"]["matchLabels"]
+    assert "NetworkPolicy" not in {o["kind"] for o in objects({"networkPolicy": {"enabled": False}})}
+
+
+def test_tenancy_values_reach_the_operator_settings(rendered):
+    """The admin's choices (providers, confinement, byte caps, NetworkPolicy peers) become the operator's settings."""
+    def settings(case: str) -> OperatorSettings:
+        variables = {k: v for k, v in env(one(rendered[case], "Deployment")).items() if k.startswith("TUNELOOP_")}
+        return OperatorSettings(**{k.removeprefix("TUNELOOP_").lower(): v for k, v in variables.items()})
+
+    default = settings("default")
+    assert default.metrics_providers == {} and not default.allow_any_metrics_address and not default.allow_unconfined_queries
+    assert default.network_policies and default.trainer_metrics_from == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert default.serving_from == default.trainer_metrics_from + [{"namespaceSelector": {"matchLabels": {"tuneloop.dev/gateway": "true"}}}]
+    assert default.eval_log_max_bytes == 4 << 20 and default.trainer_metrics_max_bytes == 256 << 10
+    custom = settings("everything-custom")
+    assert custom.metrics_endpoints() == {"default": custom.prometheus_url, "team-a": "http://prom-label-proxy.team-a:8080",
+                                          "team-b": "https://prom-b.example"}
+    assert custom.allow_unconfined_queries and custom.metrics_max_bytes == 2097152
+    assert custom.serving_from[-1] == {"podSelector": {}}
+
+
+@pytest.mark.parametrize("bad", [{"config": {"metricsProviders": {"default": "http://x"}}},
+                                 {"config": {"metricsProviders": {"Team": "http://x"}}},
+                                 {"config": {"metricsProviders": {"a": "http://x/#"}}},
+                                 {"networkPolicy": {"gateway": [{}]}}])
+def test_tenancy_values_that_break_the_schema_are_refused(bad):
+    with pytest.raises(Exception):  # helm-python raises its own error type
+        objects(bad)

@@ -130,7 +130,8 @@ async def scenario(tmp_path: Path, prom: PrometheusServer, body, steps: list | N
         stop = asyncio.Event()
         watch = Watch(kc)
         tasks = [asyncio.create_task(deployment_controller(kc, stop)), asyncio.create_task(watch.run(stop))]
-        op = OperatorProcess(kc.kubeconfig, tmp_path)
+        # the admin's allowlist names this Prometheus; the Rollout's prometheusAddress is its exact address (issue 25)
+        op = OperatorProcess(kc.kubeconfig, tmp_path, env={"TUNELOOP_METRICS_PROVIDERS": f"loop={prom.url}"})
         op.start()
         try:
             for mv in ("bot-v1", "bot-v2"):

@@ -52,6 +52,7 @@ class FineTuneJobReason(str, Enum):
     COMPLETED = "Completed"  # Training False (done), Succeeded True
     SUCCEEDED = "Succeeded"  # Ready True
     JOB_FAILED = "JobFailed"  # a stage Job failed and neither it nor its pod said why
+    CHILD_NOT_OWNED = "ChildNotOwned"  # Failed: a child (ConfigMap, Service, Job, ModelVersion) of that name is someone else's
 
 
 # --- ModelVersion -----------------------------------------------------------------------------------
@@ -76,6 +77,7 @@ class RolloutCondition(str, Enum):
     STABLE_IN_SYNC = "StableInSync"
     DRIFTED = "Drifted"  # reason: DriftReason
     DEGRADED = "Degraded"  # reason: DriftReason
+    OBJECTS_OWNED = "ObjectsOwned"  # False while an object the Rollout needs is someone else's (set only once that happened)
 
 
 class RolloutReason(str, Enum):
@@ -110,6 +112,8 @@ class RolloutReason(str, Enum):
     LORA_RANK_TOO_LARGE = "LoraRankTooLarge"
     STARTING = "Starting"  # Progressing True: the first version's pods are not serving yet
     SERVING_POD_FAILED = "ServingPodFailed"  # a vLLM pod of the version exited or restarted (any exit code)
+    OBJECT_NOT_OWNED = "ObjectNotOwned"  # ObjectsOwned False: a Service/HTTPRoute/Deployment of that name is someone else's
+    OWNED = "Owned"  # ObjectsOwned True: the conflict is gone
 
 
 def step_reason(index: int) -> str:

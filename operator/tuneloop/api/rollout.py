@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Literal
@@ -11,6 +12,45 @@ from pydantic import Field, model_validator
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, OneOf, Toleration, cel, one_of_rule
 
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# Rate floors and caps (issue 25, finding 3): one Rollout must not be able to flood the shared Prometheus. A
+# measurement round asks at most 2 queries per metric (canary, and stable for a relative threshold), so a Rollout
+# sends at most 2 × MAX_ANALYSIS_METRICS queries per MIN_ANALYSIS_INTERVAL (32 per second at worst, 8 per 30 s with
+# the defaults and four metrics), and the drift watch 5 per MIN_DRIFT_INTERVAL. The floors are the API server's
+# (CEL) and the models'; they stop a `1ms` interval, not a tenant with many Rollouts (a ResourceQuota on
+# count/rollouts.tuneloop.dev does: docs/security.md).
+MIN_ANALYSIS_INTERVAL = "1s"
+MIN_ANALYSIS_WINDOW = "1s"
+MIN_DRIFT_INTERVAL = "1s"
+MIN_DRIFT_WINDOW = "5s"
+MAX_ANALYSIS_METRICS = 16
+PROVIDER_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def duration_seconds(text: str) -> float:
+    """'1m30s' -> 90.0 (the DURATION form; Go's time.ParseDuration and CEL's duration() read it the same)."""
+    parts = _DURATION_PART.findall(text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r}; use e.g. 30s, 5m, 1h30m")
+    return sum(int(n) * _UNIT[u] for n, u in parts)
+
+
+def floor_rule(field: str, floor: str, *, zero_ok: bool = False) -> dict[str, str]:
+    """CEL: `field` (a DURATION) is at least `floor` (or exactly 0 when zero_ok)."""
+    zero = f" || duration(self.{field}) == duration('0s')" if zero_ok else ""
+    what = f"{field} must be at least {floor}" + (" (or 0s: off)" if zero_ok else "")
+    return cel(f"!has(self.{field}) || duration(self.{field}) >= duration('{floor}'){zero}", what)
+
+
+def check_floor(value: str | None, field: str, floor: str, *, zero_ok: bool = False) -> None:
+    """The pydantic twin of `floor_rule`."""
+    if value is None:
+        return
+    secs = duration_seconds(value)
+    if secs < duration_seconds(floor) and not (zero_ok and secs == 0):
+        raise ValueError(f"{field} must be at least {floor}" + (" (or 0s: off)" if zero_ok else "") + f"; got {value}")
 
 
 class ServingResources(ApiModel):
@@ -78,7 +118,7 @@ class PauseStep(ApiModel):
 class AnalysisStep(ApiModel):
     """Run the Rollout's analysis for a number of measurements."""
 
-    metrics: list[str] = Field(default_factory=list, max_length=32, description="Names of analysis metrics to run; empty runs all.")
+    metrics: list[str] = Field(default_factory=list, max_length=MAX_ANALYSIS_METRICS, description="Names of analysis metrics to run; empty runs all.")
     count: int | None = Field(default=None, ge=1, description="Measurements per metric; defaults to analysis.count.")
 
 
@@ -158,9 +198,22 @@ class AnalysisMetric(ApiModel):
 class AnalysisSpec(ApiModel):
     """Prometheus analysis: measurements, limits, and what missing data means."""
 
-    prometheus_address: str | None = Field(default=None, description="Prometheus base URL; defaults to the operator's configured address.")
-    interval: str = Field(default="30s", pattern=DURATION, description="Time between measurements.")
-    window: str = Field(default="1m", pattern=DURATION, description="Range of rate()/histogram windows in the queries.")
+    provider: str | None = Field(
+        default=None, max_length=63, pattern=PROVIDER_NAME,
+        description=(
+            "Name of a metrics provider the platform admin configured (chart value metricsProviders, operator setting "
+            "TUNELOOP_METRICS_PROVIDERS); empty: the operator's default provider. See docs/security.md."
+        ),
+    )
+    prometheus_address: str | None = Field(
+        default=None, max_length=2048,
+        description=(
+            "Deprecated, use provider. A Prometheus base URL; the operator queries it only when it is the address of a "
+            "provider the admin configured (otherwise every measurement is an Error naming the allowed providers)."
+        ),
+    )
+    interval: str = Field(default="30s", pattern=DURATION, description=f"Time between measurements (at least {MIN_ANALYSIS_INTERVAL}).")
+    window: str = Field(default="1m", pattern=DURATION, description=f"Range of rate()/histogram windows in the queries (at least {MIN_ANALYSIS_WINDOW}).")
     count: int = Field(default=5, ge=1, le=1000, description="Measurements per analysis step.")
     failure_limit: int = Field(default=0, ge=0, description="Failed measurements tolerated; one more fails the analysis.")
     inconclusive_limit: int = Field(default=2, ge=0, description="Inconclusive measurements tolerated before pausing for a human.")
@@ -170,7 +223,9 @@ class AnalysisSpec(ApiModel):
         description="An empty result or NaN counts as inconclusive, failed, or is ignored (ignored: it counts toward count but never "
         "as a success, so a metric that only ever had no data ends its step Inconclusive, never promoted).",
     )
-    metrics: list[AnalysisMetric] = Field(default_factory=list, max_length=32, description="What is measured.")
+    metrics: list[AnalysisMetric] = Field(
+        default_factory=list, max_length=MAX_ANALYSIS_METRICS, description=f"What is measured (at most {MAX_ANALYSIS_METRICS} metrics)."
+    )
     initial_delay: str = Field(
         default="30s",
         pattern=DURATION,
@@ -184,9 +239,30 @@ class AnalysisSpec(ApiModel):
         pattern=DURATION,
         description=(
             "Time between background measurements of every metric while the canary has traffic outside analysis steps "
-            "(pauses, waiting for canary pods); a Failed or Error verdict rolls back. Empty: analysis.interval; 0s: off."
+            "(pauses, waiting for canary pods); a Failed or Error verdict rolls back. Empty: analysis.interval; 0s: off; "
+            f"otherwise at least {MIN_ANALYSIS_INTERVAL}."
         ),
     )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                floor_rule("interval", MIN_ANALYSIS_INTERVAL),
+                floor_rule("window", MIN_ANALYSIS_WINDOW),
+                floor_rule("backgroundInterval", MIN_ANALYSIS_INTERVAL, zero_ok=True),
+                cel("!(has(self.provider) && has(self.prometheusAddress))", "set provider or prometheusAddress, not both"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _floors(self) -> AnalysisSpec:
+        check_floor(self.interval, "interval", MIN_ANALYSIS_INTERVAL)
+        check_floor(self.window, "window", MIN_ANALYSIS_WINDOW)
+        check_floor(self.background_interval, "backgroundInterval", MIN_ANALYSIS_INTERVAL, zero_ok=True)
+        if self.provider is not None and self.prometheus_address is not None:
+            raise ValueError("set provider or prometheusAddress, not both")
+        return self
 
 
 class DriftWatchSpec(ApiModel):
@@ -196,9 +272,12 @@ class DriftWatchSpec(ApiModel):
     enabled: bool = Field(default=True, description="Watch the serving version once it is promoted.")
     window: str = Field(
         default="1h", pattern=DURATION,
-        description="Range of each comparison: the increase of vLLM's token-length histogram buckets, requests and errors over this window.",
+        description=(
+            "Range of each comparison: the increase of vLLM's token-length histogram buckets, requests and errors over this "
+            f"window (at least {MIN_DRIFT_WINDOW})."
+        ),
     )
-    interval: str = Field(default="5m", pattern=DURATION, description="Time between comparisons.")
+    interval: str = Field(default="5m", pattern=DURATION, description=f"Time between comparisons (at least {MIN_DRIFT_INTERVAL}).")
     psi_threshold: float = Field(
         default=0.25, gt=0, le=10,
         description="Drifted when the population-stability index of served prompt or generation lengths vs the train split is above this (0.1: moderate shift, 0.25: large).",
@@ -213,6 +292,18 @@ class DriftWatchSpec(ApiModel):
     max_latency_ratio: float = Field(
         default=1.5, ge=1, description="Degraded when the window's p95 end-to-end latency is more than this times the p95 at promotion."
     )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [floor_rule("interval", MIN_DRIFT_INTERVAL), floor_rule("window", MIN_DRIFT_WINDOW)]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _floors(self) -> DriftWatchSpec:
+        check_floor(self.interval, "interval", MIN_DRIFT_INTERVAL)
+        check_floor(self.window, "window", MIN_DRIFT_WINDOW)
+        return self
 
 
 class RolloutSpec(ApiModel):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tuneloop.contract import layout
+from tuneloop.contract.text import strip_controls
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
@@ -56,10 +57,17 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         await client.close()
     if text is None:
-        print(f"kubectl tuneloop report: {why}", file=sys.stderr)
+        print(f"kubectl tuneloop report: {strip_controls(why)}", file=sys.stderr)
         return 1
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    write_report(text)
     return 0
+
+
+def write_report(text: str) -> None:
+    """The report on stdout, without escape sequences or control characters (its text comes from the evaluation
+    pod's log, which runs the job's image)."""
+    text = strip_controls(text, keep_newlines=True)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def local_report(name: str) -> Path | None:
@@ -82,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if not local.is_file():
             print(f"kubectl tuneloop report: {local} does not exist (run the report stage: kubectl tuneloop local run FILE)", file=sys.stderr)
             return 1
-        text = local.read_text()
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        write_report(local.read_text())
         return 0
     try:
         return asyncio.run(_run(args))

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tuneloop.contract.text import strip_controls
 from tuneloop.operator.kube import ApiError
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
@@ -34,8 +35,21 @@ def _dur(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def scrub(value: Any) -> Any:
+    """Every string in `value` without control characters and escape sequences, on one line: status messages and
+    events carry text from pods (termination messages) that must not drive the terminal or fake lines."""
+    if isinstance(value, str):
+        return strip_controls(value)
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def render(obj: dict[str, Any], events: list[dict[str, Any]]) -> str:
-    """The human view (pure; tested)."""
+    """The human view (pure; tested). Text from the cluster is scrubbed of control characters first."""
+    obj, events = scrub(obj), scrub(events)
     m, s = obj["metadata"], obj.get("status") or {}
     out = [f"FineTuneJob {m.get('namespace')}/{m['name']}", f"  Phase:       {s.get('phase', 'Pending')}"]
     if s.get("message"):

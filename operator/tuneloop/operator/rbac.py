@@ -16,30 +16,33 @@ from typing import Any
 import yaml
 
 NAME = "tuneloop-operator"
-READ = ["get", "list", "watch"]
-OWN = [*READ, "create", "patch", "update", "delete"]
+WATCH = ["list", "watch"]  # what Kopf's watch streams need (no GET of single objects)
 
-# (apiGroup, resources, verbs, why) — one row per distinct need.
+# (apiGroup, resources, verbs, why) — one row per distinct need; exactly the calls the code makes
+# (tests/deploy/test_rbac.py reads them out of the source and compares). No `update` (merge patches only), no
+# `delete` but for the schedule's runs and check Jobs (the rest goes with its owner), no read of Secrets.
 RULES: list[tuple[str, list[str], list[str], str]] = [
-    ("tuneloop.dev", ["finetunejobs"], [*READ, "create", "patch", "update", "delete"],
+    ("tuneloop.dev", ["finetunejobs"], [*WATCH, "create", "delete"],
      "watch FineTuneJobs; FineTuneSchedules create runs and delete old ones (history limits, Replace)"),
-    ("tuneloop.dev", ["finetunejobs/status"], ["get", "patch", "update"], "FineTuneJob status"),
-    ("tuneloop.dev", ["modelversions"], [*READ, "create", "patch", "update"], "register ModelVersions; rollout marks them Serving/RolledBack"),
-    ("tuneloop.dev", ["modelversions/status"], ["get", "patch", "update"], "ModelVersion status"),
-    ("tuneloop.dev", ["rollouts"], [*READ, "patch", "update"], "watch Rollouts; Kopf annotations; FineTuneSchedules set spec.candidate"),
-    ("tuneloop.dev", ["rollouts/status"], ["get", "patch", "update"], "Rollout status"),
-    ("tuneloop.dev", ["finetuneschedules"], [*READ, "patch", "update"], "watch FineTuneSchedules; Kopf annotations and finalizer"),
-    ("tuneloop.dev", ["finetuneschedules/status"], ["get", "patch", "update"], "FineTuneSchedule status"),
-    ("batch", ["jobs"], OWN, "data-prep, training and evaluation Jobs"),
-    ("", ["pods"], READ, "termination messages, rank-0 pod IP for progress"),
+    ("tuneloop.dev", ["finetunejobs/status"], ["patch"], "FineTuneJob status"),
+    ("tuneloop.dev", ["modelversions"], ["get", "create"], "register ModelVersions; Rollouts and schedules read them"),
+    ("tuneloop.dev", ["modelversions/status"], ["patch"], "ModelVersion status (registration, Serving/RolledBack, drift)"),
+    ("tuneloop.dev", ["rollouts"], ["get", *WATCH, "patch"],
+     "watch Rollouts; Kopf annotations and finalizer; clear promote/abort; FineTuneSchedules set spec.candidate"),
+    ("tuneloop.dev", ["rollouts/status"], ["patch"], "Rollout status"),
+    ("tuneloop.dev", ["finetuneschedules"], ["get", *WATCH, "patch"], "watch FineTuneSchedules; Kopf annotations and finalizer"),
+    ("tuneloop.dev", ["finetuneschedules/status"], ["patch"], "FineTuneSchedule status"),
+    ("batch", ["jobs"], ["get", *WATCH, "create", "patch", "delete"],
+     "data-prep, training and evaluation Jobs (suspend); the schedule's data-check Jobs (deleted when done)"),
+    ("", ["pods"], ["list"], "termination messages, rank-0 pod IP for progress"),
     ("", ["pods/log"], ["get"], "the evaluation pod's log carries report.md"),
-    ("", ["configmaps"], OWN, "spec + DeepSpeed config; report ConfigMaps"),
-    ("", ["services"], OWN, "headless rendezvous Services; vLLM Services"),
-    ("", ["events"], ["create", "patch", "get", "list", "watch"], "events on phase changes (Kopf posts core/v1 Events)"),
-    ("events.k8s.io", ["events"], ["create", "patch"], "events via the events.k8s.io API"),
-    ("apps", ["deployments"], OWN, "vLLM stable/canary Deployments (rollout)"),
-    ("apps", ["deployments/status"], ["get"], "Deployment readiness (rollout)"),
-    ("gateway.networking.k8s.io", ["httproutes"], OWN, "traffic split by HTTPRoute weights (rollout)"),
+    ("", ["configmaps"], ["get", "create"], "spec + DeepSpeed config; report ConfigMaps (an existing one is read to check its owner)"),
+    ("", ["services"], ["get", "create", "patch"], "headless rendezvous Services; vLLM Services"),
+    ("", ["events"], ["create"], "events on phase changes (the operator's and Kopf's, core/v1)"),
+    ("apps", ["deployments"], ["get", "create", "patch"], "vLLM stable/canary Deployments (rollout)"),
+    ("gateway.networking.k8s.io", ["httproutes"], ["get", "create", "patch"], "traffic split by HTTPRoute weights (rollout)"),
+    ("networking.k8s.io", ["networkpolicies"], ["get", "create", "patch"],
+     "a training Job's pods reachable only from the same job; a Rollout's vLLM pods only from the admin's peers"),
 ]
 
 

@@ -5,17 +5,21 @@ Every field can be set as an env var, e.g. ``TUNELOOP_TRAINER_IMAGE``, ``TUNELOO
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PROVIDER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class OperatorSettings(BaseSettings):
     """What the operator needs to know about its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore", populate_by_name=True)
 
     trainer_image: str = Field(
         default="ghcr.io/tuneloop/trainer:0.1.0", description="Image of the data-prep, training and evaluation pods (a FineTuneJob's spec.image wins)."
@@ -29,7 +33,41 @@ class OperatorSettings(BaseSettings):
         default=None, description="PVC mounted at /cache (HF_HOME=/cache/huggingface) in stage pods; an emptyDir when empty."
     )
     model_cache_size: str = Field(default="50Gi", description="sizeLimit of the model-cache emptyDir when no model-cache PVC is set.")
-    prometheus_url: str = Field(default="http://prometheus-operated.monitoring.svc:9090", description="Prometheus the Rollout analysis queries.")
+    prometheus_url: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090",
+        description="The default metrics provider (named `default`): the Prometheus a Rollout or schedule without `provider` queries.",
+    )
+    metrics_providers: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Further metrics providers a Rollout (`analysis.provider`) or schedule trigger may name: `name=url,name=url`. "
+            "Only these addresses and prometheus_url are ever queried (a `prometheusAddress` must equal one of them)."
+        ),
+    )
+    allow_any_metrics_address: bool = Field(
+        default=False,
+        description=(
+            "Single-tenant installs only: query any http(s) `prometheusAddress` a Rollout or schedule names. Off: only "
+            "the configured providers (the operator never requests a URL of a tenant's choosing)."
+        ),
+    )
+    allow_unconfined_queries: bool = Field(
+        default=False,
+        description=(
+            "Send custom PromQL (`metrics[].query`, trigger queries) as written. Off: every vector selector gets "
+            "namespace=\"<the object's namespace>\" and a query naming another namespace is refused (docs/security.md)."
+        ),
+    )
+    metrics_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds one metrics query may take (connect and read).")
+    metrics_max_bytes: int = Field(
+        default=1 << 20, ge=1024, le=64 << 20, description="Largest metrics-provider answer read (bytes); a longer one is an error."
+    )
+    trainer_metrics_max_bytes: int = Field(
+        default=256 << 10, ge=1024, le=16 << 20, description="Largest answer read from a training pod's rank-0 /metrics (bytes)."
+    )
+    eval_log_max_bytes: int = Field(
+        default=4 << 20, ge=1024, le=64 << 20, description="Most bytes of the evaluation pod's log read for report.md (limitBytes)."
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Port of the operator's /metrics endpoint (0 disables it).")
     health_port: int = Field(default=8081, ge=0, le=65535, description="Port of Kopf's liveness endpoint /healthz (0 disables it).")
     trainer_metrics_port: int = Field(default=9400, ge=1, le=65535, description="Port of rank 0's progress metrics in training pods.")
@@ -44,12 +82,72 @@ class OperatorSettings(BaseSettings):
     service_account: str | None = Field(default=None, description="serviceAccountName of training/eval pods (namespace default when empty).")
     run_as_user: int = Field(default=1000, ge=1, description="Non-root UID of the pods.")
 
+    network_policies: bool = Field(
+        default=True,
+        description=(
+            "Create a NetworkPolicy with every training Job (its pods accept connections only from the same job's pods; the "
+            "metrics port also from trainer_metrics_from and the operator's namespace) and with every Rollout (its vLLM "
+            "pods accept connections only from serving_from)."
+        ),
+    )
+    trainer_metrics_from: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=lambda: [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        description="NetworkPolicyPeers (JSON list) that may scrape a training pod's metrics port besides the operator: Prometheus.",
+    )
+    serving_from: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=lambda: [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                                 {"namespaceSelector": {"matchLabels": {"tuneloop.dev/gateway": "true"}}}],
+        description=(
+            "NetworkPolicyPeers (JSON list) that may connect to a Rollout's vLLM pods: Prometheus and the Gateway's data "
+            "plane (namespaces labelled tuneloop.dev/gateway=true by default)."
+        ),
+    )
+    operator_namespace: str | None = Field(
+        default=None, validation_alias=AliasChoices("TUNELOOP_OPERATOR_NAMESPACE", "POD_NAMESPACE"),
+        description="The operator's namespace (POD_NAMESPACE): allowed to poll training pods' metrics port.",
+    )
+
+    @field_validator("trainer_metrics_from", "serving_from", mode="before")
+    @classmethod
+    def _peers(cls, v: object) -> object:
+        """A JSON list of NetworkPolicyPeer objects."""
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip() else []
+        if not isinstance(v, list) or not all(isinstance(p, dict) for p in v):
+            raise ValueError("a JSON list of NetworkPolicyPeer objects, e.g. [{\"namespaceSelector\": {\"matchLabels\": {...}}}]")
+        return v
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
         if isinstance(v, str):
             return [n.strip() for n in v.split(",") if n.strip()]
         return v
+
+    @field_validator("metrics_providers", mode="before")
+    @classmethod
+    def _providers(cls, v: object) -> object:
+        """`name=url,name=url` (or a JSON object) -> {name: url}; names are DNS labels, URLs http(s)."""
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("{"):
+                v = json.loads(v)
+            else:
+                pairs = [p.strip() for p in v.split(",") if p.strip()]
+                if any("=" not in p for p in pairs):
+                    raise ValueError("metrics_providers: use name=url,name=url")
+                v = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in pairs}
+        if isinstance(v, dict):
+            for name, url in v.items():
+                if not _PROVIDER_NAME.match(str(name)) or name == "default":
+                    raise ValueError(f"metrics provider name {name!r}: a DNS label other than 'default'")
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError(f"metrics provider {name}: {url!r} is not an http(s) URL")
+        return v
+
+    def metrics_endpoints(self) -> dict[str, str]:
+        """Every metrics provider the admin configured, by name (`default` is prometheus_url)."""
+        return {"default": self.prometheus_url, **self.metrics_providers}
 
 
 @lru_cache(maxsize=1)

@@ -131,7 +131,9 @@ async def test_a_job_the_index_does_not_show_yet_is_created_and_read_once():
     c.objects[("finetunejobs", "ns", "x")]["status"] = {}  # as if our status write had not been seen
     c.requests.clear()
     await Reconciler(c, OperatorSettings()).run(copy.deepcopy(c.objects[("finetunejobs", "ns", "x")]), jobs={})
-    assert c.requests[:3] == [("POST", "configmaps", "x-config"), ("POST", "jobs", "x-data"), ("GET", "jobs", "x-data")]
+    # the existing ConfigMap is read once to check that this job owns it (issue 25), then the Job is read once
+    assert c.requests[:4] == [("POST", "configmaps", "x-config"), ("GET", "configmaps", "x-config"), ("POST", "jobs", "x-data"),
+                              ("GET", "jobs", "x-data")]
     assert [w for w in c.writes if w[0] == "create" and w[1] == "jobs"] == [c.writes[1]]  # still one Job
 
 
@@ -165,7 +167,8 @@ async def test_service_is_created_with_the_training_job():
     out = await _pass(c, _ftj())
     assert out.phase == "Training"
     created = [(w[1], w[2]) for w in c.writes if w[0] == "create"]
-    assert created[-2:] == [("services", "x-train"), ("jobs", "x-train")]
+    # the rendezvous NetworkPolicy (issue 25) comes with them, before the pods exist
+    assert created[-3:] == [("services", "x-train"), ("networkpolicies", "x-train"), ("jobs", "x-train")]
     assert out.status["children"]["service"] == "x-train"
 
 

@@ -8,7 +8,7 @@ the Rollout's labels (`tuneloop.contract.names`, the same managed-by value) and 
 """
 
 from .common import BuildError, JobMeta, names
-from .config import config_map, headless_service
+from .config import config_map, headless_service, rendezvous_policy
 from .jobs import data_job, eval_job, train_job
 from .modelversion import model_version, report_config_map
 
@@ -21,6 +21,7 @@ __all__ = [
     "headless_service",
     "model_version",
     "names",
+    "rendezvous_policy",
     "report_config_map",
     "train_job",
 ]

@@ -151,3 +151,25 @@ def headless_service(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSetti
             ],
         },
     }
+
+
+def rendezvous_policy(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> dict[str, Any] | None:
+    """The training pods' NetworkPolicy (issue 25, finding 9): the torch rendezvous and every other port accept
+    connections only from the same job's pods; the metrics port also from the operator's namespace (progress polls)
+    and `trainer_metrics_from` (Prometheus). None when the admin turned NetworkPolicies off."""
+    if not config.network_policies:
+        return None
+    n = names(meta.name)
+    own = {"batch.kubernetes.io/job-name": n.train_job}
+    scrapers = list(config.trainer_metrics_from)
+    if config.operator_namespace:
+        scrapers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}}})
+    ingress: list[dict[str, Any]] = [{"from": [{"podSelector": {"matchLabels": own}}]}]
+    if scrapers:
+        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": config.trainer_metrics_port}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(n.service, meta, "rendezvous"),
+        "spec": {"podSelector": {"matchLabels": own}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }

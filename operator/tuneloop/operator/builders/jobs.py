@@ -57,6 +57,7 @@ def _job(name: str, component: str, spec: FineTuneJobSpec, meta: JobMeta, config
         "containers": [container],
         "volumes": vols,
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,  # the stages never call the API server (issue 25)
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account

@@ -295,6 +295,7 @@ def build_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 60,
+        "automountServiceAccountToken": False,  # vLLM never calls the API server (issue 25)
         "containers": [container],
         "volumes": volumes,
     }

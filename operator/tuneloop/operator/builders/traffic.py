@@ -61,3 +61,25 @@ def build_shared_service(rollout: dict[str, Any], spec: RolloutSpec) -> dict[str
         raise ValueError("build_shared_service needs spec.trafficRouting.replicaWeighted")
     name = rollout["metadata"]["name"]
     return service_manifest(rollout, spec, rw.service, names.serving_labels(name), names.rollout_selector(name))
+
+
+def serving_network_policy(rollout: dict[str, Any], spec: RolloutSpec, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The NetworkPolicy of a Rollout's vLLM pods (issue 25, finding 9): only `peers` (the admin's: the Gateway's data
+    plane and Prometheus) may connect, to the serving port only."""
+    meta = rollout["metadata"]
+    name = meta["name"]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{name}-serving",
+            "namespace": meta.get("namespace"),
+            "labels": names.serving_labels(name),
+            "ownerReferences": [names.owner_reference(rollout)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": names.rollout_selector(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [dict(p) for p in peers], "ports": [{"protocol": "TCP", "port": spec.serving.port}]}] if peers else [],
+        },
+    }

@@ -139,7 +139,8 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
                 rec = Reconciler(kube.get_client(), get_settings())
                 progress = None
                 if with_progress and (body.get("status") or {}).get("phase") == "Training":
-                    progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port)
+                    progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port,
+                                               max_bytes=rec.config.trainer_metrics_max_bytes)
                 jobs = {(j.get("metadata") or {}).get("name"): j for j in stage_jobs.get(key, [])}
                 outcome = await rec.run(body, progress=progress, jobs=jobs)
                 if outcome.written is not None:

@@ -26,8 +26,13 @@ def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-async def poll(client: KubeClient, namespace: str, name: str, port: int, timeout: float = 3.0) -> dict[str, Any] | None:
-    """status.progress from rank 0, or None when it is not reachable (yet)."""
+MAX_BYTES = 256 << 10  # rank 0 exports a handful of gauges (< 4 KiB); anything much larger is not the trainer's
+
+
+async def poll(client: KubeClient, namespace: str, name: str, port: int, timeout: float = 3.0,
+               max_bytes: int = MAX_BYTES) -> dict[str, Any] | None:
+    """status.progress from rank 0, or None when it is not reachable (yet). The pod runs the job's image: no
+    redirects are followed and at most `max_bytes` are read (a longer answer is ignored)."""
     job = names(name).train_job
     pods = await client.list(r.PODS, namespace, labels={"batch.kubernetes.io/job-name": job})
     pod = rank0_pod(pods)
@@ -35,11 +40,29 @@ async def poll(client: KubeClient, namespace: str, name: str, port: int, timeout
         return None
     url = f"http://{pod['status']['podIP']}:{port}/metrics"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as sess, sess.get(url) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as sess,
+            sess.get(url, allow_redirects=False) as resp,
+        ):
             if resp.status != 200:
                 return None
-            text = await resp.text()
+            body = await read_capped(resp, max_bytes)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         log.debug("progress of %s/%s unavailable at %s: %s", namespace, name, url, exc)
         return None
-    return st.parse_progress(text) or None
+    if body is None:
+        log.warning("progress of %s/%s: rank 0's /metrics answer is over %d bytes; ignored", namespace, name, max_bytes)
+        return None
+    return st.parse_progress(body.decode("utf-8", "replace")) or None
+
+
+async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
+    """The body, or None when it is longer than `max_bytes` (not read further)."""
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        return None
+    out = bytearray()
+    async for chunk in resp.content.iter_chunked(64 << 10):
+        out += chunk
+        if len(out) > max_bytes:
+            return None
+    return bytes(out)

@@ -29,10 +29,11 @@ from tuneloop.api.conditions import FineTuneJobCondition as C
 from tuneloop.api.conditions import FineTuneJobReason as R
 from tuneloop.api.conditions import ModelVersionCondition, ModelVersionReason, StageFailureReason, find_condition, set_condition
 from tuneloop.api.status import ChildRefs, DataReportSummary, Progress
+from tuneloop.contract import ownership
 from tuneloop.contract.exits import reason_for_exit
 
 from .. import builders, metrics
-from ..builders.common import BuildError, JobMeta, Names, data_claim, names, workdir
+from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
 from ..builders.config import check_batch, deepspeed_json
 from ..builders.modelversion import model_version_phase
 from ..kube import ApiError, KubeClient
@@ -54,6 +55,7 @@ class Outcome:
 
 _VALIDATED: OrderedDict[tuple[str, int, str], tuple[FineTuneJobSpec | None, str, str]] = OrderedDict()
 _VALIDATED_MAX = 4096
+REPORT_TAIL_LINES = 20000  # lines of the evaluation pod's log read for report.md (then at most eval_log_max_bytes of them)
 
 
 def validate_cached(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
@@ -127,7 +129,7 @@ class Stage:
     job: Callable[[Names], str]  # the Job's name
     build: Build  # the Job, built only when it is about to be created
     children: tuple[tuple[str, Callable[[Names], str]], ...]  # status.children fields set when the stage begins
-    before: tuple[tuple[r.Resource, Build], ...] = ()  # created (409 = exists) only together with the Job
+    before: tuple[tuple[r.Resource, Callable[..., dict | None]], ...] = ()  # created (409 = exists) only together with the Job
     failed: str = ""  # "… failed: <message>" in status.message
     done: Callable[[Condition | None], bool] = lambda c: False  # the status already records it as done
     waiting: Callable[[Pass, str], Waiting] | None = None  # the condition and message while it is unfinished
@@ -168,7 +170,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(C.TRAINING, FineTuneJobPhase.TRAINING, lambda n: n.train_job,
           lambda spec, meta, cfg: builders.train_job(spec, meta, cfg),
           children=(("service", lambda n: n.service), ("train_job", lambda n: n.train_job)),
-          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),),
+          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),
+                  (r.NETWORKPOLICIES, lambda spec, meta, cfg: builders.rendezvous_policy(spec, meta, cfg))),
           failed="training failed", done=lambda c: c is not None and c.reason == R.COMPLETED.value, waiting=_train_waiting,
           finish="_train_done", observe="_train_started", running="_train_progress", timed=True),
     Stage(C.EVALUATED, FineTuneJobPhase.EVALUATING, lambda n: n.eval_job,
@@ -208,8 +211,11 @@ class Reconciler:
         status.observed_generation = meta.generation
         self._jobs = jobs
         p = Pass(body, spec, meta, names(meta.name), status, progress)
-        if await self.run_stages(p):
-            await self._register(p)
+        try:
+            if await self.run_stages(p):
+                await self._register(p)
+        except ownership.NotOwned as exc:  # a child's name is taken by an object someone else made: never adopted
+            self._fail(status, meta, R.CHILD_NOT_OWNED, str(exc))
         written = await self._write(body, old, status)
         return Outcome(status.phase, status=st.wire(status), written=written)
 
@@ -309,7 +315,9 @@ class Reconciler:
             mv = builders.model_version(spec, meta, cfg, evaluation=evaluation, data_summary=data_summary,
                                         train_summary=train_summary, has_report=report_md is not None)
             name = mv["metadata"]["name"]
-            obj, _ = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            obj, created = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            if not created and not ownership.same_registration(obj, mv):  # not this job's registration: never adopted
+                raise ownership.NotOwned({"kind": "ModelVersion", **obj}, owner_ref(meta))
             if report_md is not None:
                 await self._ensure(r.CONFIGMAPS, builders.report_config_map(obj, report_md))
             phase = model_version_phase(evaluation)
@@ -339,11 +347,13 @@ class Reconciler:
         set_condition(status.conditions, C.READY, False, reason, message, now=now, generation=meta.generation)
 
     async def _ensure(self, res: r.Resource, manifest: dict) -> None:
-        """Create; an existing object (409) counts as done and is not read."""
-        await self.client.create(res, manifest["metadata"]["namespace"], manifest, read_existing=False)
+        """Create; an existing object (409) counts as done when this job controls it (ownerReference), else NotOwned."""
+        existing, created = await self.client.create(res, manifest["metadata"]["namespace"], manifest)
+        if not created and existing is not None:
+            ownership.check_owned({"kind": res.kind, **existing}, manifest)
 
     async def _job(self, meta: JobMeta, name: str, build: Callable[[], dict], suspend: bool, timed: dict | None = None,
-                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict]]] = ()) -> dict:
+                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict | None]]] = ()) -> dict:
         """Create a stage Job when it is missing (and, only then, what it needs first: built and
         created, 409 = exists); keep its `suspend` in line with the spec while it is unfinished. A
         stage the status records as done whose Job is gone (ttlSecondsAfterFinished, manual
@@ -355,10 +365,14 @@ class Reconciler:
                     "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
         if job is None:
             for res, dep in before:
-                await self._ensure(res, dep())
+                child = dep()
+                if child is not None:  # e.g. no NetworkPolicy when the admin turned them off
+                    await self._ensure(res, child)
             job, created = await self.client.create(r.JOBS, ns, build())
             if created and timed is not None:
                 _observe_create_latency(timed)
+        if not ownership.controlled_by(job, owner_ref(meta)):  # a Job someone else made under our name
+            raise ownership.NotOwned({"kind": "Job", **job}, owner_ref(meta))
         if st.job_state(job) not in ("Succeeded", "Failed") and bool((job.get("spec") or {}).get("suspend")) != suspend:
             job = await self.client.patch(r.JOBS, ns, name, {"spec": {"suspend": suspend}})
         return job
@@ -387,7 +401,9 @@ class Reconciler:
         if pod is None:
             return None
         try:
-            text = await self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container="trainer")
+            # bounded (issue 25): the log is the job's image's output; the report is its last block, so the tail is read
+            text = await self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container="trainer",
+                                             tail_lines=REPORT_TAIL_LINES, limit_bytes=self.config.eval_log_max_bytes)
         except (ApiError, aiohttp.ClientError) as exc:
             log.warning("cannot read the report from pod %s: %s", pod["metadata"]["name"], exc)
             return None

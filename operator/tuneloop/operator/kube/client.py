@@ -161,12 +161,16 @@ class KubeClient:
                 return False
             raise
 
-    async def pod_log(self, namespace: str, name: str, *, container: str | None = None, tail_lines: int | None = None) -> str:
+    async def pod_log(self, namespace: str, name: str, *, container: str | None = None, tail_lines: int | None = None,
+                      limit_bytes: int | None = None) -> str:
+        """A container's log; `limit_bytes` (the API's limitBytes) caps what the server sends, after `tail_lines`."""
         params: dict[str, str] = {}
         if container:
             params["container"] = container
         if tail_lines:
             params["tailLines"] = str(tail_lines)
+        if limit_bytes:
+            params["limitBytes"] = str(limit_bytes)
         return await self.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}/log", params=params or None, raw=True)
 
     async def event(self, obj: dict, *, type: str, reason: str, message: str, component: str = "tuneloop-operator") -> dict:

@@ -45,12 +45,13 @@ PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 FINETUNEJOBS = Resource(GROUP, VERSION, "finetunejobs", "FineTuneJob")
 MODELVERSIONS = Resource(GROUP, VERSION, "modelversions", "ModelVersion")
 ROLLOUTS = Resource(GROUP, VERSION, "rollouts", "Rollout")
 FINETUNESCHEDULES = Resource(GROUP, VERSION, "finetuneschedules", "FineTuneSchedule")
 
-ALL = [NAMESPACES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, PVCS, JOBS, DEPLOYMENTS, HTTPROUTES,
+ALL = [NAMESPACES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, PVCS, JOBS, DEPLOYMENTS, HTTPROUTES, NETWORKPOLICIES,
        FINETUNEJOBS, MODELVERSIONS, ROLLOUTS, FINETUNESCHEDULES]
 _BY_KIND = {(r.api_version, r.kind): r for r in ALL}
 

@@ -31,8 +31,10 @@ def _reconciler():
     from .reconcile import Reconciler
 
     settings = get_settings()
-    return Reconciler(get_client(), ServingConfig.from_settings(settings), settings.prometheus_url,
-                      provider_factory=prometheus.provider_for)
+    # providers are the admin's (a named allowlist); tenants' custom PromQL is confined to their namespace
+    return Reconciler(get_client(), ServingConfig.from_settings(settings), "default",
+                      provider_factory=prometheus.Endpoints.from_settings(settings).provider,
+                      serving_from=settings.serving_from if settings.network_policies else None)
 
 
 @kopf.daemon(GROUP, VERSION, "rollouts", id="rollout-loop", cancellation_timeout=10.0)

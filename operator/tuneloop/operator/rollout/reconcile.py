@@ -23,7 +23,7 @@ from tuneloop.api.conditions import RolloutCondition, RolloutReason, find_condit
 from tuneloop.api.conditions import set_condition as set_condition_in
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import AnalysisMetric, DriftStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
-from tuneloop.contract import names
+from tuneloop.contract import names, ownership
 from tuneloop.operator.builders import serving, traffic
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
@@ -46,8 +46,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class NotOwned(serving.ServingError):
+    """An object the Rollout needs exists and is someone else's: it is neither patched nor adopted."""
+
+    def __init__(self, exc: ownership.NotOwned):
+        super().__init__(str(exc), RolloutReason.OBJECT_NOT_OWNED.value)
+
+
 async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replicas: int | None = None) -> dict:
-    """Create, or patch when our manifest (or the replica count) changed since we last wrote it."""
+    """Create, or patch when our manifest (or the replica count) changed since we last wrote it. An existing object
+    the Rollout does not control (ownerReference) is never patched: NotOwned."""
     manifest = json.loads(json.dumps(manifest))
     digest = manifest_hash(manifest)
     manifest["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
@@ -57,6 +65,10 @@ async def ensure(client: KubeClient, res: r.Resource, manifest: dict, *, replica
         existing, created = await client.create(res, ns, manifest)  # 409 (a racing create) -> the existing one
         if created:
             return existing
+    try:
+        ownership.check_owned({"kind": res.kind, **existing}, manifest)
+    except ownership.NotOwned as exc:
+        raise NotOwned(exc) from None
     same = (existing.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION) == digest
     if same and (replicas is None or existing.get("spec", {}).get("replicas") == replicas):
         return existing
@@ -230,14 +242,16 @@ def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, ass
 
 class Reconciler:
     """Everything one tick needs besides the Rollout: the API client, settings, and the metrics provider
-    (`provider_factory(address)`, address = spec.analysis.prometheusAddress or `metrics_address`; the
-    operator's wiring, `handlers.py`, passes Prometheus: `analysis.prometheus.provider_for`)."""
+    (`provider_factory(ref)`, ref = spec.analysis.provider, else spec.analysis.prometheusAddress, else `metrics_address`;
+    the operator's wiring, `handlers.py`, passes Prometheus behind the admin's allowlist: `analysis.prometheus.Endpoints`)."""
 
-    def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory):
+    def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory,
+                 serving_from: list[dict[str, Any]] | None = None):
         self.client = client
         self.config = config
         self.metrics_address = metrics_address
         self.provider_factory = provider_factory
+        self.serving_from = serving_from  # NetworkPolicy peers of the vLLM pods (None: no NetworkPolicy)
 
     async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, Problem | None]:
         if name is None:
@@ -299,7 +313,7 @@ class Reconciler:
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not problem else []
         if due:
-            provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
+            provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
                 metrics.measured(ns, name, mname, a.phase, a.value)
@@ -335,7 +349,7 @@ class Reconciler:
         if d is None:
             d = DriftStatus(model_version=serving_name, since=world.now)
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
-        provider = self.provider_factory(spec.analysis.prometheus_address or self.metrics_address)
+        provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
         window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
         d = drift.record_baseline(wd, d, window, world.now)  # the values at promotion; a missing one is retried
         d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)
@@ -359,12 +373,23 @@ class Reconciler:
         ns, name = meta["namespace"], meta["name"]
         want = desired(spec, out.status, world.canary_available, world.now)
         if out.rolled_back and not want.serves_nothing:
-            await self.cut_canary_traffic(obj, spec, ns, name)
+            try:
+                await self.cut_canary_traffic(obj, spec, ns, name)
+            except NotOwned:
+                pass  # apply_serving meets the same object and reports it
             if out.first_failure_at is not None:
                 metrics.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
         try:
             if not want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
                 await self.apply_serving(obj, spec, want, mvs)
+                if find_condition(out.status.conditions, RolloutCondition.OBJECTS_OWNED) is not None:
+                    set_condition(out.status, RolloutCondition.OBJECTS_OWNED, True, RolloutReason.OWNED,
+                                  "every object the Rollout needs is its own", world)
+        except NotOwned as exc:  # someone else's Service/HTTPRoute/Deployment under a name the Rollout needs
+            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.message = str(exc)
+            out.status.waiting_for = "the conflicting object to be deleted or renamed"
+            set_condition(out.status, RolloutCondition.OBJECTS_OWNED, False, RolloutReason.OBJECT_NOT_OWNED, str(exc), world)
         except serving.ServingError as exc:
             out.status.phase = RolloutPhase.DEGRADED.value
             out.status.message = str(exc)
@@ -390,6 +415,8 @@ class Reconciler:
     async def apply_serving(self, obj: dict, spec: RolloutSpec, want: Desired, mvs: dict[str, ModelVersion]) -> None:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         gateway = spec.traffic_routing.gateway_api is not None
+        if self.serving_from is not None:  # before any pod: vLLM is reachable only from the admin's peers
+            await ensure(self.client, r.NETWORKPOLICIES, traffic.serving_network_policy(obj, spec, self.serving_from))
         # traffic away from the canary before scaling it down; toward it only after its pods exist
         if gateway and want.canary_replicas == 0:
             await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, 0))

@@ -4,7 +4,8 @@ built-in analysis metrics, the drift watch, the pod-label matchers) and the Metr
 """
 
 from .client import PrometheusClient, PrometheusError, QueryClient, is_nodata, parse_result, parse_vector
-from .provider import PrometheusProvider, parse_le, provider_for
+from .promql import QueryRefused, confine
+from .provider import ConfinedClient, Endpoints, PrometheusProvider, Refusing, confine_or_error, parse_le, provider_for
 
-__all__ = ["PrometheusClient", "PrometheusError", "PrometheusProvider", "QueryClient", "is_nodata", "parse_le",
-           "parse_result", "parse_vector", "provider_for"]
+__all__ = ["ConfinedClient", "Endpoints", "PrometheusClient", "PrometheusError", "PrometheusProvider", "QueryClient", "QueryRefused",
+           "Refusing", "confine", "confine_or_error", "is_nodata", "parse_le", "parse_result", "parse_vector", "provider_for"]
