@@ -143,3 +143,18 @@ async def test_a_winner_waiting_for_its_rollout_survives_a_history_limit_of_zero
         assert st["runs"] == [] and kc.count(r.FINETUNEJOBS) == 0  # handed off, then the limit applies
         events = await kc.client.events_for(NS, "bot", "FineTuneSchedule")
         assert any(e["reason"] == "RunDeleted" and run in e["message"] for e in events)
+
+
+async def test_a_glob_that_matches_no_files_says_so_instead_of_a_silent_baseline(tmp_path: Path):
+    """Before: a digest of 0 files became the baseline with nothing in status or events."""
+    async with cluster(tmp_path) as kc:
+        rec = await setup(kc, schedule=None, triggers=DATA)
+        await tick(kc, rec, at(0))
+        await kc.finish_job(NS, (await status(kc))["data"]["checkJob"],
+                            message=json.dumps({"digest": "sha256:e3b0", "files": 0, "bytes": 0}))
+        await tick(kc, rec, at(1))
+        st = await status(kc)
+        assert "glob 'support/*.jsonl' matched no files on claim datasets" in st["data"]["message"]
+        assert "matched no files" in st["message"]
+        events = await kc.client.events_for(NS, "bot", "FineTuneSchedule")
+        assert [e["reason"] for e in events if e["reason"] == "NoDataFiles"] == ["NoDataFiles"]
