@@ -310,6 +310,12 @@ class Reconciler:
                                         train_summary=train_summary, has_report=report_md is not None)
             name = mv["metadata"]["name"]
             obj, _ = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            other = ((obj.get("spec") or {}).get("lineage") or {}).get("fineTuneJob") or {}
+            if other.get("uid") and meta.uid and other["uid"] != meta.uid:  # 409: a version of that name exists already
+                self._fail(status, meta, StageFailureReason.INVALID_SPEC,
+                           f"ModelVersion {name} already exists, registered by FineTuneJob {other.get('name')} (uid {other['uid']}); "
+                           "a version is registered once: give this job another registry.version (its artifact is kept)")
+                return
             if report_md is not None:
                 await self._ensure(r.CONFIGMAPS, builders.report_config_map(obj, report_md))
             phase = model_version_phase(evaluation)
