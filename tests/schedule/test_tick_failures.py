@@ -158,3 +158,20 @@ async def test_a_glob_that_matches_no_files_says_so_instead_of_a_silent_baseline
         assert "matched no files" in st["message"]
         events = await kc.client.events_for(NS, "bot", "FineTuneSchedule")
         assert [e["reason"] for e in events if e["reason"] == "NoDataFiles"] == ["NoDataFiles"]
+
+
+async def test_two_winners_finishing_in_the_same_tick_under_allow_hand_off_only_the_first(tmp_path: Path):
+    """Suspected before: both were judged against the same stale Rollout, and the second hand-off overwrote the first."""
+    async with cluster(tmp_path) as kc:
+        rec = await setup(kc, schedule="0 * * * *", concurrencyPolicy="Allow")
+        await tick(kc, rec, at(0))
+        await tick(kc, rec, at(60))
+        first, second = (await status(kc))["active"]
+        better = {"modelVersion": "support-bot-v1", "outcome": "Better", "reason": "exactMatch +0.08"}
+        await finish(kc, first, samples.model_version("support-bot-v2", serving=better))
+        await finish(kc, second, samples.model_version("support-bot-v3", serving=better))
+        await tick(kc, rec, at(90))
+        assert (await kc.get(r.ROLLOUTS, NS, "bot"))["spec"]["candidate"] == {"name": "support-bot-v2"}
+        runs = {x["name"]: x for x in (await status(kc))["runs"]}
+        assert runs[first]["outcome"] == "HandedOff"
+        assert runs[second]["outcome"] == "Pending" and "waiting for the Rollout to finish rolling out support-bot-v2" in runs[second]["message"]
