@@ -100,3 +100,10 @@ def test_a_file_that_keeps_changing_fails_the_check(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(datadigest, "_stamp", stamp)
     with pytest.raises(datadigest.DigestError, match="changed while it was read, 3 times"):
         datadigest.digest(root, "**", sleep=lambda s: None)
+
+
+@pytest.mark.parametrize("pattern", [".", "./", "./support", "support/."])
+def test_a_dot_pattern_means_the_directory_not_a_crashed_digest_job(tmp_path: Path, pattern: str):
+    """Found by the property test: pathlib (3.11) raised IndexError on `.`, which the digest Job did not catch."""
+    d = datadigest.digest(tree(tmp_path), pattern)
+    assert d["files"] == 2

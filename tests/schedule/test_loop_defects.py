@@ -167,3 +167,13 @@ def test_two_winners_close_together_under_allow_do_not_overwrite_each_others_han
     ro["spec"]["candidate"] = {"name": "support-bot-v2"}  # handed off a moment ago
     j = decide.judge(run, samples.finished_job("bot-2", mv="support-bot-v3"), samples.model_version("support-bot-v3", serving=better), ro, True)
     assert (j.outcome, j.hand_off) == (RunOutcome.PENDING, False) and "support-bot-v2" in j.message
+
+
+def test_a_half_hour_fall_back_never_gives_a_next_time_before_now():
+    """Found by the property test (Lord Howe falls back 30 minutes, 2025-04-06 02:00 +11 → 01:30 +10:30): croniter's
+    get_prev mixed the two passes, the due time was 14:28 UTC and the next one 14:35 UTC, before now (15:00 UTC = 01:30
+    on the second pass)."""
+    last, now = dt.datetime(2025, 4, 5, 14, 0, tzinfo=UTC), dt.datetime(2025, 4, 5, 15, 0, tzinfo=UTC)
+    due, nxt = decide.cron_due("*/7 * * * *", last, now, "Australia/Lord_Howe")
+    assert due == dt.datetime(2025, 4, 5, 14, 56, tzinfo=UTC)  # 01:56 (+11), just before the clocks go back
+    assert nxt == dt.datetime(2025, 4, 5, 15, 5, tzinfo=UTC) > now  # 01:35 on the second pass (+10:30)

@@ -43,8 +43,13 @@ def matches(root: str | Path, pattern: str) -> list[Path]:
         raise DigestError(f"glob {pattern!r} leaves the data root (absolute, or a '..' segment)")
     base = Path(root)
     real = base.resolve()
+    parts = [x for x in pattern.split("/") if x not in ("", ".")]  # `.`, `./x`, `x/` (pathlib 3.11 fails on some)
+    try:
+        hits = list(base.glob("/".join(parts))) if parts else [base]
+    except (ValueError, IndexError, NotImplementedError) as exc:
+        raise DigestError(f"glob {pattern!r} is not a pattern pathlib can use: {exc or type(exc).__name__}") from None
     found: dict[str, Path] = {}
-    for p in base.glob(pattern):
+    for p in hits:
         for f in ([p] if not p.is_dir() else sorted(x for x in p.rglob("*") if not x.is_dir())):
             if not f.is_file():
                 continue

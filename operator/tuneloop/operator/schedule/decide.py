@@ -71,39 +71,85 @@ def _follows_real_time(schedule: str) -> bool:
     return hour == "*" or hour.startswith("*/")
 
 
-def _repeat(t: dt.datetime) -> bool:
-    """`t` (aware, in its zone) is the second pass of a wall-clock time the clocks go through twice."""
-    return t.fold == 1 and t.replace(fold=0).utcoffset() != t.utcoffset()
+SLACK = dt.timedelta(hours=3)  # more than any daylight-saving or zone shift: wall-clock order vs real-time order
+
+
+def _exists(naive: dt.datetime, zone: ZoneInfo, fold: int) -> dt.datetime | None:
+    """The instant (UTC) of wall-clock time `naive` in `zone` on pass `fold`, or None when that wall-clock time does not
+    exist on that pass."""
+    t = naive.replace(tzinfo=zone, fold=fold).astimezone(dt.UTC)
+    return t if t.astimezone(zone).replace(tzinfo=None) == naive else None
+
+
+def _jump(naive: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """The instant the clocks jump over the skipped wall-clock time `naive` (the first instant whose wall clock is
+    later than it)."""
+    lo = naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)  # read with the offset after the jump: before it
+    hi = naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC)  # read with the offset before the jump: after it
+    lo, hi = min(lo, hi), max(lo, hi)
+    while hi - lo > dt.timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(zone).replace(tzinfo=None) > naive:
+            hi = mid
+        else:
+            lo = mid
+    return hi.replace(microsecond=0)
+
+
+def _instants(naive: dt.datetime, zone: ZoneInfo, real_time: bool) -> list[dt.datetime]:
+    """When the cron wall-clock time `naive` fires, in UTC: once normally; at the jump when the clocks skip it, unless
+    the schedule follows real time (hour field * or */n: it simply has no such time that night); in the repeated hour
+    at its first pass only, or at both passes when the schedule follows real time."""
+    first, second = _exists(naive, zone, 0), _exists(naive, zone, 1)
+    if first is None and second is None:
+        return [] if real_time else [_jump(naive, zone)]
+    if first is not None and second is not None and first != second:
+        return [first, second] if real_time else [first]
+    return [first or second]  # type: ignore[list-item]
 
 
 def _next(schedule: str, after: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    """The first cron time after `after`, computed on the zone's wall clock, in UTC. A wall-clock time the clocks skip
-    (spring forward) fires once when they jump (croniter's choice); the second pass of a repeated wall-clock time
-    (fall back) is skipped unless the hour field is * or */n."""
-    it = croniter(schedule, after.astimezone(zone))
+    """The first cron time after `after`, computed on the zone's wall clock, in UTC (`_instants` says when each
+    wall-clock time fires). Wall-clock candidates are walked from a little before `after`, because around a change the
+    second pass of an earlier wall-clock time comes later in real time than the first pass of a later one."""
+    real_time = _follows_real_time(schedule)
+    start = after.astimezone(zone).replace(tzinfo=None, fold=0) - SLACK
+    it = croniter(schedule, start)
+    best: dt.datetime | None = None
     while True:
-        t = it.get_next(dt.datetime).astimezone(zone)
-        if t > after and not (_repeat(t) and not _follows_real_time(schedule)):
-            return t.astimezone(dt.UTC)
+        naive = it.get_next(dt.datetime)
+        if best is not None and naive > best.astimezone(zone).replace(tzinfo=None) + SLACK:
+            return best
+        for t in _instants(naive, zone, real_time):
+            if t > after and (best is None or t < best):
+                best = t
+
+
+def _latest(schedule: str, now: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """The latest cron time at or before `now`, in UTC (the mirror of `_next`)."""
+    real_time = _follows_real_time(schedule)
+    start = now.astimezone(zone).replace(tzinfo=None, fold=0, microsecond=0) + SLACK
+    it = croniter(schedule, start)
+    best: dt.datetime | None = None
+    while True:
+        naive = it.get_prev(dt.datetime)
+        if best is not None and naive < best.astimezone(zone).replace(tzinfo=None) - SLACK:
+            return best
+        for t in _instants(naive, zone, real_time):
+            if t <= now and (best is None or t > best):
+                best = t
 
 
 def cron_due(schedule: str, last: dt.datetime, now: dt.datetime, time_zone: str | None = None) -> tuple[dt.datetime | None, dt.datetime]:
     """(the latest cron time in (last, now], or None; the next cron time after it / after last), in UTC; the cron
     fields are read on `time_zone`'s wall clock (default UTC). Missed times collapse into the latest one, as a CronJob
     with a starting deadline does. Never a due time after `now` (not even by the fraction of a second `now` carries),
-    and the next time is always after `now`."""
+    and the next time is always after `now`, across daylight-saving changes in either direction."""
     zone = _zone(time_zone)
     nxt = _next(schedule, last, zone)
     if nxt > now:
         return None, nxt
-    # croniter counts whole seconds: start from the second after now's whole second, so get_prev can return nothing
-    # later than now (from now + 1 s it returned the next minute when now was less than a second before it).
-    it = croniter(schedule, (now.replace(microsecond=0) + dt.timedelta(seconds=1)).astimezone(zone))
-    while True:  # the latest cron time <= now, not a skipped second pass
-        due = it.get_prev(dt.datetime).astimezone(zone)
-        if due <= now and not (_repeat(due) and not _follows_real_time(schedule)):
-            break
-    due = due.astimezone(dt.UTC)
+    due = _latest(schedule, now, zone)
     return due, _next(schedule, due, zone)
 
 
