@@ -20,6 +20,11 @@ RETRAIN_ANNOTATION = "tuneloop.dev/retrain"  # `kubectl tuneloop retrain` sets i
 # exists is checked by the models (zoneinfo) and, in the API server, by the CEL rule below.
 TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 TIME_ZONE_MESSAGE = "timeZone must be an IANA time zone name such as Europe/Berlin or UTC"
+# The plain forms of a cron date that never comes, for the API server (CEL cannot run croniter; the models check every
+# form): day 30/31 in February, day 31 in a 30-day month, any weekday (`*`). No backslashes: CEL string and RE2 alike.
+NEVER_FEB = "^[^ ]+ +[^ ]+ +0*3[01] +0*(2|[Ff][Ee][Bb]) +[*?]$"
+NEVER_31 = "^[^ ]+ +[^ ]+ +0*31 +0*(4|6|9|11|[Aa][Pp][Rr]|[Jj][Uu][Nn]|[Ss][Ee][Pp]|[Nn][Oo][Vv]) +[*?]$"
+NEVER_MESSAGE = "schedule names a date that never comes (30 or 31 February, 31 April, June, September or November)"
 # A digest glob is relative to the claim's root and stays inside it: not absolute, no `..` segment.
 GLOB_ESCAPES = r"(^/)|(^|/)[.][.](/|$)"  # no backslash: the same text is a CEL string and a Python regex
 GLOB_MESSAGE = "glob must stay inside the claim: a relative pattern without '..' segments (e.g. support/**/*.jsonl)"
@@ -123,8 +128,13 @@ class HandOff(ApiModel):
 class FineTuneScheduleSpec(ApiModel):
     """Desired state of a FineTuneSchedule."""
 
-    schedule: str | None = Field(default=None, pattern=CRON,
-                                 description="Cron schedule in `timeZone` (default UTC), e.g. '0 3 * * 1' (Mondays 03:00).")
+    schedule: str | None = Field(
+        default=None, pattern=CRON, max_length=256,  # bounded: the API server estimates the CEL regex's cost from it
+        description="Cron schedule in `timeZone` (default UTC), e.g. '0 3 * * 1' (Mondays 03:00). A date that never comes "
+        "(30 February, 31 April) is refused.",
+        json_schema_extra={"x-kubernetes-validations": [cel(
+            f"!self.matches('{NEVER_FEB}') && !self.matches('{NEVER_31}')", NEVER_MESSAGE)]},
+    )
     time_zone: str | None = Field(
         default=None,
         max_length=64,
