@@ -108,17 +108,26 @@ def _instants(naive: dt.datetime, zone: ZoneInfo, real_time: bool) -> list[dt.da
     return [first or second]  # type: ignore[list-item]
 
 
+def _steady(zone: ZoneInfo, t: dt.datetime) -> bool:
+    """No offset change within SLACK of `t`: around it, wall-clock order is real-time order."""
+    return (t - SLACK).astimezone(zone).utcoffset() == t.astimezone(zone).utcoffset() == (t + SLACK).astimezone(zone).utcoffset()
+
+
+def _wall(t: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    return t.astimezone(zone).replace(tzinfo=None, fold=0)
+
+
 def _next(schedule: str, after: dt.datetime, zone: ZoneInfo) -> dt.datetime:
     """The first cron time after `after`, computed on the zone's wall clock, in UTC (`_instants` says when each
-    wall-clock time fires). Wall-clock candidates are walked from a little before `after`, because around a change the
-    second pass of an earlier wall-clock time comes later in real time than the first pass of a later one."""
+    wall-clock time fires). Near an offset change, wall-clock candidates are walked from a little before `after` and
+    past the first hit, because there the second pass of an earlier wall-clock time comes later in real time than the
+    first pass of a later one; elsewhere the first hit is the answer."""
     real_time = _follows_real_time(schedule)
-    start = after.astimezone(zone).replace(tzinfo=None, fold=0) - SLACK
-    it = croniter(schedule, start)
+    it = croniter(schedule, _wall(after, zone) - (dt.timedelta(minutes=1) if _steady(zone, after) else SLACK))
     best: dt.datetime | None = None
     while True:
         naive = it.get_next(dt.datetime)
-        if best is not None and naive > best.astimezone(zone).replace(tzinfo=None) + SLACK:
+        if best is not None and (_steady(zone, best) or naive > _wall(best, zone) + SLACK):
             return best
         for t in _instants(naive, zone, real_time):
             if t > after and (best is None or t < best):
@@ -128,12 +137,12 @@ def _next(schedule: str, after: dt.datetime, zone: ZoneInfo) -> dt.datetime:
 def _latest(schedule: str, now: dt.datetime, zone: ZoneInfo) -> dt.datetime:
     """The latest cron time at or before `now`, in UTC (the mirror of `_next`)."""
     real_time = _follows_real_time(schedule)
-    start = now.astimezone(zone).replace(tzinfo=None, fold=0, microsecond=0) + SLACK
+    start = _wall(now, zone).replace(microsecond=0) + (dt.timedelta(minutes=1) if _steady(zone, now) else SLACK)
     it = croniter(schedule, start)
     best: dt.datetime | None = None
     while True:
         naive = it.get_prev(dt.datetime)
-        if best is not None and naive < best.astimezone(zone).replace(tzinfo=None) - SLACK:
+        if best is not None and (_steady(zone, best) or naive < _wall(best, zone) - SLACK):
             return best
         for t in _instants(naive, zone, real_time):
             if t <= now and (best is None or t > best):
