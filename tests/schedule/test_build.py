@@ -28,7 +28,9 @@ def test_without_a_champion_the_serving_gates_are_dropped_and_the_job_is_valid()
     assert why is None and "serving" not in job["spec"]["evaluation"]
     assert [g.get("reference", "base") for g in job["spec"]["evaluation"]["gates"]] == ["base"]
     assert job["spec"]["registry"]["modelName"] == "support-bot"
-    assert job["spec"]["registry"]["version"] == "29623860"  # ModelVersion support-bot-29623860, like its run bot-29623860
+    # the template names a model other than the schedule ("bot"): the version carries the schedule, so another schedule
+    # registering support-bot in the same minute never names the same ModelVersion (support-bot-bot-29623860)
+    assert job["spec"]["registry"]["version"] == "bot-29623860"
     assert job["metadata"]["labels"] == {"team": "support", "tuneloop.dev/schedule": "bot", "tuneloop.dev/trigger": "Schedule",
                                          "app.kubernetes.io/managed-by": "tuneloop-operator"}
     assert schema_check.check_document(job) == []  # what the API server (CRD + CEL) accepts

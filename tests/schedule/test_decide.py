@@ -232,7 +232,8 @@ def test_a_busy_rollout_makes_a_winner_wait_and_a_changed_champion_voids_the_com
 
 
 def test_history_limits_delete_the_oldest_finished_runs():
-    runs = [ScheduleRun(name=f"r{i}", trigger=TriggerKind.SCHEDULE, phase=p)
+    final = {"Succeeded": "LostToServing", "Failed": "NoModelVersion", "Running": "Pending"}  # finished runs have a final outcome
+    runs = [ScheduleRun(name=f"r{i}", trigger=TriggerKind.SCHEDULE, phase=p, outcome=final[p])
             for i, p in enumerate(["Succeeded", "Failed", "Succeeded", "Failed", "Succeeded", "Running"])]
     assert decide.history_to_delete(runs, 2, 1) == ["r0", "r1"]
     assert decide.history_to_delete(runs, 0, 0) == ["r0", "r2", "r4", "r1", "r3"]

@@ -161,3 +161,17 @@ def test_champion_is_for_schedules(tmp_path, tiny, capsys):
     path = write(tmp_path, {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "j"}, "spec": job})
     assert cli(["local", "run", str(path), "--champion", str(tmp_path)]) == 2
     assert "--champion is for a FineTuneSchedule" in capsys.readouterr().err
+
+
+def test_a_data_link_out_of_the_data_directory_is_named_not_a_traceback(tmp_path, tiny, capsys):
+    """The digest refuses to read outside its root (issue 20 item 13); the local loop says so and starts nothing."""
+    import os
+
+    path = write(tmp_path, schedule_doc(tiny))
+    write_jsonl(tmp_path / "claim" / "support" / "t.jsonl", chat_records(16))
+    (tmp_path / "secret.jsonl").write_text("{}\n")
+    os.symlink(tmp_path / "secret.jsonl", tmp_path / "claim" / "support" / "x.jsonl")
+    assert cli(["local", "run", str(path), "--workdir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "claim")]) == 42
+    err = capsys.readouterr().err
+    assert "cannot read the data's digest" in err and "outside the data root" in err
+    assert not (tmp_path / "runs").exists()

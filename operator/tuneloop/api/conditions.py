@@ -138,6 +138,15 @@ class DriftReason(str, Enum):
 # --- FineTuneSchedule -------------------------------------------------------------------------------
 class FineTuneScheduleCondition(str, Enum):
     LAST_RUN_SUCCEEDED = "LastRunSucceeded"  # reason: the run's outcome (api.schedule.RunOutcome)
+    READY = "Ready"  # reason: FineTuneScheduleReason
+
+
+class FineTuneScheduleReason(str, Enum):
+    """Reasons of a FineTuneSchedule's Ready condition."""
+
+    RECONCILED = "Reconciled"  # Ready True: the latest tick completed
+    INVALID_SPEC = "InvalidSpec"  # Ready False, phase Failed: the spec cannot run (nothing starts until it is fixed)
+    TICK_FAILED = "TickFailed"  # Ready False: the latest tick failed (the error is the message); retried
 
 
 # --- the one setter -----------------------------------------------------------------------------------

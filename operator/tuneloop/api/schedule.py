@@ -20,6 +20,21 @@ RETRAIN_ANNOTATION = "tuneloop.dev/retrain"  # `kubectl tuneloop retrain` sets i
 # exists is checked by the models (zoneinfo) and, in the API server, by the CEL rule below.
 TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 TIME_ZONE_MESSAGE = "timeZone must be an IANA time zone name such as Europe/Berlin or UTC"
+# The plain forms of a cron date that never comes, for the API server (CEL cannot run croniter; the models check every
+# form): day 30/31 in February, day 31 in a 30-day month, any weekday (`*`). No backslashes: CEL string and RE2 alike.
+NEVER_FEB = "^[^ ]+ +[^ ]+ +0*3[01] +0*(2|[Ff][Ee][Bb]) +[*?]$"
+NEVER_31 = "^[^ ]+ +[^ ]+ +0*31 +0*(4|6|9|11|[Aa][Pp][Rr]|[Jj][Uu][Nn]|[Ss][Ee][Pp]|[Nn][Oo][Vv]) +[*?]$"
+NEVER_MESSAGE = "schedule names a date that never comes (30 or 31 February, 31 April, June, September or November)"
+# A digest glob is relative to the claim's root and stays inside it: not absolute, no `..` segment.
+GLOB_ESCAPES = r"(^/)|(^|/)[.][.](/|$)"  # no backslash: the same text is a CEL string and a Python regex
+GLOB_MESSAGE = "glob must stay inside the claim: a relative pattern without '..' segments (e.g. support/**/*.jsonl)"
+# Metrics a `format: text` dataset can be compared on (text items have no prompt/answer to generate and score).
+TEXT_COMPARABLE = ("perplexity", "forgettingAccuracy")
+TEXT_MESSAGE = ("a schedule on a format: text dataset compares runs with the serving version by perplexity (text items have no "
+                "answers to score): jobTemplate.spec.evaluation must compute perplexity (in metrics or a gate), and its "
+                "reference: serving gates may use only perplexity or forgettingAccuracy")
+S3_MESSAGE = ("jobTemplate.spec.output must be pvc: every run is handed to a Rollout, which serves only pvc:// artifacts, and the "
+              "next run reads the serving version's eval.json from the same claim")
 
 
 class ConcurrencyPolicy(str, Enum):
@@ -43,13 +58,29 @@ class NewDataTrigger(ApiModel):
         default="**/*.jsonl",
         min_length=1,
         max_length=1024,
-        description="Files that make up the data, relative to the claim's root (Python glob; ** matches directories).",
+        description="Files that make up the data, relative to the claim's root (a Python glob; ** matches any number of "
+        "directories, and a matched directory counts with every file under it). Absolute patterns and '..' are refused.",
+        json_schema_extra={"x-kubernetes-validations": [cel(f"!self.matches('{GLOB_ESCAPES}')", GLOB_MESSAGE)]},
     )
     check_interval: str = Field(
         default="15m",
         pattern=DURATION,
         description="How often a short digest Job (the trainer image, read-only mount, no GPU) reads the files' digest.",
     )
+
+    @field_validator("glob")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if glob_escapes(value):
+            raise ValueError(f"{GLOB_MESSAGE}; got {value!r}")
+        return value
+
+
+def glob_escapes(pattern: str) -> bool:
+    """The pattern could name a file outside the directory it is applied to."""
+    import re
+
+    return re.search(GLOB_ESCAPES, pattern) is not None
 
 
 class PrometheusTrigger(ApiModel):
@@ -97,8 +128,13 @@ class HandOff(ApiModel):
 class FineTuneScheduleSpec(ApiModel):
     """Desired state of a FineTuneSchedule."""
 
-    schedule: str | None = Field(default=None, pattern=CRON,
-                                 description="Cron schedule in `timeZone` (default UTC), e.g. '0 3 * * 1' (Mondays 03:00).")
+    schedule: str | None = Field(
+        default=None, pattern=CRON, max_length=256,  # bounded: the API server estimates the CEL regex's cost from it
+        description="Cron schedule in `timeZone` (default UTC), e.g. '0 3 * * 1' (Mondays 03:00). A date that never comes "
+        "(30 February, 31 April) is refused.",
+        json_schema_extra={"x-kubernetes-validations": [cel(
+            f"!self.matches('{NEVER_FEB}') && !self.matches('{NEVER_31}')", NEVER_MESSAGE)]},
+    )
     time_zone: str | None = Field(
         default=None,
         max_length=64,
@@ -136,8 +172,16 @@ class FineTuneScheduleSpec(ApiModel):
                     "jobTemplate.spec.registry.version must be empty: every run registers its own version",
                 ),
                 cel(
-                    "!has(self.jobTemplate.spec.output.path)",
-                    "jobTemplate.spec.output must be pvc or s3: runs happen in the cluster",
+                    "!has(self.jobTemplate.spec.output.path) && !has(self.jobTemplate.spec.output.s3)",
+                    S3_MESSAGE,
+                ),
+                cel(
+                    "self.jobTemplate.spec.dataset.format != 'text' || ("
+                    "(!has(self.jobTemplate.spec.evaluation.metrics) || self.jobTemplate.spec.evaluation.metrics.exists(m, m == 'perplexity')"
+                    " || (has(self.jobTemplate.spec.evaluation.gates) && self.jobTemplate.spec.evaluation.gates.exists(g, g.metric == 'perplexity')))"
+                    " && (!has(self.jobTemplate.spec.evaluation.gates) || self.jobTemplate.spec.evaluation.gates.all(g, "
+                    "!has(g.reference) || g.reference != 'serving' || g.metric == 'perplexity' || g.metric == 'forgettingAccuracy')))",
+                    TEXT_MESSAGE,
                 ),
                 cel(
                     "self.jobTemplate.spec.evaluation.enabled",
@@ -162,19 +206,49 @@ class FineTuneScheduleSpec(ApiModel):
         tmpl = self.job_template.spec
         if tmpl.registry.version is not None:
             raise ValueError("jobTemplate.spec.registry.version must be empty: every run registers its own version")
-        if tmpl.output.path is not None:
-            raise ValueError("jobTemplate.spec.output must be pvc or s3: runs happen in the cluster")
+        if tmpl.output.path is not None or tmpl.output.s3 is not None:
+            raise ValueError(S3_MESSAGE)
+        if _v(tmpl.dataset.format) == "text":
+            ev = tmpl.evaluation
+            computed = {_v(m) for m in ev.metrics} | {_v(g.metric) for g in ev.gates}
+            serving_gates = {_v(g.metric) for g in ev.gates if _v(g.reference) == "serving"}
+            if "perplexity" not in computed or not serving_gates <= set(TEXT_COMPARABLE):
+                raise ValueError(TEXT_MESSAGE)
         if not tmpl.evaluation.enabled:
             raise ValueError("jobTemplate.spec.evaluation.enabled must be true: runs are compared with the serving version")
         names = [p.name for p in self.triggers.prometheus]
         if len(set(names)) != len(names):
             raise ValueError("triggers.prometheus names must be unique")
-        if self.schedule is not None:
+        return self
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
             from croniter import croniter  # the operator's dependency; the CRD pattern only checks the shape
 
-            if not croniter.is_valid(self.schedule):
-                raise ValueError(f"schedule {self.schedule!r} is not a valid cron expression")
-        return self
+            if not croniter.is_valid(value):
+                raise ValueError(f"schedule {value!r} is not a valid cron expression")
+            cron_never_fires(value)
+        return value
+
+
+def _v(x: object) -> str:
+    return str(getattr(x, "value", x))
+
+
+def cron_never_fires(schedule: str) -> None:
+    """ValueError when the cron expression names no date that exists (`0 0 30 2 *`, `0 0 31 4 *`): croniter would raise
+    at every tick. A leap day (`0 0 29 2 *`) exists and is accepted."""
+    import datetime as dt
+
+    from croniter import CroniterBadDateError, croniter
+
+    try:
+        croniter(schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).get_next(dt.datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"schedule {schedule!r} never fires: no date matches its day-of-month and month fields "
+                         "(e.g. 30 February or 31 April)") from None
 
 
 def zone_problem(name: str) -> None:

@@ -34,6 +34,7 @@ import yaml
 
 from tuneloop.api.schedule import FineTuneSchedule, RunOutcome, ScheduleRun, TriggerKind
 from tuneloop.contract import layout
+from tuneloop.contract.datadigest import DigestError
 from tuneloop.contract.datadigest import digest as data_digest
 from tuneloop.contract.exits import EXIT_CONFIG_ERROR
 
@@ -296,7 +297,10 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argpa
     root = (args.workdir or Path("runs") / name).resolve()
     entries = read_ledger(root)
     overrides = {k: getattr(args, k) for k in ("max_steps", "max_samples", "no_baseline", "no_forgetting") if getattr(args, k, None)}
-    data = digest_of_data(sched, template, spec_dir, data_dir)
+    try:
+        data = digest_of_data(sched, template, spec_dir, data_dir)
+    except DigestError as exc:  # a link out of the data directory, a file that keeps changing: said, not a traceback
+        raise LocalScheduleError(f"cannot read the data's digest: {exc}") from None
     key = inputs_key(template, overrides, data)
     latest = entries[-1] if entries else None
     notes: list[str] = []

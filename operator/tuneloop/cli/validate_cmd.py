@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="YAML files (multi-document allowed)")
     p.add_argument("--cluster", action="store_true",
                    help="also apply the operator's in-cluster checks to FineTuneJobs (local paths, one dataset claim, "
-                        "output.s3 staging, batch split) — what the API server cannot see but the operator refuses")
+                        "output.s3 staging, batch split) and to the FineTuneJob every run of a FineTuneSchedule creates "
+                        "— what the API server cannot see but the operator refuses")
 
 
 LOCAL_PATHS = (  # (field path, how to read it from the spec document)
@@ -73,11 +74,12 @@ def path_problems(paths: list[Path]) -> list[Problem]:
 
 
 def cluster_problems(paths: list[Path]) -> list[Problem]:
-    """The operator's own refusal (`Failed`, `InvalidSpec`) for each schema-valid FineTuneJob."""
+    """The operator's own refusal (`Failed`, `InvalidSpec`) for each schema-valid FineTuneJob and FineTuneSchedule."""
     import yaml
 
     from tuneloop.api.schema_check import load_documents
     from tuneloop.operator.finetunejob.reconcile import validate
+    from tuneloop.operator.schedule import admission
     from tuneloop.operator.settings import get_settings
 
     out = []
@@ -87,6 +89,13 @@ def cluster_problems(paths: list[Path]) -> list[Problem]:
         except (OSError, yaml.YAMLError):
             continue  # reported by check_files
         for doc in docs:
+            if isinstance(doc, dict) and doc.get("kind") == "FineTuneSchedule":
+                meta = {"name": "x", **(doc.get("metadata") or {})}
+                where, why = admission.first_problem({**doc, "metadata": meta}, get_settings())
+                if where:
+                    out.append(Problem(str(path), "FineTuneSchedule", meta["name"], where,
+                                       f"{why} (the operator would set the schedule Failed, InvalidSpec)"))
+                continue
             if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
                 continue
             meta = {"name": "x", **(doc.get("metadata") or {})}

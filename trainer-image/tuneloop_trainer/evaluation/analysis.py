@@ -26,6 +26,7 @@ class Analysis:
     timing_spread: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     serving_name: str | None = None
     serving_problem: str | None = None
+    legacy_keys: list[str] = field(default_factory=list)  # last user message + reference (eval.json before multi-turn keys)
 
     def items_doc(self) -> dict[str, Any]:
         return {model: eval_items.wire(items) for model, items in self.items.items()}
@@ -51,8 +52,10 @@ def analyse(
 ) -> Analysis:
     chat = [r for r in records if "messages" in r]
     prompts = [_prompt(r) for r in chat]
-    keys = [eval_items.item_key(p, r) for p, r in zip(prompts, references)]
-    a = Analysis(keys=keys, scores={k: dict(v) for k, v in scores.items() if v}, items={}, serving_name=serving_name)
+    # one key per test record (chat and text), in the order of the per-record scores (nllItems)
+    keys = [eval_items.record_key(r) for r in records]
+    a = Analysis(keys=keys, scores={k: dict(v) for k, v in scores.items() if v}, items={}, serving_name=serving_name,
+                 legacy_keys=[eval_items.item_key(p, r) for p, r in zip(prompts, references)] if len(chat) == len(records) else [])
     for model in ("base", "tuned"):
         res = results.get(model) or {}
         preds = res.get("predictions")
@@ -60,7 +63,7 @@ def analyse(
         if preds is not None and len(preds) == len(references):
             its = eval_items.task_items(preds, references, schema, res.get("nllItems"))
             a.per_field[model] = eval_items.field_hits(preds, references, schema) if "fieldAccuracy" in its else {}
-        elif res.get("nllItems") and len(res["nllItems"]) == len(references):
+        elif res.get("nllItems") and len(res["nllItems"]) == len(keys):
             its = {"perplexity": ItemScores.of([n for n, _ in res["nllItems"]], [c for _, c in res["nllItems"]], transform="exp")}
         hits = (scores.get(model) or {}).get("forgettingHits")
         if hits:
@@ -82,22 +85,37 @@ def analyse(
 
 def _add_serving(a: Analysis, doc: dict[str, Any], references: list[str], schema: dict[str, Any] | None,
                  forgetting: list[dict[str, Any]] | None) -> None:
-    """The serving version's tuned outputs on the same items, re-scored with this run's scorers, paired by item key."""
+    """The serving version's tuned outputs on the same items, re-scored with this run's scorers, paired by item key
+    (the k-th occurrence of a key with the k-th). Text items have no outputs to score: only their stored per-item
+    perplexity is paired."""
     examples = doc.get("examples") or []
     their_keys = doc.get("itemKeys") or [eval_items.item_key(e.get("prompt", ""), e.get("reference", "")) for e in examples]
-    index = {k: i for i, k in enumerate(their_keys)}
-    missing = [k for k in a.keys if k not in index]
-    if missing or not examples:
-        a.serving_problem = (f"the serving version's eval.json scored {len(a.keys) - len(missing)} of this run's {len(a.keys)} test items; "
+    index = eval_items.pair_index(their_keys)
+    ours = eval_items.occurrences(a.keys)
+    missing = [k for k in ours if k not in index]
+    if missing and a.legacy_keys and len(set(a.legacy_keys)) == len(a.legacy_keys) == len(set(their_keys)) == len(their_keys):
+        # a serving version evaluated before multi-turn items were keyed by their turns: pair by the old keys when they
+        # are unambiguous on both sides (otherwise two items sharing their last user message could be swapped)
+        legacy = eval_items.occurrences(a.legacy_keys)
+        if all(k in index for k in legacy):
+            ours, missing = legacy, []
+    stored = eval_items.unwire(((doc.get("itemScores") or {}).get("tuned")) or {})
+    has_nll = "perplexity" in stored and len(stored["perplexity"]) == len(their_keys)
+    if missing or not a.keys or (references and len(examples) != len(their_keys)) or (not references and not has_nll):
+        what = "test items" if references else "text items with a per-item perplexity"
+        scored = 0 if (not references and not has_nll) else len(ours) - len(missing)
+        a.serving_problem = (f"the serving version's eval.json scored {scored} of this run's {len(ours)} {what}; "
                              "champion/challenger needs the same test set")
         return
-    preds = [examples[index[k]].get("tuned") or "" for k in a.keys]
-    scores = eval_metrics.score_task(preds, references, schema=schema)
-    items = eval_items.task_items(preds, references, schema)
-    stored = eval_items.unwire(((doc.get("itemScores") or {}).get("tuned")) or {})
-    if "perplexity" in stored and len(stored["perplexity"]) == len(their_keys):
+    scores: dict[str, Any] = {}
+    items: dict[str, ItemScores] = {}
+    if references:
+        preds = [examples[index[k]].get("tuned") or "" for k in ours]
+        scores = eval_metrics.score_task(preds, references, schema=schema)
+        items = eval_items.task_items(preds, references, schema)
+    if has_nll:
         p = stored["perplexity"]
-        items["perplexity"] = ItemScores.of([p.num[index[k]] for k in a.keys], [p.den[index[k]] for k in a.keys], "exp")
+        items["perplexity"] = ItemScores.of([p.num[index[k]] for k in ours], [p.den[index[k]] for k in ours], "exp")
         scores["perplexity"] = items["perplexity"].value()
     their_forgetting = {f.get("id"): f.get("tunedCorrect") for f in doc.get("forgetting") or []}
     if forgetting and all(their_forgetting.get(f["id"]) is not None for f in forgetting):

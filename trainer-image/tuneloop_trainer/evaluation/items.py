@@ -19,6 +19,44 @@ def item_key(prompt: str, reference: str) -> str:
     return hashlib.sha256(f"{prompt}\x00{reference}".encode()).hexdigest()[:16]
 
 
+def record_key(rec: dict[str, Any]) -> str:
+    """The item key of one test record. Chat: the last user message and the reference (the answer), as before; when
+    the conversation has earlier turns, they are part of the key too, so two multi-turn items that share their last
+    user message are different items. Text records (no answer to score): the whole text."""
+    if "messages" not in rec:
+        return item_key("\x01text", str(rec.get("text", "")))
+    msgs = rec["messages"]
+    context = [m for m in msgs[:-1] if m.get("role") != "system"]
+    users = [m["content"] for m in msgs[:-1] if m.get("role") == "user"]
+    reference = msgs[-1]["content"] if msgs else ""
+    if len(context) <= 1:
+        return item_key(users[-1] if users else "", reference)
+    turns = "\x00".join(f"{m.get('role')}:{m.get('content')}" for m in context)
+    return item_key(f"\x02turns\x00{turns}", reference)
+
+
+def pair_index(their_keys: list[str]) -> dict[tuple[str, int], int]:
+    """(key, occurrence) → position: the k-th item of a key pairs with the k-th item of the same key on the other side
+    (test sets may hold the same item twice)."""
+    seen: dict[str, int] = {}
+    out: dict[tuple[str, int], int] = {}
+    for i, k in enumerate(their_keys):
+        n = seen.get(k, 0)
+        out[(k, n)] = i
+        seen[k] = n + 1
+    return out
+
+
+def occurrences(keys: list[str]) -> list[tuple[str, int]]:
+    seen: dict[str, int] = {}
+    out = []
+    for k in keys:
+        n = seen.get(k, 0)
+        out.append((k, n))
+        seen[k] = n + 1
+    return out
+
+
 def task_items(
     predictions: list[str], references: list[str], schema: dict[str, Any] | None = None,
     nll_items: list[tuple[float, int]] | None = None,

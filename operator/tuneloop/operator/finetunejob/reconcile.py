@@ -316,6 +316,12 @@ class Reconciler:
                                         train_summary=train_summary, has_report=report_md is not None)
             name = mv["metadata"]["name"]
             obj, created = await self.client.create(r.MODELVERSIONS, meta.namespace, mv)
+            other = ((obj.get("spec") or {}).get("lineage") or {}).get("fineTuneJob") or {}
+            if not created and other.get("uid") and meta.uid and other["uid"] != meta.uid:  # another job's version (409)
+                self._fail(status, meta, StageFailureReason.INVALID_SPEC,
+                           f"ModelVersion {name} already exists, registered by FineTuneJob {other.get('name')} (uid {other['uid']}); "
+                           "a version is registered once: give this job another registry.version (its artifact is kept)")
+                return
             if not created and not ownership.same_registration(obj, mv):  # not this job's registration: never adopted
                 raise ownership.NotOwned({"kind": "ModelVersion", **obj}, owner_ref(meta))
             if report_md is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from tuneloop.api.common import API_VERSION
 from tuneloop.api.schedule import FineTuneScheduleSpec
 from tuneloop.contract import layout
-from tuneloop.contract.names import LABEL_MANAGED_BY, MANAGED_BY, child_name
+from tuneloop.contract.names import LABEL_MANAGED_BY, MANAGED_BY, child_name, dns_label
 
 from .decide import Fire
 
@@ -17,6 +17,8 @@ LABEL_SCHEDULE = "tuneloop.dev/schedule"
 LABEL_TRIGGER = "tuneloop.dev/trigger"
 ANNOTATION_REASON = "tuneloop.dev/trigger-reason"
 ANNOTATION_CHAMPION = "tuneloop.dev/champion"
+ANNOTATION_TRIGGER_KEY = "tuneloop.dev/trigger-key"  # the fire's key before a suffix made its name fresh
+ANNOTATION_DATA_DIGEST = "tuneloop.dev/data-digest"  # the digest a new-data run started for
 DIGEST_COMPONENT = "data-digest"
 
 
@@ -31,11 +33,21 @@ def model_name(spec: FineTuneScheduleSpec, schedule_name: str) -> str:
     return spec.job_template.spec.registry.model_name or schedule_name
 
 
-def run_version(run_key: str) -> str:
+def run_version(run_key: str, schedule_name: str | None = None, model: str | None = None) -> str:
     """Each run's registry.version (a template may not set one): the run's key — the cron minute, `d<digest>`,
     `p<hash>`, `m<hash>`, or a local iteration — so that the ModelVersion `<model>-<key>` is named like its run
-    `<schedule>-<key>` (instead of `v1-<uid>` for every run)."""
-    return run_key
+    `<schedule>-<key>` (instead of `v1-<uid>` for every run). When the model name is not the schedule's own (the
+    template's registry.modelName), other schedules may register versions of it too: the version then carries the
+    schedule's name (`<schedule>-<key>`), so two schedules firing in the same minute never name the same ModelVersion."""
+    if schedule_name is None or model is None or model == schedule_name:
+        return run_key
+    return f"{schedule_name}-{run_key}"
+
+
+def model_version_name(spec: FineTuneScheduleSpec, schedule_name: str, run_key: str) -> str:
+    """The ModelVersion a run with this key registers (the contract's naming: `<modelName>-<version>`)."""
+    model = model_name(spec, schedule_name)
+    return dns_label(f"{model}-{run_version(run_key, schedule_name, model)}")
 
 
 def champion_eval_json(champion: dict[str, Any] | None, output_claim: str | None) -> tuple[str | None, str | None]:
@@ -79,7 +91,7 @@ def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire
         out["s3"]["uri"] = f"{out['s3']['uri'].rstrip('/')}/{name}"
     registry = body.setdefault("registry", {})
     registry["modelName"] = model_name(spec, meta["name"])
-    registry["version"] = run_version(fire.key)
+    registry["version"] = run_version(fire.key, meta["name"], registry["modelName"])
     eval_json, why_not = champion_eval_json(champion, claim)
     if eval_json:
         body["evaluation"]["serving"] = {"modelVersion": champion["metadata"]["name"], "evalJson": eval_json}
@@ -87,7 +99,9 @@ def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire
         body["evaluation"].pop("serving", None)
         body["evaluation"]["gates"] = [g for g in body["evaluation"].get("gates", []) if g.get("reference") != "serving"]
     labels = {**tmpl.metadata.labels, LABEL_SCHEDULE: meta["name"], LABEL_TRIGGER: fire.trigger.value, LABEL_MANAGED_BY: MANAGED_BY}
-    annotations = {**tmpl.metadata.annotations, ANNOTATION_REASON: fire.reason[:1000]}
+    annotations = {**tmpl.metadata.annotations, ANNOTATION_REASON: fire.reason[:1000], ANNOTATION_TRIGGER_KEY: fire.base_key or fire.key}
+    if fire.digest:
+        annotations[ANNOTATION_DATA_DIGEST] = fire.digest
     if champion is not None:
         annotations[ANNOTATION_CHAMPION] = champion["metadata"]["name"]
     job = {

@@ -30,7 +30,7 @@ def _reconciler():
 
     s = get_settings()
     return Reconciler(get_client(), prometheus_url=s.prometheus_url, trainer_image=s.trainer_image,
-                      run_as_user=s.run_as_user, pull_policy=s.image_pull_policy)
+                      run_as_user=s.run_as_user, pull_policy=s.image_pull_policy, settings=s)
 
 
 @kopf.daemon(GROUP, VERSION, "finetuneschedules", id="schedule-loop", cancellation_timeout=10.0)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneloop.api.common import Condition
-from tuneloop.api.conditions import FineTuneScheduleCondition, set_condition
+from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, set_condition
 from tuneloop.api.schedule import (
     RETRAIN_ANNOTATION,
     DataObservation,
@@ -32,13 +32,14 @@ from tuneloop.operator.analysis.prometheus import PrometheusClient, PrometheusEr
 from tuneloop.operator.finetunejob.state import termination
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
-from tuneloop.operator.rollout.analysis import parse_duration
 
-from . import build, decide
+from . import admission, build, decide
 
 log = logging.getLogger(__name__)
 POLL = 5.0  # while a digest Job runs or a winner waits for a busy Rollout
 IDLE = 3600.0  # longest sleep (a FineTuneJob event wakes the loop earlier)
+ERROR_DELAY = 30.0  # after a failed tick (its error is in status)
+ERROR_TEXT = 500  # a Prometheus error kept in status is cut to this length
 FINAL = {RunOutcome.HANDED_OFF.value, RunOutcome.LOST_TO_SERVING.value, RunOutcome.NOT_BETTER.value,
          RunOutcome.REJECTED.value, RunOutcome.NOT_COMPARED.value, RunOutcome.NO_MODEL_VERSION.value}
 
@@ -55,6 +56,16 @@ def _ts(text: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
+def _conds(raw: dict) -> list[Condition]:
+    out = []
+    for c in raw.get("conditions") or []:
+        try:
+            out.append(Condition.model_validate(c))
+        except ValidationError:
+            continue
+    return out
+
+
 def merge_patch(old: Any, new: Any) -> Any:
     """A JSON merge patch turning `old` into `new`: keys that went away (at any depth of nested objects) become null."""
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -66,8 +77,9 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 class Reconciler:
     def __init__(self, client: KubeClient, *, prometheus_url: str, trainer_image: str, run_as_user: int = 1000,
-                 pull_policy: str = "IfNotPresent", provider_factory: Any = None):
+                 pull_policy: str = "IfNotPresent", provider_factory: Any = None, settings: Any = None):
         self.client = client
+        self.settings = settings  # OperatorSettings for the template's FineTuneJob checks (default: get_settings())
         self.prometheus_url = prometheus_url
         self.trainer_image = trainer_image
         self.run_as_user = run_as_user
@@ -75,18 +87,42 @@ class Reconciler:
         self.provider_factory = provider_factory or (lambda url: PrometheusClient(url))
 
     async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
+        """One tick. A spec that cannot run is Failed (condition Ready False, InvalidSpec) and starts nothing; any other
+        failure is written to status (Ready False, TickFailed, with the error) and retried after ERROR_DELAY, so a
+        tick that fails never repeats its side effects unrecorded."""
         now = now or utcnow()
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         old_raw = obj.get("status") or {}
-        try:
-            sched = FineTuneSchedule.model_validate(obj)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            msg = f"invalid FineTuneSchedule at {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            await self._patch_status(ns, name, old_raw, {"phase": SchedulePhase.FAILED.value, "message": msg,
-                                                         "observedGeneration": meta.get("generation")})
+        where, why = admission.first_problem(obj, self.settings)
+        if where:
+            msg = f"invalid FineTuneSchedule at {where}: {why}"
+            conds = _conds(old_raw)
+            set_condition(conds, FineTuneScheduleCondition.READY, False, FineTuneScheduleReason.INVALID_SPEC, msg, now=now,
+                          generation=meta.get("generation"))
+            await self._patch_status(ns, name, old_raw, {**old_raw, "phase": SchedulePhase.FAILED.value, "message": msg,
+                                                         "observedGeneration": meta.get("generation"),
+                                                         "conditions": [c.wire() for c in conds]})
             return IDLE
+        sched = FineTuneSchedule.model_validate(obj)
+        recorded = dict(old_raw)  # what the status holds now (a digest Job is recorded as soon as it exists)
+        try:
+            return await self._tick(obj, sched, recorded, now)
+        except Exception as exc:  # written to status, then retried by the daemon loop
+            log.exception("schedule %s/%s: tick failed", ns, name)
+            msg = f"tick failed: {type(exc).__name__}: {exc}"[:MAX_MESSAGE]
+            conds = _conds(recorded)
+            set_condition(conds, FineTuneScheduleCondition.READY, False, FineTuneScheduleReason.TICK_FAILED, msg, now=now,
+                          generation=meta.get("generation"))
+            try:
+                await self._patch_status(ns, name, recorded, {**recorded, "message": msg, "conditions": [c.wire() for c in conds]})
+            except Exception:  # noqa: BLE001 - the API server is unreachable: the daemon loop logs and retries
+                raise exc from None
+            return ERROR_DELAY
+
+    async def _tick(self, obj: dict, sched: FineTuneSchedule, old_raw: dict, now: dt.datetime) -> float:
+        meta = obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
         spec = sched.spec
         try:
             st = FineTuneScheduleStatus.model_validate(old_raw)
@@ -98,12 +134,12 @@ class Reconciler:
         # --- observe: runs, the Rollout, the data digest, Prometheus ---------------------------------------------
         jobs = {j["metadata"]["name"]: j for j in await self.client.list(r.FINETUNEJOBS, ns, labels={build.LABEL_SCHEDULE: name})}
         rollout = await self.client.get(r.ROLLOUTS, ns, spec.hand_off.rollout.name)
-        ro_st = (rollout or {}).get("status") or {}
-        serving = ro_st.get("stableModelVersion") or (((rollout or {}).get("spec") or {}).get("stable") or {}).get("name")
-        data = await self._observe_data(obj, sched, st.data, now, events)
+        serving = decide.serving_version(rollout)
+        data = await self._observe_data(obj, sched, st.data, now, events, old_raw)
         prom = await self._observe_prometheus(sched, st.prometheus, now)
         runs = await self._judge_runs(ns, st.runs, jobs, rollout, spec.hand_off.require_improvement, events)
         active = [r_.name for r_ in runs if _v(r_.phase) == RunPhase.RUNNING.value]
+        data = decide.data_run_known(data, runs)
 
         # --- decide and start ------------------------------------------------------------------------------------
         retrain = (meta.get("annotations") or {}).get(RETRAIN_ANNOTATION)
@@ -122,7 +158,7 @@ class Reconciler:
         last_retrain = st.last_retrain_request
         last_run_time = st.last_run_time
         if dec.start:
-            first = dec.start[0]
+            first = await self._fresh(ns, name, spec, dec.start[0], runs, jobs)
             champion = await self.client.get(r.MODELVERSIONS, ns, serving) if serving else None
             run = decide.run_name(name, first)
             job, why_not = build.finetunejob(obj, spec, first, run, champion, now)
@@ -144,10 +180,14 @@ class Reconciler:
                 if f.prometheus:
                     prom = [p.model_copy(update={"fired": True}) if p.name == f.prometheus else p for p in prom]
 
-        # --- history limits ---------------------------------------------------------------------------------------
+        # --- history limits (a Pending winner is never deleted) ---------------------------------------------------
         for old in decide.history_to_delete(runs, spec.successful_runs_history_limit, spec.failed_runs_history_limit):
             await self.client.delete(r.FINETUNEJOBS, ns, old)
+            gone = next(x for x in runs if x.name == old)
             runs = [x for x in runs if x.name != old]
+            events.append(("Normal", "RunDeleted", f"deleted the FineTuneJob {old} ({_v(gone.outcome)}) beyond the history limit "
+                           f"(successfulRunsHistoryLimit {spec.successful_runs_history_limit}, failedRunsHistoryLimit "
+                           f"{spec.failed_runs_history_limit}); its ModelVersion stays"))
 
         # --- status -------------------------------------------------------------------------------------------------
         active = [x.name for x in runs if _v(x.phase) == RunPhase.RUNNING.value]
@@ -155,11 +195,14 @@ class Reconciler:
                       + ([st.last_successful_time] if st.last_successful_time else []), default=None)
         phase = SchedulePhase.SUSPENDED if spec.suspend else SchedulePhase.RUNNING if active else SchedulePhase.IDLE
         message = self._message(spec, phase, active, runs, dec, data)
+        conds = self._conditions(st.conditions, runs, now, meta.get("generation"))
+        set_condition(conds, FineTuneScheduleCondition.READY, True, FineTuneScheduleReason.RECONCILED, "the latest tick completed",
+                      now=now, generation=meta.get("generation"))
         new = FineTuneScheduleStatus(
             phase=phase, active=active, last_schedule_time=dec.last_schedule_time, next_schedule_time=dec.next_schedule_time,
             last_run_time=last_run_time, last_successful_time=last_ok, serving_model_version=serving, runs=runs[-100:],
             data=data, prometheus=prom, last_retrain_request=last_retrain, observed_generation=meta.get("generation"),
-            message=message, conditions=self._conditions(st.conditions, runs, now, meta.get("generation")),
+            message=message, conditions=[c.wire() for c in conds],
         )
         await self._patch_status(ns, name, old_raw, new.wire())
         for type_, reason, msg in events:
@@ -168,12 +211,28 @@ class Reconciler:
                 await self.client.event(obj, type=type_, reason=reason, message=msg)
             except ApiError:
                 log.debug("event not recorded", exc_info=True)
-        return self._delay(sched, new, runs, now)
+        return decide.wake_after(spec, new, now, poll=POLL, idle=IDLE)
+
+    async def _fresh(self, ns: str, schedule: str, spec: Any, fire: decide.Fire, runs: list[ScheduleRun],
+                     jobs: dict[str, dict]) -> decide.Fire:
+        """The fire under a run name no earlier run used: data that returns to an earlier digest, or a retrain value
+        used again, starts a new run (`<key>-2`, …) instead of a 409 on the old one — or the old ModelVersion."""
+        if fire.trigger not in decide.REUSABLE_KEYS:
+            return fire
+        known = {x.name for x in runs}
+        for n in range(1, 100):
+            cand = fire.fresh(n)
+            run = decide.run_name(schedule, cand)
+            mv = await self.client.get(r.MODELVERSIONS, ns, build.model_version_name(spec, schedule, cand.key)) \
+                if run not in jobs and run not in known else None
+            if decide.name_in_use(run, fire.key, jobs.get(run), known, mv is not None) is None:
+                return cand
+        raise RuntimeError(f"no free run name for {fire.key} after 99 tries")
 
     # --- observation helpers ----------------------------------------------------------------------------------------
 
     async def _observe_data(self, obj: dict, sched: FineTuneSchedule, data: DataObservation | None, now: dt.datetime,
-                            events: list) -> DataObservation | None:
+                            events: list, recorded: dict) -> DataObservation | None:
         trig = sched.spec.triggers.new_data
         if trig is None:
             return None
@@ -186,8 +245,12 @@ class Reconciler:
                 pods = await self.client.list(r.PODS, ns, labels={"job-name": data.check_job}) if job else []
                 msg, _ = termination(pods, want_success=True)
                 if msg and msg.get("digest"):
+                    empty = (f"glob {trig.glob!r} matched no files on claim {trig.claim_name}: nothing to watch yet"
+                             if msg.get("files") == 0 else None)
+                    if empty and data.files != 0:
+                        events.append(("Warning", "NoDataFiles", empty))
                     data = data.model_copy(update={"digest": msg["digest"], "files": msg.get("files"), "bytes": msg.get("bytes"),
-                                                   "observed_at": now, "message": None})
+                                                   "observed_at": now, "message": empty})
                 else:
                     failed, _ = termination(pods, want_success=False)
                     why = (failed or {}).get("error") or (failed or {}).get("message") or "the digest Job failed or was deleted"
@@ -201,6 +264,11 @@ class Reconciler:
                                    self.run_as_user, self.pull_policy)
             await self.client.create(r.JOBS, ns, job, read_existing=False)
             data = data.model_copy(update={"check_job": job["metadata"]["name"], "check_started_at": now})
+            # recorded at once: whatever fails later in this tick, the next tick finds this Job instead of making another
+            wire = {**recorded, "data": data.wire()}
+            await self._patch_status(ns, obj["metadata"]["name"], recorded, wire)
+            recorded.clear()
+            recorded.update(wire)
         return data
 
     async def _observe_prometheus(self, sched: FineTuneSchedule, prom: list[PrometheusObservation], now: dt.datetime) -> list[PrometheusObservation]:
@@ -208,12 +276,16 @@ class Reconciler:
         out = []
         for trig in sched.spec.triggers.prometheus:
             obs = by_name.get(trig.name) or PrometheusObservation(name=trig.name)
-            if decide.prometheus_check_due(by_name.get(trig.name), trig.interval, now) and not sched.spec.suspend:
+            if decide.prometheus_check_due(by_name.get(trig.name), trig.interval, now, trig.for_) and not sched.spec.suspend:
                 provider: QueryClient = self.provider_factory(trig.prometheus_address or self.prometheus_url)
                 try:
-                    obs = decide.observe_prometheus(obs, await provider.query(trig.query), None, now)
-                except PrometheusError as exc:
-                    obs = decide.observe_prometheus(obs, None, str(exc), now)
+                    value = await provider.query(trig.query)
+                    if value is not None and not isinstance(value, (int, float)):
+                        raise PrometheusError(f"the query returned {type(value).__name__}, not a number")
+                    obs = decide.observe_prometheus(obs, None if value is None else float(value), None, now)
+                except Exception as exc:  # noqa: BLE001 - any failure to get a number is "no answer", never a crashed tick
+                    text = str(exc) if isinstance(exc, PrometheusError) else f"{type(exc).__name__}: {exc}"
+                    obs = decide.observe_prometheus(obs, None, text[:ERROR_TEXT], now)
             out.append(obs)
         return out
 
@@ -224,10 +296,12 @@ class Reconciler:
         for name, job in sorted(jobs.items(), key=lambda kv: kv[1]["metadata"].get("creationTimestamp") or ""):
             if name not in known:  # made before a status patch was lost: adopt it
                 labels = job["metadata"].get("labels") or {}
+                ann = job["metadata"].get("annotations") or {}
                 runs = [*runs, ScheduleRun(name=name, trigger=labels.get(build.LABEL_TRIGGER, TriggerKind.MANUAL.value),
-                                           reason=(job["metadata"].get("annotations") or {}).get(build.ANNOTATION_REASON, ""),
+                                           reason=ann.get(build.ANNOTATION_REASON, ""),
                                            started_at=_ts(job["metadata"].get("creationTimestamp")),
-                                           champion=(job["metadata"].get("annotations") or {}).get(build.ANNOTATION_CHAMPION))]
+                                           champion=ann.get(build.ANNOTATION_CHAMPION),
+                                           data_digest=ann.get(build.ANNOTATION_DATA_DIGEST))]
         for run in runs:
             if _v(run.outcome) in FINAL:
                 if run.name in jobs or _v(run.phase) != RunPhase.RUNNING.value:
@@ -243,6 +317,8 @@ class Reconciler:
                 update["finished_at"] = _ts(((job or {}).get("status") or {}).get("completionTime")) or utcnow()
             if j.hand_off and rollout is not None:
                 await self.client.patch(r.ROLLOUTS, ns, rollout["metadata"]["name"], {"spec": {"candidate": {"name": j.model_version}}})
+                # the next run judged in this tick sees the hand-off (it waits instead of overwriting it)
+                rollout = {**rollout, "spec": {**(rollout.get("spec") or {}), "candidate": {"name": j.model_version}}}
                 events.append(("Normal", "HandedOff", j.message))
             elif j.outcome.value in FINAL and _v(run.outcome) != j.outcome.value:
                 events.append(("Warning" if j.phase == RunPhase.FAILED else "Normal", j.outcome.value, j.message))
@@ -267,34 +343,15 @@ class Reconciler:
         return "; ".join(parts) or "waiting for a trigger"
 
     @staticmethod
-    def _conditions(old: list[Condition], runs: list[ScheduleRun], now: dt.datetime, generation: int | None) -> list[dict]:
+    def _conditions(old: list[Condition], runs: list[ScheduleRun], now: dt.datetime, generation: int | None) -> list[Condition]:
+        conds = [c.model_copy() for c in old]
         done = [x for x in runs if _v(x.phase) != RunPhase.RUNNING.value]
         if not done:
-            return [c.wire() for c in old]
+            return conds
         last = done[-1]
-        conds = [c.model_copy() for c in old]
         set_condition(conds, FineTuneScheduleCondition.LAST_RUN_SUCCEEDED, _v(last.phase) == RunPhase.SUCCEEDED.value,
                       _v(last.outcome), f"{last.name}: {last.message}", now=now, generation=generation)
-        return [c.wire() for c in conds]
-
-    def _delay(self, sched: FineTuneSchedule, st: FineTuneScheduleStatus, runs: list[ScheduleRun], now: dt.datetime) -> float:
-        spec = sched.spec
-        due = [IDLE]
-        if st.next_schedule_time is not None:
-            due.append((st.next_schedule_time - now).total_seconds())
-        if st.data is not None:
-            if st.data.check_job:
-                due.append(POLL)
-            elif st.data.check_started_at and spec.triggers.new_data:
-                due.append(parse_duration(spec.triggers.new_data.check_interval) - (now - st.data.check_started_at).total_seconds())
-        for trig in spec.triggers.prometheus:
-            due.append(parse_duration(trig.interval))
-            obs = next((p for p in st.prometheus if p.name == trig.name), None)
-            if obs and obs.holding_since and not obs.fired:
-                due.append(parse_duration(trig.for_) - (now - obs.holding_since).total_seconds())
-        if any(_v(x.outcome) == RunOutcome.PENDING.value and _v(x.phase) == RunPhase.SUCCEEDED.value for x in runs):
-            due.append(POLL)
-        return max(0.5, min(due))
+        return conds
 
     async def _patch_status(self, ns: str, name: str, old: dict, new: dict) -> None:
         if new == old:
