@@ -194,6 +194,10 @@ def test_the_server_command_is_what_vllm_accepts(tmp_path):
     assert pairs["--dtype"] == "float32" and pairs["--max-num-seqs"] == "16" and pairs["--revision"] == "abc"
     assert pairs["--generation-config"] == "vllm"  # our sampling settings, not the checkpoint's defaults
     assert "--enforce-eager" in cmd
+    more = vb.Server("/v/bin/python", "/m", "b", tmp_path / "log", extra_args=vb.extra_args({vb.ARGS_ENV: "--dtype bfloat16 --no-enforce-eager"}))
+    assert more.command()[-3:] == ["--dtype", "bfloat16", "--no-enforce-eager"]  # after ours: the last of a repeated flag wins
+    with pytest.raises(ValueError):
+        vb.extra_args({vb.ARGS_ENV: "--x 'unclosed"})
 
 
 # ---- the evaluate stage with a fake vLLM ----------------------------------------------------------------------------
@@ -248,14 +252,15 @@ def test_a_required_vllm_that_fails_fails_the_stage(tmp_path, tiny64, monkeypatc
     monkeypatch.setenv(vb.PYTHON_ENV, str(write_fake_python(tmp_path / "fake")))
     monkeypatch.setenv("FAKE_VLLM_MODE", "exit")
     assert _run(job(tmp_path, tiny64), tmp_path / "wd") == 1
-    assert "TUNELOOP_EVAL_BACKEND=vllm: the vLLM server for tuneloop-" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "TUNELOOP_EVAL_BACKEND=vllm: the vLLM server for tuneloop-" in err and "exited with code 3 during start-up" in err
 
 
 def test_a_required_vllm_that_is_missing_is_a_config_error(tmp_path, tiny64, monkeypatch, capsys):
     monkeypatch.setenv(vb.BACKEND_ENV, "vllm")
     monkeypatch.setenv(vb.PYTHON_ENV, str(tmp_path / "no-such-python"))
     assert _run(job(tmp_path, tiny64), tmp_path / "wd") == 42
-    assert "TUNELOOP_EVAL_BACKEND=vllm but vLLM not found" in capsys.readouterr().err
+    assert "TUNELOOP_EVAL_BACKEND=vllm but vLLM not found" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_head_size_vllm_cannot_serve_on_cpu_is_evaluated_with_transformers_without_starting_vllm(tmp_path, tiny16, monkeypatch):

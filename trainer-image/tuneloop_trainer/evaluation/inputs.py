@@ -100,7 +100,7 @@ def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
     """sha256 of everything the evaluate stage's result depends on: the spec after command-line overrides (the
     weights' settings and every evaluation setting, gates included; `registry` excluded), the prepared test and train
     splits, the trained artifact's files, the forgetting set, the serving version's eval.json, the backend asked for
-    (TUNELOOP_EVAL_BACKEND) and tuneloop's version. Equal fingerprints: rerunning the evaluation would compute the same."""
+    (TUNELOOP_EVAL_BACKEND, TUNELOOP_VLLM_ARGS) and tuneloop's version. Equal fingerprints: rerunning the evaluation would compute the same."""
     import hashlib
     import importlib.metadata
     import os
@@ -115,7 +115,8 @@ def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
         version = "unknown"
     head = {k: v for k, v in wire.items() if k != "registry"}
     h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
-                         "backend": (env.get("TUNELOOP_EVAL_BACKEND") or "auto").strip().lower()},
+                         "backend": (env.get("TUNELOOP_EVAL_BACKEND") or "auto").strip().lower(),
+                         "vllmArgs": (env.get("TUNELOOP_VLLM_ARGS") or "").strip()},
                         sort_keys=True, default=str).encode())
     for name in ("test.jsonl", "train.jsonl"):
         _hash_file(h, Path(ctx.data_dir) / name, f"data/{name}")

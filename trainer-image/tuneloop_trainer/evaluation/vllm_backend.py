@@ -39,6 +39,7 @@ from typing import Any
 
 BACKEND_ENV = "TUNELOOP_EVAL_BACKEND"
 PYTHON_ENV = "TUNELOOP_VLLM_PYTHON"
+ARGS_ENV = "TUNELOOP_VLLM_ARGS"  # more server arguments, after ours (the last of a repeated flag wins): "--dtype bfloat16 --no-enforce-eager"
 BACKENDS = ("auto", "vllm", "transformers")
 VENV_DIR = ".venv-vllm"
 # vLLM 0.32's CPU attention (v1/attention/backends/cpu_attn.py, CPUAttentionBackend.get_supported_head_sizes);
@@ -211,6 +212,13 @@ def fallback(choice: Choice, cause: str) -> Choice:
     return Choice("transformers", choice.requested, f"vLLM failed, fell back to transformers: {cause}", choice.interpreter)
 
 
+def extra_args(env: Mapping[str, str]) -> list[str]:
+    """TUNELOOP_VLLM_ARGS split like a shell would; ValueError when it cannot be."""
+    import shlex
+
+    return shlex.split(env.get(ARGS_ENV) or "")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -261,6 +269,7 @@ class Server:
     cpu_bind: str | None = None
     revision: str | None = None
     enforce_eager: bool = True
+    extra_args: list[str] = field(default_factory=list)
     port: int = 0
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
@@ -276,7 +285,7 @@ class Server:
             cmd += ["--revision", self.revision]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self) -> Server:
         self.port = self.port or free_port()

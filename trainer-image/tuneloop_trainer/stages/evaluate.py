@@ -218,6 +218,10 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
     work = Path(tempfile.mkdtemp(prefix=".vllm-eval-", dir=ctx.workdir))
     dtype = "auto" if use_cuda() else "float32"  # CPU: the weights as transformers evaluates them (fp32), not vLLM's bf16 default
     try:
+        more_args = vb.extra_args(os.environ)
+    except ValueError as exc:
+        raise ConfigError(f"{vb.ARGS_ENV}: {exc}") from None
+    try:
         tokenizers = {"tuned": load_tuned_tokenizer(ctx)}
         dirs: dict[str, tuple[str, str | None]] = {}
         if base_needed:
@@ -245,11 +249,11 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
         together = all(b is not None for b in binds) or len(labels) == 1
         servers = {m: vb.Server(choice.interpreter.python, dirs[m][0], f"tuneloop-{m}", ctx.workdir / f"vllm-{m}.log", dtype=dtype,
                                 max_model_len=max(512, -(-(longest + 8) // 256) * 256), max_num_seqs=ev.batch_size, seed=seed,
-                                cpu_bind=binds[i] if together else None, revision=dirs[m][1])
+                                cpu_bind=binds[i] if together else None, revision=dirs[m][1], extra_args=more_args)
                    for i, m in enumerate(labels)}
         for s in servers.values():
             s.log_path.unlink(missing_ok=True)
-        details.update({"dtype": dtype, "concurrency": ev.batch_size, "servers": {}, "mergedAdapter": merge,
+        details.update({"dtype": dtype, "extraArgs": more_args, "concurrency": ev.batch_size, "servers": {}, "mergedAdapter": merge,
                         "schedule": "together" if together and len(labels) > 1 else "one after the other"})
         nll: dict[str, tuple[Any, Any]] = {}
         started: list[Any] = []
