@@ -122,7 +122,7 @@ def test_trim_counts_tokens_as_the_transformers_path_does():
 def test_cpu_sets_split_this_process_cpus_between_engines(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert vb.cpu_sets(2) == ["0", "1"]
-    assert vb.cpu_sets(1) == [None]
+    assert vb.cpu_sets(1) == ["0,1"]  # one engine: every CPU (vLLM's auto binding would leave it one of two)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
     assert vb.cpu_sets(2) == ["0,1", "2,3,4"]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})

@@ -67,7 +67,7 @@ def test_vllm_and_transformers_give_the_same_greedy_answers_on_the_tiny_model(tm
                 + [(s["base"], s["tuned"]) for s in doc["samplePrompts"]])
 
     a, b = answers(by_vllm), answers(by_hf)
-    assert len(a) == len(b) > 10
+    assert len(a) == len(b) >= 8  # 5 test items, 2 forgetting items, 1 sample prompt; base and tuned each
     differing = [(x, y) for x, y in zip(a, b) if x != y]
     # Both run the fp32 weights greedily from the same token ids; the kernels differ (vLLM's CPU attention and
     # paged KV cache vs. transformers' padded batches), so a near-tie between two logits of this random model may

@@ -227,12 +227,13 @@ def free_port() -> int:
 
 def cpu_sets(n: int) -> list[str | None]:
     """VLLM_CPU_OMP_THREADS_BIND values for `n` engines running at once: the CPUs this process may use, split in
-    `n` contiguous parts (two engines bound to the same core stall each other); None when there are too few CPUs."""
+    `n` contiguous parts (two engines bound to the same core stall each other; one engine gets them all — vLLM's own
+    `auto` would keep one CPU of two for its front end); None when there are too few CPUs."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cpus = list(range(os.cpu_count() or 1))
-    if n <= 1 or len(cpus) < n:
+    if n < 1 or len(cpus) < n:
         return [None] * max(n, 1)
     size = len(cpus) // n
     parts = [cpus[i * size : (i + 1) * size] for i in range(n)]

@@ -246,10 +246,11 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
         longest = max((len(i) + n for items in phases.values() for _, i, n in items), default=0)
         labels = [m for m in ("base", "tuned") if m in dirs]
         binds = vb.cpu_sets(len(labels))
-        together = all(b is not None for b in binds) or len(labels) == 1
+        # one at a time on a GPU (each engine takes most of its memory) or a single CPU; else both at once, on their own CPUs
+        together = len(labels) == 1 or (not use_cuda() and all(b is not None for b in binds))
         servers = {m: vb.Server(choice.interpreter.python, dirs[m][0], f"tuneloop-{m}", ctx.workdir / f"vllm-{m}.log", dtype=dtype,
                                 max_model_len=max(512, -(-(longest + 8) // 256) * 256), max_num_seqs=ev.batch_size, seed=seed,
-                                cpu_bind=binds[i] if together else None, revision=dirs[m][1], extra_args=more_args)
+                                cpu_bind=binds[i] if together and not use_cuda() else None, revision=dirs[m][1], extra_args=more_args)
                    for i, m in enumerate(labels)}
         for s in servers.values():
             s.log_path.unlink(missing_ok=True)
