@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The evaluate stage would use vLLM wherever `make vllm` installed it: tests choose their backend (tests/evaluation/
+# test_eval_backend.py, the `vllm` tier), every other test evaluates with transformers, as fast and as reproducible as before.
+os.environ.setdefault("TUNELOOP_EVAL_BACKEND", "transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
 

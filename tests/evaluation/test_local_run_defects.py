@@ -49,7 +49,7 @@ def test_1_a_completed_run_is_not_retrained_same_weights_same_modelversion(tmp_p
     assert (wd / "result-train.json").read_text() == first_train  # training did not run again
     assert _mv_name(wd) == first_name  # same weights → same ModelVersion id
     log = json.loads((wd / "local-run.json").read_text())
-    assert [s["stage"] for s in log["stages"]] == ["evaluate", "report"] and len(log["history"]) == 1
+    assert [s["stage"] for s in log["stages"]] == ["report"] and len(log["history"]) == 1  # evaluation reused too (issue 19)
     report = (wd / "report" / "report.md").read_text()
     assert "took 2 runs in this work directory" in report  # the cost counts every run
 

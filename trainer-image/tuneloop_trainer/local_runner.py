@@ -27,10 +27,11 @@ from tuneloop.contract.results import StageResult
 
 from .context import StageContext, load_context
 from .errors import TrainerError
+from .evaluation.inputs import evaluation_fingerprint
 
 __all__ = ["OUTPUTS", "REQUIRES", "STAGE_ORDER", "StageContext", "StageOutcome", "TrainerError", "apply_overrides", "clean_outputs",
-           "completed_training", "default_workdir", "load_context", "missing_inputs", "run_chain", "run_one", "select_stages",
-           "spec_fingerprint"]
+           "completed_evaluation", "completed_training", "default_workdir", "evaluation_fingerprint", "load_context", "missing_inputs",
+           "run_chain", "run_one", "select_stages", "spec_fingerprint"]
 
 STAGE_ORDER = list(layout.STAGES)
 
@@ -80,7 +81,7 @@ def missing_inputs(workdir: Path, first_stage: str) -> str | None:
 
 def clean_outputs(workdir: Path) -> list[str]:
     removed = []
-    for name in OUTPUTS + [p.name for p in workdir.glob(layout.result_file("*"))]:
+    for name in OUTPUTS + [p.name for p in workdir.glob(layout.result_file("*"))] + [p.name for p in workdir.glob("vllm-*.log")]:
         p = workdir / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -123,6 +124,20 @@ def completed_training(workdir: Path, fingerprint: str) -> dict[str, Any] | None
     if log.get("specFingerprint") != fingerprint or result.get("outcome") != "Succeeded":
         return None
     if not (workdir / layout.ARTIFACT_DIR).is_dir() or not any((workdir / layout.ARTIFACT_DIR).iterdir()):
+        return None
+    return result
+
+
+def completed_evaluation(workdir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The previous evaluate summary when DIR/eval.json was computed from the same inputs (its `inputsFingerprint`, see
+    `evaluation_fingerprint`: spec, splits, artifact, forgetting set, serving eval.json, backend asked for) and
+    result-evaluate.json says Succeeded; None when the evaluation must run."""
+    try:
+        doc = json.loads((workdir / layout.EVAL_FILE).read_text())
+        result = json.loads((workdir / layout.result_file("evaluate")).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("inputsFingerprint") != fingerprint or result.get("outcome") != "Succeeded":
         return None
     return result
 

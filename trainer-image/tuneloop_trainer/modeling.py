@@ -276,6 +276,33 @@ def load_base(ctx: Any, for_training: bool = False, *, location: ModelLocation |
     return model, tok
 
 
+def base_serving_location(ctx: Any) -> tuple[str, str | None]:
+    """What a serving engine (vLLM) loads for spec.baseModel: a model directory — for GGUF the de-quantised safetensors
+    cache, which vLLM serves like any checkpoint — or a hub id, and its revision."""
+    loc = locate(ctx)
+    if loc.gguf_file:
+        return str(_gguf_cache(loc)), None
+    return loc.name_or_path, loc.revision
+
+
+def load_tuned_tokenizer(ctx: Any, artifact: str | Path | None = None):
+    """The tokenizer `load_tuned` returns (the artifact's own), without loading any weights."""
+    from transformers import AutoTokenizer
+
+    art = Path(artifact) if artifact else ctx.artifact_dir
+    return _fix_tokenizer(AutoTokenizer.from_pretrained(str(art)))
+
+
+def save_merged(model: Any, tokenizer: Any, out: str | Path) -> Path:
+    """Fold a PEFT model's adapter into its weights (in place) and save the plain model with its tokenizer to `out`:
+    what a serving engine without a (fast) LoRA path loads. A model without an adapter is saved as it is."""
+    out = Path(out)
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def is_adapter(directory: str | Path) -> bool:
     return (Path(directory) / "adapter_config.json").exists()
 

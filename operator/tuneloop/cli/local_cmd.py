@@ -195,6 +195,15 @@ def run_local(args: argparse.Namespace) -> int:
                       "--force retrains")
         if not stages:
             return 0
+    reused_eval = None
+    if stages[0] == "evaluate" and hasattr(local_runner, "completed_evaluation"):  # nothing before it runs: its inputs are final
+        reused_eval = local_runner.completed_evaluation(workdir, local_runner.evaluation_fingerprint(ctx))
+        if reused_eval is not None:
+            stages = stages[1:]
+            console.print(f"evaluation already done in {workdir} for the same spec, data and weights ({reused_eval.get('seconds', '?')} s): "
+                          "reused (eval.json) — delete eval.json to evaluate again; --force retrains and re-evaluates")
+            if not stages:
+                return 0
     missing = local_runner.missing_inputs(workdir, stages[0])
     if missing:
         err.print(f"[red]error:[/] {missing}")
@@ -215,6 +224,8 @@ def run_local(args: argparse.Namespace) -> int:
     started = time.time()
     record = {"spec": str(args.file.resolve()), "workdir": str(workdir), "stages_requested": stages, "overrides": overrides, "device": _device(),
               "specFingerprint": fingerprint}
+    if reused_eval is not None:
+        record["evaluationReused"] = {"evalJson": str(workdir / layout.EVAL_FILE), "seconds": reused_eval.get("seconds")}
     try:
         outcomes = local_runner.run_chain(ctx, stages, on_start=display.start, on_end=on_end, record=record)
     finally:
@@ -222,9 +233,9 @@ def run_local(args: argparse.Namespace) -> int:
     rows = [{"stage": o.stage, "outcome": o.outcome, "seconds": o.seconds, "headline": headlines.get(o.stage, "")} for o in outcomes]
     console.print()
     console.print(local_progress.summary_table(rows))
-    evaluated = next((o for o in outcomes if o.stage == "evaluate" and o.outcome == "Succeeded"), None)
-    if evaluated and evaluated.summary.get("metrics"):
-        console.print(local_progress.metrics_table(evaluated.summary["metrics"], evaluated.summary.get("verdict")))
+    evaluated = next((o.summary for o in outcomes if o.stage == "evaluate" and o.outcome == "Succeeded"), None) or reused_eval
+    if evaluated and evaluated.get("metrics"):
+        console.print(local_progress.metrics_table(evaluated["metrics"], evaluated.get("verdict")))
     console.print(f"total {time.time() - started:.1f}s; outputs in {workdir}")
     failed = next((o for o in outcomes if o.outcome in ("Failed", "Interrupted")), None)
     if failed:

@@ -80,3 +80,56 @@ def load_train_answers(data_dir: Path) -> list[str]:
         elif isinstance(rec.get("completion"), str):
             out.append(rec["completion"])
     return out
+
+
+FINGERPRINT_VERSION = 1  # bump when what the evaluation computes changes for the same inputs
+
+
+def _hash_file(h: Any, path: Path, label: str) -> None:
+    h.update(label.encode() + b"\0")
+    if not path.is_file():
+        h.update(b"<absent>\0")
+        return
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(b"\0")
+
+
+def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
+    """sha256 of everything the evaluate stage's result depends on: the spec after command-line overrides (the
+    weights' settings and every evaluation setting, gates included; `registry` excluded), the prepared test and train
+    splits, the trained artifact's files, the forgetting set, the serving version's eval.json, the backend asked for
+    (TUNELOOP_EVAL_BACKEND, TUNELOOP_VLLM_ARGS) and tuneloop's version. Equal fingerprints: rerunning the evaluation would compute the same."""
+    import hashlib
+    import importlib.metadata
+    import os
+
+    env = os.environ if env is None else env
+    spec = ctx.spec
+    wire = spec.wire() if hasattr(spec, "wire") else dict(spec)
+    h = hashlib.sha256()
+    try:
+        version = importlib.metadata.version("tuneloop")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    head = {k: v for k, v in wire.items() if k != "registry"}
+    h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
+                         "backend": (env.get("TUNELOOP_EVAL_BACKEND") or "auto").strip().lower(),
+                         "vllmArgs": (env.get("TUNELOOP_VLLM_ARGS") or "").strip()},
+                        sort_keys=True, default=str).encode())
+    for name in ("test.jsonl", "train.jsonl"):
+        _hash_file(h, Path(ctx.data_dir) / name, f"data/{name}")
+    art = Path(ctx.artifact_dir)
+    for p in sorted(q for q in art.rglob("*") if q.is_file()) if art.is_dir() else []:
+        _hash_file(h, p, f"artifact/{p.relative_to(art)}")
+    ev = spec.evaluation
+    if ev.forgetting.enabled:
+        if ev.forgetting.path:
+            _hash_file(h, Path(ctx.resolve(ev.forgetting.path)), "forgetting")
+        else:
+            _hash_file(h, Path(str(resources.files("tuneloop_trainer") / "data" / DEFAULT_FORGETTING_SET)), "forgetting")
+    serving = getattr(ev, "serving", None)
+    if serving is not None:
+        _hash_file(h, Path(ctx.resolve(serving.eval_json)), "serving")
+    return h.hexdigest()

@@ -11,21 +11,31 @@ compact summary the runner writes to the termination log. Metric libraries are u
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
 from tuneloop.contract import layout
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainerError
 from ..evaluation import analysis as eval_analysis
 from ..evaluation import metrics as eval_metrics
 from ..evaluation.compare import CONFIDENCE_LEVEL, METHOD
-from ..evaluation.inputs import load_train_answers
+from ..evaluation.inputs import evaluation_fingerprint, load_train_answers
+from ..evaluation.vllm_backend import BACKEND_ENV, Choice, VllmUnavailable
+from ..evaluation.vllm_backend import fallback as vllm_fallback
 
 FORGETTING_MAX_NEW_TOKENS = 48
 
@@ -116,6 +126,252 @@ def _evaluate_model(
     return out
 
 
+def _log(message: str) -> None:
+    print(f"tuneloop evaluate: {message}", file=sys.stderr, flush=True)
+
+
+def choose_backend(ctx: Any, *, base_needed: bool, env: Any = None) -> Choice:
+    """vLLM or transformers for this evaluation (evaluation/vllm_backend.choose), from TUNELOOP_EVAL_BACKEND, where a
+    vLLM Python is found and whether vLLM can serve the models here."""
+    from ..evaluation import vllm_backend as vb
+    from ..modeling import base_serving_location, is_adapter, use_cuda
+
+    env = os.environ if env is None else env
+    try:
+        requested = vb.requested_backend(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint=f"unset {BACKEND_ENV} for auto") from None
+    if requested == "transformers":
+        return vb.choose(requested, None, [], {})
+    interpreter, notes = vb.find_interpreter(env, Path.cwd(), vb.repo_root())
+    problems: dict[str, list[str]] = {}
+    if interpreter is not None:
+        cuda = use_cuda()
+        base_dir, _ = base_serving_location(ctx)
+        base_cfg = vb.read_config(base_dir) if Path(base_dir).is_dir() else {}  # a hub id: vLLM reads its config itself
+        art = ctx.artifact_dir
+        tuned_cfg = base_cfg if is_adapter(art) else vb.read_config(art)
+        if base_needed:
+            problems["base"] = vb.model_problems(base_cfg, cuda=cuda) if base_cfg != {} else []
+        problems["tuned"] = vb.model_problems(tuned_cfg, cuda=cuda) if tuned_cfg != {} else []
+    try:
+        return vb.choose(requested, interpreter, notes, problems)
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint=f"install vLLM (make vllm) or set {BACKEND_ENV}=auto") from None
+
+
+def _eos_ids(model_dir: str | Path) -> list[int]:
+    """eos ids of a model directory's generation_config.json (else config.json): what transformers' model.generation_config holds."""
+    for name in ("generation_config.json", "config.json"):
+        try:
+            eos = json.loads((Path(model_dir) / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError):
+            continue
+        if eos is not None:
+            return [e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int)]
+    return []
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Any:
+    """While vLLM servers run, SIGTERM (a pod being deleted) unwinds like Ctrl-C, so they are stopped, not orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *, need_nll: bool,
+                   details: dict[str, Any], choice: Choice) -> dict[str, dict[str, Any] | None]:
+    """Both models through vLLM's OpenAI server: one server per model, both at once on their own CPUs (or one after the
+    other when there is a single CPU). The tuned model is served merged (vLLM's CPU LoRA path is slower than generating
+    with transformers). Perplexity (one forward pass per record) stays with transformers, while the servers start.
+    Prompts, stop tokens, limits and decoding of the answers are those of the transformers path."""
+    from ..evaluation import vllm_backend as vb
+    from ..evaluation.generate import chat_prompt, reference_nll, reference_pair, stop_token_ids
+    from ..modeling import (
+        base_serving_location,
+        is_adapter,
+        load_base,
+        load_tokenizer,
+        load_tuned,
+        load_tuned_tokenizer,
+        save_merged,
+        use_cuda,
+    )
+
+    ev = ctx.spec.evaluation
+    seed = ctx.spec.hyperparameters.seed
+    base_task = bool(ev.baseline)
+    base_needed = bool(ev.baseline or forgetting)
+    t0 = time.perf_counter()
+    out: dict[str, dict[str, Any] | None] = {"base": None, "tuned": None}
+    art = ctx.artifact_dir
+    work = Path(tempfile.mkdtemp(prefix=".vllm-eval-", dir=ctx.workdir))
+    dtype = "auto" if use_cuda() else "float32"  # CPU: the weights as transformers evaluates them (fp32), not vLLM's bf16 default
+    try:
+        more_args = vb.extra_args(os.environ)
+    except ValueError as exc:
+        raise ConfigError(f"{vb.ARGS_ENV}: {exc}") from None
+    try:
+        tokenizers = {"tuned": load_tuned_tokenizer(ctx)}
+        dirs: dict[str, tuple[str, str | None]] = {}
+        if base_needed:
+            tokenizers["base"] = load_tokenizer(ctx)
+            dirs["base"] = base_serving_location(ctx)
+        merge = is_adapter(art) and not (art / "merged" / "config.json").exists()
+        dirs["tuned"] = (str(work / "tuned-merged") if merge else str(art / "merged" if is_adapter(art) else art), None)
+
+        chat = [r for r in records if "messages" in r]
+        phases: dict[str, list[tuple[str, list[int], int]]] = {}
+        for label, tok in tokenizers.items():
+            prompts: list[tuple[str, str, int]] = []
+            if chat and (label == "tuned" or base_task):
+                prompts += [("test", chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
+            if forgetting:
+                prompts += [("forgetting", chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]), min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS))
+                            for f in forgetting]
+            if chat and ev.sample_prompts and (label == "tuned" or base_task):
+                prompts += [("samples", chat_prompt(tok, [*_system(chat), {"role": "user", "content": p}]), ev.max_new_tokens) for p in ev.sample_prompts]
+            ids = tok([p for _, p, _ in prompts], add_special_tokens=False)["input_ids"] if prompts else []
+            phases[label] = [(ph, i, n) for (ph, _, n), i in zip(prompts, ids)]
+        longest = max((len(i) + n for items in phases.values() for _, i, n in items), default=0)
+        labels = [m for m in ("base", "tuned") if m in dirs]
+        binds = vb.cpu_sets(len(labels))
+        # one at a time on a GPU (each engine takes most of its memory) or a single CPU; else both at once, on their own CPUs
+        together = len(labels) == 1 or (not use_cuda() and all(b is not None for b in binds))
+        servers = {m: vb.Server(choice.interpreter.python, dirs[m][0], f"tuneloop-{m}", ctx.workdir / f"vllm-{m}.log", dtype=dtype,
+                                max_model_len=max(512, -(-(longest + 8) // 256) * 256), max_num_seqs=ev.batch_size, seed=seed,
+                                cpu_bind=binds[i] if together and not use_cuda() else None, revision=dirs[m][1], extra_args=more_args)
+                   for i, m in enumerate(labels)}
+        for s in servers.values():
+            s.log_path.unlink(missing_ok=True)
+        details.update({"dtype": dtype, "extraArgs": more_args, "concurrency": ev.batch_size, "servers": {}, "mergedAdapter": merge,
+                        "schedule": "together" if together and len(labels) > 1 else "one after the other"})
+        nll: dict[str, tuple[Any, Any]] = {}
+        started: list[Any] = []
+        with _sigterm_raises(), contextlib.ExitStack() as stack:
+            def start(label: str) -> None:
+                stack.enter_context(vb.serving([servers[label]]))
+                started.append(servers[label])
+
+            if "base" in servers and together:
+                start("base")
+            if need_nll or merge:  # one transformers load of the tuned model: its perplexity, then the merged weights
+                t1 = time.perf_counter()
+                model, tok = load_tuned(ctx)
+                if need_nll:
+                    _progress(ctx, "tuned: perplexity", 0, 1)
+                    items: list[tuple[float, int]] = []
+                    nll["tuned"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
+                    _progress(ctx, "tuned: perplexity", 1, 1)
+                if merge:
+                    save_merged(model, tok, dirs["tuned"][0])
+                del model, tok
+                gc.collect()
+                details["transformersSeconds"] = {"tuned": round(time.perf_counter() - t1, 2)}
+            problems = vb.model_problems(vb.read_config(dirs["tuned"][0]), cuda=use_cuda())
+            if problems:
+                raise VllmUnavailable(f"tuned: {'; '.join(problems)}")
+            if together:
+                start("tuned")
+            if need_nll and base_task:
+                t1 = time.perf_counter()
+                model, tok = load_base(ctx)
+                _progress(ctx, "base: perplexity", 0, 1)
+                items = []
+                nll["base"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
+                _progress(ctx, "base: perplexity", 1, 1)
+                del model, tok
+                gc.collect()
+                details.setdefault("transformersSeconds", {})["base"] = round(time.perf_counter() - t1, 2)
+            jobs: dict[str, list[Any]] = {}
+            for label in labels:
+                if not together:
+                    start(label)
+                s = servers[label]
+                ready = s.wait_ready()
+                details["servers"][label] = {"model": s.model, "readySeconds": ready, "cpus": s.cpu_bind, "log": str(s.log_path)}
+                stops = stop_token_ids(tokenizers[label]) + [e for e in _eos_ids(s.model) if e not in stop_token_ids(tokenizers[label])]
+                warm = tokenizers[label](chat_prompt(tokenizers[label], [{"role": "user", "content": "hi"}]), add_special_tokens=False)["input_ids"]
+                s.complete(warm, max_tokens=2, stop_ids=stops, decoding="greedy", seed=seed)  # untimed, as in the transformers path
+                jobs[label] = [vb.Job(s, ids, n, stops, ev.decoding, seed) for _, ids, n in phases[label]]
+                if not together:
+                    _send(ctx, {label: jobs[label]}, {label: phases[label]}, ev.batch_size, out, tokenizers)
+                    s.stop()
+            if together:
+                _send(ctx, jobs, phases, ev.batch_size, out, tokenizers)
+        for label in labels:
+            res = out.get(label) or {}
+            res["loadSeconds"] = details["servers"][label]["readySeconds"]
+            if label in nll:
+                res["nll"], res["nllItems"] = nll[label]
+            res["seconds"] = round(time.perf_counter() - t0, 2)
+            out[label] = res
+        details["seconds"] = round(time.perf_counter() - t0, 2)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _send(ctx: Any, jobs: dict[str, list[Any]], phases: dict[str, list[tuple[str, list[int], int]]], concurrency: int,
+          out: dict[str, dict[str, Any] | None], tokenizers: dict[str, Any]) -> None:
+    """Send every model's jobs (all models at once), then turn them into the transformers path's results per model."""
+    from ..evaluation import vllm_backend as vb
+    from ..evaluation.generate import Generations
+
+    t0 = time.perf_counter()
+    done: dict[tuple[str, str], int] = {}
+    totals: dict[tuple[str, str], int] = {}
+    finished: dict[tuple[str, str], float] = {}
+    owner = {}
+    for label, js in jobs.items():
+        for job, (phase, _, _) in zip(js, phases[label]):
+            owner[id(job)] = (label, phase)
+            totals[(label, phase)] = totals.get((label, phase), 0) + 1
+    names = {"test": "test set", "forgetting": "forgetting set", "samples": "sample prompts"}
+
+    def on_done(job: Any) -> None:
+        key = owner[id(job)]
+        done[key] = done.get(key, 0) + 1
+        finished[key] = time.perf_counter() - t0
+        _progress(ctx, f"{key[0]}: {names[key[1]]} (vLLM)", done[key], totals[key])
+
+    vb.run_jobs([j for js in jobs.values() for j in js], {js[0].server.name: concurrency for js in jobs.values() if js}, on_done)
+    for label, js in jobs.items():
+        res: dict[str, Any] = dict(out.get(label) or {})
+        tok = tokenizers[label]
+        by_phase: dict[str, Generations] = {}
+        for phase in ("test", "forgetting", "samples"):
+            mine = [j for j, (ph, _, _) in zip(js, phases[label]) if ph == phase]
+            if not mine:
+                continue
+            texts, counts = [], []
+            for j in mine:
+                kept, n = vb.trim(j.tokens, j.stop_ids, j.finish_reason)
+                texts.append(tok.decode(kept, skip_special_tokens=True).strip())
+                counts.append(n)
+            lat = [j.seconds for j in mine]
+            by_phase[phase] = Generations(texts, counts, finished.get((label, phase), 0.0), list(lat), list(lat))
+        if "test" in by_phase:
+            res["predictions"] = by_phase["test"].texts
+            res["generation"] = {**by_phase["test"].stats(), "backend": "vllm"}
+            res["batchSeconds"] = [round(x, 4) for x in by_phase["test"].batch_seconds]
+        if "forgetting" in by_phase:
+            res["forgetting"] = by_phase["forgetting"].texts
+        if "samples" in by_phase:
+            res["samplePrompts"] = by_phase["samples"].texts
+        out[label] = res
+
+
 def _system(chat: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The test set's system prompt (when its records share one), so sample prompts see the same instructions."""
     first = chat[0]["messages"][0] if chat else None
@@ -172,6 +428,7 @@ def run(ctx: Any) -> dict[str, Any]:
         return {"verdict": Verdict.NOT_EVALUATED.value, "evalJson": str(out_path), "message": "evaluation.enabled is false"}
 
     _check_schema(ev.json_schema)
+    inputs_fingerprint = evaluation_fingerprint(ctx)
     records = load_test_split(ctx.data_dir, ev.max_samples)
     references = [r["messages"][-1]["content"] for r in records if "messages" in r]
     forgetting, forgetting_source = (None, None)
@@ -182,10 +439,23 @@ def run(ctx: Any) -> dict[str, Any]:
 
     from ..modeling import load_base, load_tuned
 
-    results: dict[str, dict[str, Any] | None] = {"base": None, "tuned": None}
-    if ev.baseline or forgetting:
-        results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
-    results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
+    choice = choose_backend(ctx, base_needed=bool(ev.baseline or forgetting))
+    _log(f"backend {choice.backend} ({choice.reason})")
+    results: dict[str, dict[str, Any] | None] | None = None
+    vllm_details: dict[str, Any] = {}
+    if choice.backend == "vllm":
+        try:
+            results = _evaluate_vllm(ctx, records, forgetting, need_nll=need_nll, details=vllm_details, choice=choice)
+        except VllmUnavailable as exc:
+            if choice.requested == "vllm":
+                raise TrainerError(f"{BACKEND_ENV}=vllm: {exc}", hint=f"unset {BACKEND_ENV} (auto) to fall back to transformers") from None
+            choice = vllm_fallback(choice, str(exc))
+            _log(f"backend {choice.backend} ({choice.reason})")
+    if results is None:
+        results = {"base": None, "tuned": None}
+        if ev.baseline or forgetting:
+            results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
+        results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
 
     base_scores = _scores(results["base"], references, ev.json_schema, forgetting)
     tuned_scores = _scores(results["tuned"], references, ev.json_schema, forgetting)
@@ -213,7 +483,10 @@ def run(ctx: Any) -> dict[str, Any]:
             "jsonSchema": ev.json_schema is not None,
             "forgettingSet": forgetting_source,
             "forgettingItems": len(forgetting or []),
+            "backend": choice.backend,
         },
+        "backend": {**choice.wire(), **vllm_details},
+        "inputsFingerprint": inputs_fingerprint,
         "scores": {
             label: {k: v for k, v in s.items() if k not in ("forgettingHits",)} for label, s in (("base", base_scores), ("tuned", tuned_scores))
         },
@@ -234,7 +507,7 @@ def run(ctx: Any) -> dict[str, Any]:
         else [],
     }
     out_path.write_text(json.dumps(doc, indent=2, default=str))
-    return summary(record, out_path)
+    return {**summary(record, out_path), "backend": choice.backend}
 
 
 def _examples(records: list[dict[str, Any]], results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:

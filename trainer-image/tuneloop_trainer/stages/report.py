@@ -38,6 +38,15 @@ def _per_field(ev: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _backend_sentence(backend: dict[str, Any] | None) -> str:
+    """Which engine generated the answers, and why (eval.json `backend`); nothing for an eval.json from before it was recorded."""
+    if not backend or not backend.get("used"):
+        return ""
+    if backend["used"] == "vllm":
+        return f" Answers generated with vLLM {backend.get('vllmVersion', '')} ({backend.get('reason', '')})."
+    return f" Answers generated with transformers ({backend.get('reason', '')})."
+
+
 def evaluation_section(ev: dict[str, Any], record: dict[str, Any]) -> list[str]:
     rows = record.get("metrics", [])
     settings = ev.get("settings") or {}
@@ -47,6 +56,7 @@ def evaluation_section(ev: dict[str, Any], record: dict[str, Any]) -> list[str]:
             f"{record.get('testExamples', 'n/a')} held-out test examples, {settings.get('decoding', 'greedy')} decoding, "
             f"at most {settings.get('maxNewTokens', 'n/a')} new tokens, batches of {settings.get('batchSize', 'n/a')}; "
             f"forgetting set: {settings.get('forgettingItems', 0)} items from `{settings.get('forgettingSet') or 'disabled'}`."
+            + _backend_sentence(ev.get("backend"))
         ),
         "",
         "### Quantitative Metrics",
