@@ -79,7 +79,7 @@ async def test_a_prometheus_outage_or_a_malformed_answer_after_the_trigger_held_
     trig = {"prometheus": [{"name": "drift", "query": "q", "for": "30m", "interval": "5m"}]}
     async with cluster(tmp_path) as kc:
         rec = await setup(kc, schedule=None, triggers=trig)
-        rec.provider_factory = lambda url: answers
+        rec.provider_factory = lambda url, ns: answers
         await tick(kc, rec, at(0))
         await tick(kc, rec, at(25))
         await tick(kc, rec, at(30))  # held for 30m, but this check got no answer: nothing fires, nothing crashes
@@ -175,3 +175,58 @@ async def test_two_winners_finishing_in_the_same_tick_under_allow_hand_off_only_
         runs = {x["name"]: x for x in (await status(kc))["runs"]}
         assert runs[first]["outcome"] == "HandedOff"
         assert runs[second]["outcome"] == "Pending" and "waiting for the Rollout to finish rolling out support-bot-v2" in runs[second]["message"]
+
+
+class Recording:
+    """Stands in for PrometheusClient behind the operator's Endpoints: records (address, query), answers 1."""
+
+    sent: list[tuple[str, str]] = []
+
+    def __init__(self, url, **_):
+        self.url = url
+
+    async def query(self, q):
+        Recording.sent.append((self.url, q))
+        return 1.0
+
+
+async def test_a_trigger_query_goes_only_to_the_admins_providers_and_only_into_its_namespace(tmp_path: Path, monkeypatch):
+    """Issue 25 finding 1, the schedule's side: a trigger's PromQL was sent as written to any prometheusAddress; it
+    now goes through the operator's Endpoints (as a Rollout's analysis does): a provider by name, the address of one,
+    or a refusal naming the allowed ones; and the query is confined to the schedule's namespace."""
+    from tuneloop.operator.analysis import prometheus
+    from tuneloop.operator.analysis.prometheus import provider as prov
+
+    monkeypatch.setattr(prov, "PrometheusClient", Recording)
+    Recording.sent = []
+    trig = {"prometheus": [
+        {"name": "named", "query": "sum(rate(http_requests_total[5m])) > 0", "provider": "team-a"},
+        {"name": "fallback", "query": "up"},
+        {"name": "foreign", "query": "up", "prometheusAddress": "http://169.254.169.254/latest"},
+    ]}
+    async with cluster(tmp_path) as kc:
+        rec = await setup(kc, schedule=None, triggers=trig)
+        # the operator's wiring (schedule/handlers.py): `default` is the operator's prometheus_url
+        endpoints = prometheus.Endpoints({"default": rec.prometheus_url, "team-a": "http://team-a-prom:9090"})
+        rec.provider_factory = endpoints.client
+        await tick(kc, rec, at(0))
+        st = await status(kc)
+    by_name = {p["name"]: p for p in st["prometheus"]}
+    sent = dict(Recording.sent)
+    assert set(sent) == {"http://team-a-prom:9090", rec.prometheus_url}  # nothing to the foreign address
+    for q in sent.values():
+        assert f'namespace="{NS}"' in q, q
+    assert "not configured by the operator's administrator" in by_name["foreign"]["message"]
+    assert "default" in by_name["foreign"]["message"] and "team-a" in by_name["foreign"]["message"]
+    assert not by_name["named"].get("message") and not by_name["fallback"].get("message")
+
+
+def test_a_trigger_names_a_provider_or_an_address_not_both_and_checks_no_faster_than_the_floor():
+    from pydantic import ValidationError
+    from tuneloop.api.schedule import PrometheusTrigger
+
+    with pytest.raises(ValidationError, match="provider or prometheusAddress"):
+        PrometheusTrigger.model_validate({"name": "x", "query": "up", "provider": "a", "prometheusAddress": "http://p:9090"})
+    with pytest.raises(ValidationError, match="interval must be at least"):
+        PrometheusTrigger.model_validate({"name": "x", "query": "up", "interval": "100ms"})
+    assert PrometheusTrigger.model_validate({"name": "x", "query": "up", "provider": "team-a"}).provider == "team-a"

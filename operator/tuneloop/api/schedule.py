@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, cel
 from .finetunejob import FineTuneJobSpec
-from .rollout import DURATION
+from .rollout import DURATION, MIN_ANALYSIS_INTERVAL, PROVIDER_NAME, check_floor, floor_rule
 
 # Five fields (minute hour day-of-month month day-of-week) or a macro; croniter parses it in the operator.
 CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
@@ -89,8 +89,38 @@ class PrometheusTrigger(ApiModel):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Name shown in status and runs.")
     query: str = Field(min_length=1, max_length=4096, description="PromQL; holds while it returns a non-zero, non-NaN value (empty = not holding).")
     for_: str = Field(default="0s", alias="for", pattern=DURATION, description="How long it must hold before a run starts (once per holding period).")
-    interval: str = Field(default="1m", pattern=DURATION, description="Time between evaluations of the query.")
-    prometheus_address: str | None = Field(default=None, description="Prometheus base URL; defaults to the operator's configured address.")
+    interval: str = Field(default="1m", pattern=DURATION, description=f"Time between evaluations of the query (at least {MIN_ANALYSIS_INTERVAL}).")
+    provider: str | None = Field(
+        default=None, max_length=63, pattern=PROVIDER_NAME,
+        description=(
+            "Name of a metrics provider the platform admin configured (chart value metricsProviders, operator setting "
+            "TUNELOOP_METRICS_PROVIDERS); empty: the operator's default provider. The query is confined to this "
+            "schedule's namespace. See docs/security.md."
+        ),
+    )
+    prometheus_address: str | None = Field(
+        default=None, max_length=2048,
+        description=(
+            "Deprecated, use provider. A Prometheus base URL; queried only when it is the address of a provider the "
+            "admin configured (otherwise the trigger's check fails, naming the allowed providers)."
+        ),
+    )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                floor_rule("interval", MIN_ANALYSIS_INTERVAL),
+                cel("!(has(self.provider) && has(self.prometheusAddress))", "set provider or prometheusAddress, not both"),
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _provider(self) -> PrometheusTrigger:
+        check_floor(self.interval, "interval", MIN_ANALYSIS_INTERVAL)
+        if self.provider is not None and self.prometheus_address is not None:
+            raise ValueError("set provider or prometheusAddress, not both")
+        return self
 
 
 class Triggers(ApiModel):

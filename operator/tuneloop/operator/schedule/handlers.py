@@ -23,6 +23,7 @@ LABEL_SCHEDULE = "tuneloop.dev/schedule"
 
 
 def _reconciler():
+    from tuneloop.operator.analysis import prometheus
     from tuneloop.operator.kube import get_client
     from tuneloop.operator.settings import get_settings
 
@@ -30,7 +31,8 @@ def _reconciler():
 
     s = get_settings()
     return Reconciler(get_client(), prometheus_url=s.prometheus_url, trainer_image=s.trainer_image,
-                      run_as_user=s.run_as_user, pull_policy=s.image_pull_policy, settings=s)
+                      run_as_user=s.run_as_user, pull_policy=s.image_pull_policy, settings=s,
+                      provider_factory=prometheus.Endpoints.from_settings(s).client)
 
 
 @kopf.daemon(GROUP, VERSION, "finetuneschedules", id="schedule-loop", cancellation_timeout=10.0)

@@ -84,7 +84,8 @@ class Reconciler:
         self.trainer_image = trainer_image
         self.run_as_user = run_as_user
         self.pull_policy = pull_policy
-        self.provider_factory = provider_factory or (lambda url: PrometheusClient(url))
+        # provider_factory(ref, namespace) -> QueryClient; the operator's is Endpoints.client (the admin's providers, confined)
+        self.provider_factory = provider_factory or (lambda ref, ns: PrometheusClient(ref))
 
     async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
         """One tick. A spec that cannot run is Failed (condition Ready False, InvalidSpec) and starts nothing; any other
@@ -136,7 +137,7 @@ class Reconciler:
         rollout = await self.client.get(r.ROLLOUTS, ns, spec.hand_off.rollout.name)
         serving = decide.serving_version(rollout)
         data = await self._observe_data(obj, sched, st.data, now, events, old_raw)
-        prom = await self._observe_prometheus(sched, st.prometheus, now)
+        prom = await self._observe_prometheus(ns, sched, st.prometheus, now)
         runs = await self._judge_runs(ns, st.runs, jobs, rollout, spec.hand_off.require_improvement, events)
         active = [r_.name for r_ in runs if _v(r_.phase) == RunPhase.RUNNING.value]
         data = decide.data_run_known(data, runs)
@@ -271,13 +272,13 @@ class Reconciler:
             recorded.update(wire)
         return data
 
-    async def _observe_prometheus(self, sched: FineTuneSchedule, prom: list[PrometheusObservation], now: dt.datetime) -> list[PrometheusObservation]:
+    async def _observe_prometheus(self, ns: str, sched: FineTuneSchedule, prom: list[PrometheusObservation], now: dt.datetime) -> list[PrometheusObservation]:
         by_name = {p.name: p for p in prom}
         out = []
         for trig in sched.spec.triggers.prometheus:
             obs = by_name.get(trig.name) or PrometheusObservation(name=trig.name)
             if decide.prometheus_check_due(by_name.get(trig.name), trig.interval, now, trig.for_) and not sched.spec.suspend:
-                provider: QueryClient = self.provider_factory(trig.prometheus_address or self.prometheus_url)
+                provider: QueryClient = self.provider_factory(trig.provider or trig.prometheus_address or self.prometheus_url, ns)
                 try:
                     value = await provider.query(trig.query)
                     if value is not None and not isinstance(value, (int, float)):
