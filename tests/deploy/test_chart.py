@@ -30,7 +30,10 @@ CASES = {
         "config": {"defaultOutputPvc": "models", "modelCachePvc": "hf-cache", "jobServiceAccount": "trainer",
                    "verbose": True, "metricsPort": 9090, "healthPort": 9091,
                    "metricsProviders": {"team-a": "http://prom-label-proxy.team-a:8080", "team-b": "https://prom-b.example"},
-                   "allowUnconfinedQueries": True, "metricsMaxBytes": 2097152},
+                   "allowUnconfinedQueries": True, "metricsMaxBytes": 2097152,
+                   "allowedImages": ["ghcr.io/acme/trainer", "registry.local:5000/ml/*"], "tokenSecretPrefix": "hf-",
+                   "allowedExtraArgs": ["--trust-remote-code"], "reservedNodeKeys": ["node-role.kubernetes.io/*", "dedicated"],
+                   "allowAnyToleration": True},
         "networkPolicy": {"prometheus": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
                           "gateway": [{"podSelector": {}}]},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
@@ -342,5 +345,43 @@ def test_tenancy_values_reach_the_operator_settings(rendered):
                                  {"config": {"metricsProviders": {"a": "http://x/#"}}},
                                  {"networkPolicy": {"gateway": [{}]}}])
 def test_tenancy_values_that_break_the_schema_are_refused(bad):
+    with pytest.raises(Exception):  # helm-python raises its own error type
+        objects(bad)
+
+
+def test_admission_policy_values_reach_the_operator_settings(rendered):
+    """Issue 25, findings 7-9: the image allowlist, the Secret prefix, the extraArgs the admin allows and the
+    scheduling policy become the operator's settings; the defaults are the multi-tenant ones (the trainer image only,
+    `tuneloop-` Secrets, no denied flag, control-plane keys reserved, no catch-all toleration)."""
+    from tuneloop.operator.policy import CONTROL_PLANE_KEYS, Policy
+
+    def settings(case: str) -> OperatorSettings:
+        variables = {k: v for k, v in env(one(rendered[case], "Deployment")).items() if k.startswith("TUNELOOP_")}
+        return OperatorSettings(**{k.removeprefix("TUNELOOP_").lower(): v for k, v in variables.items()})
+
+    default = Policy.from_settings(settings("default"))
+    assert default == Policy(allowed_images=("ghcr.io/tuneloop/trainer:0.1.0",), token_secret_prefix="tuneloop-",
+                             allowed_extra_args=(), reserved_node_keys=CONTROL_PLANE_KEYS, allow_any_toleration=False)
+    assert "TUNELOOP_ALLOWED_IMAGES" not in env(one(rendered["default"], "Deployment"))
+    custom = Policy.from_settings(settings("everything-custom"))
+    assert custom == Policy(allowed_images=("ghcr.io/acme/trainer", "registry.local:5000/ml/*"), token_secret_prefix="hf-",
+                            allowed_extra_args=("--trust-remote-code",), reserved_node_keys=("node-role.kubernetes.io/*", "dedicated"),
+                            allow_any_toleration=True)
+    assert custom.allows_remote_code() and not default.allows_remote_code()
+    single = Policy.from_settings(settings_of({"config": {"allowedImages": ["*"], "tokenSecretPrefix": "", "allowedExtraArgs": ["*"],
+                                                          "reservedNodeKeys": []}}))
+    assert single.allowed_images == ("*",) and single.token_secret_prefix == "" and single.reserved_node_keys == ()
+
+
+def settings_of(values: dict) -> OperatorSettings:
+    variables = {k: v for k, v in env(one(objects(values), "Deployment")).items() if k.startswith("TUNELOOP_")}
+    return OperatorSettings(**{k.removeprefix("TUNELOOP_").lower(): v for k, v in variables.items()})
+
+
+@pytest.mark.parametrize("bad", [{"config": {"allowedImages": ["a b"]}}, {"config": {"allowedImages": "ghcr.io/x"}},
+                                 {"config": {"allowedExtraArgs": ["trust-remote-code"]}},
+                                 {"config": {"tokenSecretPrefix": "Bad Prefix"}}, {"config": {"reservedNodeKeys": [""]}},
+                                 {"config": {"allowAnyToleration": "yes"}}])
+def test_admission_policy_values_that_break_the_schema_are_refused(bad):
     with pytest.raises(Exception):  # helm-python raises its own error type
         objects(bad)

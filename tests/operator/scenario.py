@@ -14,7 +14,7 @@ FTJ: dict[str, Any] = {
     "metadata": {"name": "support-bot", "namespace": NS},
     "spec": {
         "baseModel": {"huggingFace": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "main"},
-                      "tokenSecretRef": {"name": "hf-token", "key": "token"}},
+                      "tokenSecretRef": {"name": "tuneloop-hf-token", "key": "token"}},
         "dataset": {"train": {"pvc": {"claimName": "datasets", "path": "support/train.jsonl"}}},
         "method": {"type": "lora", "lora": {"r": 8}},
         "resources": {"nodes": 1, "gpusPerNode": 1, "memory": "16Gi", "cpu": "4"},

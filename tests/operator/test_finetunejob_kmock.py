@@ -65,7 +65,7 @@ async def test_lifecycle_restart_and_modelversion(kube, tmp_path):
         assert {"name": "MASTER_ADDR", "value": "support-bot-train-0.support-bot-train.default.svc"} in tc["env"]
         assert ts["template"]["spec"]["subdomain"] == "support-bot-train"
         assert tc["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in tc["env"]
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tuneloop-hf-token", "key": "token"}}} in tc["env"]
         assert ts["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [42]
         assert train["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
         obj = await kube.wait_for(r.FINETUNEJOBS, NS, "support-bot", lambda o: phase(o) == "Training")

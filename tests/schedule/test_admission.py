@@ -119,3 +119,22 @@ def test_a_template_every_run_of_which_the_operator_would_fail_is_refused_by_val
     err = capsys.readouterr().err
     assert "spec.jobTemplate.spec.dataset.test.pvc.claimName" in err and "the operator would set the schedule Failed" in err
     assert admission.first_problem(samples.schedule()) == ("", "")
+
+
+def test_a_template_with_an_image_the_admin_does_not_allow_is_refused(tmp_path, capsys):
+    """Issue 25, finding 7: the evaluation pod of every run writes the gate verdict, so a template naming an image the
+    admin does not allow is refused (the operator: Failed, InvalidSpec; `validate --cluster`: the same words)."""
+    from tuneloop.operator.settings import OperatorSettings
+
+    doc = samples.schedule()
+    template(doc)["image"] = "ghcr.io/mallory/evaluator:latest"
+    where, why = admission.first_problem(doc, OperatorSettings())
+    assert where == "spec.jobTemplate.spec.image" and "ghcr.io/mallory/evaluator:latest" in why
+    assert OperatorSettings().trainer_image in why
+    assert admission.first_problem(doc, OperatorSettings(allowed_images=["ghcr.io/mallory/*"])) == ("", "")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli(["validate", str(path)]) == 0
+    assert cli(["validate", "--cluster", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.jobTemplate.spec.image" in err and "not allowed by the platform admin" in err

@@ -139,6 +139,7 @@ class DriftReason(str, Enum):
 class FineTuneScheduleCondition(str, Enum):
     LAST_RUN_SUCCEEDED = "LastRunSucceeded"  # reason: the run's outcome (api.schedule.RunOutcome)
     READY = "Ready"  # reason: FineTuneScheduleReason
+    RUNS_OWNED = "RunsOwned"  # set once a FineTuneJob labelled for the schedule is not its own: False JobNotOwned, then True Owned
 
 
 class FineTuneScheduleReason(str, Enum):
@@ -147,6 +148,8 @@ class FineTuneScheduleReason(str, Enum):
     RECONCILED = "Reconciled"  # Ready True: the latest tick completed
     INVALID_SPEC = "InvalidSpec"  # Ready False, phase Failed: the spec cannot run (nothing starts until it is fixed)
     TICK_FAILED = "TickFailed"  # Ready False: the latest tick failed (the error is the message); retried
+    JOB_NOT_OWNED = "JobNotOwned"  # RunsOwned False: a FineTuneJob carries the schedule's label but was not created by it (ignored)
+    OWNED = "Owned"  # RunsOwned True: every FineTuneJob labelled for the schedule is its own again
 
 
 # --- the one setter -----------------------------------------------------------------------------------

@@ -55,9 +55,16 @@ class BaseModelSource(OneOf):
     path: str | None = Field(default=None, description="A model directory on the local filesystem or baked into the image.")
     gguf: GgufModel | None = Field(default=None, description="A GGUF file (dequantized for training).")
     token_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret with the Hugging Face token for gated models (exposed as HF_TOKEN)."
+        default=None,
+        description=(
+            "Secret with the Hugging Face token for gated models (exposed as HF_TOKEN). Its name must start with the "
+            "platform admin's prefix (default `tuneloop-`): only Secrets the namespace marked for tuneloop by name."
+        ),
     )
-    trust_remote_code: bool = Field(default=False, description="Allow custom modelling code from the model repository.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow custom modelling code from the model repository (only where the platform admin allows remote code).",
+    )
 
     def display_name(self) -> str:
         if self.hugging_face:

@@ -68,7 +68,9 @@ class ServingSpec(ApiModel):
     image: str | None = Field(default=None, description="vLLM image; defaults to the operator's configured image.")
     replicas: int = Field(default=2, ge=1, le=1000, description="Replicas of the stable version (the canary scales with its weight in replica mode).")
     resources: ServingResources = Field(default_factory=ServingResources, description="Per-replica resources.")
-    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Extra `vllm serve` arguments.")
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description=(
+        "Extra `vllm serve` arguments. Flags that run foreign code, read files, serve other weights or reach other hosts "
+        "(`--trust-remote-code`, `--allowed-local-media-path`, `--config`, `--model`, …) only where the platform admin allows them."))
     max_loras: int = Field(default=1, ge=1, le=64, description="vLLM --max-loras for LoRA artifacts.")
     max_lora_rank: int | None = Field(default=None, ge=1, description="vLLM --max-lora-rank; defaults to the artifact's rank.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server and /metrics.")

@@ -313,6 +313,7 @@ class ScheduleRun(ApiModel):
     """One run: why it started and what became of it."""
 
     name: str = Field(description="The FineTuneJob.")
+    uid: str | None = Field(default=None, description="The uid of the FineTuneJob the schedule created: only that object is judged and handed off.")
     trigger: TriggerKind = Field(description="Schedule, NewData, Prometheus or Manual.")
     reason: str = Field(default="", description="Why it started, with the numbers (cron time, digests, query value).")
     started_at: datetime | None = Field(default=None, description="When the FineTuneJob was created.")

@@ -96,6 +96,21 @@ def cluster_problems(paths: list[Path]) -> list[Problem]:
                     out.append(Problem(str(path), "FineTuneSchedule", meta["name"], where,
                                        f"{why} (the operator would set the schedule Failed, InvalidSpec)"))
                 continue
+            if isinstance(doc, dict) and doc.get("kind") == "Rollout":
+                from pydantic import ValidationError
+
+                from tuneloop.api.rollout import Rollout
+                from tuneloop.operator.policy import Policy, rollout_problems
+
+                name = (doc.get("metadata") or {}).get("name", "")
+                try:
+                    refused = rollout_problems(Rollout.model_validate({**doc, "metadata": {"name": "x", **(doc.get("metadata") or {})}}).spec,
+                                               Policy.from_settings(get_settings()))
+                except ValidationError:
+                    refused = []  # reported by check_files
+                out += [Problem(str(path), "Rollout", name, where, f"{why} (the operator would set the Rollout Degraded, InvalidSpec)")
+                        for where, why in refused[:1]]
+                continue
             if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
                 continue
             meta = {"name": "x", **(doc.get("metadata") or {})}

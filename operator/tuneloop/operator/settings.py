@@ -102,6 +102,39 @@ class OperatorSettings(BaseSettings):
             "plane (namespaces labelled tuneloop.dev/gateway=true by default)."
         ),
     )
+    allowed_images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Images a FineTuneJob's spec.image may name (comma-separated): exact references, repositories (any tag or digest "
+            "of it), prefixes ending in `*`, or `*` for any image (single-tenant installs only). Empty: the operator's own "
+            "trainer_image only. The evaluation pod writes the gate verdict, so its code must be the admin's."
+        ),
+    )
+    token_secret_prefix: str = Field(
+        default="tuneloop-",
+        description=(
+            "A FineTuneJob's baseModel.tokenSecretRef may name only Secrets whose name starts with this prefix (the "
+            "namespace marks a Secret for tuneloop by naming it so; the operator reads no Secret). Empty: any Secret."
+        ),
+    )
+    allowed_extra_args: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "`vllm serve` flags of the denylist (tuneloop.operator.policy.DENIED_SERVING_ARGS) a Rollout's "
+            "serving.extraArgs may use anyway (comma-separated), or `*` for all; `--trust-remote-code` here also allows "
+            "a FineTuneJob's baseModel.trustRemoteCode."
+        ),
+    )
+    reserved_node_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master"],
+        description=(
+            "Node label and taint keys tenants may not use in nodeSelector or tolerations (comma-separated; an entry ending "
+            "in `*` is a prefix). Default: the control-plane role keys."
+        ),
+    )
+    allow_any_toleration: bool = Field(
+        default=False, description="Allow a toleration with operator Exists and no key (it tolerates every taint)."
+    )
     operator_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("TUNELOOP_OPERATOR_NAMESPACE", "POD_NAMESPACE"),
         description="The operator's namespace (POD_NAMESPACE): allowed to poll training pods' metrics port.",
@@ -117,7 +150,7 @@ class OperatorSettings(BaseSettings):
             raise ValueError("a JSON list of NetworkPolicyPeer objects, e.g. [{\"namespaceSelector\": {\"matchLabels\": {...}}}]")
         return v
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "allowed_images", "allowed_extra_args", "reserved_node_keys", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
         if isinstance(v, str):
@@ -144,6 +177,10 @@ class OperatorSettings(BaseSettings):
                 if not str(url).startswith(("http://", "https://")):
                     raise ValueError(f"metrics provider {name}: {url!r} is not an http(s) URL")
         return v
+
+    def allowed_images_or_default(self) -> list[str]:
+        """The admin's image list; the operator's own trainer image when none is configured."""
+        return list(self.allowed_images) or [self.trainer_image]
 
     def metrics_endpoints(self) -> dict[str, str]:
         """Every metrics provider the admin configured, by name (`default` is prometheus_url)."""

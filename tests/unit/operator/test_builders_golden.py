@@ -52,7 +52,7 @@ def _case(name: str) -> dict:
                              "nodeSelector": {"accelerator": "mi300x"},
                              "tolerations": [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
         spec["deepspeed"] = {"zeroStage": 2}
-        spec["baseModel"]["tokenSecretRef"] = {"name": "hf-token"}
+        spec["baseModel"]["tokenSecretRef"] = {"name": "tuneloop-hf-token"}
     return {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
             "metadata": {"name": f"tickets-{name}", "namespace": "ml", "uid": UID, "generation": 1}, "spec": spec}
 

@@ -99,8 +99,10 @@ def pod_security(config: OperatorSettings) -> dict[str, Any]:
             "fsGroup": config.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+# The root filesystem is read-only (issue 25): the stages write only to their mounts — the work directory (/output),
+# the caches (/cache), /tmp (HOME=/tmp for library caches such as Triton's; DeepSpeed's JIT builds) and /dev/shm.
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]},
-                      "seccompProfile": {"type": "RuntimeDefault"}}
+                      "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def workdir(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> tuple[str, str]:
@@ -179,6 +181,7 @@ def env(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> list[
         {"name": layout.ENV_IMAGE, "value": image(spec, config)},
         {"name": layout.ENV_WORKDIR_URI, "value": layout.workdir_uri(*workdir(spec, meta, config))},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+        {"name": "HOME", "value": "/tmp"},  # the image's home is on the read-only root filesystem
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     ref = spec.base_model.token_secret_ref

@@ -9,13 +9,15 @@ Merged/full artifacts: `vllm serve /models/artifact --served-model-name SERVED`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tuneloop.api.conditions import RolloutReason
 from tuneloop.api.modelversion import ArtifactFormat, ModelVersion
 from tuneloop.api.rollout import RolloutSpec, ServingSpec
 from tuneloop.contract import names
+
+from ..policy import Policy
 
 ARTIFACT_MOUNT = "/models/artifact"
 BASE_MOUNT = "/models/base"
@@ -41,6 +43,7 @@ class ServingConfig:
     vllm_image: str = "vllm/vllm-openai:v0.11.0"
     image_pull_policy: str = "IfNotPresent"
     run_as_user: int = 1000
+    policy: Policy = field(default_factory=Policy)  # the admin's admission policy (extraArgs, scheduling)
 
     @classmethod
     def from_settings(cls, settings: Any) -> ServingConfig:
@@ -48,6 +51,7 @@ class ServingConfig:
             vllm_image=settings.vllm_image,
             image_pull_policy=getattr(settings, "image_pull_policy", cls.image_pull_policy),
             run_as_user=getattr(settings, "run_as_user", cls.run_as_user),
+            policy=Policy.from_settings(settings),
         )
 
 
@@ -214,6 +218,7 @@ def _security_context() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,  # vLLM writes only to /tmp (HOME), /cache and /dev/shm (issue 25)
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }

@@ -32,7 +32,7 @@ from tuneloop.api.status import ChildRefs, DataReportSummary, Progress
 from tuneloop.contract import ownership
 from tuneloop.contract.exits import reason_for_exit
 
-from .. import builders, metrics
+from .. import builders, metrics, policy
 from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
 from ..builders.config import check_batch, deepspeed_json
 from ..builders.modelversion import model_version_phase
@@ -88,6 +88,9 @@ def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJo
         deepspeed_json(spec)
     except BuildError as exc:
         return None, exc.field, exc.message
+    refused = policy.finetunejob_problems(spec, policy.Policy.from_settings(config), config.trainer_image)
+    if refused:
+        return None, *refused[0]
     return spec, "", ""
 
 

@@ -28,6 +28,7 @@ from tuneloop.operator.builders import serving, traffic
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
+from .. import policy
 from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, ProviderError, ProviderFactory, WindowSignal
 from . import drift, metrics
 from .analysis import Assessment, QueryOutcome, assess
@@ -276,9 +277,12 @@ class Reconciler:
         ns, name = meta["namespace"], meta["name"]
         try:
             ro = Rollout.model_validate(obj)
+            refused = policy.rollout_problems(ro.spec, self.config.policy)
         except ValidationError as exc:
             err = exc.errors()[0]
-            msg = f"invalid Rollout at {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            refused = [(".".join(str(p) for p in err["loc"]), err["msg"])]
+        if refused:
+            msg = f"invalid Rollout at {refused[0][0]}: {refused[0][1]}"
             try:  # keep what the status knows (stable version, measurements); only the phase changes
                 kept = RolloutStatus.model_validate(obj.get("status") or {})
             except ValidationError:

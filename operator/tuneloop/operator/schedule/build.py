@@ -130,7 +130,8 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
                     "--termination-log", layout.TERMINATION_LOG],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [{"name": "data", "mountPath": layout.DATA_MOUNT, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                            "readOnlyRootFilesystem": True},  # it writes only its termination message
         "terminationMessagePolicy": "File",
     }
     return {
@@ -145,6 +146,8 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,  # it never calls the API server (issue 25)
+                    "enableServiceLinks": False,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": run_as_user, "runAsGroup": run_as_user,
                                         "fsGroup": run_as_user, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],

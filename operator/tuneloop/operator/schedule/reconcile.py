@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, set_condition
+from tuneloop.api.finetunejob import FineTuneJobSpec
 from tuneloop.api.schedule import (
     RETRAIN_ANNOTATION,
     DataObservation,
@@ -28,6 +29,7 @@ from tuneloop.api.schedule import (
     ScheduleRun,
     TriggerKind,
 )
+from tuneloop.contract import ownership
 from tuneloop.operator.analysis.prometheus import PrometheusClient, PrometheusError, QueryClient
 from tuneloop.operator.finetunejob.state import termination
 from tuneloop.operator.kube import ApiError, KubeClient
@@ -133,12 +135,22 @@ class Reconciler:
         created = _ts(meta.get("creationTimestamp")) or now
 
         # --- observe: runs, the Rollout, the data digest, Prometheus ---------------------------------------------
-        jobs = {j["metadata"]["name"]: j for j in await self.client.list(r.FINETUNEJOBS, ns, labels={build.LABEL_SCHEDULE: name})}
+        # only FineTuneJobs this schedule created are its runs (controller ownerReference with its uid); anyone can
+        # put the label on a self-made job (issue 25, finding 7), which is ignored and named in RunsOwned
+        owner = build.owner_ref(obj)
+        jobs: dict[str, dict] = {}
+        foreign: dict[str, str] = {}  # name -> why it is not a run of this schedule
+        for j in await self.client.list(r.FINETUNEJOBS, ns, labels={build.LABEL_SCHEDULE: name}):
+            if ownership.controlled_by(j, owner):
+                jobs[j["metadata"]["name"]] = j
+            else:
+                foreign[j["metadata"]["name"]] = "not created by this schedule"
         rollout = await self.client.get(r.ROLLOUTS, ns, spec.hand_off.rollout.name)
         serving = decide.serving_version(rollout)
         data = await self._observe_data(obj, sched, st.data, now, events, old_raw)
         prom = await self._observe_prometheus(ns, sched, st.prometheus, now)
-        runs = await self._judge_runs(ns, st.runs, jobs, rollout, spec.hand_off.require_improvement, events)
+        runs = await self._judge_runs(ns, st.runs, jobs, rollout, spec.hand_off.require_improvement, events,
+                                      obj=obj, foreign=foreign, now=now)
         active = [r_.name for r_ in runs if _v(r_.phase) == RunPhase.RUNNING.value]
         data = decide.data_run_known(data, runs)
 
@@ -151,7 +163,8 @@ class Reconciler:
         for note in dec.notes:
             events.append(("Normal", "RunSkipped" if note.startswith("skipped") else "RunWaiting", note))
         for victim in dec.delete:
-            await self.client.delete(r.FINETUNEJOBS, ns, victim)
+            if victim in jobs:  # never delete an object of that name the schedule does not control
+                await self.client.delete(r.FINETUNEJOBS, ns, victim)
             runs = [x.model_copy(update={"phase": RunPhase.FAILED.value, "outcome": RunOutcome.NO_MODEL_VERSION.value,
                                          "finished_at": now, "message": "replaced by a newer run (concurrencyPolicy Replace)"})
                     if x.name == victim else x for x in runs]
@@ -159,14 +172,16 @@ class Reconciler:
         last_retrain = st.last_retrain_request
         last_run_time = st.last_run_time
         if dec.start:
-            first = await self._fresh(ns, name, spec, dec.start[0], runs, jobs)
+            # a foreign job occupies its name like a finished earlier run (a fresh name is taken, it is never reused)
+            occupied = {**{n: {"status": {"phase": "Failed"}} for n in foreign}, **jobs}
+            first = await self._fresh(ns, name, spec, dec.start[0], runs, occupied)
             champion = await self.client.get(r.MODELVERSIONS, ns, serving) if serving else None
             run = decide.run_name(name, first)
             job, why_not = build.finetunejob(obj, spec, first, run, champion, now)
-            _, made = await self.client.create(r.FINETUNEJOBS, ns, job, read_existing=False)
+            made_obj, made = await self.client.create(r.FINETUNEJOBS, ns, job, read_existing=False)
             reason = "; ".join(f.reason for f in dec.start)
             if made:
-                runs.append(ScheduleRun(name=run, trigger=first.trigger, reason=reason, started_at=now, champion=serving if champion else None,
+                runs.append(ScheduleRun(name=run, uid=((made_obj or {}).get("metadata") or {}).get("uid"), trigger=first.trigger, reason=reason, started_at=now, champion=serving if champion else None,
                                         data_digest=next((f.digest for f in dec.start if f.digest), None),
                                         message=f"no champion comparison: {why_not}" if why_not else ""))
                 events.append(("Normal", "RunStarted", f"started {run}: {reason}"))
@@ -183,7 +198,8 @@ class Reconciler:
 
         # --- history limits (a Pending winner is never deleted) ---------------------------------------------------
         for old in decide.history_to_delete(runs, spec.successful_runs_history_limit, spec.failed_runs_history_limit):
-            await self.client.delete(r.FINETUNEJOBS, ns, old)
+            if old in jobs:  # never delete an object of that name the schedule does not control
+                await self.client.delete(r.FINETUNEJOBS, ns, old)
             gone = next(x for x in runs if x.name == old)
             runs = [x for x in runs if x.name != old]
             events.append(("Normal", "RunDeleted", f"deleted the FineTuneJob {old} ({_v(gone.outcome)}) beyond the history limit "
@@ -197,6 +213,7 @@ class Reconciler:
         phase = SchedulePhase.SUSPENDED if spec.suspend else SchedulePhase.RUNNING if active else SchedulePhase.IDLE
         message = self._message(spec, phase, active, runs, dec, data)
         conds = self._conditions(st.conditions, runs, now, meta.get("generation"))
+        self._owned_condition(conds, foreign, events, now, meta.get("generation"))
         set_condition(conds, FineTuneScheduleCondition.READY, True, FineTuneScheduleReason.RECONCILED, "the latest tick completed",
                       now=now, generation=meta.get("generation"))
         new = FineTuneScheduleStatus(
@@ -291,18 +308,38 @@ class Reconciler:
         return out
 
     async def _judge_runs(self, ns: str, runs: list[ScheduleRun], jobs: dict[str, dict], rollout: dict | None,
-                          require_improvement: bool, events: list) -> list[ScheduleRun]:
+                          require_improvement: bool, events: list, *, obj: dict | None = None,
+                          foreign: dict[str, str] | None = None, now: dt.datetime | None = None) -> list[ScheduleRun]:
+        """Judge every run on the FineTuneJob the schedule created for it. `jobs`: the schedule's own (controlled)
+        FineTuneJobs; a run recorded with a uid is judged only on the object of that uid (a job deleted and made
+        again under its name by someone else is not that run); one of `jobs` no run records (made before a status
+        patch was lost) is adopted only when its spec is what the schedule's template builds for it — anyone can
+        copy the ownerReference, nobody can change a FineTuneJob's spec — with its champion annotation checked
+        the same way. What is not adopted moves from `jobs` to `foreign` (named in RunsOwned, never judged, handed
+        off or deleted)."""
+        foreign = foreign if foreign is not None else {}
         out = []
         known = {x.name for x in runs}
         for name, job in sorted(jobs.items(), key=lambda kv: kv[1]["metadata"].get("creationTimestamp") or ""):
-            if name not in known:  # made before a status patch was lost: adopt it
+            if name not in known:  # made before a status patch was lost: adopt it, when it is what we would have made
+                why = await self._not_ours(ns, obj, job, now) if obj is not None else None
+                if why:
+                    foreign[name] = why
+                    del jobs[name]  # not a run: never judged, reused, replaced or deleted
+                    continue
                 labels = job["metadata"].get("labels") or {}
                 ann = job["metadata"].get("annotations") or {}
-                runs = [*runs, ScheduleRun(name=name, trigger=labels.get(build.LABEL_TRIGGER, TriggerKind.MANUAL.value),
+                runs = [*runs, ScheduleRun(name=name, uid=job["metadata"].get("uid"),
+                                           trigger=labels.get(build.LABEL_TRIGGER, TriggerKind.MANUAL.value),
                                            reason=ann.get(build.ANNOTATION_REASON, ""),
                                            started_at=_ts(job["metadata"].get("creationTimestamp")),
                                            champion=ann.get(build.ANNOTATION_CHAMPION),
                                            data_digest=ann.get(build.ANNOTATION_DATA_DIGEST))]
+        for run in runs:
+            job = jobs.get(run.name)
+            if job is not None and run.uid and job["metadata"].get("uid") != run.uid:
+                foreign[run.name] = f"not the FineTuneJob the schedule created for run {run.name} (uid {run.uid})"
+                del jobs[run.name]
         for run in runs:
             if _v(run.outcome) in FINAL:
                 if run.name in jobs or _v(run.phase) != RunPhase.RUNNING.value:
@@ -325,6 +362,48 @@ class Reconciler:
                 events.append(("Warning" if j.phase == RunPhase.FAILED else "Normal", j.outcome.value, j.message))
             out.append(run.model_copy(update=update))
         return out
+
+    async def _not_ours(self, ns: str, obj: dict, job: dict, now: dt.datetime | None) -> str | None:
+        """Why a controlled FineTuneJob no run records is not adopted (None: adopt it): its spec must be the one the
+        schedule's template builds under its name, with the champion its annotation names (that ModelVersion's
+        eval.json as the serving reference, or no serving gates without one)."""
+        try:
+            sched = FineTuneSchedule.model_validate(obj)
+            ann = job["metadata"].get("annotations") or {}
+            champ_name = ann.get(build.ANNOTATION_CHAMPION)
+            champion = await self.client.get(r.MODELVERSIONS, ns, champ_name) if champ_name else None
+            if champ_name and champion is None:
+                return f"its champion annotation names ModelVersion {champ_name}, which does not exist"
+            fire = decide.Fire(TriggerKind.MANUAL, "", ann.get(build.ANNOTATION_TRIGGER_KEY) or "adopt")
+            want, _ = build.finetunejob(obj, sched.spec, fire, job["metadata"]["name"], champion, now or utcnow())
+            have = FineTuneJobSpec.model_validate(job.get("spec") or {}).wire()
+            want_spec = FineTuneJobSpec.model_validate(want["spec"]).wire()
+            have.get("registry", {}).pop("version", None)  # the version names the run's key, not what it runs
+            want_spec.get("registry", {}).pop("version", None)
+        except (ValidationError, KeyError, TypeError, ValueError) as exc:
+            return f"its spec cannot be compared with the schedule's template ({type(exc).__name__})"
+        if have != want_spec:
+            return "its spec is not what the schedule's template builds for it"
+        return None
+
+    @staticmethod
+    def _owned_condition(conds: list[Condition], foreign: dict[str, str], events: list, now: dt.datetime,
+                         generation: int | None) -> None:
+        """RunsOwned: False (JobNotOwned) naming the labelled FineTuneJobs the schedule ignores, with one Warning each
+        time that list changes; True (Owned) once none is left. Absent while no such job was ever seen."""
+        old = next((c for c in conds if c.type == FineTuneScheduleCondition.RUNS_OWNED.value), None)
+        if foreign:
+            names = sorted(foreign)
+            msg = (f"ignored FineTuneJob(s) labelled {build.LABEL_SCHEDULE} that this schedule did not create: "
+                   + "; ".join(f"{n} ({foreign[n]})" for n in names[:10]) + (f"; and {len(names) - 10} more" if len(names) > 10 else "")
+                   + " — they are never judged or handed off")[:MAX_MESSAGE]
+            if old is None or old.status != "False" or old.message != msg:
+                events.append(("Warning", FineTuneScheduleReason.JOB_NOT_OWNED.value, msg))
+            set_condition(conds, FineTuneScheduleCondition.RUNS_OWNED, False, FineTuneScheduleReason.JOB_NOT_OWNED, msg, now=now,
+                          generation=generation)
+        elif old is not None:
+            set_condition(conds, FineTuneScheduleCondition.RUNS_OWNED, True, FineTuneScheduleReason.OWNED,
+                          "every FineTuneJob labelled for this schedule is one of its runs", now=now, generation=generation)
 
     # --- status helpers ---------------------------------------------------------------------------------------------
 
