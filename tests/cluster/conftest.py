@@ -239,6 +239,10 @@ class Env:
         # TUNELOOP_CLUSTER_OPERATOR_SRC=DIR runs the operator from another checkout's `operator/` folder (e.g. the
         # commit before a fix, to see a test fail before it)
         src = os.environ.get("TUNELOOP_CLUSTER_OPERATOR_SRC")
+        # The admission policy (issue 25, findings 7-9) keeps its multi-tenant defaults here: the tier's FineTuneJobs
+        # run the operator's trainer image (no spec.image), name no Secret, pass no denied `vllm serve` flag and no
+        # toleration; a tenant-boundary test may rely on allowedImages = the trainer image, tokenSecretPrefix
+        # `tuneloop-`, and the control-plane keys reserved.
         return {**({"PYTHONPATH": src} if src else {}),"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "3",
                 "TUNELOOP_METRICS_PORT": str(self.operator_metrics_port),
                 "TUNELOOP_PROMETHEUS_URL": self.prometheus_url or "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1",
