@@ -44,6 +44,7 @@ DENIED_SERVING_ARGS: tuple[str, ...] = (
     "--worker-cls",
     "--worker-extension-cls",
     "--model-loader-extra-config",
+    "--compilation-config",  # inductor_passes: qualified names vLLM imports (also `-O` with a JSON or `.key` value)
     "--load-format",
     "--otlp-traces-endpoint",
     "--kv-transfer-config",
@@ -107,9 +108,15 @@ def secret_allowed(name: str, prefix: str) -> bool:
 # --- vllm serve arguments -------------------------------------------------------------------------------------------
 
 
+COMPILATION_SHORT = "-O"  # vLLM's short form of --compilation-config: `-O3` is a level, `-O '{…}'` / `-O.key=v` a config
+
+
 def flag_name(token: str) -> str | None:
     """The long option a command-line token spells, as vLLM's parser reads it (`--a_b.c=1` -> `--a-b`), or None for a
-    value, a positional or a short option."""
+    value, a positional or a short option (`-O` with a config value, not a level, is `--compilation-config`)."""
+    if token.startswith(COMPILATION_SHORT) and not token.startswith("--"):
+        value = token[len(COMPILATION_SHORT):].removeprefix("=")
+        return "--compilation-config" if value[:1] in ("{", ".") else None
     if not token.startswith("--") or token == "--":
         return None
     name = token.split("=", 1)[0]
@@ -133,18 +140,21 @@ def denied_args(args: Iterable[str], allowed: Iterable[str] = (), denied: Iterab
     listed = set(denied)
     deny = [d for d in denied if d not in allow]
     out = []
-    for token in args:
-        name = flag_name(str(token))
+    args = [str(a) for a in args]
+    for i, token in enumerate(args):
+        name = flag_name(token)
+        if token == COMPILATION_SHORT and i + 1 < len(args) and not args[i + 1].strip()[:1].isdigit():
+            name = "--compilation-config"  # `-O '{"inductor_passes": …}'`: only a bare level passes
         if name is None or len(name) <= 2:
             continue
         if name in listed:  # an exact option name wins over the options it is a prefix of (argparse)
             if name in deny:
-                out.append(str(token))
+                out.append(token)
             continue
         if name.startswith("--no-"):
             continue
         if any(d.startswith(name) for d in deny):
-            out.append(str(token))
+            out.append(token)
     return out
 
 

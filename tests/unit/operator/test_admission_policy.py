@@ -168,6 +168,8 @@ def test_remote_code_in_the_stages_needs_the_admin():
     ["--config", "/models/artifact/args.yaml"], ["--model=evil/model"], ["--lora-modules", "bot=/tmp/x"],
     ["--kv-transfer-config.kv_connector=x"], ["--otlp-traces-endpoint=http://collector.evil:4317"],
     ["--tool-parser-plugin", "/models/artifact/plugin.py"], ["--middleware", "evil.Middleware"],
+    ["--compilation-config", '{"inductor_passes": {"p": "os.system"}}'], ["-O", '{"level": 3}'], ['-O{"level":3}'],
+    ["-O.inductor_passes.p=os.system"], ["--compilation_config.level=3"],
 ])
 def test_denied_serving_flags_are_found_in_every_spelling(args):
     assert denied_args(args)
@@ -175,7 +177,7 @@ def test_denied_serving_flags_are_found_in_every_spelling(args):
 
 @pytest.mark.parametrize("args", [["--max-model-len", "8192"], ["--dtype=bfloat16"], ["--no-trust-remote-code"],
                                   ["--enable-prefix-caching"], ["--tokenizer-mode", "auto"], ["--model-impl", "vllm"],
-                                  ["--gpu-memory-utilization", "0.9"], ["-tp", "2"], ["--served-model-name", "bot"]])
+                                  ["--gpu-memory-utilization", "0.9"], ["-tp", "2"], ["--served-model-name", "bot"], ["-O3"], ["-O", "3"], ["-O=0"]])
 def test_ordinary_serving_flags_pass(args):
     assert denied_args(args) == []
 
