@@ -284,3 +284,49 @@ def test_the_property_inputs_reach_every_hand_off_outcome():
     collect()
     assert {RunOutcome.HANDED_OFF, RunOutcome.LOST_TO_SERVING, RunOutcome.NOT_COMPARED, RunOutcome.REJECTED,
             RunOutcome.PENDING} <= seen, hashlib.sha256(repr(sorted(seen)).encode()).hexdigest()
+
+
+# --- adoption of an unrecorded run (issue 25, finding 7) --------------------------------------------------------------
+
+MUTATIONS = [  # (path in the FineTuneJob spec, value): each changes what the run trains, evaluates or gates on
+    (("evaluation", "gates"), []),
+    (("evaluation", "serving", "evalJson"), "/output/forged/eval.json"),
+    (("evaluation", "serving", "modelVersion"), "someone-else"),
+    (("image",), "ghcr.io/tuneloop/trainer:0.1.0"),
+    (("hyperparameters", "learningRate"), 0.5),
+    (("dataset", "train", "pvc", "path"), "other/train.jsonl"),
+    (("output", "pvc", "path"), "elsewhere"),
+    (("evaluation", "enabled"), False),
+    (("registry", "modelName"), "another-model"),
+]
+
+
+@BOUNDED
+@given(mutations=st.lists(st.sampled_from(range(len(MUTATIONS))), unique=True, max_size=3), version=st.text("abc0123-", min_size=1, max_size=8))
+def test_only_a_job_the_template_builds_is_adopted(mutations, version):
+    """The schedule adopts an unrecorded FineTuneJob (one that copies its ownerReference) only when its spec is what the
+    template builds under its name: any change to what it trains, evaluates or gates on is refused; the version, which
+    only names the run, is not compared."""
+    import copy
+
+    from tuneloop.operator.schedule import build
+
+    obj = samples.schedule()
+    spec = FineTuneSchedule.model_validate(obj).spec
+    champion = samples.model_version("support-bot-v1", phase="Serving")
+    now = dt.datetime(2026, 11, 23, 3, tzinfo=UTC)
+    fire = decide.Fire(TriggerKind.SCHEDULE, "cron", "29398500")
+    job, _ = build.finetunejob(obj, spec, fire, decide.run_name("bot", fire), champion, now)
+    assert build.template_mismatch(obj, spec, job, champion, now) is None
+    job["spec"].setdefault("registry", {})["version"] = version
+    assert build.template_mismatch(obj, spec, job, champion, now) is None
+    assert build.template_mismatch(obj, spec, job, None, now) is not None  # another champion: another serving reference
+    forged = copy.deepcopy(job)
+    for i in mutations:
+        path, value = MUTATIONS[i]
+        node = forged["spec"]
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    refused = build.template_mismatch(obj, spec, forged, champion, now)
+    assert (refused is None) == (forged["spec"] == job["spec"]), [MUTATIONS[i] for i in mutations]

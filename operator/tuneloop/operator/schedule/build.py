@@ -6,8 +6,11 @@ import copy
 import datetime as dt
 from typing import Any
 
+from pydantic import ValidationError
+
 from tuneloop.api.common import API_VERSION
-from tuneloop.api.schedule import FineTuneScheduleSpec
+from tuneloop.api.finetunejob import FineTuneJobSpec
+from tuneloop.api.schedule import FineTuneScheduleSpec, TriggerKind
 from tuneloop.contract import layout
 from tuneloop.contract.names import LABEL_MANAGED_BY, MANAGED_BY, child_name, dns_label
 
@@ -112,6 +115,27 @@ def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire
         "spec": body,
     }
     return job, why_not
+
+
+def template_mismatch(schedule: dict[str, Any], spec: FineTuneScheduleSpec, job: dict[str, Any], champion: dict[str, Any] | None,
+                      now: dt.datetime) -> str | None:
+    """Why a FineTuneJob is not a run this schedule would have created under its name (None: it is one): its spec,
+    normalised by the model (the API server's defaults), must equal what `finetunejob` builds from the template with
+    `champion` (the ModelVersion its champion annotation names), except `registry.version`, which only names the
+    run's key. A FineTuneJob's spec is immutable, so this is what it runs — its gates and serving reference included."""
+    ann = (job.get("metadata") or {}).get("annotations") or {}
+    fire = Fire(TriggerKind.MANUAL, "", ann.get(ANNOTATION_TRIGGER_KEY) or "adopt")
+    want, _ = finetunejob(schedule, spec, fire, job["metadata"]["name"], champion, now)
+    try:
+        have = FineTuneJobSpec.model_validate(job.get("spec") or {}).wire()
+    except ValidationError:
+        return "its spec is not a valid FineTuneJob spec"
+    want_spec = FineTuneJobSpec.model_validate(want["spec"]).wire()
+    for s in (have, want_spec):
+        s.get("registry", {}).pop("version", None)
+    if have != want_spec:
+        return "its spec is not what the schedule's template builds for it"
+    return None
 
 
 def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str, now: dt.datetime,

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, set_condition
-from tuneloop.api.finetunejob import FineTuneJobSpec
 from tuneloop.api.schedule import (
     RETRAIN_ANNOTATION,
     DataObservation,
@@ -374,17 +373,9 @@ class Reconciler:
             champion = await self.client.get(r.MODELVERSIONS, ns, champ_name) if champ_name else None
             if champ_name and champion is None:
                 return f"its champion annotation names ModelVersion {champ_name}, which does not exist"
-            fire = decide.Fire(TriggerKind.MANUAL, "", ann.get(build.ANNOTATION_TRIGGER_KEY) or "adopt")
-            want, _ = build.finetunejob(obj, sched.spec, fire, job["metadata"]["name"], champion, now or utcnow())
-            have = FineTuneJobSpec.model_validate(job.get("spec") or {}).wire()
-            want_spec = FineTuneJobSpec.model_validate(want["spec"]).wire()
-            have.get("registry", {}).pop("version", None)  # the version names the run's key, not what it runs
-            want_spec.get("registry", {}).pop("version", None)
         except (ValidationError, KeyError, TypeError, ValueError) as exc:
             return f"its spec cannot be compared with the schedule's template ({type(exc).__name__})"
-        if have != want_spec:
-            return "its spec is not what the schedule's template builds for it"
-        return None
+        return build.template_mismatch(obj, sched.spec, job, champion, now or utcnow())
 
     @staticmethod
     def _owned_condition(conds: list[Condition], foreign: dict[str, str], events: list, now: dt.datetime,
