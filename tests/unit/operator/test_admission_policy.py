@@ -318,3 +318,16 @@ def test_the_schedules_digest_job_is_hardened_too():
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_validate_cluster_names_what_the_policy_refuses_in_a_finetunejob(tmp_path, capsys):
+    import yaml
+    from tuneloop.cli.main import main as cli
+
+    body = job(image="ghcr.io/mallory/evaluator:latest")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(body))
+    assert cli(["validate", str(path)]) == 0  # the schema cannot know the admin's policy
+    assert cli(["validate", "--cluster", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.image" in err and "not allowed by the platform admin" in err and TRAINER in err
