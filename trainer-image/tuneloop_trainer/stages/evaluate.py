@@ -12,6 +12,7 @@ compact summary the runner writes to the termination log. Metric libraries are u
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -265,24 +266,27 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
 
             if "base" in servers and together:
                 start("base")
-            if need_nll or merge:  # one transformers load of the tuned model: its perplexity, then the merged weights
+            model = tok = None
+            if need_nll or merge:  # one transformers load of the tuned model: the merged weights, then its perplexity
                 t1 = time.perf_counter()
                 model, tok = load_tuned(ctx)
-                if need_nll:
-                    _progress(ctx, "tuned: perplexity", 0, 1)
-                    items: list[tuple[float, int]] = []
-                    nll["tuned"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
-                    _progress(ctx, "tuned: perplexity", 1, 1)
-                if merge:
-                    save_merged(model, tok, dirs["tuned"][0])
-                del model, tok
-                gc.collect()
+                if merge:  # from a copy: the perplexity below is the unmerged model's, as on the transformers path
+                    save_merged(copy.deepcopy(model), tok, dirs["tuned"][0])
                 details["transformersSeconds"] = {"tuned": round(time.perf_counter() - t1, 2)}
             problems = vb.model_problems(vb.read_config(dirs["tuned"][0]), cuda=use_cuda())
             if problems:
                 raise VllmUnavailable(f"tuned: {'; '.join(problems)}")
-            if together:
+            if together:  # the tuned server starts now, before the perplexity passes: they run while both servers load
                 start("tuned")
+            if need_nll and model is not None:
+                t1 = time.perf_counter()
+                _progress(ctx, "tuned: perplexity", 0, 1)
+                items: list[tuple[float, int]] = []
+                nll["tuned"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
+                _progress(ctx, "tuned: perplexity", 1, 1)
+                details["transformersSeconds"]["tuned"] = round(details["transformersSeconds"]["tuned"] + time.perf_counter() - t1, 2)
+            del model, tok
+            gc.collect()
             if need_nll and base_task:
                 t1 = time.perf_counter()
                 model, tok = load_base(ctx)
