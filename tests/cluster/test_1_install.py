@@ -134,7 +134,10 @@ def test_operator_serviceaccount_rbac(kube: Kube, env: Env):
     assert env.sa_kubeconfig is not None
 
     def can(verb: str, resource: str) -> bool:
-        out = kube.kubectl("--kubeconfig", str(env.sa_kubeconfig), "auth", "can-i", verb, resource, "-n", env.ns, check=False)
+        # `kubectl auth can-i VERB pods/log` would ask about the pod named "log": a subresource goes in --subresource
+        kind, _, sub = resource.partition("/")
+        out = kube.kubectl("--kubeconfig", str(env.sa_kubeconfig), "auth", "can-i", verb, kind, *([f"--subresource={sub}"] if sub else []),
+                           "-n", env.ns, check=False)
         return out.stdout.strip() == "yes"
 
     allowed = [("create", "jobs.batch"), ("patch", "finetunejobs.tuneloop.dev/status"), ("create", "modelversions.tuneloop.dev"),

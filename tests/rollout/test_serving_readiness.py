@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tuneloop.operator.rollout.desired import desired
 from tuneloop.operator.rollout.reconcile import serving_pod_failures
-from tuneloop.operator.rollout.steps import PodFailure, next_wakeup
+from tuneloop.operator.rollout.steps import PodFailure, World, canary_shortfall, next_wakeup
 
 from . import samples
 from .test_steps import Driver, at
@@ -141,8 +141,70 @@ def test_a_canary_with_a_failed_pod_since_its_rollout_began_is_never_promoted(ti
     d = Driver()
     failed = False
     for gap, available, fails in ticks:
+        if d.status is not None and d.status.phase == "Promoted":
+            break  # promoted before any failure: its later pods are the stable's, not a canary's
         failures = (failure("canary", "support-bot-v2", d.t + gap - 0.5),) if fails or failed else ()
         failed = failed or fails
         out = d.tick(gap, available=available, failures=failures)
         if failed:
             assert out.status.phase != "Promoted" and out.status.stable_model_version == "support-bot-v1"
+
+
+def test_a_canary_whose_pods_stop_serving_after_its_weight_was_set_is_not_measured_until_they_serve_again():
+    """A canary pod that loses readiness (vLLM still loading, a restart) after the weight moved produces no data: that
+    is no verdict. Before, every measurement was 'no data' → Inconclusive → paused for a human (seen in the cluster
+    tier with real vLLM, whose pods take a minute to load). Now the measurements wait, then start initialDelay after
+    the pods serve again, over the traffic since then only."""
+    d = Driver()
+    d.tick(available=0)
+    out = d.tick(1)  # weight 10, analysis step
+    assert out.status.canary_weight == 10 and out.status.current_step_index == 1
+    measured = len(out.status.measurements)
+    out = d.tick(1, available=0)
+    st = out.status
+    assert st.phase == "Progressing" and st.waiting_for == "canary pods ready for 10%: 0/1 available (measurements wait)"
+    assert st.canary_unready_since == at(d.t) and [e[1] for e in out.events] == ["CanaryNotReady"]
+    for _ in range(12):  # two minutes without a serving canary pod: nothing measured, nothing decided
+        out = d.tick(10, available=0)
+        assert out.status.phase == "Progressing" and not out.events
+    assert len(out.status.measurements) == measured and out.status.canary_weight == 10
+    out = d.tick(5, available=1)  # it serves again: its traffic starts now
+    assert out.status.canary_unready_since is None and out.status.weight_changed_at == at(d.t)
+    assert len(out.status.measurements) == measured
+    out = d.tick(0.5)  # inside initialDelay (1s)
+    assert len(out.status.measurements) == measured
+    out = d.tick(1)
+    assert len(out.status.measurements) == measured + 2 and all(m.at == at(d.t) for m in out.status.measurements[-2:])
+
+
+def test_a_canary_whose_pods_never_serve_again_is_rolled_back_at_the_progress_deadline():
+    d = Driver()
+    d.tick(available=0)
+    d.tick(1)
+    d.tick(1, available=0)
+    deadline = d.spec.progress_deadline_seconds
+    out = d.tick(deadline - 1, available=0)
+    assert out.status.phase == "Progressing"
+    out = d.tick(1, available=0)
+    st = out.status
+    assert st.phase == "RolledBack" and st.canary_weight == 0 and st.canary_unready_since is None
+    cond = next(c for c in st.conditions if c.type == "RolledBack")
+    assert cond.reason == "ProgressDeadlineExceeded" and "canary pods not ready at 10%" in cond.message
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.5, 1.0, 3.0, 10.0, 45.0]), st.integers(0, 3)), min_size=1, max_size=40))
+def test_no_measurement_and_no_promotion_while_the_weighted_canarys_pods_do_not_suffice(ticks):
+    """Property over any availability sequence: a tick at which the weighted canary has fewer available pods than its
+    weight needs records no measurement and never promotes; the phase stays one the machine documents."""
+    d = Driver()
+    for seconds, available in ticks:
+        before = d.status
+        world_short = before is not None and canary_shortfall(d.spec, before, World(now=at(d.t + seconds), canary_available=available)) is not None
+        n = len(before.measurements) if before is not None else 0
+        out = d.tick(seconds, available=available)
+        if world_short:
+            assert out.status.phase != "Promoted"
+            new = [m for m in out.status.measurements if m.at == at(d.t)]
+            assert not new and len(out.status.measurements) >= min(n, len(out.status.measurements))
+        assert out.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack")

@@ -9,7 +9,7 @@ from tuneloop.api.rollout import MeasurementPhase, Rollout, RolloutStatus
 from tuneloop.operator.rollout import analysis
 from tuneloop.operator.rollout.analysis import Assessment
 from tuneloop.operator.rollout.desired import desired
-from tuneloop.operator.rollout.steps import MAX_MEASUREMENTS, WAITING_RECHECK, World, advance, due_metrics, next_wakeup
+from tuneloop.operator.rollout.steps import MAX_MEASUREMENTS, WAITING_RECHECK, World, advance, canary_shortfall, due_metrics, next_wakeup
 
 from . import samples
 
@@ -40,10 +40,11 @@ class Driver:
              stable: int | None = None, failures: tuple = ()):
         self.t += seconds
         now = at(self.t)
-        due = due_metrics(self.spec, self.status, now)
-        taken = {m.name: (results or OK)[m.name] for m in due}
         world = World(now=now, canary_available=available, serving_error=error, generation=1, stable_available=stable,
                       pod_failures=tuple(failures))
+        # as rollout/reconcile.py: nothing is measured while the weighted canary's pods do not suffice
+        due = due_metrics(self.spec, self.status, now) if canary_shortfall(self.spec, self.status, world) is None else []
+        taken = {m.name: (results or OK)[m.name] for m in due}
         out = advance(self.spec, self.status, world, taken)
         self.status = out.status
         self.outcomes.append(out)

@@ -469,6 +469,11 @@ class RolloutStatus(ApiModel):
     step: str | None = Field(default=None, description="The current step as N/TOTAL (1-based), for kubectl get.")
     weight_changed_at: datetime | None = Field(default=None, description="When the canary weight last changed.")
     canary_data_at: datetime | None = Field(default=None, description="When a measurement last got a value from the canary.")
+    canary_unready_since: datetime | None = Field(
+        default=None,
+        description="Since when the weighted canary has had fewer available pods than its weight needs (its measurements wait; "
+        "after progressDeadlineSeconds it is rolled back). Empty while its pods serve.",
+    )
     canary_scale_down_at: datetime | None = Field(
         default=None, description="When the canary Deployment may be scaled to 0 (scaleDownDelaySeconds after its traffic was removed)."
     )

@@ -33,7 +33,7 @@ from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, Provid
 from . import drift, metrics
 from .analysis import Assessment, QueryOutcome, assess
 from .desired import Desired, desired
-from .steps import TERMINAL, Outcome, PodFailure, World, advance, due_metrics, next_wakeup, query_window, set_condition
+from .steps import TERMINAL, Outcome, PodFailure, World, advance, canary_shortfall, due_metrics, next_wakeup, query_window, set_condition
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -315,7 +315,7 @@ class Reconciler:
             generation=meta.get("generation"),
         )
         assessments: dict[str, Assessment] = {}
-        due = due_metrics(spec, status, now) if not problem else []
+        due = due_metrics(spec, status, now) if not problem and canary_shortfall(spec, status, world) is None else []
         if due:
             provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))

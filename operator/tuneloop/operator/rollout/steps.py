@@ -126,6 +126,17 @@ def _measuring(spec: RolloutSpec, status: RolloutStatus | None) -> tuple[list[An
     return list(spec.analysis.metrics), every
 
 
+def canary_shortfall(spec: RolloutSpec, status: RolloutStatus | None, world: World) -> tuple[int, int] | None:
+    """(available, needed) while a weighted canary (gateway mode) has fewer available pods than its weight needs —
+    pods that restarted or lost readiness after the weight was set: a canary that serves nothing yields no data, which
+    is not a verdict, so its measurements wait (and the progress deadline runs). None when its pods suffice."""
+    if status is None or status.canary_weight <= 0 or not gateway_mode(spec) or status.candidate_model_version is None \
+            or status.phase not in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):  # fmt: skip
+        return None
+    need = traffic.gateway_canary_replicas(spec.serving.replicas, status.canary_weight)
+    return (world.canary_available, need) if world.canary_available < need else None
+
+
 def measure_from(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
     """Measurements start initialDelay after the last weight change (traffic before it is not the canary's)."""
     if status.weight_changed_at is None:
@@ -153,6 +164,8 @@ def due_metrics(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetim
     analysis steps while the canary has traffic; never before initialDelay after a weight change."""
     due = next_measurement_at(spec, status, now)
     if due is None or (due - now).total_seconds() > 0.05:
+        return []
+    if status is not None and status.canary_unready_since is not None:  # its pods were short: this tick restarts its clock
         return []
     start = measure_from(spec, status) if status is not None else None
     if start is not None and now < start:  # the interval may be met a little early; the initial delay may not
@@ -269,6 +282,7 @@ class _Machine:
         assert cand is not None
         self.st.stable_model_version = cand
         self.st.canary_weight = 0
+        self.st.canary_unready_since = None
         self.st.phase = RolloutPhase.PROMOTED.value
         self.st.current_step_index = len(self.spec.steps)
         self.st.waiting_for = None
@@ -285,6 +299,7 @@ class _Machine:
     def rollback(self, phase: RolloutPhase, reason: str, message: str) -> None:
         cand = self.st.candidate_model_version
         self.st.canary_weight = 0
+        self.st.canary_unready_since = None
         self.st.phase = phase.value
         self.st.waiting_for = None
         self.st.message = f"{cand} rolled back: {message}"
@@ -344,6 +359,8 @@ class _Machine:
         if failed and st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
             self.rollback(RolloutPhase.ROLLED_BACK, R.SERVING_POD_FAILED, f"a canary pod is not serving: {_describe(failed)}")
             return self.out
+        if self.canary_waits():
+            return self.out
         if st.phase == RolloutPhase.PAUSED.value:
             step = _current_step(spec, st)
             if step is not None and step.analysis is None and assessments:  # an indefinite pause: background analysis
@@ -353,6 +370,30 @@ class _Machine:
             self.walk(assessments)
         self.check_deadline()
         return self.out
+
+    def canary_waits(self) -> bool:
+        """While the weighted canary's pods do not suffice (canary_shortfall), nothing is measured or decided:
+        Progressing with the count, or rolled back once that lasts progressDeadlineSeconds. When they suffice again,
+        the canary's traffic starts anew: measurements begin initialDelay later and cover only the time since."""
+        st, world = self.st, self.world
+        short = canary_shortfall(self.spec, st, world)
+        if short is None:
+            if st.canary_unready_since is not None:
+                st.canary_unready_since = None
+                st.weight_changed_at = world.now
+            return False
+        available, need = short
+        if st.canary_unready_since is None:
+            st.canary_unready_since = world.now
+            self.event("Normal", "CanaryNotReady", f"{available}/{need} canary pods available at {st.canary_weight}%: measurements wait")
+        elif (world.now - st.canary_unready_since).total_seconds() >= self.spec.progress_deadline_seconds:
+            self.rollback(RolloutPhase.ROLLED_BACK, R.PROGRESS_DEADLINE_EXCEEDED,
+                          f"canary pods not ready at {st.canary_weight}% for {self.spec.progress_deadline_seconds}s "
+                          f"(progressDeadlineSeconds; {available}/{need} available)")
+            return True
+        if st.phase == RolloutPhase.PROGRESSING.value:
+            self.progressing(f"canary pods ready for {st.canary_weight}%: {available}/{need} available (measurements wait)")
+        return True
 
     def check_spec_stable(self) -> None:
         """A spec.stable that differs from what serves never replaces it (Argo Rollouts: what serves only
@@ -463,6 +504,7 @@ class _Machine:
         st.measurements = []
         st.weight_changed_at = None
         st.canary_data_at = None
+        st.canary_unready_since = None
         st.canary_scale_down_at = None
         self.enter_step(0)
         st.phase = RolloutPhase.PROGRESSING.value
