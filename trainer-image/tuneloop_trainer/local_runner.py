@@ -202,6 +202,9 @@ def run_chain(
     log.setdefault("startedAt", datetime.now(UTC).isoformat())
     log["history"] = _history(ctx.workdir)  # every earlier run's stages in this workdir: the real cost of the artifact
     log["stages"] = []
+    # written now, so that a stage of this run (the report counting runs) reads this run's record, not the last one's
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    (ctx.workdir / layout.LOCAL_RUN_FILE).write_text(json.dumps(log, indent=2, default=str))
     for i, stage in enumerate(stages, 1):
         if outcomes and outcomes[-1].outcome != "Succeeded":
             outcomes.append(StageOutcome(stage, "Skipped"))

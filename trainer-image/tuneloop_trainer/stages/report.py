@@ -160,10 +160,11 @@ def conclusions(ctx: Any, run: Any, record: dict[str, Any], ev: dict[str, Any] |
 
 def all_runs_cost(local_run: dict[str, Any]) -> dict[str, Any] | None:
     """Seconds spent by every run recorded in local-run.json (earlier runs' history plus this one)."""
-    runs = [*(local_run.get("history") or []), {"stages": local_run.get("stages") or []}]
-    runs = [r for r in runs if r.get("stages")]
-    if not runs:
+    if not local_run:
         return None
+    # this run counts even before any of its stages is recorded (a rerun that reuses training and evaluation runs
+    # only the report, which is being written now)
+    runs = [r for r in local_run.get("history") or [] if r.get("stages")] + [{"stages": local_run.get("stages") or []}]
     entries = [e for r in runs for e in r["stages"] if isinstance(e.get("seconds"), (int, float))]
     return {"runs": len(runs), "train": sum(e["seconds"] for e in entries if e.get("stage") == "train"),
             "total": sum(e["seconds"] for e in entries)}
