@@ -14,9 +14,9 @@ from tuneloop.contract import layout
 from tuneloop.contract.termination import TERMINATION_LIMIT
 
 from .errors import ConfigError
+from .settings import TrainerSettings
 
-TERMINATION_LOG = Path(os.environ.get(layout.ENV_TERMINATION_LOG, layout.TERMINATION_LOG))
-__all__ = ["TERMINATION_LIMIT", "TERMINATION_LOG", "StageContext", "load_context"]
+__all__ = ["TERMINATION_LIMIT", "StageContext", "load_context"]
 
 
 @dataclass
@@ -80,12 +80,13 @@ def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[s
         raise ConfigError(f"invalid spec {path}: {text}", hint=f"run `kubectl tuneloop validate {path}`") from None
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
+    env = TrainerSettings.from_env()
     return StageContext(
         spec=spec,
         workdir=wd.resolve(),
         spec_dir=path.resolve().parent,
-        name=meta.get("name", os.environ.get(layout.ENV_JOB_NAME, "local")),
-        namespace=meta.get("namespace", os.environ.get(layout.ENV_NAMESPACE, "default")),
+        name=meta.get("name", env.job_name),
+        namespace=meta.get("namespace", env.namespace),
         uid=meta.get("uid", ""),
         raw=doc,
         spec_file=path.resolve(),

@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from tuneloop.contract import layout
 
-MODEL_MOUNT_ENV = "TUNELOOP_MODEL_DIR"
-CACHE_ENV = "TUNELOOP_CACHE_DIR"
+from .errors import ConfigError
+from .settings import TrainerSettings
+
+MODEL_MOUNT_ENV = layout.ENV_MODEL_DIR
+CACHE_ENV = layout.ENV_CACHE_DIR
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def locate(ctx: Any) -> ModelLocation:
             raise ConfigError(f"baseModel.path {p} does not exist")
         return ModelLocation(str(p), display=str(p))
     if src.pvc:
-        p = Path(os.environ.get(MODEL_MOUNT_ENV, "/models")) / src.pvc.path.lstrip("/")
+        p = TrainerSettings.from_env().model_dir / src.pvc.path.lstrip("/")
         if not p.exists():
             raise ConfigError(f"baseModel.pvc: {p} does not exist (claim {src.pvc.claim_name} mounted at ${MODEL_MOUNT_ENV})")
         return ModelLocation(str(p), display=src.display_name())
@@ -129,7 +132,7 @@ def gguf_cache_dir(gguf_file: str | Path) -> Path:
     f = Path(gguf_file)
     st = f.stat()
     key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tuneloop")) / "gguf" / f"{f.stem}-{key}"
+    return TrainerSettings.from_env().model_cache / "gguf" / f"{f.stem}-{key}"
 
 
 def gguf_serving_dir(ctx: Any) -> Path | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from tuneloop.contract.termination import (
     fit_publish,
     report_block,
 )
+
+from .settings import TrainerSettings
 
 # The names this module had when it lived in the operator (tuneloop.operator.finetunejob.publish).
 LIMIT, MARKER, BEGIN, END = TERMINATION_LIMIT, REPORT_MARKER, REPORT_BEGIN, REPORT_END
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if report is not None:
         sys.stdout.write(report_block(report))
         sys.stdout.flush()
-    path = Path(os.environ.get(layout.ENV_TERMINATION_LOG, layout.TERMINATION_LOG))
+    path = TrainerSettings.from_env().termination_log
     try:
         path.write_text(fit(msg))
     except OSError as exc:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.contract import layout
+
 from ..errors import DataError
+from ..settings import TrainerSettings
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-DATA_MOUNT_ENV = "TUNELOOP_DATA_DIR"
+DATA_MOUNT_ENV = layout.ENV_DATA_DIR
 
 
 @dataclass
@@ -33,7 +35,7 @@ def resolve_source(ctx: Any, source: Any, field: str) -> Path:
     if source.path:
         p = ctx.resolve(source.path)
     elif source.pvc:
-        p = Path(os.environ.get(DATA_MOUNT_ENV, "/data")) / source.pvc.path.lstrip("/")
+        p = TrainerSettings.from_env().data_dir / source.pvc.path.lstrip("/")
     elif source.s3:
         raise DataError(f"{field}.s3 ({source.s3.uri}) cannot be read by the trainer directly", hint=f"copy it to a PVC and use {field}.pvc")
     else:

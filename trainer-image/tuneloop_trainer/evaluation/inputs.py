@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tuneloop.contract import layout
+
 from ..errors import ConfigError, DataError
 
 DEFAULT_FORGETTING_SET = "forgetting.jsonl"
@@ -115,8 +117,8 @@ def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
         version = "unknown"
     head = {k: v for k, v in wire.items() if k != "registry"}
     h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
-                         "backend": (env.get("TUNELOOP_EVAL_BACKEND") or "auto").strip().lower(),
-                         "vllmArgs": (env.get("TUNELOOP_VLLM_ARGS") or "").strip()},
+                         "backend": (env.get(layout.ENV_EVAL_BACKEND) or "auto").strip().lower(),
+                         "vllmArgs": (env.get(layout.ENV_VLLM_ARGS) or "").strip()},
                         sort_keys=True, default=str).encode())
     for name in ("test.jsonl", "train.jsonl"):
         _hash_file(h, Path(ctx.data_dir) / name, f"data/{name}")

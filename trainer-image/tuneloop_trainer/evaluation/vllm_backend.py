@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BACKEND_ENV = "TUNELOOP_EVAL_BACKEND"
-PYTHON_ENV = "TUNELOOP_VLLM_PYTHON"
-ARGS_ENV = "TUNELOOP_VLLM_ARGS"  # more server arguments, after ours (the last of a repeated flag wins): "--dtype bfloat16 --no-enforce-eager"
+from tuneloop.contract import layout
+
+BACKEND_ENV = layout.ENV_EVAL_BACKEND
+PYTHON_ENV = layout.ENV_VLLM_PYTHON
+ARGS_ENV = layout.ENV_VLLM_ARGS  # more server arguments, after ours (the last of a repeated flag wins): "--dtype bfloat16 --no-enforce-eager"
 BACKENDS = ("auto", "vllm", "transformers")
 VENV_DIR = ".venv-vllm"
 # vLLM 0.32's CPU attention (v1/attention/backends/cpu_attn.py, CPUAttentionBackend.get_supported_head_sizes);

@@ -15,7 +15,10 @@ import sys
 import time
 from typing import Any
 
+from tuneloop.contract.layout import ENV_BATCH_LAYOUT
+
 from ..errors import ConfigError, DataError, ResourceError, TrainerError
+from ..settings import TrainerSettings
 from ..training import distributed as dist
 
 
@@ -142,10 +145,10 @@ def _layout(ctx: Any, model: Any) -> str:
     All but padded compute the LM head only where a token is trained. TUNELOOP_BATCH_LAYOUT overrides."""
     import torch
 
-    forced = os.environ.get("TUNELOOP_BATCH_LAYOUT")
+    forced = TrainerSettings.from_env().batch_layout
     if forced:
         if forced not in LAYOUTS:
-            raise ConfigError(f"TUNELOOP_BATCH_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
+            raise ConfigError(f"{ENV_BATCH_LAYOUT}={forced!r}: expected one of {', '.join(LAYOUTS)}")
         return forced
     hp = ctx.spec.hyperparameters
     if hp.packing or hp.max_tokens_per_batch:
@@ -162,9 +165,9 @@ def _fused_loss_wanted(layout: str) -> bool:
     """The chunked/fused LM-head loss (loss.py): on by default on CUDA (TUNELOOP_FUSED_LOSS=0/1 overrides)."""
     import torch
 
-    env = os.environ.get("TUNELOOP_FUSED_LOSS")
-    if env in ("0", "1"):
-        return env == "1" and layout != "padded"
+    forced = TrainerSettings.from_env().fused_loss
+    if forced is not None:
+        return forced and layout != "padded"
     return torch.cuda.is_available() and layout != "padded"
 
 
@@ -180,7 +183,7 @@ def cpu_deepspeed() -> None:
     Set TUNELOOP_DS_SHM_COMM=1 to keep it.
     """
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if os.environ.get("TUNELOOP_DS_SHM_COMM") != "1":
+    if not TrainerSettings.from_env().ds_shm_comm:
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -288,7 +291,7 @@ def _train(ctx: Any) -> dict[str, Any]:
     print(f"tuneloop train: layout {layout}, loss {_loss_name(fused, layout)}, fused ops {fused_ops or 'none'}, "
           f"compile {'on' if compile_on else 'off'} ({compile_why})", file=sys.stderr)
     # under mixed precision autocast picks the matmul dtype: peft's cast of each adapter input to fp32 is pure copying
-    keep_casts = train_dtype(ctx) == torch.float32 or os.environ.get("TUNELOOP_ADAPTER_CASTS") == "1"
+    keep_casts = train_dtype(ctx) == torch.float32 or TrainerSettings.from_env().adapter_casts
     undo_casts = (lambda: None) if keep_casts else kernels.adapter_input_casts_off(model)
     args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout, rows=rows)
 

@@ -30,6 +30,10 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from tuneloop.contract import layout
+
+from ..settings import TrainerSettings
+
 # `auto` compiles runs of at least this many optimizer steps. Measured on an H100 (bench/trainer/README.md, run 4):
 # the compile took 65 s (8B, 4096-token rows) and 16 s (1B, 16k rows) and then saved 0.042 s and 0.035 s per step
 # against the uncompiled default — it pays back after ~1 600 and ~450 steps.
@@ -73,14 +77,14 @@ def adapter_input_casts_off(model: Any) -> Callable[[], None]:
 def fused_ops_wanted(row_tokens: int | None) -> bool:
     """Default: on for token-budget rows (hyperparameters.maxTokensPerBatch) of at least FUSED_OPS_MIN_ROW_TOKENS;
     TUNELOOP_FUSED_OPS=1/0 overrides."""
-    env = os.environ.get("TUNELOOP_FUSED_OPS")
-    if env in ("0", "1"):
-        return env == "1"
+    forced = TrainerSettings.from_env().fused_ops
+    if forced is not None:
+        return forced
     return bool(row_tokens) and row_tokens >= FUSED_OPS_MIN_ROW_TOKENS
 
 
 def fused_ops_available(device: str) -> bool:
-    if device != "cuda" or os.environ.get("TUNELOOP_FUSED_OPS") == "0":
+    if device != "cuda" or TrainerSettings.from_env().fused_ops is False:
         return False
     try:
         import liger_kernel.transformers  # noqa: F401
@@ -140,9 +144,9 @@ def fused_ops(model: Any, device: str) -> tuple[str | None, Callable[[], None]]:
 
 def compile_plan(setting: str, *, device: str, method: str, deepspeed: bool, planned_steps: int) -> tuple[bool, str]:
     """(compile?, why) for hyperparameters.compile; TUNELOOP_COMPILE=1/0 overrides (benchmarks)."""
-    env = os.environ.get("TUNELOOP_COMPILE")
-    if env in ("0", "1"):
-        return env == "1", f"TUNELOOP_COMPILE={env}"
+    forced = TrainerSettings.from_env().compile
+    if forced is not None:
+        return forced, f"{layout.ENV_COMPILE}={int(forced)}"
     if setting == "on":
         return True, "compile: on"
     if setting == "off":
