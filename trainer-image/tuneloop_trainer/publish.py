@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tuneloop.contract import layout, lineage
+from tuneloop.contract import layout
+from tuneloop.contract.lineage import LineageFile
 from tuneloop.contract.termination import (
     PUBLISH_STAGE,
     REPORT_BEGIN,
@@ -47,13 +48,13 @@ def collect(workdir: Path) -> tuple[dict[str, Any], str | None]:
         ev = json.loads(wd.eval_file.read_text())
         msg["evaluation"] = ev.get("record", ev)
     if wd.lineage_file.exists():
-        msg["lineage"] = lineage_summary(json.loads(wd.lineage_file.read_text()))
+        msg["lineage"] = lineage_summary(LineageFile.read(wd.lineage_file))
     return msg, wd.report_file.read_text(errors="replace") if wd.report_file.exists() else None
 
 
-def lineage_summary(lin: dict[str, Any]) -> dict[str, Any]:
+def lineage_summary(lin: LineageFile | dict[str, Any]) -> dict[str, Any]:
     """The ModelVersion lineage facts (camelCase) from the trainer's lineage.json."""
-    return lineage.facts(lin).wire()
+    return LineageFile.of(lin).facts().wire()
 
 
 def main(argv: list[str] | None = None) -> int:

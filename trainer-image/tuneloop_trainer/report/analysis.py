@@ -89,7 +89,7 @@ def challenges(run: Any, facts: dict[str, Any], scores: dict[str, dict[str, Any]
     dr = run.data_report
     for rule, n in (dr.get("rejected_by_rule") or {}).items():
         out.append(f"Data preparation rejected {n} record(s) by rule `{rule}` (listed in data/data_report.json).")
-    for w in (run.results.get("train") or {}).get("warnings") or run.lineage.get("warnings") or []:
+    for w in (run.results.get("train") or {}).get("warnings") or []:
         out.append(f"Trainer warning: {w}")
     if facts.get("nan"):
         out.append("Training loss became NaN/inf at some step.")

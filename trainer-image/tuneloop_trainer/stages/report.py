@@ -16,6 +16,7 @@ import yaml
 from tuneloop.api.evaluation import METRICS, EvaluationRecord
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.contract import layout
+from tuneloop.contract.lineage import LineageFile
 
 from ..errors import ConfigError
 from ..report import verdict as report_verdict
@@ -134,7 +135,7 @@ def conclusions(ctx: Any, run: Any, record: dict[str, Any], ev: dict[str, Any] |
     ev = ev or {}
     seconds = {s: run.stage_seconds(s) for s in ("prepare", "train", "evaluate")}
     total = sum(v for v in seconds.values() if v)
-    world = run.lineage.get("world_size") or 1
+    world = LineageFile.of(run.lineage).world_size or 1
     gpus = ctx.spec.resources.gpus_per_node
     unit = "GPU-hours" if gpus else "CPU-process-hours"
     compute = (seconds.get("train") or 0) * world / 3600
