@@ -1,8 +1,13 @@
-"""What every stage gets: the parsed spec, the work directory, and path resolution."""
+"""What every stage gets (`StageContext`): the parsed spec, the work directory, and path resolution.
+
+Every stage's `run(ctx)`, and every helper that needs the job, takes a `StageContext`; `load_context` builds it
+from the spec file (a pod's ConfigMap, or a local run's manifest) and the trainer's settings (settings.py).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,11 @@ from tuneloop.contract.termination import TERMINATION_LIMIT
 from .errors import ConfigError
 from .settings import TrainerSettings
 
-__all__ = ["TERMINATION_LIMIT", "StageContext", "load_context"]
+__all__ = ["TERMINATION_LIMIT", "ProgressCallback", "StageContext", "load_context"]
+
+
+# A stage's progress event: {"event"|"stage", "phase", "done", "total", "loss", ...} (train: a progress.jsonl row).
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -30,8 +39,8 @@ class StageContext:
     namespace: str = "default"
     uid: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
-    # Progress callback for interactive front-ends (local run); pods leave it None.
-    on_progress: Any = None
+    # Progress callback for interactive front-ends (local run: tuneloop.cli.local_progress); pods leave it None.
+    on_progress: ProgressCallback | None = None
     # The spec file itself (the train stage re-executes itself under torchrun with it).
     spec_file: Path | None = None
 

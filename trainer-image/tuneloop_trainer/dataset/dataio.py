@@ -11,12 +11,15 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract import layout
 
 from ..errors import DataError
 from ..settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 DATA_MOUNT_ENV = layout.ENV_DATA_DIR
@@ -30,7 +33,7 @@ class RawRecord:
     error: str | None = None
 
 
-def resolve_source(ctx: Any, source: Any, field: str) -> Path:
+def resolve_source(ctx: StageContext, source: Any, field: str) -> Path:
     """A DataSource (path | pvc | s3) as a local path that exists."""
     if source.path:
         p = ctx.resolve(source.path)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract import layout
 
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 DEFAULT_FORGETTING_SET = "forgetting.jsonl"
 
@@ -98,7 +101,7 @@ def _hash_file(h: Any, path: Path, label: str) -> None:
     h.update(b"\0")
 
 
-def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
+def evaluation_fingerprint(ctx: StageContext, env: Any = None) -> str:
     """sha256 of everything the evaluate stage's result depends on: the spec after command-line overrides (the
     weights' settings and every evaluation setting, gates included; `registry` excluded), the prepared test and train
     splits, the trained artifact's files, the forgetting set, the serving version's eval.json, the backend asked for

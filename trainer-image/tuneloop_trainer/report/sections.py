@@ -12,13 +12,14 @@ from .analysis import challenges, curve_facts, duration, label
 from .inputs import label_distribution
 
 if TYPE_CHECKING:
-    pass
+    from ..context import StageContext
+    from .inputs import RunRecord
 
 PURPOSE_ANNOTATION = "tuneloop.dev/purpose"
 OBJECTIVE_ANNOTATION = "tuneloop.dev/objective"
 
 
-def _annotation(ctx: Any, key: str) -> str | None:
+def _annotation(ctx: StageContext, key: str) -> str | None:
     return ((ctx.raw.get("metadata") or {}).get("annotations") or {}).get(key)
 
 
@@ -36,7 +37,7 @@ def _src(source: Any) -> str:
     return f"`{source.s3.uri}`"
 
 
-def overview(ctx: Any, run: Any, mv: Any) -> list[str]:
+def overview(ctx: StageContext, run: RunRecord, mv: Any) -> list[str]:
     spec = ctx.spec
     purpose = _annotation(ctx, PURPOSE_ANNOTATION) or (
         f"Adapt {spec.base_model.display_name()} to the task in `{ctx.name}`'s dataset with {spec.method.type} fine-tuning, "
@@ -54,7 +55,7 @@ def overview(ctx: Any, run: Any, mv: Any) -> list[str]:
     ]
 
 
-def objective(ctx: Any, record: dict[str, Any]) -> list[str]:
+def objective(ctx: StageContext, record: dict[str, Any]) -> list[str]:
     ev = ctx.spec.evaluation
     lines = ["## Objective"]
     text = _annotation(ctx, OBJECTIVE_ANNOTATION)
@@ -83,7 +84,7 @@ def objective(ctx: Any, record: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def dataset(ctx: Any, run: Any) -> list[str]:
+def dataset(ctx: StageContext, run: RunRecord) -> list[str]:
     ds = ctx.spec.dataset
     dr = run.data_report
     c = dr.get("counts") or {}
@@ -121,7 +122,7 @@ def dataset(ctx: Any, run: Any) -> list[str]:
     return lines
 
 
-def training_parameters(ctx: Any, run: Any) -> list[str]:
+def training_parameters(ctx: StageContext, run: RunRecord) -> list[str]:
     hp, m = ctx.spec.hyperparameters, ctx.spec.method
     facts = curve_facts(run.progress)
     c = (run.data_report.get("counts") or {})
@@ -147,7 +148,7 @@ def training_parameters(ctx: Any, run: Any) -> list[str]:
     return lines + [""]
 
 
-def _hardware(run: Any) -> str:
+def _hardware(run: RunRecord) -> str:
     world = LineageFile.of(run.lineage).world_size
     if run.local_run.get("device"):
         return f"this machine (local run): {run.local_run['device']}; world size {world or 1}"
@@ -162,7 +163,7 @@ def _hardware(run: Any) -> str:
     return f"world size {world or 1}; the trainer did not record its devices — the report host has {here}"
 
 
-def training_process(ctx: Any, run: Any, scores: dict[str, Any]) -> list[str]:
+def training_process(ctx: StageContext, run: RunRecord, scores: dict[str, Any]) -> list[str]:
     facts = curve_facts(run.progress)
     lineage = LineageFile.of(run.lineage)
     lib_text = ", ".join(f"{k} {v}" for k, v in (lineage.libraries or {}).items()) or "versions not recorded"

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
 from tuneloop.contract import layout
@@ -37,6 +37,9 @@ from ..evaluation.inputs import evaluation_fingerprint, load_train_answers
 from ..evaluation.vllm_backend import BACKEND_ENV, Choice, VllmUnavailable
 from ..evaluation.vllm_backend import fallback as vllm_fallback
 
+if TYPE_CHECKING:
+    from ..context import StageContext
+
 FORGETTING_MAX_NEW_TOKENS = 48
 
 
@@ -46,7 +49,7 @@ def extra_rows() -> list[str]:
     return [i.name for i in METRICS.values() if not i.selectable]
 
 
-def _progress(ctx: Any, phase: str, done: int, total: int) -> None:
+def _progress(ctx: StageContext, phase: str, done: int, total: int) -> None:
     if ctx.on_progress:
         ctx.on_progress({"stage": "evaluate", "phase": phase, "done": done, "total": total})
 
@@ -74,7 +77,7 @@ def _check_schema(schema: dict[str, Any] | None) -> None:
 
 
 def _evaluate_model(
-    ctx: Any,
+    ctx: StageContext,
     label: str,
     loader: Callable[[], tuple[Any, Any]],
     records: list[dict[str, Any]],
@@ -130,7 +133,7 @@ def _log(message: str) -> None:
     print(f"tuneloop evaluate: {message}", file=sys.stderr, flush=True)
 
 
-def choose_backend(ctx: Any, *, base_needed: bool, env: Any = None) -> Choice:
+def choose_backend(ctx: StageContext, *, base_needed: bool, env: Any = None) -> Choice:
     """vLLM or transformers for this evaluation (evaluation/vllm_backend.choose), from TUNELOOP_EVAL_BACKEND, where a
     vLLM Python is found and whether vLLM can serve the models here."""
     from ..evaluation import vllm_backend as vb
@@ -189,7 +192,7 @@ def _sigterm_raises() -> Any:
         signal.signal(signal.SIGTERM, old)
 
 
-def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *, need_nll: bool,
+def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *, need_nll: bool,
                    details: dict[str, Any], choice: Choice) -> dict[str, dict[str, Any] | None]:
     """Both models through vLLM's OpenAI server: one server per model, both at once on their own CPUs (or one after the
     other when there is a single CPU). The tuned model is served merged (vLLM's CPU LoRA path is slower than generating
@@ -322,7 +325,7 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _send(ctx: Any, jobs: dict[str, list[Any]], phases: dict[str, list[tuple[str, list[int], int]]], concurrency: int,
+def _send(ctx: StageContext, jobs: dict[str, list[Any]], phases: dict[str, list[tuple[str, list[int], int]]], concurrency: int,
           out: dict[str, dict[str, Any] | None], tokenizers: dict[str, Any]) -> None:
     """Send every model's jobs (all models at once), then turn them into the transformers path's results per model."""
     from ..evaluation import vllm_backend as vb
@@ -400,7 +403,7 @@ def _scores(result: dict[str, Any] | None, references: list[str], schema: dict |
     return scores
 
 
-def _serving_doc(ctx: Any, ev: Any) -> dict[str, Any] | None:
+def _serving_doc(ctx: StageContext, ev: Any) -> dict[str, Any] | None:
     """The serving ModelVersion's eval.json (evaluation.serving.evalJson), read whole."""
     serving = getattr(ev, "serving", None)
     if serving is None:
@@ -415,7 +418,7 @@ def _serving_doc(ctx: Any, ev: Any) -> dict[str, Any] | None:
         raise ConfigError(f"evaluation.serving.evalJson: {path} is not JSON ({exc})") from None
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from ..evaluation.gates import decide
     from ..evaluation.inputs import load_forgetting_set, load_test_split
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract.tokenlengths import token_lengths
 
@@ -20,13 +20,16 @@ from ..dataset.splitting import split_groups
 from ..dataset.statistics import length_stats, write_text_report
 from ..errors import DataError
 
+if TYPE_CHECKING:
+    from ..context import StageContext
+
 SPLITS = ("train", "validation", "test")
 
 
 class _Collector:
     """Accepted records per split source, rejections, and duplicate/leak bookkeeping."""
 
-    def __init__(self, ctx: Any, tok: Any, max_len: int):
+    def __init__(self, ctx: StageContext, tok: Any, max_len: int):
         self.ctx, self.tok, self.max_len = ctx, tok, max_len
         self.fmt = ctx.spec.dataset.format
         self.dedupe = ctx.spec.dataset.checks.dedupe
@@ -80,7 +83,7 @@ class _Collector:
         self.accepted[source].append(rec)
 
 
-def _sources(ctx: Any) -> dict[str, list[Path]]:
+def _sources(ctx: StageContext) -> dict[str, list[Path]]:
     ds = ctx.spec.dataset
     out = {}
     for name in SPLITS:
@@ -112,7 +115,7 @@ def _leakage(col: _Collector) -> None:
         col.accepted[split] = keep
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from ..modeling import load_tokenizer, locate
 
     spec = ctx.spec

@@ -10,7 +10,7 @@ DIR/report/modelversion.yaml (a ModelVersion that `kubectl tuneloop validate` ac
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from tuneloop.api.evaluation import METRICS, EvaluationRecord
@@ -22,6 +22,9 @@ from ..errors import ConfigError
 from ..report import verdict as report_verdict
 from ..report.analysis import curve_facts, duration, fmt, label, next_steps, strengths_weaknesses
 from ..report.sections import dataset, objective, overview, training_parameters, training_process
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 SAMPLES = 3
 
@@ -131,7 +134,7 @@ def _ranked(attr: str) -> list[str]:
     return [i.name for i in sorted(ranked, key=lambda i: getattr(i, attr))]
 
 
-def conclusions(ctx: Any, run: Any, record: dict[str, Any], ev: dict[str, Any] | None = None) -> list[str]:
+def conclusions(ctx: StageContext, run: Any, record: dict[str, Any], ev: dict[str, Any] | None = None) -> list[str]:
     ev = ev or {}
     seconds = {s: run.stage_seconds(s) for s in ("prepare", "train", "evaluate")}
     total = sum(v for v in seconds.values() if v)
@@ -170,7 +173,7 @@ def all_runs_cost(local_run: dict[str, Any]) -> dict[str, Any] | None:
             "total": sum(e["seconds"] for e in entries)}
 
 
-def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:
+def resources(ctx: StageContext, mv: Any, figures: dict[str, bool]) -> list[str]:
     wd = ctx.workdir
     lines = [
         "## Resources",
@@ -183,7 +186,7 @@ def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:
     return lines + [""]
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from ..report import charts as report_charts
     from ..report import inputs as report_inputs
     from ..report import modelversion as report_modelversion

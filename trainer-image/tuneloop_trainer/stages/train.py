@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract.layout import ENV_BATCH_LAYOUT
 
@@ -21,12 +21,15 @@ from ..errors import ConfigError, DataError, ResourceError, TrainerError
 from ..settings import TrainerSettings
 from ..training import distributed as dist
 
+if TYPE_CHECKING:
+    from ..context import StageContext
+
 
 class LaunchFailed(TrainerError):
     """A rank of the torchrun launch failed; carries that run's reason and exit code."""
 
 
-def _relaunch(ctx: Any, topo: dist.Topology) -> dict[str, Any]:
+def _relaunch(ctx: StageContext, topo: dist.Topology) -> dict[str, Any]:
     result = ctx.workdir / "result-train.json"
     result.unlink(missing_ok=True)
     code = dist.relaunch(["train", "--spec", str(ctx.spec_file), "--workdir", str(ctx.workdir)], topo)
@@ -39,7 +42,7 @@ def _relaunch(ctx: Any, topo: dist.Topology) -> dict[str, Any]:
     raise err
 
 
-def apply_method(ctx: Any, model: Any) -> Any:
+def apply_method(ctx: StageContext, model: Any) -> Any:
     """LoRA / QLoRA adapters through peft, or every weight trainable for full fine-tuning."""
     method = ctx.spec.method
     if method.type == "full":
@@ -78,7 +81,7 @@ def _eval_steps(hp: Any, steps_per_epoch: int) -> int:
     return max(1, steps_per_epoch)
 
 
-def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: bool, layout: str, rows: bool = False) -> Any:
+def training_arguments(ctx: StageContext, world: int, steps_per_epoch: int, has_eval: bool, layout: str, rows: bool = False) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -134,7 +137,7 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
 LAYOUTS = ("packed", "grouped", "flat", "padded")
 
 
-def _layout(ctx: Any, model: Any) -> str:
+def _layout(ctx: StageContext, model: Any) -> str:
     """Batch layout (bench/trainer/README.md has the measurements behind the choice):
     - packed: padding-free rows + varlen attention (attention.py: no mask, attention only inside each record)
       — the default on CUDA, and wherever hyperparameters.packing or maxTokensPerBatch asks for packing;
@@ -171,7 +174,7 @@ def _fused_loss_wanted(layout: str) -> bool:
     return torch.cuda.is_available() and layout != "padded"
 
 
-def spec_uses_deepspeed(ctx: Any) -> bool:
+def spec_uses_deepspeed(ctx: StageContext) -> bool:
     return bool(ctx.spec.deepspeed and ctx.spec.deepspeed.enabled)
 
 
@@ -193,7 +196,7 @@ def _oom(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
-def _oom_error(ctx: Any) -> ResourceError:
+def _oom_error(ctx: StageContext) -> ResourceError:
     hp = ctx.spec.hyperparameters
     return ResourceError(
         f"out of memory at microBatchSize {hp.micro_batch_size}, maxSeqLength {hp.max_seq_length}",
@@ -202,7 +205,7 @@ def _oom_error(ctx: Any) -> ResourceError:
     )
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     topo = dist.topology()
     if topo.world_size > 1 and not dist.under_launcher():
         return _relaunch(ctx, topo)
@@ -218,7 +221,7 @@ def run(ctx: Any) -> dict[str, Any]:
         raise
 
 
-def _train(ctx: Any) -> dict[str, Any]:
+def _train(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     if not torch.cuda.is_available() and spec_uses_deepspeed(ctx):
@@ -379,13 +382,13 @@ def _loss_name(fused: bool, layout: str) -> str:
     return "fused_" + loss_backend("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _merge(ctx: Any, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
+def _merge(ctx: StageContext, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
     from ..training.artifact import merge_adapter
 
     return merge_adapter(ctx, prompts)
 
 
-def write_lineage_for(ctx: Any, summary: dict[str, Any], tokens: int, wall: float):
+def write_lineage_for(ctx: StageContext, summary: dict[str, Any], tokens: int, wall: float):
     from ..training.artifact import write_lineage
 
     return write_lineage(ctx, {
