@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,7 +102,7 @@ def _hash_file(h: Any, path: Path, label: str) -> None:
     h.update(b"\0")
 
 
-def evaluation_fingerprint(ctx: StageContext, env: Any = None) -> str:
+def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = None) -> str:
     """sha256 of everything the evaluate stage's result depends on: the spec after command-line overrides (the
     weights' settings and every evaluation setting, gates included; `registry` excluded), the prepared test and train
     splits, the trained artifact's files, the forgetting set, the serving version's eval.json, the backend asked for

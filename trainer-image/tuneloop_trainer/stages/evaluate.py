@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,9 +59,9 @@ def wanted_metrics(ev: Any) -> list[str]:
     names = {m if isinstance(m, str) else m.value for m in ev.metrics}
     names |= {g.metric if isinstance(g.metric, str) else g.metric.value for g in ev.gates}
     if ev.json_schema is not None:
-        names |= {MetricName.SCHEMA_COMPLIANCE.value, MetricName.FIELD_ACCURACY.value}
+        names |= {MetricName("schemaCompliance").value, MetricName("fieldAccuracy").value}
     if ev.forgetting.enabled:
-        names.add(MetricName.FORGETTING_ACCURACY.value)
+        names.add(MetricName("forgettingAccuracy").value)
     return [m.value for m in MetricName if m.value in names]
 
 
@@ -133,7 +133,7 @@ def _log(message: str) -> None:
     print(f"tuneloop evaluate: {message}", file=sys.stderr, flush=True)
 
 
-def choose_backend(ctx: StageContext, *, base_needed: bool, env: Any = None) -> Choice:
+def choose_backend(ctx: StageContext, *, base_needed: bool, env: Mapping[str, str] | None = None) -> Choice:
     """vLLM or transformers for this evaluation (evaluation/vllm_backend.choose), from TUNELOOP_EVAL_BACKEND, where a
     vLLM Python is found and whether vLLM can serve the models here."""
     from ..evaluation import vllm_backend as vb
@@ -438,7 +438,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if ev.forgetting.enabled:
         forgetting, forgetting_source = load_forgetting_set(ctx.resolve(ev.forgetting.path) if ev.forgetting.path else None)
     metrics = wanted_metrics(ev)
-    need_nll = MetricName.PERPLEXITY.value in metrics
+    need_nll = MetricName("perplexity").value in metrics
 
     from ..modeling import load_base, load_tuned
 
