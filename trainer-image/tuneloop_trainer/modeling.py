@@ -82,7 +82,7 @@ def locate(ctx: StageContext) -> ModelLocation:
         return ModelLocation(str(p), display=src.display_name())
     if src.gguf:
         g = src.gguf
-        f = ctx.resolve(g.path) if g.path else _find_gguf_in_package(g.python_package, g.file)
+        f = ctx.resolve(g.path) if g.path else _find_gguf_in_package(g.python_package or "", g.file)  # (the API requires path or pythonPackage)
         if not f.is_file():
             raise ConfigError(f"baseModel.gguf.path {f} is not a file")
         return ModelLocation(str(f.parent), gguf_file=str(f), display=src.display_name())
@@ -147,12 +147,15 @@ def gguf_serving_dir(ctx: StageContext) -> Path | None:
         loc = locate(ctx)
     except ConfigError:
         return None
+    if loc.gguf_file is None:  # (a gguf base always has its file)
+        return None
     out = gguf_cache_dir(loc.gguf_file)
     return out if (out / ".complete").exists() else None
 
 
 def _gguf_cache(loc: ModelLocation) -> Path:
     """Dequantize a GGUF file once into a trainable, saveable safetensors model directory (cached)."""
+    assert loc.gguf_file is not None, "a GGUF location names its file"
     f = Path(loc.gguf_file)
     st = f.stat()
     out = gguf_cache_dir(f)
@@ -233,6 +236,7 @@ def load_dtype(ctx: StageContext, for_training: bool):
 
 def _quantization_config(ctx: StageContext):
     q = ctx.spec.method.quantization
+    assert q is not None, "the API requires quantization with method qlora"
     if not use_cuda():
         raise ConfigError("method qlora needs a CUDA GPU (bitsandbytes 4-bit); none is visible", hint="use method lora on CPU, or request GPUs")
     try:

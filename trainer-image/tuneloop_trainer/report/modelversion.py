@@ -45,7 +45,7 @@ def _no_uid(lineage: dict[str, Any], artifact: Any = None) -> str:
     art = Path(artifact) if artifact else None
     files = sorted(p for p in art.rglob("*") if p.is_file()) if art and art.is_dir() else []
     h = hashlib.sha256()
-    if files:
+    if art is not None and files:  # (files come from art)
         for p in files:
             h.update(str(p.relative_to(art)).encode() + b"\0")
             with p.open("rb") as f:

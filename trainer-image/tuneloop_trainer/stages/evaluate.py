@@ -247,10 +247,11 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
             ids = tok([p for _, p, _ in prompts], add_special_tokens=False)["input_ids"] if prompts else []
             phases[label] = [(ph, i, n) for (ph, _, n), i in zip(prompts, ids)]
         longest = max((len(i) + n for items in phases.values() for _, i, n in items), default=0)
-        labels = [m for m in ("base", "tuned") if m in dirs]
+        labels: list[str] = [m for m in ("base", "tuned") if m in dirs]
         binds = vb.cpu_sets(len(labels))
         # one at a time on a GPU (each engine takes most of its memory) or a single CPU; else both at once, on their own CPUs
         together = len(labels) == 1 or (not use_cuda() and all(b is not None for b in binds))
+        assert choice.interpreter is not None, "choose() picks vLLM only with an interpreter"
         servers = {m: vb.Server(choice.interpreter.python, dirs[m][0], f"tuneloop-{m}", ctx.workdir / f"vllm-{m}.log", dtype=dtype,
                                 max_model_len=max(512, -(-(longest + 8) // 256) * 256), max_num_seqs=ev.batch_size, seed=seed,
                                 cpu_bind=binds[i] if together and not use_cuda() else None, revision=dirs[m][1], extra_args=more_args)
@@ -466,7 +467,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     analysis = eval_analysis.analyse(
         records=records, references=references, schema=ev.json_schema, results=results, scores={"base": base_scores, "tuned": tuned_scores},
         forgetting=forgetting, train_answers=load_train_answers(ctx.data_dir) if getattr(ev, "baselines", True) else [],
-        serving_doc=_serving_doc(ctx, ev), serving_name=ev.serving.model_version if getattr(ev, "serving", None) else None,
+        serving_doc=_serving_doc(ctx, ev), serving_name=champion.model_version if (champion := getattr(ev, "serving", None)) else None,
     )
     rows = eval_analysis.metric_rows(metrics + extra, analysis)
     serving = eval_analysis.serving_outcome(rows, analysis, ev.gates)
@@ -503,10 +504,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "examples": _examples(records, results),
         "forgetting": _forgetting_rows(forgetting, results, base_scores, tuned_scores),
         "samplePrompts": [
-            {"prompt": p, "base": (results["base"] or {}).get("samplePrompts", [None] * len(ev.sample_prompts))[i], "tuned": results["tuned"]["samplePrompts"][i]}
+            {"prompt": p, "base": (results["base"] or {}).get("samplePrompts", [None] * len(ev.sample_prompts))[i], "tuned": (results["tuned"] or {})["samplePrompts"][i]}
             for i, p in enumerate(ev.sample_prompts)
         ]
-        if ev.sample_prompts and "samplePrompts" in results["tuned"]
+        if ev.sample_prompts and "samplePrompts" in (results["tuned"] or {})
         else [],
     }
     out_path.write_text(json.dumps(doc, indent=2, default=str))

@@ -100,7 +100,7 @@ def _leakage(col: _Collector) -> None:
     for split, earlier in (("validation", ("train",)), ("test", ("train", "validation"))):
         if not col.accepted[split]:
             continue
-        known = {}
+        known: dict[str, tuple[str, str]] = {}
         for s in earlier:
             for r in col.accepted[s]:
                 known.setdefault(prompt_key(r), (s, f"{r['source_file']}:{r['source_line']}"))
@@ -172,8 +172,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     failure = None
     if col.read_by["train"] == 0:
-        files = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
-        failure = f"the train data holds no records: {files}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
+        names = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
+        failure = f"the train data holds no records: {names}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
     elif frac > ds.checks.max_rejected_fraction:
         top = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
         failure = (f"{len(col.rejected)} of {col.read} records rejected ({frac:.1%} > maxRejectedFraction "

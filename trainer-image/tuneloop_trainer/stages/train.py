@@ -238,7 +238,7 @@ class _Run:
     fused: bool = False
     loss_func: Any = None
     flops: Any = None
-    steps_per_epoch: float = 0.0
+    steps_per_epoch: int = 0
     compiled: int = 0
     compile_why: str = ""
     fused_ops: str | None = None
@@ -281,10 +281,11 @@ def _load(ctx: StageContext) -> _Run:
     if hp.gradient_checkpointing and spec.method.type != "full":
         model.enable_input_require_grads()
 
-    rows = bool(hp.max_tokens_per_batch) and layout in ("packed", "flat")
-    if rows:
-        train_ds = pack_by_tokens(train_ds, hp.max_tokens_per_batch, seed=hp.seed)
-        eval_ds = pack_by_tokens(eval_ds, hp.max_tokens_per_batch, seed=hp.seed)
+    budget = hp.max_tokens_per_batch
+    rows = bool(budget) and layout in ("packed", "flat")
+    if rows and budget:
+        train_ds = pack_by_tokens(train_ds, budget, seed=hp.seed)
+        eval_ds = pack_by_tokens(eval_ds, budget, seed=hp.seed)
     return _Run(model, tok, train_ds, eval_ds, layout, attention, rows)
 
 

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from .checkpoints import mark_complete
 
 if TYPE_CHECKING:
-    from ..context import ProgressCallback
+    from ..context import ProgressCallback as OnProgress
     from .flops import FlopsModel
     from .metrics import TrainerMetrics
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class ProgressCallback(TrainerCallback):
     """Rank 0: every logging step, updates the gauges, appends to progress.jsonl, calls on_progress."""
 
-    def __init__(self, path: Path, metrics: TrainerMetrics | None = None, on_progress: ProgressCallback | None = None,
+    def __init__(self, path: Path, metrics: TrainerMetrics | None = None, on_progress: OnProgress | None = None,
                  flops: FlopsModel | None = None, collator: Any = None,
                  world: int = 1, peak_tflops: float | None = None):
         self.path, self.metrics, self.on_progress = path, metrics, on_progress

@@ -80,7 +80,7 @@ def fused_ops_wanted(row_tokens: int | None) -> bool:
     forced = TrainerSettings.from_env().fused_ops
     if forced is not None:
         return forced
-    return bool(row_tokens) and row_tokens >= FUSED_OPS_MIN_ROW_TOKENS
+    return row_tokens is not None and row_tokens >= FUSED_OPS_MIN_ROW_TOKENS  # (the threshold is positive: 0 is off too)
 
 
 def fused_ops_available(device: str) -> bool:
@@ -128,14 +128,14 @@ def fused_ops(model: Any, device: str) -> tuple[str | None, Callable[[], None]]:
             bind(mlp, "forward", LigerSwiGLUMLP.forward)
     modelling = sys.modules.get(type(layers[0]).__module__)
     original_rope = getattr(modelling, "apply_rotary_pos_emb", None)
-    if original_rope is not None:
-        modelling.apply_rotary_pos_emb = liger_rotary_pos_emb
+    if modelling is not None and original_rope is not None:
+        setattr(modelling, "apply_rotary_pos_emb", liger_rotary_pos_emb)  # a module attribute mypy cannot see
 
     def undo() -> None:
         for module, name in bound:
             module.__dict__.pop(name, None)
-        if original_rope is not None:
-            modelling.apply_rotary_pos_emb = original_rope
+        if modelling is not None and original_rope is not None:
+            setattr(modelling, "apply_rotary_pos_emb", original_rope)
 
     return "liger:rms_norm,swiglu,rope", undo
 

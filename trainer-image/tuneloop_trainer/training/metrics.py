@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from tuneloop.contract.progress import GAUGES as _CONTRACT_GAUGES
@@ -27,7 +28,7 @@ class TrainerMetrics:
         # NaN = not reported (yet: no logged step / no evaluation in this run; or no MFU on CPU), never a false 0
         for k in ("tokens_per_second_per_gpu", "mfu", "loss", "eval_loss"):
             self.gauges[k].set(float("nan"))
-        self.server = None
+        self.server: Any = None
 
     def serve(self, port: int | None = None, addr: str | None = None) -> int:
         from prometheus_client import start_http_server
@@ -50,11 +51,11 @@ class TrainerMetrics:
             self.server = None
 
 
-def listen_address(env: dict[str, str] | None = None) -> str:
+def listen_address(env: Mapping[str, str] | None = None) -> str:
     """Where the metrics endpoint listens: every interface in a pod (Prometheus scrapes the pod IP), the
     loopback interface elsewhere (a local run must not open a port to the network); $TUNELOOP_METRICS_ADDR wins."""
-    env = os.environ if env is None else env
-    forced = TrainerSettings.from_env(env).metrics_addr
+    environ = os.environ if env is None else env
+    forced = TrainerSettings.from_env(environ).metrics_addr
     if forced:
         return forced
-    return "0.0.0.0" if env.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
+    return "0.0.0.0" if environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
