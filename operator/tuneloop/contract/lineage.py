@@ -14,8 +14,9 @@ One model per document, one spelling per field:
   `dataset_sha256`/`token_lengths`, train's `world_size`/`train_seconds`) use the name.
 
 Reading is tolerant: a value of the wrong type is not a fact (it is left out, never a failure), so a report is
-still written from a damaged file. Names nothing ever wrote (`wall_seconds`, a stage's `seconds` read as the
-training time, `hardware`/`devices`, `effective_hyperparameters`, `trainer_image`) are no longer read.
+still written from a damaged file. Names nothing ever wrote (`wall_seconds`, `hardware`/`devices`,
+`effective_hyperparameters`, `trainer_image`, lineage `warnings`) are no longer read; the one conversion kept is a
+stage summary's `seconds` as the training time when the train stage's summary lost `train_seconds` (`LineageFacts.read`).
 """
 
 from __future__ import annotations
@@ -90,11 +91,24 @@ class LineageFacts(BaseModel):
 
     @classmethod
     def read(cls, doc: Mapping[str, Any] | None) -> LineageFacts:
-        """The facts in a summary or a wire document (other keys are ignored; wrong types are left out)."""
-        return lenient(cls, doc)
+        """The facts in a summary or a wire document (other keys are ignored; wrong types are left out).
+
+        One conversion: a stage summary's `seconds` (its wall time, contract/results.StageResult) is the training
+        time of a summary that has no train_seconds — the train stage's termination message when fitting dropped
+        its train_seconds (the operator reads it so)."""
+        found = lenient(cls, doc)
+        if found.train_seconds is None:
+            stage = lenient(_StageTime, doc).seconds
+            if stage is not None:
+                found = found.model_copy(update={"train_seconds": round(stage, 1)})
+        return found
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class _StageTime(BaseModel):
+    seconds: float | None = Field(default=None, ge=0, strict=True)
 
 
 def facts(*sources: LineageFacts | Mapping[str, Any] | None) -> LineageFacts:

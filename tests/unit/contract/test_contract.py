@@ -55,6 +55,9 @@ def test_lineage_file_and_facts_one_spelling_each_first_source_wins():
     assert (f.dataset_sha256, f.train_seconds, f.tokens_seen) == ("cd", 99.0, 7)
     assert lineage.facts({"world_size": 3, "train_seconds": 5.0}).wire() == {"worldSize": 3, "trainSeconds": 5.0}  # a summary: the name
     assert lineage.facts({"seconds": True, "tokens_seen": "3"}, None).wire() == {}  # wrong types are not facts
+    # the one conversion: a stage summary's wall time stands in for train_seconds it lost (never over it)
+    assert lineage.facts({"seconds": 120.54}).wire() == {"trainSeconds": 120.5}
+    assert lineage.facts({"seconds": 900.0, "train_seconds": 812.5}).train_seconds == 812.5
     # lineage.json's own names are not facts' names: a file is read through LineageFile, never as facts
     assert lineage.facts(from_file).wire() == {"tokensSeen": 7, "worldSize": 2}
 
