@@ -74,7 +74,7 @@ def objective(ctx: StageContext, record: dict[str, Any]) -> list[str]:
             parts.append(f"lose at most {g.max_regression} against {against}{bound}")
         if g.min_value is not None:
             parts.append(f"reach {g.min_value}")
-        lines.append(f"- **{label(getattr(g.metric, 'value', g.metric))}** (`{g.metric}`): " + ", ".join(parts) + ".")
+        lines.append(f"- **{label(str(g.metric))}** (`{g.metric}`): " + ", ".join(parts) + ".")
     if ev.forgetting.enabled:
         lines.append(f"- **No catastrophic forgetting:** accuracy on the general-knowledge set drops by at most {ev.forgetting.max_regression}.")
     if not ev.gates and not ev.forgetting.enabled:
