@@ -199,7 +199,7 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
     with transformers). Perplexity (one forward pass per record) stays with transformers, while the servers start.
     Prompts, stop tokens, limits and decoding of the answers are those of the transformers path."""
     from ..evaluation import vllm_backend as vb
-    from ..evaluation.generate import chat_prompt, reference_nll, reference_pair, stop_token_ids
+    from ..evaluation.generate import chat_prompt, stop_token_ids
     from ..modeling import (
         base_serving_location,
         is_adapter,
@@ -233,19 +233,7 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
         merge = is_adapter(art) and not (art / "merged" / "config.json").exists()
         dirs["tuned"] = (str(work / "tuned-merged") if merge else str(art / "merged" if is_adapter(art) else art), None)
 
-        chat = [r for r in records if "messages" in r]
-        phases: dict[str, list[tuple[str, list[int], int]]] = {}
-        for label, tok in tokenizers.items():
-            prompts: list[tuple[str, str, int]] = []
-            if chat and (label == "tuned" or base_task):
-                prompts += [("test", chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
-            if forgetting:
-                prompts += [("forgetting", chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]), min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS))
-                            for f in forgetting]
-            if chat and ev.sample_prompts and (label == "tuned" or base_task):
-                prompts += [("samples", chat_prompt(tok, [*_system(chat), {"role": "user", "content": p}]), ev.max_new_tokens) for p in ev.sample_prompts]
-            ids = tok([p for _, p, _ in prompts], add_special_tokens=False)["input_ids"] if prompts else []
-            phases[label] = [(ph, i, n) for (ph, _, n), i in zip(prompts, ids)]
+        phases = {label: _prompt_phases(tok, ev, records, forgetting, task=label == "tuned" or base_task) for label, tok in tokenizers.items()}
         longest = max((len(i) + n for items in phases.values() for _, i, n in items), default=0)
         labels: list[str] = [m for m in ("base", "tuned") if m in dirs]
         binds = vb.cpu_sets(len(labels))
@@ -262,6 +250,8 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
                         "schedule": "together" if together and len(labels) > 1 else "one after the other"})
         nll: dict[str, tuple[Any, Any]] = {}
         started: list[Any] = []
+        # (kept whole, ~100 lines: one ExitStack owns every server's lifetime, and the transformers perplexity passes run
+        # inside it while the servers start; split further, the start/stop order would be spread over several functions)
         with _sigterm_raises(), contextlib.ExitStack() as stack:
             def start(label: str) -> None:
                 stack.enter_context(vb.serving([servers[label]]))
@@ -273,10 +263,7 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
                 t1 = time.perf_counter()
                 model, tok = load_tuned(ctx)
                 if need_nll:
-                    _progress(ctx, "tuned: perplexity", 0, 1)
-                    items: list[tuple[float, int]] = []
-                    nll["tuned"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
-                    _progress(ctx, "tuned: perplexity", 1, 1)
+                    nll["tuned"] = _perplexity(ctx, "tuned", model, tok, records)
                 if merge:
                     save_merged(model, tok, dirs["tuned"][0])
                 del model, tok
@@ -290,10 +277,7 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
             if need_nll and base_task:
                 t1 = time.perf_counter()
                 model, tok = load_base(ctx)
-                _progress(ctx, "base: perplexity", 0, 1)
-                items = []
-                nll["base"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
-                _progress(ctx, "base: perplexity", 1, 1)
+                nll["base"] = _perplexity(ctx, "base", model, tok, records)
                 del model, tok
                 gc.collect()
                 details.setdefault("transformersSeconds", {})["base"] = round(time.perf_counter() - t1, 2)
@@ -324,6 +308,36 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _prompt_phases(tok: Any, ev: Any, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *,
+                   task: bool) -> list[tuple[str, list[int], int]]:
+    """(phase, prompt token ids, max new tokens) of one model's generations: the test split and the sample prompts when
+    it is evaluated on the task, the forgetting set when there is one — the transformers path's prompts."""
+    from ..evaluation.generate import chat_prompt
+
+    chat = [r for r in records if "messages" in r]
+    prompts: list[tuple[str, str, int]] = []
+    if chat and task:
+        prompts += [("test", chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
+    if forgetting:
+        prompts += [("forgetting", chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]), min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS))
+                    for f in forgetting]
+    if chat and ev.sample_prompts and task:
+        prompts += [("samples", chat_prompt(tok, [*_system(chat), {"role": "user", "content": p}]), ev.max_new_tokens) for p in ev.sample_prompts]
+    ids = tok([p for _, p, _ in prompts], add_special_tokens=False)["input_ids"] if prompts else []
+    return [(ph, i, n) for (ph, _, n), i in zip(prompts, ids)]
+
+
+def _perplexity(ctx: StageContext, label: str, model: Any, tok: Any, records: list[dict[str, Any]]) -> tuple[Any, list[tuple[float, int]]]:
+    """(summed NLL, per-item NLL) of the references under one model (transformers), with progress."""
+    from ..evaluation.generate import reference_nll, reference_pair
+
+    _progress(ctx, f"{label}: perplexity", 0, 1)
+    items: list[tuple[float, int]] = []
+    total = reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ctx.spec.evaluation.batch_size, per_item=items)
+    _progress(ctx, f"{label}: perplexity", 1, 1)
+    return total, items
 
 
 def _send(ctx: StageContext, jobs: dict[str, list[Any]], phases: dict[str, list[tuple[str, list[int], int]]], concurrency: int,
@@ -439,27 +453,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if ev.forgetting.enabled:
         forgetting, forgetting_source = load_forgetting_set(ctx.resolve(ev.forgetting.path) if ev.forgetting.path else None)
     metrics = wanted_metrics(ev)
-    need_nll = MetricName("perplexity").value in metrics
-
-    from ..modeling import load_base, load_tuned
-
-    choice = choose_backend(ctx, base_needed=bool(ev.baseline or forgetting))
-    _log(f"backend {choice.backend} ({choice.reason})")
-    results: dict[str, dict[str, Any] | None] | None = None
-    vllm_details: dict[str, Any] = {}
-    if choice.backend == "vllm":
-        try:
-            results = _evaluate_vllm(ctx, records, forgetting, need_nll=need_nll, details=vllm_details, choice=choice)
-        except VllmUnavailable as exc:
-            if choice.requested == "vllm":
-                raise TrainerError(f"{BACKEND_ENV}=vllm: {exc}", hint=f"unset {BACKEND_ENV} (auto) to fall back to transformers") from None
-            choice = vllm_fallback(choice, str(exc))
-            _log(f"backend {choice.backend} ({choice.reason})")
-    if results is None:
-        results = {"base": None, "tuned": None}
-        if ev.baseline or forgetting:
-            results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
-        results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
+    results, choice, vllm_details = _generate_all(ctx, records, forgetting, need_nll=MetricName("perplexity").value in metrics)
 
     base_scores = _scores(results["base"], references, ev.json_schema, forgetting)
     tuned_scores = _scores(results["tuned"], references, ev.json_schema, forgetting)
@@ -491,6 +485,44 @@ def run(ctx: StageContext) -> dict[str, Any]:
         },
         "backend": {**choice.wire(), **vllm_details},
         "inputsFingerprint": inputs_fingerprint,
+        **_results_doc(ev, records, results, analysis, (base_scores, tuned_scores), forgetting),
+    }
+    out_path.write_text(json.dumps(doc, indent=2, default=str))
+    return {**summary(record, out_path), "backend": choice.backend}
+
+
+def _generate_all(ctx: StageContext, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *,
+                  need_nll: bool) -> tuple[dict[str, dict[str, Any] | None], Choice, dict[str, Any]]:
+    """(results per model, the backend that produced them, its details): vLLM where chosen, else (or when vLLM turns
+    out unusable under auto) transformers."""
+    from ..modeling import load_base, load_tuned
+
+    ev = ctx.spec.evaluation
+    choice = choose_backend(ctx, base_needed=bool(ev.baseline or forgetting))
+    _log(f"backend {choice.backend} ({choice.reason})")
+    results: dict[str, dict[str, Any] | None] | None = None
+    vllm_details: dict[str, Any] = {}
+    if choice.backend == "vllm":
+        try:
+            results = _evaluate_vllm(ctx, records, forgetting, need_nll=need_nll, details=vllm_details, choice=choice)
+        except VllmUnavailable as exc:
+            if choice.requested == "vllm":
+                raise TrainerError(f"{BACKEND_ENV}=vllm: {exc}", hint=f"unset {BACKEND_ENV} (auto) to fall back to transformers") from None
+            choice = vllm_fallback(choice, str(exc))
+            _log(f"backend {choice.backend} ({choice.reason})")
+    if results is None:
+        results = {"base": None, "tuned": None}
+        if ev.baseline or forgetting:
+            results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
+        results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
+    return results, choice, vllm_details
+
+
+def _results_doc(ev: Any, records: list[dict[str, Any]], results: dict[str, dict[str, Any] | None], analysis: Any,
+                 scores: tuple[dict[str, Any], dict[str, Any]], forgetting: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """eval.json's measurements: scores, generations, baselines, per-item scores, examples, forgetting, sample prompts."""
+    base_scores, tuned_scores = scores
+    return {
         "scores": {
             label: {k: v for k, v in s.items() if k not in ("forgettingHits",)} for label, s in (("base", base_scores), ("tuned", tuned_scores))
         },
@@ -510,8 +542,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if ev.sample_prompts and "samplePrompts" in (results["tuned"] or {})
         else [],
     }
-    out_path.write_text(json.dumps(doc, indent=2, default=str))
-    return {**summary(record, out_path), "backend": choice.backend}
 
 
 def _examples(records: list[dict[str, Any]], results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:

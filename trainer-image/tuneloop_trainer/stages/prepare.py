@@ -140,11 +140,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "test": col.accepted["test"] if ds.test else parts["test"]}
 
     data_dir = ctx.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, recs in splits.items():
-        with (data_dir / f"{name}.jsonl").open("w") as fh:
-            for r in recs:
-                fh.write(json.dumps({k: v for k, v in r.items() if k not in ("num_tokens", "num_trained")}, ensure_ascii=False) + "\n")
+    _write_splits(data_dir, splits)
 
     by_rule: dict[str, int] = {}
     for r in col.rejected:
@@ -170,16 +166,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                        [r["num_trained"] for r in splits["train"]], max_len),
         "rejected": col.rejected,
     }
-    failure = None
-    if col.read_by["train"] == 0:
-        names = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
-        failure = f"the train data holds no records: {names}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
-    elif frac > ds.checks.max_rejected_fraction:
-        top = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
-        failure = (f"{len(col.rejected)} of {col.read} records rejected ({frac:.1%} > maxRejectedFraction "
-                   f"{ds.checks.max_rejected_fraction:.1%}): {top}; first: {_first(col.rejected)}")
-    elif len(splits["train"]) < ds.checks.min_examples:
-        failure = f"only {len(splits['train'])} training records remain after validation and split (< minExamples {ds.checks.min_examples})"
+    failure = _failure(ds, col, sources, len(splits["train"]), frac, by_rule)
     report["outcome"] = "Failed" if failure else "Succeeded"
     if failure:
         report["error"] = failure
@@ -194,6 +181,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "token_lengths": report["token_lengths"],
         "data_report": str(data_dir / "data_report.json"),
     }
+
+
+def _write_splits(data_dir: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, recs in splits.items():
+        with (data_dir / f"{name}.jsonl").open("w") as fh:
+            for r in recs:
+                fh.write(json.dumps({k: v for k, v in r.items() if k not in ("num_tokens", "num_trained")}, ensure_ascii=False) + "\n")
+
+
+def _failure(ds: Any, col: _Collector, sources: dict[str, list[Path]], train_records: int, frac: float,
+             by_rule: dict[str, int]) -> str | None:
+    """Why the prepared data cannot be trained on (no train records, too many rejected, too few left), or None."""
+    if col.read_by["train"] == 0:
+        names = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
+        return f"the train data holds no records: {names}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
+    if frac > ds.checks.max_rejected_fraction:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
+        return (f"{len(col.rejected)} of {col.read} records rejected ({frac:.1%} > maxRejectedFraction "
+                f"{ds.checks.max_rejected_fraction:.1%}): {top}; first: {_first(col.rejected)}")
+    if train_records < ds.checks.min_examples:
+        return f"only {train_records} training records remain after validation and split (< minExamples {ds.checks.min_examples})"
+    return None
 
 
 def _first(rejected: list[dict[str, Any]]) -> str:
