@@ -36,6 +36,9 @@ SET = {
     "ds_shm_comm": (layout.ENV_DS_SHM_COMM, "1", True),
     "varlen_backend": (layout.ENV_VARLEN_BACKEND, "sdpa_loop", "sdpa_loop"),
     "peak_tflops_text": (layout.ENV_PEAK_TFLOPS, "989", "989"),
+    "eval_backend": (layout.ENV_EVAL_BACKEND, " VLLM ", " VLLM "),
+    "vllm_python": (layout.ENV_VLLM_PYTHON, " /v/bin/python ", "/v/bin/python"),
+    "vllm_args": (layout.ENV_VLLM_ARGS, "--dtype bfloat16", "--dtype bfloat16"),
 }
 
 

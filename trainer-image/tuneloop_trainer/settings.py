@@ -6,9 +6,8 @@ environment when it is called (never cached at import), so a test's monkeypatche
 sets for its own children, is seen by the next read. `from_env` never fails (a failing stage must still be able to
 write its summary): a number that does not parse raises ConfigError, naming the variable, where it is used.
 
-The vLLM backend's choice (evaluation/vllm_backend: TUNELOOP_EVAL_BACKEND, TUNELOOP_VLLM_PYTHON, TUNELOOP_VLLM_ARGS)
-works on an environment mapping it is handed, because it also hands that mapping to the vLLM child; it spells the
-names through the same contract constants.
+The vLLM backend's pure functions (evaluation/vllm_backend) take the environment mapping they are handed (tests pass
+a dict) and read it through `TrainerSettings.from_env(env)` too.
 
 To add a setting: name it in contract/layout.py (ENV_...), add a field here with the value that applies when the
 variable is unset, read it in `from_env` (tri-state 0/1 overrides through `_flag`), and read
@@ -68,6 +67,10 @@ class TrainerSettings:
     ds_shm_comm: bool = False
     varlen_backend: str | None = None
     peak_tflops_text: str | None = None  # read through `peak_tflops`
+    # the evaluation backend
+    eval_backend: str = ""  # auto | vllm | transformers, as given (evaluation/vllm_backend.requested_backend normalises it)
+    vllm_python: str = ""  # the vLLM interpreter, stripped ("" : look for one)
+    vllm_args: str = ""  # more vLLM server arguments, shell-quoted
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerSettings:
@@ -94,6 +97,9 @@ class TrainerSettings:
             ds_shm_comm=e.get(layout.ENV_DS_SHM_COMM) == "1",
             varlen_backend=e.get(layout.ENV_VARLEN_BACKEND) or None,
             peak_tflops_text=e.get(layout.ENV_PEAK_TFLOPS) or None,
+            eval_backend=e.get(layout.ENV_EVAL_BACKEND) or "",
+            vllm_python=(e.get(layout.ENV_VLLM_PYTHON) or "").strip(),
+            vllm_args=e.get(layout.ENV_VLLM_ARGS) or "",
         )
 
     @property

@@ -8,9 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.contract import layout
-
 from ..errors import ConfigError, DataError
+from ..settings import TrainerSettings
 
 if TYPE_CHECKING:
     from ..context import StageContext
@@ -109,9 +108,8 @@ def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = No
     (TUNELOOP_EVAL_BACKEND, TUNELOOP_VLLM_ARGS) and tuneloop's version. Equal fingerprints: rerunning the evaluation would compute the same."""
     import hashlib
     import importlib.metadata
-    import os
 
-    env = os.environ if env is None else env
+    settings = TrainerSettings.from_env(env)  # (None: this process's environment)
     spec = ctx.spec
     wire = spec.wire() if hasattr(spec, "wire") else dict(spec)
     h = hashlib.sha256()
@@ -121,8 +119,8 @@ def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = No
         version = "unknown"
     head = {k: v for k, v in wire.items() if k != "registry"}
     h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
-                         "backend": (env.get(layout.ENV_EVAL_BACKEND) or "auto").strip().lower(),
-                         "vllmArgs": (env.get(layout.ENV_VLLM_ARGS) or "").strip()},
+                         "backend": (settings.eval_backend or "auto").strip().lower(),
+                         "vllmArgs": settings.vllm_args.strip()},
                         sort_keys=True, default=str).encode())
     for name in ("test.jsonl", "train.jsonl"):
         _hash_file(h, Path(ctx.data_dir) / name, f"data/{name}")
