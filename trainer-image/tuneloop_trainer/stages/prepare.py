@@ -132,12 +132,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 col.add(raw, name)
 
     _leakage(col)
-    val_frac = 0.0 if ds.validation else ds.split.validation
-    test_frac = 0.0 if ds.test else ds.split.test
-    parts = split_groups(col.accepted["train"], prompt_key, val_frac, test_frac, ds.split.seed)
-    splits = {"train": parts["train"],
-              "validation": col.accepted["validation"] if ds.validation else parts["validation"],
-              "test": col.accepted["test"] if ds.test else parts["test"]}
+    val_frac, test_frac, splits = _split(ds, col)
 
     data_dir = ctx.data_dir
     _write_splits(data_dir, splits)
@@ -181,6 +176,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "token_lengths": report["token_lengths"],
         "data_report": str(data_dir / "data_report.json"),
     }
+
+
+def _split(ds: Any, col: _Collector) -> tuple[float, float, dict[str, list[dict[str, Any]]]]:
+    """(validation fraction, test fraction, records per split): separate sources as they are, else split from train
+    by prompt groups (leak-free)."""
+    val_frac = 0.0 if ds.validation else ds.split.validation
+    test_frac = 0.0 if ds.test else ds.split.test
+    parts = split_groups(col.accepted["train"], prompt_key, val_frac, test_frac, ds.split.seed)
+    splits = {"train": parts["train"],
+              "validation": col.accepted["validation"] if ds.validation else parts["validation"],
+              "test": col.accepted["test"] if ds.test else parts["test"]}
+    return val_frac, test_frac, splits
 
 
 def _write_splits(data_dir: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
