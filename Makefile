@@ -70,10 +70,11 @@ crds: setup
 	$(PY) -m tuneloop.cli.crds_cmd
 	$(PY) manifests/tools/generate.py
 
-## Lint (versions and rules pinned in pyproject.toml): ruff, then the layer contracts (import-linter).
+## Lint (versions and rules pinned in pyproject.toml): ruff, the layer contracts (import-linter), the types (mypy).
 lint: setup
 	$(VENV)/bin/ruff check operator trainer-image tests bench manifests/tools tools
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 # Prometheus and promtool (Debian package) for the alert-rule and analysis integration tests.
 sysdeps:

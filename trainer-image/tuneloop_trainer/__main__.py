@@ -18,8 +18,9 @@ from tuneloop.contract.results import StageResult
 from tuneloop.contract.termination import TERMINATION_LIMIT, fit
 
 from . import STAGES
-from .context import TERMINATION_LOG, StageContext, load_context
+from .context import StageContext, load_context
 from .errors import EXIT_RUNTIME_ERROR, TrainerError
+from .settings import TrainerSettings
 
 
 def compact(summary: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
@@ -39,9 +40,10 @@ def write_summary(workdir: Path, stage: str, summary: dict[str, Any]) -> None:
     (workdir / layout.result_file(stage)).write_text(full)
     if stage == "train":
         (workdir / layout.RESULT_FILE).write_text(full)
-    if TERMINATION_LOG.parent.exists() and (TERMINATION_LOG.exists() or TERMINATION_LOG.parent != Path("/dev")):
+    log = TrainerSettings.from_env().termination_log
+    if log.parent.exists() and (log.exists() or log.parent != Path("/dev")):
         try:
-            TERMINATION_LOG.write_text(compact(summary))
+            log.write_text(compact(summary))
         except OSError:
             pass
 

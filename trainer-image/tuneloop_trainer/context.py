@@ -1,8 +1,13 @@
-"""What every stage gets: the parsed spec, the work directory, and path resolution."""
+"""What every stage gets (`StageContext`): the parsed spec, the work directory, and path resolution.
+
+Every stage's `run(ctx)`, and every helper that needs the job, takes a `StageContext`; `load_context` builds it
+from the spec file (a pod's ConfigMap, or a local run's manifest) and the trainer's settings (settings.py).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +19,13 @@ from tuneloop.contract import layout
 from tuneloop.contract.termination import TERMINATION_LIMIT
 
 from .errors import ConfigError
+from .settings import TrainerSettings
 
-TERMINATION_LOG = Path(os.environ.get(layout.ENV_TERMINATION_LOG, layout.TERMINATION_LOG))
-__all__ = ["TERMINATION_LIMIT", "TERMINATION_LOG", "StageContext", "load_context"]
+__all__ = ["TERMINATION_LIMIT", "ProgressCallback", "StageContext", "load_context"]
+
+
+# A stage's progress event: {"event"|"stage", "phase", "done", "total", "loss", ...} (train: a progress.jsonl row).
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -30,8 +39,8 @@ class StageContext:
     namespace: str = "default"
     uid: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
-    # Progress callback for interactive front-ends (local run); pods leave it None.
-    on_progress: Any = None
+    # Progress callback for interactive front-ends (local run: tuneloop.cli.local_progress); pods leave it None.
+    on_progress: ProgressCallback | None = None
     # The spec file itself (the train stage re-executes itself under torchrun with it).
     spec_file: Path | None = None
 
@@ -80,12 +89,13 @@ def load_context(spec_file: str | os.PathLike[str], workdir: str | os.PathLike[s
         raise ConfigError(f"invalid spec {path}: {text}", hint=f"run `kubectl tuneloop validate {path}`") from None
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
+    env = TrainerSettings.from_env()
     return StageContext(
         spec=spec,
         workdir=wd.resolve(),
         spec_dir=path.resolve().parent,
-        name=meta.get("name", os.environ.get(layout.ENV_JOB_NAME, "local")),
-        namespace=meta.get("namespace", os.environ.get(layout.ENV_NAMESPACE, "default")),
+        name=meta.get("name", env.job_name),
+        namespace=meta.get("namespace", env.namespace),
         uid=meta.get("uid", ""),
         raw=doc,
         spec_file=path.resolve(),

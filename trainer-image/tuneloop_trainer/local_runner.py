@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract import layout
 from tuneloop.contract.exits import EXIT_INTERRUPTED, Reason
@@ -28,6 +28,9 @@ from tuneloop.contract.results import StageResult
 from .context import StageContext, load_context
 from .errors import TrainerError
 from .evaluation.inputs import evaluation_fingerprint
+
+if TYPE_CHECKING:
+    from .context import StageContext
 
 __all__ = ["OUTPUTS", "REQUIRES", "STAGE_ORDER", "StageContext", "StageOutcome", "TrainerError", "apply_overrides", "clean_outputs",
            "completed_evaluation", "completed_training", "default_workdir", "evaluation_fingerprint", "load_context", "missing_inputs",
@@ -142,7 +145,7 @@ def completed_evaluation(workdir: Path, fingerprint: str) -> dict[str, Any] | No
     return result
 
 
-def run_one(stage: str, ctx: Any) -> StageOutcome:
+def run_one(stage: str, ctx: StageContext) -> StageOutcome:
     """One stage with the runner's contract: summary file written on success and on failure."""
     from .__main__ import failure_summary, run_stage, success_summary, write_summary
 
@@ -189,7 +192,7 @@ def _history(workdir: Path) -> list[dict[str, Any]]:
 
 
 def run_chain(
-    ctx: Any,
+    ctx: StageContext,
     stages: list[str],
     *,
     on_start: Callable[[str, int, int], None] | None = None,

@@ -24,12 +24,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.contract import layout
 
 from .errors import ConfigError
+from .settings import TrainerSettings
 
-MODEL_MOUNT_ENV = "TUNELOOP_MODEL_DIR"
-CACHE_ENV = "TUNELOOP_CACHE_DIR"
+if TYPE_CHECKING:
+    from .context import StageContext
+
+MODEL_MOUNT_ENV = layout.ENV_MODEL_DIR
+CACHE_ENV = layout.ENV_CACHE_DIR
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ def _find_gguf_in_package(package: str, file: str | None) -> Path:
     return found[0]
 
 
-def locate(ctx: Any) -> ModelLocation:
+def locate(ctx: StageContext) -> ModelLocation:
     """Resolve spec.baseModel to a from_pretrained location. Raises ConfigError when it cannot exist here."""
     src = ctx.spec.base_model
     if src.hugging_face:
@@ -70,13 +76,13 @@ def locate(ctx: Any) -> ModelLocation:
             raise ConfigError(f"baseModel.path {p} does not exist")
         return ModelLocation(str(p), display=str(p))
     if src.pvc:
-        p = Path(os.environ.get(MODEL_MOUNT_ENV, "/models")) / src.pvc.path.lstrip("/")
+        p = TrainerSettings.from_env().model_dir / src.pvc.path.lstrip("/")
         if not p.exists():
             raise ConfigError(f"baseModel.pvc: {p} does not exist (claim {src.pvc.claim_name} mounted at ${MODEL_MOUNT_ENV})")
         return ModelLocation(str(p), display=src.display_name())
     if src.gguf:
         g = src.gguf
-        f = ctx.resolve(g.path) if g.path else _find_gguf_in_package(g.python_package, g.file)
+        f = ctx.resolve(g.path) if g.path else _find_gguf_in_package(g.python_package or "", g.file)  # (the API requires path or pythonPackage)
         if not f.is_file():
             raise ConfigError(f"baseModel.gguf.path {f} is not a file")
         return ModelLocation(str(f.parent), gguf_file=str(f), display=src.display_name())
@@ -88,7 +94,7 @@ def locate(ctx: Any) -> ModelLocation:
     raise ConfigError("spec.baseModel names no source")
 
 
-def _hub_kwargs(ctx: Any, loc: ModelLocation) -> dict[str, Any]:
+def _hub_kwargs(ctx: StageContext, loc: ModelLocation) -> dict[str, Any]:
     kw: dict[str, Any] = {"trust_remote_code": ctx.spec.base_model.trust_remote_code}
     if loc.revision:
         kw["revision"] = loc.revision
@@ -101,7 +107,7 @@ def _wrap_load_error(loc: ModelLocation, exc: Exception) -> ConfigError:
     return ConfigError(f"cannot load base model {loc.display or loc.name_or_path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
 
 
-def load_tokenizer(ctx: Any, location: ModelLocation | None = None):
+def load_tokenizer(ctx: StageContext, location: ModelLocation | None = None):
     """The base model's tokenizer, right-padded, with a pad token (eos when the model has none)."""
     from transformers import AutoTokenizer
 
@@ -129,10 +135,10 @@ def gguf_cache_dir(gguf_file: str | Path) -> Path:
     f = Path(gguf_file)
     st = f.stat()
     key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tuneloop")) / "gguf" / f"{f.stem}-{key}"
+    return TrainerSettings.from_env().model_cache / "gguf" / f"{f.stem}-{key}"
 
 
-def gguf_serving_dir(ctx: Any) -> Path | None:
+def gguf_serving_dir(ctx: StageContext) -> Path | None:
     """The de-quantised safetensors directory of a GGUF base, which vLLM can serve (it cannot serve the GGUF file
     the trainer started from); None for other sources or while it has not been written (the train stage writes it)."""
     if not ctx.spec.base_model.gguf:
@@ -141,12 +147,15 @@ def gguf_serving_dir(ctx: Any) -> Path | None:
         loc = locate(ctx)
     except ConfigError:
         return None
+    if loc.gguf_file is None:  # (a gguf base always has its file)
+        return None
     out = gguf_cache_dir(loc.gguf_file)
     return out if (out / ".complete").exists() else None
 
 
 def _gguf_cache(loc: ModelLocation) -> Path:
     """Dequantize a GGUF file once into a trainable, saveable safetensors model directory (cached)."""
+    assert loc.gguf_file is not None, "a GGUF location names its file"
     f = Path(loc.gguf_file)
     st = f.stat()
     out = gguf_cache_dir(f)
@@ -190,7 +199,7 @@ def use_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def train_dtype(ctx: Any):
+def train_dtype(ctx: StageContext):
     """The compute dtype hyperparameters.precision asks for; CPU trains fp32 under `auto`."""
     import torch
 
@@ -206,7 +215,7 @@ def train_dtype(ctx: Any):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p]
 
 
-def load_dtype(ctx: Any, for_training: bool):
+def load_dtype(ctx: StageContext, for_training: bool):
     """The dtype the base weights are loaded in (None: as stored, fp32 for the models here).
 
     On CUDA: the compute dtype for inference, and for LoRA training too — its base weights are frozen, so an fp32
@@ -225,8 +234,9 @@ def load_dtype(ctx: Any, for_training: bool):
     return None
 
 
-def _quantization_config(ctx: Any):
+def _quantization_config(ctx: StageContext):
     q = ctx.spec.method.quantization
+    assert q is not None, "the API requires quantization with method qlora"
     if not use_cuda():
         raise ConfigError("method qlora needs a CUDA GPU (bitsandbytes 4-bit); none is visible", hint="use method lora on CPU, or request GPUs")
     try:
@@ -244,7 +254,7 @@ def _quantization_config(ctx: Any):
     )
 
 
-def load_base(ctx: Any, for_training: bool = False, *, location: ModelLocation | None = None):
+def load_base(ctx: StageContext, for_training: bool = False, *, location: ModelLocation | None = None):
     """(model, tokenizer) of spec.baseModel.
 
     for_training: on CUDA, LoRA's frozen base in the compute dtype (bf16/fp16), full fine-tuning in fp32 (the Trainer's
@@ -276,7 +286,7 @@ def load_base(ctx: Any, for_training: bool = False, *, location: ModelLocation |
     return model, tok
 
 
-def base_serving_location(ctx: Any) -> tuple[str, str | None]:
+def base_serving_location(ctx: StageContext) -> tuple[str, str | None]:
     """What a serving engine (vLLM) loads for spec.baseModel: a model directory — for GGUF the de-quantised safetensors
     cache, which vLLM serves like any checkpoint — or a hub id, and its revision."""
     loc = locate(ctx)
@@ -285,7 +295,7 @@ def base_serving_location(ctx: Any) -> tuple[str, str | None]:
     return loc.name_or_path, loc.revision
 
 
-def load_tuned_tokenizer(ctx: Any, artifact: str | Path | None = None):
+def load_tuned_tokenizer(ctx: StageContext, artifact: str | Path | None = None):
     """The tokenizer `load_tuned` returns (the artifact's own), without loading any weights."""
     from transformers import AutoTokenizer
 
@@ -307,7 +317,7 @@ def is_adapter(directory: str | Path) -> bool:
     return (Path(directory) / "adapter_config.json").exists()
 
 
-def load_tuned(ctx: Any, merged: bool = False, artifact: str | Path | None = None):
+def load_tuned(ctx: StageContext, merged: bool = False, artifact: str | Path | None = None):
     """(model, tokenizer) of the training result in DIR/artifact (eval mode).
 
     An adapter artifact is applied on top of the base model; full weights load directly;

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from tuneloop.contract import layout, lineage
+from tuneloop.contract import layout
+from tuneloop.contract.lineage import LineageFile
 from tuneloop.contract.termination import (
     PUBLISH_STAGE,
     REPORT_BEGIN,
@@ -31,6 +31,8 @@ from tuneloop.contract.termination import (
     fit_publish,
     report_block,
 )
+
+from .settings import TrainerSettings
 
 # The names this module had when it lived in the operator (tuneloop.operator.finetunejob.publish).
 LIMIT, MARKER, BEGIN, END = TERMINATION_LIMIT, REPORT_MARKER, REPORT_BEGIN, REPORT_END
@@ -46,13 +48,13 @@ def collect(workdir: Path) -> tuple[dict[str, Any], str | None]:
         ev = json.loads(wd.eval_file.read_text())
         msg["evaluation"] = ev.get("record", ev)
     if wd.lineage_file.exists():
-        msg["lineage"] = lineage_summary(json.loads(wd.lineage_file.read_text()))
+        msg["lineage"] = lineage_summary(LineageFile.read(wd.lineage_file))
     return msg, wd.report_file.read_text(errors="replace") if wd.report_file.exists() else None
 
 
-def lineage_summary(lin: dict[str, Any]) -> dict[str, Any]:
+def lineage_summary(lin: LineageFile | dict[str, Any]) -> dict[str, Any]:
     """The ModelVersion lineage facts (camelCase) from the trainer's lineage.json."""
-    return lineage.facts(lin).wire()
+    return LineageFile.of(lin).facts().wire()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if report is not None:
         sys.stdout.write(report_block(report))
         sys.stdout.flush()
-    path = Path(os.environ.get(layout.ENV_TERMINATION_LOG, layout.TERMINATION_LOG))
+    path = TrainerSettings.from_env().termination_log
     try:
         path.write_text(fit(msg))
     except OSError as exc:

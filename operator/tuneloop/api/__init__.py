@@ -1,13 +1,13 @@
 """The typed API of tuneloop.dev/v1alpha1: the source of truth for CRDs, validation and docs."""
 
-from .common import API_VERSION, GROUP, VERSION, Condition, ConditionStatus
+from .common import API_VERSION, GROUP, VERSION, ApiModel, Condition, ConditionStatus
 from .finetunejob import FineTuneJob, FineTuneJobSpec
 from .modelversion import ModelVersion, ModelVersionSpec
 from .rollout import Rollout, RolloutSpec
 from .schedule import FineTuneSchedule, FineTuneScheduleSpec
 from .status import FineTuneJobPhase, FineTuneJobStatus
 
-KINDS = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout, "FineTuneSchedule": FineTuneSchedule}
+KINDS: dict[str, type[ApiModel]] = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout, "FineTuneSchedule": FineTuneSchedule}
 
 __all__ = [
     "API_VERSION",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 GROUP = "tuneloop.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "tuneloop.dev/v1alpha1"  # GROUP/VERSION, spelled out: the models' Literal["…"] default is checked against it
+assert API_VERSION == f"{GROUP}/{VERSION}"
 
 
 class ApiModel(BaseModel):
@@ -30,15 +32,15 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     """One CEL rule for `x-kubernetes-validations`."""
-    out = {"rule": rule, "message": message}
+    out: JsonDict = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out
 
 
-def one_of_rule(fields: list[str], what: str) -> dict[str, str]:
+def one_of_rule(fields: list[str], what: str) -> JsonDict:
     """CEL: exactly one of `fields` is set."""
     terms = " + ".join(f"(has(self.{f}) ? 1 : 0)" for f in fields)
     return cel(f"{terms} == 1", f"exactly one of {', '.join(fields)} must be set for {what}")
@@ -55,8 +57,10 @@ class OneOf(ApiModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         if cls.one_of:
-            extra = dict(cls.model_config.get("json_schema_extra") or {})
-            rules = [one_of_rule(list(cls.one_of), cls.one_of_what), *extra.get("x-kubernetes-validations", [])]
+            configured = cls.model_config.get("json_schema_extra") or {}
+            extra: JsonDict = dict(configured) if isinstance(configured, dict) else {}
+            existing = extra.get("x-kubernetes-validations")
+            rules: list[JsonValue] = [one_of_rule(list(cls.one_of), cls.one_of_what), *(existing if isinstance(existing, list) else [])]
             cls.model_config = {**cls.model_config, "json_schema_extra": {**extra, "x-kubernetes-validations": rules}}
             cls.model_rebuild(force=True)
 

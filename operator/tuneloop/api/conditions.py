@@ -176,7 +176,7 @@ def set_condition(conditions: list[Condition], type_: str | Enum, status: bool |
     t, s, r, m = _text(type_), condition_status(status), _text(reason), message[:MAX_MESSAGE]
     cond = find_condition(conditions, t)
     if cond is None:
-        cond = Condition(type=t, status=s, reason=r, message=m, last_transition_time=now, observed_generation=generation)
+        cond = Condition(type=t, status=ConditionStatus(s), reason=r, message=m, last_transition_time=now, observed_generation=generation)
         conditions.append(cond)
         return cond
     if _text(cond.status) != s:

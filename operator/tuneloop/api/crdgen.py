@@ -193,7 +193,7 @@ def openapi_schema(kind: str) -> dict[str, Any]:
         drop_transition_rules(node)
     return {
         "type": "object",
-        "description": model.__doc__.strip().splitlines()[0],
+        "description": (model.__doc__ or "").strip().splitlines()[0],
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object: tuneloop.dev/v1alpha1."},

@@ -18,7 +18,7 @@ def _type(node: dict[str, Any]) -> str:
         return f"[]{_type(node['items'])}"
     if t == "object" and isinstance(node.get("additionalProperties"), dict):
         return f"map[string]{_type(node['additionalProperties'])}"
-    return t
+    return str(t)
 
 
 def _constraints(node: dict[str, Any]) -> str:

@@ -81,8 +81,9 @@ for _info in (
     register(_info)
 
 # The selectable metrics, in registry order: evaluation.metrics and gates accept exactly these
-# (members as before: MetricName.ROUGE_L == "rougeL").
-MetricName = Enum("MetricName", {re.sub(r"(?<!^)(?=[A-Z])", "_", i.name).upper(): i.name for i in METRICS.values() if i.selectable},
+# (members as before: MetricName.ROUGE_L == "rougeL"). Built from the registry, so a type checker knows no members:
+# typed code names one by its value, MetricName("rougeL").
+MetricName = Enum("MetricName", {re.sub(r"(?<!^)(?=[A-Z])", "_", i.name).upper(): i.name for i in METRICS.values() if i.selectable},  # type: ignore[misc]
                   type=str, module=__name__)
 
 # Lower is better for these (at import; use metric_info(name).lower_is_better for metrics registered later).
@@ -165,11 +166,11 @@ class EvaluationSpec(ApiModel):
     enabled: bool = Field(default=True, description="Run the evaluation stage.")
     metrics: list[MetricName] = Field(
         default_factory=lambda: [
-            MetricName.PERPLEXITY,
-            MetricName.ROUGE_L,
-            MetricName.BLEU,
-            MetricName.EXACT_MATCH,
-            MetricName.JSON_VALID,
+            MetricName("perplexity"),
+            MetricName("rougeL"),
+            MetricName("bleu"),
+            MetricName("exactMatch"),
+            MetricName("jsonValid"),
         ],
         max_length=16,
         description="Metrics computed for base and tuned.",

@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
+from pydantic.config import JsonDict
 
 from .common import (
     API_VERSION,
@@ -340,7 +341,7 @@ def _immutable_fields() -> list[tuple[str, str]]:
     return [(name, f.alias or name) for name, f in FineTuneJobSpec.model_fields.items() if (f.alias or name) not in _MUTABLE]
 
 
-def presence_rule() -> dict[str, str]:
+def presence_rule() -> JsonDict:
     optional = [alias for name, alias in _immutable_fields() if not FineTuneJobSpec.model_fields[name].is_required()]
     return cel(" && ".join(f"has(self.{a}) == has(oldSelf.{a})" for a in optional), _IMMUTABLE_MESSAGE)
 

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic.config import JsonDict
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, OneOf, Toleration, cel, one_of_rule
 
@@ -37,7 +38,7 @@ def duration_seconds(text: str) -> float:
     return sum(int(n) * _UNIT[u] for n, u in parts)
 
 
-def floor_rule(field: str, floor: str, *, zero_ok: bool = False) -> dict[str, str]:
+def floor_rule(field: str, floor: str, *, zero_ok: bool = False) -> JsonDict:
     """CEL: `field` (a DURATION) is at least `floor` (or exactly 0 when zero_ok)."""
     zero = f" || duration(self.{field}) == duration('0s')" if zero_ok else ""
     what = f"{field} must be at least {floor}" + (" (or 0s: off)" if zero_ok else "")

@@ -40,7 +40,7 @@ def to_jsonschema(node: Any) -> Any:
         return [to_jsonschema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in node.items():
         if key.startswith("x-kubernetes") or key in ("nullable", "default", "description"):
             continue
@@ -83,8 +83,8 @@ def check_document(doc: Any, source: str = "<input>") -> list[Problem]:
     ]
     if not problems:  # CEL runs on schema-valid objects only, as in the API server
         schema = openapi_schema(kind)
-        for path, message in violations(schema, apply_defaults(schema, doc)):
-            problems.append(Problem(source, kind, name, path, message))
+        for path, text in violations(schema, apply_defaults(schema, doc)):
+            problems.append(Problem(source, kind, name, path, text))
     try:
         KINDS[kind].model_validate(copy.deepcopy(doc))
     except ValidationError as exc:

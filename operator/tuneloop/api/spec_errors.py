@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -60,7 +61,7 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...] | list[Any]) -> st
     return close[0] if close else None
 
 
-def message(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+def message(err: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
     """What is wrong, without pydantic's wording."""
     if err.get("type") == "extra_forbidden":
         guess = did_you_mean(model, err["loc"]) if model is not None else None

@@ -29,7 +29,7 @@ class BatchSplitError(ValueError):
 
 def world_size(spec: Any) -> int:
     """Training processes the spec asks for: nodes × GPUs per node (one process on a CPU node)."""
-    return spec.resources.nodes * max(1, spec.resources.gpus_per_node)
+    return int(spec.resources.nodes * max(1, spec.resources.gpus_per_node))
 
 
 def gradient_accumulation(batch_size: int, micro_batch_size: int, world_size: int) -> int:

@@ -96,6 +96,22 @@ ENV_TERMINATION_LOG = "TUNELOOP_TERMINATION_LOG"
 ENV_IMAGE = "TUNELOOP_IMAGE"  # the image the stage runs in (lineage.trainerImage)
 ENV_WORKDIR_URI = "TUNELOOP_WORKDIR_URI"  # pvc://CLAIM/PATH of DIR as the cluster sees it
 
+# Overrides the trainer process reads and the operator never sets (benchmarks, diagnosis, local runs); the trainer's
+# one reader of every TUNELOOP_* variable is tuneloop_trainer.settings.TrainerSettings.
+ENV_METRICS_ADDR = "TUNELOOP_METRICS_ADDR"  # the metrics endpoint's listen address (default: all interfaces in a pod)
+ENV_BATCH_LAYOUT = "TUNELOOP_BATCH_LAYOUT"  # packed | grouped | flat | padded
+ENV_FUSED_LOSS = "TUNELOOP_FUSED_LOSS"  # 0/1: the chunked/fused LM-head loss
+ENV_FUSED_OPS = "TUNELOOP_FUSED_OPS"  # 0/1: Liger's fused RMSNorm/SwiGLU/RoPE
+ENV_LIGER = "TUNELOOP_LIGER"  # 0: never Liger's fused cross-entropy
+ENV_COMPILE = "TUNELOOP_COMPILE"  # 0/1: torch.compile per decoder layer
+ENV_ADAPTER_CASTS = "TUNELOOP_ADAPTER_CASTS"  # 1: keep peft's fp32 cast of adapter inputs under autocast
+ENV_DS_SHM_COMM = "TUNELOOP_DS_SHM_COMM"  # 1: keep DeepSpeed's JIT shared-memory allreduce on CPU
+ENV_VARLEN_BACKEND = "TUNELOOP_VARLEN_BACKEND"  # flash_attn | torch_varlen | sdpa_loop
+ENV_PEAK_TFLOPS = "TUNELOOP_PEAK_TFLOPS"  # the GPU's dense 16-bit peak, for MFU
+ENV_EVAL_BACKEND = "TUNELOOP_EVAL_BACKEND"  # auto | vllm | transformers
+ENV_VLLM_PYTHON = "TUNELOOP_VLLM_PYTHON"  # the vLLM interpreter (the only candidate when set)
+ENV_VLLM_ARGS = "TUNELOOP_VLLM_ARGS"  # more vLLM server arguments, after the trainer's
+
 
 # --- where DIR lives ---------------------------------------------------------------------------
 class LocationError(ValueError):

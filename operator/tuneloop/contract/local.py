@@ -45,6 +45,7 @@ def load_local_runner() -> LocalRunner:
         raise TrainerMissing(f"no '{LOCAL_RUNNER}' entry point in group '{ENTRY_POINT_GROUP}': the trainer package is not installed",
                              name="tuneloop_trainer")
     try:
-        return found[0].load()
+        runner: LocalRunner = found[0].load()  # a module; the Protocol says what it provides
+        return runner
     except ImportError as exc:
         raise TrainerMissing(str(exc), name=exc.name) from exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tuneloop.api import FineTuneJobSpec
 from tuneloop.api.status import Progress
 from tuneloop.contract import deepspeed, exits, layout, lineage, progress, termination
@@ -43,14 +45,49 @@ def test_report_block_roundtrip():
     assert termination.extract_report(termination.REPORT_BEGIN + "\nunfinished") is None
 
 
-def test_lineage_facts_read_every_spelling_first_source_wins():
+def test_lineage_file_and_facts_one_spelling_each_first_source_wins():
     from_file = {"dataset": {"sha256": "ab"}, "libraries": {"torch": "2.13"}, "wall_time_seconds": 12.34, "tokens_seen": 7, "world_size": 2}
-    from_message = {"datasetSha256": "cd", "trainSeconds": 99.0}
-    assert lineage.facts(from_file).wire() == {"datasetSha256": "ab", "libraryVersions": {"torch": "2.13"}, "trainSeconds": 12.3,
-                                               "tokensSeen": 7, "worldSize": 2}
-    f = lineage.facts(from_message, from_file)
+    file_facts = lineage.LineageFile.of(from_file).facts()
+    assert file_facts.wire() == {"datasetSha256": "ab", "libraryVersions": {"torch": "2.13"}, "trainSeconds": 12.3,
+                                 "tokensSeen": 7, "worldSize": 2}
+    from_message = {"datasetSha256": "cd", "trainSeconds": 99.0}  # the wire (camelCase alias)
+    f = lineage.facts(from_message, file_facts)
     assert (f.dataset_sha256, f.train_seconds, f.tokens_seen) == ("cd", 99.0, 7)
+    assert lineage.facts({"world_size": 3, "train_seconds": 5.0}).wire() == {"worldSize": 3, "trainSeconds": 5.0}  # a summary: the name
     assert lineage.facts({"seconds": True, "tokens_seen": "3"}, None).wire() == {}  # wrong types are not facts
+    # the one conversion: a stage summary's wall time stands in for train_seconds it lost (never over it)
+    assert lineage.facts({"seconds": 120.54}).wire() == {"trainSeconds": 120.5}
+    assert lineage.facts({"seconds": 900.0, "train_seconds": 812.5}).train_seconds == 812.5
+    # lineage.json's own names are not facts' names: a file is read through LineageFile, never as facts
+    assert lineage.facts(from_file).wire() == {"tokensSeen": 7, "worldSize": 2}
+
+
+def test_lineage_file_round_trips_and_keeps_what_it_does_not_know(tmp_path):
+    doc = {"job": {"name": "j", "namespace": "ns", "uid": "u"}, "dataset": {"sha256": "ab", "format": "chat", "counts": {"train": 3}, "files": []},
+           "base_model": {"source": "m", "revision": None}, "method": {"type": "lora"}, "hyperparameters": {"epochs": 1}, "deepspeed": None,
+           "libraries": {"torch": "2.13"}, "python": "3.11.9", "finished_at": "2026-12-07T10:00:00Z", "world_size": 1,
+           "wall_time_seconds": 1.5, "tokens_seen": 10, "steps": 2, "resumed_from_step": None, "train_loss": 0.5, "eval_loss": None,
+           "batch_layout": "grouped"}
+    path = lineage.LineageFile.of(doc).write(tmp_path / "lineage.json")
+    assert path.read_text() == json.dumps(doc, indent=2)  # exactly what the trainer wrote before the model existed
+    newer = {**doc, "future_field": {"x": 1}}
+    assert lineage.LineageFile.of(newer).doc() == newer
+    assert lineage.LineageFile.read(tmp_path / "missing.json") == lineage.LineageFile()
+
+
+@given(st.dictionaries(st.sampled_from(["datasetSha256", "dataset_sha256", "trainSeconds", "train_seconds", "tokensSeen", "worldSize",
+                                        "world_size", "libraryVersions", "tokenLengths", "other"]),
+                       st.recursive(st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False) | st.text(max_size=4),
+                                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                                    max_leaves=6)))
+def test_reading_facts_never_fails_and_keeps_only_well_typed_values(doc):
+    f = lineage.LineageFacts.read(doc)
+    lineage.LineageFacts.model_validate(f.wire())  # what it read is valid on the wire
+    for name in ("tokens_seen", "world_size"):
+        v = getattr(f, name)
+        assert v is None or (type(v) is int and v >= (1 if name == "world_size" else 0))
+    assert f.dataset_sha256 is None or (isinstance(f.dataset_sha256, str) and f.dataset_sha256)
+    assert f.train_seconds is None or f.train_seconds == round(f.train_seconds, 1) >= 0
 
 
 def test_batch_split_is_checked_once_here():

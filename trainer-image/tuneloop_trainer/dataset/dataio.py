@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.contract import layout
 
 from ..errors import DataError
+from ..settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-DATA_MOUNT_ENV = "TUNELOOP_DATA_DIR"
+DATA_MOUNT_ENV = layout.ENV_DATA_DIR
 
 
 @dataclass
@@ -28,12 +33,12 @@ class RawRecord:
     error: str | None = None
 
 
-def resolve_source(ctx: Any, source: Any, field: str) -> Path:
+def resolve_source(ctx: StageContext, source: Any, field: str) -> Path:
     """A DataSource (path | pvc | s3) as a local path that exists."""
     if source.path:
         p = ctx.resolve(source.path)
     elif source.pvc:
-        p = Path(os.environ.get(DATA_MOUNT_ENV, "/data")) / source.pvc.path.lstrip("/")
+        p = TrainerSettings.from_env().data_dir / source.pvc.path.lstrip("/")
     elif source.s3:
         raise DataError(f"{field}.s3 ({source.s3.uri}) cannot be read by the trainer directly", hint=f"copy it to a PVC and use {field}.pvc")
     else:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
+from ..settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 DEFAULT_FORGETTING_SET = "forgetting.jsonl"
 
@@ -96,16 +101,15 @@ def _hash_file(h: Any, path: Path, label: str) -> None:
     h.update(b"\0")
 
 
-def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
+def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = None) -> str:
     """sha256 of everything the evaluate stage's result depends on: the spec after command-line overrides (the
     weights' settings and every evaluation setting, gates included; `registry` excluded), the prepared test and train
     splits, the trained artifact's files, the forgetting set, the serving version's eval.json, the backend asked for
     (TUNELOOP_EVAL_BACKEND, TUNELOOP_VLLM_ARGS) and tuneloop's version. Equal fingerprints: rerunning the evaluation would compute the same."""
     import hashlib
     import importlib.metadata
-    import os
 
-    env = os.environ if env is None else env
+    settings = TrainerSettings.from_env(env)  # (None: this process's environment)
     spec = ctx.spec
     wire = spec.wire() if hasattr(spec, "wire") else dict(spec)
     h = hashlib.sha256()
@@ -115,8 +119,8 @@ def evaluation_fingerprint(ctx: Any, env: Any = None) -> str:
         version = "unknown"
     head = {k: v for k, v in wire.items() if k != "registry"}
     h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
-                         "backend": (env.get("TUNELOOP_EVAL_BACKEND") or "auto").strip().lower(),
-                         "vllmArgs": (env.get("TUNELOOP_VLLM_ARGS") or "").strip()},
+                         "backend": (settings.eval_backend or "auto").strip().lower(),
+                         "vllmArgs": settings.vllm_args.strip()},
                         sort_keys=True, default=str).encode())
     for name in ("test.jsonl", "train.jsonl"):
         _hash_file(h, Path(ctx.data_dir) / name, f"data/{name}")

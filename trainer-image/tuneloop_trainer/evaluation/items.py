@@ -113,7 +113,9 @@ def _field_items(predictions: list[str], references: list[str], schema: dict[str
     hits, totals, exact = [], [], []
     for pred, (ok_r, ref) in zip(predictions, parsed, strict=True):
         if not ok_r or not isinstance(ref, dict):
-            hits.append(0), totals.append(0), exact.append(0)
+            hits.append(0)
+            totals.append(0)
+            exact.append(0)
             continue
         ok_p, value = em.parse_json(pred)
         value = value if ok_p and isinstance(value, dict) else None
@@ -123,7 +125,9 @@ def _field_items(predictions: list[str], references: list[str], schema: dict[str
                 continue
             t += 1
             h += value is not None and f in value and em._same(value[f], ref[f])
-        hits.append(h), totals.append(t), exact.append(int(h == t))
+        hits.append(h)
+        totals.append(t)
+        exact.append(int(h == t))
     return hits, totals, exact
 
 

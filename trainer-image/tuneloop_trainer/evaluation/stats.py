@@ -135,12 +135,12 @@ def _resamples(n: int, samples: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(n) for _ in range(n)] for _ in range(samples)]
 
 
-def _percentiles(values: list[float], confidence: float) -> Interval | None:
+def _percentiles(values: Sequence[float | None], confidence: float) -> Interval | None:
     """Percentiles of the resampled values; None when any is undefined (None, NaN, inf): a resample is
     never dropped silently, since dropping the ones that hold a bad item biases the interval."""
     if not values or any(v is None or not math.isfinite(v) for v in values):
         return None
-    vals = sorted(values)
+    vals = sorted(v for v in values if v is not None)  # (none is)
     alpha = (1 - confidence) / 2
 
     def q(p: float) -> float:

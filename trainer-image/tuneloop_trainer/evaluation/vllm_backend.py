@@ -37,9 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BACKEND_ENV = "TUNELOOP_EVAL_BACKEND"
-PYTHON_ENV = "TUNELOOP_VLLM_PYTHON"
-ARGS_ENV = "TUNELOOP_VLLM_ARGS"  # more server arguments, after ours (the last of a repeated flag wins): "--dtype bfloat16 --no-enforce-eager"
+from tuneloop.contract import layout
+
+from ..settings import TrainerSettings
+
+BACKEND_ENV = layout.ENV_EVAL_BACKEND
+PYTHON_ENV = layout.ENV_VLLM_PYTHON
+ARGS_ENV = layout.ENV_VLLM_ARGS  # more server arguments, after ours (the last of a repeated flag wins): "--dtype bfloat16 --no-enforce-eager"
 BACKENDS = ("auto", "vllm", "transformers")
 VENV_DIR = ".venv-vllm"
 # vLLM 0.32's CPU attention (v1/attention/backends/cpu_attn.py, CPUAttentionBackend.get_supported_head_sizes);
@@ -91,9 +95,10 @@ class Choice:
 
 def requested_backend(env: Mapping[str, str]) -> str:
     """TUNELOOP_EVAL_BACKEND, normalised; unset or empty is auto. Raises ValueError for anything else."""
-    value = (env.get(BACKEND_ENV) or "auto").strip().lower()
+    given = TrainerSettings.from_env(env).eval_backend
+    value = (given or "auto").strip().lower()
     if value not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={env.get(BACKEND_ENV)!r}: expected one of {', '.join(BACKENDS)}")
+        raise ValueError(f"{BACKEND_ENV}={given!r}: expected one of {', '.join(BACKENDS)}")
     return value
 
 
@@ -104,7 +109,7 @@ def repo_root() -> Path:
 
 def candidates(env: Mapping[str, str], cwd: Path, root: Path) -> list[tuple[str, str]]:
     """(python, where it came from) to try, in order; the current interpreter is tried after these."""
-    explicit = (env.get(PYTHON_ENV) or "").strip()
+    explicit = TrainerSettings.from_env(env).vllm_python
     if explicit:
         return [(explicit, f"${PYTHON_ENV}")]
     out: list[tuple[str, str]] = []
@@ -146,7 +151,7 @@ def find_interpreter(
         if version is not None:
             return Interpreter(python, source, version), notes
         notes.append(f"{source}: {why}")
-    if not (env.get(PYTHON_ENV) or "").strip():  # an explicit choice is the only candidate
+    if not TrainerSettings.from_env(env).vllm_python:  # an explicit choice is the only candidate
         version, why = prober(current)
         if version is not None:
             return Interpreter(current, "this interpreter", version), notes
@@ -216,7 +221,7 @@ def extra_args(env: Mapping[str, str]) -> list[str]:
     """TUNELOOP_VLLM_ARGS split like a shell would; ValueError when it cannot be."""
     import shlex
 
-    return shlex.split(env.get(ARGS_ENV) or "")
+    return shlex.split(TrainerSettings.from_env(env).vllm_args)
 
 
 def free_port() -> int:

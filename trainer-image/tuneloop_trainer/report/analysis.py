@@ -39,7 +39,7 @@ def gain(name: str, base: float | None, tuned: float | None) -> float | None:
 
 def fmt_change(name: str, base: float | None, tuned: float | None) -> str:
     g = gain(name, base, tuned)
-    if g is None:
+    if g is None or base is None or tuned is None:  # gain is None exactly when either is
         return "n/a"
     word = "better" if g > 1e-12 else "worse" if g < -1e-12 else "unchanged"
     if is_fraction(name):
@@ -89,7 +89,7 @@ def challenges(run: Any, facts: dict[str, Any], scores: dict[str, dict[str, Any]
     dr = run.data_report
     for rule, n in (dr.get("rejected_by_rule") or {}).items():
         out.append(f"Data preparation rejected {n} record(s) by rule `{rule}` (listed in data/data_report.json).")
-    for w in (run.results.get("train") or {}).get("warnings") or run.lineage.get("warnings") or []:
+    for w in (run.results.get("train") or {}).get("warnings") or []:
         out.append(f"Trainer warning: {w}")
     if facts.get("nan"):
         out.append("Training loss became NaN/inf at some step.")
@@ -118,7 +118,9 @@ def strengths_weaknesses(
     forgetting: list[dict[str, Any]],
     generation: dict[str, Any] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
-    strengths, weaknesses, unexpected = [], [], []
+    strengths: list[str] = []
+    weaknesses: list[str] = []
+    unexpected: list[str] = []
     quality = [r for r in rows if r["name"] not in ("latencySeconds", "tokensPerSecond")]
     ranked = sorted((r for r in quality if gain(r["name"], r.get("base"), r.get("tuned")) is not None), key=lambda r: -(gain(r["name"], r["base"], r["tuned"]) or 0))
     for r in ranked:
@@ -155,9 +157,9 @@ def strengths_weaknesses(
         unexpected.append(f"Generation throughput dropped {fmt('tokensPerSecond', tps['base'])} → {fmt('tokensPerSecond', tps['tuned'])} (an unmerged adapter adds work per token; merging removes it).")
     per_prompt = {}
     for model in ("base", "tuned"):
-        g = (generation or {}).get(model) or {}
-        if g.get("prompts"):
-            per_prompt[model] = g["generatedTokens"] / g["prompts"]
+        gen = (generation or {}).get(model) or {}
+        if gen.get("prompts"):
+            per_prompt[model] = gen["generatedTokens"] / gen["prompts"]
     if len(per_prompt) == 2 and per_prompt["tuned"] < 0.7 * per_prompt["base"]:
         unexpected.append(f"The tuned model's answers are shorter: {per_prompt['base']:.0f} → {per_prompt['tuned']:.0f} generated tokens per prompt "
                           "(it stops after the answer instead of running on), so its batches finish sooner.")

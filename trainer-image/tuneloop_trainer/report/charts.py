@@ -11,7 +11,7 @@ from tuneloop.api.evaluation import METRICS
 def chart_metrics() -> tuple[list[str], list[tuple[str, str]]]:
     """(0–1 metrics for the grouped bar chart, [(metric, panel label)] for their own small panels), in
     the registry's chart order (tuneloop.api.evaluation.METRICS: `chart`, `chart_label`)."""
-    drawn = sorted((i for i in METRICS.values() if i.chart is not None), key=lambda i: i.chart)
+    drawn = sorted((i for i in METRICS.values() if i.chart is not None), key=lambda i: i.chart or 0)
     return [i.name for i in drawn if i.fraction], [(i.name, i.chart_label or i.label) for i in drawn if not i.fraction]
 
 

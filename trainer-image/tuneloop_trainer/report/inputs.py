@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.contract import layout
+from tuneloop.contract.lineage import LineageFile
 
 
 @dataclass
 class RunRecord:
     workdir: Path
     data_report: dict[str, Any] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
+    lineage: LineageFile = field(default_factory=LineageFile)  # DIR/lineage.json
     progress: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> result-<stage>.json
     stage_times: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # stage -> (start, end)
@@ -89,7 +90,7 @@ def validation_points(progress: list[dict[str, Any]]) -> list[tuple[float, float
 def load(workdir: Path) -> RunRecord:
     rec = RunRecord(workdir=workdir)
     rec.data_report = _json(workdir / layout.DATA_REPORT_FILE, rec.missing)
-    rec.lineage = _json(workdir / layout.LINEAGE_FILE, rec.missing)
+    rec.lineage = LineageFile.of(_json(workdir / layout.LINEAGE_FILE, rec.missing))
     rec.progress = read_progress(workdir / layout.PROGRESS_FILE)
     if not rec.progress:
         rec.missing.append(layout.PROGRESS_FILE)

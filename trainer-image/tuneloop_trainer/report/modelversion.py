@@ -13,28 +13,26 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.api.evaluation import EvaluationRecord
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.contract import layout
 from tuneloop.contract import lineage as lineage_facts
 from tuneloop.contract import modelversion as contract
+from tuneloop.contract.lineage import LineageFile
 from tuneloop.contract.modelversion import JobIdentity
 from tuneloop.contract.names import LABEL_JOB, LABEL_MODEL
 
-__all__ = ["LABEL_JOB", "LABEL_MODEL", "build", "job_identity", "manifest", "pick"]
+from ..settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from ..context import StageContext
+
+__all__ = ["LABEL_JOB", "LABEL_MODEL", "build", "job_identity", "manifest"]
 
 
-def pick(d: dict[str, Any], *names: str, default: Any = None) -> Any:
-    """The first present, non-None value among several spellings (snake_case and camelCase)."""
-    for n in names:
-        if d.get(n) is not None:
-            return d[n]
-    return default
-
-
-def job_identity(ctx: Any) -> JobIdentity:
+def job_identity(ctx: StageContext) -> JobIdentity:
     meta = ctx.raw.get("metadata") or {}
     return JobIdentity(ctx.name, ctx.namespace, ctx.uid or "", int(meta.get("generation") or 1))
 
@@ -47,7 +45,7 @@ def _no_uid(lineage: dict[str, Any], artifact: Any = None) -> str:
     art = Path(artifact) if artifact else None
     files = sorted(p for p in art.rglob("*") if p.is_file()) if art and art.is_dir() else []
     h = hashlib.sha256()
-    if files:
+    if art is not None and files:  # (files come from art)
         for p in files:
             h.update(str(p.relative_to(art)).encode() + b"\0")
             with p.open("rb") as f:
@@ -57,25 +55,27 @@ def _no_uid(lineage: dict[str, Any], artifact: Any = None) -> str:
     return hashlib.sha256(json.dumps(lineage, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def manifest(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord | dict[str, Any] | None,
-             env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def manifest(ctx: StageContext, lineage: LineageFile | dict[str, Any], data_report: dict[str, Any],
+             record: EvaluationRecord | dict[str, Any] | None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ModelVersion (wire form) for the job in `ctx`, from lineage.json, the data report and the evaluation record."""
     env = os.environ if env is None else env
+    settings = TrainerSettings.from_env(env)
     spec = ctx.spec
-    in_cluster = bool(env.get(layout.ENV_WORKDIR_URI))
+    lin = LineageFile.of(lineage)
+    in_cluster = settings.workdir_uri is not None
     return contract.build(
         spec, job_identity(ctx),
         workdir_uri=layout.resolve_workdir_uri(spec, ctx.name, ctx.namespace, ctx.workdir, dict(env)),
-        trainer_image=env.get(layout.ENV_IMAGE) or spec.image or pick(lineage, "trainer_image", default="local"),
-        facts=lineage_facts.facts(lineage, data_report),
+        trainer_image=settings.image or spec.image or "local",
+        facts=lineage_facts.facts(lin.facts(), data_report),
         evaluation=record,
         report_config_map=in_cluster,  # the operator copies report.md into the ModelVersion's ConfigMap
-        no_uid=_no_uid(lineage, getattr(ctx, "artifact_dir", None)),
+        no_uid=_no_uid(lin.doc(), getattr(ctx, "artifact_dir", None)),
         base_serving_path=None if in_cluster else _local_serving_path(ctx),
     )
 
 
-def _local_serving_path(ctx: Any) -> str | None:
+def _local_serving_path(ctx: StageContext) -> str | None:
     """A local run of a GGUF base: the de-quantised safetensors the trainer cached, which `kubectl tuneloop local serve`
     (vLLM) loads; vLLM cannot load the GGUF file itself. A pod's cache is not a place a serving pod can mount: there the
     record keeps no servingPath, and a Rollout says BaseModelNotServable."""
@@ -85,5 +85,5 @@ def _local_serving_path(ctx: Any) -> str | None:
     return str(found) if found else None
 
 
-def build(ctx: Any, lineage: dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord | None) -> ModelVersion:
+def build(ctx: StageContext, lineage: LineageFile | dict[str, Any], data_report: dict[str, Any], record: EvaluationRecord | None) -> ModelVersion:
     return ModelVersion.model_validate(manifest(ctx, lineage, data_report, record))

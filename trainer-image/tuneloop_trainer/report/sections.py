@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.contract.lineage import LineageFile
 
 from .analysis import challenges, curve_facts, duration, label
 from .inputs import label_distribution
-from .modelversion import pick
+
+if TYPE_CHECKING:
+    from ..context import StageContext
+    from .inputs import RunRecord
 
 PURPOSE_ANNOTATION = "tuneloop.dev/purpose"
 OBJECTIVE_ANNOTATION = "tuneloop.dev/objective"
 
 
-def _annotation(ctx: Any, key: str) -> str | None:
+def _annotation(ctx: StageContext, key: str) -> str | None:
     return ((ctx.raw.get("metadata") or {}).get("annotations") or {}).get(key)
 
 
@@ -33,7 +37,7 @@ def _src(source: Any) -> str:
     return f"`{source.s3.uri}`"
 
 
-def overview(ctx: Any, run: Any, mv: Any) -> list[str]:
+def overview(ctx: StageContext, run: RunRecord, mv: Any) -> list[str]:
     spec = ctx.spec
     purpose = _annotation(ctx, PURPOSE_ANNOTATION) or (
         f"Adapt {spec.base_model.display_name()} to the task in `{ctx.name}`'s dataset with {spec.method.type} fine-tuning, "
@@ -51,7 +55,7 @@ def overview(ctx: Any, run: Any, mv: Any) -> list[str]:
     ]
 
 
-def objective(ctx: Any, record: dict[str, Any]) -> list[str]:
+def objective(ctx: StageContext, record: dict[str, Any]) -> list[str]:
     ev = ctx.spec.evaluation
     lines = ["## Objective"]
     text = _annotation(ctx, OBJECTIVE_ANNOTATION)
@@ -70,7 +74,7 @@ def objective(ctx: Any, record: dict[str, Any]) -> list[str]:
             parts.append(f"lose at most {g.max_regression} against {against}{bound}")
         if g.min_value is not None:
             parts.append(f"reach {g.min_value}")
-        lines.append(f"- **{label(g.metric)}** (`{g.metric}`): " + ", ".join(parts) + ".")
+        lines.append(f"- **{label(str(g.metric))}** (`{g.metric}`): " + ", ".join(parts) + ".")
     if ev.forgetting.enabled:
         lines.append(f"- **No catastrophic forgetting:** accuracy on the general-knowledge set drops by at most {ev.forgetting.max_regression}.")
     if not ev.gates and not ev.forgetting.enabled:
@@ -80,12 +84,13 @@ def objective(ctx: Any, record: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def dataset(ctx: Any, run: Any) -> list[str]:
+def dataset(ctx: StageContext, run: RunRecord) -> list[str]:
     ds = ctx.spec.dataset
     dr = run.data_report
     c = dr.get("counts") or {}
     lines = ["## Dataset Information"]
-    sha = dr.get("dataset_sha256") or pick(run.lineage, "dataset_sha256") or "n/a"
+    lineage = LineageFile.of(run.lineage)
+    sha = dr.get("dataset_sha256") or (lineage.dataset.sha256 if lineage.dataset else None) or "n/a"
     lines.append(f"- **Source of Data:** train {_src(ds.train)}" + (f", validation {_src(ds.validation)}" if ds.validation else "")
                  + (f", test {_src(ds.test)}" if ds.test else "") + f"; format `{ds.format}`; sha256 `{sha}`")
     if c:
@@ -117,7 +122,7 @@ def dataset(ctx: Any, run: Any) -> list[str]:
     return lines
 
 
-def training_parameters(ctx: Any, run: Any) -> list[str]:
+def training_parameters(ctx: StageContext, run: RunRecord) -> list[str]:
     hp, m = ctx.spec.hyperparameters, ctx.spec.method
     facts = curve_facts(run.progress)
     c = (run.data_report.get("counts") or {})
@@ -137,19 +142,14 @@ def training_parameters(ctx: Any, run: Any) -> list[str]:
     ]
     if ctx.spec.deepspeed and ctx.spec.deepspeed.enabled:
         lines.append(f"  - DeepSpeed ZeRO stage {ctx.spec.deepspeed.zero_stage}, offload {ctx.spec.deepspeed.offload}")
-    eff = pick(run.lineage, "hyperparameters", "effective_hyperparameters")
-    if isinstance(eff, dict) and eff:
+    eff = LineageFile.of(run.lineage).hyperparameters
+    if eff:
         lines.append("  - Effective values recorded by the trainer: " + ", ".join(f"{k}={v}" for k, v in list(eff.items())[:16]))
     return lines + [""]
 
 
-def _hardware(run: Any) -> str:
-    lin = run.lineage
-    hw = pick(lin, "hardware", "device", "devices")
-    world = pick(lin, "world_size", "worldSize")
-    if hw:
-        text = hw if isinstance(hw, str) else json.dumps(hw)
-        return f"{text}" + (f", world size {world}" if world else "")
+def _hardware(run: RunRecord) -> str:
+    world = LineageFile.of(run.lineage).world_size
     if run.local_run.get("device"):
         return f"this machine (local run): {run.local_run['device']}; world size {world or 1}"
     here = f"{platform.machine()} CPU, {os.cpu_count()} cores visible ({platform.system()})"
@@ -163,18 +163,18 @@ def _hardware(run: Any) -> str:
     return f"world size {world or 1}; the trainer did not record its devices — the report host has {here}"
 
 
-def training_process(ctx: Any, run: Any, scores: dict[str, Any]) -> list[str]:
+def training_process(ctx: StageContext, run: RunRecord, scores: dict[str, Any]) -> list[str]:
     facts = curve_facts(run.progress)
-    libs = pick(run.lineage, "library_versions", "libraries", default={}) or {}
-    lib_text = ", ".join(f"{k} {v}" for k, v in libs.items()) or "versions not recorded"
-    train_s = pick(run.lineage, "train_seconds", "wall_time_seconds", "wall_seconds") or run.stage_seconds("train")
+    lineage = LineageFile.of(run.lineage)
+    lib_text = ", ".join(f"{k} {v}" for k, v in (lineage.libraries or {}).items()) or "versions not recorded"
+    train_s = lineage.wall_time_seconds or run.stage_seconds("train")
     lines = [
         "## Training Process",
         "- **Training Platform/Tool:** tuneloop trainer (Hugging Face Trainer + peft" + (", DeepSpeed" if ctx.spec.deepspeed and ctx.spec.deepspeed.enabled else "") + f"); {lib_text}; image `{ctx.spec.image or 'local run'}`",
         f"- **Compute Resources Used:** {_hardware(run)}",
         f"- **Training Duration:** {duration(train_s)}" + (f" for {facts['last_step']} steps" if facts.get("last_step") else "")
         + (f", {facts['tokens_per_second']:.0f} tokens/s on average" if facts.get("tokens_per_second") else "")
-        + (f", {pick(run.lineage, 'tokens_seen', 'tokensSeen')} tokens seen" if pick(run.lineage, "tokens_seen", "tokensSeen") else ""),
+        + (f", {lineage.tokens_seen} tokens seen" if lineage.tokens_seen else ""),
     ]
     if facts.get("train_points"):
         lines.append(f"- **Loss:** train {facts['first_loss']:.3f} at the first logged step → {facts['last_loss']:.3f} at step {facts['last_step']}"

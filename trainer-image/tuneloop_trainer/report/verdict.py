@@ -87,8 +87,8 @@ def quantitative_table(rows: list[dict[str, Any]], confidence: float | None, spr
         timing = n == "latencySeconds" and spreads
         for x in refs:
             s = ref(r, x)
-            cells.append(fmt(n, s.get("value")) + fmt_interval(n, s.get("interval")) + (_spread(spreads.get(x)) if timing else "") if s else "—")
-        cells.append(fmt(n, r.get("tuned")) + fmt_interval(n, r.get("tunedInterval")) + (_spread(spreads.get("tuned")) if timing else ""))
+            cells.append(fmt(n, s.get("value")) + fmt_interval(n, s.get("interval")) + (_spread((spreads or {}).get(x)) if timing else "") if s else "—")
+        cells.append(fmt(n, r.get("tuned")) + fmt_interval(n, r.get("tunedInterval")) + (_spread((spreads or {}).get("tuned")) if timing else ""))
         cells += [fmt_difference(n, ref(r, x)) if ref(r, x) else "—" for x in refs]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -107,7 +107,7 @@ def per_field_table(per_field_items: dict[str, dict[str, list[int | None]]]) -> 
         for m in models:
             hits = [h for h in per_field_items[m].get(f, []) if h is not None]
             iv = wilson(sum(hits), len(hits))
-            cells.append(f"{100 * sum(hits) / len(hits):.1f}% [{100 * iv.low:.0f}, {100 * iv.high:.0f}]" if hits else "n/a")
+            cells.append(f"{100 * sum(hits) / len(hits):.1f}% [{100 * iv.low:.0f}, {100 * iv.high:.0f}]" if hits and iv else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -129,6 +129,8 @@ def trivial_baseline_finding(record: dict[str, Any], ev: dict[str, Any]) -> tupl
     if row is None:
         return None, None
     s = ref(row, "majority")
+    if not s:  # (judged_metric returns a row only where it has this reference)
+        return None, None
     n = row["name"]
     answer = ((ev.get("baselines") or {}).get("majority") or {}).get("answer")
     what = f"always answering `{answer}`" if answer and len(answer) <= 160 else "always giving the train split's majority answer"

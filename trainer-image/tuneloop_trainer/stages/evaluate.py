@@ -22,10 +22,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.api.evaluation import METRICS, EvaluationRecord, MetricName, Verdict
 from tuneloop.contract import layout
@@ -38,6 +38,9 @@ from ..evaluation.inputs import evaluation_fingerprint, load_train_answers
 from ..evaluation.vllm_backend import BACKEND_ENV, Choice, VllmUnavailable
 from ..evaluation.vllm_backend import fallback as vllm_fallback
 
+if TYPE_CHECKING:
+    from ..context import StageContext
+
 FORGETTING_MAX_NEW_TOKENS = 48
 
 
@@ -47,7 +50,7 @@ def extra_rows() -> list[str]:
     return [i.name for i in METRICS.values() if not i.selectable]
 
 
-def _progress(ctx: Any, phase: str, done: int, total: int) -> None:
+def _progress(ctx: StageContext, phase: str, done: int, total: int) -> None:
     if ctx.on_progress:
         ctx.on_progress({"stage": "evaluate", "phase": phase, "done": done, "total": total})
 
@@ -57,9 +60,9 @@ def wanted_metrics(ev: Any) -> list[str]:
     names = {m if isinstance(m, str) else m.value for m in ev.metrics}
     names |= {g.metric if isinstance(g.metric, str) else g.metric.value for g in ev.gates}
     if ev.json_schema is not None:
-        names |= {MetricName.SCHEMA_COMPLIANCE.value, MetricName.FIELD_ACCURACY.value}
+        names |= {MetricName("schemaCompliance").value, MetricName("fieldAccuracy").value}
     if ev.forgetting.enabled:
-        names.add(MetricName.FORGETTING_ACCURACY.value)
+        names.add(MetricName("forgettingAccuracy").value)
     return [m.value for m in MetricName if m.value in names]
 
 
@@ -75,7 +78,7 @@ def _check_schema(schema: dict[str, Any] | None) -> None:
 
 
 def _evaluate_model(
-    ctx: Any,
+    ctx: StageContext,
     label: str,
     loader: Callable[[], tuple[Any, Any]],
     records: list[dict[str, Any]],
@@ -131,7 +134,7 @@ def _log(message: str) -> None:
     print(f"tuneloop evaluate: {message}", file=sys.stderr, flush=True)
 
 
-def choose_backend(ctx: Any, *, base_needed: bool, env: Any = None) -> Choice:
+def choose_backend(ctx: StageContext, *, base_needed: bool, env: Mapping[str, str] | None = None) -> Choice:
     """vLLM or transformers for this evaluation (evaluation/vllm_backend.choose), from TUNELOOP_EVAL_BACKEND, where a
     vLLM Python is found and whether vLLM can serve the models here."""
     from ..evaluation import vllm_backend as vb
@@ -190,14 +193,14 @@ def _sigterm_raises() -> Any:
         signal.signal(signal.SIGTERM, old)
 
 
-def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *, need_nll: bool,
+def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *, need_nll: bool,
                    details: dict[str, Any], choice: Choice) -> dict[str, dict[str, Any] | None]:
     """Both models through vLLM's OpenAI server: one server per model, both at once on their own CPUs (or one after the
     other when there is a single CPU). The tuned model is served merged (vLLM's CPU LoRA path is slower than generating
     with transformers). Perplexity (one forward pass per record) stays with transformers, while the servers start.
     Prompts, stop tokens, limits and decoding of the answers are those of the transformers path."""
     from ..evaluation import vllm_backend as vb
-    from ..evaluation.generate import chat_prompt, reference_nll, reference_pair, stop_token_ids
+    from ..evaluation.generate import chat_prompt, stop_token_ids
     from ..modeling import (
         base_serving_location,
         is_adapter,
@@ -231,24 +234,13 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
         merge = is_adapter(art) and not (art / "merged" / "config.json").exists()
         dirs["tuned"] = (str(work / "tuned-merged") if merge else str(art / "merged" if is_adapter(art) else art), None)
 
-        chat = [r for r in records if "messages" in r]
-        phases: dict[str, list[tuple[str, list[int], int]]] = {}
-        for label, tok in tokenizers.items():
-            prompts: list[tuple[str, str, int]] = []
-            if chat and (label == "tuned" or base_task):
-                prompts += [("test", chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
-            if forgetting:
-                prompts += [("forgetting", chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]), min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS))
-                            for f in forgetting]
-            if chat and ev.sample_prompts and (label == "tuned" or base_task):
-                prompts += [("samples", chat_prompt(tok, [*_system(chat), {"role": "user", "content": p}]), ev.max_new_tokens) for p in ev.sample_prompts]
-            ids = tok([p for _, p, _ in prompts], add_special_tokens=False)["input_ids"] if prompts else []
-            phases[label] = [(ph, i, n) for (ph, _, n), i in zip(prompts, ids)]
+        phases = {label: _prompt_phases(tok, ev, records, forgetting, task=label == "tuned" or base_task) for label, tok in tokenizers.items()}
         longest = max((len(i) + n for items in phases.values() for _, i, n in items), default=0)
-        labels = [m for m in ("base", "tuned") if m in dirs]
+        labels: list[str] = [m for m in ("base", "tuned") if m in dirs]
         binds = vb.cpu_sets(len(labels))
         # one at a time on a GPU (each engine takes most of its memory) or a single CPU; else both at once, on their own CPUs
         together = len(labels) == 1 or (not use_cuda() and all(b is not None for b in binds))
+        assert choice.interpreter is not None, "choose() picks vLLM only with an interpreter"
         servers = {m: vb.Server(choice.interpreter.python, dirs[m][0], f"tuneloop-{m}", ctx.workdir / f"vllm-{m}.log", dtype=dtype,
                                 max_model_len=max(512, -(-(longest + 8) // 256) * 256), max_num_seqs=ev.batch_size, seed=seed,
                                 cpu_bind=binds[i] if together and not use_cuda() else None, revision=dirs[m][1], extra_args=more_args)
@@ -259,6 +251,8 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
                         "schedule": "together" if together and len(labels) > 1 else "one after the other"})
         nll: dict[str, tuple[Any, Any]] = {}
         started: list[Any] = []
+        # (kept whole, ~100 lines: one ExitStack owns every server's lifetime, and the transformers perplexity passes run
+        # inside it while the servers start; split further, the start/stop order would be spread over several functions)
         with _sigterm_raises(), contextlib.ExitStack() as stack:
             def start(label: str) -> None:
                 stack.enter_context(vb.serving([servers[label]]))
@@ -280,20 +274,14 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
                 start("tuned")
             if need_nll and model is not None:
                 t1 = time.perf_counter()
-                _progress(ctx, "tuned: perplexity", 0, 1)
-                items: list[tuple[float, int]] = []
-                nll["tuned"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
-                _progress(ctx, "tuned: perplexity", 1, 1)
+                nll["tuned"] = _perplexity(ctx, "tuned", model, tok, records)
                 details["transformersSeconds"]["tuned"] = round(details["transformersSeconds"]["tuned"] + time.perf_counter() - t1, 2)
             del model, tok
             gc.collect()
             if need_nll and base_task:
                 t1 = time.perf_counter()
                 model, tok = load_base(ctx)
-                _progress(ctx, "base: perplexity", 0, 1)
-                items = []
-                nll["base"] = (reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ev.batch_size, per_item=items), items)
-                _progress(ctx, "base: perplexity", 1, 1)
+                nll["base"] = _perplexity(ctx, "base", model, tok, records)
                 del model, tok
                 gc.collect()
                 details.setdefault("transformersSeconds", {})["base"] = round(time.perf_counter() - t1, 2)
@@ -326,7 +314,37 @@ def _evaluate_vllm(ctx: Any, records: list[dict[str, Any]], forgetting: list[dic
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _send(ctx: Any, jobs: dict[str, list[Any]], phases: dict[str, list[tuple[str, list[int], int]]], concurrency: int,
+def _prompt_phases(tok: Any, ev: Any, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *,
+                   task: bool) -> list[tuple[str, list[int], int]]:
+    """(phase, prompt token ids, max new tokens) of one model's generations: the test split and the sample prompts when
+    it is evaluated on the task, the forgetting set when there is one — the transformers path's prompts."""
+    from ..evaluation.generate import chat_prompt
+
+    chat = [r for r in records if "messages" in r]
+    prompts: list[tuple[str, str, int]] = []
+    if chat and task:
+        prompts += [("test", chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
+    if forgetting:
+        prompts += [("forgetting", chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]), min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS))
+                    for f in forgetting]
+    if chat and ev.sample_prompts and task:
+        prompts += [("samples", chat_prompt(tok, [*_system(chat), {"role": "user", "content": p}]), ev.max_new_tokens) for p in ev.sample_prompts]
+    ids = tok([p for _, p, _ in prompts], add_special_tokens=False)["input_ids"] if prompts else []
+    return [(ph, i, n) for (ph, _, n), i in zip(prompts, ids)]
+
+
+def _perplexity(ctx: StageContext, label: str, model: Any, tok: Any, records: list[dict[str, Any]]) -> tuple[Any, list[tuple[float, int]]]:
+    """(summed NLL, per-item NLL) of the references under one model (transformers), with progress."""
+    from ..evaluation.generate import reference_nll, reference_pair
+
+    _progress(ctx, f"{label}: perplexity", 0, 1)
+    items: list[tuple[float, int]] = []
+    total = reference_nll(model, tok, [reference_pair(tok, r) for r in records], batch_size=ctx.spec.evaluation.batch_size, per_item=items)
+    _progress(ctx, f"{label}: perplexity", 1, 1)
+    return total, items
+
+
+def _send(ctx: StageContext, jobs: dict[str, list[Any]], phases: dict[str, list[tuple[str, list[int], int]]], concurrency: int,
           out: dict[str, dict[str, Any] | None], tokenizers: dict[str, Any]) -> None:
     """Send every model's jobs (all models at once), then turn them into the transformers path's results per model."""
     from ..evaluation import vllm_backend as vb
@@ -404,7 +422,7 @@ def _scores(result: dict[str, Any] | None, references: list[str], schema: dict |
     return scores
 
 
-def _serving_doc(ctx: Any, ev: Any) -> dict[str, Any] | None:
+def _serving_doc(ctx: StageContext, ev: Any) -> dict[str, Any] | None:
     """The serving ModelVersion's eval.json (evaluation.serving.evalJson), read whole."""
     serving = getattr(ev, "serving", None)
     if serving is None:
@@ -419,7 +437,7 @@ def _serving_doc(ctx: Any, ev: Any) -> dict[str, Any] | None:
         raise ConfigError(f"evaluation.serving.evalJson: {path} is not JSON ({exc})") from None
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from ..evaluation.gates import decide
     from ..evaluation.inputs import load_forgetting_set, load_test_split
 
@@ -439,27 +457,7 @@ def run(ctx: Any) -> dict[str, Any]:
     if ev.forgetting.enabled:
         forgetting, forgetting_source = load_forgetting_set(ctx.resolve(ev.forgetting.path) if ev.forgetting.path else None)
     metrics = wanted_metrics(ev)
-    need_nll = MetricName.PERPLEXITY.value in metrics
-
-    from ..modeling import load_base, load_tuned
-
-    choice = choose_backend(ctx, base_needed=bool(ev.baseline or forgetting))
-    _log(f"backend {choice.backend} ({choice.reason})")
-    results: dict[str, dict[str, Any] | None] | None = None
-    vllm_details: dict[str, Any] = {}
-    if choice.backend == "vllm":
-        try:
-            results = _evaluate_vllm(ctx, records, forgetting, need_nll=need_nll, details=vllm_details, choice=choice)
-        except VllmUnavailable as exc:
-            if choice.requested == "vllm":
-                raise TrainerError(f"{BACKEND_ENV}=vllm: {exc}", hint=f"unset {BACKEND_ENV} (auto) to fall back to transformers") from None
-            choice = vllm_fallback(choice, str(exc))
-            _log(f"backend {choice.backend} ({choice.reason})")
-    if results is None:
-        results = {"base": None, "tuned": None}
-        if ev.baseline or forgetting:
-            results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
-        results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
+    results, choice, vllm_details = _generate_all(ctx, records, forgetting, need_nll=MetricName("perplexity").value in metrics)
 
     base_scores = _scores(results["base"], references, ev.json_schema, forgetting)
     tuned_scores = _scores(results["tuned"], references, ev.json_schema, forgetting)
@@ -467,7 +465,7 @@ def run(ctx: Any) -> dict[str, Any]:
     analysis = eval_analysis.analyse(
         records=records, references=references, schema=ev.json_schema, results=results, scores={"base": base_scores, "tuned": tuned_scores},
         forgetting=forgetting, train_answers=load_train_answers(ctx.data_dir) if getattr(ev, "baselines", True) else [],
-        serving_doc=_serving_doc(ctx, ev), serving_name=ev.serving.model_version if getattr(ev, "serving", None) else None,
+        serving_doc=_serving_doc(ctx, ev), serving_name=champion.model_version if (champion := getattr(ev, "serving", None)) else None,
     )
     rows = eval_analysis.metric_rows(metrics + extra, analysis)
     serving = eval_analysis.serving_outcome(rows, analysis, ev.gates)
@@ -491,6 +489,44 @@ def run(ctx: Any) -> dict[str, Any]:
         },
         "backend": {**choice.wire(), **vllm_details},
         "inputsFingerprint": inputs_fingerprint,
+        **_results_doc(ev, records, results, analysis, (base_scores, tuned_scores), forgetting),
+    }
+    out_path.write_text(json.dumps(doc, indent=2, default=str))
+    return {**summary(record, out_path), "backend": choice.backend}
+
+
+def _generate_all(ctx: StageContext, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *,
+                  need_nll: bool) -> tuple[dict[str, dict[str, Any] | None], Choice, dict[str, Any]]:
+    """(results per model, the backend that produced them, its details): vLLM where chosen, else (or when vLLM turns
+    out unusable under auto) transformers."""
+    from ..modeling import load_base, load_tuned
+
+    ev = ctx.spec.evaluation
+    choice = choose_backend(ctx, base_needed=bool(ev.baseline or forgetting))
+    _log(f"backend {choice.backend} ({choice.reason})")
+    results: dict[str, dict[str, Any] | None] | None = None
+    vllm_details: dict[str, Any] = {}
+    if choice.backend == "vllm":
+        try:
+            results = _evaluate_vllm(ctx, records, forgetting, need_nll=need_nll, details=vllm_details, choice=choice)
+        except VllmUnavailable as exc:
+            if choice.requested == "vllm":
+                raise TrainerError(f"{BACKEND_ENV}=vllm: {exc}", hint=f"unset {BACKEND_ENV} (auto) to fall back to transformers") from None
+            choice = vllm_fallback(choice, str(exc))
+            _log(f"backend {choice.backend} ({choice.reason})")
+    if results is None:
+        results = {"base": None, "tuned": None}
+        if ev.baseline or forgetting:
+            results["base"] = _evaluate_model(ctx, "base", lambda: load_base(ctx), records, forgetting, task=ev.baseline, nll=ev.baseline and need_nll)
+        results["tuned"] = _evaluate_model(ctx, "tuned", lambda: load_tuned(ctx), records, forgetting, task=True, nll=need_nll)
+    return results, choice, vllm_details
+
+
+def _results_doc(ev: Any, records: list[dict[str, Any]], results: dict[str, dict[str, Any] | None], analysis: Any,
+                 scores: tuple[dict[str, Any], dict[str, Any]], forgetting: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """eval.json's measurements: scores, generations, baselines, per-item scores, examples, forgetting, sample prompts."""
+    base_scores, tuned_scores = scores
+    return {
         "scores": {
             label: {k: v for k, v in s.items() if k not in ("forgettingHits",)} for label, s in (("base", base_scores), ("tuned", tuned_scores))
         },
@@ -504,14 +540,12 @@ def run(ctx: Any) -> dict[str, Any]:
         "examples": _examples(records, results),
         "forgetting": _forgetting_rows(forgetting, results, base_scores, tuned_scores),
         "samplePrompts": [
-            {"prompt": p, "base": (results["base"] or {}).get("samplePrompts", [None] * len(ev.sample_prompts))[i], "tuned": results["tuned"]["samplePrompts"][i]}
+            {"prompt": p, "base": (results["base"] or {}).get("samplePrompts", [None] * len(ev.sample_prompts))[i], "tuned": (results["tuned"] or {})["samplePrompts"][i]}
             for i, p in enumerate(ev.sample_prompts)
         ]
-        if ev.sample_prompts and "samplePrompts" in results["tuned"]
+        if ev.sample_prompts and "samplePrompts" in (results["tuned"] or {})
         else [],
     }
-    out_path.write_text(json.dumps(doc, indent=2, default=str))
-    return {**summary(record, out_path), "backend": choice.backend}
 
 
 def _examples(records: list[dict[str, Any]], results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract.tokenlengths import token_lengths
 
@@ -20,13 +20,16 @@ from ..dataset.splitting import split_groups
 from ..dataset.statistics import length_stats, write_text_report
 from ..errors import DataError
 
+if TYPE_CHECKING:
+    from ..context import StageContext
+
 SPLITS = ("train", "validation", "test")
 
 
 class _Collector:
     """Accepted records per split source, rejections, and duplicate/leak bookkeeping."""
 
-    def __init__(self, ctx: Any, tok: Any, max_len: int):
+    def __init__(self, ctx: StageContext, tok: Any, max_len: int):
         self.ctx, self.tok, self.max_len = ctx, tok, max_len
         self.fmt = ctx.spec.dataset.format
         self.dedupe = ctx.spec.dataset.checks.dedupe
@@ -80,7 +83,7 @@ class _Collector:
         self.accepted[source].append(rec)
 
 
-def _sources(ctx: Any) -> dict[str, list[Path]]:
+def _sources(ctx: StageContext) -> dict[str, list[Path]]:
     ds = ctx.spec.dataset
     out = {}
     for name in SPLITS:
@@ -97,7 +100,7 @@ def _leakage(col: _Collector) -> None:
     for split, earlier in (("validation", ("train",)), ("test", ("train", "validation"))):
         if not col.accepted[split]:
             continue
-        known = {}
+        known: dict[str, tuple[str, str]] = {}
         for s in earlier:
             for r in col.accepted[s]:
                 known.setdefault(prompt_key(r), (s, f"{r['source_file']}:{r['source_line']}"))
@@ -112,7 +115,7 @@ def _leakage(col: _Collector) -> None:
         col.accepted[split] = keep
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from ..modeling import load_tokenizer, locate
 
     spec = ctx.spec
@@ -129,19 +132,10 @@ def run(ctx: Any) -> dict[str, Any]:
                 col.add(raw, name)
 
     _leakage(col)
-    val_frac = 0.0 if ds.validation else ds.split.validation
-    test_frac = 0.0 if ds.test else ds.split.test
-    parts = split_groups(col.accepted["train"], prompt_key, val_frac, test_frac, ds.split.seed)
-    splits = {"train": parts["train"],
-              "validation": col.accepted["validation"] if ds.validation else parts["validation"],
-              "test": col.accepted["test"] if ds.test else parts["test"]}
+    val_frac, test_frac, splits = _split(ds, col)
 
     data_dir = ctx.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, recs in splits.items():
-        with (data_dir / f"{name}.jsonl").open("w") as fh:
-            for r in recs:
-                fh.write(json.dumps({k: v for k, v in r.items() if k not in ("num_tokens", "num_trained")}, ensure_ascii=False) + "\n")
+    _write_splits(data_dir, splits)
 
     by_rule: dict[str, int] = {}
     for r in col.rejected:
@@ -167,16 +161,7 @@ def run(ctx: Any) -> dict[str, Any]:
                                        [r["num_trained"] for r in splits["train"]], max_len),
         "rejected": col.rejected,
     }
-    failure = None
-    if col.read_by["train"] == 0:
-        files = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
-        failure = f"the train data holds no records: {files}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
-    elif frac > ds.checks.max_rejected_fraction:
-        top = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
-        failure = (f"{len(col.rejected)} of {col.read} records rejected ({frac:.1%} > maxRejectedFraction "
-                   f"{ds.checks.max_rejected_fraction:.1%}): {top}; first: {_first(col.rejected)}")
-    elif len(splits["train"]) < ds.checks.min_examples:
-        failure = f"only {len(splits['train'])} training records remain after validation and split (< minExamples {ds.checks.min_examples})"
+    failure = _failure(ds, col, sources, len(splits["train"]), frac, by_rule)
     report["outcome"] = "Failed" if failure else "Succeeded"
     if failure:
         report["error"] = failure
@@ -191,6 +176,41 @@ def run(ctx: Any) -> dict[str, Any]:
         "token_lengths": report["token_lengths"],
         "data_report": str(data_dir / "data_report.json"),
     }
+
+
+def _split(ds: Any, col: _Collector) -> tuple[float, float, dict[str, list[dict[str, Any]]]]:
+    """(validation fraction, test fraction, records per split): separate sources as they are, else split from train
+    by prompt groups (leak-free)."""
+    val_frac = 0.0 if ds.validation else ds.split.validation
+    test_frac = 0.0 if ds.test else ds.split.test
+    parts = split_groups(col.accepted["train"], prompt_key, val_frac, test_frac, ds.split.seed)
+    splits = {"train": parts["train"],
+              "validation": col.accepted["validation"] if ds.validation else parts["validation"],
+              "test": col.accepted["test"] if ds.test else parts["test"]}
+    return val_frac, test_frac, splits
+
+
+def _write_splits(data_dir: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, recs in splits.items():
+        with (data_dir / f"{name}.jsonl").open("w") as fh:
+            for r in recs:
+                fh.write(json.dumps({k: v for k, v in r.items() if k not in ("num_tokens", "num_trained")}, ensure_ascii=False) + "\n")
+
+
+def _failure(ds: Any, col: _Collector, sources: dict[str, list[Path]], train_records: int, frac: float,
+             by_rule: dict[str, int]) -> str | None:
+    """Why the prepared data cannot be trained on (no train records, too many rejected, too few left), or None."""
+    if col.read_by["train"] == 0:
+        names = ", ".join(str(f) for f in sources.get("train", [])) or "spec.dataset.train"
+        return f"the train data holds no records: {names}" + (" (empty file)" if all(f.stat().st_size == 0 for f in sources.get("train", [])) else "")
+    if frac > ds.checks.max_rejected_fraction:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items(), key=lambda kv: -kv[1]))
+        return (f"{len(col.rejected)} of {col.read} records rejected ({frac:.1%} > maxRejectedFraction "
+                f"{ds.checks.max_rejected_fraction:.1%}): {top}; first: {_first(col.rejected)}")
+    if train_records < ds.checks.min_examples:
+        return f"only {train_records} training records remain after validation and split (< minExamples {ds.checks.min_examples})"
+    return None
 
 
 def _first(rejected: list[dict[str, Any]]) -> str:

@@ -10,17 +10,21 @@ DIR/report/modelversion.yaml (a ModelVersion that `kubectl tuneloop validate` ac
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from tuneloop.api.evaluation import METRICS, EvaluationRecord
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.contract import layout
+from tuneloop.contract.lineage import LineageFile
 
 from ..errors import ConfigError
 from ..report import verdict as report_verdict
 from ..report.analysis import curve_facts, duration, fmt, label, next_steps, strengths_weaknesses
 from ..report.sections import dataset, objective, overview, training_parameters, training_process
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 SAMPLES = 3
 
@@ -130,11 +134,11 @@ def _ranked(attr: str) -> list[str]:
     return [i.name for i in sorted(ranked, key=lambda i: getattr(i, attr))]
 
 
-def conclusions(ctx: Any, run: Any, record: dict[str, Any], ev: dict[str, Any] | None = None) -> list[str]:
+def conclusions(ctx: StageContext, run: Any, record: dict[str, Any], ev: dict[str, Any] | None = None) -> list[str]:
     ev = ev or {}
     seconds = {s: run.stage_seconds(s) for s in ("prepare", "train", "evaluate")}
     total = sum(v for v in seconds.values() if v)
-    world = run.lineage.get("world_size") or 1
+    world = LineageFile.of(run.lineage).world_size or 1
     gpus = ctx.spec.resources.gpus_per_node
     unit = "GPU-hours" if gpus else "CPU-process-hours"
     compute = (seconds.get("train") or 0) * world / 3600
@@ -170,7 +174,7 @@ def all_runs_cost(local_run: dict[str, Any]) -> dict[str, Any] | None:
             "total": sum(e["seconds"] for e in entries)}
 
 
-def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:
+def resources(ctx: StageContext, mv: Any, figures: dict[str, bool]) -> list[str]:
     wd = ctx.workdir
     lines = [
         "## Resources",
@@ -183,7 +187,7 @@ def resources(ctx: Any, mv: Any, figures: dict[str, bool]) -> list[str]:
     return lines + [""]
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     from ..report import charts as report_charts
     from ..report import inputs as report_inputs
     from ..report import modelversion as report_modelversion

@@ -13,17 +13,25 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.contract.layout import ENV_BATCH_LAYOUT
 
 from ..errors import ConfigError, DataError, ResourceError, TrainerError
+from ..settings import TrainerSettings
 from ..training import distributed as dist
+
+if TYPE_CHECKING:
+    from ..context import StageContext
 
 
 class LaunchFailed(TrainerError):
     """A rank of the torchrun launch failed; carries that run's reason and exit code."""
 
 
-def _relaunch(ctx: Any, topo: dist.Topology) -> dict[str, Any]:
+def _relaunch(ctx: StageContext, topo: dist.Topology) -> dict[str, Any]:
     result = ctx.workdir / "result-train.json"
     result.unlink(missing_ok=True)
     code = dist.relaunch(["train", "--spec", str(ctx.spec_file), "--workdir", str(ctx.workdir)], topo)
@@ -36,7 +44,7 @@ def _relaunch(ctx: Any, topo: dist.Topology) -> dict[str, Any]:
     raise err
 
 
-def apply_method(ctx: Any, model: Any) -> Any:
+def apply_method(ctx: StageContext, model: Any) -> Any:
     """LoRA / QLoRA adapters through peft, or every weight trainable for full fine-tuning."""
     method = ctx.spec.method
     if method.type == "full":
@@ -75,7 +83,7 @@ def _eval_steps(hp: Any, steps_per_epoch: int) -> int:
     return max(1, steps_per_epoch)
 
 
-def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: bool, layout: str, rows: bool = False) -> Any:
+def training_arguments(ctx: StageContext, world: int, steps_per_epoch: int, has_eval: bool, layout: str, rows: bool = False) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -131,7 +139,7 @@ def training_arguments(ctx: Any, world: int, steps_per_epoch: int, has_eval: boo
 LAYOUTS = ("packed", "grouped", "flat", "padded")
 
 
-def _layout(ctx: Any, model: Any) -> str:
+def _layout(ctx: StageContext, model: Any) -> str:
     """Batch layout (bench/trainer/README.md has the measurements behind the choice):
     - packed: padding-free rows + varlen attention (attention.py: no mask, attention only inside each record)
       — the default on CUDA, and wherever hyperparameters.packing or maxTokensPerBatch asks for packing;
@@ -142,10 +150,10 @@ def _layout(ctx: Any, model: Any) -> str:
     All but padded compute the LM head only where a token is trained. TUNELOOP_BATCH_LAYOUT overrides."""
     import torch
 
-    forced = os.environ.get("TUNELOOP_BATCH_LAYOUT")
+    forced = TrainerSettings.from_env().batch_layout
     if forced:
         if forced not in LAYOUTS:
-            raise ConfigError(f"TUNELOOP_BATCH_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
+            raise ConfigError(f"{ENV_BATCH_LAYOUT}={forced!r}: expected one of {', '.join(LAYOUTS)}")
         return forced
     hp = ctx.spec.hyperparameters
     if hp.packing or hp.max_tokens_per_batch:
@@ -162,13 +170,13 @@ def _fused_loss_wanted(layout: str) -> bool:
     """The chunked/fused LM-head loss (loss.py): on by default on CUDA (TUNELOOP_FUSED_LOSS=0/1 overrides)."""
     import torch
 
-    env = os.environ.get("TUNELOOP_FUSED_LOSS")
-    if env in ("0", "1"):
-        return env == "1" and layout != "padded"
+    forced = TrainerSettings.from_env().fused_loss
+    if forced is not None:
+        return forced and layout != "padded"
     return torch.cuda.is_available() and layout != "padded"
 
 
-def spec_uses_deepspeed(ctx: Any) -> bool:
+def spec_uses_deepspeed(ctx: StageContext) -> bool:
     return bool(ctx.spec.deepspeed and ctx.spec.deepspeed.enabled)
 
 
@@ -180,7 +188,7 @@ def cpu_deepspeed() -> None:
     Set TUNELOOP_DS_SHM_COMM=1 to keep it.
     """
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if os.environ.get("TUNELOOP_DS_SHM_COMM") != "1":
+    if not TrainerSettings.from_env().ds_shm_comm:
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -190,7 +198,7 @@ def _oom(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
-def _oom_error(ctx: Any) -> ResourceError:
+def _oom_error(ctx: StageContext) -> ResourceError:
     hp = ctx.spec.hyperparameters
     return ResourceError(
         f"out of memory at microBatchSize {hp.micro_batch_size}, maxSeqLength {hp.max_seq_length}",
@@ -199,7 +207,7 @@ def _oom_error(ctx: Any) -> ResourceError:
     )
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     topo = dist.topology()
     if topo.world_size > 1 and not dist.under_launcher():
         return _relaunch(ctx, topo)
@@ -215,25 +223,41 @@ def run(ctx: Any) -> dict[str, Any]:
         raise
 
 
-def _train(ctx: Any) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """One training run's pieces, built in order by `_load`, `_speed_up` and `_monitor`, then used by `_train`."""
+
+    model: Any
+    tok: Any
+    train_ds: Any
+    eval_ds: Any
+    layout: str
+    attention: str | None
+    rows: bool  # token-budget rows (hyperparameters.maxTokensPerBatch) instead of records
+    collator: Any = None
+    fused: bool = False
+    loss_func: Any = None
+    flops: Any = None
+    steps_per_epoch: int = 0
+    compiled: int = 0
+    compile_why: str = ""
+    fused_ops: str | None = None
+    undo: list[Callable[[], None]] = field(default_factory=list)  # run after training, in order
+    metrics: Any = None
+    progress: Any = None
+    stopper: Any = None
+    timer: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+
+
+def _load(ctx: StageContext) -> _Run:
+    """The base model with the method applied, the splits (packed into rows where the layout asks) and the layout."""
     import torch
 
-    if not torch.cuda.is_available() and spec_uses_deepspeed(ctx):
-        cpu_deepspeed()
-    from transformers import Trainer
+    from ..modeling import load_base
+    from ..training.collate import load_split, pack_by_tokens
 
-    from ..modeling import load_base, train_dtype
-    from ..training import kernels
-    from ..training.callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback, TrainTimeCallback
-    from ..training.checkpoints import newest_complete, remove_incomplete
-    from ..training.collate import FlatCollator, PackedCollator, PaddedCollator, load_split, pack_by_tokens, sparse_logits_loss
-    from ..training.flops import flops_model
-    from ..training.metrics import TrainerMetrics
-
-    started = time.time()
     spec, hp = ctx.spec, ctx.spec.hyperparameters
-    world = dist.world_size()
-    main = dist.is_main()
     if not (ctx.data_dir / "train.jsonl").exists():
         raise DataError(f"{ctx.data_dir / 'train.jsonl'} does not exist", hint="run the prepare stage first")
     if spec.method.type == "qlora" and not torch.cuda.is_available():
@@ -257,66 +281,103 @@ def _train(ctx: Any) -> dict[str, Any]:
     if hp.gradient_checkpointing and spec.method.type != "full":
         model.enable_input_require_grads()
 
-    rows = bool(hp.max_tokens_per_batch) and layout in ("packed", "flat")
-    if rows:
-        train_ds = pack_by_tokens(train_ds, hp.max_tokens_per_batch, seed=hp.seed)
-        eval_ds = pack_by_tokens(eval_ds, hp.max_tokens_per_batch, seed=hp.seed)
+    budget = hp.max_tokens_per_batch
+    rows = bool(budget) and layout in ("packed", "flat")
+    if rows and budget:
+        train_ds = pack_by_tokens(train_ds, budget, seed=hp.seed)
+        eval_ds = pack_by_tokens(eval_ds, budget, seed=hp.seed)
+    return _Run(model, tok, train_ds, eval_ds, layout, attention, rows)
+
+
+def _speed_up(ctx: StageContext, run: _Run) -> None:
+    """The collator, the loss, Liger's fused ops or torch.compile, and peft's adapter casts for `run`'s layout."""
+    import torch
+
+    from ..modeling import train_dtype
+    from ..training import kernels
+    from ..training.collate import FlatCollator, PackedCollator, PaddedCollator, sparse_logits_loss
+    from ..training.flops import flops_model
+
+    spec, hp, model, layout = ctx.spec, ctx.spec.hyperparameters, run.model, run.layout
     if layout == "packed":
-        collator = PackedCollator()
+        run.collator = PackedCollator()
     elif layout == "flat":
-        collator = FlatCollator()
+        run.collator = FlatCollator()
     else:
-        collator = PaddedCollator(tok.pad_token_id, sparse_logits=layout == "grouped")
-    fused = False
+        run.collator = PaddedCollator(run.tok.pad_token_id, sparse_logits=layout == "grouped")
     if _fused_loss_wanted(layout):
         from ..training.loss import install_fused_loss
 
-        fused = install_fused_loss(model)
-    loss_func = None if layout == "padded" or fused else sparse_logits_loss
-    flops = flops_model(model)
-    steps_per_epoch = optimizer_steps_per_epoch(len(train_ds), hp, rows)
-    planned = hp.max_steps or max(1, math.ceil(hp.epochs * steps_per_epoch))
+        run.fused = install_fused_loss(model)
+    run.loss_func = None if layout == "padded" or run.fused else sparse_logits_loss
+    run.flops = flops_model(model)
+    run.steps_per_epoch = optimizer_steps_per_epoch(len(run.train_ds), hp, run.rows)
+    planned = hp.max_steps or max(1, math.ceil(hp.epochs * run.steps_per_epoch))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    compile_on, compile_why = kernels.compile_plan(hp.compile, device=device, method=spec.method.type,
-                                                   deepspeed=spec_uses_deepspeed(ctx), planned_steps=planned)
-    row_tokens = hp.max_tokens_per_batch if rows else None
+    compile_on, run.compile_why = kernels.compile_plan(hp.compile, device=device, method=spec.method.type,
+                                                       deepspeed=spec_uses_deepspeed(ctx), planned_steps=planned)
+    row_tokens = hp.max_tokens_per_batch if run.rows else None
     use_ops = not compile_on and kernels.fused_ops_wanted(row_tokens)
-    fused_ops, undo_ops = kernels.fused_ops(model, device) if use_ops else (None, lambda: None)
+    run.fused_ops, undo_ops = kernels.fused_ops(model, device) if use_ops else (None, lambda: None)
     if compile_on:
         kernels.compile_cache(ctx.workdir, dist.topology().node_rank)
-    compiled = kernels.compile_layers(model) if compile_on else 0
-    print(f"tuneloop train: layout {layout}, loss {_loss_name(fused, layout)}, fused ops {fused_ops or 'none'}, "
-          f"compile {'on' if compile_on else 'off'} ({compile_why})", file=sys.stderr)
+    run.compiled = kernels.compile_layers(model) if compile_on else 0
+    print(f"tuneloop train: layout {layout}, loss {_loss_name(run.fused, layout)}, fused ops {run.fused_ops or 'none'}, "
+          f"compile {'on' if compile_on else 'off'} ({run.compile_why})", file=sys.stderr)
     # under mixed precision autocast picks the matmul dtype: peft's cast of each adapter input to fp32 is pure copying
-    keep_casts = train_dtype(ctx) == torch.float32 or os.environ.get("TUNELOOP_ADAPTER_CASTS") == "1"
+    keep_casts = train_dtype(ctx) == torch.float32 or TrainerSettings.from_env().adapter_casts
     undo_casts = (lambda: None) if keep_casts else kernels.adapter_input_casts_off(model)
-    args = training_arguments(ctx, world, steps_per_epoch, len(eval_ds) > 0, layout, rows=rows)
+    run.undo = [undo_casts, undo_ops]
 
-    metrics = None
+
+def _monitor(ctx: StageContext, run: _Run, started: float, world: int, main: bool) -> Any:
+    """Rank 0's checkpoint clean-up and metrics endpoint; the callbacks; the checkpoint to resume from (or None)."""
+    from ..training.callbacks import CheckpointMarkerCallback, EarlyStoppingCallback, ProgressCallback, TrainTimeCallback
+    from ..training.checkpoints import newest_complete, remove_incomplete
+    from ..training.metrics import TrainerMetrics
+
+    hp = ctx.spec.hyperparameters
     if main:
         ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         removed = remove_incomplete(ctx.checkpoint_dir)
         if removed:
             print(f"tuneloop train: removed incomplete checkpoints {removed}", file=sys.stderr)
-        metrics = TrainerMetrics(ctx.name, ctx.namespace)
+        run.metrics = TrainerMetrics(ctx.name, ctx.namespace)
         try:
-            port = metrics.serve()
+            port = run.metrics.serve()
             print(f"tuneloop train: metrics on :{port}/metrics", file=sys.stderr)
         except OSError as exc:
             print(f"tuneloop train: metrics endpoint not started: {exc}", file=sys.stderr)
-    progress = ProgressCallback(ctx.workdir / "progress.jsonl", metrics, ctx.on_progress, flops=flops, collator=collator, world=world)
-    callbacks = [progress, CheckpointMarkerCallback()]
-    stopper = None
-    if hp.early_stopping and len(eval_ds):
-        stopper = EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.threshold)
-        callbacks.append(stopper)
+    run.progress = ProgressCallback(ctx.workdir / "progress.jsonl", run.metrics, ctx.on_progress, flops=run.flops,
+                                    collator=run.collator, world=world)
+    run.callbacks = [run.progress, CheckpointMarkerCallback()]
+    if hp.early_stopping and len(run.eval_ds):
+        run.stopper = EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.threshold)
+        run.callbacks.append(run.stopper)
 
     resume = newest_complete(ctx.checkpoint_dir)
-    timer = TrainTimeCallback(ctx.workdir / "train-time.json", started, resumed=resume is not None) if main else None
-    if timer is not None:
-        callbacks.append(timer)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if len(eval_ds) else None,
-                      data_collator=collator, processing_class=tok, callbacks=callbacks, compute_loss_func=loss_func)
+    run.timer = TrainTimeCallback(ctx.workdir / "train-time.json", started, resumed=resume is not None) if main else None
+    if run.timer is not None:
+        run.callbacks.append(run.timer)
+    return resume
+
+
+def _train(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available() and spec_uses_deepspeed(ctx):
+        cpu_deepspeed()
+    from transformers import Trainer
+
+    started = time.time()
+    world = dist.world_size()
+    main = dist.is_main()
+    run = _load(ctx)
+    _speed_up(ctx, run)
+    args = training_arguments(ctx, world, run.steps_per_epoch, len(run.eval_ds) > 0, run.layout, rows=run.rows)
+    resume = _monitor(ctx, run, started, world, main)
+    trainer = Trainer(model=run.model, args=args, train_dataset=run.train_ds, eval_dataset=run.eval_ds if len(run.eval_ds) else None,
+                      data_collator=run.collator, processing_class=run.tok, callbacks=run.callbacks, compute_loss_func=run.loss_func)
     if ctx.on_progress is not None:
         # An interactive front-end (local run) draws its own progress; the HF Trainer's raw log dicts would
         # interleave with its bars. Pods keep them: they are what `kubectl logs` shows.
@@ -325,45 +386,59 @@ def _train(ctx: Any) -> dict[str, Any]:
         trainer.remove_callback(PrinterCallback)
     try:
         out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        final_eval = trainer.evaluate() if len(eval_ds) else {}
+        final_eval = trainer.evaluate() if len(run.eval_ds) else {}
     finally:
-        undo_casts()
-        undo_ops()
-        if metrics:
-            metrics.close()
+        for undo in run.undo:
+            undo()
+        if run.metrics:
+            run.metrics.close()
 
     trainer.save_model(str(ctx.artifact_dir))
-    summary: dict[str, Any] = {
+    summary = _summary(ctx, run, trainer, out, final_eval, resume, world)
+    if main:
+        _finish(ctx, run, trainer, summary, started)
+    return summary
+
+
+def _summary(ctx: StageContext, run: _Run, trainer: Any, out: Any, final_eval: dict[str, Any], resume: Any, world: int) -> dict[str, Any]:
+    """The train stage's summary (result.json, the termination message)."""
+    from ..training import kernels
+
+    attention = run.attention or str(getattr(getattr(kernels.inner_model(run.model), "config", None), "_attn_implementation", "") or "")
+    return {
         "steps": trainer.state.global_step,
         "total_steps": trainer.state.max_steps,
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         "train_loss": round(out.training_loss, 6),
-        "final_loss": progress.last["loss"],
+        "final_loss": run.progress.last["loss"],
         "eval_loss": final_eval.get("eval_loss"),
-        "stopped_early_at": stopper.stopped_at if stopper else None,
+        "stopped_early_at": run.stopper.stopped_at if run.stopper else None,
         "artifact": str(ctx.artifact_dir),
         "world_size": world,
-        "batch_layout": layout,
-        "attention": attention or str(getattr(getattr(kernels.inner_model(model), "config", None), "_attn_implementation", "") or ""),
-        "loss": _loss_name(fused, layout),
-        "compiled_layers": compiled,
-        "compile": compile_why,
-        "fused_ops": fused_ops,
-        "tokens_per_second_per_gpu": progress.last_rates.get("tokens_per_second_per_gpu"),
-        "mfu": progress.last_rates.get("mfu"),
+        "batch_layout": run.layout,
+        "attention": attention,
+        "loss": _loss_name(run.fused, run.layout),
+        "compiled_layers": run.compiled,
+        "compile": run.compile_why,
+        "fused_ops": run.fused_ops,
+        "tokens_per_second_per_gpu": run.progress.last_rates.get("tokens_per_second_per_gpu"),
+        "mfu": run.progress.last_rates.get("mfu"),
     }
-    if main:
-        tok.save_pretrained(str(ctx.artifact_dir))
-        tokens = trainer.state.num_input_tokens_seen
-        if spec.method.merge_adapter and spec.method.type != "full":
-            prompts = [r.get("messages", [])[:-1] for r in _read_jsonl(ctx.data_dir / "validation.jsonl", 4)
-                       or _read_jsonl(ctx.data_dir / "train.jsonl", 4) if "messages" in r]
-            summary["merge_check"] = _merge(ctx, prompts or [[{"role": "user", "content": "hello"}]])
-            summary["merged"] = str(ctx.artifact_dir / "merged")
-        summary["train_seconds"] = timer.total() if timer else round(time.time() - started, 1)  # all runs of this job
-        lineage = write_lineage_for(ctx, summary, tokens, summary["train_seconds"])
-        summary["lineage"] = str(lineage)
-    return summary
+
+
+def _finish(ctx: StageContext, run: _Run, trainer: Any, summary: dict[str, Any], started: float) -> None:
+    """Rank 0: the tokenizer next to the artifact, the optional merge, the training time and lineage.json."""
+    spec = ctx.spec
+    run.tok.save_pretrained(str(ctx.artifact_dir))
+    tokens = trainer.state.num_input_tokens_seen
+    if spec.method.merge_adapter and spec.method.type != "full":
+        prompts = [r.get("messages", [])[:-1] for r in _read_jsonl(ctx.data_dir / "validation.jsonl", 4)
+                   or _read_jsonl(ctx.data_dir / "train.jsonl", 4) if "messages" in r]
+        summary["merge_check"] = _merge(ctx, prompts or [[{"role": "user", "content": "hello"}]])
+        summary["merged"] = str(ctx.artifact_dir / "merged")
+    summary["train_seconds"] = run.timer.total() if run.timer else round(time.time() - started, 1)  # all runs of this job
+    lineage = write_lineage_for(ctx, summary, tokens, summary["train_seconds"])
+    summary["lineage"] = str(lineage)
 
 
 def _loss_name(fused: bool, layout: str) -> str:
@@ -376,13 +451,13 @@ def _loss_name(fused: bool, layout: str) -> str:
     return "fused_" + loss_backend("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _merge(ctx: Any, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
+def _merge(ctx: StageContext, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
     from ..training.artifact import merge_adapter
 
     return merge_adapter(ctx, prompts)
 
 
-def write_lineage_for(ctx: Any, summary: dict[str, Any], tokens: int, wall: float):
+def write_lineage_for(ctx: StageContext, summary: dict[str, Any], tokens: int, wall: float):
     from ..training.artifact import write_lineage
 
     return write_lineage(ctx, {

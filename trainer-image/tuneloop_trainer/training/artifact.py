@@ -6,38 +6,42 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.contract import layout
+from tuneloop.contract.lineage import LineageBase, LineageDataset, LineageFile, LineageJob
 
 from ..errors import TrainerError
 
+if TYPE_CHECKING:
+    from ..context import StageContext
 
-def write_lineage(ctx: Any, extra: dict[str, Any]) -> Path:
+
+def write_lineage(ctx: StageContext, run: dict[str, Any]) -> Path:
+    """DIR/lineage.json (the contract's LineageFile): the job, data, base model and spec it trained from, plus `run`
+    (the LineageFile fields the training measured: world_size, wall_time_seconds, tokens_seen, steps, ...)."""
     from ..modeling import library_versions, locate
 
     report_file = ctx.workdir / layout.DATA_REPORT_FILE
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
     spec = ctx.spec
-    lineage = {
-        "job": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid},
-        "dataset": {"sha256": report.get("dataset_sha256"), "format": spec.dataset.format,
-                    "counts": report.get("counts"), "files": report.get("files")},
-        "base_model": {"source": locate(ctx).display, "revision": spec.base_model.revision() or None},
-        "method": spec.method.wire(),
-        "hyperparameters": spec.hyperparameters.wire(),
-        "deepspeed": spec.deepspeed.wire() if spec.deepspeed else None,
-        "libraries": library_versions(),
-        "python": platform.python_version(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **extra,
-    }
-    path = ctx.workdir / layout.LINEAGE_FILE
-    path.write_text(json.dumps(lineage, indent=2, default=str))
-    return path
+    lineage = LineageFile(
+        job=LineageJob(name=ctx.name, namespace=ctx.namespace, uid=ctx.uid),
+        dataset=LineageDataset(sha256=report.get("dataset_sha256"), format=spec.dataset.format,
+                               counts=report.get("counts"), files=report.get("files")),
+        base_model=LineageBase(source=locate(ctx).display, revision=spec.base_model.revision() or None),
+        method=spec.method.wire(),
+        hyperparameters=spec.hyperparameters.wire(),
+        deepspeed=spec.deepspeed.wire() if spec.deepspeed else None,
+        libraries=library_versions(),
+        python=platform.python_version(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run,
+    )
+    return lineage.write(ctx.workdir / layout.LINEAGE_FILE)
 
 
-def merge_adapter(ctx: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int = 16) -> dict[str, Any]:
+def merge_adapter(ctx: StageContext, prompts: list[list[dict[str, str]]], max_new_tokens: int = 16) -> dict[str, Any]:
     """Merge the adapter in DIR/artifact into fresh base weights, save to artifact/merged, reload and check.
 
     The check: the reloaded merged model and base+adapter give the same greedy tokens on up to 4

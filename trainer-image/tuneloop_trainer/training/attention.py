@@ -20,8 +20,9 @@ block-diagonal mask transformers would otherwise build from the position resets 
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any
+
+from ..settings import TrainerSettings
 
 NAME = "tuneloop_varlen"
 # decided once, eagerly, by use_varlen_attention() (the hot path stays free of probes, env reads and try blocks, so
@@ -31,7 +32,7 @@ _state: dict[str, Any] = {"gqa_native": True, "kind": {}, "window_size": True}
 
 def backend(device_type: str = "cuda") -> str:
     """Which kernel the varlen attention uses on `device_type`: flash_attn, torch_varlen or sdpa_loop."""
-    forced = os.environ.get("TUNELOOP_VARLEN_BACKEND")
+    forced = TrainerSettings.from_env().varlen_backend
     if forced:
         return forced
     if device_type != "cuda":

@@ -6,17 +6,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from .checkpoints import mark_complete
 
+if TYPE_CHECKING:
+    from ..context import ProgressCallback as OnProgress
+    from .flops import FlopsModel
+    from .metrics import TrainerMetrics
+
 
 class ProgressCallback(TrainerCallback):
     """Rank 0: every logging step, updates the gauges, appends to progress.jsonl, calls on_progress."""
 
-    def __init__(self, path: Path, metrics: Any = None, on_progress: Any = None, flops: Any = None, collator: Any = None,
+    def __init__(self, path: Path, metrics: TrainerMetrics | None = None, on_progress: OnProgress | None = None,
+                 flops: FlopsModel | None = None, collator: Any = None,
                  world: int = 1, peak_tflops: float | None = None):
         self.path, self.metrics, self.on_progress = path, metrics, on_progress
         self.last: dict[str, Any] = {"loss": None, "eval_loss": None, "learning_rate": None}

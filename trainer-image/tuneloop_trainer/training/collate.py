@@ -74,7 +74,9 @@ class FlatCollator:
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        ids, labels, pos = [], [], []
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
         for f in features:
             n = len(f["input_ids"])
             ids.extend(f["input_ids"])

@@ -20,9 +20,10 @@ skips are not credited.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from ..settings import TrainerSettings
 
 # dense bf16/fp16 tensor-core TFLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
 PEAK_TFLOPS = [
@@ -35,9 +36,9 @@ PEAK_TFLOPS = [
 
 def peak_tflops(device_name: str | None = None) -> float | None:
     """Dense 16-bit peak of the local GPU (TUNELOOP_PEAK_TFLOPS overrides); None on CPU or an unknown GPU."""
-    env = os.environ.get("TUNELOOP_PEAK_TFLOPS")
-    if env:
-        return float(env)
+    forced = TrainerSettings.from_env().peak_tflops
+    if forced is not None:
+        return forced
     if device_name is None:
         try:
             import torch

@@ -30,6 +30,10 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from tuneloop.contract import layout
+
+from ..settings import TrainerSettings
+
 # `auto` compiles runs of at least this many optimizer steps. Measured on an H100 (bench/trainer/README.md, run 4):
 # the compile took 65 s (8B, 4096-token rows) and 16 s (1B, 16k rows) and then saved 0.042 s and 0.035 s per step
 # against the uncompiled default — it pays back after ~1 600 and ~450 steps.
@@ -73,14 +77,14 @@ def adapter_input_casts_off(model: Any) -> Callable[[], None]:
 def fused_ops_wanted(row_tokens: int | None) -> bool:
     """Default: on for token-budget rows (hyperparameters.maxTokensPerBatch) of at least FUSED_OPS_MIN_ROW_TOKENS;
     TUNELOOP_FUSED_OPS=1/0 overrides."""
-    env = os.environ.get("TUNELOOP_FUSED_OPS")
-    if env in ("0", "1"):
-        return env == "1"
-    return bool(row_tokens) and row_tokens >= FUSED_OPS_MIN_ROW_TOKENS
+    forced = TrainerSettings.from_env().fused_ops
+    if forced is not None:
+        return forced
+    return row_tokens is not None and row_tokens >= FUSED_OPS_MIN_ROW_TOKENS  # (the threshold is positive: 0 is off too)
 
 
 def fused_ops_available(device: str) -> bool:
-    if device != "cuda" or os.environ.get("TUNELOOP_FUSED_OPS") == "0":
+    if device != "cuda" or TrainerSettings.from_env().fused_ops is False:
         return False
     try:
         import liger_kernel.transformers  # noqa: F401
@@ -124,14 +128,14 @@ def fused_ops(model: Any, device: str) -> tuple[str | None, Callable[[], None]]:
             bind(mlp, "forward", LigerSwiGLUMLP.forward)
     modelling = sys.modules.get(type(layers[0]).__module__)
     original_rope = getattr(modelling, "apply_rotary_pos_emb", None)
-    if original_rope is not None:
-        modelling.apply_rotary_pos_emb = liger_rotary_pos_emb
+    if modelling is not None and original_rope is not None:
+        setattr(modelling, "apply_rotary_pos_emb", liger_rotary_pos_emb)  # a module attribute mypy cannot see
 
     def undo() -> None:
         for module, name in bound:
             module.__dict__.pop(name, None)
-        if original_rope is not None:
-            modelling.apply_rotary_pos_emb = original_rope
+        if modelling is not None and original_rope is not None:
+            setattr(modelling, "apply_rotary_pos_emb", original_rope)
 
     return "liger:rms_norm,swiglu,rope", undo
 
@@ -140,9 +144,9 @@ def fused_ops(model: Any, device: str) -> tuple[str | None, Callable[[], None]]:
 
 def compile_plan(setting: str, *, device: str, method: str, deepspeed: bool, planned_steps: int) -> tuple[bool, str]:
     """(compile?, why) for hyperparameters.compile; TUNELOOP_COMPILE=1/0 overrides (benchmarks)."""
-    env = os.environ.get("TUNELOOP_COMPILE")
-    if env in ("0", "1"):
-        return env == "1", f"TUNELOOP_COMPILE={env}"
+    forced = TrainerSettings.from_env().compile
+    if forced is not None:
+        return forced, f"{layout.ENV_COMPILE}={int(forced)}"
     if setting == "on":
         return True, "compile: on"
     if setting == "off":

@@ -18,9 +18,10 @@ go through the LM head module (its hooks gather them) and the standard cross-ent
 
 from __future__ import annotations
 
-import os
 import types
 from typing import Any
+
+from ..settings import TrainerSettings
 
 IGNORE = -100
 _CHUNK_ELEMENTS = 1 << 26  # logits held at once (fp32: 256 MiB)
@@ -111,7 +112,7 @@ def chunked_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, bias: A
 
 
 def liger_available(device_type: str) -> bool:
-    if device_type != "cuda" or os.environ.get("TUNELOOP_LIGER", "1") == "0" or not _liger_state["ok"]:
+    if device_type != "cuda" or not TrainerSettings.from_env().liger or not _liger_state["ok"]:
         return False
     try:
         from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction  # noqa: F401
