@@ -19,7 +19,7 @@ from . import samples
 pytestmark = pytest.mark.unit
 
 GOLDEN = Path(__file__).parent / "golden"
-CONFIG = ServingConfig(vllm_image="vllm/vllm-openai:v0.11.0", image_pull_policy="IfNotPresent", run_as_user=1000)
+CONFIG = ServingConfig(vllm_image="vllm/vllm-openai:v0.32.0", image_pull_policy="IfNotPresent", run_as_user=1000)
 
 
 def check_golden(name: str, obj: object) -> None:

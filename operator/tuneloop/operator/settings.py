@@ -25,7 +25,7 @@ class OperatorSettings(BaseSettings):
         default="ghcr.io/tuneloop/trainer:0.1.0", description="Image of the data-prep, training and evaluation pods (a FineTuneJob's spec.image wins)."
     )
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the pods the operator creates.")
-    vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="Default vLLM image for Rollouts.")
+    vllm_image: str = Field(default="vllm/vllm-openai:v0.32.0", description="Default vLLM image for Rollouts.")
     default_output_pvc: str | None = Field(
         default=None, description="Staging PVC for FineTuneJobs with output.s3: work directory <claim>/<namespace>/<name>."
     )

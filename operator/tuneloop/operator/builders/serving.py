@@ -40,7 +40,7 @@ class ServingError(ValueError):
 class ServingConfig:
     """Operator-level defaults the builders need (from OperatorSettings)."""
 
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_image: str = "vllm/vllm-openai:v0.32.0"
     image_pull_policy: str = "IfNotPresent"
     run_as_user: int = 1000
     policy: Policy = field(default_factory=Policy)  # the admin's admission policy (extraArgs, scheduling)
