@@ -107,6 +107,7 @@ def tenant(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> 
 def _schedule(ns: str, foreign_url: str) -> dict[str, Any]:
     template = tiny_finetunejob("unused", ns)
     spec = template["spec"]
+    spec["evaluation"]["backend"] = "transformers"
     spec.pop("registry")
     return {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneSchedule", "metadata": {"name": SCHED, "namespace": ns},
             "spec": {"triggers": {"prometheus": [
@@ -196,6 +197,7 @@ def test_a_finetunejob_the_tenant_made_is_not_handed_off_by_a_schedule(kube: Kub
                          "trafficRouting": {"replicaWeighted": {"service": "tenant-bot"}}, "steps": [{"setWeight": 50}]}})
     job = tiny_finetunejob("selfmade", ns, max_steps=10, save_steps=10, annotations={"tuneloop.dev/champion": "true"})
     job["metadata"]["labels"] = {"tuneloop.dev/schedule": SCHED}
+    job["spec"]["evaluation"]["backend"] = "transformers"
     kube.apply(job)
     done = kube.wait("finetunejobs", "selfmade", ns, lambda o: phase(o) in ("Succeeded", "Failed"), timeout=900)
     assert phase(done) == "Succeeded", f"the self-made job itself should run: {done.get('status')}\n{tenant.env.operator_log()}"

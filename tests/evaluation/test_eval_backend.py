@@ -35,6 +35,18 @@ def test_requested_backend_defaults_to_auto_and_rejects_unknown_values():
         vb.requested_backend({vb.BACKEND_ENV: "tgi"})
 
 
+def test_the_specs_evaluation_backend_applies_unless_the_environment_overrides_it():
+    assert vb.requested_backend({}, "transformers") == "transformers"
+    assert vb.requested_backend({vb.BACKEND_ENV: ""}, "vllm") == "vllm"
+    assert vb.requested_backend({vb.BACKEND_ENV: "transformers"}, "vllm") == "transformers"  # the environment wins
+    from pydantic import ValidationError
+    from tuneloop.api.evaluation import EvaluationSpec
+
+    assert EvaluationSpec().backend == "auto"
+    with pytest.raises(ValidationError):
+        EvaluationSpec.model_validate({"backend": "tgi"})
+
+
 def test_lookup_order_explicit_python_then_cwd_venv_then_repo_venv(tmp_path):
     cwd, root = tmp_path / "cwd", tmp_path / "repo"
     assert vb.candidates({}, cwd, root) == [(str(cwd / ".venv-vllm/bin/python"), "./.venv-vllm"),

@@ -185,6 +185,14 @@ class EvaluationSpec(ApiModel):
     max_new_tokens: int = Field(default=256, ge=1, le=32768, description="Generation length limit.")
     batch_size: int = Field(default=8, ge=1, le=1024, description="Prompts generated together.")
     decoding: Literal["greedy", "sample"] = Field(default="greedy", description="Decoding strategy.")
+    backend: Literal["auto", "vllm", "transformers"] = Field(
+        default="auto",
+        description=(
+            "What generates the answers: auto (vLLM's OpenAI server when the evaluation image or machine has vLLM and it "
+            "can serve the models, else transformers), vllm (required: the stage fails without it) or transformers. "
+            "TUNELOOP_EVAL_BACKEND, when set where the stage runs, overrides it. eval.json and the report say which ran and why."
+        ),
+    )
     gates: list[Gate] = Field(default_factory=list, max_length=32, description="Gates that decide the verdict.")
     forgetting: ForgettingCheck = Field(default_factory=ForgettingCheck, description="Catastrophic-forgetting check.")
     baselines: bool = Field(

@@ -119,7 +119,7 @@ def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = No
         version = "unknown"
     head = {k: v for k, v in wire.items() if k != "registry"}
     h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
-                         "backend": (settings.eval_backend or "auto").strip().lower(),
+                         "backend": (settings.eval_backend or (head.get("evaluation") or {}).get("backend") or "auto").strip().lower(),
                          "vllmArgs": settings.vllm_args.strip()},
                         sort_keys=True, default=str).encode())
     for name in ("test.jsonl", "train.jsonl"):

@@ -93,10 +93,11 @@ class Choice:
         return out
 
 
-def requested_backend(env: Mapping[str, str]) -> str:
-    """TUNELOOP_EVAL_BACKEND, normalised; unset or empty is auto. Raises ValueError for anything else."""
+def requested_backend(env: Mapping[str, str], spec_backend: str = "auto") -> str:
+    """TUNELOOP_EVAL_BACKEND when set (normalised), else the spec's evaluation.backend; unset or empty is auto.
+    Raises ValueError for anything else."""
     given = TrainerSettings.from_env(env).eval_backend
-    value = (given or "auto").strip().lower()
+    value = (given or spec_backend or "auto").strip().lower()
     if value not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV}={given!r}: expected one of {', '.join(BACKENDS)}")
     return value

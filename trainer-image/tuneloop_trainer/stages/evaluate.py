@@ -142,7 +142,7 @@ def choose_backend(ctx: StageContext, *, base_needed: bool, env: Mapping[str, st
 
     env = os.environ if env is None else env
     try:
-        requested = vb.requested_backend(env)
+        requested = vb.requested_backend(env, ctx.spec.evaluation.backend)
     except ValueError as exc:
         raise ConfigError(str(exc), hint=f"unset {BACKEND_ENV} for auto") from None
     if requested == "transformers":
