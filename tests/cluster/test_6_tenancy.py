@@ -31,14 +31,12 @@ SCHED, RO, SVC = "tenant-loop", "tenant-ro", "payments"
 
 
 class TenantEnv(Env):
-    """The operator as a platform admin would run it for many teams: named providers only, queries confined."""
-
-    providers = ""
+    """The operator as a platform admin would run it for many teams: its providers only (here `default`, the
+    operator's prometheusUrl), queries confined, the admission policy's defaults."""
 
     def operator_env(self) -> dict[str, str]:
         env = super().operator_env()
         env.pop("TUNELOOP_ALLOW_ANY_METRICS_ADDRESS", None)
-        env["TUNELOOP_METRICS_PROVIDERS"] = self.providers
         return env
 
 
@@ -91,10 +89,12 @@ def tenant(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> 
     foreign = Counting()
     e.__class__ = TenantEnv
     e.prometheus_url = prom.url
-    TenantEnv.providers = f"default={prom.url}"
     try:
         write_tiny_inputs(e.ns)
         e.start_operator()
+        time.sleep(5)
+        assert e.operator is not None and e.operator.proc is not None and e.operator.proc.poll() is None, \
+            f"the operator did not start:\n{e.operator_log()}"
         yield SimpleNamespace(env=e, prom=prom, foreign=foreign)
     finally:
         foreign.close()
