@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def resolve_scope(args: argparse.Namespace, settings: OperatorSettings) -> tuple
         return True, []
     namespaces = args.namespace or settings.namespaces
     if not namespaces:
-        own = os.environ.get("POD_NAMESPACE") or (SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "")
+        own = settings.operator_namespace or (SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "")
         if not own:
             raise SystemExit("tuneloop-operator: give --namespace NS (repeatable), --all-namespaces, "
                              "or TUNELOOP_NAMESPACES / TUNELOOP_CLUSTER_WIDE=true")

@@ -5,6 +5,11 @@ FineTuneJob's labels and an owner reference (except the ModelVersion, a registry
 the job; its report ConfigMap is owned by the ModelVersion). A Rollout's serving objects (`serving`:
 the vLLM Deployment and Service of a role; `traffic`: the HTTPRoute or the replica-weighted Service):
 the Rollout's labels (`tuneloop.contract.names`, the same managed-by value) and an owner reference.
+A FineTuneSchedule's children (`schedule`: each run's FineTuneJob, the new-data digest Job).
+
+One home per shared helper: owner references and labels in `tuneloop.contract.names`
+(`controller_reference`, `LABEL_*`), pod and container security contexts in `security`, durations in
+`tuneloop.api.durations`.
 """
 
 from .common import BuildError, JobMeta, names

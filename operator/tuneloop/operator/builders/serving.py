@@ -18,6 +18,7 @@ from tuneloop.api.rollout import RolloutSpec, ServingSpec
 from tuneloop.contract import names
 
 from ..policy import Policy
+from .security import container_security, pod_security
 
 ARTIFACT_MOUNT = "/models/artifact"
 BASE_MOUNT = "/models/base"
@@ -214,16 +215,6 @@ def cpu_env(serving: ServingSpec) -> list[dict[str, str]]:
     return [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(gib)}, {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "auto"}]
 
 
-def _security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,  # vLLM writes only to /tmp (HOME), /cache and /dev/shm (issue 25)
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 # Ready means "serves every name", not "the process answers /health": vLLM answers /health while it still loads a
 # LoRA adapter, and a runtime-loaded adapter is listed by /v1/models only once it can answer. The vLLM images carry
 # python3; the names are arguments (no shell).
@@ -288,17 +279,11 @@ def build_deployment(
         "startupProbe": probe(10, 180),
         "readinessProbe": readiness_probe(serving.port, served),
         "livenessProbe": probe(15, 4),
-        "securityContext": _security_context(),
+        "securityContext": container_security(),  # vLLM writes only to /tmp (HOME), /cache, /dev/shm
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": config.run_as_user,
-            "runAsGroup": config.run_as_user,
-            "fsGroup": config.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,
         "automountServiceAccountToken": False,  # vLLM never calls the API server (issue 25)
         "containers": [container],

@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass, field
 
 from tuneloop.api.conditions import DriftReason
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.modelversion import TokenLengths
 from tuneloop.api.rollout import DriftSignal, DriftSignalState, DriftStatus, DriftWatchSpec
-
-from .analysis import parse_duration
 
 EPSILON = 1e-4  # share given to an empty bucket (the usual PSI floor)
 PROMPT, GENERATION, ERROR_RATE, LATENCY = "prompt_tokens", "generation_tokens", "error_rate", "e2e_latency_p95"

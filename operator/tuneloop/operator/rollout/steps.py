@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from tuneloop.api import conditions
 from tuneloop.api.conditions import RolloutCondition as C
 from tuneloop.api.conditions import RolloutReason as R
+from tuneloop.api.durations import format_duration, parse_duration
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
 from tuneloop.contract import names
 
 from . import traffic
-from .analysis import Assessment, Verdict, format_duration, metric_verdict, parse_duration, record, run_verdict
+from .analysis import Assessment, Verdict, metric_verdict, record, run_verdict
 
 MAX_MEASUREMENTS = 50
 TERMINAL = {RolloutPhase.PROMOTED.value, RolloutPhase.ROLLED_BACK.value, RolloutPhase.ABORTED.value}

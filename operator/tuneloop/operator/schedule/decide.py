@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.schedule import (
     ConcurrencyPolicy,
     DataObservation,
@@ -23,7 +24,6 @@ from tuneloop.api.schedule import (
     TriggerKind,
 )
 from tuneloop.contract.names import child_name
-from tuneloop.operator.rollout.analysis import parse_duration
 
 
 @dataclass(frozen=True)

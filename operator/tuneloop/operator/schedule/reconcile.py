@@ -34,7 +34,8 @@ from tuneloop.operator.finetunejob.state import termination
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
-from . import admission, build, decide
+from ..builders import schedule as build
+from . import admission, decide
 
 log = logging.getLogger(__name__)
 POLL = 5.0  # while a digest Job runs or a winner waits for a busy Rollout
