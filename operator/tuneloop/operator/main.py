@@ -39,7 +39,11 @@ def release_daemon_finalizers(registry: object | None = None) -> int:
     FineTuneSchedule, and so its namespace, Terminating forever (issue 10). Our daemons stop on their
     own instead: a deletion event wakes the loop, which finds its object gone, forgets it and returns.
     Kopf removes the finalizer it put on objects earlier once no handler needs it. Returns how many
-    daemons were released."""
+    daemons were released.
+
+    Kopf has no public API for this (kopf.daemon hard-codes requires_finalizer=True): this is the operator's one
+    use of a private Kopf name (`registry._spawning._handlers`). Kopf is pinned exactly in pyproject.toml, and
+    tests/operator/test_daemon_finalizers.py fails when the pin and the installed Kopf differ or the name moves."""
     import dataclasses
 
     import kopf

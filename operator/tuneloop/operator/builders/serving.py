@@ -229,38 +229,23 @@ def readiness_probe(port: int, served_names: tuple[str, ...]) -> dict[str, Any]:
             "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3}
 
 
-def build_deployment(
-    rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
-) -> dict[str, Any]:
-    """The vLLM Deployment serving `mv` in `role` (stable or canary) with `replicas` pods."""
-    meta = rollout["metadata"]
-    name, ns = meta["name"], meta.get("namespace")
+def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, args: list[str],
+                    mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The vLLM container: `vllm serve` with the role's arguments, caches on writable mounts, the probes."""
     serving = spec.serving
-    args, volumes, mounts = vllm_args(spec, mv)
-    labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
     res = serving.resources
     requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, Any] = {"memory": res.memory}
     if res.gpus:
         requests[res.gpu_resource_name] = res.gpus
         limits[res.gpu_resource_name] = res.gpus
-    volumes += [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
-        {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts += [
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "cache", "mountPath": "/cache"},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
 
     def probe(period: int, failures: int) -> dict[str, Any]:
         return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
     served = serve_args(mv, serving, spec.served_model_name, artifact=ARTIFACT_MOUNT, base=BASE_MOUNT).served_names
 
-    container = {
+    return {
         "name": "vllm",
         "image": serving.image or config.vllm_image,
         "imagePullPolicy": config.image_pull_policy,
@@ -282,6 +267,29 @@ def build_deployment(
         "securityContext": container_security(),  # vLLM writes only to /tmp (HOME), /cache, /dev/shm
         "volumeMounts": mounts,
     }
+
+
+def build_deployment(
+    rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
+) -> dict[str, Any]:
+    """The vLLM Deployment serving `mv` in `role` (stable or canary) with `replicas` pods."""
+    meta = rollout["metadata"]
+    name, ns = meta["name"], meta.get("namespace")
+    serving = spec.serving
+    args, volumes, mounts = vllm_args(spec, mv)
+    labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
+    volumes += [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts += [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+
+    container = _vllm_container(spec, mv, config, args, mounts)
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,

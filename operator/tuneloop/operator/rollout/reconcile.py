@@ -282,16 +282,7 @@ class Reconciler:
             err = exc.errors()[0]
             refused = [(".".join(str(p) for p in err["loc"]), err["msg"])]
         if refused:
-            msg = f"invalid Rollout at {refused[0][0]}: {refused[0][1]}"
-            try:  # keep what the status knows (stable version, measurements); only the phase changes
-                kept = RolloutStatus.model_validate(obj.get("status") or {})
-            except ValidationError:
-                kept = RolloutStatus()
-            if (obj.get("status") or {}).get("message") != msg:
-                log.warning("rollout %s/%s: %s", ns, name, msg)
-            kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
-            set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg, World(now=now, generation=meta.get("generation")))
-            await self.write_status(obj, kept)
+            await self.refuse(obj, f"invalid Rollout at {refused[0][0]}: {refused[0][1]}", now)
             return 30.0
         spec = ro.spec
         status = ro.status if obj.get("status") else None
@@ -333,6 +324,21 @@ class Reconciler:
         if drift_due is not None:
             wake = min(wake, max(0.05, (drift_due - now).total_seconds()))
         return wake
+
+    async def refuse(self, obj: dict, msg: str, now: dt.datetime) -> None:
+        """An invalid or refused spec: Degraded, waiting for a valid spec; what the status knows (the stable version,
+        the measurements) is kept, only the phase changes."""
+        meta = obj["metadata"]
+        try:
+            kept = RolloutStatus.model_validate(obj.get("status") or {})
+        except ValidationError:
+            kept = RolloutStatus()
+        if (obj.get("status") or {}).get("message") != msg:
+            log.warning("rollout %s/%s: %s", meta["namespace"], meta["name"], msg)
+        kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
+        set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg,
+                      World(now=now, generation=meta.get("generation")))
+        await self.write_status(obj, kept)
 
     async def watch_drift(
         self, ns: str, name: str, spec: RolloutSpec, out: Outcome, mv: ModelVersion | None, world: World
