@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from tuneloop.api.durations import parse_duration
 from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MetricResult
 from tuneloop.operator.analysis.prometheus import PrometheusError, parse_result, queries
-from tuneloop.operator.rollout import analysis as a
-from tuneloop.operator.rollout.analysis import QueryOutcome as Q
-from tuneloop.operator.rollout.analysis import Verdict as V
+from tuneloop.operator.rollout import verdicts as a
+from tuneloop.operator.rollout.verdicts import QueryOutcome as Q
+from tuneloop.operator.rollout.verdicts import Verdict as V
 
 pytestmark = pytest.mark.unit
 

@@ -80,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(clusterwide: bool, namespaces: list[str], settings: OperatorSettings) -> None:
     import kopf
 
-    from . import metrics
+    from . import telemetry
 
-    metrics.serve(settings.metrics_port)
+    telemetry.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     try:
         await kopf.operator(

@@ -8,7 +8,8 @@ from pathlib import Path
 import kopf
 import pytest
 from prometheus_client import generate_latest
-from tuneloop.operator import lifecycle, metrics, rbac
+from tuneloop.operator import lifecycle, rbac
+from tuneloop.operator import telemetry as metrics
 from tuneloop.operator.kube import parse_selector
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.main import build_parser, resolve_scope

@@ -211,7 +211,7 @@ def test_spec_yaml_is_the_text_pyyaml_writes():
 
 def test_phase_counts_stay_exact_when_every_pass_reports_the_phase():
     from prometheus_client import generate_latest
-    from tuneloop.operator import metrics
+    from tuneloop.operator import telemetry as metrics
 
     def count(phase: str) -> float:
         return metrics.FINETUNEJOBS.labels(phase)._value.get()

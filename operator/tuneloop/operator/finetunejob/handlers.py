@@ -29,7 +29,7 @@ import kopf
 
 from tuneloop.api import GROUP, VERSION
 
-from .. import kube, metrics
+from .. import kube, telemetry
 from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from ..settings import get_settings
 from . import progress as prog
@@ -129,11 +129,11 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
         return None
     try:
         async with _locks[key], _slot():
-            with metrics.reconcile_timer("finetunejob"):
+            with telemetry.reconcile_timer("finetunejob"):
                 body = current(ftjs, key)
                 if body is None or (body.get("status") or {}).get("phase") in TERMINAL:
                     if body is not None:
-                        metrics.set_phase(key[0], key[1], body["status"]["phase"])
+                        telemetry.set_phase(key[0], key[1], body["status"]["phase"])
                     _retry.pop(key, None)
                     return None
                 rec = Reconciler(kube.get_client(), get_settings())
@@ -152,7 +152,7 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 — retried by the operator-wide loop
-        metrics.RECONCILE_ERRORS.labels("finetunejob").inc()
+        telemetry.RECONCILE_ERRORS.labels("finetunejob").inc()
         log.warning("reconcile of FineTuneJob %s/%s failed (retry in %.0f s): %s", key[0], key[1], RETRY_S, exc)
         if key in _locks:  # not deleted meanwhile
             _retry[key] = time.monotonic() + RETRY_S
@@ -165,7 +165,7 @@ async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_fin
                             tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     key = _key(body.get("metadata") or {})
     if event.get("type") == "DELETED":
-        metrics.forget(*key)
+        telemetry.forget(*key)
         for d in (_locks, _written, _retry):
             d.pop(key, None)
         _seen.discard(key)
@@ -178,7 +178,7 @@ async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_fin
     if mine is not None and _rv(mine) == _rv(body) >= 0:
         return  # the echo of our own status patch
     if (body.get("status") or {}).get("phase") in TERMINAL:
-        metrics.set_phase(key[0], key[1], body["status"]["phase"])
+        telemetry.set_phase(key[0], key[1], body["status"]["phase"])
         return
     await reconcile(key, tuneloop_finetunejobs, tuneloop_stage_jobs)
 

@@ -32,10 +32,10 @@ from tuneloop.api.status import ChildRefs, DataReportSummary, Progress
 from tuneloop.contract import ownership
 from tuneloop.contract.exits import reason_for_exit
 
-from .. import builders, metrics, policy
+from .. import builders, policy, telemetry
 from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
 from ..builders.config import check_batch, deepspeed_json
-from ..builders.modelversion import model_version_phase
+from ..builders.registration import model_version_phase
 from ..kube import ApiError, KubeClient
 from ..kube import resources as r
 from ..settings import OperatorSettings
@@ -183,7 +183,7 @@ class Reconciler:
         old = dict(body.get("status") or {})
         meta = JobMeta.from_body(body)
         if old.get("phase") in st.TERMINAL:
-            metrics.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
+            telemetry.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
             return Outcome(old["phase"], status=old)
         status = st.read_status(old)
         status.conditions = status.conditions  # always written, as an empty list at first
@@ -261,7 +261,7 @@ class Reconciler:
 
     def _set_progress(self, p: Pass, progress: dict[str, Any]) -> None:
         p.status.progress = Progress.model_validate(progress)
-        metrics.set_progress(p.meta.namespace, p.meta.name, st.snake_progress(progress))
+        telemetry.set_progress(p.meta.namespace, p.meta.name, st.snake_progress(progress))
 
     async def _data_done(self, p: Pass, job: dict) -> None:
         if not p.status.data_report:  # read once: the pod list is not free
@@ -411,7 +411,7 @@ class Reconciler:
         that fails at once (InvalidSpec) still gets its Warning; every later phase change gets an Event."""
         m = body["metadata"]
         new = st.wire(status)
-        metrics.set_phase(m.get("namespace") or "default", m["name"], new.get("phase", "Pending"))
+        telemetry.set_phase(m.get("namespace") or "default", m["name"], new.get("phase", "Pending"))
         if not st.status_changed(old, new):
             return None
         written = await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, new)},
@@ -484,4 +484,4 @@ def _observe_create_latency(body: dict) -> None:
         t0 = dt.datetime.fromisoformat(created)
     except ValueError:
         return
-    metrics.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.UTC) - t0).total_seconds()))
+    telemetry.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.UTC) - t0).total_seconds()))

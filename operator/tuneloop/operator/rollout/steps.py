@@ -42,7 +42,7 @@ from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, 
 from tuneloop.contract import names
 
 from . import traffic
-from .analysis import Assessment, Verdict, metric_verdict, record, run_verdict
+from .verdicts import Assessment, Verdict, metric_verdict, record, run_verdict
 
 MAX_MEASUREMENTS = 50
 TERMINAL = {RolloutPhase.PROMOTED.value, RolloutPhase.ROLLED_BACK.value, RolloutPhase.ABORTED.value}

@@ -32,7 +32,7 @@ from tuneloop.api.schedule import (
     TriggerKind,
 )
 from tuneloop.contract import ownership
-from tuneloop.operator.analysis.prometheus import PrometheusClient, PrometheusError, QueryClient
+from tuneloop.operator.analysis.provider import ProviderError, QueryClient, QueryClientFactory
 from tuneloop.operator.finetunejob.state import termination
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
@@ -132,17 +132,30 @@ class Tick:
         return (self.meta.get("annotations") or {}).get(RETRAIN_ANNOTATION)
 
 
+class _NoProvider:
+    async def query(self, query: str) -> float | None:
+        raise ProviderError("no metrics provider is wired into this reconciler")
+
+    async def query_vector(self, query: str) -> list[tuple[dict[str, str], float]]:
+        raise ProviderError("no metrics provider is wired into this reconciler")
+
+
+def _no_provider(ref: str, namespace: str) -> QueryClient:
+    return _NoProvider()
+
+
 class Reconciler:
     def __init__(self, client: KubeClient, *, prometheus_url: str, trainer_image: str, run_as_user: int = 1000,
-                 pull_policy: str = "IfNotPresent", provider_factory: Any = None, settings: Any = None):
+                 pull_policy: str = "IfNotPresent", provider_factory: QueryClientFactory | None = None, settings: Any = None):
         self.client = client
         self.settings = settings  # OperatorSettings for the template's FineTuneJob checks (default: get_settings())
         self.prometheus_url = prometheus_url
         self.trainer_image = trainer_image
         self.run_as_user = run_as_user
         self.pull_policy = pull_policy
-        # provider_factory(ref, namespace) -> QueryClient; the operator's is Endpoints.client (the admin's providers, confined)
-        self.provider_factory = provider_factory or (lambda ref, ns: PrometheusClient(ref))
+        # provider_factory(ref, namespace) -> QueryClient: the wiring (schedule/handlers.py) passes the operator's
+        # Endpoints.client (the admin's providers, confined); this core names no provider (provider-neutral)
+        self.provider_factory: QueryClientFactory = provider_factory or _no_provider
 
     async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
         """One tick. A spec that cannot run is Failed (condition Ready False, InvalidSpec) and starts nothing; any other
@@ -370,10 +383,10 @@ class Reconciler:
                 try:
                     value = await provider.query(trig.query)
                     if value is not None and not isinstance(value, (int, float)):
-                        raise PrometheusError(f"the query returned {type(value).__name__}, not a number")
+                        raise ProviderError(f"the query returned {type(value).__name__}, not a number")
                     obs = decide.observe_prometheus(obs, None if value is None else float(value), None, now)
                 except Exception as exc:  # noqa: BLE001 - any failure to get a number is "no answer", never a crashed tick
-                    text = str(exc) if isinstance(exc, PrometheusError) else f"{type(exc).__name__}: {exc}"
+                    text = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
                     obs = decide.observe_prometheus(obs, None, text[:ERROR_TEXT], now)
             out.append(obs)
         return out
