@@ -34,7 +34,7 @@ from tuneloop.contract.exits import reason_for_exit
 
 from .. import builders, policy, telemetry
 from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
-from ..builders.config import check_batch, deepspeed_json
+from ..builders.config import check_spec_batch
 from ..builders.registration import model_version_phase
 from ..kube import ApiError, KubeClient
 from ..kube import resources as r
@@ -84,8 +84,7 @@ def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJo
     try:
         workdir(spec, JobMeta.from_body(body), config)
         data_claim(spec)
-        check_batch(spec)
-        deepspeed_json(spec)
+        check_spec_batch(spec)
     except BuildError as exc:
         return None, exc.field, exc.message
     refused = policy.finetunejob_problems(spec, policy.Policy.from_settings(config), config.trainer_image)
