@@ -20,7 +20,6 @@ ALLOWED = {
                                   "one linear story a user reads next to `kubectl tuneloop local --help`",
     "cli/local_schedule.py:_run": "the local schedule loop: one linear sequence of iterations printed as it goes",
     "cli/local_serve.py:run": "starts vLLM (or the stand-in) and waits for it: one linear sequence of subprocess steps",
-    "cli/status_cmd.py:render": "one table of `kubectl tuneloop status`, line by line in the order it prints",
     "operator/analysis/prometheus/promql.py:confine": "one pass of a tokenizer-driven state machine over a PromQL "
                                                       "query; its states share locals (parens, operand, edits) and split "
                                                       "into functions they would be threaded through every call",
