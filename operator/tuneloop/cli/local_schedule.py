@@ -279,6 +279,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argpar
         return EXIT_CONFIG_ERROR
 
 
+# long: the local schedule loop: one linear sequence of iterations, printed as it goes
 def _run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argparse.Namespace], int], console: Any) -> int:
     from tuneloop.api.schema_check import check_document
 

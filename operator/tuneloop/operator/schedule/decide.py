@@ -332,6 +332,8 @@ class Judgement:
 ROLLOUT_BUSY = ("Progressing", "Paused")
 
 
+# long: the decision table of what became of a run (phase × verdict × serving comparison), read as one table; each row
+# is a return
 def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | None, require_improvement: bool) -> Judgement:
     """A run's outcome from its FineTuneJob, its ModelVersion and the Rollout (pure)."""
     if ftj is None:
