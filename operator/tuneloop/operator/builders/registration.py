@@ -8,7 +8,7 @@ from tuneloop.api import FineTuneJobSpec
 from tuneloop.contract import layout, lineage
 from tuneloop.contract import modelversion as contract
 from tuneloop.contract.modelversion import JobIdentity
-from tuneloop.contract.names import LABEL_MODEL, controller_reference
+from tuneloop.contract.names import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_MODEL, MANAGED_BY, controller_reference
 
 from ..settings import OperatorSettings
 from .common import LABEL_JOB, JobMeta, image, workdir
@@ -63,7 +63,7 @@ def report_config_map(mv: dict[str, Any], markdown: str) -> dict[str, Any]:
             "name": report_config_map_name(m["name"]),
             "namespace": m["namespace"],
             "labels": {k: v for k, v in (m.get("labels") or {}).items() if k in (LABEL_JOB, LABEL_MODEL)}
-            | {"app.kubernetes.io/component": "report", "app.kubernetes.io/managed-by": "tuneloop-operator"},
+            | {LABEL_COMPONENT: "report", LABEL_MANAGED_BY: MANAGED_BY},
             "ownerReferences": [controller_reference("ModelVersion", m["name"], m.get("uid", ""))],
         },
         "data": {"report.md": markdown},

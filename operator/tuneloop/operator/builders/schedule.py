@@ -12,7 +12,15 @@ from tuneloop.api.common import API_VERSION
 from tuneloop.api.finetunejob import FineTuneJobSpec
 from tuneloop.api.schedule import FineTuneScheduleSpec, TriggerKind
 from tuneloop.contract import layout
-from tuneloop.contract.names import LABEL_MANAGED_BY, LABEL_SCHEDULE, MANAGED_BY, child_name, controller_reference, dns_label
+from tuneloop.contract.names import (
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_SCHEDULE,
+    MANAGED_BY,
+    child_name,
+    controller_reference,
+    dns_label,
+)
 
 from ..schedule.decide import Fire
 from .security import container_security, pod_security
@@ -145,7 +153,7 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
     trig = spec.triggers.new_data
     assert trig is not None
     name = child_name(meta["name"], f"digest-{int(now.timestamp())}")
-    labels = {LABEL_SCHEDULE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/component": DIGEST_COMPONENT}
+    labels = {LABEL_SCHEDULE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: DIGEST_COMPONENT}
     container = {
         "name": "trainer",  # the trainer image; the operator reads termination messages of containers by this name
         "image": image,
