@@ -198,7 +198,7 @@ def _condition(sigs: list[DriftSignal], bad_state: DriftSignalState, bad: DriftR
     first = next(s for s in sigs if states[s.signal] != DriftSignalState.OK)
     reason = {DriftSignalState.INSUFFICIENT_DATA: DriftReason.INSUFFICIENT_DATA, DriftSignalState.NO_BASELINE: no_base,
               DriftSignalState.NOT_COMPARABLE: DriftReason.NO_COMPARABLE_BUCKETS,
-              DriftSignalState.ERROR: DriftReason.PROMETHEUS_ERROR}[states[first.signal]]
+              DriftSignalState.ERROR: DriftReason.PROVIDER_ERROR}[states[first.signal]]
     return ConditionVerdict("Unknown", reason.value, "; ".join(f"{s.signal}: {s.message}" for s in sigs))
 
 
