@@ -40,8 +40,8 @@ def _exposed(families) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def known() -> dict[str, set[str] | None]:
     """Every queryable series name → its own label names (None: not checked, e.g. vLLM's)."""
-    import tuneloop.operator.rollout.metrics  # noqa: F401  registers the rollout metrics on REGISTRY
-    from tuneloop.operator.metrics import REGISTRY
+    import tuneloop.operator.rollout.telemetry  # noqa: F401  registers the rollout metrics on REGISTRY
+    from tuneloop.operator.telemetry import REGISTRY
     from tuneloop_trainer.training.metrics import TrainerMetrics
 
     operator = _exposed(REGISTRY._collector_to_names)

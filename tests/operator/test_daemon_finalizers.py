@@ -50,6 +50,30 @@ def test_release_turns_kopfs_daemon_finalizer_off() -> None:
     assert release_daemon_finalizers(registry) == 0
 
 
+def test_kopf_is_the_pinned_version_with_the_private_registry() -> None:
+    """release_daemon_finalizers edits Kopf's private `_spawning._handlers` (no public API does it): Kopf is pinned
+    exactly, and this fails when the installed Kopf is not the pin, or the private names or the handler's
+    `requires_finalizer` field moved — re-check release_daemon_finalizers before changing the pin."""
+    import dataclasses
+    import re
+    from importlib.metadata import version
+
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    pins = re.findall(r'^\s*"kopf([^"]*)",', pyproject, re.M)  # the dependency line
+    assert len(pins) == 1 and pins[0].startswith("=="), f"Kopf must be pinned exactly (==), found {pins}"
+    assert version("kopf") == pins[0][2:], f"installed Kopf {version('kopf')} is not the pinned {pins[0]}"
+    registry = kopf.OperatorRegistry()
+    spawning = getattr(registry, "_spawning", None)
+    assert spawning is not None and isinstance(getattr(spawning, "_handlers", None), list), "Kopf's private registry moved"
+
+    @kopf.daemon("tuneloop.dev", "v1alpha1", "rollouts", id="probe", registry=registry)
+    async def probe(**_: object) -> None:  # pragma: no cover - never spawned
+        return None
+
+    (handler,) = spawning._handlers
+    assert dataclasses.is_dataclass(handler) and "requires_finalizer" in {f.name for f in dataclasses.fields(handler)}
+
+
 async def test_rollout_gets_no_finalizer_and_deletion_needs_no_operator(kube, operator_proc) -> None:
     await kube.apply(_rollout())
     # The loop ran (it writes a status), and no finalizer came with it.

@@ -7,11 +7,12 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.rollout import AnalysisMetric, AnalysisSpec, MetricResult
 from tuneloop.operator.analysis.prometheus import PrometheusError, parse_result, queries
-from tuneloop.operator.rollout import analysis as a
-from tuneloop.operator.rollout.analysis import QueryOutcome as Q
-from tuneloop.operator.rollout.analysis import Verdict as V
+from tuneloop.operator.rollout import verdicts as a
+from tuneloop.operator.rollout.verdicts import QueryOutcome as Q
+from tuneloop.operator.rollout.verdicts import Verdict as V
 
 pytestmark = pytest.mark.unit
 
@@ -231,13 +232,13 @@ def test_run_verdict(verdicts, overall):
 
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m30s", 90), ("2h", 7200), ("500ms", 0.5)])
 def test_parse_duration(text, seconds):
-    assert a.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("bad", ["", "5", "1x", "s"])
 def test_parse_duration_rejects(bad):
     with pytest.raises(ValueError, match="invalid duration"):
-        a.parse_duration(bad)
+        parse_duration(bad)
 
 
 def test_builtin_queries_use_exact_vllm_names_and_role_selector():

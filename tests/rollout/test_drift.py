@@ -9,7 +9,8 @@ import pytest
 from tuneloop.api.modelversion import TokenLengths
 from tuneloop.api.rollout import DriftStatus, DriftWatchSpec
 from tuneloop.contract.tokenlengths import histogram, token_lengths, vllm_buckets
-from tuneloop.operator.rollout import drift, metrics
+from tuneloop.operator.rollout import drift
+from tuneloop.operator.rollout import telemetry as metrics
 
 pytestmark = pytest.mark.unit
 T0 = dt.datetime(2026, 11, 22, 5, 0, tzinfo=dt.UTC)

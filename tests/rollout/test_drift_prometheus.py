@@ -20,7 +20,7 @@ from tuneloop.contract.tokenlengths import token_lengths
 from tuneloop.operator.analysis import prometheus
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
-from tuneloop.operator.rollout import metrics as rm
+from tuneloop.operator.rollout import telemetry as rm
 from tuneloop.operator.rollout.reconcile import Reconciler
 
 from ..operator.harness import cluster

@@ -10,7 +10,7 @@ import pytest
 from tuneloop.operator.analysis.prometheus import PrometheusError, PrometheusProvider
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
-from tuneloop.operator.rollout import metrics as rm
+from tuneloop.operator.rollout import telemetry as rm
 from tuneloop.operator.rollout.reconcile import HASH_ANNOTATION, Reconciler, available_for
 
 from ..operator.harness import cluster

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 from tuneloop.api.rollout import MeasurementPhase, Rollout, RolloutStatus
-from tuneloop.operator.rollout import analysis
-from tuneloop.operator.rollout.analysis import Assessment
+from tuneloop.operator.rollout import verdicts as analysis
 from tuneloop.operator.rollout.desired import desired
 from tuneloop.operator.rollout.steps import MAX_MEASUREMENTS, WAITING_RECHECK, World, advance, canary_shortfall, due_metrics, next_wakeup
+from tuneloop.operator.rollout.verdicts import Assessment
 
 from . import samples
 

@@ -13,7 +13,7 @@ import pytest
 from tuneloop.operator.analysis.prometheus import PrometheusProvider
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
-from tuneloop.operator.rollout import metrics as rm
+from tuneloop.operator.rollout import telemetry as rm
 from tuneloop.operator.rollout.reconcile import Reconciler
 from tuneloop.operator.rollout.steps import NOTHING_TO_SERVE, WAITING_RECHECK
 

@@ -8,7 +8,7 @@ import pytest
 from tuneloop.api import schema_check
 from tuneloop.api.schedule import FineTuneSchedule, TriggerKind
 from tuneloop.contract.datadigest import digest
-from tuneloop.operator.schedule import build
+from tuneloop.operator.builders import schedule as build
 from tuneloop.operator.schedule.decide import Fire
 
 from . import samples

@@ -16,7 +16,8 @@ from tuneloop.api.schedule import (
     ScheduleRun,
     TriggerKind,
 )
-from tuneloop.operator.schedule import build, decide
+from tuneloop.operator.builders import schedule as build
+from tuneloop.operator.schedule import decide
 
 from . import samples
 

@@ -13,6 +13,7 @@ import pytest
 from croniter import croniter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.schedule import (
     FineTuneSchedule,
     FineTuneScheduleStatus,
@@ -23,7 +24,6 @@ from tuneloop.api.schedule import (
     TriggerKind,
 )
 from tuneloop.contract import datadigest
-from tuneloop.operator.rollout.analysis import parse_duration
 from tuneloop.operator.schedule import decide
 
 from . import samples
@@ -309,7 +309,7 @@ def test_only_a_job_the_template_builds_is_adopted(mutations, version):
     only names the run, is not compared."""
     import copy
 
-    from tuneloop.operator.schedule import build
+    from tuneloop.operator.builders import schedule as build
 
     obj = samples.schedule()
     spec = FineTuneSchedule.model_validate(obj).spec

@@ -13,8 +13,8 @@ import copy
 from pathlib import Path
 
 import pytest
+from tuneloop.operator.builders import schedule as build
 from tuneloop.operator.kube import resources as r
-from tuneloop.operator.schedule import build
 
 from ..operator.harness import cluster
 from . import samples

@@ -55,11 +55,13 @@ FORBIDDEN = [
     ("operator/tuneloop/cli/local_cmd.py", "from tuneloop_trainer import local_runner", "the operator and the CLI never import the trainer"),
     ("operator/tuneloop/operator/builders/jobs.py", "import kopf", "builders and the rollout analysis are pure"),
     ("operator/tuneloop/operator/builders/config.py", "import aiohttp", "builders and the rollout analysis are pure"),
-    ("operator/tuneloop/operator/rollout/analysis.py", "from tuneloop.operator.kube import KubeClient", "builders and the rollout analysis are pure"),
+    ("operator/tuneloop/operator/rollout/verdicts.py", "from tuneloop.operator.kube import KubeClient", "builders and the rollout analysis are pure"),
     ("operator/tuneloop/operator/analysis/provider.py", "import aiohttp", "builders and the rollout analysis are pure"),
     ("operator/tuneloop/operator/rollout/drift.py", "from tuneloop.operator.analysis.prometheus import queries", "the rollout core is provider-neutral"),
     ("operator/tuneloop/operator/rollout/reconcile.py", "from tuneloop.operator.analysis import prometheus", "the rollout core is provider-neutral"),
-    ("trainer-image/tuneloop_trainer/stages/report.py", "from tuneloop.operator.builders import modelversion", "the trainer never imports the operator"),
+    ("operator/tuneloop/operator/schedule/reconcile.py", "from tuneloop.operator.analysis.prometheus import PrometheusClient",
+     "the rollout core is provider-neutral"),
+    ("trainer-image/tuneloop_trainer/stages/report.py", "from tuneloop.operator.builders import registration", "the trainer never imports the operator"),
     ("trainer-image/tuneloop_trainer/evaluation/gates.py", "from tuneloop_trainer.stages import evaluate", "inside the trainer, the concern packages"),
 ]
 

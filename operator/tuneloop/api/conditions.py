@@ -132,7 +132,9 @@ class DriftReason(str, Enum):
     SERVING_DEGRADED = "ServingDegraded"
     AS_AT_PROMOTION = "AsAtPromotion"
     NO_PROMOTION_BASELINE = "NoPromotionBaseline"
-    PROMETHEUS_ERROR = "PrometheusError"  # the metrics provider gave no answer (the value predates other providers)
+    # the metrics provider gave no answer; the wire value predates other providers and is kept (status readers and
+    # alerts may match it): renaming it belongs with the API's prometheusAddress deprecation (issue 24, item 5)
+    PROVIDER_ERROR = "PrometheusError"
 
 
 # --- FineTuneSchedule -------------------------------------------------------------------------------

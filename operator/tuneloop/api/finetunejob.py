@@ -22,6 +22,8 @@ from .common import (
 from .evaluation import EvaluationSpec
 from .status import FineTuneJobStatus
 
+QLORA_GPUS = "method qlora needs resources.gpusPerNode ≥ 1"  # the CEL rule's message and the model's (one text)
+
 
 class HuggingFaceModel(ApiModel):
     """A model on the Hugging Face Hub (or a mirror reachable from the pods)."""
@@ -322,7 +324,7 @@ class FineTuneJobSpec(ApiModel):
     @model_validator(mode="after")
     def _cross(self) -> FineTuneJobSpec:
         if self.method.type == MethodType.QLORA.value and self.resources.gpus_per_node == 0:
-            raise ValueError("method qlora needs GPUs: set resources.gpusPerNode ≥ 1")
+            raise ValueError(QLORA_GPUS)
         if self.evaluation.enabled and self.dataset.test is None and self.dataset.split.test <= 0:
             # caught here (validate, the operator, local run, prepare) instead of after training
             raise ValueError("evaluation is enabled but there is no test data: set dataset.split.test > 0 or dataset.test, "
@@ -351,7 +353,7 @@ for _name, _alias in _immutable_fields():
 
 FineTuneJobSpec.model_config["json_schema_extra"] = {
     "x-kubernetes-validations": [
-        cel("self.method.type != 'qlora' || self.resources.gpusPerNode >= 1", "method qlora needs resources.gpusPerNode ≥ 1"),
+        cel("self.method.type != 'qlora' || self.resources.gpusPerNode >= 1", QLORA_GPUS),
         presence_rule(),
     ]
 }

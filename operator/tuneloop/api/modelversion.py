@@ -25,6 +25,9 @@ class BaseModelRecord(ApiModel):
     serving_path: str | None = Field(default=None, description="Path or id vLLM loads the base model from (LoRA artifacts).")
 
 
+LORA_RANK_MESSAGE = "a lora-adapter artifact needs artifact.loraRank (vLLM's --max-lora-rank)"
+
+
 class Artifact(ApiModel):
     """Where the trained weights live."""
 
@@ -111,13 +114,17 @@ class ModelVersionSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel("self == oldSelf", "a ModelVersion is an immutable registry record; register a new version instead"),
-                cel(
-                    "self.artifact.format != 'lora-adapter' || has(self.artifact.loraRank)",
-                    "a lora-adapter artifact needs artifact.loraRank (vLLM's --max-lora-rank)",
-                ),
+                cel("self.artifact.format != 'lora-adapter' || has(self.artifact.loraRank)", LORA_RANK_MESSAGE),
             ]
         }
     }
+
+    @model_validator(mode="after")
+    def _lora_rank(self) -> ModelVersionSpec:
+        """The pydantic twin of the CEL rule above (tests/unit/api/test_cel_twins.py keeps them in agreement)."""
+        if self.artifact.format == ArtifactFormat.LORA_ADAPTER and self.artifact.lora_rank is None:
+            raise ValueError(LORA_RANK_MESSAGE)
+        return self
 
 
 class ModelVersionPhase(str, Enum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import Enum
 from typing import Literal
@@ -11,10 +10,7 @@ from pydantic import Field, model_validator
 from pydantic.config import JsonDict
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, OneOf, Toleration, cel, one_of_rule
-
-DURATION = r"^([0-9]+(ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+from .durations import DURATION, parse_duration
 
 # Rate floors and caps (issue 25, finding 3): one Rollout must not be able to flood the shared Prometheus. A
 # measurement round asks at most 2 queries per metric (canary, and stable for a relative threshold), so a Rollout
@@ -30,14 +26,6 @@ MAX_ANALYSIS_METRICS = 16
 PROVIDER_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-def duration_seconds(text: str) -> float:
-    """'1m30s' -> 90.0 (the DURATION form; Go's time.ParseDuration and CEL's duration() read it the same)."""
-    parts = _DURATION_PART.findall(text or "")
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r}; use e.g. 30s, 5m, 1h30m")
-    return sum(int(n) * _UNIT[u] for n, u in parts)
-
-
 def floor_rule(field: str, floor: str, *, zero_ok: bool = False) -> JsonDict:
     """CEL: `field` (a DURATION) is at least `floor` (or exactly 0 when zero_ok)."""
     zero = f" || duration(self.{field}) == duration('0s')" if zero_ok else ""
@@ -49,8 +37,8 @@ def check_floor(value: str | None, field: str, floor: str, *, zero_ok: bool = Fa
     """The pydantic twin of `floor_rule`."""
     if value is None:
         return
-    secs = duration_seconds(value)
-    if secs < duration_seconds(floor) and not (zero_ok and secs == 0):
+    secs = parse_duration(value)
+    if secs < parse_duration(floor) and not (zero_ok and secs == 0):
         raise ValueError(f"{field} must be at least {floor}" + (" (or 0s: off)" if zero_ok else "") + f"; got {value}")
 
 

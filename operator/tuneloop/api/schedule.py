@@ -11,7 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, cel
 from .finetunejob import FineTuneJobSpec
-from .rollout import DURATION, MIN_ANALYSIS_INTERVAL, PROVIDER_NAME, check_floor, floor_rule
+from .durations import DURATION
+from .rollout import MIN_ANALYSIS_INTERVAL, PROVIDER_NAME, check_floor, floor_rule
 
 # Five fields (minute hour day-of-month month day-of-week) or a macro; croniter parses it in the operator.
 CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"

@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     return run_local(args)
 
 
+# long: the local run's script top to bottom (prepare, each stage, the summary): one linear story read next to
+# `kubectl tuneloop local --help`
 def run_local(args: argparse.Namespace) -> int:
     from rich.console import Console
 

@@ -192,7 +192,7 @@ def finetunejob(sched: FineTuneSchedule, template: dict[str, Any], iteration: st
                 spec_dir: Path, objective: str) -> dict[str, Any]:
     """The template as this iteration's FineTuneJob: local paths absolute, the schedule's model name, and
     evaluation.serving = the champion's eval.json (none: the serving gates dropped, as the operator does)."""
-    from tuneloop.operator.schedule.build import ANNOTATION_CHAMPION, LABEL_SCHEDULE, model_name, run_version
+    from tuneloop.operator.builders.schedule import ANNOTATION_CHAMPION, LABEL_SCHEDULE, model_name, run_version
 
     body = json.loads(json.dumps(template))
     for keys in LOCAL_PATH_KEYS:
@@ -279,6 +279,7 @@ def run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argpar
         return EXIT_CONFIG_ERROR
 
 
+# long: the local schedule loop: one linear sequence of iterations, printed as it goes
 def _run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argparse.Namespace], int], console: Any) -> int:
     from tuneloop.api.schema_check import check_document
 

@@ -224,6 +224,7 @@ def _listed(url: str) -> set[str]:
         return set()
 
 
+# long: starts vLLM (or the stand-in) and waits for it: one linear sequence of subprocess steps
 def run(args: argparse.Namespace) -> int:
     try:
         p = plan(args)

@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any
 
-from tuneloop.operator.kube import ApiError
+from tuneloop.operator.kube import KubeClient
 from tuneloop.operator.kube import resources as r
-from tuneloop.operator.kube.cliargs import add_cluster_arguments, connect
+from tuneloop.operator.kube.cliargs import add_cluster_arguments, run_connected
 
 ACTIVE = ("Progressing", "Paused", "Degraded")
 DONE = {"promote": "Promoted", "abort": "Aborted"}
@@ -57,39 +57,32 @@ def describe(obj: dict[str, Any]) -> str:
     )
 
 
-async def _run(args: argparse.Namespace) -> int:
-    client, ns = connect(args)
-    try:
-        obj = await client.get(r.ROLLOUTS, ns, args.rollout)
-        if obj is None:
-            print(f"kubectl tuneloop {args.action}: Rollout {ns}/{args.rollout} not found", file=sys.stderr)
-            return 1
-        why = refusal(args.action, obj)
-        if why:
-            print(f"kubectl tuneloop {args.action}: {why}", file=sys.stderr)
-            return 1
-        await client.patch(r.ROLLOUTS, ns, args.rollout, {"spec": {args.action: True}})
-        print(f"{args.action} requested for Rollout {ns}/{args.rollout}: {describe(obj)}")
-        if not args.wait:
+async def _act(args: argparse.Namespace, client: KubeClient, ns: str) -> int:
+    obj = await client.get(r.ROLLOUTS, ns, args.rollout)
+    if obj is None:
+        print(f"kubectl tuneloop {args.action}: Rollout {ns}/{args.rollout} not found", file=sys.stderr)
+        return 1
+    why = refusal(args.action, obj)
+    if why:
+        print(f"kubectl tuneloop {args.action}: {why}", file=sys.stderr)
+        return 1
+    await client.patch(r.ROLLOUTS, ns, args.rollout, {"spec": {args.action: True}})
+    print(f"{args.action} requested for Rollout {ns}/{args.rollout}: {describe(obj)}")
+    if not args.wait:
+        return 0
+    want = DONE[args.action]
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        obj = await client.get(r.ROLLOUTS, ns, args.rollout) or {}
+        st = obj.get("status") or {}
+        if st.get("phase") == want:
+            print(f"Rollout {ns}/{args.rollout} is {want}: {st.get('message', '')}")
             return 0
-        want = DONE[args.action]
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            obj = await client.get(r.ROLLOUTS, ns, args.rollout) or {}
-            st = obj.get("status") or {}
-            if st.get("phase") == want:
-                print(f"Rollout {ns}/{args.rollout} is {want}: {st.get('message', '')}")
-                return 0
-            await asyncio.sleep(0.5)
-        print(f"kubectl tuneloop {args.action}: Rollout {ns}/{args.rollout} not {want} after {args.timeout:g}s "
-              f"(phase {(obj.get('status') or {}).get('phase')}); is the operator running?", file=sys.stderr)  # fmt: skip
-        return 1
-    except ApiError as exc:
-        print(f"kubectl tuneloop {args.action}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await client.close()
+        await asyncio.sleep(0.5)
+    print(f"kubectl tuneloop {args.action}: Rollout {ns}/{args.rollout} not {want} after {args.timeout:g}s "
+          f"(phase {(obj.get('status') or {}).get('phase')}); is the operator running?", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args))
+    return run_connected(args, args.action, lambda client, ns: _act(args, client, ns))

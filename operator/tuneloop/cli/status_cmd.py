@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -47,6 +48,18 @@ def scrub(value: Any) -> Any:
     return value
 
 
+# status.progress fields shown after the bar, in this order: (key, how)
+_PROGRESS_EXTRAS: tuple[tuple[str, Callable[[Any], str]], ...] = (
+    ("epoch", lambda v: f"epoch {v:.2f}"),
+    ("loss", lambda v: f"loss {v:.4f}"),
+    ("evalLoss", lambda v: f"eval loss {v:.4f}"),
+    ("tokensPerSecond", lambda v: f"{v:.0f} tokens/s"),
+    ("tokensPerSecondPerGpu", lambda v: f"{v:.0f} tokens/s per GPU"),
+    ("mfu", lambda v: f"MFU {100 * v:.1f}%"),
+    ("etaSeconds", lambda v: f"ETA {_dur(v)}"),
+)
+
+
 def render(obj: dict[str, Any], events: list[dict[str, Any]]) -> str:
     """The human view (pure; tested). Text from the cluster is scrubbed of control characters first."""
     obj, events = scrub(obj), scrub(events)
@@ -65,21 +78,7 @@ def render(obj: dict[str, Any], events: list[dict[str, Any]]) -> str:
         if p.get("percent"):
             line += f" ({p['percent']})"
         out.append(line)
-        extras = []
-        if p.get("epoch") is not None:
-            extras.append(f"epoch {p['epoch']:.2f}")
-        if p.get("loss") is not None:
-            extras.append(f"loss {p['loss']:.4f}")
-        if p.get("evalLoss") is not None:
-            extras.append(f"eval loss {p['evalLoss']:.4f}")
-        if p.get("tokensPerSecond") is not None:
-            extras.append(f"{p['tokensPerSecond']:.0f} tokens/s")
-        if p.get("tokensPerSecondPerGpu") is not None:
-            extras.append(f"{p['tokensPerSecondPerGpu']:.0f} tokens/s per GPU")
-        if p.get("mfu") is not None:
-            extras.append(f"MFU {100 * p['mfu']:.1f}%")
-        if p.get("etaSeconds") is not None:
-            extras.append(f"ETA {_dur(p['etaSeconds'])}")
+        extras = [show(p[key]) for key, show in _PROGRESS_EXTRAS if p.get(key) is not None]
         if extras:
             out.append("               " + ", ".join(extras))
         if p.get("updatedAt"):

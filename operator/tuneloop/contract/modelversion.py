@@ -1,6 +1,6 @@
 """The ModelVersion of a finished FineTuneJob — one builder for both sides.
 
-The operator registers it from the termination messages (`tuneloop.operator.builders.modelversion`);
+The operator registers it from the termination messages (`tuneloop.operator.builders.registration`);
 the trainer's report stage writes the same manifest to DIR/report/modelversion.yaml
 (`tuneloop_trainer.report.modelversion`). Both call `build` with the same inputs:
 

@@ -7,6 +7,8 @@ import hashlib
 import re
 from typing import Any
 
+from tuneloop.api.common import API_VERSION
+
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -17,6 +19,7 @@ LABEL_MODEL = "tuneloop.dev/model-name"
 LABEL_ROLLOUT = "tuneloop.dev/rollout"
 LABEL_ROLE = "tuneloop.dev/role"
 LABEL_MODEL_VERSION = "tuneloop.dev/model-version"
+LABEL_SCHEDULE = "tuneloop.dev/schedule"  # a FineTuneSchedule's runs and digest Jobs
 
 # The two roles of a Rollout's serving pods.
 STABLE = "stable"
@@ -84,14 +87,12 @@ def rollout_selector(rollout: str) -> dict[str, str]:
     return {LABEL_ROLLOUT: rollout, LABEL_COMPONENT: "serving"}
 
 
+def controller_reference(kind: str, name: str, uid: str, api_version: str = API_VERSION) -> dict[str, Any]:
+    """The controller owner reference every tuneloop child carries (the one builder of ownerReferences)."""
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+
 def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
     """The controller owner reference to a tuneloop object (a Rollout) given as its manifest."""
     meta = obj.get("metadata") or {}
-    return {
-        "apiVersion": obj.get("apiVersion", "tuneloop.dev/v1alpha1"),
-        "kind": obj.get("kind", "Rollout"),
-        "name": meta["name"],
-        "uid": meta.get("uid", ""),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return controller_reference(obj.get("kind", "Rollout"), meta["name"], meta.get("uid", ""), obj.get("apiVersion", API_VERSION))

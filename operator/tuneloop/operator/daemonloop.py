@@ -49,7 +49,7 @@ async def run(
     logger: logging.Logger,
     on_gone: Callable[[], None] = lambda: None,
 ) -> None:
-    from tuneloop.operator.metrics import reconcile_timer
+    from tuneloop.operator.telemetry import reconcile_timer
 
     wake = wakers.event(namespace, name)
     loop = asyncio.get_running_loop()

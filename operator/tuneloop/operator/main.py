@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -40,7 +39,11 @@ def release_daemon_finalizers(registry: object | None = None) -> int:
     FineTuneSchedule, and so its namespace, Terminating forever (issue 10). Our daemons stop on their
     own instead: a deletion event wakes the loop, which finds its object gone, forgets it and returns.
     Kopf removes the finalizer it put on objects earlier once no handler needs it. Returns how many
-    daemons were released."""
+    daemons were released.
+
+    Kopf has no public API for this (kopf.daemon hard-codes requires_finalizer=True): this is the operator's one
+    use of a private Kopf name (`registry._spawning._handlers`). Kopf is pinned exactly in pyproject.toml, and
+    tests/operator/test_daemon_finalizers.py fails when the pin and the installed Kopf differ or the name moves."""
     import dataclasses
 
     import kopf
@@ -58,7 +61,7 @@ def resolve_scope(args: argparse.Namespace, settings: OperatorSettings) -> tuple
         return True, []
     namespaces = args.namespace or settings.namespaces
     if not namespaces:
-        own = os.environ.get("POD_NAMESPACE") or (SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "")
+        own = settings.operator_namespace or (SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.exists() else "")
         if not own:
             raise SystemExit("tuneloop-operator: give --namespace NS (repeatable), --all-namespaces, "
                              "or TUNELOOP_NAMESPACES / TUNELOOP_CLUSTER_WIDE=true")
@@ -77,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(clusterwide: bool, namespaces: list[str], settings: OperatorSettings) -> None:
     import kopf
 
-    from . import metrics
+    from . import telemetry
 
-    metrics.serve(settings.metrics_port)
+    telemetry.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     try:
         await kopf.operator(

@@ -309,7 +309,7 @@ def test_the_schedules_digest_job_is_hardened_too():
     import datetime as dt
 
     from tuneloop.api.schedule import FineTuneSchedule
-    from tuneloop.operator.schedule import build
+    from tuneloop.operator.builders import schedule as build
 
     from ...schedule import samples
 
@@ -318,6 +318,38 @@ def test_the_schedules_digest_job_is_hardened_too():
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_every_pod_the_operator_builds_has_the_one_security_context():
+    """Stage Jobs, the digest Job and the vLLM Deployments share builders.security (issue 24: one home)."""
+    import datetime as dt
+
+    from tuneloop.api.modelversion import ModelVersion
+    from tuneloop.api.rollout import Rollout
+    from tuneloop.api.schedule import FineTuneSchedule
+    from tuneloop.operator.builders import schedule as build
+    from tuneloop.operator.builders import serving
+    from tuneloop.operator.builders.security import container_security, pod_security
+
+    from ...rollout import samples as rollout_samples
+    from ...rollout.test_builders import CONFIG
+    from ...schedule import samples
+
+    spec = FineTuneJobSpec.model_validate(_ftj()["spec"])
+    meta = JobMeta(name="x", namespace="ns", uid="u-1", generation=1)
+    pods = [b(spec, meta, OperatorSettings(run_as_user=1234))["spec"]["template"]["spec"]
+            for b in (builders.data_job, builders.train_job, builders.eval_job)]
+    obj = samples.schedule(triggers={"newData": {"claimName": "datasets", "glob": "support/*.jsonl"}})
+    pods.append(build.digest_job(obj, FineTuneSchedule.model_validate(obj).spec, TRAINER, dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                                 run_as_user=1234)["spec"]["template"]["spec"])
+    raw = rollout_samples.gateway_rollout()
+    mv = ModelVersion.model_validate(rollout_samples.model_version("support-bot-v2"))
+    cfg = serving.ServingConfig(vllm_image=CONFIG.vllm_image, image_pull_policy="IfNotPresent", run_as_user=1234)
+    pods.append(serving.build_deployment(raw, Rollout.model_validate(raw).spec, "canary", mv, 1, cfg)["spec"]["template"]["spec"])
+    for pod in pods:
+        assert pod["securityContext"] == pod_security(1234)
+        assert [c["securityContext"] for c in pod["containers"]] == [container_security()] * len(pod["containers"])
+    assert container_security()["readOnlyRootFilesystem"] is True and container_security()["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_validate_cluster_names_what_the_policy_refuses_in_a_finetunejob(tmp_path, capsys):

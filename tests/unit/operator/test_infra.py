@@ -8,7 +8,8 @@ from pathlib import Path
 import kopf
 import pytest
 from prometheus_client import generate_latest
-from tuneloop.operator import lifecycle, metrics, rbac
+from tuneloop.operator import lifecycle, rbac
+from tuneloop.operator import telemetry as metrics
 from tuneloop.operator.kube import parse_selector
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.main import build_parser, resolve_scope
@@ -108,3 +109,15 @@ def test_reconcile_timer_counts_errors():
     with pytest.raises(RuntimeError), metrics.reconcile_timer("test"):
         raise RuntimeError("x")
     assert metrics.RECONCILE_ERRORS.labels("test")._value.get() == before + 1
+
+
+def test_only_the_settings_read_the_operators_environment():
+    """One settings object (issue 24): no module of tuneloop.operator but settings.py reads the environment for a
+    TUNELOOP_* variable or the operator namespace (POD_NAMESPACE is OperatorSettings.operator_namespace)."""
+    import re
+
+    root = Path(__file__).resolve().parents[3] / "operator" / "tuneloop" / "operator"
+    reads = re.compile(r"(os\.environ|getenv)\W[^\n]*(TUNELOOP_|POD_NAMESPACE)")
+    found = [f"{p.relative_to(root)}:{n}" for p in sorted(root.rglob("*.py")) if p.name != "settings.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if reads.search(line)]
+    assert found == []

@@ -144,16 +144,16 @@ def test_a_pass_uses_our_own_status_write_until_the_watch_delivers_it():
     key = ("ns", "x")
     indexed = {"metadata": {"name": "x", "resourceVersion": "10"}, "spec": {}, "status": {}}
     ftjs = {key: [indexed]}
-    h._written.pop(key, None)
+    h.MEMORY.written.pop(key, None)
     assert h.current(ftjs, key) is indexed
     mine = {"metadata": {"name": "x", "resourceVersion": "12"}, "spec": {}, "status": {"phase": "ValidatingData"}}
-    h._written[key] = mine
+    h.MEMORY.written[key] = mine
     assert h.current(ftjs, key) is mine  # the echo (rv 12) has not arrived yet
     newer = {"metadata": {"name": "x", "resourceVersion": "15"}, "spec": {"suspend": True}, "status": {"phase": "ValidatingData"}}
     ftjs[key] = [newer]
     assert h.current(ftjs, key) is newer  # a later change (e.g. the user's) wins
     assert h.current(ftjs, ("ns", "gone")) is None
-    h._written.pop(key, None)
+    h.MEMORY.written.pop(key, None)
 
 
 # --- 500 at once: the per-job CPU (bench/operator/README.md) -----------------------------------
@@ -211,7 +211,7 @@ def test_spec_yaml_is_the_text_pyyaml_writes():
 
 def test_phase_counts_stay_exact_when_every_pass_reports_the_phase():
     from prometheus_client import generate_latest
-    from tuneloop.operator import metrics
+    from tuneloop.operator import telemetry as metrics
 
     def count(phase: str) -> float:
         return metrics.FINETUNEJOBS.labels(phase)._value.get()

@@ -255,7 +255,7 @@ async def test_evaluation_disabled_registers_not_evaluated_modelversion():
 
 
 def test_failed_gates_reject_the_modelversion():
-    from tuneloop.operator.builders.modelversion import model_version_phase
+    from tuneloop.operator.builders.registration import model_version_phase
 
     assert model_version_phase({"verdict": "Failed"}) == "Rejected"
     assert model_version_phase({"verdict": "Passed"}) == "Ready"

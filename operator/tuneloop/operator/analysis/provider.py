@@ -67,3 +67,21 @@ class MetricsProvider(Protocol):
 
 # address (the Rollout's spec.analysis.prometheusAddress, else the operator's default) -> a provider
 ProviderFactory = Callable[[str], MetricsProvider]
+
+
+class QueryClient(Protocol):
+    """A provider's raw instant queries, written in its own language (a FineTuneSchedule's trigger query; the
+    Prometheus provider's PrometheusClient, confined to the namespace by the operator's Endpoints)."""
+
+    async def query(self, query: str) -> float | None:
+        """The single value of an instant query; None for an empty result; NaN passes through.
+
+        Raises ProviderError when there is no answer.
+        """
+
+    async def query_vector(self, query: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of an instant vector query: (labels, value). Raises ProviderError when there is no answer."""
+
+
+# (provider name or address, namespace) -> a QueryClient confined to that namespace
+QueryClientFactory = Callable[[str, str], QueryClient]

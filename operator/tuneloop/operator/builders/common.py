@@ -5,11 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.api import API_VERSION, FineTuneJobSpec
+from tuneloop.api import FineTuneJobSpec
 from tuneloop.contract import layout
 from tuneloop.contract.exits import EXIT_CONFIG_ERROR
 from tuneloop.contract.layout import CACHE_MOUNT, DATA_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, SPEC_DIR, SPEC_FILE
-from tuneloop.contract.names import LABEL_COMPONENT, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, child_name, dns_label, job_labels
+from tuneloop.contract.names import (
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    child_name,
+    controller_reference,
+    dns_label,
+    job_labels,
+)
 
 from ..settings import OperatorSettings
 
@@ -86,23 +95,11 @@ def labels(meta: JobMeta, component: str) -> dict[str, str]:
 
 
 def owner_ref(meta: JobMeta) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "FineTuneJob", "name": meta.name, "uid": meta.uid,
-            "controller": True, "blockOwnerDeletion": True}
+    return controller_reference("FineTuneJob", meta.name, meta.uid)
 
 
 def metadata(name: str, meta: JobMeta, component: str) -> dict[str, Any]:
     return {"name": name, "namespace": meta.namespace, "labels": labels(meta, component), "ownerReferences": [owner_ref(meta)]}
-
-
-def pod_security(config: OperatorSettings) -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": config.run_as_user, "runAsGroup": config.run_as_user,
-            "fsGroup": config.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
-
-
-# The root filesystem is read-only (issue 25): the stages write only to their mounts — the work directory (/output),
-# the caches (/cache), /tmp (HOME=/tmp for library caches such as Triton's; DeepSpeed's JIT builds) and /dev/shm.
-CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]},
-                      "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def workdir(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> tuple[str, str]:

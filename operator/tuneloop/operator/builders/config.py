@@ -17,7 +17,7 @@ from tuneloop.contract.deepspeed import world_size
 from ..settings import OperatorSettings
 from .common import RENDEZVOUS_PORT, BuildError, JobMeta, metadata, names
 
-__all__ = ["check_batch", "config_map", "deepspeed_json", "headless_service", "spec_manifest", "world_size"]
+__all__ = ["check_batch", "check_spec_batch", "config_map", "deepspeed_json", "headless_service", "spec_manifest", "world_size"]
 
 
 def check_batch(spec: FineTuneJobSpec) -> None:
@@ -31,11 +31,21 @@ def check_batch(spec: FineTuneJobSpec) -> None:
 
 def deepspeed_json(spec: FineTuneJobSpec) -> str | None:
     """The DeepSpeed config the train stage will build (tuneloop.contract.deepspeed), shown in the
-    ConfigMap for users; None when DeepSpeed is off. Raises BuildError when batchSize does not split."""
+    ConfigMap for users; None when DeepSpeed is off. Raises BuildError when batchSize does not split (the
+    config's gradient accumulation is that check: it runs once)."""
     if not deepspeed.enabled(spec):
         return None
-    check_batch(spec)
-    return json.dumps(deepspeed.deepspeed_config(spec, world_size(spec)), indent=2, sort_keys=True)
+    try:
+        config = deepspeed.deepspeed_config(spec, world_size(spec))
+    except deepspeed.BatchSplitError as exc:
+        raise BuildError(exc.field, f"{exc.message} ({exc.hint})") from None
+    return json.dumps(config, indent=2, sort_keys=True)
+
+
+def check_spec_batch(spec: FineTuneJobSpec) -> None:
+    """The batch split and, with DeepSpeed on, its config: each computed once (admission)."""
+    if deepspeed_json(spec) is None:
+        check_batch(spec)
 
 
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

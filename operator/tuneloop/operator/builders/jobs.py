@@ -10,7 +10,6 @@ from tuneloop.contract import layout
 from ..settings import OperatorSettings
 from .common import (
     CONTAINER,
-    CONTAINER_SECURITY,
     RENDEZVOUS_PORT,
     SPEC_FILE,
     JobMeta,
@@ -20,11 +19,11 @@ from .common import (
     labels,
     metadata,
     names,
-    pod_security,
     scheduling,
     volumes,
     workdir,
 )
+from .security import container_security, pod_security
 
 PREP_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
 
@@ -40,7 +39,7 @@ def _container(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *
         "env": [*(extra_env or []), *env(spec, meta, config)],
         "resources": resources,
         "volumeMounts": mounts,
-        "securityContext": CONTAINER_SECURITY,
+        "securityContext": container_security(),
         "terminationMessagePath": layout.TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
@@ -53,7 +52,7 @@ def _job(name: str, component: str, spec: FineTuneJobSpec, meta: JobMeta, config
          vols: list, backoff: int, suspend: bool, gpu_scheduling: bool, pods: int = 1, subdomain: str | None = None) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "securityContext": pod_security(config),
+        "securityContext": pod_security(config.run_as_user),
         "containers": [container],
         "volumes": vols,
         "enableServiceLinks": False,

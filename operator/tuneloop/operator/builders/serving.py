@@ -18,6 +18,7 @@ from tuneloop.api.rollout import RolloutSpec, ServingSpec
 from tuneloop.contract import names
 
 from ..policy import Policy
+from .security import container_security, pod_security
 
 ARTIFACT_MOUNT = "/models/artifact"
 BASE_MOUNT = "/models/base"
@@ -214,16 +215,6 @@ def cpu_env(serving: ServingSpec) -> list[dict[str, str]]:
     return [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(gib)}, {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "auto"}]
 
 
-def _security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,  # vLLM writes only to /tmp (HOME), /cache and /dev/shm (issue 25)
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 # Ready means "serves every name", not "the process answers /health": vLLM answers /health while it still loads a
 # LoRA adapter, and a runtime-loaded adapter is listed by /v1/models only once it can answer. The vLLM images carry
 # python3; the names are arguments (no shell).
@@ -238,38 +229,23 @@ def readiness_probe(port: int, served_names: tuple[str, ...]) -> dict[str, Any]:
             "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3}
 
 
-def build_deployment(
-    rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
-) -> dict[str, Any]:
-    """The vLLM Deployment serving `mv` in `role` (stable or canary) with `replicas` pods."""
-    meta = rollout["metadata"]
-    name, ns = meta["name"], meta.get("namespace")
+def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, args: list[str],
+                    mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The vLLM container: `vllm serve` with the role's arguments, caches on writable mounts, the probes."""
     serving = spec.serving
-    args, volumes, mounts = vllm_args(spec, mv)
-    labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
     res = serving.resources
     requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, Any] = {"memory": res.memory}
     if res.gpus:
         requests[res.gpu_resource_name] = res.gpus
         limits[res.gpu_resource_name] = res.gpus
-    volumes += [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
-        {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts += [
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "cache", "mountPath": "/cache"},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
 
     def probe(period: int, failures: int) -> dict[str, Any]:
         return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
     served = serve_args(mv, serving, spec.served_model_name, artifact=ARTIFACT_MOUNT, base=BASE_MOUNT).served_names
 
-    container = {
+    return {
         "name": "vllm",
         "image": serving.image or config.vllm_image,
         "imagePullPolicy": config.image_pull_policy,
@@ -288,17 +264,34 @@ def build_deployment(
         "startupProbe": probe(10, 180),
         "readinessProbe": readiness_probe(serving.port, served),
         "livenessProbe": probe(15, 4),
-        "securityContext": _security_context(),
+        "securityContext": container_security(),  # vLLM writes only to /tmp (HOME), /cache, /dev/shm
         "volumeMounts": mounts,
     }
+
+
+def build_deployment(
+    rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
+) -> dict[str, Any]:
+    """The vLLM Deployment serving `mv` in `role` (stable or canary) with `replicas` pods."""
+    meta = rollout["metadata"]
+    name, ns = meta["name"], meta.get("namespace")
+    serving = spec.serving
+    args, volumes, mounts = vllm_args(spec, mv)
+    labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
+    volumes += [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts += [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+
+    container = _vllm_container(spec, mv, config, args, mounts)
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": config.run_as_user,
-            "runAsGroup": config.run_as_user,
-            "fsGroup": config.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,
         "automountServiceAccountToken": False,  # vLLM never calls the API server (issue 25)
         "containers": [container],

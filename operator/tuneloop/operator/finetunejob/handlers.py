@@ -23,13 +23,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from tuneloop.api import GROUP, VERSION
 
-from .. import kube, metrics
+from .. import kube, telemetry
 from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from ..settings import get_settings
 from . import progress as prog
@@ -43,12 +44,32 @@ CHILD_JOBS = dict(labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT}
 RETRY_S = 5.0  # a pass that failed (API error, timeout) is retried this much later
 
 Key = tuple[str, str]
-_locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
-_slots: asyncio.Semaphore | None = None  # bounds concurrent passes (created in the operator's loop)
-_written: dict[Key, dict[str, Any]] = {}  # the FineTuneJob as our last status patch returned it
-_retry: dict[Key, float] = {}  # key -> monotonic time of the next attempt
-_loop_task: asyncio.Task | None = None
-_seen: set[Key] = set()  # FineTuneJobs this process has logged as watched
+
+
+@dataclass
+class Memory:
+    """What this process keeps between passes over FineTuneJobs — one object, as the Rollout's and the schedule's
+    handlers keep their `WAKERS` (nothing here is the truth: a restart rebuilds it from the cluster)."""
+
+    locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    slots: asyncio.Semaphore | None = None  # bounds concurrent passes (created in the operator's loop)
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)  # the FineTuneJob as our last status patch returned it
+    retry: dict[Key, float] = field(default_factory=dict)  # key -> monotonic time of the next attempt
+    loop_task: asyncio.Task | None = None
+    seen: set[Key] = field(default_factory=set)  # FineTuneJobs this process has logged as watched
+
+    def slot(self) -> asyncio.Semaphore:
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(get_settings().max_concurrent_reconciles)
+        return self.slots
+
+    def forget(self, key: Key) -> None:
+        for d in (self.locks, self.written, self.retry):
+            d.pop(key, None)
+        self.seen.discard(key)
+
+
+MEMORY = Memory()
 
 
 class _QuietEventHandlers(logging.Filter):
@@ -61,13 +82,6 @@ class _QuietEventHandlers(logging.Filter):
 
 
 logging.getLogger("kopf.objects").addFilter(_QuietEventHandlers())
-
-
-def _slot() -> asyncio.Semaphore:
-    global _slots
-    if _slots is None:
-        _slots = asyncio.Semaphore(get_settings().max_concurrent_reconciles)
-    return _slots
 
 
 def _key(meta: Any) -> Key:
@@ -115,7 +129,7 @@ def current(ftjs: kopf.Index, key: Key) -> dict[str, Any] | None:
     indexed = _one(ftjs, key)
     if indexed is None:
         return None
-    mine = _written.get(key)
+    mine = MEMORY.written.get(key)
     if mine is not None and _rv(mine) > _rv(indexed) >= 0:
         return mine
     return indexed
@@ -125,16 +139,16 @@ def current(ftjs: kopf.Index, key: Key) -> dict[str, Any] | None:
 async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_progress: bool = False) -> Any:
     """A pass over one FineTuneJob; a failure is logged and retried RETRY_S later."""
     if _one(ftjs, key) is None:  # deleted (a child's late event): nothing to do, nothing to remember
-        _retry.pop(key, None)
+        MEMORY.retry.pop(key, None)
         return None
     try:
-        async with _locks[key], _slot():
-            with metrics.reconcile_timer("finetunejob"):
+        async with MEMORY.locks[key], MEMORY.slot():
+            with telemetry.reconcile_timer("finetunejob"):
                 body = current(ftjs, key)
                 if body is None or (body.get("status") or {}).get("phase") in TERMINAL:
                     if body is not None:
-                        metrics.set_phase(key[0], key[1], body["status"]["phase"])
-                    _retry.pop(key, None)
+                        telemetry.set_phase(key[0], key[1], body["status"]["phase"])
+                    MEMORY.retry.pop(key, None)
                     return None
                 rec = Reconciler(kube.get_client(), get_settings())
                 progress = None
@@ -144,18 +158,18 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
                 jobs = {(j.get("metadata") or {}).get("name"): j for j in stage_jobs.get(key, [])}
                 outcome = await rec.run(body, progress=progress, jobs=jobs)
                 if outcome.written is not None:
-                    _written[key] = _slim(outcome.written)
+                    MEMORY.written[key] = _slim(outcome.written)
                 if outcome.invalid:
                     log.warning("FineTuneJob %s/%s cannot run: %s", key[0], key[1], outcome.invalid)
-                _retry.pop(key, None)
+                MEMORY.retry.pop(key, None)
                 return outcome
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 — retried by the operator-wide loop
-        metrics.RECONCILE_ERRORS.labels("finetunejob").inc()
+        telemetry.RECONCILE_ERRORS.labels("finetunejob").inc()
         log.warning("reconcile of FineTuneJob %s/%s failed (retry in %.0f s): %s", key[0], key[1], RETRY_S, exc)
-        if key in _locks:  # not deleted meanwhile
-            _retry[key] = time.monotonic() + RETRY_S
+        if key in MEMORY.locks:  # not deleted meanwhile
+            MEMORY.retry[key] = time.monotonic() + RETRY_S
         return None
 
 
@@ -165,20 +179,18 @@ async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_fin
                             tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     key = _key(body.get("metadata") or {})
     if event.get("type") == "DELETED":
-        metrics.forget(*key)
-        for d in (_locks, _written, _retry):
-            d.pop(key, None)
-        _seen.discard(key)
+        telemetry.forget(*key)
+        MEMORY.forget(key)
         return
-    if key not in _seen:
-        _seen.add(key)
+    if key not in MEMORY.seen:
+        MEMORY.seen.add(key)
         if event.get("type") is None:  # listed at startup (a new job is announced by its first Event instead)
             log.info("watching FineTuneJob %s/%s (phase %s)", key[0], key[1], (body.get("status") or {}).get("phase") or "new")
-    mine = _written.get(key)
+    mine = MEMORY.written.get(key)
     if mine is not None and _rv(mine) == _rv(body) >= 0:
         return  # the echo of our own status patch
     if (body.get("status") or {}).get("phase") in TERMINAL:
-        metrics.set_phase(key[0], key[1], body["status"]["phase"])
+        telemetry.set_phase(key[0], key[1], body["status"]["phase"])
         return
     await reconcile(key, tuneloop_finetunejobs, tuneloop_stage_jobs)
 
@@ -200,7 +212,7 @@ async def _periodic(ftjs: kopf.Index, stage_jobs: kopf.Index, interval: float) -
     while True:
         await asyncio.sleep(tick)
         now = time.monotonic()
-        due = {k for k, t in _retry.items() if t <= now}
+        due = {k for k, t in MEMORY.retry.items() if t <= now}
         polls: set[Key] = set()
         if now >= next_progress:
             next_progress = now + interval
@@ -211,7 +223,7 @@ async def _periodic(ftjs: kopf.Index, stage_jobs: kopf.Index, interval: float) -
         if not due and not polls:
             continue
         for key in due:
-            _retry.pop(key, None)
+            MEMORY.retry.pop(key, None)
         await asyncio.gather(*(reconcile(k, ftjs, stage_jobs, with_progress=k in polls) for k in due | polls),
                              return_exceptions=True)
 
@@ -219,18 +231,16 @@ async def _periodic(ftjs: kopf.Index, stage_jobs: kopf.Index, interval: float) -
 @kopf.on.startup()
 async def _start_loop(tuneloop_finetunejobs: kopf.Index, tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     """The indexes are filled later (before any resource handler runs); the task only reads them."""
-    global _loop_task
-    _loop_task = asyncio.create_task(
+    MEMORY.loop_task = asyncio.create_task(
         _periodic(tuneloop_finetunejobs, tuneloop_stage_jobs, get_settings().progress_interval), name="tuneloop-finetunejobs")
 
 
 @kopf.on.cleanup()
 async def _stop_loop(**_: Any) -> None:
-    global _loop_task
-    if _loop_task is not None:
-        _loop_task.cancel()
+    task, MEMORY.loop_task = MEMORY.loop_task, None
+    if task is not None:
+        task.cancel()
         try:
-            await _loop_task
+            await task
         except (asyncio.CancelledError, Exception):  # noqa: BLE001 — shutting down
             pass
-        _loop_task = None

@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -32,10 +32,10 @@ from tuneloop.api.status import ChildRefs, DataReportSummary, Progress
 from tuneloop.contract import ownership
 from tuneloop.contract.exits import reason_for_exit
 
-from .. import builders, metrics, policy
+from .. import builders, policy, telemetry
 from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
-from ..builders.config import check_batch, deepspeed_json
-from ..builders.modelversion import model_version_phase
+from ..builders.config import check_spec_batch
+from ..builders.registration import model_version_phase
 from ..kube import ApiError, KubeClient
 from ..kube import resources as r
 from ..settings import OperatorSettings
@@ -84,8 +84,7 @@ def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJo
     try:
         workdir(spec, JobMeta.from_body(body), config)
         data_claim(spec)
-        check_batch(spec)
-        deepspeed_json(spec)
+        check_spec_batch(spec)
     except BuildError as exc:
         return None, exc.field, exc.message
     refused = policy.finetunejob_problems(spec, policy.Policy.from_settings(config), config.trainer_image)
@@ -120,6 +119,10 @@ class Pass:
 
 Build = Callable[[FineTuneJobSpec, JobMeta, OperatorSettings], dict]
 Waiting = tuple[str, "str | Enum", str, str]  # (condition status, reason, condition message, status message)
+# A stage's own steps: Reconciler methods, given unbound in the table (`Reconciler._data_done`) and called with the
+# reconciler of the pass, the pass and the stage's Job.
+Finish = Callable[["Reconciler", "Pass", dict], Awaitable[None]]
+Observe = Callable[["Reconciler", "Pass", dict], None]
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,9 @@ class Stage:
     failed: str = ""  # "… failed: <message>" in status.message
     done: Callable[[Condition | None], bool] = lambda c: False  # the status already records it as done
     waiting: Callable[[Pass, str], Waiting] | None = None  # the condition and message while it is unfinished
-    finish: str = ""  # the Reconciler method run once the Job succeeded
-    observe: str = ""  # a Reconciler method run on the Job whatever its state
-    running: str = ""  # a Reconciler method run while the Job is unfinished
+    finish: Finish | None = None  # run once the Job succeeded
+    observe: Observe | None = None  # run on the Job whatever its state
+    running: Observe | None = None  # run while the Job is unfinished
     enabled: Callable[[FineTuneJobSpec], bool] = lambda spec: True
     skipped: tuple[str, str | Enum, str] | None = None  # the condition when not enabled
     timed: bool = False  # its creation is the create-to-training latency
@@ -164,27 +167,6 @@ def _is_true(c: Condition | None) -> bool:
     return c is not None and c.status == "True"
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage(C.DATA_VALIDATED, FineTuneJobPhase.VALIDATING_DATA, lambda n: n.data_job,
-          lambda spec, meta, cfg: builders.data_job(spec, meta, cfg),
-          children=(("config_map", lambda n: n.config_map), ("data_job", lambda n: n.data_job)),
-          before=((r.CONFIGMAPS, lambda spec, meta, cfg: builders.config_map(spec, meta, cfg)),),
-          failed="data preparation failed", done=_is_true, waiting=_data_waiting, finish="_data_done"),
-    Stage(C.TRAINING, FineTuneJobPhase.TRAINING, lambda n: n.train_job,
-          lambda spec, meta, cfg: builders.train_job(spec, meta, cfg),
-          children=(("service", lambda n: n.service), ("train_job", lambda n: n.train_job)),
-          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),
-                  (r.NETWORKPOLICIES, lambda spec, meta, cfg: builders.rendezvous_policy(spec, meta, cfg))),
-          failed="training failed", done=lambda c: c is not None and c.reason == R.COMPLETED.value, waiting=_train_waiting,
-          finish="_train_done", observe="_train_started", running="_train_progress", timed=True),
-    Stage(C.EVALUATED, FineTuneJobPhase.EVALUATING, lambda n: n.eval_job,
-          lambda spec, meta, cfg: builders.eval_job(spec, meta, cfg),
-          children=(("eval_job", lambda n: n.eval_job),),
-          failed="evaluation failed", done=_is_true, waiting=_eval_waiting, finish="_eval_done",
-          enabled=lambda spec: spec.evaluation.enabled, skipped=("False", R.DISABLED, "evaluation.enabled is false")),
-)
-
-
 class Reconciler:
     """Holds the client and settings; `run(body)` is one pass."""
 
@@ -200,7 +182,7 @@ class Reconciler:
         old = dict(body.get("status") or {})
         meta = JobMeta.from_body(body)
         if old.get("phase") in st.TERMINAL:
-            metrics.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
+            telemetry.set_phase(meta.namespace, meta.name, old["phase"])  # after a restart, too
             return Outcome(old["phase"], status=old)
         status = st.read_status(old)
         status.conditions = status.conditions  # always written, as an empty list at first
@@ -246,8 +228,8 @@ class Reconciler:
                               before=[(res, lambda b=b: b(spec, meta, cfg)) for res, b in stage.before])
         p.jobs[stage.condition.value] = job
         state = st.job_state(job)
-        if stage.observe:
-            getattr(self, stage.observe)(p, job)
+        if stage.observe is not None:
+            stage.observe(self, p, job)
         if state == "Failed":
             msg, reason = await self._failure(job)
             p.set(stage.condition, False, reason, msg)
@@ -260,10 +242,11 @@ class Reconciler:
             suspended = state == "Suspended"
             status.phase = FineTuneJobPhase.SUSPENDED.value if suspended else stage.phase.value
             status.message = "suspended" if suspended else msg
-            if stage.running:
-                getattr(self, stage.running)(p, job)
+            if stage.running is not None:
+                stage.running(self, p, job)
             return False
-        await getattr(self, stage.finish)(p, job)
+        if stage.finish is not None:
+            await stage.finish(self, p, job)
         return True
 
     def _train_started(self, p: Pass, job: dict) -> None:
@@ -277,7 +260,7 @@ class Reconciler:
 
     def _set_progress(self, p: Pass, progress: dict[str, Any]) -> None:
         p.status.progress = Progress.model_validate(progress)
-        metrics.set_progress(p.meta.namespace, p.meta.name, st.snake_progress(progress))
+        telemetry.set_progress(p.meta.namespace, p.meta.name, st.snake_progress(progress))
 
     async def _data_done(self, p: Pass, job: dict) -> None:
         if not p.status.data_report:  # read once: the pod list is not free
@@ -427,7 +410,7 @@ class Reconciler:
         that fails at once (InvalidSpec) still gets its Warning; every later phase change gets an Event."""
         m = body["metadata"]
         new = st.wire(status)
-        metrics.set_phase(m.get("namespace") or "default", m["name"], new.get("phase", "Pending"))
+        telemetry.set_phase(m.get("namespace") or "default", m["name"], new.get("phase", "Pending"))
         if not st.status_changed(old, new):
             return None
         written = await self.client.patch(r.FINETUNEJOBS, m.get("namespace"), m["name"], {"status": st.status_patch(old, new)},
@@ -437,6 +420,28 @@ class Reconciler:
             await self.client.event(body, type="Warning" if failed else "Normal", reason=new.get("phase", "Pending"),
                                     message=new.get("message") or f"phase {old.get('phase', 'Pending')} → {new.get('phase')}")
         return written if isinstance(written, dict) else None
+
+
+# The pipeline, in order (after the class: its rows name the Reconciler's per-stage steps).
+STAGES: tuple[Stage, ...] = (
+    Stage(C.DATA_VALIDATED, FineTuneJobPhase.VALIDATING_DATA, lambda n: n.data_job,
+          lambda spec, meta, cfg: builders.data_job(spec, meta, cfg),
+          children=(("config_map", lambda n: n.config_map), ("data_job", lambda n: n.data_job)),
+          before=((r.CONFIGMAPS, lambda spec, meta, cfg: builders.config_map(spec, meta, cfg)),),
+          failed="data preparation failed", done=_is_true, waiting=_data_waiting, finish=Reconciler._data_done),
+    Stage(C.TRAINING, FineTuneJobPhase.TRAINING, lambda n: n.train_job,
+          lambda spec, meta, cfg: builders.train_job(spec, meta, cfg),
+          children=(("service", lambda n: n.service), ("train_job", lambda n: n.train_job)),
+          before=((r.SERVICES, lambda spec, meta, cfg: builders.headless_service(spec, meta, cfg)),
+                  (r.NETWORKPOLICIES, lambda spec, meta, cfg: builders.rendezvous_policy(spec, meta, cfg))),
+          failed="training failed", done=lambda c: c is not None and c.reason == R.COMPLETED.value, waiting=_train_waiting,
+          finish=Reconciler._train_done, observe=Reconciler._train_started, running=Reconciler._train_progress, timed=True),
+    Stage(C.EVALUATED, FineTuneJobPhase.EVALUATING, lambda n: n.eval_job,
+          lambda spec, meta, cfg: builders.eval_job(spec, meta, cfg),
+          children=(("eval_job", lambda n: n.eval_job),),
+          failed="evaluation failed", done=_is_true, waiting=_eval_waiting, finish=Reconciler._eval_done,
+          enabled=lambda spec: spec.evaluation.enabled, skipped=("False", R.DISABLED, "evaluation.enabled is false")),
+)
 
 
 def _failed(status: dict[str, Any]) -> bool:
@@ -478,4 +483,4 @@ def _observe_create_latency(body: dict) -> None:
         t0 = dt.datetime.fromisoformat(created)
     except ValueError:
         return
-    metrics.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.UTC) - t0).total_seconds()))
+    telemetry.CREATE_TO_TRAINING_JOB.observe(max(0.0, (dt.datetime.now(dt.UTC) - t0).total_seconds()))

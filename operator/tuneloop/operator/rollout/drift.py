@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass, field
 
 from tuneloop.api.conditions import DriftReason
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.modelversion import TokenLengths
 from tuneloop.api.rollout import DriftSignal, DriftSignalState, DriftStatus, DriftWatchSpec
-
-from .analysis import parse_duration
 
 EPSILON = 1e-4  # share given to an empty bucket (the usual PSI floor)
 PROMPT, GENERATION, ERROR_RATE, LATENCY = "prompt_tokens", "generation_tokens", "error_rate", "e2e_latency_p95"
@@ -199,7 +198,7 @@ def _condition(sigs: list[DriftSignal], bad_state: DriftSignalState, bad: DriftR
     first = next(s for s in sigs if states[s.signal] != DriftSignalState.OK)
     reason = {DriftSignalState.INSUFFICIENT_DATA: DriftReason.INSUFFICIENT_DATA, DriftSignalState.NO_BASELINE: no_base,
               DriftSignalState.NOT_COMPARABLE: DriftReason.NO_COMPARABLE_BUCKETS,
-              DriftSignalState.ERROR: DriftReason.PROMETHEUS_ERROR}[states[first.signal]]
+              DriftSignalState.ERROR: DriftReason.PROVIDER_ERROR}[states[first.signal]]
     return ConditionVerdict("Unknown", reason.value, "; ".join(f"{s.signal}: {s.message}" for s in sigs))
 
 

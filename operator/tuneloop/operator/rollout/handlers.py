@@ -41,13 +41,13 @@ def _reconciler():
 async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
     from tuneloop.operator.kube import resources as r
 
-    from . import metrics
+    from . import telemetry
 
     reconciler = _reconciler()
     await daemonloop.run(
         kind="rollout", namespace=namespace, name=name,
         get=lambda: reconciler.client.get(r.ROLLOUTS, namespace, name), tick=reconciler.tick,
-        wakers=WAKERS, stopped=stopped, logger=logger, on_gone=lambda: metrics.forget(namespace, name),
+        wakers=WAKERS, stopped=stopped, logger=logger, on_gone=lambda: telemetry.forget(namespace, name),
     )
 
 

@@ -30,10 +30,10 @@ from tuneloop.operator.kube import resources as r
 
 from .. import policy
 from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, ProviderError, ProviderFactory, WindowSignal
-from . import drift, metrics
-from .analysis import Assessment, QueryOutcome, assess
+from . import drift, telemetry
 from .desired import Desired, desired
 from .steps import TERMINAL, Outcome, PodFailure, World, advance, canary_shortfall, due_metrics, next_wakeup, query_window, set_condition
+from .verdicts import Assessment, QueryOutcome, assess
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -282,16 +282,7 @@ class Reconciler:
             err = exc.errors()[0]
             refused = [(".".join(str(p) for p in err["loc"]), err["msg"])]
         if refused:
-            msg = f"invalid Rollout at {refused[0][0]}: {refused[0][1]}"
-            try:  # keep what the status knows (stable version, measurements); only the phase changes
-                kept = RolloutStatus.model_validate(obj.get("status") or {})
-            except ValidationError:
-                kept = RolloutStatus()
-            if (obj.get("status") or {}).get("message") != msg:
-                log.warning("rollout %s/%s: %s", ns, name, msg)
-            kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
-            set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg, World(now=now, generation=meta.get("generation")))
-            await self.write_status(obj, kept)
+            await self.refuse(obj, f"invalid Rollout at {refused[0][0]}: {refused[0][1]}", now)
             return 30.0
         spec = ro.spec
         status = ro.status if obj.get("status") else None
@@ -320,7 +311,7 @@ class Reconciler:
             provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
-                metrics.measured(ns, name, mname, a.phase, a.value)
+                telemetry.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)
         log_tick(ns, name, status, out, assessments)
         watched = stable_mv if err_s is None else None
@@ -333,6 +324,21 @@ class Reconciler:
         if drift_due is not None:
             wake = min(wake, max(0.05, (drift_due - now).total_seconds()))
         return wake
+
+    async def refuse(self, obj: dict, msg: str, now: dt.datetime) -> None:
+        """An invalid or refused spec: Degraded, waiting for a valid spec; what the status knows (the stable version,
+        the measurements) is kept, only the phase changes."""
+        meta = obj["metadata"]
+        try:
+            kept = RolloutStatus.model_validate(obj.get("status") or {})
+        except ValidationError:
+            kept = RolloutStatus()
+        if (obj.get("status") or {}).get("message") != msg:
+            log.warning("rollout %s/%s: %s", meta["namespace"], meta["name"], msg)
+        kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
+        set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg,
+                      World(now=now, generation=meta.get("generation")))
+        await self.write_status(obj, kept)
 
     async def watch_drift(
         self, ns: str, name: str, spec: RolloutSpec, out: Outcome, mv: ModelVersion | None, world: World
@@ -369,7 +375,7 @@ class Reconciler:
                 elif old is not None and old.status == "True":
                     out.events.append(("Normal", v.reason, f"{serving_name}: {v.message}"))
             set_condition(st, type_, v.status, v.reason, f"{serving_name}: {v.message}"[:1024], world)
-        metrics.set_drift(ns, name, serving_name, drift.gauge_values(d.signals))
+        telemetry.set_drift(ns, name, serving_name, drift.gauge_values(d.signals))
         return drift.next_check_at(wd, d, serving_name), verdicts
 
     async def apply(self, obj: dict, spec: RolloutSpec, out: Outcome, mvs: dict[str, ModelVersion], world: World) -> None:
@@ -382,7 +388,7 @@ class Reconciler:
             except NotOwned:
                 pass  # apply_serving meets the same object and reports it
             if out.first_failure_at is not None:
-                metrics.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
+                telemetry.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
         try:
             if not want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
                 await self.apply_serving(obj, spec, want, mvs)
@@ -399,7 +405,7 @@ class Reconciler:
             out.status.message = str(exc)
             out.status.waiting_for = "a servable ModelVersion"
         await self.write_status(obj, out.status)
-        metrics.set_state(ns, name, out.status.phase, out.status.canary_weight)
+        telemetry.set_state(ns, name, out.status.phase, out.status.canary_weight)
         for mv_name, (phase, message) in out.model_versions.items():
             await self.mark_model_version(ns, mv_name, name, phase, message)
         for type_, reason, message in out.events:

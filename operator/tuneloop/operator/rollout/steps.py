@@ -30,17 +30,19 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tuneloop.api import conditions
 from tuneloop.api.conditions import RolloutCondition as C
 from tuneloop.api.conditions import RolloutReason as R
+from tuneloop.api.durations import format_duration, parse_duration
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
 from tuneloop.contract import names
 
 from . import traffic
-from .analysis import Assessment, Verdict, format_duration, metric_verdict, parse_duration, record, run_verdict
+from .verdicts import Assessment, Verdict, metric_verdict, record, run_verdict
 
 MAX_MEASUREMENTS = 50
 TERMINAL = {RolloutPhase.PROMOTED.value, RolloutPhase.ROLLED_BACK.value, RolloutPhase.ABORTED.value}
@@ -241,13 +243,18 @@ def set_condition(status: RolloutStatus, type_: str, value: bool | str, reason: 
     conditions.set_condition(status.conditions, type_, value, reason, message, now=world.now, generation=world.generation)
 
 
-class _Machine:
+# One tick is `_Machine.run`, built from units that each fit on a screen: `_Effects` (what a tick may do to the
+# status: enter a step, pause, promote, roll back, start a candidate), `_Serving` (no rollout in progress: waiting,
+# a first version, the steady state), `_Analysis` (measurements -> verdicts, the progress deadline), `_Machine` (the
+# order of the checks) and the step table `STEP_KINDS` (one callable per kind of step: setWeight, pause, analysis).
+class _Effects:
+    """The status of one tick and the transitions that change it (each sets the phase, message and conditions)."""
+
     def __init__(self, spec: RolloutSpec, status: RolloutStatus | None, world: World):
         self.spec, self.world = spec, world
         self.st = status.model_copy(deep=True) if status is not None else RolloutStatus()
         self.out = Outcome(status=self.st)
 
-    # --- effects --------------------------------------------------------------------------
     def event(self, type_: str, reason: str, message: str) -> None:
         self.out.events.append((type_, getattr(reason, "value", reason), message))
 
@@ -314,62 +321,34 @@ class _Machine:
         self.out.first_failure_at = min(fails) if fails else self.world.now
         self.event("Warning", reason, self.st.message)
 
-    # --- the tick -------------------------------------------------------------------------
-    def run(self, assessments: dict[str, Assessment]) -> Outcome:
-        spec, st, world = self.spec, self.st, self.world
-        if st.stable_model_version is None and spec.stable is not None:
-            st.stable_model_version = spec.stable.name  # spec.stable only seeds the stable; the status says what serves
-        cand = spec.candidate.name if spec.candidate else None
-        if spec.promote or spec.abort:
-            self.out.clear_flags = True
-        self.check_spec_stable()
-
-        if cand is None and st.stable_model_version is None:
-            return self.waiting()
-        if cand is None or cand == st.stable_model_version:
-            return self.steady(cand)
-        if st.candidate_model_version != cand:
-            self.start(cand)
-        if st.phase in TERMINAL:
-            return self.out
-        if spec.abort:
-            self.rollback(RolloutPhase.ABORTED, R.ABORTED, "aborted by user (spec.abort)")
-            return self.out
-        if spec.promote and not world.serving_error:
-            self.promote(R.PROMOTED_BY_USER, "promoted by user, remaining steps skipped")
-            return self.out
-        if world.serving_error:
-            if spec.promote:
-                self.event("Warning", "PromoteRefused", f"not promoting an unservable candidate: {world.serving_error}")
-            if st.phase != RolloutPhase.DEGRADED.value or st.message != world.serving_error:
-                self.event("Warning", world.serving_reason, world.serving_error)
-            st.phase = RolloutPhase.DEGRADED.value
-            st.waiting_for = "a servable candidate"
-            st.message = world.serving_error
-            set_condition(st, C.PROGRESSING, False, world.serving_reason, world.serving_error, world)
-            set_condition(st, C.SERVABLE, False, world.serving_reason, world.serving_error, world)
-            return self.out
-        if conditions.find_condition(st.conditions, C.SERVABLE) is not None:
-            set_condition(st, C.SERVABLE, True, R.SERVABLE, "the stable and candidate ModelVersions can be served", world)
+    def start(self, cand: str) -> None:
+        st = self.st
+        st.candidate_model_version = cand
+        st.candidate_since = self.world.now
+        st.canary_weight = 0
+        st.measurements = []
+        st.weight_changed_at = None
+        st.canary_data_at = None
+        st.canary_unready_since = None
+        st.canary_scale_down_at = None
+        self.enter_step(0)
+        st.phase = RolloutPhase.PROGRESSING.value
+        set_condition(st, C.ROLLED_BACK, False, R.NEW_CANDIDATE, f"rolling out {cand}", self.world)
         if st.stable_model_version is None:
-            st.stable_model_version = cand  # its Deployment is made now; it is the stable once one of its pods serves
-            self.bring_up()
-            return self.out
-        failed = self.failures(names.CANARY, cand)
-        if failed and st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
-            self.rollback(RolloutPhase.ROLLED_BACK, R.SERVING_POD_FAILED, f"a canary pod is not serving: {_describe(failed)}")
-            return self.out
-        if self.canary_waits():
-            return self.out
-        if st.phase == RolloutPhase.PAUSED.value:
-            step = _current_step(spec, st)
-            if step is not None and step.analysis is None and assessments:  # an indefinite pause: background analysis
-                if self.background(st.current_step_index or 0, assessments):
-                    return self.out
-        else:
-            self.walk(assessments)
-        self.check_deadline()
-        return self.out
+            return  # the first version: served as stable at once (once it is servable)
+        self.out.model_versions[cand] = (None, "candidate of Rollout")
+        self.event("Normal", "RolloutStarted", f"rolling out {cand} over {len(self.spec.steps)} steps (stable {st.stable_model_version})")
+
+    def failures(self, role: str, mv: str | None) -> list[PodFailure]:
+        """Pod failures of `mv` in `role` since its rollout began (status.candidateSince)."""
+        since = self.st.candidate_since
+        return [f for f in self.world.pod_failures
+                if f.role == role and f.model_version == mv and (since is None or f.at is None or f.at >= since)]  # fmt: skip
+
+
+class _Serving(_Effects):
+    """Without a rollout in progress: nothing to serve (Waiting), a first version coming up, the steady state; and
+    spec.stable checked against what serves."""
 
     def canary_waits(self) -> bool:
         """While the weighted canary's pods do not suffice (canary_shortfall), nothing is measured or decided:
@@ -442,12 +421,6 @@ class _Machine:
             st.message = f"serving {st.stable_model_version}" + (f"; last candidate {prev} ({st.phase})" if prev else "")
         return self.out
 
-    def failures(self, role: str, mv: str | None) -> list[PodFailure]:
-        """Pod failures of `mv` in `role` since its rollout began (status.candidateSince)."""
-        since = self.st.candidate_since
-        return [f for f in self.world.pod_failures
-                if f.role == role and f.model_version == mv and (since is None or f.at is None or f.at >= since)]  # fmt: skip
-
     def bring_up(self) -> bool:
         """A first version (or one spec.stable names) is served once a pod of its stable Deployment is available;
         until then the phase is Progressing (Starting), or Degraded while its pods exit or restart. True once served."""
@@ -496,80 +469,9 @@ class _Machine:
         set_condition(st, C.PROGRESSING, False, R.WAITING_FOR_FIRST_VERSION, st.message, self.world)
         return self.out
 
-    def start(self, cand: str) -> None:
-        st = self.st
-        st.candidate_model_version = cand
-        st.candidate_since = self.world.now
-        st.canary_weight = 0
-        st.measurements = []
-        st.weight_changed_at = None
-        st.canary_data_at = None
-        st.canary_unready_since = None
-        st.canary_scale_down_at = None
-        self.enter_step(0)
-        st.phase = RolloutPhase.PROGRESSING.value
-        set_condition(st, C.ROLLED_BACK, False, R.NEW_CANDIDATE, f"rolling out {cand}", self.world)
-        if st.stable_model_version is None:
-            return  # the first version: served as stable at once (once it is servable)
-        self.out.model_versions[cand] = (None, "candidate of Rollout")
-        self.event("Normal", "RolloutStarted", f"rolling out {cand} over {len(self.spec.steps)} steps (stable {st.stable_model_version})")
 
-    def walk(self, assessments: dict[str, Assessment]) -> None:
-        spec, st, world = self.spec, self.st, self.world
-        for _ in range(len(spec.steps) + 1):
-            i = st.current_step_index or 0
-            if i >= len(spec.steps):
-                self.promote(R.PROMOTED, f"all {len(spec.steps)} steps passed")
-                return
-            step = spec.steps[i]
-            if step.analysis is None and assessments:  # background analysis of the step that was current when measured
-                if self.background(i, assessments):
-                    return
-                assessments = {}
-            if step.set_weight is not None:
-                w = step.set_weight
-                if gateway_mode(spec) and w > 0:
-                    need = traffic.gateway_canary_replicas(spec.serving.replicas, w)
-                    if world.canary_available < need:
-                        self.progressing(f"canary pods ready for {w}%: {world.canary_available}/{need} available")
-                        return
-                if w != st.canary_weight:
-                    self.event("Normal", "WeightChanged", f"canary weight {st.canary_weight}% -> {w}%")
-                    st.weight_changed_at = world.now
-                st.canary_weight = w
-                self.enter_step(i + 1)
-                continue
-            if step.pause is not None:
-                if not step.pause.duration:
-                    self.pause(R.PAUSED_INDEFINITELY, f"`kubectl tuneloop promote` (indefinite pause at step {i + 1})")
-                    return
-                started = st.step_started_at or world.now
-                end = started + dt.timedelta(seconds=parse_duration(step.pause.duration))
-                if world.now < end:
-                    self.progressing(f"pause until {end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
-                    return
-                self.enter_step(i + 1)
-                continue
-            verdict = self.analyse(i, assessments)
-            assessments = {}  # measurements belong to the step that was current when they were taken
-            if verdict == Verdict.SUCCESSFUL:
-                self.event("Normal", "AnalysisPassed", f"analysis at step {i + 1} passed")
-                self.enter_step(i + 1)
-                continue
-            if verdict in (Verdict.FAILED, Verdict.ERROR):
-                self.fail(i, verdict, "analysis")
-                return
-            if verdict == Verdict.INCONCLUSIVE:
-                self.pause(R.ANALYSIS_INCONCLUSIVE, f"a human: analysis at step {i + 1} inconclusive (promote or abort)")
-                return
-            done = {r.metric: r.count for r in st.metric_results}
-            need = spec.steps[i].analysis.count or spec.analysis.count  # type: ignore[union-attr]
-            progress = ", ".join(f"{m.name} {done.get(m.name, 0)}/{need}" for m in step_metrics(spec, i))
-            start = measure_from(spec, st)
-            if start is not None and world.now < start and last_measurement_at(st) is None:
-                progress += f"; first measurement at {start.strftime('%Y-%m-%dT%H:%M:%SZ')} (initialDelay)"
-            self.progressing(f"analysis ({progress})")
-            return
+class _Analysis(_Effects):
+    """Measurements of this tick -> the step's (or the background) verdict; the progress deadline."""
 
     def fail(self, i: int, verdict: Verdict, what: str) -> None:
         st = self.st
@@ -638,6 +540,167 @@ class _Machine:
             f"no data from the canary at {st.canary_weight}% for {spec.progress_deadline_seconds}s "
             f"(progressDeadlineSeconds; {len(empty)} measurements, latest: {empty[-1].message})",
         )
+
+    def analysis_progress(self, i: int) -> str:
+        """How far the analysis of step `i` is (`metric done/count`, and the initialDelay's first measurement)."""
+        spec, st = self.spec, self.st
+        done = {r.metric: r.count for r in st.metric_results}
+        need = spec.steps[i].analysis.count or spec.analysis.count  # type: ignore[union-attr]
+        progress = ", ".join(f"{m.name} {done.get(m.name, 0)}/{need}" for m in step_metrics(spec, i))
+        start = measure_from(spec, st)
+        if start is not None and self.world.now < start and last_measurement_at(st) is None:
+            progress += f"; first measurement at {start.strftime('%Y-%m-%dT%H:%M:%SZ')} (initialDelay)"
+        return progress
+
+
+class _Machine(_Serving, _Analysis):
+    """One tick, in order: what the spec asks and what the world says first; then the states without a rollout;
+    then the steps (STEP_KINDS)."""
+
+    def run(self, assessments: dict[str, Assessment]) -> Outcome:
+        cand = self.prepare()
+        if cand is None and self.st.stable_model_version is None:
+            return self.waiting()
+        if cand is None or cand == self.st.stable_model_version:
+            return self.steady(cand)
+        if self.st.candidate_model_version != cand:
+            self.start(cand)
+        if not self.interrupted(cand):
+            self.progress(assessments)
+        return self.out
+
+    def prepare(self) -> str | None:
+        """Seed the stable from spec.stable, note the one-shot flags, check spec.stable; the candidate's name."""
+        spec, st = self.spec, self.st
+        if st.stable_model_version is None and spec.stable is not None:
+            st.stable_model_version = spec.stable.name  # spec.stable only seeds the stable; the status says what serves
+        if spec.promote or spec.abort:
+            self.out.clear_flags = True
+        self.check_spec_stable()
+        return spec.candidate.name if spec.candidate else None
+
+    def interrupted(self, cand: str) -> bool:
+        """What ends a rollout's tick before its steps (True): a terminal phase, abort, promote, an unservable
+        candidate, a first version coming up, a failing canary pod."""
+        spec, st, world = self.spec, self.st, self.world
+        if st.phase in TERMINAL:
+            return True
+        if spec.abort:
+            self.rollback(RolloutPhase.ABORTED, R.ABORTED, "aborted by user (spec.abort)")
+            return True
+        if spec.promote and not world.serving_error:
+            self.promote(R.PROMOTED_BY_USER, "promoted by user, remaining steps skipped")
+            return True
+        if world.serving_error:
+            self.degraded(world.serving_error)
+            return True
+        if conditions.find_condition(st.conditions, C.SERVABLE) is not None:
+            set_condition(st, C.SERVABLE, True, R.SERVABLE, "the stable and candidate ModelVersions can be served", world)
+        if st.stable_model_version is None:
+            st.stable_model_version = cand  # its Deployment is made now; it is the stable once one of its pods serves
+            self.bring_up()
+            return True
+        failed = self.failures(names.CANARY, cand)
+        if failed and st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
+            self.rollback(RolloutPhase.ROLLED_BACK, R.SERVING_POD_FAILED, f"a canary pod is not serving: {_describe(failed)}")
+            return True
+        return False
+
+    def degraded(self, error: str) -> None:
+        """The candidate (or the stable) cannot be served: Degraded, and a promote is refused."""
+        st, world = self.st, self.world
+        if self.spec.promote:
+            self.event("Warning", "PromoteRefused", f"not promoting an unservable candidate: {error}")
+        if st.phase != RolloutPhase.DEGRADED.value or st.message != error:
+            self.event("Warning", world.serving_reason, error)
+        st.phase = RolloutPhase.DEGRADED.value
+        st.waiting_for = "a servable candidate"
+        st.message = error
+        set_condition(st, C.PROGRESSING, False, world.serving_reason, error, world)
+        set_condition(st, C.SERVABLE, False, world.serving_reason, error, world)
+
+    def progress(self, assessments: dict[str, Assessment]) -> None:
+        """The steps (or, while paused, the background analysis of an indefinite pause); then the deadline. Nothing
+        while the weighted canary's pods do not suffice (canary_waits)."""
+        st = self.st
+        if self.canary_waits():
+            return
+        if st.phase == RolloutPhase.PAUSED.value:
+            step = _current_step(self.spec, st)
+            if step is not None and step.analysis is None and assessments:  # an indefinite pause: background analysis
+                if self.background(st.current_step_index or 0, assessments):
+                    return
+        else:
+            self.walk(assessments)
+        self.check_deadline()
+
+    def walk(self, assessments: dict[str, Assessment]) -> None:
+        """From the current step on, as far as the steps are done this tick (each kind of step: STEP_KINDS)."""
+        spec, st = self.spec, self.st
+        for _ in range(len(spec.steps) + 1):
+            i = st.current_step_index or 0
+            if i >= len(spec.steps):
+                self.promote(R.PROMOTED, f"all {len(spec.steps)} steps passed")
+                return
+            step = spec.steps[i]
+            if step.analysis is None and assessments and self.background(i, assessments):
+                return  # background analysis of the step that was current when measured failed
+            if not STEP_KINDS[step_kind(step)](self, i, step, assessments):
+                return
+            self.enter_step(i + 1)
+            assessments = {}  # measurements belong to the step that was current when they were taken
+
+
+# --- the kinds of step: each returns True when its step is done (the walk enters the next) ----------------------------
+def _set_weight(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment]) -> bool:
+    spec, st, world = m.spec, m.st, m.world
+    w = step.set_weight
+    assert w is not None
+    if gateway_mode(spec) and w > 0:
+        need = traffic.gateway_canary_replicas(spec.serving.replicas, w)
+        if world.canary_available < need:
+            m.progressing(f"canary pods ready for {w}%: {world.canary_available}/{need} available")
+            return False
+    if w != st.canary_weight:
+        m.event("Normal", "WeightChanged", f"canary weight {st.canary_weight}% -> {w}%")
+        st.weight_changed_at = world.now
+    st.canary_weight = w
+    return True
+
+
+def _pause(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment]) -> bool:
+    assert step.pause is not None
+    if not step.pause.duration:
+        m.pause(R.PAUSED_INDEFINITELY, f"`kubectl tuneloop promote` (indefinite pause at step {i + 1})")
+        return False
+    end = (m.st.step_started_at or m.world.now) + dt.timedelta(seconds=parse_duration(step.pause.duration))
+    if m.world.now < end:
+        m.progressing(f"pause until {end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        return False
+    return True
+
+
+def _analysis(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment]) -> bool:
+    verdict = m.analyse(i, assessments)
+    if verdict == Verdict.SUCCESSFUL:
+        m.event("Normal", "AnalysisPassed", f"analysis at step {i + 1} passed")
+        return True
+    if verdict in (Verdict.FAILED, Verdict.ERROR):
+        m.fail(i, verdict, "analysis")
+    elif verdict == Verdict.INCONCLUSIVE:
+        m.pause(R.ANALYSIS_INCONCLUSIVE, f"a human: analysis at step {i + 1} inconclusive (promote or abort)")
+    else:
+        m.progressing(f"analysis ({m.analysis_progress(i)})")
+    return False
+
+
+def step_kind(step: Step) -> str:
+    """A step is one of setWeight, pause, analysis (the API's one-of)."""
+    return "setWeight" if step.set_weight is not None else "pause" if step.pause is not None else "analysis"
+
+
+StepKind = Callable[[_Machine, int, Step, dict[str, Assessment]], bool]
+STEP_KINDS: dict[str, StepKind] = {"setWeight": _set_weight, "pause": _pause, "analysis": _analysis}
 
 
 def _describe(failed: list[PodFailure]) -> str:

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from tuneloop.api.schedule import FineTuneSchedule, TriggerKind
 
-from . import build, decide
+from ..builders import schedule as build
+from . import decide
 
 
 def first_problem(body: dict[str, Any], settings: Any = None) -> tuple[str, str]:

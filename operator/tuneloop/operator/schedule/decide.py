@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.schedule import (
     ConcurrencyPolicy,
     DataObservation,
@@ -23,7 +24,6 @@ from tuneloop.api.schedule import (
     TriggerKind,
 )
 from tuneloop.contract.names import child_name
-from tuneloop.operator.rollout.analysis import parse_duration
 
 
 @dataclass(frozen=True)
@@ -332,6 +332,38 @@ class Judgement:
 ROLLOUT_BUSY = ("Progressing", "Paused")
 
 
+def _against_champion(run: ScheduleRun, mv_name: str, serving: dict, serving_now: str | None, require_improvement: bool,
+                      base: dict) -> Judgement | None:
+    """Why a passing run that was compared with its champion is not handed off (None: it may be)."""
+    s_outcome = serving.get("outcome")
+    compared_with = serving.get("modelVersion")
+    if serving_now and serving_now != run.champion:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                         f"{mv_name} was compared with {run.champion}, but {serving_now} serves now; not rolled out", **base)
+    if not s_outcome:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                         f"{mv_name} has no comparison with the serving version {run.champion}; not rolled out", **base)
+    if compared_with != run.champion:  # e.g. a ModelVersion left by an earlier run of the same name
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                         f"{mv_name}'s evaluation compared it with {compared_with or 'no version'}, not with the serving "
+                         f"version {run.champion}; not rolled out", **base)
+    reason = serving.get("reason") or ""
+    if s_outcome == "Worse":
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.LOST_TO_SERVING,
+                         f"{mv_name} lost to the serving version {run.champion} ({reason}); not rolled out", **base)
+    if s_outcome == "NotComparable":
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                         f"{mv_name} could not be compared with {run.champion} ({reason}); not rolled out", **base)
+    if s_outcome != "Better" and require_improvement:
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_BETTER,
+                         f"{mv_name} is not measurably better than {run.champion} ({s_outcome}: {reason}); not rolled out "
+                         "(handOff.requireImprovement)", **base)
+    if s_outcome not in ("Better", "NoSignificantDifference"):
+        return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
+                         f"{mv_name}: unknown serving outcome {s_outcome!r} against {run.champion}; not rolled out", **base)
+    return None
+
+
 def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | None, require_improvement: bool) -> Judgement:
     """A run's outcome from its FineTuneJob, its ModelVersion and the Rollout (pure)."""
     if ftj is None:
@@ -358,32 +390,10 @@ def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | N
         why = f"verdict {verdict}" + (f": {failed[0]}" if failed else "")
         return Judgement(RunPhase.SUCCEEDED, RunOutcome.REJECTED, f"{mv_name} was not rolled out: {why}", **base)
     serving_now = serving_version(rollout)
-    compared_with = serving.get("modelVersion")
     if run.champion:
-        if serving_now and serving_now != run.champion:
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
-                             f"{mv_name} was compared with {run.champion}, but {serving_now} serves now; not rolled out", **base)
-        if not s_outcome:
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
-                             f"{mv_name} has no comparison with the serving version {run.champion}; not rolled out", **base)
-        if compared_with != run.champion:  # e.g. a ModelVersion left by an earlier run of the same name
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
-                             f"{mv_name}'s evaluation compared it with {compared_with or 'no version'}, not with the serving "
-                             f"version {run.champion}; not rolled out", **base)
-        reason = serving.get("reason") or ""
-        if s_outcome == "Worse":
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.LOST_TO_SERVING,
-                             f"{mv_name} lost to the serving version {run.champion} ({reason}); not rolled out", **base)
-        if s_outcome == "NotComparable":
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
-                             f"{mv_name} could not be compared with {run.champion} ({reason}); not rolled out", **base)
-        if s_outcome != "Better" and require_improvement:
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_BETTER,
-                             f"{mv_name} is not measurably better than {run.champion} ({s_outcome}: {reason}); not rolled out "
-                             "(handOff.requireImprovement)", **base)
-        if s_outcome not in ("Better", "NoSignificantDifference"):
-            return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
-                             f"{mv_name}: unknown serving outcome {s_outcome!r} against {run.champion}; not rolled out", **base)
+        refused = _against_champion(run, mv_name, serving, serving_now, require_improvement, base)
+        if refused is not None:
+            return refused
     elif serving_now:  # started without a champion (e.g. its Rollout was Waiting), but a version serves by now
         return Judgement(RunPhase.SUCCEEDED, RunOutcome.NOT_COMPARED,
                          f"{mv_name} has no comparison with the serving version {serving_now} (the run started without a champion); "

@@ -14,12 +14,12 @@ from typing import Any
 import kopf
 
 from tuneloop.api.common import GROUP, VERSION
+from tuneloop.contract.names import LABEL_SCHEDULE
 
 from .. import daemonloop
 from ..daemonloop import Wakers
 
 WAKERS = Wakers()
-LABEL_SCHEDULE = "tuneloop.dev/schedule"
 
 
 def _reconciler():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +22,7 @@ from tuneloop.api.schedule import (
     RETRAIN_ANNOTATION,
     DataObservation,
     FineTuneSchedule,
+    FineTuneScheduleSpec,
     FineTuneScheduleStatus,
     PrometheusObservation,
     RunOutcome,
@@ -29,12 +32,13 @@ from tuneloop.api.schedule import (
     TriggerKind,
 )
 from tuneloop.contract import ownership
-from tuneloop.operator.analysis.prometheus import PrometheusClient, PrometheusError, QueryClient
+from tuneloop.operator.analysis.provider import ProviderError, QueryClient, QueryClientFactory
 from tuneloop.operator.finetunejob.state import termination
 from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
-from . import admission, build, decide
+from ..builders import schedule as build
+from . import admission, decide
 
 log = logging.getLogger(__name__)
 POLL = 5.0  # while a digest Job runs or a winner waits for a busy Rollout
@@ -76,17 +80,82 @@ def merge_patch(old: Any, new: Any) -> Any:
     return out
 
 
+@dataclass
+class Tick:
+    """What one tick of a schedule knows and changes, step by step (TICK_STEPS): the observations, the decision,
+    the runs as they are now, and the status it writes."""
+
+    obj: dict
+    sched: FineTuneSchedule
+    old_raw: dict  # the status as recorded (a digest Job is recorded in it as soon as it exists)
+    now: dt.datetime
+    st: FineTuneScheduleStatus
+    last_retrain: str | None
+    last_run_time: dt.datetime | None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    jobs: dict[str, dict] = field(default_factory=dict)  # the schedule's own FineTuneJobs by name
+    foreign: dict[str, str] = field(default_factory=dict)  # labelled jobs it did not create: name -> why not a run
+    rollout: dict | None = None
+    serving: str | None = None
+    data: DataObservation | None = None
+    prom: list[PrometheusObservation] = field(default_factory=list)
+    runs: list[ScheduleRun] = field(default_factory=list)
+    dec: decide.Decision | None = None
+    new: FineTuneScheduleStatus | None = None
+
+    @classmethod
+    def begin(cls, obj: dict, sched: FineTuneSchedule, old_raw: dict, now: dt.datetime) -> Tick:
+        try:
+            st = FineTuneScheduleStatus.model_validate(old_raw)
+        except ValidationError:
+            st = FineTuneScheduleStatus()
+        return cls(obj, sched, old_raw, now, st, last_retrain=st.last_retrain_request, last_run_time=st.last_run_time)
+
+    @property
+    def meta(self) -> dict:
+        return self.obj["metadata"]
+
+    @property
+    def ns(self) -> str:
+        return self.meta["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def spec(self) -> FineTuneScheduleSpec:
+        return self.sched.spec
+
+    @property
+    def retrain(self) -> str | None:
+        return (self.meta.get("annotations") or {}).get(RETRAIN_ANNOTATION)
+
+
+class _NoProvider:
+    async def query(self, query: str) -> float | None:
+        raise ProviderError("no metrics provider is wired into this reconciler")
+
+    async def query_vector(self, query: str) -> list[tuple[dict[str, str], float]]:
+        raise ProviderError("no metrics provider is wired into this reconciler")
+
+
+def _no_provider(ref: str, namespace: str) -> QueryClient:
+    return _NoProvider()
+
+
 class Reconciler:
     def __init__(self, client: KubeClient, *, prometheus_url: str, trainer_image: str, run_as_user: int = 1000,
-                 pull_policy: str = "IfNotPresent", provider_factory: Any = None, settings: Any = None):
+                 pull_policy: str = "IfNotPresent", provider_factory: QueryClientFactory | None = None, settings: Any = None):
         self.client = client
         self.settings = settings  # OperatorSettings for the template's FineTuneJob checks (default: get_settings())
         self.prometheus_url = prometheus_url
         self.trainer_image = trainer_image
         self.run_as_user = run_as_user
         self.pull_policy = pull_policy
-        # provider_factory(ref, namespace) -> QueryClient; the operator's is Endpoints.client (the admin's providers, confined)
-        self.provider_factory = provider_factory or (lambda ref, ns: PrometheusClient(ref))
+        # provider_factory(ref, namespace) -> QueryClient: the wiring (schedule/handlers.py) passes the operator's
+        # Endpoints.client (the admin's providers, confined); this core names no provider (provider-neutral)
+        self.provider_factory: QueryClientFactory = provider_factory or _no_provider
 
     async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
         """One tick. A spec that cannot run is Failed (condition Ready False, InvalidSpec) and starts nothing; any other
@@ -98,13 +167,7 @@ class Reconciler:
         old_raw = obj.get("status") or {}
         where, why = admission.first_problem(obj, self.settings)
         if where:
-            msg = f"invalid FineTuneSchedule at {where}: {why}"
-            conds = _conds(old_raw)
-            set_condition(conds, FineTuneScheduleCondition.READY, False, FineTuneScheduleReason.INVALID_SPEC, msg, now=now,
-                          generation=meta.get("generation"))
-            await self._patch_status(ns, name, old_raw, {**old_raw, "phase": SchedulePhase.FAILED.value, "message": msg,
-                                                         "observedGeneration": meta.get("generation"),
-                                                         "conditions": [c.wire() for c in conds]})
+            await self._refuse(obj, f"invalid FineTuneSchedule at {where}: {why}", now)
             return IDLE
         sched = FineTuneSchedule.model_validate(obj)
         recorded = dict(old_raw)  # what the status holds now (a digest Job is recorded as soon as it exists)
@@ -122,113 +185,135 @@ class Reconciler:
                 raise exc from None
             return ERROR_DELAY
 
-    async def _tick(self, obj: dict, sched: FineTuneSchedule, old_raw: dict, now: dt.datetime) -> float:
+    async def _refuse(self, obj: dict, msg: str, now: dt.datetime) -> None:
+        """A spec that cannot run: Failed, Ready False (InvalidSpec); nothing starts."""
         meta = obj["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        spec = sched.spec
-        try:
-            st = FineTuneScheduleStatus.model_validate(old_raw)
-        except ValidationError:
-            st = FineTuneScheduleStatus()
-        events: list[tuple[str, str, str]] = []
-        created = _ts(meta.get("creationTimestamp")) or now
+        old_raw = obj.get("status") or {}
+        conds = _conds(old_raw)
+        set_condition(conds, FineTuneScheduleCondition.READY, False, FineTuneScheduleReason.INVALID_SPEC, msg, now=now,
+                      generation=meta.get("generation"))
+        await self._patch_status(meta["namespace"], meta["name"], old_raw, {
+            **old_raw, "phase": SchedulePhase.FAILED.value, "message": msg, "observedGeneration": meta.get("generation"),
+            "conditions": [c.wire() for c in conds]})
 
-        # --- observe: runs, the Rollout, the data digest, Prometheus ---------------------------------------------
-        # only FineTuneJobs this schedule created are its runs (controller ownerReference with its uid); anyone can
-        # put the label on a self-made job (issue 25, finding 7), which is ignored and named in RunsOwned
-        owner = build.owner_ref(obj)
-        jobs: dict[str, dict] = {}
-        foreign: dict[str, str] = {}  # name -> why it is not a run of this schedule
-        for j in await self.client.list(r.FINETUNEJOBS, ns, labels={build.LABEL_SCHEDULE: name}):
+    async def _tick(self, obj: dict, sched: FineTuneSchedule, old_raw: dict, now: dt.datetime) -> float:
+        """The steps of TICK_STEPS in order over one `Tick`; the seconds until the next thing is due."""
+        t = Tick.begin(obj, sched, old_raw, now)
+        for step in TICK_STEPS:
+            await step(self, t)
+        assert t.new is not None
+        return decide.wake_after(t.spec, t.new, now, poll=POLL, idle=IDLE)
+
+    # --- the steps of a tick (TICK_STEPS) ----------------------------------------------------------------------------
+    async def _observe(self, t: Tick) -> None:
+        """Runs, the Rollout, the data digest, the Prometheus triggers; then what became of each run.
+
+        Only FineTuneJobs this schedule created are its runs (controller ownerReference with its uid); anyone can put
+        the label on a self-made job (issue 25, finding 7), which is ignored and named in RunsOwned."""
+        owner = build.owner_ref(t.obj)
+        for j in await self.client.list(r.FINETUNEJOBS, t.ns, labels={build.LABEL_SCHEDULE: t.name}):
             if ownership.controlled_by(j, owner):
-                jobs[j["metadata"]["name"]] = j
+                t.jobs[j["metadata"]["name"]] = j
             else:
-                foreign[j["metadata"]["name"]] = "not created by this schedule"
-        rollout = await self.client.get(r.ROLLOUTS, ns, spec.hand_off.rollout.name)
-        serving = decide.serving_version(rollout)
-        data = await self._observe_data(obj, sched, st.data, now, events, old_raw)
-        prom = await self._observe_prometheus(ns, sched, st.prometheus, now)
-        runs = await self._judge_runs(ns, st.runs, jobs, rollout, spec.hand_off.require_improvement, events,
-                                      obj=obj, foreign=foreign, now=now)
-        active = [r_.name for r_ in runs if _v(r_.phase) == RunPhase.RUNNING.value]
-        data = decide.data_run_known(data, runs)
+                t.foreign[j["metadata"]["name"]] = "not created by this schedule"
+        t.rollout = await self.client.get(r.ROLLOUTS, t.ns, t.spec.hand_off.rollout.name)
+        t.serving = decide.serving_version(t.rollout)
+        t.data = await self._observe_data(t.obj, t.sched, t.st.data, t.now, t.events, t.old_raw)
+        t.prom = await self._observe_prometheus(t.ns, t.sched, t.st.prometheus, t.now)
+        t.runs = await self._judge_runs(t.ns, t.st.runs, t.jobs, t.rollout, t.spec.hand_off.require_improvement, t.events,
+                                        obj=t.obj, foreign=t.foreign, now=t.now)
+        t.data = decide.data_run_known(t.data, t.runs)
 
-        # --- decide and start ------------------------------------------------------------------------------------
-        retrain = (meta.get("annotations") or {}).get(RETRAIN_ANNOTATION)
-        dec = decide.decide(spec, created=created, last_schedule_time=st.last_schedule_time, data=data, prom=prom,
-                            retrain=retrain, last_retrain=st.last_retrain_request, active=active, now=now)
-        if dec.baseline_digest and data is not None:
-            data = data.model_copy(update={"last_run_digest": dec.baseline_digest})
-        for note in dec.notes:
-            events.append(("Normal", "RunSkipped" if note.startswith("skipped") else "RunWaiting", note))
-        for victim in dec.delete:
-            if victim in jobs:  # never delete an object of that name the schedule does not control
-                await self.client.delete(r.FINETUNEJOBS, ns, victim)
-            runs = [x.model_copy(update={"phase": RunPhase.FAILED.value, "outcome": RunOutcome.NO_MODEL_VERSION.value,
-                                         "finished_at": now, "message": "replaced by a newer run (concurrencyPolicy Replace)"})
-                    if x.name == victim else x for x in runs]
-            events.append(("Normal", "RunReplaced", f"deleted {victim} (concurrencyPolicy Replace)"))
-        last_retrain = st.last_retrain_request
-        last_run_time = st.last_run_time
-        if dec.start:
-            # a foreign job occupies its name like a finished earlier run (a fresh name is taken, it is never reused)
-            occupied = {**{n: {"status": {"phase": "Failed"}} for n in foreign}, **jobs}
-            first = await self._fresh(ns, name, spec, dec.start[0], runs, occupied)
-            champion = await self.client.get(r.MODELVERSIONS, ns, serving) if serving else None
-            run = decide.run_name(name, first)
-            job, why_not = build.finetunejob(obj, spec, first, run, champion, now)
-            made_obj, made = await self.client.create(r.FINETUNEJOBS, ns, job, read_existing=False)
-            reason = "; ".join(f.reason for f in dec.start)
-            if made:
-                runs.append(ScheduleRun(name=run, uid=((made_obj or {}).get("metadata") or {}).get("uid"), trigger=first.trigger, reason=reason, started_at=now, champion=serving if champion else None,
-                                        data_digest=next((f.digest for f in dec.start if f.digest), None),
-                                        message=f"no champion comparison: {why_not}" if why_not else ""))
-                events.append(("Normal", "RunStarted", f"started {run}: {reason}"))
-                if why_not:
-                    events.append(("Warning", "NoChampionComparison", why_not))
-                last_run_time = now
-            for f in dec.start:
-                if f.trigger == TriggerKind.MANUAL:
-                    last_retrain = retrain
-                if f.digest and data is not None:
-                    data = data.model_copy(update={"last_run_digest": f.digest})
-                if f.prometheus:
-                    prom = [p.model_copy(update={"fired": True}) if p.name == f.prometheus else p for p in prom]
+    async def _decide(self, t: Tick) -> None:
+        """What starts and what is replaced (`decide.decide`); its notes become Events."""
+        active = [r_.name for r_ in t.runs if _v(r_.phase) == RunPhase.RUNNING.value]
+        t.dec = decide.decide(t.spec, created=_ts(t.meta.get("creationTimestamp")) or t.now,
+                              last_schedule_time=t.st.last_schedule_time, data=t.data, prom=t.prom, retrain=t.retrain,
+                              last_retrain=t.st.last_retrain_request, active=active, now=t.now)
+        if t.dec.baseline_digest and t.data is not None:
+            t.data = t.data.model_copy(update={"last_run_digest": t.dec.baseline_digest})
+        for note in t.dec.notes:
+            t.events.append(("Normal", "RunSkipped" if note.startswith("skipped") else "RunWaiting", note))
 
-        # --- history limits (a Pending winner is never deleted) ---------------------------------------------------
-        for old in decide.history_to_delete(runs, spec.successful_runs_history_limit, spec.failed_runs_history_limit):
-            if old in jobs:  # never delete an object of that name the schedule does not control
-                await self.client.delete(r.FINETUNEJOBS, ns, old)
-            gone = next(x for x in runs if x.name == old)
-            runs = [x for x in runs if x.name != old]
-            events.append(("Normal", "RunDeleted", f"deleted the FineTuneJob {old} ({_v(gone.outcome)}) beyond the history limit "
-                           f"(successfulRunsHistoryLimit {spec.successful_runs_history_limit}, failedRunsHistoryLimit "
-                           f"{spec.failed_runs_history_limit}); its ModelVersion stays"))
+    async def _replace(self, t: Tick) -> None:
+        """concurrencyPolicy Replace: delete the runs `decide` replaces (only the schedule's own jobs)."""
+        assert t.dec is not None
+        for victim in t.dec.delete:
+            if victim in t.jobs:  # never delete an object of that name the schedule does not control
+                await self.client.delete(r.FINETUNEJOBS, t.ns, victim)
+            t.runs = [x.model_copy(update={"phase": RunPhase.FAILED.value, "outcome": RunOutcome.NO_MODEL_VERSION.value,
+                                           "finished_at": t.now, "message": "replaced by a newer run (concurrencyPolicy Replace)"})
+                      if x.name == victim else x for x in t.runs]
+            t.events.append(("Normal", "RunReplaced", f"deleted {victim} (concurrencyPolicy Replace)"))
 
-        # --- status -------------------------------------------------------------------------------------------------
-        active = [x.name for x in runs if _v(x.phase) == RunPhase.RUNNING.value]
-        last_ok = max([x.finished_at for x in runs if _v(x.phase) == RunPhase.SUCCEEDED.value and x.finished_at]
+    async def _start(self, t: Tick) -> None:
+        """Start one run for the fires of this tick (under a fresh name) and mark every fire as consumed."""
+        assert t.dec is not None
+        if not t.dec.start:
+            return
+        # a foreign job occupies its name like a finished earlier run (a fresh name is taken, it is never reused)
+        occupied = {**{n: {"status": {"phase": "Failed"}} for n in t.foreign}, **t.jobs}
+        first = await self._fresh(t.ns, t.name, t.spec, t.dec.start[0], t.runs, occupied)
+        champion = await self.client.get(r.MODELVERSIONS, t.ns, t.serving) if t.serving else None
+        run = decide.run_name(t.name, first)
+        job, why_not = build.finetunejob(t.obj, t.spec, first, run, champion, t.now)
+        made_obj, made = await self.client.create(r.FINETUNEJOBS, t.ns, job, read_existing=False)
+        reason = "; ".join(f.reason for f in t.dec.start)
+        if made:
+            t.runs.append(ScheduleRun(name=run, uid=((made_obj or {}).get("metadata") or {}).get("uid"), trigger=first.trigger,
+                                      reason=reason, started_at=t.now, champion=t.serving if champion else None,
+                                      data_digest=next((f.digest for f in t.dec.start if f.digest), None),
+                                      message=f"no champion comparison: {why_not}" if why_not else ""))
+            t.events.append(("Normal", "RunStarted", f"started {run}: {reason}"))
+            if why_not:
+                t.events.append(("Warning", "NoChampionComparison", why_not))
+            t.last_run_time = t.now
+        for f in t.dec.start:
+            if f.trigger == TriggerKind.MANUAL:
+                t.last_retrain = t.retrain
+            if f.digest and t.data is not None:
+                t.data = t.data.model_copy(update={"last_run_digest": f.digest})
+            if f.prometheus:
+                t.prom = [p.model_copy(update={"fired": True}) if p.name == f.prometheus else p for p in t.prom]
+
+    async def _prune_history(self, t: Tick) -> None:
+        """History limits: delete the oldest finished runs beyond them (a Pending winner is never deleted)."""
+        spec = t.spec
+        for old in decide.history_to_delete(t.runs, spec.successful_runs_history_limit, spec.failed_runs_history_limit):
+            if old in t.jobs:  # never delete an object of that name the schedule does not control
+                await self.client.delete(r.FINETUNEJOBS, t.ns, old)
+            gone = next(x for x in t.runs if x.name == old)
+            t.runs = [x for x in t.runs if x.name != old]
+            t.events.append(("Normal", "RunDeleted", f"deleted the FineTuneJob {old} ({_v(gone.outcome)}) beyond the history limit "
+                             f"(successfulRunsHistoryLimit {spec.successful_runs_history_limit}, failedRunsHistoryLimit "
+                             f"{spec.failed_runs_history_limit}); its ModelVersion stays"))
+
+    async def _write_status(self, t: Tick) -> None:
+        """The new status, patched once; then the tick's Events."""
+        assert t.dec is not None
+        st, spec, gen = t.st, t.spec, t.meta.get("generation")
+        active = [x.name for x in t.runs if _v(x.phase) == RunPhase.RUNNING.value]
+        last_ok = max([x.finished_at for x in t.runs if _v(x.phase) == RunPhase.SUCCEEDED.value and x.finished_at]
                       + ([st.last_successful_time] if st.last_successful_time else []), default=None)
         phase = SchedulePhase.SUSPENDED if spec.suspend else SchedulePhase.RUNNING if active else SchedulePhase.IDLE
-        message = self._message(spec, phase, active, runs, dec, data)
-        conds = self._conditions(st.conditions, runs, now, meta.get("generation"))
-        self._owned_condition(conds, foreign, events, now, meta.get("generation"))
+        message = self._message(spec, phase, active, t.runs, t.dec, t.data)
+        conds = self._conditions(st.conditions, t.runs, t.now, gen)
+        self._owned_condition(conds, t.foreign, t.events, t.now, gen)
         set_condition(conds, FineTuneScheduleCondition.READY, True, FineTuneScheduleReason.RECONCILED, "the latest tick completed",
-                      now=now, generation=meta.get("generation"))
-        new = FineTuneScheduleStatus(
-            phase=phase, active=active, last_schedule_time=dec.last_schedule_time, next_schedule_time=dec.next_schedule_time,
-            last_run_time=last_run_time, last_successful_time=last_ok, serving_model_version=serving, runs=runs[-100:],
-            data=data, prometheus=prom, last_retrain_request=last_retrain, observed_generation=meta.get("generation"),
+                      now=t.now, generation=gen)
+        t.new = FineTuneScheduleStatus(
+            phase=phase, active=active, last_schedule_time=t.dec.last_schedule_time, next_schedule_time=t.dec.next_schedule_time,
+            last_run_time=t.last_run_time, last_successful_time=last_ok, serving_model_version=t.serving, runs=t.runs[-100:],
+            data=t.data, prometheus=t.prom, last_retrain_request=t.last_retrain, observed_generation=gen,
             message=message, conditions=[c.wire() for c in conds],
         )
-        await self._patch_status(ns, name, old_raw, new.wire())
-        for type_, reason, msg in events:
-            (log.warning if type_ == "Warning" else log.info)("schedule %s/%s: %s: %s", ns, name, reason, msg)
+        await self._patch_status(t.ns, t.name, t.old_raw, t.new.wire())
+        for type_, reason, msg in t.events:
+            (log.warning if type_ == "Warning" else log.info)("schedule %s/%s: %s: %s", t.ns, t.name, reason, msg)
             try:
-                await self.client.event(obj, type=type_, reason=reason, message=msg)
+                await self.client.event(t.obj, type=type_, reason=reason, message=msg)
             except ApiError:
                 log.debug("event not recorded", exc_info=True)
-        return decide.wake_after(spec, new, now, poll=POLL, idle=IDLE)
 
     async def _fresh(self, ns: str, schedule: str, spec: Any, fire: decide.Fire, runs: list[ScheduleRun],
                      jobs: dict[str, dict]) -> decide.Fire:
@@ -298,10 +383,10 @@ class Reconciler:
                 try:
                     value = await provider.query(trig.query)
                     if value is not None and not isinstance(value, (int, float)):
-                        raise PrometheusError(f"the query returned {type(value).__name__}, not a number")
+                        raise ProviderError(f"the query returned {type(value).__name__}, not a number")
                     obs = decide.observe_prometheus(obs, None if value is None else float(value), None, now)
                 except Exception as exc:  # noqa: BLE001 - any failure to get a number is "no answer", never a crashed tick
-                    text = str(exc) if isinstance(exc, PrometheusError) else f"{type(exc).__name__}: {exc}"
+                    text = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
                     obs = decide.observe_prometheus(obs, None, text[:ERROR_TEXT], now)
             out.append(obs)
         return out
@@ -429,3 +514,9 @@ class Reconciler:
             return
         body = merge_patch(old, new)
         await self.client.patch(r.FINETUNESCHEDULES, ns, name, {"status": body}, subresource="status")
+
+
+# The tick, in order: observe, decide, replace, start, prune the history, write the status (each a Reconciler step).
+TickStep = Callable[[Reconciler, Tick], Awaitable[None]]
+TICK_STEPS: tuple[TickStep, ...] = (Reconciler._observe, Reconciler._decide, Reconciler._replace, Reconciler._start,
+                                    Reconciler._prune_history, Reconciler._write_status)

@@ -3,7 +3,8 @@ built-in analysis metrics, the drift watch, the pod-label matchers) and the Metr
 (`provider`). A second provider (Datadog, …) is one package like this one.
 """
 
-from .client import PrometheusClient, PrometheusError, QueryClient, is_nodata, parse_result, parse_vector
+from ..provider import QueryClient
+from .client import PrometheusClient, PrometheusError, is_nodata, parse_result, parse_vector
 from .promql import QueryRefused, confine
 from .provider import ConfinedClient, Endpoints, PrometheusProvider, Refusing, confine_or_error, parse_le, provider_for
 

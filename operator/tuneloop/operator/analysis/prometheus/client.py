@@ -1,4 +1,4 @@
-"""A small Prometheus HTTP API client behind a Protocol (instant queries only).
+"""A small Prometheus HTTP API client behind the neutral QueryClient protocol (instant queries only).
 
 Hardened for a provider address that a tenant influences and an answer that a tenant's series shape
 (issue 25): the query path is fixed (an address with a query string, a fragment or credentials is refused, so
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -28,19 +28,6 @@ DEFAULT_MAX_BYTES = 1 << 20
 
 class PrometheusError(ProviderError):
     """The query could not be answered: unreachable, HTTP error, PromQL error, or an ambiguous result."""
-
-
-class QueryClient(Protocol):
-    """Instant PromQL queries (PrometheusClient; a scripted fake in tests)."""
-
-    async def query(self, promql: str) -> float | None:
-        """The single value of an instant query; None for an empty result; NaN passes through.
-
-        Raises PrometheusError when there is no answer.
-        """
-
-    async def query_vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
-        """Every series of an instant vector query: (labels, value). Raises PrometheusError when there is no answer."""
 
 
 def query_url(base_url: str) -> URL:

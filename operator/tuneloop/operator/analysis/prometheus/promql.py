@@ -156,6 +156,8 @@ def _skip_balanced(toks: list[Token], i: int, open_: str, close: str, allowed: s
     raise QueryRefused(f"unbalanced {open_!r}")
 
 
+# long: one pass of a tokenizer-driven state machine over a PromQL query; its states share locals (parens, operand,
+# edits) that split functions would thread through every call
 def confine(query: str, namespace: str) -> str:
     """The query with `namespace="<namespace>"` in every vector selector (see the module doc). Raises QueryRefused.
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from tuneloop.api.rollout import AnalysisMetric
 from tuneloop.contract.text import clean
 
-from ..provider import HISTOGRAM_SIGNALS, Histogram, Pods, WindowSignal
+from ..provider import HISTOGRAM_SIGNALS, Histogram, Pods, QueryClient, WindowSignal
 from . import queries
-from .client import DEFAULT_MAX_BYTES, PrometheusClient, PrometheusError, QueryClient, is_nodata
+from .client import DEFAULT_MAX_BYTES, PrometheusClient, PrometheusError, is_nodata
 from .promql import QueryRefused, confine
 
 if TYPE_CHECKING:

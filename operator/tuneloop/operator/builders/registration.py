@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.api import API_VERSION, FineTuneJobSpec
+from tuneloop.api import FineTuneJobSpec
 from tuneloop.contract import layout, lineage
 from tuneloop.contract import modelversion as contract
 from tuneloop.contract.modelversion import JobIdentity
-from tuneloop.contract.names import LABEL_MODEL
+from tuneloop.contract.names import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_MODEL, MANAGED_BY, controller_reference
 
 from ..settings import OperatorSettings
 from .common import LABEL_JOB, JobMeta, image, workdir
@@ -63,9 +63,8 @@ def report_config_map(mv: dict[str, Any], markdown: str) -> dict[str, Any]:
             "name": report_config_map_name(m["name"]),
             "namespace": m["namespace"],
             "labels": {k: v for k, v in (m.get("labels") or {}).items() if k in (LABEL_JOB, LABEL_MODEL)}
-            | {"app.kubernetes.io/component": "report", "app.kubernetes.io/managed-by": "tuneloop-operator"},
-            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "ModelVersion", "name": m["name"], "uid": m.get("uid", ""),
-                                 "controller": True, "blockOwnerDeletion": True}],
+            | {LABEL_COMPONENT: "report", LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [controller_reference("ModelVersion", m["name"], m.get("uid", ""))],
         },
         "data": {"report.md": markdown},
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from tuneloop.api.rollout import RolloutPhase
-from tuneloop.operator.metrics import REGISTRY
+from tuneloop.operator.telemetry import REGISTRY
 
 PHASES = [p.value for p in RolloutPhase]
 

@@ -1,4 +1,4 @@
-"""Pure builders of a FineTuneSchedule: each run's FineTuneJob, the digest Job of the new-data trigger."""
+"""Pure builders of a FineTuneSchedule (`tuneloop.operator.schedule` decides, these build): each run's FineTuneJob, the digest Job of the new-data trigger."""
 
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ from tuneloop.api.common import API_VERSION
 from tuneloop.api.finetunejob import FineTuneJobSpec
 from tuneloop.api.schedule import FineTuneScheduleSpec, TriggerKind
 from tuneloop.contract import layout
-from tuneloop.contract.names import LABEL_MANAGED_BY, MANAGED_BY, child_name, dns_label
+from tuneloop.contract.names import (
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_SCHEDULE,
+    MANAGED_BY,
+    child_name,
+    controller_reference,
+    dns_label,
+)
 
-from .decide import Fire
+from ..schedule.decide import Fire
+from .security import container_security, pod_security
 
-LABEL_SCHEDULE = "tuneloop.dev/schedule"
+__all__ = ["LABEL_SCHEDULE"]
 LABEL_TRIGGER = "tuneloop.dev/trigger"
 ANNOTATION_REASON = "tuneloop.dev/trigger-reason"
 ANNOTATION_CHAMPION = "tuneloop.dev/champion"
@@ -27,8 +36,7 @@ DIGEST_COMPONENT = "data-digest"
 
 def owner_ref(schedule: dict[str, Any]) -> dict[str, Any]:
     meta = schedule["metadata"]
-    return {"apiVersion": API_VERSION, "kind": "FineTuneSchedule", "name": meta["name"], "uid": meta.get("uid", ""),
-            "controller": True, "blockOwnerDeletion": True}
+    return controller_reference("FineTuneSchedule", meta["name"], meta.get("uid", ""))
 
 
 def model_name(spec: FineTuneScheduleSpec, schedule_name: str) -> str:
@@ -145,7 +153,7 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
     trig = spec.triggers.new_data
     assert trig is not None
     name = child_name(meta["name"], f"digest-{int(now.timestamp())}")
-    labels = {LABEL_SCHEDULE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/component": DIGEST_COMPONENT}
+    labels = {LABEL_SCHEDULE: meta["name"], LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: DIGEST_COMPONENT}
     container = {
         "name": "trainer",  # the trainer image; the operator reads termination messages of containers by this name
         "image": image,
@@ -154,8 +162,7 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
                     "--termination-log", layout.TERMINATION_LOG],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [{"name": "data", "mountPath": layout.DATA_MOUNT, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-                            "readOnlyRootFilesystem": True},  # it writes only its termination message
+        "securityContext": container_security(),  # it writes only its termination message
         "terminationMessagePolicy": "File",
     }
     return {
@@ -172,8 +179,7 @@ def digest_job(schedule: dict[str, Any], spec: FineTuneScheduleSpec, image: str,
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,  # it never calls the API server (issue 25)
                     "enableServiceLinks": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": run_as_user, "runAsGroup": run_as_user,
-                                        "fsGroup": run_as_user, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": pod_security(run_as_user),
                     "containers": [container],
                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": trig.claim_name, "readOnly": True}}],
                 },
