@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, cel
-from .finetunejob import FineTuneJobSpec
 from .durations import DURATION
+from .finetunejob import FineTuneJobSpec
 from .rollout import MIN_ANALYSIS_INTERVAL, PROVIDER_NAME, check_floor, floor_rule
 
 # Five fields (minute hour day-of-month month day-of-week) or a macro; croniter parses it in the operator.
