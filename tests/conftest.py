@@ -17,6 +17,13 @@ os.environ.setdefault("TUNELOOP_EVAL_BACKEND", "transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Property tests: generating inputs slowly is the shared 2-core machine's load, not a defect of the property; the
+# examples, their number and the deadlines stay each test's own.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("tuneloop", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tuneloop")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--kubeconfig", default=None, help="run the cluster tier against this kubeconfig")
