@@ -123,6 +123,10 @@ class FakeVllm:
         self.server.server_close()
 
 
+class PortTaken(RuntimeError):
+    """Prometheus could not bind its port: another process took it after free_port() chose it."""
+
+
 class PrometheusServer:
     """`prometheus` on a loopback port, 1 s scrape interval, temp storage; stop() makes it unreachable."""
 
@@ -150,6 +154,17 @@ class PrometheusServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start on self.port; a port taken between free_port() and the bind (another test run on the machine) is
+        retried on a fresh port, and "ready" counts only from our own process (not another server on that port)."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError("prometheus could not bind a free port in 3 tries")
+
+    def _start(self, timeout: float) -> None:
         (self.workdir / "tsdb").mkdir(exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -160,11 +175,17 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
+                log = self.log_path.read_text()[-2000:]
+                if "address already in use" in log:
+                    raise PortTaken(log)
+                raise RuntimeError(f"prometheus exited: {log}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
                     if resp.status == 200:
-                        return
+                        time.sleep(0.3)  # a bind failure of ours shows as an exit right after another server answered
+                        if self.proc.poll() is None:
+                            return
+                        continue
             except OSError:
                 pass
             time.sleep(0.1)
