@@ -257,7 +257,8 @@ def serve(argv: list[str]) -> int:
     say(f"VLLM_CPU_KVCACHE_SPACE={env['VLLM_CPU_KVCACHE_SPACE']} VLLM_CPU_OMP_THREADS_BIND={env.get('VLLM_CPU_OMP_THREADS_BIND', '(vLLM default)')}")
     registry = Path(env.get("VLLM_STANDIN_REGISTRY") or DEFAULT_REGISTRY)
     stop_grace = float(env.get("TUNELOOP_VLLM_STOP_GRACE") or 30)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(slot_fd,) if slot_fd is not None else ())
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(slot_fd,) if slot_fd is not None else (),
+                            preexec_fn=_die_with_parent)
     asked: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -300,6 +301,18 @@ def serve(argv: list[str]) -> int:
     code = rc if rc and rc > 0 else (128 - rc if rc and rc < 0 else 1)
     say(f"the server exited with status {rc} without being asked to stop; exiting {code}")
     return code
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: SIGKILL when this wrapper dies, however it dies. The server runs in its
+    own session (signals are forwarded, not broadcast), so a wrapper killed outright — a pod deleted, whose process
+    group gets SIGKILL a moment after SIGTERM — would otherwise leave it serving, orphaned (seen in the cluster tier)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the wrapper's own cleanup is all there is
+        pass
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -163,6 +163,21 @@ def test_sigterm_is_forwarded_the_engine_is_reaped_and_the_exit_is_0(tmp_path: P
     assert not _alive(engine), "the engine process outlived the wrapper"
 
 
+def test_a_wrapper_killed_outright_takes_its_server_with_it(tmp_path: Path):
+    """A pod deleted: its process group gets SIGTERM, then SIGKILL a second later, before vLLM has stopped. The
+    server (in its own session) must not survive the wrapper (two orphaned vLLM servers were found after a cluster run)."""
+    w = Wrapped(tmp_path, "pod-k", ["/m", "--port", str(_free_port())])
+    w.announced()
+    server = [int(p) for p in Path(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children").read_text().split()]
+    assert server and all(_alive(pid) for pid in server)
+    w.proc.kill()
+    w.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in server), "the server outlived its wrapper"
+
+
 def test_a_server_that_exits_0_unasked_is_a_failure(tmp_path: Path):
     w = Wrapped(tmp_path, "pod-d", ["/m", "--port", str(_free_port())], FAKE_EXIT_AFTER="1.0")
     w.announced()
