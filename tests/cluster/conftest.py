@@ -330,12 +330,17 @@ def env(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         destroy_env(kube, e)
 
 
+# The tiny random Llama of every scenario: 4 heads of 64 (vLLM's CPU attention needs head_dim 32/64/128, so the real
+# engine can serve it); every test that makes "base/tiny" uses this width, whichever test of a namespace runs first.
+TINY_HIDDEN = 256
+
+
 def write_tiny_inputs(ns: str, records: int = 80) -> tuple[Path, Path]:
     """The tiny random Llama (tuneloop_trainer.testing) and chat data on the `datasets` claim."""
     from tuneloop_trainer.testing import chat_records, make_tiny_model, write_jsonl
 
     root = pvc_dir(ns, "datasets")
-    model = make_tiny_model(root / "base" / "tiny", hidden=256)  # 4 heads of 64: vLLM's CPU attention needs head_dim 32/64/128
+    model = make_tiny_model(root / "base" / "tiny", hidden=TINY_HIDDEN)
     data = write_jsonl(root / "support" / "train.jsonl", chat_records(records))
     return model, data
 
