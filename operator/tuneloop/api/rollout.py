@@ -441,6 +441,9 @@ class DriftStatus(ApiModel):
 class RolloutStatus(ApiModel):
     """Observed state of a Rollout."""
 
+    # the reconciler assigns enum members (typed); validation stores their wire value, as use_enum_values does
+    model_config = ApiModel.model_config | {"validate_assignment": True}
+
     phase: RolloutPhase = Field(default=RolloutPhase.PROGRESSING, description="Waiting (no version to serve yet), Progressing, Paused, Promoted, RolledBack, Degraded or Aborted.")
     current_step_index: int | None = Field(default=None, ge=0, description="Index of the step being run.")
     canary_weight: int = Field(default=0, ge=0, le=100, description="Percent of traffic on the candidate.")

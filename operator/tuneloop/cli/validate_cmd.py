@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tuneloop.api.schema_check import Problem, check_files
 
@@ -32,9 +33,9 @@ def local_path_problems(spec: dict, base_dir: Path) -> list[tuple[str, str]]:
     relative to the spec file's directory, as local runs read them), with the closest existing name."""
     import difflib
 
-    out = []
+    out: list[tuple[str, str]] = []
     for where, keys in LOCAL_PATHS:
-        node = spec
+        node: Any = spec
         for k in keys:
             node = node.get(k) if isinstance(node, dict) else None
         if not isinstance(node, str) or not node or "://" in node:

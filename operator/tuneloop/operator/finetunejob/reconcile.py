@@ -12,10 +12,11 @@ is built only when that child is about to be created.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -225,7 +226,7 @@ class Reconciler:
             setattr(status.children, field_, name(p.names))
         job = await self._job(meta, stage.job(p.names), lambda: stage.build(spec, meta, cfg), spec.suspend,
                               timed=p.body if stage.timed else None, done=stage.done(p.condition(stage.condition)),
-                              before=[(res, lambda b=b: b(spec, meta, cfg)) for res, b in stage.before])
+                              before=[(res, functools.partial(b, spec, meta, cfg)) for res, b in stage.before])
         p.jobs[stage.condition.value] = job
         state = st.job_state(job)
         if stage.observe is not None:
@@ -237,10 +238,10 @@ class Reconciler:
             return False
         if state != "Succeeded":
             assert stage.waiting is not None
-            cond_status, reason, cond_msg, msg = stage.waiting(p, state)
-            p.set(stage.condition, cond_status, reason, cond_msg)
+            cond_status, why, cond_msg, msg = stage.waiting(p, state)
+            p.set(stage.condition, cond_status, why, cond_msg)
             suspended = state == "Suspended"
-            status.phase = FineTuneJobPhase.SUSPENDED.value if suspended else stage.phase.value
+            status.phase = FineTuneJobPhase.SUSPENDED if suspended else stage.phase
             status.message = "suspended" if suspended else msg
             if stage.running is not None:
                 stage.running(self, p, job)
@@ -323,7 +324,7 @@ class Reconciler:
         status.metrics = st.headline_metrics(evaluation)
         if evaluation:
             status.verdict = evaluation.get("verdict")
-        status.phase = FineTuneJobPhase.SUCCEEDED.value
+        status.phase = FineTuneJobPhase.SUCCEEDED
         status.completion_time = status.completion_time or st.utcnow()
         status.message = msg
         p.set(C.SUCCEEDED, True, R.COMPLETED, msg)
@@ -332,7 +333,7 @@ class Reconciler:
     # --- helpers ------------------------------------------------------------------------------
     def _fail(self, status: FineTuneJobStatus, meta: JobMeta, reason: str | Enum, message: str) -> None:
         now = st.utcnow()
-        status.phase = FineTuneJobPhase.FAILED.value
+        status.phase = FineTuneJobPhase.FAILED
         status.message = message
         status.completion_time = status.completion_time or now
         set_condition(status.conditions, C.FAILED, True, reason, message, now=now, generation=meta.generation)
@@ -345,7 +346,7 @@ class Reconciler:
             ownership.check_owned({"kind": res.kind, **existing}, manifest)
 
     async def _job(self, meta: JobMeta, name: str, build: Callable[[], dict], suspend: bool, timed: dict | None = None,
-                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict | None]]] = ()) -> dict:
+                   done: bool = False, before: Sequence[tuple[r.Resource, Callable[[], dict | None]]] = ()) -> dict:
         """Create a stage Job when it is missing (and, only then, what it needs first: built and
         created, 409 = exists); keep its `suspend` in line with the spec while it is unfinished. A
         stage the status records as done whose Job is gone (ttlSecondsAfterFinished, manual

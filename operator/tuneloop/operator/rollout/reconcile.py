@@ -199,8 +199,8 @@ def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
     (its record's champion/challenger outcome Worse) never, NotEvaluated only when the Rollout says
     allowUnevaluatedCandidate."""
     name = mv.metadata.name
-    verdict = mv.spec.evaluation.verdict
-    verdict = verdict.value if hasattr(verdict, "value") else str(verdict)
+    raw_verdict = mv.spec.evaluation.verdict
+    verdict = str(getattr(raw_verdict, "value", raw_verdict))
     if (mv.status and mv.status.phase == "Rejected") or verdict == "Failed":
         return Problem(RolloutReason.CANDIDATE_REJECTED.value, f"ModelVersion {name} was Rejected by its evaluation gates; it is not rolled out")
     serving = mv.spec.evaluation.serving
@@ -233,8 +233,7 @@ def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, ass
     old_weight = before.canary_weight if before else 0
     if st.canary_weight != old_weight:
         log.info("%s: canary weight %s%% -> %s%%", who, old_weight, st.canary_weight)
-    old_phase = before.phase if before else None
-    old_phase = old_phase.value if hasattr(old_phase, "value") else old_phase
+    old_phase = None if before is None else str(getattr(before.phase, "value", before.phase))
     if st.phase != old_phase:
         log.info("%s: phase %s -> %s: %s", who, old_phase, st.phase, st.message)
     for type_, reason, message in out.events:
@@ -335,7 +334,7 @@ class Reconciler:
             kept = RolloutStatus()
         if (obj.get("status") or {}).get("message") != msg:
             log.warning("rollout %s/%s: %s", meta["namespace"], meta["name"], msg)
-        kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
+        kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED, msg, "a valid spec"
         set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg,
                       World(now=now, generation=meta.get("generation")))
         await self.write_status(obj, kept)
@@ -396,12 +395,12 @@ class Reconciler:
                     set_condition(out.status, RolloutCondition.OBJECTS_OWNED, True, RolloutReason.OWNED,
                                   "every object the Rollout needs is its own", world)
         except NotOwned as exc:  # someone else's Service/HTTPRoute/Deployment under a name the Rollout needs
-            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.phase = RolloutPhase.DEGRADED
             out.status.message = str(exc)
             out.status.waiting_for = "the conflicting object to be deleted or renamed"
             set_condition(out.status, RolloutCondition.OBJECTS_OWNED, False, RolloutReason.OBJECT_NOT_OWNED, str(exc), world)
         except serving.ServingError as exc:
-            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.phase = RolloutPhase.DEGRADED
             out.status.message = str(exc)
             out.status.waiting_for = "a servable ModelVersion"
         await self.write_status(obj, out.status)
