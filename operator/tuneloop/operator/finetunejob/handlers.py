@@ -35,7 +35,7 @@ from .. import kube, telemetry
 from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from ..settings import get_settings
 from . import progress as prog
-from .reconcile import Reconciler
+from .reconcile import Reconciler, ValidatedSpecs
 from .state import TERMINAL
 
 log = logging.getLogger("tuneloop.finetunejob")
@@ -58,6 +58,7 @@ class Memory:
     retry: dict[Key, float] = field(default_factory=dict)  # key -> monotonic time of the next attempt
     loop_task: asyncio.Task | None = None
     seen: set[Key] = field(default_factory=set)  # FineTuneJobs this process has logged as watched
+    validated: ValidatedSpecs = field(default_factory=ValidatedSpecs)  # specs parsed once per (uid, generation, spec)
 
     def slot(self) -> asyncio.Semaphore:
         if self.slots is None:
@@ -151,7 +152,7 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
                         telemetry.set_phase(key[0], key[1], body["status"]["phase"])
                     MEMORY.retry.pop(key, None)
                     return None
-                rec = Reconciler(kube.get_client(), get_settings())
+                rec = Reconciler(kube.get_client(), get_settings(), MEMORY.validated)
                 progress = None
                 if with_progress and (body.get("status") or {}).get("phase") == "Training":
                     progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port,

@@ -54,23 +54,36 @@ class Outcome:
     written: dict[str, Any] | None = None  # the FineTuneJob as the status patch returned it (None: nothing written)
 
 
-_VALIDATED: OrderedDict[tuple[str, int, str], tuple[FineTuneJobSpec | None, str, str]] = OrderedDict()
-_VALIDATED_MAX = 4096
 REPORT_TAIL_LINES = 20000  # lines of the evaluation pod's log read for report.md (then at most eval_log_max_bytes of them)
 
+Validated = tuple[FineTuneJobSpec | None, str, str]  # what `validate` returns: (spec, where, why)
 
-def validate_cached(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
-    """`validate` once per (uid, generation, spec): a pass that finds the same spec does not parse it again."""
-    m = body.get("metadata") or {}
-    if not m.get("uid"):
-        return validate(body, config)
-    key = (m["uid"], int(m.get("generation") or 1), json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
-    hit = _VALIDATED.get(key)
-    if hit is None:
-        hit = _VALIDATED[key] = validate(body, config)
-        while len(_VALIDATED) > _VALIDATED_MAX:
-            _VALIDATED.popitem(last=False)
-    return hit
+
+class ValidatedSpecs:
+    """`validate` once per (uid, generation, spec): a pass that finds the same spec does not parse it again.
+
+    Bounded (the oldest entry goes first); owned by whoever outlives a pass — the operator's `Memory` in
+    `finetunejob/handlers.py` — and handed to each `Reconciler`; a Reconciler made without one gets its own, so
+    nothing is shared between tests. Filled under one process's settings (`validate` reads the policy)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, int, str], Validated] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, body: dict[str, Any], config: OperatorSettings) -> Validated:
+        m = body.get("metadata") or {}
+        if not m.get("uid"):
+            return validate(body, config)
+        key = (m["uid"], int(m.get("generation") or 1), json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
+        hit = self._entries.get(key)
+        if hit is None:
+            hit = self._entries[key] = validate(body, config)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return hit
 
 
 def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
@@ -171,9 +184,10 @@ def _is_true(c: Condition | None) -> bool:
 class Reconciler:
     """Holds the client and settings; `run(body)` is one pass."""
 
-    def __init__(self, client: KubeClient, config: OperatorSettings):
+    def __init__(self, client: KubeClient, config: OperatorSettings, validated: ValidatedSpecs | None = None):
         self.client = client
         self.config = config
+        self.validated = validated if validated is not None else ValidatedSpecs()
         self._jobs: Mapping[str, dict[str, Any]] | None = None
 
     async def run(self, body: dict[str, Any], *, progress: dict[str, Any] | None = None,
@@ -187,7 +201,7 @@ class Reconciler:
             return Outcome(old["phase"], status=old)
         status = st.read_status(old)
         status.conditions = status.conditions  # always written, as an empty list at first
-        spec, where, why = validate_cached(body, self.config)
+        spec, where, why = self.validated.get(body, self.config)
         if spec is None:
             msg = f"{where}: {why}"
             self._fail(status, meta, StageFailureReason.INVALID_SPEC, msg)
