@@ -119,8 +119,18 @@ def cluster_problems(paths: list[Path]) -> list[Problem]:
     return out
 
 
+def deprecation_warnings(paths: list[Path]) -> list[str]:
+    """One line per deprecated field a document sets (still accepted: a warning, not a problem)."""
+    from tuneloop.api.deprecations import deprecated_fields
+
+    return [f"warning: {path}: {doc.get('kind')} {(doc.get('metadata') or {}).get('name', '')}: {use.message()}"
+            for path, doc in documents(paths) for use in deprecated_fields(str(doc.get("kind")), doc.get("spec"))]
+
+
 def run(args: argparse.Namespace) -> int:
     count, problems = check_files(args.files)
+    for warning in deprecation_warnings(args.files):
+        print(warning, file=sys.stderr)
     if not args.cluster:
         problems += path_problems(args.files)  # every problem at once: the schema's and the missing local files
     if args.cluster and not problems:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tuneloop.api import deprecations
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import RolloutCondition, RolloutReason, find_condition
 from tuneloop.api.conditions import set_condition as set_condition_in
@@ -219,6 +220,15 @@ def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
     return None
 
 
+def note_deprecations(obj: dict[str, Any], out: Outcome, world: World) -> None:
+    """The deprecated fields the Rollout sets: condition DeprecatedFields, and a Warning event (logged by `log_tick`)
+    when that changes (api.deprecations)."""
+    uses = deprecations.deprecated_fields("Rollout", obj.get("spec"))
+    message = deprecations.note(out.status.conditions, uses, now=world.now, generation=world.generation)
+    if message:
+        out.events.append(("Warning", deprecations.EVENT_REASON, message))
+
+
 def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, assessments: dict[str, Assessment]) -> None:
     """One line per transition: measurements, step, weight, phase, and every event (verdicts, promotion, rollback)."""
     st = out.status
@@ -307,11 +317,12 @@ class Reconciler:
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not problem and canary_shortfall(spec, status, world) is None else []
         if due:
-            provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
+            provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
                 telemetry.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)
+        note_deprecations(obj, out, world)
         log_tick(ns, name, status, out, assessments)
         watched = stable_mv if err_s is None else None
         drift_due, drift_conditions = await self.watch_drift(ns, name, spec, out, watched, world)
@@ -358,7 +369,7 @@ class Reconciler:
         if d is None:
             d = DriftStatus(model_version=serving_name, since=world.now)
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
-        provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
+        provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
         window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
         d = drift.record_baseline(wd, d, window, world.now)  # the values at promotion; a missing one is retried
         d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tuneloop.api import deprecations
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, set_condition
 from tuneloop.api.schedule import (
@@ -299,6 +300,9 @@ class Reconciler:
         message = self._message(spec, phase, active, t.runs, t.dec, t.data)
         conds = self._conditions(st.conditions, t.runs, t.now, gen)
         self._owned_condition(conds, t.foreign, t.events, t.now, gen)
+        deprecated = deprecations.note(conds, deprecations.deprecated_fields("FineTuneSchedule", t.obj.get("spec")), now=t.now, generation=gen)
+        if deprecated:
+            t.events.append(("Warning", deprecations.EVENT_REASON, deprecated))
         set_condition(conds, FineTuneScheduleCondition.READY, True, FineTuneScheduleReason.RECONCILED, "the latest tick completed",
                       now=t.now, generation=gen)
         t.new = FineTuneScheduleStatus(
@@ -380,7 +384,7 @@ class Reconciler:
         for trig in sched.spec.triggers.prometheus:
             obs = by_name.get(trig.name) or PrometheusObservation(name=trig.name)
             if decide.prometheus_check_due(by_name.get(trig.name), trig.interval, now, trig.for_) and not sched.spec.suspend:
-                provider: QueryClient = self.provider_factory(trig.provider or trig.prometheus_address or self.prometheus_url, ns)
+                provider: QueryClient = self.provider_factory(trig.provider_ref or self.prometheus_url, ns)
                 try:
                     value = await provider.query(trig.query)
                     if value is not None and not isinstance(value, (int, float)):
