@@ -136,7 +136,7 @@ def test_a_failed_query_is_an_error_not_a_verdict():
     d = DriftStatus(model_version="v1", baseline_error_rate=0.0, baseline_latency_p95=1.0)
     w = drift.Window(failed={"prompt_tokens": "unreachable", "generation_tokens": "unreachable"}, requests=300, errors=0, latency_p95=1.0)
     v = drift.drifted(drift.signals(SPEC, TRAIN, d, w))
-    assert v.status == "Unknown" and v.reason == "PrometheusError"
+    assert v.status == "Unknown" and v.reason == "ProviderError"
 
 
 def test_next_check_and_gauges():

@@ -278,3 +278,43 @@ def test_candidate_that_lost_to_the_serving_version_is_refused():
     assert "support-bot-v1" in problem.message and "-0.120" in problem.message
     mv["spec"]["evaluation"]["serving"]["outcome"] = "NoSignificantDifference"
     assert candidate_problem(ro.spec, ModelVersion.model_validate(mv)) is None
+
+
+async def test_a_deprecated_prometheus_address_is_accepted_converted_and_warned_once(tmp_path: Path, caplog):
+    """Issue 24: analysis.prometheusAddress still works (the mock API server takes it under the CRD schema; the provider
+    factory is asked for that address), and the Rollout says it is deprecated: condition DeprecatedFields and one Warning
+    event (not one per tick), and a log line; moving to analysis.provider sets the condition False."""
+    prov, asked = Scripted(), []
+    ro, mvs = objs()
+    ro["spec"]["analysis"]["prometheusAddress"] = "http://old-prom:9090"
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://default-prom:9090",
+                         provider_factory=lambda ref: asked.append(ref) or PrometheusProvider(prov))
+        with caplog.at_level("WARNING", logger="tuneloop"):
+            await tick(kc, rec, 0)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        cond = {c["type"]: c for c in st["conditions"]}["DeprecatedFields"]
+        assert (cond["status"], cond["reason"]) == ("True", "DeprecatedField")
+        assert "spec.analysis.prometheusAddress is deprecated" in cond["message"] and "spec.analysis.provider" in cond["message"]
+        assert any("DeprecatedField" in rec_.getMessage() for rec_ in caplog.records)
+        await make_available(kc, "bot-canary")
+        await tick(kc, rec, 1)
+        await tick(kc, rec, 2)  # the first measurement: the provider named by the old field
+        assert asked and set(asked) == {"http://old-prom:9090"}
+        events = await kc.client.events_for(NS, "bot", "Rollout")
+        assert [e["reason"] for e in events if e["type"] == "Warning"] == ["DeprecatedField"]
+        await kc.client.patch(r.ROLLOUTS, NS, "bot", {"spec": {"analysis": {"prometheusAddress": None, "provider": "default"}}})
+        await tick(kc, rec, 3)
+        cond = {c["type"]: c for c in (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]["conditions"]}["DeprecatedFields"]
+        assert (cond["status"], cond["reason"]) == ("False", "NoDeprecatedFields")
+
+
+async def test_a_rollout_without_deprecated_fields_gets_no_deprecation_condition(tmp_path: Path):
+    ro, mvs = objs()
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "http://prom", provider_factory=lambda url: PrometheusProvider(Scripted()))
+        await tick(kc, rec, 0)
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert "DeprecatedFields" not in {c["type"] for c in st["conditions"]}

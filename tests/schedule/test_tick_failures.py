@@ -230,3 +230,25 @@ def test_a_trigger_names_a_provider_or_an_address_not_both_and_checks_no_faster_
     with pytest.raises(ValidationError, match="interval must be at least"):
         PrometheusTrigger.model_validate({"name": "x", "query": "up", "interval": "100ms"})
     assert PrometheusTrigger.model_validate({"name": "x", "query": "up", "provider": "team-a"}).provider == "team-a"
+
+
+async def test_a_deprecated_trigger_prometheus_address_is_converted_and_warned_once(tmp_path: Path):
+    """Issue 24: a trigger's prometheusAddress is still accepted (the mock API server takes it under the CRD schema),
+    converted (the provider factory is asked for that address) and warned about: condition DeprecatedFields, one
+    Warning event however many ticks."""
+    asked: list[str] = []
+    trig = {"prometheus": [{"name": "drift", "query": "q", "interval": "5m", "prometheusAddress": "http://old-prom:9090"}]}
+    async with cluster(tmp_path) as kc:
+        rec = await setup(kc, schedule=None, triggers=trig)
+        rec.provider_factory = lambda ref, ns: asked.append(ref) or Answers([0.0, 0.0])
+        await tick(kc, rec, at(0))
+        await tick(kc, rec, at(5))
+        st = await status(kc)
+        cond = {c["type"]: c for c in st["conditions"]}["DeprecatedFields"]
+        assert (cond["status"], cond["reason"]) == ("True", "DeprecatedField")
+        assert "spec.triggers.prometheus[0].prometheusAddress is deprecated" in cond["message"]
+        assert "spec.triggers.prometheus[0].provider" in cond["message"]
+        assert asked == ["http://old-prom:9090", "http://old-prom:9090"]
+        events = await kc.client.events_for(NS, "bot", "FineTuneSchedule")
+        assert [e["reason"] for e in events if e["reason"] == "DeprecatedField"] == ["DeprecatedField"]
+        assert ready(st)["reason"] == "Reconciled"

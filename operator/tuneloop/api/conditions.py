@@ -78,6 +78,7 @@ class RolloutCondition(str, Enum):
     DRIFTED = "Drifted"  # reason: DriftReason
     DEGRADED = "Degraded"  # reason: DriftReason
     OBJECTS_OWNED = "ObjectsOwned"  # False while an object the Rollout needs is someone else's (set only once that happened)
+    DEPRECATED_FIELDS = "DeprecatedFields"  # reason: DeprecationReason (api.deprecations; set only once a deprecated field was used)
 
 
 class RolloutReason(str, Enum):
@@ -132,9 +133,12 @@ class DriftReason(str, Enum):
     SERVING_DEGRADED = "ServingDegraded"
     AS_AT_PROMOTION = "AsAtPromotion"
     NO_PROMOTION_BASELINE = "NoPromotionBaseline"
-    # the metrics provider gave no answer; the wire value predates other providers and is kept (status readers and
-    # alerts may match it): renaming it belongs with the API's prometheusAddress deprecation (issue 24, item 5)
-    PROVIDER_ERROR = "PrometheusError"
+    PROVIDER_ERROR = "ProviderError"  # the metrics provider gave no answer (formerly "PrometheusError": DEPRECATED_REASONS)
+
+
+# Reasons tuneloop no longer writes, with the one that replaced each: a reader (an alert, a dashboard, a script)
+# matching the old value must match the new one (docs/api-reference.md, "Deprecations").
+DEPRECATED_REASONS: dict[str, str] = {"PrometheusError": DriftReason.PROVIDER_ERROR.value}
 
 
 # --- FineTuneSchedule -------------------------------------------------------------------------------
@@ -142,6 +146,7 @@ class FineTuneScheduleCondition(str, Enum):
     LAST_RUN_SUCCEEDED = "LastRunSucceeded"  # reason: the run's outcome (api.schedule.RunOutcome)
     READY = "Ready"  # reason: FineTuneScheduleReason
     RUNS_OWNED = "RunsOwned"  # set once a FineTuneJob labelled for the schedule is not its own: False JobNotOwned, then True Owned
+    DEPRECATED_FIELDS = "DeprecatedFields"  # reason: DeprecationReason (api.deprecations; set only once a deprecated field was used)
 
 
 class FineTuneScheduleReason(str, Enum):
@@ -152,6 +157,14 @@ class FineTuneScheduleReason(str, Enum):
     TICK_FAILED = "TickFailed"  # Ready False: the latest tick failed (the error is the message); retried
     JOB_NOT_OWNED = "JobNotOwned"  # RunsOwned False: a FineTuneJob carries the schedule's label but was not created by it (ignored)
     OWNED = "Owned"  # RunsOwned True: every FineTuneJob labelled for the schedule is its own again
+
+
+# --- both: deprecated fields (api.deprecations) ------------------------------------------------------
+class DeprecationReason(str, Enum):
+    """Reasons of the DeprecatedFields condition of a Rollout or a FineTuneSchedule."""
+
+    DEPRECATED_FIELD = "DeprecatedField"  # True: the spec uses a deprecated field (the message names each, and its replacement)
+    NO_DEPRECATED_FIELDS = "NoDeprecatedFields"  # False: it no longer does
 
 
 # --- the one setter -----------------------------------------------------------------------------------

@@ -72,4 +72,16 @@ def render() -> str:
         _rules(schema["properties"]["spec"], "spec", rules)
         if rules:
             out += [f"### {kind} admission rules (CEL)", "", *rules, ""]
-    return "\n".join(out)
+    return "\n".join(out + _deprecations())
+
+
+def _deprecations() -> list[str]:
+    from .deprecations import DEPRECATIONS, REMOVED_IN
+
+    return ["## Deprecations", "",
+            f"A deprecated field is still accepted, and converted to its replacement, until `{REMOVED_IN}` removes it. An "
+            "object that sets one gets the condition `DeprecatedFields` (True, reason `DeprecatedField`, the message naming "
+            "each field and its replacement) and a Warning event `DeprecatedField` whenever that changes; the operator logs "
+            "it; `kubectl tuneloop validate` (and `local schedule`) print a warning for each.", "",
+            "| Deprecated | Use instead | Removed in |", "| --- | --- | --- |",
+            *(f"| {what} | {instead} | {when} |" for what, instead, when in DEPRECATIONS), ""]

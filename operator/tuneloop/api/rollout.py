@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic.config import JsonDict
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, OneOf, Toleration, cel, one_of_rule
+from .deprecations import provider_ref
 from .durations import DURATION, parse_duration
 
 # Rate floors and caps (issue 25, finding 3): one Rollout must not be able to flood the shared Prometheus. A
@@ -199,8 +200,9 @@ class AnalysisSpec(ApiModel):
     prometheus_address: str | None = Field(
         default=None, max_length=2048,
         description=(
-            "Deprecated, use provider. A Prometheus base URL; the operator queries it only when it is the address of a "
-            "provider the admin configured (otherwise every measurement is an Error naming the allowed providers)."
+            "Deprecated, use provider (removed in tuneloop.dev/v1beta1; a Rollout that sets it gets condition "
+            "DeprecatedFields and a Warning event). A Prometheus base URL; the operator queries it only when it is the "
+            "address of a provider the admin configured (otherwise every measurement is an Error naming the allowed providers)."
         ),
     )
     interval: str = Field(default="30s", pattern=DURATION, description=f"Time between measurements (at least {MIN_ANALYSIS_INTERVAL}).")
@@ -254,6 +256,11 @@ class AnalysisSpec(ApiModel):
         if self.provider is not None and self.prometheus_address is not None:
             raise ValueError("set provider or prometheusAddress, not both")
         return self
+
+    @property
+    def provider_ref(self) -> str | None:
+        """The provider to query, provider-neutral (the deprecated prometheusAddress converted: api.deprecations)."""
+        return provider_ref(self.provider, self.prometheus_address)
 
 
 class DriftWatchSpec(ApiModel):
@@ -440,6 +447,9 @@ class DriftStatus(ApiModel):
 
 class RolloutStatus(ApiModel):
     """Observed state of a Rollout."""
+
+    # the reconciler assigns enum members (typed); validation stores their wire value, as use_enum_values does
+    model_config = ApiModel.model_config | {"validate_assignment": True}
 
     phase: RolloutPhase = Field(default=RolloutPhase.PROGRESSING, description="Waiting (no version to serve yet), Progressing, Paused, Promoted, RolledBack, Degraded or Aborted.")
     current_step_index: int | None = Field(default=None, ge=0, description="Index of the step being run.")

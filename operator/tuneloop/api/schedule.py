@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, cel
+from .deprecations import provider_ref
 from .durations import DURATION
 from .finetunejob import FineTuneJobSpec
 from .rollout import MIN_ANALYSIS_INTERVAL, PROVIDER_NAME, check_floor, floor_rule
@@ -102,8 +103,9 @@ class PrometheusTrigger(ApiModel):
     prometheus_address: str | None = Field(
         default=None, max_length=2048,
         description=(
-            "Deprecated, use provider. A Prometheus base URL; queried only when it is the address of a provider the "
-            "admin configured (otherwise the trigger's check fails, naming the allowed providers)."
+            "Deprecated, use provider (removed in tuneloop.dev/v1beta1; a schedule that sets it gets condition "
+            "DeprecatedFields and a Warning event). A Prometheus base URL; queried only when it is the address of a "
+            "provider the admin configured (otherwise the trigger's check fails, naming the allowed providers)."
         ),
     )
 
@@ -122,6 +124,11 @@ class PrometheusTrigger(ApiModel):
         if self.provider is not None and self.prometheus_address is not None:
             raise ValueError("set provider or prometheusAddress, not both")
         return self
+
+    @property
+    def provider_ref(self) -> str | None:
+        """The provider to query, provider-neutral (the deprecated prometheusAddress converted: api.deprecations)."""
+        return provider_ref(self.provider, self.prometheus_address)
 
 
 class Triggers(ApiModel):

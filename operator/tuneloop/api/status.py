@@ -68,6 +68,9 @@ class ChildRefs(ApiModel):
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
+    # the reconciler assigns enum members (typed); validation stores their wire value, as use_enum_values does
+    model_config = ApiModel.model_config | {"validate_assignment": True}
+
     phase: FineTuneJobPhase = Field(default=FineTuneJobPhase.PENDING, description="One-word summary of where the job is.")
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")

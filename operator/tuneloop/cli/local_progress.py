@@ -63,6 +63,7 @@ class StageDisplay:
             self._bar(phase, phase, int(event["done"]), int(event["total"]), "")
 
     def _bar(self, key: str, description: str, done: int, total: int, info: str) -> None:
+        assert self.progress is not None  # __call__ draws only while started
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task(description, total=max(total, 1), info=info)
         self.progress.update(self.tasks[key], completed=done, total=max(total, 1), info=info)

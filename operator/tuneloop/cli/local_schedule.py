@@ -279,6 +279,16 @@ def run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argpar
         return EXIT_CONFIG_ERROR
 
 
+def _warn_deprecated(doc: dict[str, Any], console: Any) -> None:
+    """A deprecated field is still accepted; say so, as `kubectl tuneloop validate` does (api.deprecations)."""
+    from rich.markup import escape
+
+    from tuneloop.api.deprecations import deprecated_fields
+
+    for use in deprecated_fields("FineTuneSchedule", doc.get("spec")):
+        console.print(f"[yellow]warning:[/] {escape(use.message())}", soft_wrap=True)
+
+
 # long: the local schedule loop: one linear sequence of iterations, printed as it goes
 def _run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argparse.Namespace], int], console: Any) -> int:
     from tuneloop.api.schema_check import check_document
@@ -286,6 +296,7 @@ def _run(args: argparse.Namespace, doc: dict[str, Any], run_job: Callable[[argpa
     problems = check_document(doc, str(args.file))
     if problems:  # every problem at once, in the spec's words, as `kubectl tuneloop validate` prints them
         raise LocalScheduleError(f"{len(problems)} problem(s) in {args.file}:\n" + "\n".join(f"  {p.path or '<root>'}: {p.message}" for p in problems))
+    _warn_deprecated(doc, console)
     sched = FineTuneSchedule.model_validate(doc)
     name = sched.metadata.name
     spec_dir = args.file.resolve().parent

@@ -166,7 +166,7 @@ def find_vllm(explicit: Path | None, env: dict[str, str]) -> Path:
 def plan(args: argparse.Namespace, env: dict[str, str] | None = None) -> Plan:
     """Everything checked and decided before anything starts."""
     from tuneloop.api import ModelVersion
-    from tuneloop.api.rollout import ServingSpec
+    from tuneloop.api.rollout import ServingResources, ServingSpec
     from tuneloop.operator.builders.serving import ServingError, base_location, serve_args
 
     env = dict(os.environ if env is None else env)
@@ -201,7 +201,7 @@ def plan(args: argparse.Namespace, env: dict[str, str] | None = None) -> Plan:
                              f"{', '.join(map(str, CPU_HEAD_DIMS))} only (its engine would start, then die at the first request)")
     served = args.served_model_name or mv.spec.model_name
     extra = list(getattr(args, "passthrough", None) or [])
-    serving = ServingSpec(port=args.port, extra_args=extra, resources={"gpus": 0})
+    serving = ServingSpec(port=args.port, extra_args=extra, resources=ServingResources(gpus=0))
     try:
         decided = serve_args(mv, serving, served, artifact=str(artifact), base=base, host=args.host)
     except ServingError as exc:

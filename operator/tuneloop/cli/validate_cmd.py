@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tuneloop.api.schema_check import Problem, check_files
 
@@ -32,9 +34,9 @@ def local_path_problems(spec: dict, base_dir: Path) -> list[tuple[str, str]]:
     relative to the spec file's directory, as local runs read them), with the closest existing name."""
     import difflib
 
-    out = []
+    out: list[tuple[str, str]] = []
     for where, keys in LOCAL_PATHS:
-        node = spec
+        node: Any = spec
         for k in keys:
             node = node.get(k) if isinstance(node, dict) else None
         if not isinstance(node, str) or not node or "://" in node:
@@ -55,73 +57,80 @@ def local_path_problems(spec: dict, base_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-def path_problems(paths: list[Path]) -> list[Problem]:
+def documents(paths: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every mapping document of the files, with its file; unreadable files and YAML errors are check_files' to report."""
     import yaml
 
     from tuneloop.api.schema_check import load_documents
 
-    out = []
     for path in paths:
         try:
             docs = load_documents(path)
         except (OSError, yaml.YAMLError):
             continue
-        for doc in docs:
-            if isinstance(doc, dict) and doc.get("kind") == "FineTuneJob" and isinstance(doc.get("spec"), dict):
-                name = (doc.get("metadata") or {}).get("name", "")
-                out += [Problem(str(path), "FineTuneJob", name, where, why) for where, why in local_path_problems(doc["spec"], path.resolve().parent)]
+        yield from ((path, doc) for doc in docs if isinstance(doc, dict))
+
+
+def path_problems(paths: list[Path]) -> list[Problem]:
+    out = []
+    for path, doc in documents(paths):
+        if doc.get("kind") == "FineTuneJob" and isinstance(doc.get("spec"), dict):
+            name = (doc.get("metadata") or {}).get("name", "")
+            out += [Problem(str(path), "FineTuneJob", name, where, why) for where, why in local_path_problems(doc["spec"], path.resolve().parent)]
     return out
 
 
 def cluster_problems(paths: list[Path]) -> list[Problem]:
     """The operator's own refusal (`Failed`, `InvalidSpec`) for each schema-valid FineTuneJob and FineTuneSchedule."""
-    import yaml
-
-    from tuneloop.api.schema_check import load_documents
     from tuneloop.operator.finetunejob.reconcile import validate
     from tuneloop.operator.schedule import admission
     from tuneloop.operator.settings import get_settings
 
     out = []
-    for path in paths:
-        try:
-            docs = load_documents(path)
-        except (OSError, yaml.YAMLError):
-            continue  # reported by check_files
-        for doc in docs:
-            if isinstance(doc, dict) and doc.get("kind") == "FineTuneSchedule":
-                meta = {"name": "x", **(doc.get("metadata") or {})}
-                where, why = admission.first_problem({**doc, "metadata": meta}, get_settings())
-                if where:
-                    out.append(Problem(str(path), "FineTuneSchedule", meta["name"], where,
-                                       f"{why} (the operator would set the schedule Failed, InvalidSpec)"))
-                continue
-            if isinstance(doc, dict) and doc.get("kind") == "Rollout":
-                from pydantic import ValidationError
-
-                from tuneloop.api.rollout import Rollout
-                from tuneloop.operator.policy import Policy, rollout_problems
-
-                name = (doc.get("metadata") or {}).get("name", "")
-                try:
-                    refused = rollout_problems(Rollout.model_validate({**doc, "metadata": {"name": "x", **(doc.get("metadata") or {})}}).spec,
-                                               Policy.from_settings(get_settings()))
-                except ValidationError:
-                    refused = []  # reported by check_files
-                out += [Problem(str(path), "Rollout", name, where, f"{why} (the operator would set the Rollout Degraded, InvalidSpec)")
-                        for where, why in refused[:1]]
-                continue
-            if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
-                continue
+    for path, doc in documents(paths):
+        if doc.get("kind") == "FineTuneSchedule":
             meta = {"name": "x", **(doc.get("metadata") or {})}
-            spec, where, why = validate({**doc, "metadata": meta}, get_settings())
-            if spec is None:
-                out.append(Problem(str(path), "FineTuneJob", meta["name"], where, f"{why} (the operator would fail it in a cluster)"))
+            where, why = admission.first_problem({**doc, "metadata": meta}, get_settings())
+            if where:
+                out.append(Problem(str(path), "FineTuneSchedule", meta["name"], where,
+                                   f"{why} (the operator would set the schedule Failed, InvalidSpec)"))
+            continue
+        if doc.get("kind") == "Rollout":
+            from pydantic import ValidationError
+
+            from tuneloop.api.rollout import Rollout
+            from tuneloop.operator.policy import Policy, rollout_problems
+
+            name = (doc.get("metadata") or {}).get("name", "")
+            try:
+                refused = rollout_problems(Rollout.model_validate({**doc, "metadata": {"name": "x", **(doc.get("metadata") or {})}}).spec,
+                                           Policy.from_settings(get_settings()))
+            except ValidationError:
+                refused = []  # reported by check_files
+            out += [Problem(str(path), "Rollout", name, where, f"{why} (the operator would set the Rollout Degraded, InvalidSpec)")
+                    for where, why in refused[:1]]
+            continue
+        if doc.get("kind") != "FineTuneJob":
+            continue
+        meta = {"name": "x", **(doc.get("metadata") or {})}
+        spec, where, why = validate({**doc, "metadata": meta}, get_settings())
+        if spec is None:
+            out.append(Problem(str(path), "FineTuneJob", meta["name"], where, f"{why} (the operator would fail it in a cluster)"))
     return out
+
+
+def deprecation_warnings(paths: list[Path]) -> list[str]:
+    """One line per deprecated field a document sets (still accepted: a warning, not a problem)."""
+    from tuneloop.api.deprecations import deprecated_fields
+
+    return [f"warning: {path}: {doc.get('kind')} {(doc.get('metadata') or {}).get('name', '')}: {use.message()}"
+            for path, doc in documents(paths) for use in deprecated_fields(str(doc.get("kind")), doc.get("spec"))]
 
 
 def run(args: argparse.Namespace) -> int:
     count, problems = check_files(args.files)
+    for warning in deprecation_warnings(args.files):
+        print(warning, file=sys.stderr)
     if not args.cluster:
         problems += path_problems(args.files)  # every problem at once: the schema's and the missing local files
     if args.cluster and not problems:

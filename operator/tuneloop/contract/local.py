@@ -17,11 +17,19 @@ ENTRY_POINT_GROUP = "tuneloop.trainer"
 LOCAL_RUNNER = "local-runner"
 
 
+class TrainerFailure(Exception):
+    """What the CLI reads of the trainer's expected failures (`TrainerError`): the runner's class has these
+    attributes and `one_line()`; it is not this class (the contract does not import the trainer)."""
+
+    hint: str | None
+    exit_code: int
+
+
 class LocalRunner(Protocol):
     """The trainer's in-process runner of a FineTuneJob's stages (a module)."""
 
     STAGE_ORDER: list[str]
-    TrainerError: type[Exception]  # expected failures: .one_line(), .exit_code
+    TrainerError: type[TrainerFailure]  # expected failures: .one_line(), .hint, .exit_code
 
     def load_context(self, spec_file: str | Path, workdir: str | Path) -> Any: ...
     def select_stages(self, from_stage: str | None, to_stage: str | None) -> list[str]: ...
@@ -30,6 +38,10 @@ class LocalRunner(Protocol):
     def apply_overrides(self, spec: Any, overrides: dict[str, Any]) -> None: ...
     def missing_inputs(self, workdir: Path, first_stage: str) -> str | None: ...
     def run_chain(self, ctx: Any, stages: list[str], **kwargs: Any) -> list[Any]: ...
+    def spec_fingerprint(self, spec: Any) -> str: ...
+    def completed_training(self, workdir: Path, fingerprint: str) -> dict[str, Any] | None: ...
+    def evaluation_fingerprint(self, ctx: Any) -> str: ...
+    def completed_evaluation(self, workdir: Path, fingerprint: str) -> dict[str, Any] | None: ...
 
 
 class TrainerMissing(ImportError):

@@ -46,7 +46,7 @@ async def run(
     tick: Callable[[dict[str, Any]], Awaitable[float]],
     wakers: Wakers,
     stopped: kopf.DaemonStopped,
-    logger: logging.Logger,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
     on_gone: Callable[[], None] = lambda: None,
 ) -> None:
     from tuneloop.operator.telemetry import reconcile_timer

@@ -50,7 +50,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup()
-async def _startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     configure(settings)
     logger.info("tuneloop operator settings: %s", get_settings().model_dump())
 

@@ -186,11 +186,11 @@ def scheduling_problems(node_selector: Mapping[str, str], tolerations: Iterable[
             out.append((f"{field}.nodeSelector.{key}", f"node label {key} is reserved by the platform admin (reservedNodeKeys); "
                         "tuneloop pods may not select those nodes"))
     for i, t in enumerate(tolerations):
-        key = t.get("key")
-        if _reserved(key, reserved):
-            out.append((f"{field}.tolerations[{i}]", f"taint {key} is reserved by the platform admin (reservedNodeKeys); "
+        taint = t.get("key")
+        if _reserved(taint, reserved):
+            out.append((f"{field}.tolerations[{i}]", f"taint {taint} is reserved by the platform admin (reservedNodeKeys); "
                         "tuneloop pods may not tolerate it"))
-        elif not key and (t.get("operator") or "Equal") == "Exists" and not allow_any_toleration:
+        elif not taint and (t.get("operator") or "Equal") == "Exists" and not allow_any_toleration:
             out.append((f"{field}.tolerations[{i}]", "a toleration with operator Exists and no key tolerates every taint "
                         "(control-plane nodes included); name the taint's key (the admin may allow this: allowAnyToleration)"))
     return out

@@ -45,6 +45,6 @@ def test_transition_time_moves_only_when_the_status_changes():
 def test_reasons_have_one_source():
     assert exits.Reason is StageFailureReason  # the trainer's failure reasons are the FineTuneJob's condition reasons
     assert exits.reason_for_exit(exits.EXIT_CONFIG_ERROR, "JobFailed") == "InvalidSpec"
-    assert DriftReason.PROVIDER_ERROR.value == "PrometheusError"  # the wire value is kept (see its comment)
+    assert DriftReason.PROVIDER_ERROR.value == "ProviderError"  # provider-neutral; the old "PrometheusError" is a documented deprecation
     with pytest.raises(ValueError):
         set_condition([], "Ready", "Maybe", "x", "", now=T0)

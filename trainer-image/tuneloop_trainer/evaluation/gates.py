@@ -63,6 +63,8 @@ def _reference(row: MetricComparison, ref: str) -> ReferenceScore | None:
     return found
 
 
+# long: one gate's bounds checked top to bottom (minValue, then minImprovement/maxRegression against the reference);
+# each early return is a gate that cannot be checked, with the message that says why
 def check_gate(gate: Gate, row: MetricComparison | None) -> GateResult:
     """One gate against one metric row; every bound set on the gate must hold.
 

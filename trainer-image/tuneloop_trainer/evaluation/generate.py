@@ -75,6 +75,63 @@ def shared_prefix_length(ids: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def _prefix_cache(model: Any, prefix_ids: list[int], prefix_len: int, device: Any) -> tuple[Any, int]:
+    """The KV cache of a prefix every row shares, computed once, and its length; (None, 0) when it is too short
+    to be worth a cache copy per batch."""
+    import torch
+
+    if prefix_len < MIN_SHARED_PREFIX:
+        return None, 0
+    with torch.inference_mode():
+        prefix = torch.tensor([prefix_ids[:prefix_len]], device=device)
+        return model(input_ids=prefix, use_cache=True).past_key_values, prefix_len
+
+
+def _cache_for(prefix_cache: Any, rows: int) -> dict[str, Any]:
+    """`past_key_values` for a batch of `rows`: a copy of the shared prefix's cache ({} without one)."""
+    import copy
+
+    if prefix_cache is None:
+        return {}
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(rows)
+    return {"past_key_values": cache}
+
+
+def _decoding(decoding: str, seed: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`generate` keyword arguments of a decoding: greedy, or sampling (seeded here)."""
+    import torch
+
+    if decoding == "sample":
+        torch.manual_seed(seed)
+        return {**kwargs, "do_sample": True, "temperature": 0.7, "top_p": 0.95}
+    return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def _left_padded(rows: list[list[int]], prefix_len: int, pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) laid out prefix | left padding | own tokens, the padding masked out."""
+    import torch
+
+    width = max(len(r) - prefix_len for r in rows)
+    input_ids = torch.full((len(rows), prefix_len + width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for r, ids in enumerate(rows):
+        own = ids[prefix_len:]
+        input_ids[r, :prefix_len] = torch.tensor(ids[:prefix_len], dtype=torch.long)
+        attention[r, :prefix_len] = 1
+        input_ids[r, prefix_len + width - len(own) :] = torch.tensor(own, dtype=torch.long)
+        attention[r, prefix_len + width - len(own) :] = 1
+    return input_ids, attention
+
+
+def _until_stop(row: list[int], stops: list[int]) -> int:
+    """How many generated tokens count: up to and including the first stop token."""
+    for pos, tid in enumerate(row):
+        if tid in stops:
+            return pos + 1
+    return len(row)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -94,8 +151,6 @@ def generate(
     rows are laid out prefix | left padding | own tokens, with the padding masked out and position
     ids following the mask, so the outputs are those of plain left-padded generation.
     """
-    import copy
-
     import torch
 
     if not prompts:
@@ -108,51 +163,23 @@ def generate(
     latencies: list[float] = [0.0] * len(prompts)
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id}
-    if decoding == "sample":
-        kwargs.update(do_sample=True, temperature=0.7, top_p=0.95)
-        torch.manual_seed(seed)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    kwargs = _decoding(decoding, seed, {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad_id})
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     batch_seconds: list[float] = []
-    prefix_len = shared_prefix_length(ids) if share_prefix else 0
-    prefix_cache = None
     try:
-        if prefix_len >= MIN_SHARED_PREFIX:
-            with torch.inference_mode():
-                prefix = torch.tensor([ids[0][:prefix_len]], device=device)
-                prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
-        else:
-            prefix_len = 0
+        prefix_cache, prefix_len = _prefix_cache(model, ids[0], shared_prefix_length(ids) if share_prefix else 0, device)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             t0 = time.perf_counter()
-            rows = [ids[i][prefix_len:] for i in idx]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(idx), prefix_len + width), pad_id, dtype=torch.long)
-            attention = torch.zeros_like(input_ids)
-            for r, own in enumerate(rows):
-                input_ids[r, :prefix_len] = torch.tensor(ids[idx[r]][:prefix_len], dtype=torch.long)
-                attention[r, :prefix_len] = 1
-                input_ids[r, prefix_len + width - len(own) :] = torch.tensor(own, dtype=torch.long)
-                attention[r, prefix_len + width - len(own) :] = 1
-            extra: dict[str, Any] = {}
+            input_ids, attention = _left_padded([ids[i] for i in idx], prefix_len, pad_id)
+            extra = _cache_for(prefix_cache, len(idx))
             with torch.inference_mode():
-                if prefix_cache is not None:
-                    cache = copy.deepcopy(prefix_cache)
-                    cache.batch_repeat_interleave(len(idx))
-                    extra["past_key_values"] = cache
                 out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **extra, **kwargs)
             new = out[:, input_ids.shape[1] :].tolist()
             for row, i in zip(new, idx):
-                n = len(row)
-                for pos, tid in enumerate(row):
-                    if tid in stops:
-                        n = pos + 1
-                        break
+                n = _until_stop(row, stops)
                 counts[i] = n
                 texts[i] = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
             dt = time.perf_counter() - t0
@@ -182,6 +209,24 @@ def reference_pair(tokenizer: Any, record: dict[str, Any]) -> tuple[str, str]:
     return prompt, answer
 
 
+def _scored_rows(tokenizer: Any, pairs: list[tuple[str, str]]) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """(token ids, context length) of every pair with something to score, and the index of the pair each came from."""
+    rows: list[tuple[list[int], int]] = []
+    owners: list[int] = []
+    for i, (prompt, answer) in enumerate(pairs):
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not p_ids and tokenizer.bos_token_id is not None:
+            p_ids = [tokenizer.bos_token_id]
+        if a_ids and p_ids:
+            rows.append((p_ids + a_ids, len(p_ids)))
+            owners.append(i)
+        elif len(a_ids) > 1:  # no context at all: the first token is given, the rest scored
+            rows.append((a_ids, 1))
+            owners.append(i)
+    return rows, owners
+
+
 def reference_nll(
     model: Any,
     tokenizer: Any,
@@ -198,26 +243,12 @@ def reference_nll(
     per_item: when given, filled with one (nll, tokens) per pair, in the pairs' order ((0.0, 0) for a pair
     with nothing to score), for per-item intervals.
     """
-    import copy
-
     import torch
     import torch.nn.functional as F
 
-    rows: list[tuple[list[int], int]] = []
-    owners: list[int] = []
     if per_item is not None:
         per_item[:] = [(0.0, 0)] * len(pairs)
-    for i, (prompt, answer) in enumerate(pairs):
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if not p_ids and tokenizer.bos_token_id is not None:
-            p_ids = [tokenizer.bos_token_id]
-        if a_ids and p_ids:
-            rows.append((p_ids + a_ids, len(p_ids)))
-            owners.append(i)
-        elif len(a_ids) > 1:  # no context at all: the first token is given, the rest scored
-            rows.append((a_ids, 1))
-            owners.append(i)
+    rows, owners = _scored_rows(tokenizer, pairs)
     if not rows:
         return 0.0, 0
     device = next(model.parameters()).device
@@ -228,13 +259,7 @@ def reference_nll(
     was_training = model.training
     model.eval()
     try:
-        prefix_cache = None
-        if prefix_len >= MIN_SHARED_PREFIX:
-            with torch.inference_mode():
-                prefix = torch.tensor([rows[0][0][:prefix_len]], device=device)
-                prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
-        else:
-            prefix_len = 0
+        prefix_cache, prefix_len = _prefix_cache(model, rows[0][0], prefix_len, device)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             width = max(len(ids) for ids, _ in chunk) - prefix_len
@@ -246,12 +271,8 @@ def reference_nll(
                 input_ids[r, : len(own)] = torch.tensor(own)
                 attention[r, : prefix_len + len(own)] = 1
                 labels[r, n_ctx - prefix_len : len(own)] = torch.tensor(ids[n_ctx:])
+            kw = _cache_for(prefix_cache, len(chunk))
             with torch.inference_mode():
-                kw: dict[str, Any] = {}
-                if prefix_cache is not None:
-                    cache = copy.deepcopy(prefix_cache)
-                    cache.batch_repeat_interleave(len(chunk))
-                    kw["past_key_values"] = cache
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=bool(kw), **kw).logits.float()
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(device)

@@ -193,6 +193,8 @@ def _sigterm_raises() -> Any:
         signal.signal(signal.SIGTERM, old)
 
 
+# long: one ExitStack owns every vLLM server's lifetime, and the transformers perplexity passes run inside it while the
+# servers start; split further, the start/stop order would be spread over several functions
 def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *, need_nll: bool,
                    details: dict[str, Any], choice: Choice) -> dict[str, dict[str, Any] | None]:
     """Both models through vLLM's OpenAI server: one server per model, both at once on their own CPUs (or one after the
@@ -251,8 +253,6 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
                         "schedule": "together" if together and len(labels) > 1 else "one after the other"})
         nll: dict[str, tuple[Any, Any]] = {}
         started: list[Any] = []
-        # (kept whole, ~100 lines: one ExitStack owns every server's lifetime, and the transformers perplexity passes run
-        # inside it while the servers start; split further, the start/stop order would be spread over several functions)
         with _sigterm_raises(), contextlib.ExitStack() as stack:
             def start(label: str) -> None:
                 stack.enter_context(vb.serving([servers[label]]))

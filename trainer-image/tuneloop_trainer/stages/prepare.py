@@ -9,6 +9,7 @@ checks.maxRejectedFraction of the records were rejected — before any GPU is re
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,9 +138,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     data_dir = ctx.data_dir
     _write_splits(data_dir, splits)
 
-    by_rule: dict[str, int] = {}
-    for r in col.rejected:
-        by_rule[r["rule"]] = by_rule.get(r["rule"], 0) + 1
+    by_rule: dict[str, int] = dict(Counter(r["rule"] for r in col.rejected))  # in the order first rejected
     frac = len(col.rejected) / col.read if col.read else 0.0
     report = {
         "dataset_sha256": sha,

@@ -127,7 +127,7 @@ def data_claim(spec: FineTuneJobSpec) -> str | None:
     return next(iter(claims.values()), None)
 
 
-def volumes(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, shm: bool, cache: bool) -> tuple[list, list]:
+def volumes(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, shm: bool, cache: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volumeMounts) for a stage pod."""
     n = names(meta.name)
     claim, _ = workdir(spec, meta, config)

@@ -86,7 +86,7 @@ def _scalar(v: Any) -> str:
     raise _NotSimple
 
 
-def _block(node: dict, indent: str, out: list[str]) -> None:
+def _block(node: dict[str, Any], indent: str, out: list[str]) -> None:
     for k, v in node.items():
         key = _scalar(k) if isinstance(k, str) else ""
         if not key or key.startswith("'"):
@@ -121,7 +121,7 @@ def dump_yaml(doc: dict[str, Any]) -> str:
     try:
         _block(doc, "", out)
     except _NotSimple:
-        return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False)
+        return str(yaml.dump(doc, Dumper=_DUMPER, sort_keys=False))
     return "".join(out) if out else "{}\n"
 
 

@@ -29,7 +29,7 @@ PREP_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory"
 
 
 def _container(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, command: list[str], args: list[str],
-               resources: dict[str, Any], mounts: list, extra_env: list | None = None, ports: list | None = None) -> dict[str, Any]:
+               resources: dict[str, Any], mounts: list[dict[str, Any]], extra_env: list[dict[str, Any]] | None = None, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": CONTAINER,
         "image": image(spec, config),
@@ -48,8 +48,8 @@ def _container(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *
     return c
 
 
-def _job(name: str, component: str, spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, container: dict,
-         vols: list, backoff: int, suspend: bool, gpu_scheduling: bool, pods: int = 1, subdomain: str | None = None) -> dict[str, Any]:
+def _job(name: str, component: str, spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, container: dict[str, Any],
+         vols: list[dict[str, Any]], backoff: int, suspend: bool, gpu_scheduling: bool, pods: int = 1, subdomain: str | None = None) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": pod_security(config.run_as_user),
@@ -113,7 +113,7 @@ def train_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *,
     _, wd = workdir(spec, meta, config)
     vols, mounts = volumes(spec, meta, config, shm=True, cache=True)
     n = names(meta.name)
-    rank_env = [
+    rank_env: list[dict[str, Any]] = [
         {"name": "NNODES", "value": str(r.nodes)},
         {"name": "NPROC_PER_NODE", "value": str(max(1, r.gpus_per_node))},
         {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},

@@ -104,7 +104,7 @@ def finetunejob(schedule: dict[str, Any], spec: FineTuneScheduleSpec, fire: Fire
     registry["modelName"] = model_name(spec, meta["name"])
     registry["version"] = run_version(fire.key, meta["name"], registry["modelName"])
     eval_json, why_not = champion_eval_json(champion, claim)
-    if eval_json:
+    if eval_json and champion is not None:
         body["evaluation"]["serving"] = {"modelVersion": champion["metadata"]["name"], "evalJson": eval_json}
     else:  # nothing to compare with (the first version), or unreadable (the run is then never handed off)
         body["evaluation"].pop("serving", None)

@@ -95,7 +95,7 @@ def lora_rank_flag(spec_rank: int | None, artifact_rank: int | None) -> int | No
                        RolloutReason.LORA_RANK_TOO_LARGE.value)
 
 
-def _mount(volume: str, claim: str, path: str, mount_path: str) -> tuple[dict, dict]:
+def _mount(volume: str, claim: str, path: str, mount_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     vol = {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
     mount: dict[str, Any] = {"name": volume, "mountPath": mount_path, "readOnly": True}
     if path:
@@ -157,13 +157,13 @@ def serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *
     return VllmServe(tuple(args), names, art.format == ArtifactFormat.LORA_ADAPTER.value)
 
 
-def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict], list[dict]]:
+def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
     """(args after `vllm serve`, volumes, volumeMounts) for the ModelVersion: its artifact (and a pvc:// base)
     mounted read-only, `serve_args` with the mount paths."""
     art = mv.spec.artifact
     claim, path = parse_pvc_uri(art.uri, f"ModelVersion {mv.metadata.name} artifact")
-    volumes: list[dict] = []
-    mounts: list[dict] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
     vol, mount = _mount("artifact", claim, path, ARTIFACT_MOUNT)
     volumes.append(vol)
     mounts.append(mount)

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +35,13 @@ from .. import kube, telemetry
 from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
 from ..settings import get_settings
 from . import progress as prog
-from .reconcile import Reconciler
+from .reconcile import Reconciler, ValidatedSpecs
 from .state import TERMINAL
 
 log = logging.getLogger("tuneloop.finetunejob")
 
 FTJ = (GROUP, VERSION, "finetunejobs")
-CHILD_JOBS = dict(labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT})
+CHILD_JOB_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: kopf.PRESENT}
 RETRY_S = 5.0  # a pass that failed (API error, timeout) is retried this much later
 
 Key = tuple[str, str]
@@ -57,6 +58,7 @@ class Memory:
     retry: dict[Key, float] = field(default_factory=dict)  # key -> monotonic time of the next attempt
     loop_task: asyncio.Task | None = None
     seen: set[Key] = field(default_factory=set)  # FineTuneJobs this process has logged as watched
+    validated: ValidatedSpecs = field(default_factory=ValidatedSpecs)  # specs parsed once per (uid, generation, spec)
 
     def slot(self) -> asyncio.Semaphore:
         if self.slots is None:
@@ -88,7 +90,7 @@ def _key(meta: Any) -> Key:
     return (meta.get("namespace") or "default", meta.get("name"))
 
 
-def _rv(obj: dict[str, Any] | None) -> int:
+def _rv(obj: Mapping[str, Any] | None) -> int:
     try:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or -1)
     except (TypeError, ValueError):  # opaque: treat as unknown
@@ -106,12 +108,12 @@ def _slim(body: Any) -> dict[str, Any]:
 # async: Kopf runs a sync handler in its thread pool (a task, a thread hand-off and a context copy per
 # watch event: ~10 % of the operator's CPU samples at 500 creations); these only copy dicts.
 @kopf.index(*FTJ)
-async def tuneloop_finetunejobs(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def tuneloop_finetunejobs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace or "default", name): _slim(body)}
 
 
-@kopf.index("batch", "v1", "jobs", **CHILD_JOBS)
-async def tuneloop_stage_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Key, dict[str, Any]]:
+@kopf.index("batch", "v1", "jobs", labels=CHILD_JOB_LABELS)
+async def tuneloop_stage_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> dict[Key, dict[str, Any]]:
     """A stage Job as a pass reads it: its name, whether it is suspended, its status (not the pod template)."""
     job = _slim(body)
     job["spec"] = {"suspend": job["spec"].get("suspend")}
@@ -150,12 +152,12 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
                         telemetry.set_phase(key[0], key[1], body["status"]["phase"])
                     MEMORY.retry.pop(key, None)
                     return None
-                rec = Reconciler(kube.get_client(), get_settings())
+                rec = Reconciler(kube.get_client(), get_settings(), MEMORY.validated)
                 progress = None
                 if with_progress and (body.get("status") or {}).get("phase") == "Training":
                     progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port,
                                                max_bytes=rec.config.trainer_metrics_max_bytes)
-                jobs = {(j.get("metadata") or {}).get("name"): j for j in stage_jobs.get(key, [])}
+                jobs = {j["metadata"]["name"]: j for j in stage_jobs.get(key, [])}  # _slim: every Job has metadata.name
                 outcome = await rec.run(body, progress=progress, jobs=jobs)
                 if outcome.written is not None:
                     MEMORY.written[key] = _slim(outcome.written)
@@ -174,7 +176,7 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
 
 
 # --- triggers ----------------------------------------------------------------------------------
-@kopf.on.event(*FTJ)
+@kopf.on.event(*FTJ)  # type: ignore[arg-type]  # Kopf's handler protocols do not list index kwargs
 async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_finetunejobs: kopf.Index,
                             tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     key = _key(body.get("metadata") or {})
@@ -195,14 +197,16 @@ async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_fin
     await reconcile(key, tuneloop_finetunejobs, tuneloop_stage_jobs)
 
 
-@kopf.on.event("batch", "v1", "jobs", **CHILD_JOBS)
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_JOB_LABELS)  # type: ignore[arg-type]  # Kopf's handler protocols do not list index kwargs
 async def child_job_changed(event: dict[str, Any], body: kopf.Body, tuneloop_finetunejobs: kopf.Index,
                             tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     if event.get("type") == "DELETED":
         return
     meta = body.get("metadata") or {}
-    key = (meta.get("namespace") or "default", (meta.get("labels") or {}).get(LABEL_JOB))
-    await reconcile(key, tuneloop_finetunejobs, tuneloop_stage_jobs)
+    owner = (meta.get("labels") or {}).get(LABEL_JOB)
+    if not owner:  # the label filter lets only labelled Jobs through
+        return
+    await reconcile((meta.get("namespace") or "default", owner), tuneloop_finetunejobs, tuneloop_stage_jobs)
 
 
 # --- the operator-wide loop: progress while Training, retries ---------------------------------
@@ -228,7 +232,7 @@ async def _periodic(ftjs: kopf.Index, stage_jobs: kopf.Index, interval: float) -
                              return_exceptions=True)
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]  # Kopf's handler protocols do not list index kwargs
 async def _start_loop(tuneloop_finetunejobs: kopf.Index, tuneloop_stage_jobs: kopf.Index, **_: Any) -> None:
     """The indexes are filled later (before any resource handler runs); the task only reads them."""
     MEMORY.loop_task = asyncio.create_task(

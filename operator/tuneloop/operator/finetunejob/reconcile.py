@@ -12,10 +12,11 @@ is built only when that child is about to be created.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -53,23 +54,36 @@ class Outcome:
     written: dict[str, Any] | None = None  # the FineTuneJob as the status patch returned it (None: nothing written)
 
 
-_VALIDATED: OrderedDict[tuple[str, int, str], tuple[FineTuneJobSpec | None, str, str]] = OrderedDict()
-_VALIDATED_MAX = 4096
 REPORT_TAIL_LINES = 20000  # lines of the evaluation pod's log read for report.md (then at most eval_log_max_bytes of them)
 
+Validated = tuple[FineTuneJobSpec | None, str, str]  # what `validate` returns: (spec, where, why)
 
-def validate_cached(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
-    """`validate` once per (uid, generation, spec): a pass that finds the same spec does not parse it again."""
-    m = body.get("metadata") or {}
-    if not m.get("uid"):
-        return validate(body, config)
-    key = (m["uid"], int(m.get("generation") or 1), json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
-    hit = _VALIDATED.get(key)
-    if hit is None:
-        hit = _VALIDATED[key] = validate(body, config)
-        while len(_VALIDATED) > _VALIDATED_MAX:
-            _VALIDATED.popitem(last=False)
-    return hit
+
+class ValidatedSpecs:
+    """`validate` once per (uid, generation, spec): a pass that finds the same spec does not parse it again.
+
+    Bounded (the oldest entry goes first); owned by whoever outlives a pass — the operator's `Memory` in
+    `finetunejob/handlers.py` — and handed to each `Reconciler`; a Reconciler made without one gets its own, so
+    nothing is shared between tests. Filled under one process's settings (`validate` reads the policy)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, int, str], Validated] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, body: dict[str, Any], config: OperatorSettings) -> Validated:
+        m = body.get("metadata") or {}
+        if not m.get("uid"):
+            return validate(body, config)
+        key = (m["uid"], int(m.get("generation") or 1), json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
+        hit = self._entries.get(key)
+        if hit is None:
+            hit = self._entries[key] = validate(body, config)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return hit
 
 
 def validate(body: dict[str, Any], config: OperatorSettings) -> tuple[FineTuneJobSpec | None, str, str]:
@@ -170,9 +184,10 @@ def _is_true(c: Condition | None) -> bool:
 class Reconciler:
     """Holds the client and settings; `run(body)` is one pass."""
 
-    def __init__(self, client: KubeClient, config: OperatorSettings):
+    def __init__(self, client: KubeClient, config: OperatorSettings, validated: ValidatedSpecs | None = None):
         self.client = client
         self.config = config
+        self.validated = validated if validated is not None else ValidatedSpecs()
         self._jobs: Mapping[str, dict[str, Any]] | None = None
 
     async def run(self, body: dict[str, Any], *, progress: dict[str, Any] | None = None,
@@ -186,7 +201,7 @@ class Reconciler:
             return Outcome(old["phase"], status=old)
         status = st.read_status(old)
         status.conditions = status.conditions  # always written, as an empty list at first
-        spec, where, why = validate_cached(body, self.config)
+        spec, where, why = self.validated.get(body, self.config)
         if spec is None:
             msg = f"{where}: {why}"
             self._fail(status, meta, StageFailureReason.INVALID_SPEC, msg)
@@ -225,7 +240,7 @@ class Reconciler:
             setattr(status.children, field_, name(p.names))
         job = await self._job(meta, stage.job(p.names), lambda: stage.build(spec, meta, cfg), spec.suspend,
                               timed=p.body if stage.timed else None, done=stage.done(p.condition(stage.condition)),
-                              before=[(res, lambda b=b: b(spec, meta, cfg)) for res, b in stage.before])
+                              before=[(res, functools.partial(b, spec, meta, cfg)) for res, b in stage.before])
         p.jobs[stage.condition.value] = job
         state = st.job_state(job)
         if stage.observe is not None:
@@ -237,10 +252,10 @@ class Reconciler:
             return False
         if state != "Succeeded":
             assert stage.waiting is not None
-            cond_status, reason, cond_msg, msg = stage.waiting(p, state)
-            p.set(stage.condition, cond_status, reason, cond_msg)
+            cond_status, why, cond_msg, msg = stage.waiting(p, state)
+            p.set(stage.condition, cond_status, why, cond_msg)
             suspended = state == "Suspended"
-            status.phase = FineTuneJobPhase.SUSPENDED.value if suspended else stage.phase.value
+            status.phase = FineTuneJobPhase.SUSPENDED if suspended else stage.phase
             status.message = "suspended" if suspended else msg
             if stage.running is not None:
                 stage.running(self, p, job)
@@ -323,7 +338,7 @@ class Reconciler:
         status.metrics = st.headline_metrics(evaluation)
         if evaluation:
             status.verdict = evaluation.get("verdict")
-        status.phase = FineTuneJobPhase.SUCCEEDED.value
+        status.phase = FineTuneJobPhase.SUCCEEDED
         status.completion_time = status.completion_time or st.utcnow()
         status.message = msg
         p.set(C.SUCCEEDED, True, R.COMPLETED, msg)
@@ -332,7 +347,7 @@ class Reconciler:
     # --- helpers ------------------------------------------------------------------------------
     def _fail(self, status: FineTuneJobStatus, meta: JobMeta, reason: str | Enum, message: str) -> None:
         now = st.utcnow()
-        status.phase = FineTuneJobPhase.FAILED.value
+        status.phase = FineTuneJobPhase.FAILED
         status.message = message
         status.completion_time = status.completion_time or now
         set_condition(status.conditions, C.FAILED, True, reason, message, now=now, generation=meta.generation)
@@ -345,7 +360,7 @@ class Reconciler:
             ownership.check_owned({"kind": res.kind, **existing}, manifest)
 
     async def _job(self, meta: JobMeta, name: str, build: Callable[[], dict], suspend: bool, timed: dict | None = None,
-                   done: bool = False, before: list[tuple[r.Resource, Callable[[], dict | None]]] = ()) -> dict:
+                   done: bool = False, before: Sequence[tuple[r.Resource, Callable[[], dict | None]]] = ()) -> dict:
         """Create a stage Job when it is missing (and, only then, what it needs first: built and
         created, 409 = exists); keep its `suspend` in line with the spec while it is unfinished. A
         stage the status records as done whose Job is gone (ttlSecondsAfterFinished, manual

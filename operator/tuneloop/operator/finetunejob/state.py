@@ -201,7 +201,8 @@ def snake_progress(progress: dict[str, Any]) -> dict[str, Any]:
 
 def data_report(message: dict[str, Any]) -> dict[str, Any]:
     """status.dataReport from prepare's summary (counts, dataset_sha256, rejected_by_rule)."""
-    counts = message.get("counts") if isinstance(message.get("counts"), dict) else {}
+    raw = message.get("counts")
+    counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
     out: dict[str, Any] = {}
     for src, dst in (("read", "total"), ("accepted", "accepted"), ("rejected", "rejected"),
                      ("train", "train"), ("validation", "validation"), ("test", "test")):

@@ -11,9 +11,10 @@ applied client-side, so results are the same against API emulators that ignore t
 from __future__ import annotations
 
 import asyncio
+import builtins
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, Literal, overload
 
 import aiohttp
 
@@ -131,6 +132,12 @@ class KubeClient:
             item.setdefault("kind", res.kind)
         return [i for i in items if matches(i, sel)]
 
+    @overload
+    async def create(self, res: Resource, namespace: str | None, body: dict, *,
+                     read_existing: Literal[True] = True) -> tuple[dict, bool]: ...
+    @overload
+    async def create(self, res: Resource, namespace: str | None, body: dict, *, read_existing: bool) -> tuple[dict | None, bool]: ...
+
     async def create(self, res: Resource, namespace: str | None, body: dict, *, read_existing: bool = True) -> tuple[dict | None, bool]:
         """Create; if it already exists (409) return the existing object (one GET), or None with
         `read_existing=False` (the caller only needs it to exist). -> (object, created)."""
@@ -192,7 +199,7 @@ class KubeClient:
         }
         return await self.request("POST", EVENTS.path(namespace), body=body)
 
-    async def events_for(self, namespace: str, name: str, kind: str | None = None) -> list[dict]:
+    async def events_for(self, namespace: str, name: str, kind: str | None = None) -> builtins.list[dict[str, Any]]:
         """Events about one object, oldest first (filtered client-side)."""
         items = await self.list(EVENTS, namespace)
         out = [e for e in items if (e.get("involvedObject") or {}).get("name") == name

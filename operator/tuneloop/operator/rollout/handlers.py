@@ -9,7 +9,6 @@ of a pause, or a poll of canary readiness -- never sleeping in a handler (it wai
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -37,8 +36,8 @@ def _reconciler():
                       serving_from=settings.serving_from if settings.network_policies else None)
 
 
-@kopf.daemon(GROUP, VERSION, "rollouts", id="rollout-loop", cancellation_timeout=10.0)
-async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+@kopf.daemon(GROUP, VERSION, "rollouts", id="rollout-loop", cancellation_timeout=10.0)  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
+async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     from tuneloop.operator.kube import resources as r
 
     from . import telemetry
@@ -51,13 +50,13 @@ async def rollout_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, l
     )
 
 
-@kopf.on.update(GROUP, VERSION, "rollouts", field="spec", id="rollout-spec-changed")
+@kopf.on.update(GROUP, VERSION, "rollouts", field="spec", id="rollout-spec-changed")  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
 async def rollout_spec_changed(name: str, namespace: str, **_: Any) -> None:
     """Wake the loop so promote/abort and new candidates act without waiting for the interval."""
     WAKERS.event(namespace, name).set()
 
 
-@kopf.on.event(GROUP, VERSION, "rollouts", id="rollout-gone")
+@kopf.on.event(GROUP, VERSION, "rollouts", id="rollout-gone")  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
 async def rollout_gone(type: str, name: str, namespace: str, **_: Any) -> None:
     """A deleted Rollout wakes its loop at once, which sees it gone, forgets it and exits."""
     if type == "DELETED":

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tuneloop.api import deprecations
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import RolloutCondition, RolloutReason, find_condition
 from tuneloop.api.conditions import set_condition as set_condition_in
@@ -199,8 +200,8 @@ def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
     (its record's champion/challenger outcome Worse) never, NotEvaluated only when the Rollout says
     allowUnevaluatedCandidate."""
     name = mv.metadata.name
-    verdict = mv.spec.evaluation.verdict
-    verdict = verdict.value if hasattr(verdict, "value") else str(verdict)
+    raw_verdict = mv.spec.evaluation.verdict
+    verdict = str(getattr(raw_verdict, "value", raw_verdict))
     if (mv.status and mv.status.phase == "Rejected") or verdict == "Failed":
         return Problem(RolloutReason.CANDIDATE_REJECTED.value, f"ModelVersion {name} was Rejected by its evaluation gates; it is not rolled out")
     serving = mv.spec.evaluation.serving
@@ -219,6 +220,15 @@ def candidate_problem(spec: RolloutSpec, mv: ModelVersion) -> Problem | None:
     return None
 
 
+def note_deprecations(obj: dict[str, Any], out: Outcome, world: World) -> None:
+    """The deprecated fields the Rollout sets: condition DeprecatedFields, and a Warning event (logged by `log_tick`)
+    when that changes (api.deprecations)."""
+    uses = deprecations.deprecated_fields("Rollout", obj.get("spec"))
+    message = deprecations.note(out.status.conditions, uses, now=world.now, generation=world.generation)
+    if message:
+        out.events.append(("Warning", deprecations.EVENT_REASON, message))
+
+
 def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, assessments: dict[str, Assessment]) -> None:
     """One line per transition: measurements, step, weight, phase, and every event (verdicts, promotion, rollback)."""
     st = out.status
@@ -233,8 +243,7 @@ def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, ass
     old_weight = before.canary_weight if before else 0
     if st.canary_weight != old_weight:
         log.info("%s: canary weight %s%% -> %s%%", who, old_weight, st.canary_weight)
-    old_phase = before.phase if before else None
-    old_phase = old_phase.value if hasattr(old_phase, "value") else old_phase
+    old_phase = None if before is None else str(getattr(before.phase, "value", before.phase))
     if st.phase != old_phase:
         log.info("%s: phase %s -> %s: %s", who, old_phase, st.phase, st.message)
     for type_, reason, message in out.events:
@@ -308,11 +317,12 @@ class Reconciler:
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not problem and canary_shortfall(spec, status, world) is None else []
         if due:
-            provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
+            provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
             for mname, a in assessments.items():
                 telemetry.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)
+        note_deprecations(obj, out, world)
         log_tick(ns, name, status, out, assessments)
         watched = stable_mv if err_s is None else None
         drift_due, drift_conditions = await self.watch_drift(ns, name, spec, out, watched, world)
@@ -335,7 +345,7 @@ class Reconciler:
             kept = RolloutStatus()
         if (obj.get("status") or {}).get("message") != msg:
             log.warning("rollout %s/%s: %s", meta["namespace"], meta["name"], msg)
-        kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED.value, msg, "a valid spec"
+        kept.phase, kept.message, kept.waiting_for = RolloutPhase.DEGRADED, msg, "a valid spec"
         set_condition(kept, RolloutCondition.PROGRESSING, False, RolloutReason.INVALID_SPEC, msg,
                       World(now=now, generation=meta.get("generation")))
         await self.write_status(obj, kept)
@@ -359,7 +369,7 @@ class Reconciler:
         if d is None:
             d = DriftStatus(model_version=serving_name, since=world.now)
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
-        provider = self.provider_factory(spec.analysis.provider or spec.analysis.prometheus_address or self.metrics_address)
+        provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
         window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
         d = drift.record_baseline(wd, d, window, world.now)  # the values at promotion; a missing one is retried
         d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)
@@ -396,12 +406,12 @@ class Reconciler:
                     set_condition(out.status, RolloutCondition.OBJECTS_OWNED, True, RolloutReason.OWNED,
                                   "every object the Rollout needs is its own", world)
         except NotOwned as exc:  # someone else's Service/HTTPRoute/Deployment under a name the Rollout needs
-            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.phase = RolloutPhase.DEGRADED
             out.status.message = str(exc)
             out.status.waiting_for = "the conflicting object to be deleted or renamed"
             set_condition(out.status, RolloutCondition.OBJECTS_OWNED, False, RolloutReason.OBJECT_NOT_OWNED, str(exc), world)
         except serving.ServingError as exc:
-            out.status.phase = RolloutPhase.DEGRADED.value
+            out.status.phase = RolloutPhase.DEGRADED
             out.status.message = str(exc)
             out.status.waiting_for = "a servable ModelVersion"
         await self.write_status(obj, out.status)

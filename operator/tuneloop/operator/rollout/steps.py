@@ -93,9 +93,10 @@ def gateway_mode(spec: RolloutSpec) -> bool:
 
 def step_metrics(spec: RolloutSpec, index: int | None) -> list[AnalysisMetric]:
     """The metrics an analysis step at `index` measures ([] for other steps)."""
-    if index is None or index >= len(spec.steps) or spec.steps[index].analysis is None:
+    analysis = spec.steps[index].analysis if index is not None and index < len(spec.steps) else None
+    if analysis is None:
         return []
-    wanted = set(spec.steps[index].analysis.metrics)
+    wanted = set(analysis.metrics)
     return [m for m in spec.analysis.metrics if not wanted or m.name in wanted]
 
 
@@ -265,7 +266,7 @@ class _Effects:
         self.st.waiting_for = None
 
     def progressing(self, waiting: str | None) -> None:
-        self.st.phase = RolloutPhase.PROGRESSING.value
+        self.st.phase = RolloutPhase.PROGRESSING
         self.st.waiting_for = waiting
         i = self.st.current_step_index or 0
         msg = f"step {i + 1}/{len(self.spec.steps)}, canary weight {self.st.canary_weight}%" + (f"; waiting for {waiting}" if waiting else "")
@@ -275,7 +276,7 @@ class _Effects:
     def pause(self, reason: str, waiting: str) -> None:
         if self.st.phase != RolloutPhase.PAUSED.value:
             self.event("Normal", reason, f"paused: waiting for {waiting}")
-        self.st.phase = RolloutPhase.PAUSED.value
+        self.st.phase = RolloutPhase.PAUSED
         self.st.waiting_for = waiting
         self.st.message = f"paused at step {(self.st.current_step_index or 0) + 1}: waiting for {waiting}"
         set_condition(self.st, C.PROGRESSING, False, reason, self.st.message, self.world)
@@ -290,7 +291,7 @@ class _Effects:
         self.st.stable_model_version = cand
         self.st.canary_weight = 0
         self.st.canary_unready_since = None
-        self.st.phase = RolloutPhase.PROMOTED.value
+        self.st.phase = RolloutPhase.PROMOTED
         self.st.current_step_index = len(self.spec.steps)
         self.st.waiting_for = None
         self.st.message = f"{cand} promoted to stable ({how})"
@@ -307,7 +308,7 @@ class _Effects:
         cand = self.st.candidate_model_version
         self.st.canary_weight = 0
         self.st.canary_unready_since = None
-        self.st.phase = phase.value
+        self.st.phase = phase
         self.st.waiting_for = None
         self.st.message = f"{cand} rolled back: {message}"
         self.scale_down_later()
@@ -332,7 +333,7 @@ class _Effects:
         st.canary_unready_since = None
         st.canary_scale_down_at = None
         self.enter_step(0)
-        st.phase = RolloutPhase.PROGRESSING.value
+        st.phase = RolloutPhase.PROGRESSING
         set_condition(st, C.ROLLED_BACK, False, R.NEW_CANDIDATE, f"rolling out {cand}", self.world)
         if st.stable_model_version is None:
             return  # the first version: served as stable at once (once it is servable)
@@ -432,7 +433,7 @@ class _Serving(_Effects):
             if st.candidate_model_version == mv:
                 self.promote(R.FIRST_VERSION, "first version, nothing to compare with: served as stable without a canary")
                 return False  # this tick's message is the promotion's
-            st.phase = RolloutPhase.PROMOTED.value
+            st.phase = RolloutPhase.PROMOTED
             self.out.model_versions.setdefault(mv, (ModelVersionPhase.SERVING.value, "serving as stable"))
             return True
         failed = self.failures(names.STABLE, mv)
@@ -440,11 +441,11 @@ class _Serving(_Effects):
             msg = f"first version {mv} is not serving: {_describe(failed)}"
             if st.phase != RolloutPhase.DEGRADED.value or st.message != msg:
                 self.event("Warning", R.SERVING_POD_FAILED, msg)
-            st.phase, st.waiting_for, st.message = RolloutPhase.DEGRADED.value, f"a serving pod of {mv}", msg
+            st.phase, st.waiting_for, st.message = RolloutPhase.DEGRADED, f"a serving pod of {mv}", msg
             set_condition(st, C.PROGRESSING, False, R.SERVING_POD_FAILED, msg, world)
             return False
         replicas = self.spec.serving.replicas
-        st.phase, st.waiting_for = RolloutPhase.PROGRESSING.value, f"pods of {mv} to serve (0/{replicas} ready)"
+        st.phase, st.waiting_for = RolloutPhase.PROGRESSING, f"pods of {mv} to serve (0/{replicas} ready)"
         st.message = f"first version {mv}: waiting for its pods to serve ({self.spec.served_model_name} listed by /v1/models)"
         set_condition(st, C.PROGRESSING, True, R.STARTING, st.message, world)
         return False
@@ -454,7 +455,7 @@ class _Serving(_Effects):
         was removed before it served (it was never servable) is forgotten: nothing changes for its ModelVersion."""
         st = self.st
         prev = st.candidate_model_version
-        st.phase = RolloutPhase.WAITING.value
+        st.phase = RolloutPhase.WAITING
         st.waiting_for = WAITING_FOR
         st.canary_weight = 0
         st.candidate_model_version = None
@@ -613,7 +614,7 @@ class _Machine(_Serving, _Analysis):
             self.event("Warning", "PromoteRefused", f"not promoting an unservable candidate: {error}")
         if st.phase != RolloutPhase.DEGRADED.value or st.message != error:
             self.event("Warning", world.serving_reason, error)
-        st.phase = RolloutPhase.DEGRADED.value
+        st.phase = RolloutPhase.DEGRADED
         st.waiting_for = "a servable candidate"
         st.message = error
         set_condition(st, C.PROGRESSING, False, world.serving_reason, error, world)

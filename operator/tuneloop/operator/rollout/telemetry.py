@@ -80,13 +80,14 @@ def measured(namespace: str, rollout: str, metric: str, phase: object, value: fl
 
 def forget(namespace: str, rollout: str) -> None:
     """Drop the gauges of a deleted Rollout (counters stay, as Prometheus expects)."""
-    for gauge, labels in [(CANARY_WEIGHT, [()]), (ROLLOUT_PHASE, [(p,) for p in PHASES])]:
+    per_gauge: list[tuple[Gauge, list[tuple[str, ...]]]] = [(CANARY_WEIGHT, [()]), (ROLLOUT_PHASE, [(p,) for p in PHASES])]
+    for gauge, labels in per_gauge:
         for extra in labels:
             try:
                 gauge.remove(namespace, rollout, *extra)
             except KeyError:
                 pass
     for gauge in (MEASUREMENT_VALUE, SERVING_DRIFT, SERVING_DRIFT_THRESHOLD):
-        for labels in list(gauge._metrics):
-            if labels[:2] == (namespace, rollout):
-                gauge.remove(*labels)
+        for key in list(gauge._metrics):
+            if key[:2] == (namespace, rollout):
+                gauge.remove(*key)

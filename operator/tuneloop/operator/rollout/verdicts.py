@@ -137,12 +137,11 @@ def metric_verdict(
     count, so it never succeeds, and inconclusive measurements do not stop it: only Failed or Error
     end it. A canary that only ever returns no data is the progress deadline's business.
     """
-    m = metric or AnalysisMetric.model_construct()
-    if result.failed > _pick(getattr(m, "failure_limit", None), spec.failure_limit):
+    if result.failed > _pick(metric.failure_limit if metric else None, spec.failure_limit):
         return Verdict.FAILED
-    if not background and result.inconclusive > _pick(getattr(m, "inconclusive_limit", None), spec.inconclusive_limit):
+    if not background and result.inconclusive > _pick(metric.inconclusive_limit if metric else None, spec.inconclusive_limit):
         return Verdict.INCONCLUSIVE
-    if result.consecutive_error > _pick(getattr(m, "consecutive_error_limit", None), spec.consecutive_error_limit):
+    if result.consecutive_error > _pick(metric.consecutive_error_limit if metric else None, spec.consecutive_error_limit):
         return Verdict.ERROR
     if not background and count is not None and result.count >= count:
         # Never promote on no evidence: a step whose every measurement was no-data (ignored, or

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -253,7 +254,7 @@ def data_run_known(data: DataObservation | None, runs: list[ScheduleRun]) -> Dat
 REUSABLE_KEYS = (TriggerKind.NEW_DATA, TriggerKind.MANUAL)
 
 
-def name_in_use(name: str, base_key: str, job: dict | None, known: set[str], model_version_exists: bool) -> str | None:
+def name_in_use(name: str, base_key: str, job: dict[str, Any] | None, known: set[str], model_version_exists: bool) -> str | None:
     """Why a run name cannot be used for a fire of `base_key` (None: it can). A FineTuneJob of that name started for
     the same key and still running is the same run (made before a status patch was lost): it is reused (409). A
     finished or recorded run of that name, or a ModelVersion of the name its version would take, is an earlier run."""
@@ -332,8 +333,8 @@ class Judgement:
 ROLLOUT_BUSY = ("Progressing", "Paused")
 
 
-def _against_champion(run: ScheduleRun, mv_name: str, serving: dict, serving_now: str | None, require_improvement: bool,
-                      base: dict) -> Judgement | None:
+def _against_champion(run: ScheduleRun, mv_name: str, serving: dict[str, Any], serving_now: str | None, require_improvement: bool,
+                      base: dict[str, Any]) -> Judgement | None:
     """Why a passing run that was compared with its champion is not handed off (None: it may be)."""
     s_outcome = serving.get("outcome")
     compared_with = serving.get("modelVersion")
@@ -364,7 +365,7 @@ def _against_champion(run: ScheduleRun, mv_name: str, serving: dict, serving_now
     return None
 
 
-def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | None, require_improvement: bool) -> Judgement:
+def judge(run: ScheduleRun, ftj: dict[str, Any] | None, mv: dict[str, Any] | None, rollout: dict[str, Any] | None, require_improvement: bool) -> Judgement:
     """A run's outcome from its FineTuneJob, its ModelVersion and the Rollout (pure)."""
     if ftj is None:
         return Judgement(RunPhase.FAILED, RunOutcome.NO_MODEL_VERSION, f"FineTuneJob {run.name} was deleted before it finished")
@@ -409,7 +410,7 @@ def judge(run: ScheduleRun, ftj: dict | None, mv: dict | None, rollout: dict | N
                      f"{mv_name} {won}; set as the candidate of Rollout {rollout['metadata']['name']}", hand_off=True, **base)
 
 
-def serving_version(rollout: dict | None) -> str | None:
+def serving_version(rollout: dict[str, Any] | None) -> str | None:
     """The version the Rollout serves now: its status.stableModelVersion, else the spec.stable it was declared with
     (a Rollout that has not reconciled yet serves that one first)."""
     ro = rollout or {}
@@ -417,7 +418,7 @@ def serving_version(rollout: dict | None) -> str | None:
             or ((ro.get("spec") or {}).get("stable") or {}).get("name"))
 
 
-def rollout_busy_with(rollout: dict, mv_name: str) -> str | None:
+def rollout_busy_with(rollout: dict[str, Any], mv_name: str) -> str | None:
     """The other candidate the Rollout is rolling out, or has been handed and not yet picked up (its spec.candidate
     differs from status.candidateModelVersion): a second winner waits instead of overwriting the first's hand-off."""
     st = rollout.get("status") or {}
@@ -425,9 +426,9 @@ def rollout_busy_with(rollout: dict, mv_name: str) -> str | None:
     wanted = ((rollout.get("spec") or {}).get("candidate") or {}).get("name")
     in_flight = st.get("candidateModelVersion")
     if wanted and wanted not in (mv_name, stable) and in_flight != wanted:
-        return wanted  # handed off, the Rollout has not started it yet
+        return str(wanted)  # handed off, the Rollout has not started it yet
     if in_flight and in_flight not in (mv_name, stable) and st.get("phase") in ROLLOUT_BUSY:
-        return in_flight
+        return str(in_flight)
     return None
 
 

@@ -8,7 +8,6 @@ wake it at once.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -35,8 +34,8 @@ def _reconciler():
                       provider_factory=prometheus.Endpoints.from_settings(s).client)
 
 
-@kopf.daemon(GROUP, VERSION, "finetuneschedules", id="schedule-loop", cancellation_timeout=10.0)
-async def schedule_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+@kopf.daemon(GROUP, VERSION, "finetuneschedules", id="schedule-loop", cancellation_timeout=10.0)  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
+async def schedule_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
     from tuneloop.operator.kube import resources as r
 
     reconciler = _reconciler()
@@ -47,18 +46,18 @@ async def schedule_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, 
     )
 
 
-@kopf.on.update(GROUP, VERSION, "finetuneschedules", field="spec", id="schedule-spec-changed")
+@kopf.on.update(GROUP, VERSION, "finetuneschedules", field="spec", id="schedule-spec-changed")  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
 async def schedule_spec_changed(name: str, namespace: str, **_: Any) -> None:
     WAKERS.event(namespace, name).set()
 
 
-@kopf.on.update(GROUP, VERSION, "finetuneschedules", field="metadata.annotations", id="schedule-retrain")
+@kopf.on.update(GROUP, VERSION, "finetuneschedules", field="metadata.annotations", id="schedule-retrain")  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
 async def schedule_retrain(name: str, namespace: str, **_: Any) -> None:
     """`kubectl tuneloop retrain` sets an annotation: act on it now."""
     WAKERS.event(namespace, name).set()
 
 
-@kopf.on.event(GROUP, VERSION, "finetunejobs", labels={LABEL_SCHEDULE: kopf.PRESENT})
+@kopf.on.event(GROUP, VERSION, "finetunejobs", labels={LABEL_SCHEDULE: kopf.PRESENT})  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
 async def schedule_run_event(body: Any, namespace: str, **_: Any) -> None:
     """A run's FineTuneJob changed (phase, ModelVersion): wake its schedule. Raw events patch nothing."""
     owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_SCHEDULE)
@@ -66,7 +65,7 @@ async def schedule_run_event(body: Any, namespace: str, **_: Any) -> None:
         WAKERS.wake(namespace, owner)
 
 
-@kopf.on.event(GROUP, VERSION, "finetuneschedules", id="schedule-gone")
+@kopf.on.event(GROUP, VERSION, "finetuneschedules", id="schedule-gone")  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced
 async def schedule_gone(type: str, name: str, namespace: str, **_: Any) -> None:
     """A deleted schedule wakes its loop at once, which sees it gone, forgets it and exits."""
     if type == "DELETED":

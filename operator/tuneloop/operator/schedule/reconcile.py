@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tuneloop.api import deprecations
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, set_condition
 from tuneloop.api.schedule import (
@@ -299,13 +300,16 @@ class Reconciler:
         message = self._message(spec, phase, active, t.runs, t.dec, t.data)
         conds = self._conditions(st.conditions, t.runs, t.now, gen)
         self._owned_condition(conds, t.foreign, t.events, t.now, gen)
+        deprecated = deprecations.note(conds, deprecations.deprecated_fields("FineTuneSchedule", t.obj.get("spec")), now=t.now, generation=gen)
+        if deprecated:
+            t.events.append(("Warning", deprecations.EVENT_REASON, deprecated))
         set_condition(conds, FineTuneScheduleCondition.READY, True, FineTuneScheduleReason.RECONCILED, "the latest tick completed",
                       now=t.now, generation=gen)
         t.new = FineTuneScheduleStatus(
             phase=phase, active=active, last_schedule_time=t.dec.last_schedule_time, next_schedule_time=t.dec.next_schedule_time,
             last_run_time=t.last_run_time, last_successful_time=last_ok, serving_model_version=t.serving, runs=t.runs[-100:],
             data=t.data, prometheus=t.prom, last_retrain_request=t.last_retrain, observed_generation=gen,
-            message=message, conditions=[c.wire() for c in conds],
+            message=message, conditions=conds,
         )
         await self._patch_status(t.ns, t.name, t.old_raw, t.new.wire())
         for type_, reason, msg in t.events:
@@ -341,7 +345,8 @@ class Reconciler:
         data = data or DataObservation()
         ns = obj["metadata"]["namespace"]
         if data.check_job:
-            job = await self.client.get(r.JOBS, ns, data.check_job)
+            check_job = data.check_job
+            job = await self.client.get(r.JOBS, ns, check_job)
             conds = {c.get("type"): c.get("status") for c in ((job or {}).get("status") or {}).get("conditions") or []}
             if job is None or conds.get("Complete") == "True" or conds.get("Failed") == "True":
                 pods = await self.client.list(r.PODS, ns, labels={"job-name": data.check_job}) if job else []
@@ -359,7 +364,7 @@ class Reconciler:
                     data = data.model_copy(update={"message": f"digest check {data.check_job}: {why}"})
                     events.append(("Warning", "DataCheckFailed", data.message))
                 if job is not None:
-                    await self.client.delete(r.JOBS, ns, data.check_job)
+                    await self.client.delete(r.JOBS, ns, check_job)
                 data = data.model_copy(update={"check_job": None})
         if decide.data_check_due(data, trig.check_interval, now) and not sched.spec.suspend:
             job = build.digest_job(obj, sched.spec, sched.spec.job_template.spec.image or self.trainer_image, now,
@@ -379,7 +384,7 @@ class Reconciler:
         for trig in sched.spec.triggers.prometheus:
             obs = by_name.get(trig.name) or PrometheusObservation(name=trig.name)
             if decide.prometheus_check_due(by_name.get(trig.name), trig.interval, now, trig.for_) and not sched.spec.suspend:
-                provider: QueryClient = self.provider_factory(trig.provider or trig.prometheus_address or self.prometheus_url, ns)
+                provider: QueryClient = self.provider_factory(trig.provider_ref or self.prometheus_url, ns)
                 try:
                     value = await provider.query(trig.query)
                     if value is not None and not isinstance(value, (int, float)):
@@ -420,8 +425,8 @@ class Reconciler:
                                            champion=ann.get(build.ANNOTATION_CHAMPION),
                                            data_digest=ann.get(build.ANNOTATION_DATA_DIGEST))]
         for run in runs:
-            job = jobs.get(run.name)
-            if job is not None and run.uid and job["metadata"].get("uid") != run.uid:
+            ftj = jobs.get(run.name)
+            if ftj is not None and run.uid and ftj["metadata"].get("uid") != run.uid:
                 foreign[run.name] = f"not the FineTuneJob the schedule created for run {run.name} (uid {run.uid})"
                 del jobs[run.name]
         for run in runs:
@@ -429,14 +434,14 @@ class Reconciler:
                 if run.name in jobs or _v(run.phase) != RunPhase.RUNNING.value:
                     out.append(run)
                 continue
-            job = jobs.get(run.name)
-            mv_name = ((job or {}).get("status") or {}).get("children", {}).get("modelVersion")
+            ftj = jobs.get(run.name)
+            mv_name = ((ftj or {}).get("status") or {}).get("children", {}).get("modelVersion")
             mv = await self.client.get(r.MODELVERSIONS, ns, mv_name) if mv_name else None
-            j = decide.judge(run, job, mv, rollout, require_improvement)
+            j = decide.judge(run, ftj, mv, rollout, require_improvement)
             update: dict[str, Any] = {"phase": j.phase.value, "outcome": j.outcome.value, "message": j.message,
                                       "model_version": j.model_version, "verdict": j.verdict, "serving_outcome": j.serving_outcome}
             if j.phase != RunPhase.RUNNING and run.finished_at is None:
-                update["finished_at"] = _ts(((job or {}).get("status") or {}).get("completionTime")) or utcnow()
+                update["finished_at"] = _ts(((ftj or {}).get("status") or {}).get("completionTime")) or utcnow()
             if j.hand_off and rollout is not None:
                 await self.client.patch(r.ROLLOUTS, ns, rollout["metadata"]["name"], {"spec": {"candidate": {"name": j.model_version}}})
                 # the next run judged in this tick sees the hand-off (it waits instead of overwriting it)
