@@ -254,6 +254,18 @@ def test_builtin_queries_use_exact_vllm_names_and_role_selector():
     assert 'vllm:request_success_total{ ' + sel + ', finished_reason="abort" }' in q["abort-rate"]
 
 
+def test_builtin_queries_select_the_measured_version_when_given():
+    """The canary is measured on the candidate's pods, the stable on the stable version's: a role's old pods (still
+    serving while its Deployment rolls to the next version) are not in the measurement."""
+    for b in ["error-rate", "ttft-p95", "e2e-latency-p95", "abort-rate"]:
+        q = queries.render_metric(AnalysisMetric(name=b, builtin=b, max=1), namespace="llm", rollout="bot", role="canary", window="1m",
+                                  model_version="bot-v2")
+        sel = 'namespace="llm", tuneloop_dev_rollout="bot", tuneloop_dev_role="canary", tuneloop_dev_model_version="bot-v2"'
+        # every selector of the query carries it (the ratios have two)
+        assert q.count("tuneloop_dev_role=") == q.count(sel) >= 1, q
+    assert queries.render("{{modelVersion}}/{{role}}", namespace="n", rollout="r", role="stable", window="1m", model_version="v1") == "v1/stable"
+
+
 def test_custom_query_placeholders():
     out = queries.render("up{namespace='{{namespace}}', role='{{ role }}'} # {{rollout}} {{window}} {{unknown}}",
                          namespace="n", rollout="r", role="stable", window="2m")  # fmt: skip

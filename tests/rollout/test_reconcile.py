@@ -7,6 +7,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tuneloop.operator.analysis.prometheus import PrometheusError, PrometheusProvider
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
@@ -95,6 +97,8 @@ async def test_tick_builds_serving_measures_and_rolls_back_first_to_weight_zero(
         await tick(kc, rec, 2)  # first measurement of the analysis step
         # the window covers only the traffic since the weight change at t=1 (analysis.window is 1m)
         assert prov.queries and 'tuneloop_dev_role="canary"' in prov.queries[-1] and "[1s]" in prov.queries[-1]
+        # the candidate's pods only: a previous candidate's canary pods still serving are not this one's measurement
+        assert 'tuneloop_dev_model_version="v2"' in prov.queries[-1]
         rv = (await kc.get(r.ROLLOUTS, NS, "bot"))["metadata"]["resourceVersion"]
         delay = await tick(kc, rec, 5)  # nothing due, nothing changed: no status write
         assert delay == pytest.approx(7.0)
@@ -178,6 +182,34 @@ def test_available_for_requires_the_current_template():
     assert available_for(dep, "v3") == 0
     assert available_for(dep | {"status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 2}}, "v2") == 0
     assert available_for(None, "v2") == 0
+
+
+@pytest.mark.unit
+def test_available_for_does_not_count_the_old_templates_pods():
+    """Seen on the cluster tier with real vLLM: the canary Deployment moved to a new candidate whose engine was still
+    compiling while the previous candidate's pod still served; the Deployment read available 1, updated 1, and the
+    operator measured — the old pod. Only available pods that cannot be old ones count."""
+    def dep(replicas: int, updated: int, available: int) -> dict:
+        return {"metadata": {"generation": 1}, "spec": {"template": {"metadata": {"labels": {"tuneloop.dev/model-version": "v2"}}}},
+                "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": updated, "availableReplicas": available}}
+    assert available_for(dep(2, 1, 1), "v2") == 0  # the old pod is the available one
+    assert available_for(dep(2, 1, 2), "v2") == 1
+    assert available_for(dep(3, 2, 2), "v2") == 1
+    assert available_for(dep(1, 1, 1), "v2") == 1
+
+
+@pytest.mark.unit
+@given(new=st.integers(0, 6), new_ready=st.integers(0, 6), old=st.integers(0, 6), old_ready=st.integers(0, 6))
+def test_available_for_never_exceeds_the_ready_pods_of_the_current_template(new: int, new_ready: int, old: int, old_ready: int):
+    """Whatever mix of old and new pods a rolling Deployment has, available_for is a lower bound of the new template's
+    ready pods, and exact once the old pods are gone."""
+    new_ready, old_ready = min(new_ready, new), min(old_ready, old)
+    d = {"metadata": {"generation": 1}, "spec": {"template": {"metadata": {"labels": {"tuneloop.dev/model-version": "v2"}}}},
+         "status": {"observedGeneration": 1, "replicas": new + old, "updatedReplicas": new, "availableReplicas": new_ready + old_ready}}
+    got = available_for(d, "v2")
+    assert 0 <= got <= new_ready
+    if old == 0:
+        assert got == new_ready
 
 
 async def test_gguf_base_and_unevaluated_candidates_are_flagged_not_served(tmp_path: Path):

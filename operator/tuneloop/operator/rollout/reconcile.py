@@ -85,7 +85,11 @@ async def scale(client: KubeClient, namespace: str, name: str, replicas: int) ->
 
 
 def available_for(dep: dict | None, mv: str | None) -> int:
-    """Available pods of a Deployment that already runs `mv` (0 while an older template is still rolling)."""
+    """Available pods of a Deployment's current template, which runs `mv` (0 while it runs another version).
+
+    While the template changes, the Deployment's `availableReplicas` also counts the old template's pods, which still
+    serve until they go: an old pod available and a new one not yet ready read available 1, updated 1. Only what
+    cannot be an old pod counts — available minus every pod that is not updated (`replicas - updatedReplicas`)."""
     if dep is None or mv is None:
         return 0
     labels = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
@@ -94,7 +98,9 @@ def available_for(dep: dict | None, mv: str | None) -> int:
         return 0
     if (st.get("observedGeneration") or 0) < (dep.get("metadata", {}).get("generation") or 0):
         return 0
-    return min(int(st.get("availableReplicas") or 0), int(st.get("updatedReplicas") or 0))
+    updated = int(st.get("updatedReplicas") or 0)
+    old = max(0, int(st.get("replicas") or 0) - updated)
+    return max(0, min(updated, int(st.get("availableReplicas") or 0) - old))
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -134,15 +140,20 @@ def serving_pod_failures(pods: list[dict]) -> tuple[PodFailure, ...]:
 
 
 async def measure(
-    provider: MetricsProvider, metrics_: list[AnalysisMetric], spec: RolloutSpec, namespace: str, rollout: str, window: str | None = None
+    provider: MetricsProvider, metrics_: list[AnalysisMetric], spec: RolloutSpec, namespace: str, rollout: str, window: str | None = None,
+    stable: str | None = None,
 ) -> dict[str, Assessment]:
     """Every metric of the canary (and the stable, for relative thresholds) over `window` (default
-    analysis.window), as the provider answers it, assessed (pure)."""
+    analysis.window), as the provider answers it, assessed (pure). The canary's pods are the candidate's
+    (`spec.candidate`), the stable's those of the `stable` ModelVersion."""
     window = window or spec.analysis.window
+
+    # each role's own version only: the pods of a role's previous version serve (and are scraped) until they are gone
+    versions = {names.CANARY: spec.candidate.name if spec.candidate else None, names.STABLE: stable}
 
     async def one(m: AnalysisMetric, role: str) -> QueryOutcome:
         try:
-            return QueryOutcome(value=await provider.measure(m, Pods(namespace, rollout, role=role), window))
+            return QueryOutcome(value=await provider.measure(m, Pods(namespace, rollout, role=role, model_version=versions[role]), window))
         except ProviderError as exc:
             return QueryOutcome(error=str(exc))
 
@@ -318,7 +329,7 @@ class Reconciler:
         due = due_metrics(spec, status, now) if not problem and canary_shortfall(spec, status, world) is None else []
         if due:
             provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
-            assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now))
+            assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now), stable=stable_name)
             for mname, a in assessments.items():
                 telemetry.measured(ns, name, mname, a.phase, a.value)
         out = advance(spec, status, world, assessments)

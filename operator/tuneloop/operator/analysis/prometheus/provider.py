@@ -37,7 +37,8 @@ class PrometheusProvider:
 
     async def measure(self, metric: AnalysisMetric, pods: Pods, window: str) -> float | None:
         assert pods.role is not None, "an analysis metric is measured for one role's pods"
-        promql = queries.render_metric(metric, namespace=pods.namespace, rollout=pods.rollout, role=pods.role, window=window)
+        promql = queries.render_metric(metric, namespace=pods.namespace, rollout=pods.rollout, role=pods.role, window=window,
+                                       model_version=pods.model_version)
         if metric.builtin is None and self.confined:  # the built-ins carry {{selector}}, namespace included, by construction
             promql = confine_or_error(promql, pods.namespace)
         return await self.client.query(promql)

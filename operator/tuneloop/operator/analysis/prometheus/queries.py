@@ -1,7 +1,8 @@
 """Prometheus' built-in vLLM analysis queries, the drift watch's queries, and PromQL templating (pure).
 
 Placeholders: {{namespace}}, {{rollout}}, {{role}}, {{window}} and {{selector}} (the label matchers
-of one role's pods as scraped by Prometheus: namespace, tuneloop_dev_rollout, tuneloop_dev_role).
+of one role's pods of one ModelVersion as scraped by Prometheus: namespace, tuneloop_dev_rollout, tuneloop_dev_role,
+tuneloop_dev_model_version), {{modelVersion}}.
 Counters that only appear after their first increment (5xx responses, aborts) are `or vector(0)`
 so a healthy version reads 0, not "no data"; a version that served no requests at all still reads
 no data (0/0), which the metric's noDataPolicy decides.
@@ -26,9 +27,12 @@ def prom_version_selector(namespace: str, rollout: str, model_version: str) -> s
     return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_MODEL_VERSION}="{model_version}"'
 
 
-def prom_selector(namespace: str, rollout: str, role: str) -> str:
-    """PromQL label matchers of one role's pods, for `{{selector}}` in analysis queries."""
-    return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_ROLE}="{role}"'
+def prom_selector(namespace: str, rollout: str, role: str, model_version: str | None = None) -> str:
+    """PromQL label matchers of one role's pods, for `{{selector}}` in analysis queries; with `model_version`, only
+    the pods of that ModelVersion in that role (the canary's candidate, the stable's version): while a role's
+    Deployment moves to another version, its old pods still serve, and are scraped, until they are gone."""
+    out = f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_ROLE}="{role}"'
+    return out + (f', {PROM_LABEL_MODEL_VERSION}="{model_version}"' if model_version else "")
 
 
 # The OpenAI-compatible generation endpoints (prometheus-fastapi-instrumentator `handler` label).
@@ -59,14 +63,15 @@ def template_of(metric: AnalysisMetric) -> str:
     return metric.query
 
 
-def render(template: str, *, namespace: str, rollout: str, role: str, window: str) -> str:
+def render(template: str, *, namespace: str, rollout: str, role: str, window: str, model_version: str | None = None) -> str:
     """Substitute the placeholders; unknown `{{...}}` placeholders are left for PromQL to reject."""
     values = {
         "namespace": namespace,
         "rollout": rollout,
         "role": role,
         "window": window,
-        "selector": prom_selector(namespace, rollout, role),
+        "selector": prom_selector(namespace, rollout, role, model_version),
+        "modelVersion": model_version or "",
     }
     out = template
     for key, value in values.items():
@@ -74,8 +79,8 @@ def render(template: str, *, namespace: str, rollout: str, role: str, window: st
     return out
 
 
-def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role: str, window: str) -> str:
-    return render(template_of(metric), namespace=namespace, rollout=rollout, role=role, window=window)
+def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role: str, window: str, model_version: str | None = None) -> str:
+    return render(template_of(metric), namespace=namespace, rollout=rollout, role=role, window=window, model_version=model_version)
 
 
 # The drift watch (rollout/drift.py): one window of the serving ModelVersion's pods, whatever their role (after a
