@@ -193,3 +193,27 @@ def plan(spec: FineTuneSweepSpec, trials: list[SweepTrial], jobs: dict[str, dict
         out.append(t)
     return Plan(trials=out, prune=prune, start=to_start(spec, out), done=finished(spec, out),
                 best=best(out, spec.objective.direction()))
+
+
+REGISTERED = "Registered"  # the final run's outcome without a hand-off: its ModelVersion exists (Ready)
+
+
+def final_outcome(name: str, job: dict[str, Any] | None, mv: dict[str, Any] | None) -> tuple[str, str | None, str | None, str]:
+    """(outcome, ModelVersion, verdict, message) of the best trial's final run when the sweep hands off to nobody:
+    Registered (its ModelVersion passed its gates on the test split), Rejected, NoModelVersion, or Pending."""
+    if job is None:
+        return "NoModelVersion", None, None, f"the final run {name} was deleted before it finished"
+    st = job.get("status") or {}
+    if st.get("phase") == "Failed":
+        return "NoModelVersion", None, None, (st.get("message") or f"the final run {name} failed")[:1000]
+    if st.get("phase") != "Succeeded":
+        return "Pending", None, None, f"{name} is {st.get('phase') or 'Pending'}"
+    mv_name = (st.get("children") or {}).get("modelVersion")
+    if not mv_name:
+        return "NoModelVersion", None, None, f"{name} registered no ModelVersion"
+    if mv is None:
+        return "Pending", mv_name, None, f"waiting for ModelVersion {mv_name}"
+    verdict = ((mv.get("spec") or {}).get("evaluation") or {}).get("verdict") or "NotEvaluated"
+    if verdict == "Failed" or (mv.get("status") or {}).get("phase") == "Rejected":
+        return "Rejected", mv_name, verdict, f"{mv_name} failed its gates on the test split (verdict {verdict})"
+    return REGISTERED, mv_name, verdict, f"{mv_name} registered: verdict {verdict} on the test split"
