@@ -152,8 +152,12 @@ def run_local(args: argparse.Namespace) -> int:
         return EXIT_CONFIG_ERROR
     if isinstance(doc, dict) and doc.get("kind") == "FineTuneSchedule":
         return local_schedule.run(args, doc, run_local)  # one iteration: a FineTuneJob from its template, run below
+    if isinstance(doc, dict) and doc.get("kind") == "FineTuneSweep":
+        from . import local_sweep
+
+        return local_sweep.run(args, doc, run_local)  # its trials one after another, each a FineTuneJob run below
     if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
-        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob or FineTuneSchedule manifest "
+        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob, FineTuneSchedule or FineTuneSweep manifest "
                   f"(kind: {doc.get('kind') if isinstance(doc, dict) else None})")
         return EXIT_CONFIG_ERROR
     if getattr(args, "champion", None) is not None:
@@ -214,7 +218,8 @@ def run_local(args: argparse.Namespace) -> int:
     console.print(f"[bold]tuneloop local run[/] {ctx.namespace}/{ctx.name} — base {ctx.spec.base_model.display_name()}, method {ctx.spec.method.type}")
     console.print(f"device {_device()}; workdir {workdir}" + (f"; overrides {overrides}" if overrides else ""))
     display = local_progress.StageDisplay(console, enabled=not args.no_progress)
-    ctx.on_progress = display
+    hook = getattr(args, "progress_hook", None)  # a FineTuneSweep's pruner (local_sweep): sees every progress event
+    ctx.on_progress = display if hook is None else local_progress.chained(display, hook)
     headlines: dict[str, str] = {}
 
     def on_end(out) -> None:  # a tuneloop_trainer.local_runner.StageOutcome
