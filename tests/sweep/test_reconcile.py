@@ -120,6 +120,16 @@ async def test_a_sweep_runs_prunes_survives_a_restart_and_registers_its_best_tri
         assert st["phase"] == "Succeeded" and st["best"]["outcome"] == "Registered" and st["best"]["verdict"] == "Passed"
         assert kc.count(r.FINETUNEJOBS) == 5
 
+        # /metrics: trials by state, the best objective, no longer active (TuneloopSweepStalled stays quiet)
+        from tuneloop.operator.telemetry import REGISTRY
+
+        labels = {"namespace": NS, "name": "sw"}
+        assert REGISTRY.get_sample_value("tuneloop_sweep_trials", {**labels, "state": "Pruned"}) == 1
+        assert REGISTRY.get_sample_value("tuneloop_sweep_trials", {**labels, "state": "Complete"}) == 3
+        assert REGISTRY.get_sample_value("tuneloop_sweep_best_objective", {**labels, "metric": "fieldAccuracy"}) == 0.9
+        assert REGISTRY.get_sample_value("tuneloop_sweep_active", labels) == 0
+        assert REGISTRY.get_sample_value("tuneloop_sweep_trial_duration_seconds_count", {"state": "Pruned"}) >= 1
+
 
 async def test_a_test_split_trial_is_never_best(tmp_path: Path):
     async with cluster(tmp_path) as kc:

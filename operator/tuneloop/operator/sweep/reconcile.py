@@ -32,7 +32,7 @@ from tuneloop.operator.kube import resources as r
 from ..builders import sweep as build
 from ..schedule import decide as handoff
 from ..schedule.reconcile import merge_patch
-from . import decide, study
+from . import decide, study, telemetry
 
 log = logging.getLogger(__name__)
 POLL = 30.0  # while trials run (their FineTuneJobs' events wake the loop earlier)
@@ -272,6 +272,9 @@ class Reconciler:
             best_trial=b.name if b else None, best_value=b.value if b else None, best=t.best,
             last_progress_time=t.last_progress, conditions=conds, observed_generation=gen, message=message[:MAX_MESSAGE])
         await self._patch_status(t.ns, t.name, t.old_raw, t.st.wire())
+        was = {x.name: _v(x.state) for x in FineTuneSweepStatus.model_validate(t.old_raw).trials} if t.old_raw.get("trials") else {}
+        ended = [x for x in t.trials if _v(x.state) != TrialState.RUNNING.value and was.get(x.name) in (None, TrialState.RUNNING.value)]
+        telemetry.record(t.ns, t.name, _v(spec.objective.metric), t.st, ended)
         for type_, reason, msg in t.events:
             (log.warning if type_ == "Warning" else log.info)("sweep %s/%s: %s: %s", t.ns, t.name, reason, msg)
             try:
