@@ -24,8 +24,12 @@ SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "sweep-
 
 
 def sweep(**spec) -> dict:
+    """The sample's search over the FineTuneSchedule sample's template (data and output on PVCs: what a cluster runs;
+    the quickstart's local paths are refused by the admission, as a FineTuneJob's are)."""
     obj = yaml.safe_load(SAMPLE.read_text())
     obj["metadata"] = {"name": "sw", "namespace": NS}
+    obj["spec"]["jobTemplate"] = {"spec": yaml.safe_load((SAMPLE.parent / "finetuneschedule.yaml").read_text())["spec"]["jobTemplate"]["spec"]}
+    obj["spec"]["objective"] = {"metric": "exactMatch"}
     obj["spec"].update({"maxTrials": 4, "parallelism": 2, "pruner": {"type": "median", "warmupSteps": 10, "startupTrials": 2}})
     obj["spec"].update(spec)
     return obj
@@ -61,7 +65,7 @@ async def test_a_sweep_runs_prunes_survives_a_restart_and_registers_its_best_tri
         ev = t0["spec"]["evaluation"]
         assert ev["split"] == "validation" and ev["gates"] == [] and ev["baseline"] is False
         assert t0["spec"]["registry"]["createModelVersion"] is False
-        assert t0["spec"]["output"]["pvc"]["path"] == "quickstart/sw-t000"
+        assert t0["spec"]["output"]["pvc"]["path"] == "support-bot/sw-t000"
         st = await status(kc)
         params = st["trials"][0]["params"]
         assert t0["spec"]["hyperparameters"]["learningRate"] == params["hyperparameters.learningRate"]
@@ -72,8 +76,8 @@ async def test_a_sweep_runs_prunes_survives_a_restart_and_registers_its_best_tri
         await report(kc, "sw-t000", phase="Training", progress={"step": 10, "evalLoss": 1.0})
         await report(kc, "sw-t001", phase="Training", progress={"step": 10, "evalLoss": 1.2})
         await tick(kc, Reconciler(kc.client), 1)
-        await report(kc, "sw-t000", phase="Succeeded", metrics={"fieldAccuracy": 0.7}, progress={"step": 20, "evalLoss": 0.8})
-        await report(kc, "sw-t001", phase="Succeeded", metrics={"fieldAccuracy": 0.6}, progress={"step": 20, "evalLoss": 1.0})
+        await report(kc, "sw-t000", phase="Succeeded", metrics={"exactMatch": 0.7}, progress={"step": 20, "evalLoss": 0.8})
+        await report(kc, "sw-t001", phase="Succeeded", metrics={"exactMatch": 0.6}, progress={"step": 20, "evalLoss": 1.0})
         await tick(kc, Reconciler(kc.client), 2)
         st = await status(kc)
         assert [(t["name"], t["state"]) for t in st["trials"]] == [
@@ -99,7 +103,7 @@ async def test_a_sweep_runs_prunes_survives_a_restart_and_registers_its_best_tri
         assert kc.count(r.FINETUNEJOBS) == 4  # neither repeated nor lost
 
         # t003 completes best; every trial has ended: the best trial's configuration runs again on the test split
-        await report(kc, "sw-t003", phase="Succeeded", metrics={"fieldAccuracy": 0.9})
+        await report(kc, "sw-t003", phase="Succeeded", metrics={"exactMatch": 0.9})
         await tick(kc, Reconciler(kc.client), 5)
         st = await status(kc)
         assert st["trials"][3]["state"] == "Complete" and st["trials"][3]["split"] == "validation"
@@ -112,9 +116,10 @@ async def test_a_sweep_runs_prunes_survives_a_restart_and_registers_its_best_tri
         assert best["spec"]["hyperparameters"]["learningRate"] == st["trials"][3]["params"]["hyperparameters.learningRate"]
 
         # the final run registers its ModelVersion
-        mv = samples.model_version("support-triage-best")
+        assert best["spec"]["registry"] == {"modelName": "support-bot", "version": "sw", "createModelVersion": True}
+        mv = samples.model_version("support-bot-sw")
         await kc.apply(mv)
-        await report(kc, "sw-best", phase="Succeeded", children={"modelVersion": "support-triage-best"})
+        await report(kc, "sw-best", phase="Succeeded", children={"modelVersion": "support-bot-sw"})
         await tick(kc, Reconciler(kc.client), 6)
         st = await status(kc)
         assert st["phase"] == "Succeeded" and st["best"]["outcome"] == "Registered" and st["best"]["verdict"] == "Passed"
@@ -126,7 +131,7 @@ async def test_a_sweep_runs_prunes_survives_a_restart_and_registers_its_best_tri
         labels = {"namespace": NS, "name": "sw"}
         assert REGISTRY.get_sample_value("tuneloop_sweep_trials", {**labels, "state": "Pruned"}) == 1
         assert REGISTRY.get_sample_value("tuneloop_sweep_trials", {**labels, "state": "Complete"}) == 3
-        assert REGISTRY.get_sample_value("tuneloop_sweep_best_objective", {**labels, "metric": "fieldAccuracy"}) == 0.9
+        assert REGISTRY.get_sample_value("tuneloop_sweep_best_objective", {**labels, "metric": "exactMatch"}) == 0.9
         assert REGISTRY.get_sample_value("tuneloop_sweep_active", labels) == 0
         assert REGISTRY.get_sample_value("tuneloop_sweep_trial_duration_seconds_count", {"state": "Pruned"}) >= 1
 
@@ -143,8 +148,8 @@ async def test_a_test_split_trial_is_never_best(tmp_path: Path):
         j["spec"]["evaluation"]["split"] = "test"
         j.pop("status", None)
         await kc.apply(j)
-        await report(kc, "sw-t000", phase="Succeeded", metrics={"fieldAccuracy": 0.5})
-        await report(kc, "sw-t001", phase="Succeeded", metrics={"fieldAccuracy": 0.99})
+        await report(kc, "sw-t000", phase="Succeeded", metrics={"exactMatch": 0.5})
+        await report(kc, "sw-t001", phase="Succeeded", metrics={"exactMatch": 0.99})
         await tick(kc, rec, 1)
         st = await status(kc)
         assert st["bestTrial"] == "sw-t000"
@@ -159,19 +164,18 @@ async def test_the_winner_is_handed_to_the_rollout_by_the_schedule_rule(tmp_path
         await kc.apply(ro)
         await kc.client.patch(r.ROLLOUTS, NS, "bot", {"status": ro_status}, subresource="status")
         obj = sweep(maxTrials=1, parallelism=1, handOff={"rollout": {"name": "bot"}})
-        obj["spec"]["jobTemplate"]["spec"]["output"]["pvc"] = {"claimName": "models", "path": "support-bot"}
         await kc.apply(obj)
         rec = Reconciler(kc.client)
         await tick(kc, rec, 0)
-        await report(kc, "sw-t000", phase="Succeeded", metrics={"fieldAccuracy": 0.5})
+        await report(kc, "sw-t000", phase="Succeeded", metrics={"exactMatch": 0.5})
         await tick(kc, rec, 1)
         best = await kc.get(r.FINETUNEJOBS, NS, "sw-best")
         assert best["spec"]["evaluation"]["serving"]["modelVersion"] == "support-bot-v1"  # the champion, as a schedule's run
         better = {"modelVersion": "support-bot-v1", "outcome": "Better", "reason": "fieldAccuracy +0.1"}
-        await kc.apply(samples.model_version("support-triage-best", serving=better))
-        await report(kc, "sw-best", phase="Succeeded", children={"modelVersion": "support-triage-best"})
+        await kc.apply(samples.model_version("support-bot-sw", serving=better))
+        await report(kc, "sw-best", phase="Succeeded", children={"modelVersion": "support-bot-sw"})
         await tick(kc, rec, 2)
-        assert (await kc.get(r.ROLLOUTS, NS, "bot"))["spec"]["candidate"] == {"name": "support-triage-best"}
+        assert (await kc.get(r.ROLLOUTS, NS, "bot"))["spec"]["candidate"] == {"name": "support-bot-sw"}
         st = await status(kc)
         assert st["best"]["outcome"] == "HandedOff" and st["phase"] == "Succeeded"
 
@@ -184,9 +188,23 @@ def test_the_final_run_s_model_version_names_the_sweep_and_trial():
 
     obj = sweep()
     spec = FineTuneJobSpec.model_validate(obj["spec"]["jobTemplate"]["spec"])
-    lineage = {"name": "sw", "trial": "sw-t003", "trialNumber": 3, "objective": "fieldAccuracy", "value": 0.9,
+    lineage = {"name": "sw", "trial": "sw-t003", "trialNumber": 3, "objective": "exactMatch", "value": 0.9,
                "params": {"method.lora.r": "8"}}
     meta = JobMeta("sw-best", NS, "uid-1", 1, None, (("tuneloop.dev/sweep-lineage", json.dumps(lineage)),))
     mv = model_version(spec, meta, OperatorSettings(), evaluation=None)
+    assert mv["metadata"]["name"] == "support-bot-v1-uid1"
     assert mv["spec"]["lineage"]["sweep"] == lineage
     assert ModelVersion.model_validate(mv).spec.lineage.sweep is not None
+
+
+async def test_a_template_no_trial_could_run_is_refused_before_any_trial(tmp_path: Path):
+    """The quickstart's local paths (a GGUF from a Python package, data files here): every trial would fail InvalidSpec."""
+    async with cluster(tmp_path) as kc:
+        obj = yaml.safe_load(SAMPLE.read_text())
+        obj["metadata"] = {"name": "sw", "namespace": NS}
+        await kc.apply(obj)
+        await tick(kc, Reconciler(kc.client), 0)
+        st = await status(kc)
+        assert st["phase"] == "Failed" and "invalid FineTuneSweep at spec.jobTemplate.spec." in st["message"]
+        assert "a trial's FineTuneJob would fail" in st["message"]
+        assert kc.count(r.FINETUNEJOBS) == 0

@@ -24,10 +24,11 @@ WAKERS = Wakers()
 async def sweep_loop(name: str, namespace: str, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
     from tuneloop.operator.kube import get_client
     from tuneloop.operator.kube import resources as r
+    from tuneloop.operator.settings import get_settings
 
     from .reconcile import Reconciler
 
-    reconciler = Reconciler(get_client())
+    reconciler = Reconciler(get_client(), get_settings())
     await daemonloop.run(
         kind="finetunesweep", namespace=namespace, name=name,
         get=lambda: reconciler.client.get(r.FINETUNESWEEPS, namespace, name), tick=reconciler.tick,

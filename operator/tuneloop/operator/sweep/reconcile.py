@@ -32,7 +32,7 @@ from tuneloop.operator.kube import resources as r
 from ..builders import sweep as build
 from ..schedule import decide as handoff
 from ..schedule.reconcile import merge_patch
-from . import decide, study, telemetry
+from . import admission, decide, study, telemetry
 
 log = logging.getLogger(__name__)
 POLL = 30.0  # while trials run (their FineTuneJobs' events wake the loop earlier)
@@ -89,22 +89,20 @@ class Tick:
 
 
 class Reconciler:
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, settings: Any = None) -> None:
         self.client = client
+        self.settings = settings  # OperatorSettings for the trials' FineTuneJob checks (default: get_settings())
 
     async def tick(self, obj: dict, now: dt.datetime | None = None) -> float:
         """One tick; an invalid spec is Failed (Ready False, InvalidSpec); any other failure is written to status and
         retried after ERROR_DELAY."""
         now = now or utcnow()
         old_raw = obj.get("status") or {}
-        try:
-            sweep = FineTuneSweep.model_validate(obj)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "spec"
-            await self._set_failed(obj, f"invalid FineTuneSweep at {where}: {str(err['msg']).removeprefix('Value error, ')}",
-                                   "InvalidSpec", now)
+        where, why = admission.first_problem(obj, self.settings)
+        if where:
+            await self._set_failed(obj, f"invalid FineTuneSweep at {where}: {why}", "InvalidSpec", now)
             return IDLE
+        sweep = FineTuneSweep.model_validate(obj)
         try:
             st = FineTuneSweepStatus.model_validate(old_raw)
         except ValidationError:
