@@ -131,3 +131,24 @@ def test_the_evaluate_stage_reads_the_split_it_is_told(tmp_path: Path) -> None:
     (tmp_path / "validation.jsonl").unlink()
     with pytest.raises(ConfigError, match="no validation split"):
         load_test_split(tmp_path, None, "validation")
+
+
+def test_validate_cluster_says_what_the_operator_refuses(capsys) -> None:
+    """`kubectl tuneloop validate --cluster`: the sample's local paths make every trial's FineTuneJob fail in a cluster;
+    the same search over PVC data passes."""
+    from tuneloop.cli.main import main as cli
+
+    assert cli(["validate", "--cluster", str(SAMPLE)]) == 1
+    out = capsys.readouterr().out
+    assert "FineTuneSweep/sweep-quickstart: spec.jobTemplate.spec." in out and "the operator would set the sweep Failed" in out
+
+
+def test_validate_cluster_accepts_a_cluster_template(tmp_path: Path) -> None:
+    from tuneloop.cli.main import main as cli
+
+    doc = sample()
+    doc["spec"]["jobTemplate"] = {"spec": yaml.safe_load((SAMPLE.parent / "finetuneschedule.yaml").read_text())["spec"]["jobTemplate"]["spec"]}
+    doc["spec"]["objective"] = {"metric": "exactMatch"}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli(["validate", "--cluster", str(path)]) == 0
