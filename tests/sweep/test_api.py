@@ -139,7 +139,8 @@ def test_validate_cluster_says_what_the_operator_refuses(capsys) -> None:
     from tuneloop.cli.main import main as cli
 
     assert cli(["validate", "--cluster", str(SAMPLE)]) == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "FineTuneSweep/sweep-quickstart: spec.jobTemplate.spec." in out and "the operator would set the sweep Failed" in out
 
 
