@@ -162,6 +162,8 @@ def test_observe_reads_progress_and_the_outcome() -> None:
     t = decide.observe(t, job, "rougeL", NOW)
     assert t.state == "Running" and [(i.step, i.eval_loss) for i in t.intermediate] == [(10, 1.5)]
     assert decide.observe(t, job, "rougeL", NOW) == t  # the same report twice is recorded once
+    later = {**job, "status": {"phase": "Training", "progress": {"step": 14, "evalLoss": 1.5}}}
+    assert decide.observe(t, later, "rougeL", NOW) == t  # the step moved on, the loss is the last evaluation's: not new
     done = {**job, "status": {"phase": "Succeeded", "metrics": {"rougeL": 0.4}}}
     t = decide.observe(t, done, "rougeL", NOW)
     assert (t.state, t.value, t.split) == ("Complete", 0.4, "validation")

@@ -88,8 +88,11 @@ def observe(trial: SweepTrial, job: dict[str, Any] | None, metric: str, now: dt.
     upd: dict[str, Any] = {}
     prog = st.get("progress") or {}
     step, loss = prog.get("step"), prog.get("evalLoss")
+    # status.progress keeps the last validation loss while the step moves on: a loss is recorded once, at the step it
+    # was first seen with (an evaluation), not again at every later progress poll
     if isinstance(step, int) and isinstance(loss, int | float) and math.isfinite(loss):
-        if not trial.intermediate or trial.intermediate[-1].step < step:
+        last = trial.intermediate[-1] if trial.intermediate else None
+        if last is None or (last.step < step and last.eval_loss != float(loss)):
             upd["intermediate"] = [*trial.intermediate, IntermediateValue(step=step, eval_loss=float(loss))][-200:]
     phase = st.get("phase")
     split = ((job.get("spec") or {}).get("evaluation") or {}).get("split", "test")
