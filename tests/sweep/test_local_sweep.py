@@ -109,3 +109,30 @@ def test_local_sweep_prunes_resumes_and_reports(tmp_path, tiny, capsys, monkeypa
     # a third run changes nothing: every trial ended, the final run's stages are done
     assert cli(args) == 0
     assert len(json.loads((root / "sweep.json").read_text())["trials"]) == 3
+
+
+def test_the_study_report_from_a_journal(tmp_path):
+    """The report on its own (no training): importances and both figures once two trials completed; an unchanged
+    parameter is said to be unchanged; a test-split value is listed but never the winner."""
+    from tuneloop.api.sweep import SweepTrial
+
+    doc = sweep_doc(Path("/m"), Path("/d"), 0)
+    doc["spec"]["sampler"] = {"type": "tpe"}
+    doc["spec"]["searchSpace"] = [{"path": "hyperparameters.learningRate", "float": {"low": 1e-4, "high": 1e-1, "log": True}},
+                                  {"path": "method.lora.r", "categorical": {"choices": [4, 8]}}]
+    sw = FineTuneSweep.model_validate(doc)
+    trials = [SweepTrial(number=i, name=f"sw-t00{i}", params={"hyperparameters.learningRate": lr, "method.lora.r": r},
+                         state="Complete", value=v, split=split)
+              for i, (lr, r, v, split) in enumerate([(1e-3, 8, 50.0, "validation"), (1e-2, 4, 40.0, "validation"),
+                                                     (3e-2, 8, 45.0, "validation"), (5e-2, 4, 10.0, "test")])]
+    from tuneloop.operator.sweep import decide
+
+    winner = decide.best(trials, "minimize")
+    assert winner is not None and winner.name == "sw-t001"
+    path = local_sweep.write_report(tmp_path, sw, trials, {"intervals": {"sw-t001": [38.0, 42.0]}}, winner, None)
+    text = path.read_text()
+    assert "## Best trial: sw-t001" in text and "(95 % interval [38, 42])" in text
+    assert "- `hyperparameters.learningRate`: 0.001 → 0.01" in text and "- `method.lora.r`: 8 → 4" in text
+    assert "| 3 | Complete | 0.05 | 4 | 10 |" in text  # listed with its value, not the winner
+    assert "## Parameter importance" in text and "importance.png" in text
+    assert (tmp_path / "importance.png").stat().st_size > 0 and (tmp_path / "slice.png").stat().st_size > 0

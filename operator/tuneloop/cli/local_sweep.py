@@ -350,7 +350,8 @@ def write_report(root: Path, sweep: FineTuneSweep, trials: list[SweepTrial], jou
                   "What the winner changes in the spec:", ""]
         base = spec.job_template.spec.model_dump(by_alias=True, mode="json")
         for p in spec.search_space:
-            lines.append(f"- `{p.path}`: {get_path(base, p.path)!s} → {winner.params.get(p.path)!s}")
+            was, now = get_path(base, p.path), winner.params.get(p.path)
+            lines.append(f"- `{p.path}`: " + (f"{now!s} (unchanged)" if was == now else f"{was!s} → {now!s}"))
         lines.append("")
         ev = ((mv or {}).get("spec") or {}).get("evaluation") or {}
         if mv:
