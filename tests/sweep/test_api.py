@@ -73,6 +73,21 @@ def test_an_objective_the_evaluation_does_not_compute_is_refused_by_both() -> No
     assert model is not None and "rougeL" in model
 
 
+def test_an_objective_the_evaluation_cannot_compute_without_its_input_is_refused_by_both() -> None:
+    doc = sample()
+    del doc["spec"]["jobTemplate"]["spec"]["evaluation"]["jsonSchema"]
+    doc["spec"]["jobTemplate"]["spec"]["evaluation"]["gates"] = []
+    model, cel = refusals(doc)  # fieldAccuracy is scored against the jsonSchema
+    assert model is not None and "needs jobTemplate.spec.evaluation.jsonSchema" in model
+    assert any("needs jobTemplate.spec.evaluation.jsonSchema" in m for m in cel)
+    doc = sample()
+    doc["spec"]["objective"]["metric"] = "forgettingAccuracy"
+    doc["spec"]["jobTemplate"]["spec"]["evaluation"]["metrics"].append("forgettingAccuracy")
+    doc["spec"]["jobTemplate"]["spec"]["evaluation"]["forgetting"]["enabled"] = False
+    model, cel = refusals(doc)
+    assert model is not None and "needs jobTemplate.spec.evaluation.forgetting.enabled" in model and cel
+
+
 def test_a_field_the_template_does_not_have_is_refused() -> None:
     """CEL cannot see the template's field types; the models (validate, operator, local run) refuse it."""
     model, _ = refusals(with_param({"path": "hyperparameters.learningRat", "float": {"low": 1e-4, "high": 1e-3}}))

@@ -38,7 +38,10 @@ EVAL_MESSAGE = "jobTemplate.spec.evaluation.enabled must be true: the objective 
 VERSION_MESSAGE = "jobTemplate.spec.registry.version must be empty: the sweep names its own versions"
 VALIDATION_MESSAGE = ("the template has no validation data: set jobTemplate.spec.dataset.split.validation > 0 or "
                       "dataset.validation (the objective is measured on the validation split)")
-SH_MESSAGE = "pruner successiveHalving needs reductionFactor >= 2"
+SCHEMA_MESSAGE = ("objective schemaCompliance or fieldAccuracy needs jobTemplate.spec.evaluation.jsonSchema: without it the "
+                  "evaluation does not compute them")
+FORGETTING_MESSAGE = ("objective forgettingAccuracy needs jobTemplate.spec.evaluation.forgetting.enabled: without it the "
+                      "evaluation does not compute it")
 
 
 class FloatRange(ApiModel):
@@ -219,6 +222,10 @@ class FineTuneSweepSpec(ApiModel):
                 cel("self.jobTemplate.spec.evaluation.enabled", EVAL_MESSAGE),
                 cel("(has(self.jobTemplate.spec.evaluation.metrics) ? self.jobTemplate.spec.evaluation.metrics : "
                     f"[{', '.join(repr(str(m)) for m in _DEFAULT_METRICS)}]).exists(m, m == self.objective.metric)", OBJECTIVE_MESSAGE),
+                cel("!(self.objective.metric in ['schemaCompliance', 'fieldAccuracy']) || has(self.jobTemplate.spec.evaluation.jsonSchema)",
+                    SCHEMA_MESSAGE),
+                cel("self.objective.metric != 'forgettingAccuracy' || self.jobTemplate.spec.evaluation.forgetting.enabled",
+                    FORGETTING_MESSAGE),
                 cel("!has(self.jobTemplate.spec.registry.version)", VERSION_MESSAGE),
                 cel("has(self.jobTemplate.spec.dataset.validation) || self.jobTemplate.spec.dataset.split.validation > 0.0",
                     VALIDATION_MESSAGE),
@@ -238,8 +245,13 @@ class FineTuneSweepSpec(ApiModel):
         tmpl = self.job_template.spec
         if not tmpl.evaluation.enabled:
             raise ValueError(EVAL_MESSAGE)
-        if str(self.objective.metric) not in {str(m) for m in tmpl.evaluation.metrics}:
+        objective = str(getattr(self.objective.metric, "value", self.objective.metric))
+        if objective not in {str(getattr(m, "value", m)) for m in tmpl.evaluation.metrics}:
             raise ValueError(OBJECTIVE_MESSAGE)
+        if objective in ("schemaCompliance", "fieldAccuracy") and tmpl.evaluation.json_schema is None:
+            raise ValueError(SCHEMA_MESSAGE)
+        if objective == "forgettingAccuracy" and not tmpl.evaluation.forgetting.enabled:
+            raise ValueError(FORGETTING_MESSAGE)
         if tmpl.registry.version is not None:
             raise ValueError(VERSION_MESSAGE)
         if tmpl.dataset.validation is None and tmpl.dataset.split.validation <= 0:

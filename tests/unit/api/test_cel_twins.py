@@ -227,6 +227,13 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
                        ("spec.jobTemplate.spec.registry.version", DELETE if t[8] is None else t[8]),
                        ("spec.jobTemplate.spec.dataset.split.validation", t[9]),
                        ("spec.jobTemplate.spec.dataset.validation", {"path": "v.jsonl"} if t[10] else DELETE)])),
+        "objective-computed": ({"spec"}, st.tuples(
+            st.sampled_from(["fieldAccuracy", "schemaCompliance", "forgettingAccuracy", "rougeL"]), st.booleans(), st.booleans()).map(
+            lambda t: [("spec.objective.metric", t[0]),
+                       ("spec.jobTemplate.spec.evaluation.metrics", ["rougeL", "fieldAccuracy", "schemaCompliance", "forgettingAccuracy"]),
+                       ("spec.jobTemplate.spec.evaluation.jsonSchema", {"type": "object"} if t[1] else DELETE),
+                       ("spec.jobTemplate.spec.evaluation.forgetting", {"enabled": t[2]}),
+                       ("spec.jobTemplate.spec.evaluation.gates", [])])),
     },
 }
 
