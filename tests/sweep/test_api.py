@@ -168,3 +168,14 @@ def test_validate_cluster_accepts_a_cluster_template(tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert cli(["validate", "--cluster", str(path)]) == 0
+
+
+def test_a_finetunejob_scored_on_validation_needs_validation_data() -> None:
+    from tuneloop.api import FineTuneJobSpec
+
+    spec = sample()["spec"]["jobTemplate"]["spec"]
+    spec["evaluation"]["split"] = "validation"
+    FineTuneJobSpec.model_validate(spec)
+    spec["dataset"]["split"]["validation"] = 0.0
+    with pytest.raises(ValidationError, match="evaluation.split is validation but there is no validation data"):
+        FineTuneJobSpec.model_validate(spec)
