@@ -148,6 +148,19 @@ def panels() -> list[dict[str, Any]]:
     out.append(_panel("timeseries", "Reconcile errors", [
         (f"sum by (resource) (rate(tuneloop_reconcile_errors_total[{RATE}]))", "{{resource}}")], (14, 63, 10, 7), unit="reqps",
         description="Failed reconcile handler runs per second (retried or permanent)."))
+    # Sweeps ---------------------------------------------------------------------------------------
+    sw = f"{NS}"
+    out.append(_row("Hyperparameter sweeps", 70))
+    out.append(_panel("bargauge", "Trials by state", [(f"sum by (namespace, name, state) (tuneloop_sweep_trials{{{sw}}})",
+                      "{{namespace}}/{{name}} {{state}}")], (0, 71, 8, 7), description="Each FineTuneSweep's trials: Running, Complete, Pruned, Failed.",
+                      options={"displayMode": "basic", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}))
+    out.append(_panel("timeseries", "Best objective (validation)", [(f"tuneloop_sweep_best_objective{{{sw}}}", "{{namespace}}/{{name}} {{metric}}")],
+                      (8, 71, 8, 7), description="The best complete trial's objective on the validation split, as the sweep goes."))
+    out.append(_panel("timeseries", "Trial duration", [
+        (f"histogram_quantile(0.5, sum by (le, state) (rate(tuneloop_sweep_trial_duration_seconds_bucket[{RATE}])))", "{{state}} p50"),
+        (f"time() - tuneloop_sweep_last_progress_timestamp_seconds{{{sw}}} and on (namespace, name) tuneloop_sweep_active == 1",
+         "{{namespace}}/{{name}} since progress")], (16, 71, 8, 7), unit="s",
+        description="Median trial duration by how trials ended; seconds since a running sweep's last progress (TuneloopSweepStalled)."))
     for p in out:
         if "fieldConfig_max" in p:
             p["fieldConfig"]["defaults"]["max"] = p.pop("fieldConfig_max")

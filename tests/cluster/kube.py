@@ -35,6 +35,7 @@ PREFIX = {
     "httproutes": "/apis/gateway.networking.k8s.io/v1",
     "finetunejobs": "/apis/tuneloop.dev/v1alpha1", "modelversions": "/apis/tuneloop.dev/v1alpha1",
     "rollouts": "/apis/tuneloop.dev/v1alpha1", "finetuneschedules": "/apis/tuneloop.dev/v1alpha1",
+    "finetunesweeps": "/apis/tuneloop.dev/v1alpha1",
 }
 
 

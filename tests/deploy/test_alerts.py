@@ -39,7 +39,7 @@ def rules_dir(tmp_path_factory) -> Path:
 def test_promtool_check_rules(rules_dir):
     out = _promtool("check", "rules", "rules.yaml", cwd=rules_dir)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 9 rules found" in out.stdout
+    assert "SUCCESS: 10 rules found" in out.stdout
 
 
 def test_promtool_check_rules_with_custom_values(tmp_path):
@@ -70,7 +70,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
     alerts = {r["alert"] for g in _rules()["groups"] for r in g["rules"]}
     assert alerts == {"TuneloopFineTuneJobFailed", "TuneloopTrainingStalled", "TuneloopRolloutRolledBack",
                       "TuneloopAnalysisInconclusive", "TuneloopRolloutPausedTooLong", "TuneloopServingDrifted", "TuneloopServingDegraded", "TuneloopOperatorDown",
-                      "TuneloopReconcileErrorsRising"}
+                      "TuneloopReconcileErrorsRising", "TuneloopSweepStalled"}
     fires, quiet = set(), set()
     for case in yaml.safe_load(TESTS.read_text())["tests"]:
         for check in case.get("alert_rule_test", []):

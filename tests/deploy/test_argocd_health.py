@@ -12,6 +12,7 @@ from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import RolloutPhase
 from tuneloop.api.schedule import SchedulePhase
 from tuneloop.api.status import FineTuneJobPhase
+from tuneloop.api.sweep import SweepPhase
 
 from ._support import ROOT
 
@@ -31,9 +32,11 @@ MODELVERSION = {"Pending": "Progressing", "Ready": "Healthy", "Serving": "Health
 ROLLOUT = {"Waiting": "Healthy", "Progressing": "Progressing", "Paused": "Suspended", "Promoted": "Healthy", "RolledBack": "Degraded",
            "Degraded": "Degraded", "Aborted": "Degraded"}
 SCHEDULE = {"Idle": "Healthy", "Running": "Healthy", "Suspended": "Suspended", "Failed": "Degraded"}
-EXPECTED = {"FineTuneJob": FINETUNEJOB, "ModelVersion": MODELVERSION, "Rollout": ROLLOUT, "FineTuneSchedule": SCHEDULE}
+SWEEP = {"Running": "Progressing", "Evaluating": "Progressing", "Succeeded": "Healthy", "Failed": "Degraded", "Suspended": "Suspended"}
+EXPECTED = {"FineTuneJob": FINETUNEJOB, "ModelVersion": MODELVERSION, "Rollout": ROLLOUT, "FineTuneSchedule": SCHEDULE,
+            "FineTuneSweep": SWEEP}
 SAMPLE_FILES = {"FineTuneJob": "finetunejob-llama-2x8-zero3.yaml", "ModelVersion": "modelversion.yaml", "Rollout": "rollout.yaml",
-                "FineTuneSchedule": "finetuneschedule.yaml"}
+                "FineTuneSchedule": "finetuneschedule.yaml", "FineTuneSweep": "sweep-quickstart.yaml"}
 
 
 def test_every_phase_is_covered():
@@ -42,6 +45,7 @@ def test_every_phase_is_covered():
     assert set(MODELVERSION) == {p.value for p in ModelVersionPhase}
     assert set(ROLLOUT) == {p.value for p in RolloutPhase}
     assert set(SCHEDULE) == {p.value for p in SchedulePhase}
+    assert set(SWEEP) == {p.value for p in SweepPhase}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,16 @@ def _condition(ctype: str, status: str, reason: str, message: str) -> dict:
 
 
 def test_keys_name_the_three_kinds(scripts):
-    assert set(scripts) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule"}
+    assert set(scripts) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule", "FineTuneSweep"}
+
+
+def test_sweep_messages(scripts):
+    running = sample("FineTuneSweep", "Running", trialsComplete=2, trialsPruned=1, trialsRunning=2, bestTrial="s-t001", bestValue=0.8)
+    assert run(scripts["FineTuneSweep"], running) == {
+        "status": "Progressing", "message": "Running: 3 trial(s) ended, 2 running; best s-t001 (0.8)"}
+    done = sample("FineTuneSweep", "Succeeded", bestTrial="s-t001", bestValue=0.8, best={"name": "s-best", "trial": "s-t001",
+                                                                                        "modelVersion": "m-s"})
+    assert run(scripts["FineTuneSweep"], done)["message"] == "Sweep finished; best trial s-t001 (0.8); ModelVersion m-s"
 
 
 @pytest.mark.parametrize("kind,phase", [(k, p) for k, phases in EXPECTED.items() for p in phases])

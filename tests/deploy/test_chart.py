@@ -176,7 +176,7 @@ def test_scopes_and_rbac(rendered):
 def test_crds_gate_and_keep(rendered):
     crds = by_kind(rendered["default"])["CustomResourceDefinition"]
     assert {c["metadata"]["name"] for c in crds} == {"finetunejobs.tuneloop.dev", "modelversions.tuneloop.dev", "rollouts.tuneloop.dev",
-                                                         "finetuneschedules.tuneloop.dev"}
+                                                         "finetuneschedules.tuneloop.dev", "finetunesweeps.tuneloop.dev"}
     assert all(c["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for c in crds)
     assert "CustomResourceDefinition" not in by_kind(rendered["crds-off"])
     not_kept = objects({"crds": {"enabled": True, "keep": False}})

@@ -41,6 +41,7 @@ def _exposed(families) -> dict[str, set[str]]:
 def known() -> dict[str, set[str] | None]:
     """Every queryable series name → its own label names (None: not checked, e.g. vLLM's)."""
     import tuneloop.operator.rollout.telemetry  # noqa: F401  registers the rollout metrics on REGISTRY
+    from tuneloop.operator.sweep import telemetry as _sweep  # noqa: F401  and the sweep metrics
     from tuneloop.operator.telemetry import REGISTRY
     from tuneloop_trainer.training.metrics import TrainerMetrics
 

@@ -31,7 +31,7 @@ def test_no_registered_handler_asks_for_a_finalizer() -> None:
     import_handlers()
     registry = kopf.get_default_registry()
     daemons = [h for h in registry._spawning._handlers]
-    assert {h.id for h in daemons} >= {"rollout-loop", "schedule-loop"}
+    assert {h.id for h in daemons} >= {"rollout-loop", "schedule-loop", "sweep-loop"}
     assert [h.id for h in daemons if h.requires_finalizer] == []
     assert [h.id for h in registry._changing._handlers if h.requires_finalizer] == []
 

@@ -6,8 +6,10 @@ from .modelversion import ModelVersion, ModelVersionSpec
 from .rollout import Rollout, RolloutSpec
 from .schedule import FineTuneSchedule, FineTuneScheduleSpec
 from .status import FineTuneJobPhase, FineTuneJobStatus
+from .sweep import FineTuneSweep, FineTuneSweepSpec
 
-KINDS: dict[str, type[ApiModel]] = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout, "FineTuneSchedule": FineTuneSchedule}
+KINDS: dict[str, type[ApiModel]] = {"FineTuneJob": FineTuneJob, "ModelVersion": ModelVersion, "Rollout": Rollout, "FineTuneSchedule": FineTuneSchedule,
+                              "FineTuneSweep": FineTuneSweep}
 
 __all__ = [
     "API_VERSION",
@@ -22,6 +24,8 @@ __all__ = [
     "FineTuneJobStatus",
     "FineTuneSchedule",
     "FineTuneScheduleSpec",
+    "FineTuneSweep",
+    "FineTuneSweepSpec",
     "ModelVersion",
     "ModelVersionSpec",
     "Rollout",

@@ -22,6 +22,7 @@ NAMES = {
     "ModelVersion": {"plural": "modelversions", "singular": "modelversion", "shortNames": ["mv"]},
     "Rollout": {"plural": "rollouts", "singular": "rollout", "shortNames": ["tlro"]},
     "FineTuneSchedule": {"plural": "finetuneschedules", "singular": "finetuneschedule", "shortNames": ["ftsched"]},
+    "FineTuneSweep": {"plural": "finetunesweeps", "singular": "finetunesweep", "shortNames": ["ftsweep"]},
 }
 
 AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -62,11 +63,23 @@ COLUMNS = {
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         AGE,
     ],
+    "FineTuneSweep": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Done", "type": "integer", "jsonPath": ".status.trialsComplete"},
+        {"name": "Running", "type": "integer", "jsonPath": ".status.trialsRunning"},
+        {"name": "Pruned", "type": "integer", "jsonPath": ".status.trialsPruned"},
+        {"name": "Failed", "type": "integer", "jsonPath": ".status.trialsFailed", "priority": 1},
+        {"name": "Objective", "type": "string", "jsonPath": ".spec.objective.metric"},
+        {"name": "Best", "type": "number", "jsonPath": ".status.bestValue"},
+        {"name": "Best trial", "type": "string", "jsonPath": ".status.bestTrial"},
+        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        AGE,
+    ],
 }
 
 # Objects embedded as templates (a FineTuneJob spec inside a FineTuneSchedule): the embedded kind's transition
 # rules (`oldSelf`: a FineTuneJob spec is immutable) would make the template immutable too, so they are dropped there.
-TEMPLATES = {"FineTuneSchedule": [("jobTemplate", "spec")]}
+TEMPLATES = {"FineTuneSchedule": [("jobTemplate", "spec")], "FineTuneSweep": [("jobTemplate", "spec")]}
 
 _KEEP = {
     "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
@@ -157,7 +170,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             out["additionalProperties"] = structural(extra, defs, f"{path}[*]")
     elif kind == "array":
         out["items"] = structural(node["items"], defs, f"{path}[]")
-    elif kind is None:
+    elif kind is None and not preserve:
         raise SchemaError(f"{path}: untyped schema node {node}")
     if nullable:
         out["nullable"] = True

@@ -164,6 +164,11 @@ class EvaluationSpec(ApiModel):
     """How the tuned model is compared with its base on held-out data."""
 
     enabled: bool = Field(default=True, description="Run the evaluation stage.")
+    split: Literal["test", "validation"] = Field(
+        default="test",
+        description="The held-out split scored: test (the verdict), or validation (a FineTuneSweep's trials: the search "
+        "compares them there, so that the test split stays untouched until the best trial's final verdict).",
+    )
     metrics: list[MetricName] = Field(
         default_factory=lambda: [
             MetricName("perplexity"),
@@ -299,6 +304,7 @@ class EvaluationRecord(ApiModel):
     verdict: Verdict = Field(default=Verdict.NOT_EVALUATED, description="Passed, Failed or NotEvaluated.")
     gates: list[GateResult] = Field(default_factory=list, max_length=64, description="Each gate's outcome.")
     test_examples: int | None = Field(default=None, ge=0, description="Held-out records evaluated.")
+    split: Literal["test", "validation"] | None = Field(default=None, description="The split they came from (absent: test).")
     confidence_level: float | None = Field(default=None, description="Confidence level of every interval (0.95).")
     interval_method: str | None = Field(default=None, description="How intervals were computed.")
     serving: ServingComparison | None = Field(default=None, description="The comparison with the serving ModelVersion, when one was given.")

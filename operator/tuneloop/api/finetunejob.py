@@ -329,6 +329,10 @@ class FineTuneJobSpec(ApiModel):
             # caught here (validate, the operator, local run, prepare) instead of after training
             raise ValueError("evaluation is enabled but there is no test data: set dataset.split.test > 0 or dataset.test, "
                              "or evaluation.enabled: false")
+        if (self.evaluation.enabled and self.evaluation.split == "validation" and self.dataset.validation is None
+                and self.dataset.split.validation <= 0):
+            raise ValueError("evaluation.split is validation but there is no validation data: set dataset.split.validation > 0 "
+                             "or dataset.validation")
         return self
 
 

@@ -75,10 +75,22 @@ class TokenLengths(ApiModel):
         return self
 
 
+class SweepLineage(ApiModel):
+    """The FineTuneSweep trial whose configuration produced the artifact."""
+
+    name: str = Field(description="The FineTuneSweep.")
+    trial: str = Field(description="The winning trial's FineTuneJob.")
+    trial_number: int | None = Field(default=None, ge=0, description="Its trial number.")
+    objective: str | None = Field(default=None, description="The objective metric (on the validation split).")
+    value: float | None = Field(default=None, description="The trial's objective value on the validation split.")
+    params: dict[str, str] = Field(default_factory=dict, description="The searched fields' winning values (JSON text).")
+
+
 class Lineage(ApiModel):
     """Everything needed to reproduce the artifact."""
 
     fine_tune_job: FineTuneJobRef | None = Field(default=None, description="The producing FineTuneJob.")
+    sweep: SweepLineage | None = Field(default=None, description="The FineTuneSweep and trial it was chosen by, when a sweep made it.")
     dataset_sha256: str | None = Field(default=None, description="sha256 of the training data.")
     method: str | None = Field(default=None, description="lora, qlora or full.")
     hyperparameters: dict[str, str] = Field(default_factory=dict, description="Effective hyperparameters, as strings.")

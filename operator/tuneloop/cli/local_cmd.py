@@ -9,7 +9,9 @@ rerunning will not help; 1: a runtime failure; 130: interrupted).
 FILE may also be a FineTuneSchedule: then one iteration of its loop runs, in ROOT/<NNN>/
 (ROOT: --workdir, else ./runs/<schedule>), against the champion (the latest iteration that won,
 or --champion DIR), and the terminal, the report and ROOT/schedule.json say which won and why
-(tuneloop.cli.local_schedule).
+(tuneloop.cli.local_schedule). FILE may also be a FineTuneSweep: then its trials run one after another in
+ROOT/<trial>/ with the operator's sampler and pruner, resumable (ROOT/sweep.json), and the best trial once more on the
+test split in ROOT/best/; ROOT/report.md is the study report (tuneloop.cli.local_sweep).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="local_action", metavar="ACTION")
     r = sub.add_parser("run", help="run prepare → train → evaluate → report for a FineTuneJob file (or one iteration of a FineTuneSchedule)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("file", type=Path, metavar="FILE", help="FineTuneJob or FineTuneSchedule manifest (YAML)")
+    r.add_argument("file", type=Path, metavar="FILE", help="FineTuneJob, FineTuneSchedule or FineTuneSweep manifest (YAML)")
     r.add_argument("--workdir", type=Path, help="output directory (default: spec.output.path, else ./runs/<job name>; "
                    "a FineTuneSchedule's iterations go to WORKDIR/<NNN>/, default ./runs/<schedule name>)")
     r.add_argument("--from-stage", choices=STAGES, help="start here, reusing the earlier stages' outputs in the workdir")
@@ -152,8 +154,12 @@ def run_local(args: argparse.Namespace) -> int:
         return EXIT_CONFIG_ERROR
     if isinstance(doc, dict) and doc.get("kind") == "FineTuneSchedule":
         return local_schedule.run(args, doc, run_local)  # one iteration: a FineTuneJob from its template, run below
+    if isinstance(doc, dict) and doc.get("kind") == "FineTuneSweep":
+        from . import local_sweep
+
+        return local_sweep.run(args, doc, run_local)  # its trials one after another, each a FineTuneJob run below
     if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
-        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob or FineTuneSchedule manifest "
+        err.print(f"[red]error:[/] {args.file} is not a FineTuneJob, FineTuneSchedule or FineTuneSweep manifest "
                   f"(kind: {doc.get('kind') if isinstance(doc, dict) else None})")
         return EXIT_CONFIG_ERROR
     if getattr(args, "champion", None) is not None:
@@ -214,7 +220,8 @@ def run_local(args: argparse.Namespace) -> int:
     console.print(f"[bold]tuneloop local run[/] {ctx.namespace}/{ctx.name} — base {ctx.spec.base_model.display_name()}, method {ctx.spec.method.type}")
     console.print(f"device {_device()}; workdir {workdir}" + (f"; overrides {overrides}" if overrides else ""))
     display = local_progress.StageDisplay(console, enabled=not args.no_progress)
-    ctx.on_progress = display
+    hook = getattr(args, "progress_hook", None)  # a FineTuneSweep's pruner (local_sweep): sees every progress event
+    ctx.on_progress = display if hook is None else local_progress.chained(display, hook)
     headlines: dict[str, str] = {}
 
     def on_end(out) -> None:  # a tuneloop_trainer.local_runner.StageOutcome

@@ -137,3 +137,13 @@ def metrics_table(metrics: dict[str, dict[str, Any]], verdict: str | None) -> Ta
 
 def _num(v: Any) -> str:
     return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def chained(first: Any, then: Any) -> Any:
+    """One on_progress callback calling `first`, then `then` (which may raise to stop the stage: a pruned trial)."""
+
+    def call(event: dict[str, Any]) -> None:
+        first(event)
+        then(event)
+
+    return call

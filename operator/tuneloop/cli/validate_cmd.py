@@ -81,7 +81,7 @@ def path_problems(paths: list[Path]) -> list[Problem]:
 
 
 def cluster_problems(paths: list[Path]) -> list[Problem]:
-    """The operator's own refusal (`Failed`, `InvalidSpec`) for each schema-valid FineTuneJob and FineTuneSchedule."""
+    """The operator's own refusal (`Failed`, `InvalidSpec`) for each schema-valid FineTuneJob, FineTuneSchedule and FineTuneSweep."""
     from tuneloop.operator.finetunejob.reconcile import validate
     from tuneloop.operator.schedule import admission
     from tuneloop.operator.settings import get_settings
@@ -94,6 +94,15 @@ def cluster_problems(paths: list[Path]) -> list[Problem]:
             if where:
                 out.append(Problem(str(path), "FineTuneSchedule", meta["name"], where,
                                    f"{why} (the operator would set the schedule Failed, InvalidSpec)"))
+            continue
+        if doc.get("kind") == "FineTuneSweep":
+            from tuneloop.operator.sweep import admission as sweep_admission
+
+            meta = {"name": "x", **(doc.get("metadata") or {})}
+            where, why = sweep_admission.first_problem({**doc, "metadata": meta}, get_settings())
+            if where:
+                out.append(Problem(str(path), "FineTuneSweep", meta["name"], where,
+                                   f"{why} (the operator would set the sweep Failed, InvalidSpec)"))
             continue
         if doc.get("kind") == "Rollout":
             from pydantic import ValidationError

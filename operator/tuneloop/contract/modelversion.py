@@ -39,6 +39,7 @@ class JobIdentity:
     namespace: str
     uid: str = ""
     generation: int = 1
+    sweep: dict[str, Any] | None = None  # a FineTuneSweep's final run: the sweep and trial (api.modelversion.SweepLineage)
 
 
 def model_name(spec: FineTuneJobSpec, job: JobIdentity) -> str:
@@ -106,6 +107,8 @@ def build(
         "trainerImage": trainer_image,
         "worldSize": facts.world_size or world_size(spec),
     }
+    if job.sweep:
+        lineage["sweep"] = dict(job.sweep)
     if facts.dataset_sha256:
         lineage["datasetSha256"] = facts.dataset_sha256
     if facts.library_versions:
@@ -149,3 +152,17 @@ def phase(evaluation: dict[str, Any] | None) -> str:
     """The registered ModelVersion's phase: Ready unless the gates failed (Rejected)."""
     verdict = (evaluation or {}).get("verdict")
     return "Rejected" if verdict == Verdict.FAILED.value else "Ready"
+
+
+def sweep_lineage(annotations: Any) -> dict[str, Any] | None:
+    """The sweep lineage a FineTuneJob's annotation `tuneloop.dev/sweep-lineage` carries (JSON), or None."""
+    from .names import ANNOTATION_SWEEP_LINEAGE
+
+    text = dict(annotations or {}).get(ANNOTATION_SWEEP_LINEAGE)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -20,6 +20,8 @@ LABEL_ROLLOUT = "tuneloop.dev/rollout"
 LABEL_ROLE = "tuneloop.dev/role"
 LABEL_MODEL_VERSION = "tuneloop.dev/model-version"
 LABEL_SCHEDULE = "tuneloop.dev/schedule"  # a FineTuneSchedule's runs and digest Jobs
+LABEL_SWEEP = "tuneloop.dev/sweep"  # a FineTuneSweep's trials and its final run
+ANNOTATION_SWEEP_LINEAGE = "tuneloop.dev/sweep-lineage"  # the final run's sweep and trial (JSON), recorded on its ModelVersion
 
 # The two roles of a Rollout's serving pods.
 STABLE = "stable"

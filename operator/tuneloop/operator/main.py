@@ -27,6 +27,7 @@ def import_handlers() -> None:
     from .finetunejob import handlers as _ftj  # noqa: F401
     from .rollout import handlers as _rollout  # noqa: F401
     from .schedule import handlers as _schedule  # noqa: F401
+    from .sweep import handlers as _sweep  # noqa: F401
 
     release_daemon_finalizers()
 

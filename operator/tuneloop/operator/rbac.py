@@ -22,16 +22,19 @@ WATCH = ["list", "watch"]  # what Kopf's watch streams need (no GET of single ob
 # (tests/deploy/test_rbac.py reads them out of the source and compares). No `update` (merge patches only), no
 # `delete` but for the schedule's runs and check Jobs (the rest goes with its owner), no read of Secrets.
 RULES: list[tuple[str, list[str], list[str], str]] = [
-    ("tuneloop.dev", ["finetunejobs"], [*WATCH, "create", "delete"],
-     "watch FineTuneJobs; FineTuneSchedules create runs and delete old ones (history limits, Replace)"),
+    ("tuneloop.dev", ["finetunejobs"], [*WATCH, "create", "patch", "delete"],
+     "watch FineTuneJobs; FineTuneSchedules create runs and delete old ones (history limits, Replace); FineTuneSweeps "
+     "create trials and suspend pruned ones"),
     ("tuneloop.dev", ["finetunejobs/status"], ["patch"], "FineTuneJob status"),
     ("tuneloop.dev", ["modelversions"], ["get", "create"], "register ModelVersions; Rollouts and schedules read them"),
     ("tuneloop.dev", ["modelversions/status"], ["patch"], "ModelVersion status (registration, Serving/RolledBack, drift)"),
     ("tuneloop.dev", ["rollouts"], ["get", *WATCH, "patch"],
-     "watch Rollouts; Kopf annotations and finalizer; clear promote/abort; FineTuneSchedules set spec.candidate"),
+     "watch Rollouts; Kopf annotations and finalizer; clear promote/abort; FineTuneSchedules and FineTuneSweeps set spec.candidate"),
     ("tuneloop.dev", ["rollouts/status"], ["patch"], "Rollout status"),
     ("tuneloop.dev", ["finetuneschedules"], ["get", *WATCH, "patch"], "watch FineTuneSchedules; Kopf annotations and finalizer"),
     ("tuneloop.dev", ["finetuneschedules/status"], ["patch"], "FineTuneSchedule status"),
+    ("tuneloop.dev", ["finetunesweeps"], ["get", *WATCH, "patch"], "watch FineTuneSweeps; Kopf annotations and finalizer"),
+    ("tuneloop.dev", ["finetunesweeps/status"], ["patch"], "FineTuneSweep status (the study)"),
     ("batch", ["jobs"], ["get", *WATCH, "create", "patch", "delete"],
      "data-prep, training and evaluation Jobs (suspend); the schedule's data-check Jobs (deleted when done)"),
     ("", ["pods"], ["list"], "termination messages, rank-0 pod IP for progress"),

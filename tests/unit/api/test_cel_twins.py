@@ -34,6 +34,7 @@ BASE = {
     "Rollout": "rollout.yaml",
     "ModelVersion": "modelversion.yaml",
     "FineTuneSchedule": "finetuneschedule.yaml",
+    "FineTuneSweep": "sweep-quickstart.yaml",
 }
 DELETE = object()
 Edit = list[tuple[str, Any]]  # (dotted path, value or DELETE); a numeric segment indexes a list
@@ -197,6 +198,42 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
         "prometheus-trigger": ({"spec.triggers.prometheus[]"}, st.tuples(
             seconds, subset({"provider": "team-a", "prometheusAddress": "http://prom:9090"})).map(
             lambda t: [("spec.triggers.prometheus", [{"name": "d", "query": "up > 0", "interval": t[0], **t[1]}])])),
+    },
+    "FineTuneSweep": {
+        **ftj_spec("spec.jobTemplate.spec"),
+        # weightDecay (>= 0) and seed (any int) take every value drawn here: the model's template check agrees
+        "float-range": ({"spec.searchSpace[].float"}, st.tuples(
+            st.sampled_from([0.0, 1e-5, 1e-3]), st.sampled_from([0.0, 1e-4, 1e-3]), st.booleans(), st.sampled_from([None, 1e-5])).map(
+            lambda t: [("spec.searchSpace.0", {"path": "hyperparameters.weightDecay",
+                                               "float": {"low": t[0], "high": t[1], "log": t[2], **({"step": t[3]} if t[3] else {})}})])),
+        "int-range": ({"spec.searchSpace[].int"}, st.tuples(
+            st.sampled_from([-2, 0, 1, 4]), st.sampled_from([0, 1, 8]), st.booleans(), st.sampled_from([1, 2])).map(
+            lambda t: [("spec.searchSpace.0", {"path": "hyperparameters.seed",
+                                               "int": {"low": t[0], "high": t[1], "log": t[2], "step": t[3]}})])),
+        "one-parameter-kind": ({"spec.searchSpace[]"}, subset(
+            {"float": {"low": 0.0, "high": 0.1}, "int": {"low": 0, "high": 1}, "categorical": {"choices": [0.0, 0.01]}}).map(
+            lambda d: [("spec.searchSpace.0", {"path": "hyperparameters.weightDecay", **d})])),
+        "objective-split": ({"spec.objective.split"}, st.sampled_from(["validation", "test"]).map(lambda v: [("spec.objective.split", v)])),
+        "sweep-shape": ({"spec"}, st.tuples(
+            st.integers(1, 4), st.integers(1, 4), st.sampled_from(["tpe", "grid"]), st.booleans(), st.booleans(), st.booleans(),
+            st.sampled_from(["rougeL", "fieldAccuracy", "perplexity"]), st.sampled_from([None, ["rougeL"], ["perplexity", "bleu"]]),
+            st.sampled_from([None, "v1"]), st.sampled_from([0.0, 0.1]), st.booleans()).map(
+            lambda t: [("spec.parallelism", t[0]), ("spec.maxTrials", t[1]), ("spec.sampler", {"type": t[2]}),
+                       ("spec.searchSpace", [{"path": "hyperparameters.weightDecay",
+                                              "float": {"low": 0.0, "high": 0.1, **({"step": 0.05} if t[3] else {})}},
+                                             *([{"path": "hyperparameters.weightDecay", "categorical": {"choices": [0.0]}}] if t[4] else [])]),
+                       ("spec.jobTemplate.spec.evaluation.enabled", t[5]), ("spec.objective.metric", t[6]),
+                       ("spec.jobTemplate.spec.evaluation.metrics", DELETE if t[7] is None else t[7]),
+                       ("spec.jobTemplate.spec.registry.version", DELETE if t[8] is None else t[8]),
+                       ("spec.jobTemplate.spec.dataset.split.validation", t[9]),
+                       ("spec.jobTemplate.spec.dataset.validation", {"path": "v.jsonl"} if t[10] else DELETE)])),
+        "objective-computed": ({"spec"}, st.tuples(
+            st.sampled_from(["fieldAccuracy", "schemaCompliance", "forgettingAccuracy", "rougeL"]), st.booleans(), st.booleans()).map(
+            lambda t: [("spec.objective.metric", t[0]),
+                       ("spec.jobTemplate.spec.evaluation.metrics", ["rougeL", "fieldAccuracy", "schemaCompliance", "forgettingAccuracy"]),
+                       ("spec.jobTemplate.spec.evaluation.jsonSchema", {"type": "object"} if t[1] else DELETE),
+                       ("spec.jobTemplate.spec.evaluation.forgetting", {"enabled": t[2]}),
+                       ("spec.jobTemplate.spec.evaluation.gates", [])])),
     },
 }
 

@@ -18,6 +18,12 @@ OPEN_MAPS = {
     # the same two fields of the FineTuneJob spec a FineTuneSchedule embeds as its jobTemplate
     ("FineTuneSchedule", ".spec.properties.jobTemplate.properties.spec.properties.deepspeed.properties.overrides"),
     ("FineTuneSchedule", ".spec.properties.jobTemplate.properties.spec.properties.evaluation.properties.jsonSchema"),
+    # and a FineTuneSweep's jobTemplate; a categorical search parameter's choices (any value the template's field takes,
+    # no type: structural schemas allow that under x-kubernetes-preserve-unknown-fields) and each trial's params
+    ("FineTuneSweep", ".spec.properties.jobTemplate.properties.spec.properties.deepspeed.properties.overrides"),
+    ("FineTuneSweep", ".spec.properties.jobTemplate.properties.spec.properties.evaluation.properties.jsonSchema"),
+    ("FineTuneSweep", ".spec.properties.searchSpace.items.properties.categorical.properties.choices.items"),
+    ("FineTuneSweep", ".status.properties.trials.items.properties.params"),
 }
 
 
@@ -42,12 +48,12 @@ def _walk(node: dict, kind: str, path: str, problems: list[str]) -> None:
     for bad in ("$ref", "anyOf", "oneOf", "allOf", "not", "$defs", "definitions", "title"):
         if bad in node:
             problems.append(f"{kind}{path}: has {bad}")
-    if "type" not in node:
-        problems.append(f"{kind}{path}: no type")
-        return
     if node.get("x-kubernetes-preserve-unknown-fields"):
         if (kind, path) not in OPEN_MAPS:
             problems.append(f"{kind}{path}: unexpected x-kubernetes-preserve-unknown-fields")
+        return
+    if "type" not in node:
+        problems.append(f"{kind}{path}: no type")
         return
     if node["type"] == "object":
         if "properties" not in node and not isinstance(node.get("additionalProperties"), dict) and path != ".metadata":
@@ -77,6 +83,8 @@ def test_schema_is_structural(kind: str) -> None:
             found.add((kind, path))
         for name, sub in node.get("properties", {}).items():
             collect(sub, f"{path}.properties.{name}" if path else f".{name}")
+        if isinstance(node.get("items"), dict):
+            collect(node["items"], f"{path}.items")
 
     for name, sub in schema["properties"].items():
         collect(sub, f".{name}")
@@ -103,12 +111,13 @@ def test_every_field_is_described(kind: str) -> None:
 
 def test_crd_metadata(repo_root: Path) -> None:
     docs = {d["spec"]["names"]["kind"]: d for d in (yaml.safe_load(p.read_text()) for p in (repo_root / "crds").glob("*.yaml"))}
-    assert set(docs) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule"}
+    assert set(docs) == {"FineTuneJob", "ModelVersion", "Rollout", "FineTuneSchedule", "FineTuneSweep"}
     cols = {k: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"]] for k, d in docs.items()}
     assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Tokens/s/GPU", "MFU", "Age"]
     assert cols["ModelVersion"] == ["Model", "Version", "Phase", "Verdict", "Age"]
     assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Step", "Message", "Age"]
     assert cols["FineTuneSchedule"] == ["Schedule", "Timezone", "Suspend", "Phase", "Last run", "Next", "Serving", "Message", "Age"]
+    assert cols["FineTuneSweep"] == ["Phase", "Done", "Running", "Pruned", "Failed", "Objective", "Best", "Best trial", "Message", "Age"]
     for d in docs.values():
         v = d["spec"]["versions"][0]
         assert v["subresources"] == {"status": {}}

@@ -34,20 +34,24 @@ def read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     return out
 
 
-def load_test_split(data_dir: Path, max_samples: int | None) -> list[dict[str, Any]]:
-    """DIR/data/test.jsonl as written by prepare (chat records end with the reference assistant turn)."""
-    path = data_dir / "test.jsonl"
+def load_test_split(data_dir: Path, max_samples: int | None, split: str = "test") -> list[dict[str, Any]]:
+    """DIR/data/<split>.jsonl as written by prepare (chat records end with the reference assistant turn): the test
+    split, or the validation split for a FineTuneSweep's trials (evaluation.split)."""
+    if split not in ("test", "validation"):
+        raise ConfigError(f"evaluation.split {split!r} is neither test nor validation")
+    path = data_dir / f"{split}.jsonl"
     if not path.exists():
-        raise ConfigError(f"no test split at {path}", hint="run the prepare stage first, with split.test > 0 or dataset.test set")
-    records = read_jsonl(path, "test split")
+        raise ConfigError(f"no {split} split at {path}",
+                          hint=f"run the prepare stage first, with split.{split} > 0 or dataset.{split} set")
+    records = read_jsonl(path, f"{split} split")
     if not records:
-        raise DataError(f"the test split {path} is empty", hint="raise dataset.split.test or give dataset.test")
+        raise DataError(f"the {split} split {path} is empty", hint=f"raise dataset.split.{split} or give dataset.{split}")
     for n, rec in enumerate(records, 1):
         msgs = rec.get("messages")
         if msgs is not None and (not msgs or msgs[-1].get("role") != "assistant"):
-            raise DataError(f"test split {path}:{n}: the last message must be the assistant's reference answer")
+            raise DataError(f"{split} split {path}:{n}: the last message must be the assistant's reference answer")
         if msgs is None and not isinstance(rec.get("text"), str):
-            raise DataError(f"test split {path}:{n}: neither messages nor text")
+            raise DataError(f"{split} split {path}:{n}: neither messages nor text")
     return records[:max_samples] if max_samples else records
 
 
@@ -122,7 +126,7 @@ def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = No
                          "backend": (settings.eval_backend or (head.get("evaluation") or {}).get("backend") or "auto").strip().lower(),
                          "vllmArgs": settings.vllm_args.strip()},
                         sort_keys=True, default=str).encode())
-    for name in ("test.jsonl", "train.jsonl"):
+    for name in (f"{getattr(spec.evaluation, 'split', 'test')}.jsonl", "train.jsonl"):
         _hash_file(h, Path(ctx.data_dir) / name, f"data/{name}")
     art = Path(ctx.artifact_dir)
     for p in sorted(q for q in art.rglob("*") if q.is_file()) if art.is_dir() else []:

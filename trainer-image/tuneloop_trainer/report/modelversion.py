@@ -21,7 +21,7 @@ from tuneloop.contract import layout
 from tuneloop.contract import lineage as lineage_facts
 from tuneloop.contract import modelversion as contract
 from tuneloop.contract.lineage import LineageFile
-from tuneloop.contract.modelversion import JobIdentity
+from tuneloop.contract.modelversion import JobIdentity, sweep_lineage
 from tuneloop.contract.names import LABEL_JOB, LABEL_MODEL
 
 from ..settings import TrainerSettings
@@ -34,7 +34,7 @@ __all__ = ["LABEL_JOB", "LABEL_MODEL", "build", "job_identity", "manifest"]
 
 def job_identity(ctx: StageContext) -> JobIdentity:
     meta = ctx.raw.get("metadata") or {}
-    return JobIdentity(ctx.name, ctx.namespace, ctx.uid or "", int(meta.get("generation") or 1))
+    return JobIdentity(ctx.name, ctx.namespace, ctx.uid or "", int(meta.get("generation") or 1), sweep_lineage(meta.get("annotations")))
 
 
 def _no_uid(lineage: dict[str, Any], artifact: Any = None) -> str:

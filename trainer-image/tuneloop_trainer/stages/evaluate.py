@@ -451,7 +451,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     _check_schema(ev.json_schema)
     inputs_fingerprint = evaluation_fingerprint(ctx)
-    records = load_test_split(ctx.data_dir, ev.max_samples)
+    split = getattr(ev, "split", "test")
+    records = load_test_split(ctx.data_dir, ev.max_samples, split)
     references = [r["messages"][-1]["content"] for r in records if "messages" in r]
     forgetting, forgetting_source = (None, None)
     if ev.forgetting.enabled:
@@ -471,6 +472,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     serving = eval_analysis.serving_outcome(rows, analysis, ev.gates)
     record = decide(rows, ev.gates, ev.forgetting if forgetting else None, test_examples=len(records), serving=serving,
                     interval_method=METHOD, confidence_level=CONFIDENCE_LEVEL)
+    if split != "test":
+        record = record.model_copy(update={"split": split})
 
     doc = {
         "record": record.wire(),
@@ -593,6 +596,7 @@ def summary(record: EvaluationRecord, path: Any) -> dict[str, Any]:
     return {
         "verdict": record.verdict if isinstance(record.verdict, str) else record.verdict.value,
         "testExamples": record.test_examples,
+        **({"split": record.split} if record.split else {}),
         "metrics": {m.name: _summary_row(m) for m in record.metrics},
         "gates": {"passed": sum(g.passed for g in record.gates), "total": len(record.gates)},
         "failedGates": [g.reason for g in record.gates if not g.passed],

@@ -19,7 +19,7 @@ __all__ = ["LABEL_MODEL", "model_name", "model_version", "model_version_name", "
 
 
 def _job(meta: JobMeta) -> JobIdentity:
-    return JobIdentity(meta.name, meta.namespace, meta.uid, meta.generation)
+    return JobIdentity(meta.name, meta.namespace, meta.uid, meta.generation, contract.sweep_lineage(meta.annotations))
 
 
 def model_name(spec: FineTuneJobSpec, meta: JobMeta) -> str:
