@@ -283,7 +283,7 @@ def test_manual_promote_with_the_cli(kube: Kube, env: Env, serving: SimpleNamesp
     s = serving
     v6 = _clone_modelversion(kube, env, "v6")
     kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v6}, "steps": [{"setWeight": 50}, {"pause": {}}, {"analysis": {}}]}})
-    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v6 and phase(o) == "Paused", "paused for a human", 90)
+    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v6 and phase(o) == "Paused", "paused for a human", 420)  # real vLLM: the canary loads first
     cli = Path(sys.executable).parent / "kubectl-tuneloop"
     out = subprocess.run([str(cli), "promote", RO, "-n", env.ns, "--kubeconfig", kube.kubeconfig, "--wait", "--timeout", "60"],
                          capture_output=True, text=True, timeout=120)
