@@ -71,7 +71,7 @@ TEMPLATES = {"FineTuneSchedule": [("jobTemplate", "spec")]}
 _KEEP = {
     "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
     "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems",
-    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }
 
 
