@@ -320,8 +320,8 @@ class OutputSpec(OneOf):
     pvc: PvcPath | None = Field(default=None, description="A directory on a PersistentVolumeClaim (mounted into every pod).")
     s3: S3Location | None = Field(default=None, description="An S3 prefix the artifacts are uploaded to.")
     path: str | None = Field(default=None, description="A local directory (local runs).")
-    exports: list[ExportSpec] = Field(
-        default_factory=list, max_length=3,
+    exports: list[ExportSpec] | None = Field(
+        default=None, max_length=3,
         description="Exports written after the evaluation (DIR/exports/<format>/), each checked against the tuned model on "
         "the test items and registered as its own ModelVersion (lineage.exportOf) when it holds up.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["format"]},
@@ -330,7 +330,7 @@ class OutputSpec(OneOf):
     @model_validator(mode="after")
     def _unique_exports(self) -> OutputSpec:
         """The pydantic twin of the list-map key: the API server refuses a format listed twice."""
-        formats = [e.format for e in self.exports]
+        formats = [e.format for e in self.exports or []]
         if len(formats) != len(set(formats)):
             raise ValueError(EXPORTS_UNIQUE)
         return self

@@ -106,7 +106,7 @@ def exports_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = None)
     output.exports."""
     import hashlib
 
-    exports = [e.wire() for e in ctx.spec.output.exports]
+    exports = [e.wire() for e in ctx.spec.output.exports or []]
     return hashlib.sha256((evaluation_fingerprint(ctx, env) + json.dumps(exports, sort_keys=True, default=str)).encode()).hexdigest()
 
 

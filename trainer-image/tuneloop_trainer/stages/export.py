@@ -98,7 +98,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ..modeling import load_tuned
     from .evaluate import wanted_metrics
 
-    exports = list(ctx.spec.output.exports)
+    exports = list(ctx.spec.output.exports or [])
     wd = layout.WorkDir(ctx.workdir)
     fingerprint = exports_fingerprint(ctx)
     if not exports:
