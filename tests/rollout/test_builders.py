@@ -84,6 +84,28 @@ def test_merged_deployment_golden_with_tensor_parallel_and_scheduling():
     assert args[-2:] == ["--max-model-len", "8192"]
 
 
+def test_gguf_deployment_runs_llama_cpp_server_on_the_file():
+    """vLLM has no GGUF loader: a gguf export is served by llama.cpp's server image, the file's directory mounted."""
+    raw, spec = _parts(samples.gateway_rollout(serving={"image": "registry.example.com/vllm:0.11.0", "extraArgs": ["--ctx-size", "2048"]}))
+    doc = samples.model_version("support-bot-v1-gguf-q8-0", fmt="gguf", uri="pvc://models/v1/exports/gguf-q8_0/model.gguf")
+    doc["spec"]["artifact"]["quantization"] = "q8_0"
+    mv = ModelVersion.model_validate(doc)
+    assert serving.engine(mv) == serving.LLAMACPP
+    dep = serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)
+    check_golden("deployment-gguf-canary", dep)
+    _k8s_valid(dep)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == CONFIG.llamacpp_image and c["command"] == ["llama-server"]
+    assert c["args"][:4] == ["-m", "/models/artifact/model.gguf", "--alias", "support-bot"]
+    assert "--metrics" in c["args"] and c["args"][-2:] == ["--ctx-size", "2048"]
+    assert c["volumeMounts"][0] == {"name": "artifact", "mountPath": "/models/artifact", "readOnly": True, "subPath": "v1/exports/gguf-q8_0"}
+    merged = ModelVersion.model_validate(samples.model_version("support-bot-v1-merged", fmt="merged", uri="pvc://models/v1/exports/merged"))
+    assert serving.engine(merged) == serving.VLLM
+    dep = serving.build_deployment(raw, spec, names.CANARY, merged, 1, CONFIG)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["vllm", "serve"] and c["args"][0] == "/models/artifact" and c["image"] == "registry.example.com/vllm:0.11.0"
+
+
 def test_restricted_pod_security():
     raw, spec = _parts(samples.gateway_rollout())
     mv = ModelVersion.model_validate(samples.model_version("support-bot-v2"))
