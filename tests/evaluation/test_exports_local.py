@@ -71,8 +71,8 @@ def test_a_broken_export_is_refused_and_not_registered(tmp_path, tiny, monkeypat
 
     real = export_stage.write_gguf
 
-    def broken(merged, out_file, quantization, name):
-        info = real(merged, out_file, quantization, name)
+    def broken(merged, out_file, quantization, name, pre_tokenizer=None):
+        info = real(merged, out_file, quantization, name, pre_tokenizer)
         data = bytearray(Path(out_file).read_bytes())
         keep = len(data) // 3
         data[keep:] = bytes(len(data) - keep)  # the tensor data after the first third: zeros

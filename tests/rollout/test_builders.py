@@ -247,3 +247,15 @@ def test_readiness_probe_passes_only_once_v1_models_lists_every_served_name():
     finally:
         server.shutdown()
     assert subprocess.run(cmd, capture_output=True, timeout=20).returncode == 1  # nothing listening: not ready
+
+
+def test_a_model_version_with_an_output_contract_is_served_with_structured_outputs_pinned():
+    raw, spec = _parts(samples.gateway_rollout())
+    doc = samples.model_version("support-bot-v1", fmt="merged", uri="pvc://models/v1/exports/merged")
+    plain = serving.build_deployment(raw, spec, names.STABLE, ModelVersion.model_validate(doc), 1, CONFIG)
+    assert "--structured-outputs-config" not in plain["spec"]["template"]["spec"]["containers"][0]["args"]
+    doc["spec"]["outputContract"] = {"jsonSchema": {"type": "object", "required": ["category"]}}
+    dep = serving.build_deployment(raw, spec, names.STABLE, ModelVersion.model_validate(doc), 1, CONFIG)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--structured-outputs-config") + 1] == '{"backend": "xgrammar"}'
+    assert args.index("--structured-outputs-config") < args.index("--host")  # before serving.extraArgs, which may override it

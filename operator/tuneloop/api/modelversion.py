@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -134,6 +134,15 @@ class EquivalenceRecord(ApiModel):
     source_size_bytes: int | None = Field(default=None, ge=0, description="Size on disk of the source's weights.")
 
 
+class OutputContract(ApiModel):
+    """What every answer must look like: the JSON Schema the evaluation scored (evaluation.jsonSchema). Serving enables
+    vLLM's structured outputs for it; a client enforces it per request with `structured_outputs: {json: SCHEMA}` (or
+    `response_format: {type: json_schema, json_schema: {name, schema}}`)."""
+
+    json_schema: dict[str, Any] = Field(
+        description="JSON Schema of an answer.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
 class ReportLocation(ApiModel):
     """Where the experiment report is."""
 
@@ -151,6 +160,8 @@ class ModelVersionSpec(ApiModel):
     lineage: Lineage = Field(default_factory=Lineage, description="How it was produced.")
     evaluation: EvaluationRecord = Field(default_factory=EvaluationRecord, description="Base vs tuned metrics and the gate verdict.")
     report: ReportLocation = Field(default_factory=ReportLocation, description="The experiment report.")
+    output_contract: OutputContract | None = Field(
+        default=None, description="The answers' contract the evaluation scored (evaluation.jsonSchema), served with vLLM's structured outputs.")
     equivalence: EquivalenceRecord | None = Field(
         default=None, description="For an export: its answers against its source's on the test items, and the gate it passed.")
 

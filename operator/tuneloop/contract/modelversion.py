@@ -139,6 +139,7 @@ def build(
             "lineage": lineage,
             "evaluation": record.wire(),
             "report": report,
+            **({"outputContract": {"jsonSchema": spec.evaluation.json_schema}} if spec.evaluation.json_schema is not None else {}),
         },
     }
     ModelVersion.model_validate(doc)  # never emits what the CRD would refuse

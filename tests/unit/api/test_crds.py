@@ -18,6 +18,8 @@ OPEN_MAPS = {
     # the same two fields of the FineTuneJob spec a FineTuneSchedule embeds as its jobTemplate
     ("FineTuneSchedule", ".spec.properties.jobTemplate.properties.spec.properties.deepspeed.properties.overrides"),
     ("FineTuneSchedule", ".spec.properties.jobTemplate.properties.spec.properties.evaluation.properties.jsonSchema"),
+    # the same schema, carried onto the ModelVersion as its served output contract (issue 22)
+    ("ModelVersion", ".spec.properties.outputContract.properties.jsonSchema"),
 }
 
 

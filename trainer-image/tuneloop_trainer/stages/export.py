@@ -59,10 +59,19 @@ def write_merged(ctx: StageContext, out: Path) -> Path:
     return out
 
 
-def write_gguf(merged: Path, out_file: Path, quantization: str, name: str) -> dict[str, Any]:
+def write_gguf(merged: Path, out_file: Path, quantization: str, name: str, pre_tokenizer: str | None = None) -> dict[str, Any]:
     from ..training.gguf_export import export_gguf
 
-    return export_gguf(merged, out_file, quantization, name=name)
+    return export_gguf(merged, out_file, quantization, name=name, pre_tokenizer=pre_tokenizer)
+
+
+def base_pre_tokenizer(ctx: StageContext) -> str | None:
+    """The base's llama.cpp pre-tokenizer when the base was a GGUF file (the quickstart's: smollm)."""
+    from ..modeling import locate
+    from ..training.gguf_export import pre_tokenizer_of
+
+    loc = locate(ctx)
+    return pre_tokenizer_of(loc.gguf_file) if loc.gguf_file else None
 
 
 def load_export(fmt: str, path: Path) -> tuple[Any, Any]:
@@ -135,7 +144,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             t0 = time.perf_counter()
             written: dict[str, Any] = {}
             if fmt.startswith("gguf-"):
-                written = write_gguf(merged, path, fmt.removeprefix("gguf-"), name=ctx.name)
+                written = write_gguf(merged, path, fmt.removeprefix("gguf-"), name=ctx.name, pre_tokenizer=base_pre_tokenizer(ctx))
             _log(f"{fmt}: written to {path} ({size_bytes(path)} bytes)")
             model, tok = load_export(fmt, path)
             texts, gen = answer(ctx, model, tok, conversations)
@@ -149,7 +158,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             _log(f"{fmt}: {record['reason']}")
             out.append({"format": fmt, "path": layout.export_path(fmt), "sizeBytes": size_bytes(path), "equivalence": record,
                         "seconds": round(time.perf_counter() - t0, 2), "generation": gen, "answers": texts,
-                        **({"tensorTypes": written["tensorTypes"]} if written else {})})
+                        **({"tensorTypes": written["tensorTypes"], "preTokenizer": written["preTokenizer"]} if written else {})})
     finally:
         if scratch:
             shutil.rmtree(merged, ignore_errors=True)

@@ -206,6 +206,7 @@ def _workdir_uri(ctx: StageContext) -> str:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..report import charts as report_charts
+    from ..report import contract as report_contract
     from ..report import exports as report_exports
     from ..report import inputs as report_inputs
     from ..report import modelversion as report_modelversion
@@ -236,6 +237,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     md += evaluation_section(ev, rec_wire) if ev else ["## Evaluation", "Evaluation was disabled (`evaluation.enabled: false`).", ""]
     if figures["metrics.png"]:
         md += ["![tuned vs base and trivial baselines, 95% intervals](metrics.png)", ""]
+    md += report_contract.section(ev)
     exports_doc = _exports_doc(ctx)
     md += report_exports.section(exports_doc)
     md += ["## Observations", "- **Strengths of Fine-Tuned Model:**", *(f"  - {s}" for s in strengths),

@@ -52,7 +52,18 @@ def _file_type(quantization: str) -> int:
     return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization]
 
 
-def _add_tokenizer(writer: Any, model_dir: Path) -> None:
+def pre_tokenizer_of(gguf_file: str | Path) -> str | None:
+    """`tokenizer.ggml.pre` of a GGUF file (the base a model was trained from), e.g. smollm: llama.cpp picks its
+    pre-tokenizer regex by this name, which only llama.cpp's converter can work out from a Hugging Face tokenizer."""
+    import gguf
+
+    field = gguf.GGUFReader(str(gguf_file)).fields.get("tokenizer.ggml.pre")
+    if field is None or not field.data:
+        return None
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def _add_tokenizer(writer: Any, model_dir: Path, pre: str) -> None:
     import gguf
     from transformers import AutoTokenizer
 
@@ -71,15 +82,17 @@ def _add_tokenizer(writer: Any, model_dir: Path) -> None:
         tokens.append(by_id[i])
         types.append(gguf.TokenType.CONTROL if i in special or i in added else gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special_vocab = gguf.SpecialVocab(str(model_dir), load_merges=True, n_vocab=size)
     special_vocab.add_to_gguf(writer)
 
 
-def export_gguf(model_dir: str | Path, out_file: str | Path, quantization: str = "f16", *, name: str = "") -> dict[str, Any]:
-    """Write `model_dir` (a merged or full safetensors model) as one GGUF file; returns what was written."""
+def export_gguf(model_dir: str | Path, out_file: str | Path, quantization: str = "f16", *, name: str = "",
+                pre_tokenizer: str | None = None) -> dict[str, Any]:
+    """Write `model_dir` (a merged or full safetensors model) as one GGUF file; returns what was written.
+    `pre_tokenizer`: llama.cpp's pre-tokenizer name (from the base's GGUF when it was one), else "default"."""
     import gguf
     import numpy as np
     import torch
@@ -116,7 +129,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, quantization: str =
     writer.add_vocab_size(int(cfg["vocab_size"]))
     writer.add_file_type(_file_type(quantization))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(writer, model_dir)
+    _add_tokenizer(writer, model_dir, pre_tokenizer or "default")
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{model_dir} holds no .safetensors weights to export")
@@ -147,4 +160,5 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, quantization: str =
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"file": str(out_file), "quantization": quantization, "tensorTypes": counts, "sizeBytes": out_file.stat().st_size}
+    return {"file": str(out_file), "quantization": quantization, "tensorTypes": counts, "sizeBytes": out_file.stat().st_size,
+            "preTokenizer": pre_tokenizer or "default"}

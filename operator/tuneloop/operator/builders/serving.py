@@ -124,6 +124,7 @@ def base_location(mv: ModelVersion) -> str:
     return base
 
 
+STRUCTURED_OUTPUTS_CONFIG = '{"backend": "xgrammar"}'  # vLLM's --structured-outputs-config for a ModelVersion with an output contract
 LLAMACPP = "llama.cpp"
 VLLM = "vllm"
 
@@ -175,6 +176,8 @@ def serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *
     else:
         args = [artifact, "--served-model-name", served_model_name]
         names = (served_model_name,)
+    if mv.spec.output_contract is not None:  # the contract's grammar engine pinned: the same enforcement on every vLLM release
+        args += ["--structured-outputs-config", STRUCTURED_OUTPUTS_CONFIG]
     args += ["--host", host, "--port", str(serving.port)]
     if serving.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(serving.resources.gpus)]
