@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -259,3 +260,24 @@ def test_a_model_version_with_an_output_contract_is_served_with_structured_outpu
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--structured-outputs-config") + 1] == '{"backend": "xgrammar"}'
     assert args.index("--structured-outputs-config") < args.index("--host")  # before serving.extraArgs, which may override it
+
+
+def test_the_output_guard_sidecar_sits_in_front_of_vllm_with_the_contract():
+    raw, spec = _parts(samples.gateway_rollout(serving={"guard": {"enforce": True}}))
+    doc = samples.model_version("support-bot-v1", fmt="merged", uri="pvc://models/v1/exports/merged")
+    doc["spec"]["outputContract"] = {"jsonSchema": {"type": "object", "required": ["category"]}}
+    dep = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(doc), 1, CONFIG)
+    _k8s_valid(dep)
+    vllm, guard = dep["spec"]["template"]["spec"]["containers"]
+    assert vllm["name"] == "vllm" and guard["name"] == "guard" and guard["command"] == ["python", "-m", "tuneloop.guard"]
+    assert guard["args"][:4] == ["--upstream", "http://127.0.0.1:8000", "--port", "8001"]
+    assert json.loads(guard["args"][guard["args"].index("--contract-json") + 1]) == {"type": "object", "required": ["category"]}
+    assert guard["args"][-1] == "--enforce" and guard["ports"] == [{"name": "guard", "containerPort": 8001, "protocol": "TCP"}]
+    svc = serving.build_service(raw, spec, names.CANARY)
+    assert svc["spec"]["ports"][0]["targetPort"] == "guard"  # traffic goes through the guard
+    _k8s_valid(svc)
+    plain_raw, plain_spec = _parts(samples.gateway_rollout())
+    assert serving.build_service(plain_raw, plain_spec, names.CANARY)["spec"]["ports"][0]["targetPort"] == "http"
+    no_contract = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(samples.model_version("support-bot-v2")), 1, CONFIG)
+    args = no_contract["spec"]["template"]["spec"]["containers"][1]["args"]
+    assert "--contract-json" not in args and "--enforce" not in args  # no contract: everything passes unchecked

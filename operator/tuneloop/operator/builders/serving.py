@@ -12,6 +12,7 @@ llama.cpp's OpenAI-compatible server instead, `llama-server -m /models/artifact/
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class ServingConfig:
 
     vllm_image: str = "vllm/vllm-openai:v0.32.0"
     llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server"
+    guard_image: str = "ghcr.io/tuneloop/operator:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     run_as_user: int = 1000
     policy: Policy = field(default_factory=Policy)  # the admin's admission policy (extraArgs, scheduling)
@@ -55,6 +57,7 @@ class ServingConfig:
         return cls(
             vllm_image=settings.vllm_image,
             llamacpp_image=getattr(settings, "llamacpp_image", cls.llamacpp_image),
+            guard_image=getattr(settings, "guard_image", cls.guard_image),
             image_pull_policy=getattr(settings, "image_pull_policy", cls.image_pull_policy),
             run_as_user=getattr(settings, "run_as_user", cls.run_as_user),
             policy=Policy.from_settings(settings),
@@ -306,6 +309,30 @@ def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, 
     }
 
 
+def guard_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig) -> dict[str, Any] | None:
+    """The output guard sidecar (serving.guard): a pass-through on its own port in front of the engine on localhost,
+    checking answers against the ModelVersion's outputContract (passed inline; none: every answer passes unchecked)."""
+    guard = spec.serving.guard
+    if guard is None:
+        return None
+    args = ["--upstream", f"http://127.0.0.1:{spec.serving.port}", "--port", str(guard.port)]
+    if mv.spec.output_contract is not None:
+        args += ["--contract-json", json.dumps(mv.spec.output_contract.json_schema, sort_keys=True, separators=(",", ":"))]
+        if guard.enforce:
+            args.append("--enforce")
+    return {
+        "name": "guard",
+        "image": config.guard_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-m", "tuneloop.guard"],
+        "args": args,
+        "ports": [{"name": "guard", "containerPort": guard.port, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "readinessProbe": {"tcpSocket": {"port": "guard"}, "periodSeconds": 5},
+        "securityContext": container_security(),
+    }
+
+
 def build_deployment(
     rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
 ) -> dict[str, Any]:
@@ -327,11 +354,12 @@ def build_deployment(
     ]
 
     container = _vllm_container(spec, mv, config, args, mounts)
+    guard = guard_container(spec, mv, config)
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,
         "automountServiceAccountToken": False,  # vLLM never calls the API server (issue 25)
-        "containers": [container],
+        "containers": [container, *([guard] if guard else [])],
         "volumes": volumes,
     }
     if serving.node_selector:
@@ -382,7 +410,8 @@ def service_manifest(rollout: dict[str, Any], spec: RolloutSpec, service: str, l
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
+            # through the output guard when there is one (serving.guard), else straight to the engine
+            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "guard" if spec.serving.guard else "http", "protocol": "TCP"}],
         },
     }
 
