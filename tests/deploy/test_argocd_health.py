@@ -24,7 +24,7 @@ ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "
 T = "2026-11-22T03:00:00Z"
 
 FINETUNEJOB = {
-    "Pending": "Progressing", "ValidatingData": "Progressing", "Training": "Progressing", "Evaluating": "Progressing",
+    "Pending": "Progressing", "ValidatingData": "Progressing", "Training": "Progressing", "Evaluating": "Progressing", "Exporting": "Progressing",
     "Succeeded": "Healthy", "Failed": "Degraded", "Suspended": "Suspended",
 }
 MODELVERSION = {"Pending": "Progressing", "Ready": "Healthy", "Serving": "Healthy", "Retired": "Healthy",

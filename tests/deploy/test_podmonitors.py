@@ -8,7 +8,7 @@ from tuneloop.api import FineTuneJob, ModelVersion
 from tuneloop.api.rollout import RolloutSpec
 from tuneloop.operator.builders import serving
 from tuneloop.operator.builders.common import JobMeta
-from tuneloop.operator.builders.jobs import data_job, eval_job, train_job
+from tuneloop.operator.builders.jobs import data_job, eval_job, export_job, train_job
 from tuneloop.operator.settings import OperatorSettings
 
 from ._support import ROOT, by_kind, objects
@@ -57,7 +57,7 @@ def test_trainer_podmonitor_scrapes_rank0_only(monitors):
     selected = [(labels, ports) for labels, ports in train_pods if _selects(pm["spec"]["selector"], labels)]
     assert len(selected) == 1 and selected[0][0]["batch.kubernetes.io/job-completion-index"] == "0"
     assert port in selected[0][1]
-    for other in (data_job(ftj.spec, meta, config), eval_job(ftj.spec, meta, config)):
+    for other in (data_job(ftj.spec, meta, config), eval_job(ftj.spec, meta, config), export_job(ftj.spec, meta, config)):
         assert not any(_selects(pm["spec"]["selector"], labels) for labels, _ in _pods_of_job(other))
 
 

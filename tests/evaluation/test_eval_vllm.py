@@ -74,3 +74,31 @@ def test_vllm_and_transformers_give_the_same_greedy_answers_on_the_tiny_model(tm
     # break differently. Measured: 0 of 2×(6+2+1) answers differ (vLLM 0.32.0, CPU). Allow one in ten, never more.
     assert len(differing) <= len(a) // 10, differing
     assert by_vllm["scores"]["tuned"]["perplexity"] == pytest.approx(by_hf["scores"]["tuned"]["perplexity"], rel=1e-6)  # both transformers
+
+
+def test_the_output_contract_is_measured_with_and_without_enforcement(tmp_path, monkeypatch, capsys):
+    """evaluation.jsonSchema through vLLM: the tuned model's test answers free and with the contract enforced
+    (structured outputs), both recorded in eval.json and the report. The random model never answers JSON by itself."""
+    model = make_tiny_model(tmp_path / "tiny64", hidden=256)
+    write_jsonl(tmp_path / "data" / "train.jsonl", chat_records(40))
+    spec = tiny_spec(model, "data/train.jsonl", "out", **{
+        "hyperparameters": {"maxSteps": 1},
+        "evaluation": {"maxNewTokens": 16, "batchSize": 8, "metrics": ["exactMatch", "jsonValid"], "baseline": False, "baselines": False,
+                       "forgetting": {"enabled": False}, "jsonSchema": {"enum": ["red", "green", "blue"]}},
+    })
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
+                                   "metadata": {"name": "tiny-contract", "namespace": "ml"}, "spec": spec}))
+    wd = tmp_path / "wd"
+    monkeypatch.setenv(vb.BACKEND_ENV, "vllm")
+    assert cli(["local", "run", str(job), "--workdir", str(wd), "--no-progress"]) == 0, capsys.readouterr()
+    doc = json.loads((wd / "eval.json").read_text())
+    enf = doc["enforcement"]
+    assert enf["measured"] and enf["backend"] == "vllm"
+    assert enf["unenforced"]["violationRate"] == 1.0  # free: no answer of the random model is one of the three JSON strings
+    assert enf["enforced"]["violationRate"] == 0.0 and enf["enforced"]["jsonValid"] == 1.0
+    assert all(json.loads(p) in ("red", "green", "blue") for p in enf["predictions"])
+    report = (wd / "report" / "report.md").read_text()
+    assert "### Output contract: with and without enforcement" in report and "| Contract violations | 100.0 % | 0.0 % |" in report
+    mv = yaml.safe_load((wd / "report" / "modelversion.yaml").read_text())
+    assert mv["spec"]["outputContract"] == {"jsonSchema": {"enum": ["red", "green", "blue"]}}

@@ -67,12 +67,13 @@ class FakeVllm:
 
     def __init__(self, role: str, *, rps: float = 50.0, error_rate: float = 0.0, ttft: float = 0.08, e2e: float = 0.6,
                  abort_rate: float = 0.0, noise: float = 0.0, seed: int | None = None, prompt_tokens: float = 40.0,
-                 generation_tokens: float = 12.0):  # fmt: skip
+                 generation_tokens: float = 12.0, violation_rate: float = 0.0):  # fmt: skip
         self.role = role
         # median request lengths (log-normal, sigma 0.3); set(prompt_tokens=...) shifts the served distribution
         self.prompt_tokens, self.generation_tokens = prompt_tokens, generation_tokens
         self.rps, self.error_rate, self.ttft, self.e2e, self.noise = rps, error_rate, ttft, e2e, noise
         self.abort_rate = abort_rate
+        self.violation_rate = violation_rate  # the output guard's share of answers breaking the contract (tuneloop.guard)
         self.rng = random.Random(seed)
         self.registry = CollectorRegistry()
         self.http = Counter("http_requests", "Requests by handler/status.", ["handler", "status", "method"], registry=self.registry)
@@ -83,6 +84,10 @@ class FakeVllm:
         self.gen_h = Histogram("vllm:request_generation_tokens", "Generation tokens.", ["model_name"], buckets=TOKEN_BUCKETS,
                                registry=self.registry)
         self.http.labels("/v1/chat/completions", "2xx", "POST")  # present from the start, as after the first request
+        # the guard sidecar's counter, same name and labels as tuneloop.guard.proxy (scraped from the same pod)
+        self.guard = Counter("tuneloop_guard_answers", "Answers by contract verdict.", ["verdict"], registry=self.registry)
+        for verdict in ("ok", "violation"):
+            self.guard.labels(verdict)
         self.port = free_port()
         self.server = serve_text_format(self.registry, self.port)
         self._stop = threading.Event()
@@ -113,6 +118,7 @@ class FakeVllm:
                 self.success.labels("abort" if self.rng.random() < self.abort_rate else "stop", "bot").inc()
                 self.prompt_h.labels("bot").observe(self.length(self.prompt_tokens))
                 self.gen_h.labels("bot").observe(self.length(self.generation_tokens))
+                self.guard.labels("violation" if self.rng.random() < self.violation_rate else "ok").inc()
 
     def length(self, median: float) -> int:
         return max(1, min(MAX_MODEL_LEN, round(self.rng.lognormvariate(math.log(median), 0.3))))

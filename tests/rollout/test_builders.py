@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -82,6 +83,28 @@ def test_merged_deployment_golden_with_tensor_parallel_and_scheduling():
     assert "--enable-lora" not in args
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[-2:] == ["--max-model-len", "8192"]
+
+
+def test_gguf_deployment_runs_llama_cpp_server_on_the_file():
+    """vLLM has no GGUF loader: a gguf export is served by llama.cpp's server image, the file's directory mounted."""
+    raw, spec = _parts(samples.gateway_rollout(serving={"image": "registry.example.com/vllm:0.11.0", "extraArgs": ["--ctx-size", "2048"]}))
+    doc = samples.model_version("support-bot-v1-gguf-q8-0", fmt="gguf", uri="pvc://models/v1/exports/gguf-q8_0/model.gguf")
+    doc["spec"]["artifact"]["quantization"] = "q8_0"
+    mv = ModelVersion.model_validate(doc)
+    assert serving.engine(mv) == serving.LLAMACPP
+    dep = serving.build_deployment(raw, spec, names.CANARY, mv, 1, CONFIG)
+    check_golden("deployment-gguf-canary", dep)
+    _k8s_valid(dep)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == CONFIG.llamacpp_image and c["command"] == ["llama-server"]
+    assert c["args"][:4] == ["-m", "/models/artifact/model.gguf", "--alias", "support-bot"]
+    assert "--metrics" in c["args"] and c["args"][-2:] == ["--ctx-size", "2048"]
+    assert c["volumeMounts"][0] == {"name": "artifact", "mountPath": "/models/artifact", "readOnly": True, "subPath": "v1/exports/gguf-q8_0"}
+    merged = ModelVersion.model_validate(samples.model_version("support-bot-v1-merged", fmt="merged", uri="pvc://models/v1/exports/merged"))
+    assert serving.engine(merged) == serving.VLLM
+    dep = serving.build_deployment(raw, spec, names.CANARY, merged, 1, CONFIG)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["vllm", "serve"] and c["args"][0] == "/models/artifact" and c["image"] == "registry.example.com/vllm:0.11.0"
 
 
 def test_restricted_pod_security():
@@ -225,3 +248,36 @@ def test_readiness_probe_passes_only_once_v1_models_lists_every_served_name():
     finally:
         server.shutdown()
     assert subprocess.run(cmd, capture_output=True, timeout=20).returncode == 1  # nothing listening: not ready
+
+
+def test_a_model_version_with_an_output_contract_is_served_with_structured_outputs_pinned():
+    raw, spec = _parts(samples.gateway_rollout())
+    doc = samples.model_version("support-bot-v1", fmt="merged", uri="pvc://models/v1/exports/merged")
+    plain = serving.build_deployment(raw, spec, names.STABLE, ModelVersion.model_validate(doc), 1, CONFIG)
+    assert "--structured-outputs-config" not in plain["spec"]["template"]["spec"]["containers"][0]["args"]
+    doc["spec"]["outputContract"] = {"jsonSchema": {"type": "object", "required": ["category"]}}
+    dep = serving.build_deployment(raw, spec, names.STABLE, ModelVersion.model_validate(doc), 1, CONFIG)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--structured-outputs-config") + 1] == '{"backend": "xgrammar"}'
+    assert args.index("--structured-outputs-config") < args.index("--host")  # before serving.extraArgs, which may override it
+
+
+def test_the_output_guard_sidecar_sits_in_front_of_vllm_with_the_contract():
+    raw, spec = _parts(samples.gateway_rollout(serving={"guard": {"enforce": True}}))
+    doc = samples.model_version("support-bot-v1", fmt="merged", uri="pvc://models/v1/exports/merged")
+    doc["spec"]["outputContract"] = {"jsonSchema": {"type": "object", "required": ["category"]}}
+    dep = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(doc), 1, CONFIG)
+    _k8s_valid(dep)
+    vllm, guard = dep["spec"]["template"]["spec"]["containers"]
+    assert vllm["name"] == "vllm" and guard["name"] == "guard" and guard["command"] == ["python", "-m", "tuneloop.guard"]
+    assert guard["args"][:4] == ["--upstream", "http://127.0.0.1:8000", "--port", "8001"]
+    assert json.loads(guard["args"][guard["args"].index("--contract-json") + 1]) == {"type": "object", "required": ["category"]}
+    assert guard["args"][-1] == "--enforce" and guard["ports"] == [{"name": "guard", "containerPort": 8001, "protocol": "TCP"}]
+    svc = serving.build_service(raw, spec, names.CANARY)
+    assert svc["spec"]["ports"][0]["targetPort"] == "guard"  # traffic goes through the guard
+    _k8s_valid(svc)
+    plain_raw, plain_spec = _parts(samples.gateway_rollout())
+    assert serving.build_service(plain_raw, plain_spec, names.CANARY)["spec"]["ports"][0]["targetPort"] == "http"
+    no_contract = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(samples.model_version("support-bot-v2")), 1, CONFIG)
+    args = no_contract["spec"]["template"]["spec"]["containers"][1]["args"]
+    assert "--contract-json" not in args and "--enforce" not in args  # no contract: everything passes unchecked

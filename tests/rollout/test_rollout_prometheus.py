@@ -266,3 +266,20 @@ async def test_a_canary_that_serves_nothing_is_rolled_back_at_the_progress_deadl
         assert watch.weights[-1] == 0 and 50 not in watch.weights
 
     await scenario(tmp_path, stack.prom, body, steps, {"progressDeadlineSeconds": 8})
+
+
+async def test_a_canary_whose_answers_break_the_output_contract_is_rolled_back(stack: Stack, tmp_path: Path):
+    """Issue 22: the built-in contract-violation-rate (the output guard's counter) in a real Prometheus rolls back a
+    canary whose answers stop following the ModelVersion's output contract, while its error rate stays 0."""
+    async def body(kc: Cluster, watch: Watch):
+        await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: any(m["phase"] == "Successful" for m in (o.get("status") or {}).get("measurements", [])), timeout=30)
+        stack.canary.set(violation_rate=0.4)
+        ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=30)
+        st = ro["status"]
+        assert st["phase"] == "RolledBack" and st["canaryWeight"] == 0
+        failed = [m for m in st["measurements"] if m["phase"] == "Failed"]
+        assert failed and failed[0]["metric"] == "contract" and failed[0]["value"] > 0.05
+        assert all(m["value"] == 0 for m in st["measurements"] if m["metric"] == "error-rate")
+
+    await scenario(tmp_path, stack.prom, body, metrics=[{"name": "error-rate", "builtin": "error-rate", "max": 0.05},
+                                                        {"name": "contract", "builtin": "contract-violation-rate", "max": 0.05}])

@@ -27,13 +27,13 @@ from tuneloop.contract.results import StageResult
 
 from .context import StageContext, load_context
 from .errors import TrainerError
-from .evaluation.inputs import evaluation_fingerprint
+from .evaluation.inputs import evaluation_fingerprint, exports_fingerprint
 
 if TYPE_CHECKING:
     from .context import StageContext
 
 __all__ = ["OUTPUTS", "REQUIRES", "STAGE_ORDER", "StageContext", "StageOutcome", "TrainerError", "apply_overrides", "clean_outputs",
-           "completed_evaluation", "completed_training", "default_workdir", "evaluation_fingerprint", "load_context", "missing_inputs",
+           "completed_evaluation", "completed_exports", "completed_training", "default_workdir", "evaluation_fingerprint", "exports_fingerprint", "load_context", "missing_inputs",
            "run_chain", "run_one", "select_stages", "spec_fingerprint"]
 
 STAGE_ORDER = list(layout.STAGES)
@@ -42,10 +42,12 @@ STAGE_ORDER = list(layout.STAGES)
 REQUIRES = {
     "train": (f"{layout.DATA_DIR}/train.jsonl", "prepare"),
     "evaluate": (layout.ARTIFACT_DIR, "train"),
+    "export": (layout.ARTIFACT_DIR, "train"),
     "report": (layout.EVAL_FILE, "evaluate"),
 }
 # Outputs a --fresh run removes (never anything else in the directory).
-OUTPUTS = [layout.DATA_DIR, layout.CHECKPOINT_DIR, layout.ARTIFACT_DIR, layout.REPORT_DIR, layout.EVAL_FILE, layout.PROGRESS_FILE,
+OUTPUTS = [layout.DATA_DIR, layout.CHECKPOINT_DIR, layout.ARTIFACT_DIR, layout.REPORT_DIR, layout.EVAL_FILE, layout.EXPORTS_DIR,
+           layout.EXPORTS_FILE, layout.PROGRESS_FILE,
            layout.LINEAGE_FILE, layout.RESULT_FILE, layout.LOCAL_RUN_FILE]
 
 
@@ -138,6 +140,19 @@ def completed_evaluation(workdir: Path, fingerprint: str) -> dict[str, Any] | No
     try:
         doc = json.loads((workdir / layout.EVAL_FILE).read_text())
         result = json.loads((workdir / layout.result_file("evaluate")).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("inputsFingerprint") != fingerprint or result.get("outcome") != "Succeeded":
+        return None
+    return result
+
+
+def completed_exports(workdir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The previous export summary when DIR/exports.json was made from the same inputs (`exports_fingerprint`: the
+    evaluation's and output.exports) and result-export.json says Succeeded; None when the exports must be made."""
+    try:
+        doc = json.loads((workdir / layout.EXPORTS_FILE).read_text())
+        result = json.loads((workdir / layout.result_file("export")).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("inputsFingerprint") != fingerprint or result.get("outcome") != "Succeeded":

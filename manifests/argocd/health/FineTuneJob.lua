@@ -11,7 +11,7 @@ elseif phase == "Failed" then
   return {status = "Degraded", message = explain(s, "FineTuneJob failed")}
 elseif phase == "Suspended" then
   return {status = "Suspended", message = explain(s, "FineTuneJob is suspended (spec.suspend)")}
-elseif phase == "Pending" or phase == "ValidatingData" or phase == "Training" or phase == "Evaluating" then
+elseif phase == "Pending" or phase == "ValidatingData" or phase == "Training" or phase == "Evaluating" or phase == "Exporting" then
   local msg = phase
   if phase == "Training" and s.progress ~= nil and s.progress.step ~= nil and s.progress.totalSteps ~= nil then
     msg = msg .. ": step " .. tostring(s.progress.step) .. "/" .. tostring(s.progress.totalSteps)

@@ -22,6 +22,7 @@ class FineTuneJobCondition(str, Enum):
     DATA_VALIDATED = "DataValidated"
     TRAINING = "Training"
     EVALUATED = "Evaluated"
+    EXPORTED = "Exported"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     READY = "Ready"
@@ -49,6 +50,9 @@ class FineTuneJobReason(str, Enum):
     SUSPENDED = "Suspended"  # Training Unknown: spec.suspend
     EVALUATING = "Evaluating"  # Evaluated Unknown
     DISABLED = "Disabled"  # Evaluated False: evaluation.enabled is false
+    EXPORTING = "Exporting"  # Exported Unknown
+    EXPORTED = "Exported"  # Exported True: every export held up against its source
+    EXPORTS_REFUSED = "ExportsRefused"  # Exported True: some exports failed the equivalence gate (not registered)
     COMPLETED = "Completed"  # Training False (done), Succeeded True
     SUCCEEDED = "Succeeded"  # Ready True
     JOB_FAILED = "JobFailed"  # a stage Job failed and neither it nor its pod said why

@@ -84,7 +84,7 @@ TEMPLATES = {"FineTuneSchedule": [("jobTemplate", "spec")], "FineTuneSweep": [("
 _KEEP = {
     "type", "description", "default", "enum", "format", "pattern", "minimum", "maximum",
     "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems",
-    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }
 
 

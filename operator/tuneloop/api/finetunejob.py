@@ -285,6 +285,32 @@ class DeepSpeedSpec(ApiModel):
     )
 
 
+class ExportFormat(str, Enum):
+    """What an export writes: the adapter merged into the base (safetensors, served by vLLM), or one GGUF file
+    (llama.cpp, Ollama) in 16-bit floats or llama.cpp's 8-bit block quantisation q8_0."""
+
+    MERGED = "merged"
+    GGUF_F16 = "gguf-f16"
+    GGUF_Q8_0 = "gguf-q8_0"
+
+
+EXPORTS_UNIQUE = "each export format may be listed once"
+
+
+class ExportSpec(ApiModel):
+    """One export of the trained model, written after the evaluation and registered as its own ModelVersion once it answers like its source (the equivalence gate)."""
+
+    format: ExportFormat = Field(description="merged (safetensors), gguf-f16 or gguf-q8_0.")
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1,
+        description="Smallest share of the test items whose greedy answer must equal the source model's answer, else the "
+        "export is refused (not registered).")
+    max_drop: float = Field(
+        default=0.02, ge=0, le=1,
+        description="Largest drop allowed on each answer metric the evaluation measured (source − export, on the 0–1 "
+        "scale), else the export is refused.")
+
+
 class OutputSpec(OneOf):
     """Where checkpoints, the artifact, the evaluation and the report are written: one of pvc, s3, path."""
 
@@ -294,6 +320,20 @@ class OutputSpec(OneOf):
     pvc: PvcPath | None = Field(default=None, description="A directory on a PersistentVolumeClaim (mounted into every pod).")
     s3: S3Location | None = Field(default=None, description="An S3 prefix the artifacts are uploaded to.")
     path: str | None = Field(default=None, description="A local directory (local runs).")
+    exports: list[ExportSpec] | None = Field(
+        default=None, max_length=3,
+        description="Exports written after the evaluation (DIR/exports/<format>/), each checked against the tuned model on "
+        "the test items and registered as its own ModelVersion (lineage.exportOf) when it holds up.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["format"]},
+    )
+
+    @model_validator(mode="after")
+    def _unique_exports(self) -> OutputSpec:
+        """The pydantic twin of the list-map key: the API server refuses a format listed twice."""
+        formats = [e.format for e in self.exports or []]
+        if len(formats) != len(set(formats)):
+            raise ValueError(EXPORTS_UNIQUE)
+        return self
 
 
 class RegistrySpec(ApiModel):

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, cel
-from .evaluation import EvaluationRecord
+from .evaluation import EvaluationRecord, Interval
 
 
 class ArtifactFormat(str, Enum):
     LORA_ADAPTER = "lora-adapter"
     MERGED = "merged"
     FULL = "full"
+    GGUF = "gguf"
 
 
 class BaseModelRecord(ApiModel):
@@ -26,14 +27,19 @@ class BaseModelRecord(ApiModel):
 
 
 LORA_RANK_MESSAGE = "a lora-adapter artifact needs artifact.loraRank (vLLM's --max-lora-rank)"
+GGUF_QUANT_MESSAGE = "a gguf artifact needs artifact.quantization"
 
 
 class Artifact(ApiModel):
     """Where the trained weights live."""
 
     uri: str = Field(min_length=1, description="pvc://CLAIM/PATH, s3://BUCKET/PREFIX or file:///PATH of the artifact directory.")
-    format: ArtifactFormat = Field(description="lora-adapter (needs the base model), merged or full weights.")
+    format: ArtifactFormat = Field(
+        description="lora-adapter (needs the base model), merged or full weights (safetensors directories), or gguf (one "
+        ".gguf file: uri names the file).")
     lora_rank: int | None = Field(default=None, ge=1, description="LoRA rank (sets vLLM's --max-lora-rank).")
+    quantization: str | None = Field(default=None, description="GGUF tensor type of the weights: f16 or q8_0 (gguf only).")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size on disk of the weights.")
 
 
 class FineTuneJobRef(ApiModel):
@@ -102,6 +108,51 @@ class Lineage(ApiModel):
     token_lengths: TokenLengths | None = Field(
         default=None, description="Token-length histograms of the train split (vLLM's buckets), the baseline of the Rollout's drift watch."
     )
+    export_of: ExportSource | None = Field(default=None, description="For an export: the ModelVersion it was made from.")
+
+
+class ExportSource(ApiModel):
+    """The ModelVersion an export was made from."""
+
+    model_version: str = Field(min_length=1, description="Name of the source ModelVersion (same namespace).")
+    format: str = Field(description="The export's format (merged, gguf-f16, gguf-q8_0).")
+
+
+class MetricEquivalence(ApiModel):
+    """One answer metric of the export next to its source's, paired by test item."""
+
+    name: str = Field(description="Metric name.")
+    source: float | None = Field(default=None, description="The source model's score.")
+    export: float | None = Field(default=None, description="The export's score on the same items.")
+    difference: float | None = Field(default=None, description="export − source.")
+    difference_interval: Interval | None = Field(default=None, description="95 % paired bootstrap interval of export − source.")
+    max_drop: float = Field(description="The largest drop the gate allowed.")
+    passed: bool = Field(description="Whether the drop is within maxDrop.")
+
+
+class EquivalenceRecord(ApiModel):
+    """How an export answers compared with the model it was made from, on the evaluation's test items."""
+
+    test_items: int = Field(ge=0, description="Test items both models answered (greedy decoding).")
+    agreement: float = Field(ge=0, le=1, description="Share of the items where the export's answer equals the source's.")
+    agreement_interval: Interval | None = Field(default=None, description="95 % Wilson interval of the agreement.")
+    min_agreement: float = Field(ge=0, le=1, description="The smallest agreement the gate allowed.")
+    metrics: list[MetricEquivalence] = Field(default_factory=list, max_length=16, description="Answer metrics, export vs source.")
+    passed: bool = Field(description="Whether the export held up (agreement and every metric); a refused export is not registered.")
+    reason: str = Field(default="", description="Why, with the numbers.")
+    backend: str | None = Field(default=None, description="What generated both models' answers (same backend, same machine).")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="The export's generation throughput.")
+    source_tokens_per_second: float | None = Field(default=None, ge=0, description="The source's, measured the same way.")
+    source_size_bytes: int | None = Field(default=None, ge=0, description="Size on disk of the source's weights.")
+
+
+class OutputContract(ApiModel):
+    """What every answer must look like: the JSON Schema the evaluation scored (evaluation.jsonSchema). Serving enables
+    vLLM's structured outputs for it; a client enforces it per request with `structured_outputs: {json: SCHEMA}` (or
+    `response_format: {type: json_schema, json_schema: {name, schema}}`)."""
+
+    json_schema: dict[str, Any] = Field(
+        description="JSON Schema of an answer.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 
 
 class ReportLocation(ApiModel):
@@ -121,12 +172,17 @@ class ModelVersionSpec(ApiModel):
     lineage: Lineage = Field(default_factory=Lineage, description="How it was produced.")
     evaluation: EvaluationRecord = Field(default_factory=EvaluationRecord, description="Base vs tuned metrics and the gate verdict.")
     report: ReportLocation = Field(default_factory=ReportLocation, description="The experiment report.")
+    output_contract: OutputContract | None = Field(
+        default=None, description="The answers' contract the evaluation scored (evaluation.jsonSchema), served with vLLM's structured outputs.")
+    equivalence: EquivalenceRecord | None = Field(
+        default=None, description="For an export: its answers against its source's on the test items, and the gate it passed.")
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel("self == oldSelf", "a ModelVersion is an immutable registry record; register a new version instead"),
                 cel("self.artifact.format != 'lora-adapter' || has(self.artifact.loraRank)", LORA_RANK_MESSAGE),
+                cel("self.artifact.format != 'gguf' || has(self.artifact.quantization)", GGUF_QUANT_MESSAGE),
             ]
         }
     }
@@ -136,6 +192,8 @@ class ModelVersionSpec(ApiModel):
         """The pydantic twin of the CEL rule above (tests/unit/api/test_cel_twins.py keeps them in agreement)."""
         if self.artifact.format == ArtifactFormat.LORA_ADAPTER and self.artifact.lora_rank is None:
             raise ValueError(LORA_RANK_MESSAGE)
+        if self.artifact.format == ArtifactFormat.GGUF and self.artifact.quantization is None:
+            raise ValueError(GGUF_QUANT_MESSAGE)
         return self
 
 

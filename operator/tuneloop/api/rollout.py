@@ -52,6 +52,15 @@ class ServingResources(ApiModel):
     memory: str = Field(default="32Gi", description="Memory request and limit.")
 
 
+class OutputGuard(ApiModel):
+    """The output guard: a pass-through sidecar (`python -m tuneloop.guard`) in front of vLLM that checks every answer
+    against the served ModelVersion's outputContract and counts the verdicts for Prometheus (the built-in analysis metric
+    contract-violation-rate); the Services send traffic through it."""
+
+    enforce: bool = Field(default=False, description="Also add the contract as vLLM structured outputs to requests that ask for no format themselves.")
+    port: int = Field(default=8001, ge=1, le=65535, description="Port of the guard (its /metrics too); must differ from serving.port.")
+
+
 class ServingSpec(ApiModel):
     """How each ModelVersion is served."""
 
@@ -64,6 +73,8 @@ class ServingSpec(ApiModel):
     max_loras: int = Field(default=1, ge=1, le=64, description="vLLM --max-loras for LoRA artifacts.")
     max_lora_rank: int | None = Field(default=None, ge=1, description="vLLM --max-lora-rank; defaults to the artifact's rank.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server and /metrics.")
+    guard: OutputGuard | None = Field(
+        default=None, description="Put the output guard in front of every pod (answers checked against the ModelVersion's outputContract).")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Tolerations.")
 
@@ -144,13 +155,15 @@ class BuiltinMetric(str, Enum):
     TTFT_P95 = "ttft-p95"
     E2E_LATENCY_P95 = "e2e-latency-p95"
     ABORT_RATE = "abort-rate"
+    CONTRACT_VIOLATION_RATE = "contract-violation-rate"  # the output guard's share of answers breaking the output contract
 
 
 class AnalysisMetric(ApiModel):
     """One Prometheus measurement and its thresholds."""
 
     name: str = Field(min_length=1, max_length=63, description="Metric name in status and events.")
-    builtin: BuiltinMetric | None = Field(default=None, description="A built-in vLLM query: error-rate, ttft-p95, e2e-latency-p95, abort-rate.")
+    builtin: BuiltinMetric | None = Field(default=None, description="A built-in query: error-rate, ttft-p95, e2e-latency-p95, abort-rate (vLLM's metrics), "
+                                                  "contract-violation-rate (the output guard's; needs serving.guard).")
     query: str | None = Field(
         default=None,
         max_length=4096,

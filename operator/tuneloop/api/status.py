@@ -16,6 +16,7 @@ class FineTuneJobPhase(str, Enum):
     VALIDATING_DATA = "ValidatingData"
     TRAINING = "Training"
     EVALUATING = "Evaluating"
+    EXPORTING = "Exporting"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
@@ -63,6 +64,9 @@ class ChildRefs(ApiModel):
     train_job: str | None = Field(default=None, description="Training Job.")
     eval_job: str | None = Field(default=None, description="Evaluation Job.")
     model_version: str | None = Field(default=None, description="ModelVersion registered from the result.")
+    export_job: str | None = Field(default=None, description="Export Job (output.exports).")
+    export_model_versions: list[str] = Field(
+        default_factory=list, max_length=3, description="ModelVersions registered from the exports that held up.")
 
 
 class FineTuneJobStatus(ApiModel):

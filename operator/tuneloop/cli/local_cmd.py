@@ -1,7 +1,7 @@
 """`kubectl tuneloop local run FILE [--workdir DIR]`: a FineTuneJob's whole chain on this machine.
 (`kubectl tuneloop local serve RUN_DIR` then serves its model with real vLLM: tuneloop.cli.local_serve.)
 
-prepare → train → evaluate → report, in this process, with the stage code the pods run
+prepare → train → evaluate → export → report, in this process, with the stage code the pods run
 (CPU, or the local GPU when torch sees one). Progress bars while it runs, a summary table at the
 end, and a non-zero exit with the cause when a stage fails (42: the spec or data is wrong —
 rerunning will not help; 1: a runtime failure; 130: interrupted).
@@ -40,7 +40,7 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="local_action", metavar="ACTION")
-    r = sub.add_parser("run", help="run prepare → train → evaluate → report for a FineTuneJob file (or one iteration of a FineTuneSchedule)",
+    r = sub.add_parser("run", help="run prepare → train → evaluate → export → report for a FineTuneJob file (or one iteration of a FineTuneSchedule)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file", type=Path, metavar="FILE", help="FineTuneJob, FineTuneSchedule or FineTuneSweep manifest (YAML)")
     r.add_argument("--workdir", type=Path, help="output directory (default: spec.output.path, else ./runs/<job name>; "
@@ -212,6 +212,13 @@ def run_local(args: argparse.Namespace) -> int:
                           "reused (eval.json) — delete eval.json to evaluate again; --force retrains and re-evaluates")
             if not stages:
                 return 0
+    if reused_eval is not None and stages[0] == "export" and hasattr(local_runner, "completed_exports"):
+        reused_exports = local_runner.completed_exports(workdir, local_runner.exports_fingerprint(ctx))
+        if reused_exports is not None:
+            stages = stages[1:]
+            console.print("exports already made and checked for the same inputs: reused (exports.json)")
+            if not stages:
+                return 0
     missing = local_runner.missing_inputs(workdir, stages[0])
     if missing:
         err.print(f"[red]error:[/] {missing}")
@@ -253,4 +260,6 @@ def run_local(args: argparse.Namespace) -> int:
     reported = next((o for o in outcomes if o.stage == "report" and o.outcome == "Succeeded"), None)
     if reported:
         console.print(f"report: {reported.summary.get('report')}\nModelVersion: {reported.summary.get('modelVersion')}")
+        for exported in reported.summary.get("exportModelVersions") or []:
+            console.print(f"ModelVersion (export): {exported}")
     return 0

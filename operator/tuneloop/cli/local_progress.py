@@ -102,6 +102,12 @@ def stage_headline(stage: str, summary: dict[str, Any]) -> str:
     if stage == "evaluate":
         g = summary.get("gates") or {}
         return f"verdict {summary.get('verdict')} ({g.get('passed', 0)}/{g.get('total', 0)} gates)"
+    if stage == "export":
+        exports = summary.get("exports") or []
+        if not exports:
+            return "no exports"
+        return ", ".join(f"{e.get('format')} {'registered' if (e.get('equivalence') or {}).get('passed') else 'refused'} "
+                         f"(agreement {100 * (e.get('equivalence') or {}).get('agreement', 0):.0f} %)" for e in exports)
     if stage == "report":
         return str(summary.get("report", ""))
     return ""

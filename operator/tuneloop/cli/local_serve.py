@@ -175,6 +175,9 @@ def plan(args: argparse.Namespace, env: dict[str, str] | None = None) -> Plan:
         mv = ModelVersion.model_validate(doc)
     except ValueError as exc:
         raise ServeError(f"{args.target}: not a valid ModelVersion: {exc}") from None
+    if mv.spec.artifact.format == "gguf":
+        raise ServeError(f"ModelVersion {mv.metadata.name} is a GGUF file ({mv.spec.artifact.uri}): vLLM has no GGUF loader; serve it "
+                         "with llama.cpp's server (llama-server -m FILE --alias NAME), as a Rollout does, or serve the merged export")
     artifact = _artifact_dir(mv, run_dir)
     run_spec, spec_dir = _spec_of_run(run_dir)
     lora = mv.spec.artifact.format == "lora-adapter"

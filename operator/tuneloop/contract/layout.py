@@ -11,6 +11,7 @@ builders read them from here.
     DIR/artifact/ (+ artifact/merged/ when mergeAdapter), DIR/lineage.json,
     DIR/progress.jsonl                                                          (train)
     DIR/eval.json                                                               (evaluate)
+    DIR/exports/<format>/ (merged: a model directory; gguf-*: model.gguf), DIR/exports.json   (export)
     DIR/report/{report.md, loss.png, metrics.png, modelversion.yaml}            (report)
     DIR/result-<stage>.json (DIR/result.json for train)                         (every stage's summary)
 """
@@ -31,12 +32,25 @@ REPORT_FILE = f"{REPORT_DIR}/report.md"
 MODELVERSION_FILE = f"{REPORT_DIR}/modelversion.yaml"
 DATA_REPORT_FILE = f"{DATA_DIR}/data_report.json"
 EVAL_FILE = "eval.json"
+EXPORTS_DIR = "exports"
+EXPORTS_FILE = "exports.json"
+GGUF_FILE = "model.gguf"
 LINEAGE_FILE = "lineage.json"
 PROGRESS_FILE = "progress.jsonl"
 RESULT_FILE = "result.json"  # the train stage's summary, also as result-train.json
 LOCAL_RUN_FILE = "local-run.json"
 
-STAGES = ("prepare", "train", "evaluate", "report")
+STAGES = ("prepare", "train", "evaluate", "export", "report")
+
+
+def export_modelversion_file(fmt: str) -> str:
+    """The ModelVersion manifest of one registered export (the report stage writes it next to the source's)."""
+    return f"{REPORT_DIR}/modelversion-{fmt}.yaml"
+
+
+def export_path(fmt: str) -> str:
+    """Where one export lives, relative to DIR: a model directory (merged) or the .gguf file (gguf-*)."""
+    return f"{EXPORTS_DIR}/{fmt}/{GGUF_FILE}" if fmt.startswith("gguf-") else f"{EXPORTS_DIR}/{fmt}"
 
 
 def result_file(stage: str) -> str:
@@ -60,6 +74,8 @@ class WorkDir:
     report_file = property(lambda self: self.root / REPORT_FILE)
     modelversion_file = property(lambda self: self.root / MODELVERSION_FILE)
     eval_file = property(lambda self: self.root / EVAL_FILE)
+    exports = property(lambda self: self.root / EXPORTS_DIR)
+    exports_file = property(lambda self: self.root / EXPORTS_FILE)
     lineage_file = property(lambda self: self.root / LINEAGE_FILE)
     progress_file = property(lambda self: self.root / PROGRESS_FILE)
 

@@ -142,6 +142,7 @@ def build(
             "lineage": lineage,
             "evaluation": record.wire(),
             "report": report,
+            **({"outputContract": {"jsonSchema": spec.evaluation.json_schema}} if spec.evaluation.json_schema is not None else {}),
         },
     }
     ModelVersion.model_validate(doc)  # never emits what the CRD would refuse
@@ -166,3 +167,55 @@ def sweep_lineage(annotations: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+# --- exports (output.exports): one ModelVersion per export that held up against its source -----------------------
+EXPORT_VERSION_MAX = 63
+
+
+def export_version(source_version: str, fmt: str) -> str:
+    """The export's version label: the source's, then the format (cut to 63 characters, a hash keeps it unique)."""
+    v = f"{source_version}-{fmt}"
+    return v if len(v) <= EXPORT_VERSION_MAX else dns_label(v, EXPORT_VERSION_MAX)
+
+
+def export_artifact(fmt: str, workdir_uri: str, size_bytes: int | None = None) -> dict[str, Any]:
+    """The artifact record of one export: a merged model directory, or one GGUF file with its tensor type."""
+    out: dict[str, Any] = {"uri": f"{workdir_uri}/{layout.export_path(fmt)}"}
+    if fmt.startswith("gguf-"):
+        out.update(format=ArtifactFormat.GGUF.value, quantization=fmt.removeprefix("gguf-"))
+    else:
+        out["format"] = ArtifactFormat.MERGED.value
+    if size_bytes is not None:
+        out["sizeBytes"] = int(size_bytes)
+    return out
+
+
+def build_export(source: dict[str, Any], export: dict[str, Any], *, workdir_uri: str) -> dict[str, Any]:
+    """The ModelVersion of one export (wire form), derived from its source's manifest (`build`'s output): same model
+    name, base, lineage and evaluation record (the export answers like the source: `equivalence` says how closely),
+    its own artifact and version, and `lineage.exportOf` naming the source. `export` is one entry of the export stage's
+    summary: {"format", "sizeBytes", "equivalence"}."""
+    fmt = str(export["format"])
+    meta, spec = source["metadata"], source["spec"]
+    version_ = export_version(spec["version"], fmt)
+    lineage = {**spec.get("lineage", {}), "exportOf": {"modelVersion": meta["name"], "format": fmt}}
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {"name": dns_label(f"{meta['name']}-{fmt}"), "namespace": meta["namespace"], "labels": dict(meta.get("labels") or {})},
+        "spec": {
+            **{k: v for k, v in spec.items() if k not in ("artifact", "lineage", "version")},
+            "version": version_,
+            "artifact": export_artifact(fmt, workdir_uri, export.get("sizeBytes")),
+            "lineage": lineage,
+            "equivalence": export["equivalence"],
+        },
+    }
+    ModelVersion.model_validate(doc)
+    return doc
+
+
+def export_passed(export: dict[str, Any]) -> bool:
+    """Whether an export held up against its source (only those are registered)."""
+    return bool((export.get("equivalence") or {}).get("passed"))

@@ -79,7 +79,15 @@ def _refs_only_where_decided(m: dict[str, Any]) -> None:
 # base and delta stay in the row), the majority/serving difference intervals (value, difference and
 # outcome stay), references of metrics no gate reads, long gate reasons, the gates, the lineage, the references, then all but 8 metrics. The verdict and the serving
 # (champion/challenger) outcome are never reduced: the Rollout reads them.
+def _equivalences(m: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e.setdefault("equivalence", {}) for e in m.get("exports", []) if isinstance(e, dict)]
+
+
 PUBLISH_REDUCTIONS: tuple[Reduction, ...] = (
+    # the export pod's message (exports instead of the evaluation): intervals first, then long reasons
+    lambda m: [q.pop("agreementInterval", None) for q in _equivalences(m)],
+    lambda m: [r.pop("differenceInterval", None) for q in _equivalences(m) for r in q.get("metrics", [])],
+    lambda m: [q.update(reason=str(q.get("reason", ""))[:120]) for q in _equivalences(m)],
     lambda m: m.get("lineage", {}).pop("libraryVersions", None),
     lambda m: m.get("evaluation", {}).pop("intervalMethod", None),
     lambda m: _drop_ref_keys(m, ("interval", "mcnemarPValue", "pValue", "test")),

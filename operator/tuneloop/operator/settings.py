@@ -26,6 +26,14 @@ class OperatorSettings(BaseSettings):
     )
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the pods the operator creates.")
     vllm_image: str = Field(default="vllm/vllm-openai:v0.32.0", description="Default vLLM image for Rollouts.")
+    guard_image: str = Field(
+        default="ghcr.io/tuneloop/operator:0.1.0",
+        description="Image of the output guard sidecar (a Rollout's serving.guard): tuneloop's own, which runs `python -m tuneloop.guard`.",
+    )
+    llamacpp_image: str = Field(
+        default="ghcr.io/ggml-org/llama.cpp:server",
+        description="Image of llama.cpp's OpenAI-compatible server (llama-server), which serves gguf ModelVersions (vLLM has no GGUF loader).",
+    )
     default_output_pvc: str | None = Field(
         default=None, description="Staging PVC for FineTuneJobs with output.s3: work directory <claim>/<namespace>/<name>."
     )

@@ -165,6 +165,10 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
     "ModelVersion": {
         "lora-rank": ({"spec"}, st.tuples(st.sampled_from(["lora-adapter", "merged"]), st.sampled_from([None, 8])).map(
             lambda t: [("spec.artifact.format", t[0]), ("spec.artifact.loraRank", DELETE if t[1] is None else t[1])])),
+        "gguf-quantization": ({"spec"}, st.tuples(st.sampled_from(["gguf", "merged", "lora-adapter"]), st.sampled_from([None, "q8_0"]),
+                                                  st.sampled_from([None, 8])).map(
+            lambda t: [("spec.artifact.format", t[0]), ("spec.artifact.quantization", DELETE if t[1] is None else t[1]),
+                       ("spec.artifact.loraRank", DELETE if t[2] is None else t[2])])),
         "token-lengths": ({"spec.lineage.tokenLengths"}, token_lengths("spec.lineage.tokenLengths")),
     },
     "FineTuneSchedule": {

@@ -24,6 +24,8 @@ OPEN_MAPS = {
     ("FineTuneSweep", ".spec.properties.jobTemplate.properties.spec.properties.evaluation.properties.jsonSchema"),
     ("FineTuneSweep", ".spec.properties.searchSpace.items.properties.categorical.properties.choices.items"),
     ("FineTuneSweep", ".status.properties.trials.items.properties.params"),
+    # the same schema, carried onto the ModelVersion as its served output contract (issue 22)
+    ("ModelVersion", ".spec.properties.outputContract.properties.jsonSchema"),
 }
 
 

@@ -288,7 +288,7 @@ def test_the_scheduling_policy_refuses_exactly_reserved_keys_and_catch_all_toler
 def test_stage_pods_have_a_read_only_root_filesystem_and_a_writable_home():
     spec = FineTuneJobSpec.model_validate(_ftj()["spec"])
     meta = JobMeta(name="x", namespace="ns", uid="u-1", generation=1)
-    for build in (builders.data_job, builders.train_job, builders.eval_job):
+    for build in (builders.data_job, builders.train_job, builders.eval_job, builders.export_job):
         pod = build(spec, meta, OperatorSettings())["spec"]["template"]["spec"]
         (c,) = pod["containers"]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -338,7 +338,7 @@ def test_every_pod_the_operator_builds_has_the_one_security_context():
     spec = FineTuneJobSpec.model_validate(_ftj()["spec"])
     meta = JobMeta(name="x", namespace="ns", uid="u-1", generation=1)
     pods = [b(spec, meta, OperatorSettings(run_as_user=1234))["spec"]["template"]["spec"]
-            for b in (builders.data_job, builders.train_job, builders.eval_job)]
+            for b in (builders.data_job, builders.train_job, builders.eval_job, builders.export_job)]
     obj = samples.schedule(triggers={"newData": {"claimName": "datasets", "glob": "support/*.jsonl"}})
     pods.append(build.digest_job(obj, FineTuneSchedule.model_validate(obj).spec, TRAINER, dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
                                  run_as_user=1234)["spec"]["template"]["spec"])

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from tuneloop.api import FineTuneJob
 from tuneloop.operator import builders
+from tuneloop.operator.builders.registration import build_export
 from tuneloop.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -53,6 +54,8 @@ def _case(name: str) -> dict:
                              "tolerations": [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
         spec["deepspeed"] = {"zeroStage": 2}
         spec["baseModel"]["tokenSecretRef"] = {"name": "tuneloop-hf-token"}
+    elif name == "exports":
+        spec["output"]["exports"] = [{"format": "merged"}, {"format": "gguf-q8_0", "minAgreement": 0.8}]
     return {"apiVersion": "tuneloop.dev/v1alpha1", "kind": "FineTuneJob",
             "metadata": {"name": f"tickets-{name}", "namespace": "ml", "uid": UID, "generation": 1}, "spec": spec}
 
@@ -74,10 +77,16 @@ def render(name: str) -> str:
         mv,
         builders.report_config_map(mv_with_uid, "# report\n"),
     ]
+    if spec.output.exports:  # the export Job and the ModelVersion of an export that held up
+        equivalence = {"testItems": 40, "agreement": 0.95, "minAgreement": 0.8, "passed": True, "reason": "same greedy answer on 95.0%",
+                       "metrics": [{"name": "rougeL", "source": 0.45, "export": 0.44, "difference": -0.01, "maxDrop": 0.02, "passed": True}]}
+        docs += [builders.export_job(spec, meta, CONFIG),
+                 build_export(mv, {"format": "gguf-q8_0", "sizeBytes": 145_000_000, "equivalence": equivalence},
+                              workdir_uri=builders.workdir_uri(spec, meta, CONFIG))]
     return "---\n".join(yaml.safe_dump(d, sort_keys=False, allow_unicode=True) for d in docs)
 
 
-CASES = ["single-gpu", "zero3-2x8", "qlora", "suspend", "custom-gpu"]
+CASES = ["single-gpu", "zero3-2x8", "qlora", "suspend", "custom-gpu", "exports"]
 
 
 @pytest.mark.parametrize("name", CASES)

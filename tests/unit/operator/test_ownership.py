@@ -155,6 +155,6 @@ def test_stage_pods_mount_no_service_account_token():
     spec = FineTuneJobSpec.model_validate(_ftj()["spec"])
     meta = JobMeta(name="x", namespace="ns", uid="u-1", generation=1)
     cfg = OperatorSettings(service_account="trainer")
-    for build in (builders.data_job, builders.train_job, builders.eval_job):
+    for build in (builders.data_job, builders.train_job, builders.eval_job, builders.export_job):
         pod = build(spec, meta, cfg)["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "trainer"

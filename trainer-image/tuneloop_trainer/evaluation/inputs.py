@@ -105,6 +105,15 @@ def _hash_file(h: Any, path: Path, label: str) -> None:
     h.update(b"\0")
 
 
+def exports_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = None) -> str:
+    """sha256 of what the export stage's result depends on: the evaluation's inputs (`evaluation_fingerprint`) and
+    output.exports."""
+    import hashlib
+
+    exports = [e.wire() for e in ctx.spec.output.exports or []]
+    return hashlib.sha256((evaluation_fingerprint(ctx, env) + json.dumps(exports, sort_keys=True, default=str)).encode()).hexdigest()
+
+
 def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = None) -> str:
     """sha256 of everything the evaluate stage's result depends on: the spec after command-line overrides (the
     weights' settings and every evaluation setting, gates included; `registry` excluded), the prepared test and train
@@ -122,6 +131,8 @@ def evaluation_fingerprint(ctx: StageContext, env: Mapping[str, str] | None = No
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     head = {k: v for k, v in wire.items() if k != "registry"}
+    if isinstance(head.get("output"), dict):  # the exports come after the evaluation: they never change its result
+        head["output"] = {k: v for k, v in head["output"].items() if k != "exports"}
     h.update(json.dumps({"v": FINGERPRINT_VERSION, "spec": head, "tuneloop": version,
                          "backend": (settings.eval_backend or (head.get("evaluation") or {}).get("backend") or "auto").strip().lower(),
                          "vllmArgs": settings.vllm_args.strip()},

@@ -360,11 +360,14 @@ class Server:
         return proc.returncode
 
     def complete(self, prompt_ids: list[int], *, max_tokens: int, stop_ids: list[int], decoding: str, seed: int,
-                 timeout: float = REQUEST_TIMEOUT_S) -> tuple[list[int], str | None]:
-        """Generated token ids and the finish reason for one tokenized prompt."""
+                 timeout: float = REQUEST_TIMEOUT_S, structured: Mapping[str, Any] | None = None) -> tuple[list[int], str | None]:
+        """Generated token ids and the finish reason for one tokenized prompt. `structured`: vLLM's structured outputs
+        for this request ({"json": SCHEMA}, {"choice": [...]}, {"regex": ...}): the output contract enforced."""
         body: dict[str, Any] = {"model": self.name, "prompt": prompt_ids, "max_tokens": max_tokens, "stop_token_ids": stop_ids,
                                 "return_token_ids": True, "skip_special_tokens": True, "add_special_tokens": False,
                                 "repetition_penalty": 1.0, "min_tokens": 0}
+        if structured:
+            body["structured_outputs"] = dict(structured)
         if decoding == "sample":  # the transformers path's sampling settings
             body.update(temperature=0.7, top_p=0.95, top_k=0, seed=seed)
         else:
@@ -414,6 +417,7 @@ class Job:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     seconds: float = 0.0
+    structured: Mapping[str, Any] | None = None  # the output contract, enforced by vLLM's structured outputs
 
 
 def run_jobs(jobs: list[Job], concurrency: Mapping[str, int], on_done: Callable[[Job], None] | None = None) -> None:
@@ -432,7 +436,7 @@ def run_jobs(jobs: list[Job], concurrency: Mapping[str, int], on_done: Callable[
             def one(j: Job = job) -> Job:
                 t0 = time.perf_counter()
                 j.tokens, j.finish_reason = j.server.complete(j.prompt_ids, max_tokens=j.max_tokens, stop_ids=j.stop_ids,
-                                                              decoding=j.decoding, seed=j.seed)
+                                                              decoding=j.decoding, seed=j.seed, structured=j.structured)
                 j.seconds = time.perf_counter() - t0
                 return j
 

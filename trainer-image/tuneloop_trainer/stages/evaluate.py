@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..context import StageContext
 
 FORGETTING_MAX_NEW_TOKENS = 48
+ENFORCED = "enforced"  # the tuned model's test answers with the output contract enforced (vLLM structured outputs)
 
 
 def extra_rows() -> list[str]:
@@ -218,6 +219,7 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
     seed = ctx.spec.hyperparameters.seed
     base_task = bool(ev.baseline)
     base_needed = bool(ev.baseline or forgetting)
+    contract = output_contract(ev)
     t0 = time.perf_counter()
     out: dict[str, dict[str, Any] | None] = {"base": None, "tuned": None}
     art = ctx.artifact_dir
@@ -236,7 +238,8 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
         merge = is_adapter(art) and not (art / "merged" / "config.json").exists()
         dirs["tuned"] = (str(work / "tuned-merged") if merge else str(art / "merged" if is_adapter(art) else art), None)
 
-        phases = {label: _prompt_phases(tok, ev, records, forgetting, task=label == "tuned" or base_task) for label, tok in tokenizers.items()}
+        phases = {label: _prompt_phases(tok, ev, records, forgetting, task=label == "tuned" or base_task, enforce=label == "tuned")
+                  for label, tok in tokenizers.items()}
         longest = max((len(i) + n for items in phases.values() for _, i, n in items), default=0)
         labels: list[str] = [m for m in ("base", "tuned") if m in dirs]
         binds = vb.cpu_sets(len(labels))
@@ -295,7 +298,8 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
                 stops = stop_token_ids(tokenizers[label]) + [e for e in _eos_ids(s.model) if e not in stop_token_ids(tokenizers[label])]
                 warm = tokenizers[label](chat_prompt(tokenizers[label], [{"role": "user", "content": "hi"}]), add_special_tokens=False)["input_ids"]
                 s.complete(warm, max_tokens=2, stop_ids=stops, decoding="greedy", seed=seed)  # untimed, as in the transformers path
-                jobs[label] = [vb.Job(s, ids, n, stops, ev.decoding, seed) for _, ids, n in phases[label]]
+                jobs[label] = [vb.Job(s, ids, n, stops, ev.decoding, seed, structured=contract if ph == ENFORCED else None)
+                               for ph, ids, n in phases[label]]
                 if not together:
                     _send(ctx, {label: jobs[label]}, {label: phases[label]}, ev.batch_size, out, tokenizers)
                     s.stop()
@@ -314,16 +318,24 @@ def _evaluate_vllm(ctx: StageContext, records: list[dict[str, Any]], forgetting:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def output_contract(ev: Any) -> dict[str, Any] | None:
+    """vLLM's structured-outputs request field for the evaluation's output contract (evaluation.jsonSchema), or None."""
+    return {"json": ev.json_schema} if ev.json_schema is not None else None
+
+
 def _prompt_phases(tok: Any, ev: Any, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *,
-                   task: bool) -> list[tuple[str, list[int], int]]:
+                   task: bool, enforce: bool = False) -> list[tuple[str, list[int], int]]:
     """(phase, prompt token ids, max new tokens) of one model's generations: the test split and the sample prompts when
-    it is evaluated on the task, the forgetting set when there is one — the transformers path's prompts."""
+    it is evaluated on the task, the forgetting set when there is one — the transformers path's prompts; with `enforce`
+    and an output contract, the test split once more with the contract enforced (phase ENFORCED)."""
     from ..evaluation.generate import chat_prompt
 
     chat = [r for r in records if "messages" in r]
     prompts: list[tuple[str, str, int]] = []
     if chat and task:
         prompts += [("test", chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
+    if chat and task and enforce and output_contract(ev) is not None:
+        prompts += [(ENFORCED, chat_prompt(tok, r["messages"][:-1]), ev.max_new_tokens) for r in chat]
     if forgetting:
         prompts += [("forgetting", chat_prompt(tok, [{"role": "user", "content": f["prompt"]}]), min(ev.max_new_tokens, FORGETTING_MAX_NEW_TOKENS))
                     for f in forgetting]
@@ -359,7 +371,7 @@ def _send(ctx: StageContext, jobs: dict[str, list[Any]], phases: dict[str, list[
         for job, (phase, _, _) in zip(js, phases[label]):
             owner[id(job)] = (label, phase)
             totals[(label, phase)] = totals.get((label, phase), 0) + 1
-    names = {"test": "test set", "forgetting": "forgetting set", "samples": "sample prompts"}
+    names = {"test": "test set", "forgetting": "forgetting set", "samples": "sample prompts", ENFORCED: "test set, contract enforced"}
 
     def on_done(job: Any) -> None:
         key = owner[id(job)]
@@ -372,7 +384,7 @@ def _send(ctx: StageContext, jobs: dict[str, list[Any]], phases: dict[str, list[
         res: dict[str, Any] = dict(out.get(label) or {})
         tok = tokenizers[label]
         by_phase: dict[str, Generations] = {}
-        for phase in ("test", "forgetting", "samples"):
+        for phase in ("test", "forgetting", "samples", ENFORCED):
             mine = [j for j, (ph, _, _) in zip(js, phases[label]) if ph == phase]
             if not mine:
                 continue
@@ -391,6 +403,9 @@ def _send(ctx: StageContext, jobs: dict[str, list[Any]], phases: dict[str, list[
             res["forgetting"] = by_phase["forgetting"].texts
         if "samples" in by_phase:
             res["samplePrompts"] = by_phase["samples"].texts
+        if ENFORCED in by_phase:
+            res["enforcedPredictions"] = by_phase[ENFORCED].texts
+            res["enforcedGeneration"] = {**by_phase[ENFORCED].stats(), "backend": "vllm"}
         out[label] = res
 
 
@@ -494,8 +509,35 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "inputsFingerprint": inputs_fingerprint,
         **_results_doc(ev, records, results, analysis, (base_scores, tuned_scores), forgetting),
     }
+    if ev.json_schema is not None:
+        doc["enforcement"] = enforcement_doc(results["tuned"], tuned_scores, references, ev.json_schema, choice.backend)
     out_path.write_text(json.dumps(doc, indent=2, default=str))
     return {**summary(record, out_path), "backend": choice.backend}
+
+
+ENFORCEMENT_METRICS = ("jsonValid", "schemaCompliance", "fieldAccuracy", "allFieldsExact", "exactMatch")
+
+
+def enforcement_doc(tuned: dict[str, Any] | None, tuned_scores: dict[str, Any], references: list[str], schema: dict[str, Any],
+                    backend: str) -> dict[str, Any]:
+    """The tuned model's answer metrics without and with the output contract enforced (vLLM structured outputs on the same
+    prompts), and the contract-violation rate (answers that are not valid JSON following the schema) of each. Enforcement
+    can hide a model that has not learned the format: the report shows both."""
+    unenforced: dict[str, float] = {m: tuned_scores[m] for m in ENFORCEMENT_METRICS if tuned_scores.get(m) is not None}
+    if "schemaCompliance" in unenforced:
+        unenforced["violationRate"] = round(1 - unenforced["schemaCompliance"], 6)
+    doc: dict[str, Any] = {"contract": {"jsonSchema": True}, "unenforced": unenforced}
+    preds = (tuned or {}).get("enforcedPredictions")
+    if preds is None:
+        doc.update(measured=False, reason=f"enforcement is measured through vLLM's structured outputs; this evaluation ran on {backend}")
+        return doc
+    scores = _scores({"predictions": preds}, references, schema, None)
+    enforced: dict[str, float] = {m: scores[m] for m in ENFORCEMENT_METRICS if scores.get(m) is not None}
+    if "schemaCompliance" in enforced:
+        enforced["violationRate"] = round(1 - enforced["schemaCompliance"], 6)
+    doc.update(measured=True, backend="vllm", structuredOutputs={"json": "evaluation.jsonSchema"}, enforced=enforced,
+               generation=(tuned or {}).get("enforcedGeneration"), predictions=preds)
+    return doc
 
 
 def _generate_all(ctx: StageContext, records: list[dict[str, Any]], forgetting: list[dict[str, Any]] | None, *,

@@ -187,8 +187,27 @@ def resources(ctx: StageContext, mv: Any, figures: dict[str, bool]) -> list[str]
     return lines + [""]
 
 
+def _exports_doc(ctx: StageContext) -> dict[str, Any] | None:
+    """DIR/exports.json (the export stage), or None."""
+    import json
+
+    try:
+        doc = json.loads((ctx.workdir / layout.EXPORTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _workdir_uri(ctx: StageContext) -> str:
+    import os
+
+    return layout.resolve_workdir_uri(ctx.spec, ctx.name, ctx.namespace, ctx.workdir, dict(os.environ))
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..report import charts as report_charts
+    from ..report import contract as report_contract
+    from ..report import exports as report_exports
     from ..report import inputs as report_inputs
     from ..report import modelversion as report_modelversion
 
@@ -218,6 +237,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     md += evaluation_section(ev, rec_wire) if ev else ["## Evaluation", "Evaluation was disabled (`evaluation.enabled: false`).", ""]
     if figures["metrics.png"]:
         md += ["![tuned vs base and trivial baselines, 95% intervals](metrics.png)", ""]
+    md += report_contract.section(ev)
+    exports_doc = _exports_doc(ctx)
+    md += report_exports.section(exports_doc)
     md += ["## Observations", "- **Strengths of Fine-Tuned Model:**", *(f"  - {s}" for s in strengths),
            "- **Weaknesses/Limitations:**", *(f"  - {w}" for w in weaknesses),
            "- **Unexpected Behaviors:**", *(f"  - {u}" for u in unexpected), ""]
@@ -228,11 +250,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     report_md, mv_yaml = ctx.workdir / layout.REPORT_FILE, ctx.workdir / layout.MODELVERSION_FILE
     report_md.write_text("\n".join(md))
     mv_yaml.write_text(yaml.safe_dump(mv_doc, sort_keys=False, allow_unicode=True))
+    export_mvs = report_exports.manifests(mv_doc, exports_doc, _workdir_uri(ctx))
+    for fmt_, doc in export_mvs.items():
+        (ctx.workdir / layout.export_modelversion_file(fmt_)).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return {
         "verdict": rec_wire.get("verdict"),
         "report": str(report_md),
         "modelVersion": str(mv_yaml),
         "modelVersionName": mv.metadata.name,
+        "exportModelVersions": [str(ctx.workdir / layout.export_modelversion_file(f)) for f in export_mvs],
         "figures": [str(out / n) for n, ok in figures.items() if ok],
         "missingInputs": run_rec.missing,
     }

@@ -14,8 +14,8 @@ One home per shared helper: owner references and labels in `tuneloop.contract.na
 
 from .common import BuildError, JobMeta, names
 from .config import config_map, headless_service, rendezvous_policy
-from .jobs import data_job, eval_job, train_job
-from .registration import model_version, report_config_map
+from .jobs import data_job, eval_job, export_job, train_job
+from .registration import model_version, report_config_map, workdir_uri
 
 __all__ = [
     "BuildError",
@@ -23,10 +23,12 @@ __all__ = [
     "config_map",
     "data_job",
     "eval_job",
+    "export_job",
     "headless_service",
     "model_version",
     "names",
     "rendezvous_policy",
     "report_config_map",
     "train_job",
+    "workdir_uri",
 ]

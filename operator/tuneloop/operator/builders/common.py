@@ -77,6 +77,7 @@ class Names:
     data_job: str
     train_job: str
     eval_job: str
+    export_job: str
 
 
 def names(job: str) -> Names:
@@ -87,6 +88,7 @@ def names(job: str) -> Names:
         data_job=child_name(job, "data", 56),
         train_job=child_name(job, "train", 56),
         eval_job=child_name(job, "eval", 56),
+        export_job=child_name(job, "export", 56),
     )
 
 

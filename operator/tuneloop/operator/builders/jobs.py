@@ -1,4 +1,4 @@
-"""The three stage Jobs: data preparation, (multi-node) training, evaluation + report."""
+"""The stage Jobs: data preparation, (multi-node) training, evaluation + report, exports (output.exports)."""
 
 from __future__ import annotations
 
@@ -144,3 +144,22 @@ def eval_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, 
                    resources=_gpu_resources(spec, gpus), mounts=mounts)
     return _job(names(meta.name).eval_job, "evaluation", spec, meta, config, container=c, vols=vols, backoff=1,
                 suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=True)
+
+
+EXPORT_SCRIPT = f"""set -e
+python -m {layout.TRAINER_MODULE} export --spec "$1" --workdir "$2"
+python -m {layout.TRAINER_MODULE} report --spec "$1" --workdir "$2"
+exec python -m {layout.PUBLISH_MODULE} --workdir "$2" --exports
+"""
+
+
+def export_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *, suspend: bool | None = None) -> dict[str, Any]:
+    """output.exports on a CPU pod after the evaluation: `export` (merge, GGUF conversion, each export answering the test
+    items next to its source), `report` again (with the exports table), then `publish --exports` hands over the
+    exports' equivalence records (termination message) and the report (pod log)."""
+    _, wd = workdir(spec, meta, config)
+    vols, mounts = volumes(spec, meta, config, shm=True, cache=True)
+    c = _container(spec, meta, config, command=["sh", "-c", EXPORT_SCRIPT, "tuneloop-export"], args=[SPEC_FILE, wd],
+                   resources=_gpu_resources(spec, 0), mounts=mounts)
+    return _job(names(meta.name).export_job, "export", spec, meta, config, container=c, vols=vols, backoff=1,
+                suspend=spec.suspend if suspend is None else suspend, gpu_scheduling=False)

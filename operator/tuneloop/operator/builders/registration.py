@@ -14,8 +14,8 @@ from ..settings import OperatorSettings
 from .common import LABEL_JOB, JobMeta, image, workdir
 
 REPORT_LIMIT = 900 * 1024  # ConfigMaps hold at most 1 MiB
-__all__ = ["LABEL_MODEL", "model_name", "model_version", "model_version_name", "model_version_phase", "report_config_map",
-           "report_config_map_name", "version"]
+__all__ = ["LABEL_MODEL", "build_export", "export_passed", "model_name", "model_version", "model_version_name", "model_version_phase", "report_config_map",
+           "report_config_map_name", "version", "workdir_uri"]
 
 
 def _job(meta: JobMeta) -> JobIdentity:
@@ -48,6 +48,13 @@ def model_version(
 
 
 model_version_phase = contract.phase
+build_export = contract.build_export
+export_passed = contract.export_passed
+
+
+def workdir_uri(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> str:
+    """DIR as the cluster sees it (pvc://CLAIM/PATH): where the exports' URIs point."""
+    return layout.workdir_uri(*workdir(spec, meta, config))
 report_config_map_name = contract.report_config_map_name
 
 

@@ -5,10 +5,14 @@ LoRA artifacts: `vllm serve BASE --enable-lora --lora-modules SERVED=/models/ada
 adapter mounted read-only from its PVC; the base model is served under `SERVED-base` so that the
 adapter, not the base, answers requests for SERVED whatever vLLM version resolves names.
 Merged/full artifacts: `vllm serve /models/artifact --served-model-name SERVED`.
+GGUF artifacts (an export, output.exports gguf-*): vLLM has no GGUF loader (vLLM 0.32 dropped it), so the pod runs
+llama.cpp's OpenAI-compatible server instead, `llama-server -m /models/artifact/FILE.gguf --alias SERVED --metrics`
+(the image: the operator's TUNELOOP_LLAMACPP_IMAGE); `engine()` names the server a ModelVersion gets.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +46,8 @@ class ServingConfig:
     """Operator-level defaults the builders need (from OperatorSettings)."""
 
     vllm_image: str = "vllm/vllm-openai:v0.32.0"
+    llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server"
+    guard_image: str = "ghcr.io/tuneloop/operator:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     run_as_user: int = 1000
     policy: Policy = field(default_factory=Policy)  # the admin's admission policy (extraArgs, scheduling)
@@ -50,6 +56,8 @@ class ServingConfig:
     def from_settings(cls, settings: Any) -> ServingConfig:
         return cls(
             vllm_image=settings.vllm_image,
+            llamacpp_image=getattr(settings, "llamacpp_image", cls.llamacpp_image),
+            guard_image=getattr(settings, "guard_image", cls.guard_image),
             image_pull_policy=getattr(settings, "image_pull_policy", cls.image_pull_policy),
             run_as_user=getattr(settings, "run_as_user", cls.run_as_user),
             policy=Policy.from_settings(settings),
@@ -119,6 +127,25 @@ def base_location(mv: ModelVersion) -> str:
     return base
 
 
+STRUCTURED_OUTPUTS_CONFIG = '{"backend": "xgrammar"}'  # vLLM's --structured-outputs-config for a ModelVersion with an output contract
+LLAMACPP = "llama.cpp"
+VLLM = "vllm"
+
+
+def engine(mv: ModelVersion) -> str:
+    """The server a ModelVersion's artifact needs: llama.cpp for a GGUF file, vLLM for everything else."""
+    return LLAMACPP if mv.spec.artifact.format == ArtifactFormat.GGUF.value else VLLM
+
+
+def llamacpp_args(serving: ServingSpec, served_model_name: str, *, gguf_file: str, host: str = "0.0.0.0") -> VllmServe:
+    """`llama-server` arguments for a GGUF artifact: the file, the served name (`--alias`, what GET /v1/models lists and
+    requests name), `--metrics` (Prometheus /metrics, names prefixed `llamacpp:`), `--parallel` slots as vLLM's
+    maxNumSeqs would be, then serving.extraArgs last."""
+    args = ["-m", gguf_file, "--alias", served_model_name, "--host", host, "--port", str(serving.port), "--metrics"]
+    args += list(serving.extra_args)
+    return VllmServe(tuple(args), (served_model_name,), False)
+
+
 def serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *, artifact: str, base: str | None = None,
                host: str = "0.0.0.0") -> VllmServe:
     """The one decision of `vllm serve`'s arguments for a ModelVersion, for the operator's Deployment (`artifact`,
@@ -131,6 +158,8 @@ def serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *
     more than one GPU, and serving.extraArgs last (so they can override).
     """
     art = mv.spec.artifact
+    if art.format == ArtifactFormat.GGUF.value:
+        return llamacpp_args(serving, served_model_name, gguf_file=artifact, host=host)
     if art.format == ArtifactFormat.LORA_ADAPTER.value:
         base = base_location(mv) if base is None else base
         rank = lora_rank_flag(serving.max_lora_rank, art.lora_rank)
@@ -150,6 +179,8 @@ def serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *
     else:
         args = [artifact, "--served-model-name", served_model_name]
         names = (served_model_name,)
+    if mv.spec.output_contract is not None:  # the contract's grammar engine pinned: the same enforcement on every vLLM release
+        args += ["--structured-outputs-config", STRUCTURED_OUTPUTS_CONFIG]
     args += ["--host", host, "--port", str(serving.port)]
     if serving.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(serving.resources.gpus)]
@@ -164,6 +195,11 @@ def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict
     claim, path = parse_pvc_uri(art.uri, f"ModelVersion {mv.metadata.name} artifact")
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
+    if art.format == ArtifactFormat.GGUF.value:  # the file's directory is mounted; llama-server opens the file
+        directory, _, file = path.rpartition("/")
+        vol, mount = _mount("artifact", claim, directory, ARTIFACT_MOUNT)
+        plan = serve_args(mv, spec.serving, spec.served_model_name, artifact=f"{ARTIFACT_MOUNT}/{file}")
+        return list(plan.args), [vol], [mount]
     vol, mount = _mount("artifact", claim, path, ARTIFACT_MOUNT)
     volumes.append(vol)
     mounts.append(mount)
@@ -244,12 +280,15 @@ def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, 
         return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
     served = serve_args(mv, serving, spec.served_model_name, artifact=ARTIFACT_MOUNT, base=BASE_MOUNT).served_names
+    llamacpp = engine(mv) == LLAMACPP
+    # serving.image names a vLLM image: a GGUF version runs the operator's llama.cpp server image whatever it says
+    image = config.llamacpp_image if llamacpp else serving.image or config.vllm_image
 
     return {
         "name": "vllm",
-        "image": serving.image or config.vllm_image,
+        "image": image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": ["vllm", "serve"],
+        "command": ["llama-server"] if llamacpp else ["vllm", "serve"],
         "args": args,
         "env": [
             {"name": "HOME", "value": "/tmp"},
@@ -262,10 +301,35 @@ def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, 
         "resources": {"requests": requests, "limits": limits},
         # startup allows 30 min for downloading and loading the model before liveness applies
         "startupProbe": probe(10, 180),
-        "readinessProbe": readiness_probe(serving.port, served),
+        # llama-server's /health answers 200 only once the model is loaded (and its image has no python3 for the exec probe)
+        "readinessProbe": {**probe(5, 3), "timeoutSeconds": 5} if llamacpp else readiness_probe(serving.port, served),
         "livenessProbe": probe(15, 4),
         "securityContext": container_security(),  # vLLM writes only to /tmp (HOME), /cache, /dev/shm
         "volumeMounts": mounts,
+    }
+
+
+def guard_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig) -> dict[str, Any] | None:
+    """The output guard sidecar (serving.guard): a pass-through on its own port in front of the engine on localhost,
+    checking answers against the ModelVersion's outputContract (passed inline; none: every answer passes unchecked)."""
+    guard = spec.serving.guard
+    if guard is None:
+        return None
+    args = ["--upstream", f"http://127.0.0.1:{spec.serving.port}", "--port", str(guard.port)]
+    if mv.spec.output_contract is not None:
+        args += ["--contract-json", json.dumps(mv.spec.output_contract.json_schema, sort_keys=True, separators=(",", ":"))]
+        if guard.enforce:
+            args.append("--enforce")
+    return {
+        "name": "guard",
+        "image": config.guard_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-m", "tuneloop.guard"],
+        "args": args,
+        "ports": [{"name": "guard", "containerPort": guard.port, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "readinessProbe": {"tcpSocket": {"port": "guard"}, "periodSeconds": 5},
+        "securityContext": container_security(),
     }
 
 
@@ -290,11 +354,12 @@ def build_deployment(
     ]
 
     container = _vllm_container(spec, mv, config, args, mounts)
+    guard = guard_container(spec, mv, config)
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,
         "automountServiceAccountToken": False,  # vLLM never calls the API server (issue 25)
-        "containers": [container],
+        "containers": [container, *([guard] if guard else [])],
         "volumes": volumes,
     }
     if serving.node_selector:
@@ -345,7 +410,8 @@ def service_manifest(rollout: dict[str, Any], spec: RolloutSpec, service: str, l
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
+            # through the output guard when there is one (serving.guard), else straight to the engine
+            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "guard" if spec.serving.guard else "http", "protocol": "TCP"}],
         },
     }
 

@@ -36,7 +36,7 @@ from tuneloop.contract.exits import reason_for_exit
 from .. import builders, policy, telemetry
 from ..builders.common import BuildError, JobMeta, Names, data_claim, names, owner_ref, workdir
 from ..builders.config import check_spec_batch
-from ..builders.registration import model_version_phase
+from ..builders.registration import build_export, export_passed, model_version_phase
 from ..kube import ApiError, KubeClient
 from ..kube import resources as r
 from ..settings import OperatorSettings
@@ -123,6 +123,7 @@ class Pass:
     result: dict[str, Any] = field(default_factory=dict)  # the evaluation stage's termination message
     evaluation: dict[str, Any] | None = None
     report_md: str | None = None
+    exports: list[dict[str, Any]] = field(default_factory=list)  # the export stage's records (output.exports)
 
     def condition(self, type_: C) -> Condition | None:
         return find_condition(self.status.conditions, type_)
@@ -175,6 +176,11 @@ def _train_waiting(p: Pass, state: str) -> Waiting:
 
 def _eval_waiting(p: Pass, state: str) -> Waiting:
     return "Unknown", R.EVALUATING, "comparing the tuned model with its base", "evaluating the tuned model against its base"
+
+
+def _export_waiting(p: Pass, state: str) -> Waiting:
+    formats = ", ".join(e.format if isinstance(e.format, str) else e.format.value for e in p.spec.output.exports or [])
+    return "Unknown", R.EXPORTING, f"exporting {formats} and checking each against the tuned model", f"exporting {formats}"
 
 
 def _is_true(c: Condition | None) -> bool:
@@ -304,6 +310,36 @@ class Reconciler:
         verdict = (p.evaluation or {}).get("verdict", "NotEvaluated")
         p.set(C.EVALUATED, True, verdict, _verdict_message(p.evaluation))
 
+    async def _export_done(self, p: Pass, job: dict) -> None:
+        """The exports' records (the export pod's termination message) and the report it rewrote with their table."""
+        msg = await self._message(job, success=True) or {}
+        p.exports = [e for e in msg.get("exports") or [] if isinstance(e, dict) and e.get("format")]
+        report = await self._report(job)
+        if report is not None:
+            p.report_md = report
+        refused = [e for e in p.exports if not export_passed(e)]
+        why = "; ".join(f"{e['format']}: {(e.get('equivalence') or {}).get('reason', 'refused')}" for e in refused)
+        p.set(C.EXPORTED, True, R.EXPORTS_REFUSED if refused else R.EXPORTED,
+              f"{len(p.exports) - len(refused)}/{len(p.exports)} exports held up against the tuned model" + (f"; refused {why}" if why else ""))
+
+    async def _register_exports(self, p: Pass, source: dict[str, Any]) -> list[str]:
+        """One ModelVersion per export that held up (the refused ones get none), each created once (409 = this job's)."""
+        names_: list[str] = []
+        uri = builders.workdir_uri(p.spec, p.meta, self.config)
+        for export in p.exports:
+            if not export_passed(export):
+                continue
+            mv = build_export(source, export, workdir_uri=uri)
+            obj, created = await self.client.create(r.MODELVERSIONS, p.meta.namespace, mv)
+            if not created and not ownership.same_registration(obj, mv):
+                raise ownership.NotOwned({"kind": "ModelVersion", **obj}, owner_ref(p.meta))
+            if ((obj.get("status") or {}).get("phase") or "Pending") == "Pending":
+                await self.client.patch(r.MODELVERSIONS, p.meta.namespace, mv["metadata"]["name"], {"status": model_version_status(
+                    p.evaluation, p.meta.name, (obj.get("metadata") or {}).get("generation") or 1,
+                    export_of=source["metadata"]["name"])}, subresource="status")
+            names_.append(mv["metadata"]["name"])
+        return names_
+
     async def _register(self, p: Pass) -> None:
         spec, meta, status, evaluation, report_md = p.spec, p.meta, p.status, p.evaluation, p.report_md
         train_summary = p.train_summary or await self._message(p.jobs[C.TRAINING.value], success=True) or {}
@@ -335,6 +371,11 @@ class Reconciler:
             status.children.model_version = name
             evaluated = "" if (evaluation or {}).get("verdict") in ("Passed", "Failed") else ", not evaluated"
             msg = f"registered ModelVersion {name} ({phase}{evaluated})"
+            if p.exports:
+                status.children.export_model_versions = await self._register_exports(p, mv)
+                refused = [e["format"] for e in p.exports if not export_passed(e)]
+                msg += (f"; exports registered: {', '.join(status.children.export_model_versions) or 'none'}"
+                        + (f"; refused by the equivalence gate: {', '.join(refused)}" if refused else ""))
         status.metrics = st.headline_metrics(evaluation)
         if evaluation:
             status.verdict = evaluation.get("verdict")
@@ -456,6 +497,11 @@ STAGES: tuple[Stage, ...] = (
           children=(("eval_job", lambda n: n.eval_job),),
           failed="evaluation failed", done=_is_true, waiting=_eval_waiting, finish=Reconciler._eval_done,
           enabled=lambda spec: spec.evaluation.enabled, skipped=("False", R.DISABLED, "evaluation.enabled is false")),
+    Stage(C.EXPORTED, FineTuneJobPhase.EXPORTING, lambda n: n.export_job,
+          lambda spec, meta, cfg: builders.export_job(spec, meta, cfg),
+          children=(("export_job", lambda n: n.export_job),),
+          failed="export failed", done=_is_true, waiting=_export_waiting, finish=Reconciler._export_done,
+          enabled=lambda spec: bool(spec.output.exports)),
 )
 
 
@@ -463,7 +509,7 @@ def _failed(status: dict[str, Any]) -> bool:
     return status.get("phase") == FineTuneJobPhase.FAILED.value
 
 
-def model_version_status(evaluation: dict | None, job: str, generation: int) -> dict[str, Any]:
+def model_version_status(evaluation: dict | None, job: str, generation: int, export_of: str | None = None) -> dict[str, Any]:
     """The registered ModelVersion's status. A version that was never evaluated (evaluation
     disabled, or no record came back) says so: condition `Evaluated=False/NotEvaluated`, and its
     `spec.evaluation.verdict` is `NotEvaluated` — a Rollout refuses it unless told otherwise."""
@@ -478,6 +524,8 @@ def model_version_status(evaluation: dict | None, job: str, generation: int) -> 
         else ModelVersionReason.GATES_FAILED
     set_condition(conds, ModelVersionCondition.READY, phase == "Ready", ready, _verdict_message(evaluation), now=now)
     msg = f"registered from FineTuneJob {job}" + ("" if evaluated else " without evaluation (verdict NotEvaluated)")
+    if export_of:
+        msg += f"; an export of {export_of} that answers like it (spec.equivalence)"
     return {"phase": phase, "observedGeneration": generation, "message": msg, "conditions": [c.wire() for c in conds]}
 
 

@@ -53,6 +53,11 @@ BUILTIN_QUERIES: dict[str, str] = {
         '(sum(rate(vllm:request_success_total{ {{selector}}, finished_reason="abort" }[{{window}}])) or vector(0))'
         " / sum(rate(vllm:request_success_total{ {{selector}} }[{{window}}]))"
     ),
+    # the output guard's counter (tuneloop.guard): answers that are not valid JSON following the outputContract
+    BuiltinMetric.CONTRACT_VIOLATION_RATE.value: (
+        '(sum(rate(tuneloop_guard_answers_total{ {{selector}}, verdict="violation" }[{{window}}])) or vector(0))'
+        " / sum(rate(tuneloop_guard_answers_total{ {{selector}} }[{{window}}]))"
+    ),
 }
 
 
