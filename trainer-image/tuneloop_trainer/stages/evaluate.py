@@ -452,6 +452,12 @@ def _serving_doc(ctx: StageContext, ev: Any) -> dict[str, Any] | None:
         raise ConfigError(f"evaluation.serving.evalJson: {path} is not JSON ({exc})") from None
 
 
+def _not_evaluated(out_path: Any, started: datetime) -> dict[str, Any]:
+    record = EvaluationRecord(verdict=Verdict.NOT_EVALUATED)
+    out_path.write_text(json.dumps({"record": record.wire(), "enabled": False, "startedAt": started.isoformat()}, indent=2))
+    return {"verdict": Verdict.NOT_EVALUATED.value, "evalJson": str(out_path), "message": "evaluation.enabled is false"}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..evaluation.gates import decide
     from ..evaluation.inputs import load_forgetting_set, load_test_split
@@ -460,9 +466,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     started = datetime.now(UTC)
     out_path = ctx.workdir / layout.EVAL_FILE
     if not ev.enabled:
-        record = EvaluationRecord(verdict=Verdict.NOT_EVALUATED)
-        out_path.write_text(json.dumps({"record": record.wire(), "enabled": False, "startedAt": started.isoformat()}, indent=2))
-        return {"verdict": Verdict.NOT_EVALUATED.value, "evalJson": str(out_path), "message": "evaluation.enabled is false"}
+        return _not_evaluated(out_path, started)
 
     _check_schema(ev.json_schema)
     inputs_fingerprint = evaluation_fingerprint(ctx)

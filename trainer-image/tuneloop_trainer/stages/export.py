@@ -101,6 +101,8 @@ def answer(ctx: StageContext, model: Any, tok: Any, conversations: list[list[dic
     return gen.texts, gen.stats()
 
 
+# long: the scratch merged copy's lifetime (the try/finally that removes it) spans writing, loading and comparing each
+# export; split, the cleanup would be spread over several functions
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..evaluation.equivalence import compare
     from ..evaluation.inputs import exports_fingerprint, load_test_split

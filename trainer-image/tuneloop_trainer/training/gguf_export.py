@@ -89,6 +89,7 @@ def _add_tokenizer(writer: Any, model_dir: Path, pre: str) -> None:
     special_vocab.add_to_gguf(writer)
 
 
+# long: a flat sequence of GGUF header fields in llama.cpp's order, then the one loop over the tensors
 def export_gguf(model_dir: str | Path, out_file: str | Path, quantization: str = "f16", *, name: str = "",
                 pre_tokenizer: str | None = None) -> dict[str, Any]:
     """Write `model_dir` (a merged or full safetensors model) as one GGUF file; returns what was written.
