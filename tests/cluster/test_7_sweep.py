@@ -37,7 +37,7 @@ def sweep(ns: str, seed: int) -> dict:
                 "dataset": {"train": {"pvc": {"claimName": "datasets", "path": "support/train.jsonl"}}, "format": "chat",
                             "split": {"validation": 0.2, "test": 0.2, "seed": 1}, "checks": {"minExamples": 4}},
                 "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-                "hyperparameters": {"maxSteps": 40, "batchSize": 4, "microBatchSize": 2, "learningRate": 5e-3, "maxSeqLength": 128,
+                "hyperparameters": {"maxSteps": 200, "batchSize": 4, "microBatchSize": 2, "learningRate": 5e-3, "maxSeqLength": 128,
                                     "saveSteps": 10, "evalSteps": 10, "warmupRatio": 0.0, "scheduler": "constant", "loggingSteps": 1},
                 "resources": {"nodes": 1, "gpusPerNode": 0, "cpu": "1", "memory": "2Gi", "shmSize": "256Mi"},
                 "output": {"pvc": {"claimName": "models", "path": SWEEP}},
@@ -48,6 +48,11 @@ def sweep(ns: str, seed: int) -> dict:
             }},
         },
     }
+
+
+# 200 steps (not 40): a 40-step trial of the tiny model trained in seconds, ended before the operator's progress poll
+# (every 3 s in this tier) saw any of its validation losses, so the useless one completed instead of being pruned
+# (first run, 2026-12-07). The pruner can only act on losses it has seen while the trial trains.
 
 
 def seed_with_bad_third() -> int:
