@@ -33,7 +33,9 @@ class Stack:
     def __init__(self, tmp: Path):
         self.stable = FakeVllm("stable", ttft=0.08, seed=1)
         self.canary = FakeVllm("canary", ttft=0.09, seed=2)
-        self.prom = PrometheusServer(tmp, [(self.stable, pod_labels(NS, NAME, "stable")), (self.canary, pod_labels(NS, NAME, "canary"))])
+        # each pod carries its ModelVersion's label, as the operator's pods do: the analysis selects each role's version
+        self.prom = PrometheusServer(tmp, [(self.stable, pod_labels(NS, NAME, "stable", "bot-v1")),
+                                           (self.canary, pod_labels(NS, NAME, "canary", "bot-v2"))])
         self.prom.start()
         self.prom.wait_scraped(2)
 
