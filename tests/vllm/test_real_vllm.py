@@ -202,7 +202,7 @@ def test_every_operator_query_returns_a_value_against_real_vllm(served: Served, 
         while time.monotonic() < end:  # requests spread over several scrapes, so rate() and increase() see them
             traffic(served.url)
         time.sleep(3)
-        queries = {f"analysis {k}": render(q, namespace="llm", rollout="bot", role="stable", window="2m") for k, q in BUILTIN_QUERIES.items()}
+        queries = {f"analysis {k}": render(q, namespace="llm", rollout="bot", role="stable", window="2m", model_version="bot-v1") for k, q in BUILTIN_QUERIES.items()}
         queries |= {f"drift {k.value}": render_drift(k, namespace="llm", rollout="bot", model_version="bot-v1", window="2m")
                     for k in DRIFT_QUERIES}
         empty = {}
