@@ -96,8 +96,10 @@ async def test_prompt_shift_sets_drifted_and_an_error_burst_sets_degraded(tmp_pa
             assert st["phase"] == "Promoted" and st["drift"]["modelVersion"] == MV
             assert st["drift"]["baselineErrorRate"] == 0 and st["drift"]["baselineLatencyP95"] > 0
             sig = {s["signal"]: s for s in st["drift"]["signals"]}
-            assert sig["prompt_tokens"]["state"] == "OK" and sig["prompt_tokens"]["value"] < 0.1
-            assert rm.SERVING_DRIFT.labels(NS, NAME, MV, "prompt_tokens")._value.get() < 0.1
+            # below the threshold (0.25), not near 0: PSI over 8 buckets from ~100 samples carries sampling noise of
+            # about (buckets - 1) / samples ≈ 0.07 (0.104 seen on a loaded machine, where fewer requests fit a window)
+            assert sig["prompt_tokens"]["state"] == "OK" and sig["prompt_tokens"]["value"] < 0.25
+            assert rm.SERVING_DRIFT.labels(NS, NAME, MV, "prompt_tokens")._value.get() < 0.25
 
             pod.set(prompt_tokens=400.0)  # the served prompts shift: ten times longer
             st = await until(kc, rec, lambda st, mv: cond(st, "Drifted").get("status") == "True"
