@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import Enum
+from typing import Any
 
 from .common import Condition, ConditionStatus
 
@@ -186,6 +187,19 @@ def condition_status(value: bool | str | ConditionStatus) -> str:
 def find_condition(conditions: list[Condition], type_: str | Enum) -> Condition | None:
     t = _text(type_)
     return next((c for c in conditions if c.type == t), None)
+
+
+def parse_conditions(status: dict[str, Any]) -> list[Condition]:
+    """The conditions of a raw status, each as a Condition; one that does not validate is dropped."""
+    from pydantic import ValidationError
+
+    out = []
+    for c in status.get("conditions") or []:
+        try:
+            out.append(Condition.model_validate(c))
+        except ValidationError:
+            continue
+    return out
 
 
 def set_condition(conditions: list[Condition], type_: str | Enum, status: bool | str | ConditionStatus, reason: str | Enum,

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from tuneloop.api import deprecations
 from tuneloop.api.common import Condition
-from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, set_condition
+from tuneloop.api.conditions import MAX_MESSAGE, FineTuneScheduleCondition, FineTuneScheduleReason, parse_conditions, set_condition
 from tuneloop.api.schedule import (
     RETRAIN_ANNOTATION,
     DataObservation,
@@ -60,16 +60,6 @@ def _v(x: Any) -> str:
 
 def _ts(text: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
-def _conds(raw: dict) -> list[Condition]:
-    out = []
-    for c in raw.get("conditions") or []:
-        try:
-            out.append(Condition.model_validate(c))
-        except ValidationError:
-            continue
-    return out
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -177,7 +167,7 @@ class Reconciler:
         except Exception as exc:  # written to status, then retried by the daemon loop
             log.exception("schedule %s/%s: tick failed", ns, name)
             msg = f"tick failed: {type(exc).__name__}: {exc}"[:MAX_MESSAGE]
-            conds = _conds(recorded)
+            conds = parse_conditions(recorded)
             set_condition(conds, FineTuneScheduleCondition.READY, False, FineTuneScheduleReason.TICK_FAILED, msg, now=now,
                           generation=meta.get("generation"))
             try:
@@ -190,7 +180,7 @@ class Reconciler:
         """A spec that cannot run: Failed, Ready False (InvalidSpec); nothing starts."""
         meta = obj["metadata"]
         old_raw = obj.get("status") or {}
-        conds = _conds(old_raw)
+        conds = parse_conditions(old_raw)
         set_condition(conds, FineTuneScheduleCondition.READY, False, FineTuneScheduleReason.INVALID_SPEC, msg, now=now,
                       generation=meta.get("generation"))
         await self._patch_status(meta["namespace"], meta["name"], old_raw, {

@@ -20,8 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneloop.api.common import Condition
-from tuneloop.api.conditions import MAX_MESSAGE, set_condition
+from tuneloop.api.conditions import MAX_MESSAGE, parse_conditions, set_condition
 from tuneloop.api.schedule import RunOutcome, ScheduleRun, TriggerKind
 from tuneloop.api.sweep import BestRun, FineTuneSweep, FineTuneSweepSpec, FineTuneSweepStatus, SweepPhase, SweepTrial, TrialState
 from tuneloop.contract import ownership
@@ -47,16 +46,6 @@ def utcnow() -> dt.datetime:
 
 def _v(x: Any) -> str:
     return str(getattr(x, "value", x))
-
-
-def _conds(raw: dict) -> list[Condition]:
-    out = []
-    for c in raw.get("conditions") or []:
-        try:
-            out.append(Condition.model_validate(c))
-        except ValidationError:
-            continue
-    return out
 
 
 @dataclass
@@ -120,7 +109,7 @@ class Reconciler:
     async def _set_failed(self, obj: dict, msg: str, reason: str, now: dt.datetime, keep_phase: bool = False) -> None:
         meta = obj["metadata"]
         old = obj.get("status") or {}
-        conds = _conds(old)
+        conds = parse_conditions(old)
         set_condition(conds, READY, False, reason, msg[:MAX_MESSAGE], now=now, generation=meta.get("generation"))
         new = {**old, "message": msg[:MAX_MESSAGE], "conditions": [c.wire() for c in conds]}
         if not keep_phase:
@@ -262,7 +251,7 @@ class Reconciler:
         b = decide.best(t.trials, spec.objective.direction())
         count = {s.value: sum(_v(x.state) == s.value for x in t.trials) for s in TrialState}
         phase, message = _phase(t, count)
-        conds = _conds(t.old_raw)
+        conds = parse_conditions(t.old_raw)
         set_condition(conds, READY, True, "Reconciled", "the latest tick completed", now=t.now, generation=gen)
         t.st = FineTuneSweepStatus(
             phase=phase, direction=spec.objective.direction(), trials=t.trials, trials_complete=count["Complete"],
