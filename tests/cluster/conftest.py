@@ -93,6 +93,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _SESSION: dict[str, Any] = {}
+_STATUS_403 = re.compile(r"(?<![\d.])403(?![\d.])")
 _LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
@@ -178,6 +179,17 @@ def crds(kube: Kube) -> None:
         kube.wait("customresourcedefinitions", name, None,
                   lambda o: any(c["type"] == "Established" and c["status"] == "True" for c in o.get("status", {}).get("conditions", [])),
                   timeout=60, what="Established")
+    # Established is not yet served: a fresh API server publishes a new CRD's discovery and OpenAPI a moment later
+    # (seen: `kubectl explain` "couldn't find resource" right after Established on a just-started cluster)
+    deadline = time.monotonic() + 60
+    for name in CRD_NAMES:
+        while True:
+            out = kube.kubectl("explain", name.split(".", 1)[0], check=False)
+            if out.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} is Established but `kubectl explain` still cannot find it after 60 s:\n{out.stderr}")
+            time.sleep(1)
 
 
 def adopt_crds_for_helm(kube: Kube, release: str, ns: str) -> None:
@@ -278,7 +290,8 @@ class Env:
             if p.exists():
                 for line in p.read_text(errors="replace").splitlines():
                     text = _LOG_TIME.sub("", line)  # "…:45,403 INFO" is a time, not a status
-                    if "403" in text or "forbidden" in text.lower():
+                    # a whole-word 403: the settings line prints random free ports (trainer_metrics_port 40357 was one)
+                    if _STATUS_403.search(text) or "forbidden" in text.lower():
                         out.append(line)
         return out
 
