@@ -63,6 +63,8 @@ from pathlib import Path
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 DEFAULT_REGISTRY = "/var/tmp/vllm-standin/pods"
 DEFAULT_SLOT_DIR = "/var/tmp/tuneloop-vllm-cpu-slots"
+DEFAULT_PORT_DIR = "/var/tmp/tuneloop-vllm-ports"  # port reservations (flock) of the servers on this machine
+PORT_DIR_ENV = "TUNELOOP_VLLM_PORT_DIR"
 SLOTS_ENV = "TUNELOOP_VLLM_CPU_SLOTS"
 SLOT_DIR_ENV = "TUNELOOP_VLLM_CPU_SLOT_DIR"
 DEFAULT_KVCACHE_GIB = "1"
@@ -162,14 +164,88 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def choose_port(host: str, args: list[str]) -> tuple[int, list[str]]:
+def reserve_port(port: int, lock_dir: Path) -> int | None:
+    """An exclusive flock on LOCK_DIR/port-P.lock, held until this process exits (the fd; None when another
+    wrapper holds it). vLLM binds its port only after loading the model, tens of seconds after the check that the
+    port was free: without a reservation a second server (or the stand-in) can take the port in between, and this
+    server's readiness would then be read from the other one."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"port-{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def choose_port(host: str, args: list[str], lock_dir: Path | None = None) -> tuple[int, list[str], int | None]:
+    """(port, args with that port, the reservation's fd): `--port` (default 8000) when it is free and not reserved
+    by another wrapper, else a free one."""
+    lock_dir = lock_dir or Path(os.environ.get(PORT_DIR_ENV) or DEFAULT_PORT_DIR)
     found = _option(args, "--port")
     wanted = int(found[1]) if found else 8000
-    if port_free(host, wanted):
-        return wanted, args
-    port = free_port(host)
+    fd = reserve_port(wanted, lock_dir)
+    if fd is not None and port_free(host, wanted):
+        return wanted, args, fd
+    if fd is not None:
+        os.close(fd)
+    for _ in range(100):
+        port = free_port(host)
+        fd = reserve_port(port, lock_dir)
+        if fd is not None:
+            break
+    else:
+        raise RuntimeError(f"no free port could be reserved in {lock_dir}")
     say(f"port {wanted} is taken (pods of the loopback cluster share 127.0.0.1); listening on {port} instead")
-    return port, _set_option(args, "--port", str(port))
+    return port, _set_option(args, "--port", str(port)), fd
+
+
+def listener_pids(port: int) -> set[int] | None:
+    """PIDs holding a listening TCP socket on `port` (Linux /proc), None where /proc cannot tell."""
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                f = line.split()
+                if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f[9])
+    except (OSError, ValueError):
+        return None
+    if not inodes:
+        return set()
+    wanted = {f"socket:[{i}]" for i in inodes}
+    pids: set[int] = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            for fd in (d / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    pids.add(int(d.name))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def listening_is_ours(port: int, pgid: int) -> bool:
+    """Whether the server answering on `port` is one of our server's processes (its session/process group), not
+    another pod's that took the port on the shared loopback IP; True where /proc cannot tell."""
+    pids = listener_pids(port)
+    if pids is None:
+        return True
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == pgid:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def parse_slots(text: str) -> list[str]:
@@ -245,7 +321,7 @@ def serve(argv: list[str]) -> int:
     host_opt = _option(rest, "--host")
     bind_host = host_opt[1] if host_opt else "0.0.0.0"
     reach_host = "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host
-    port, rest = choose_port(bind_host or "0.0.0.0", rest)
+    port, rest, port_fd = choose_port(bind_host or "0.0.0.0", rest)
     names = served_names(model, rest)
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GIB)
@@ -260,6 +336,7 @@ def serve(argv: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(slot_fd,) if slot_fd is not None else (),
                             preexec_fn=_die_with_parent)
     asked: list[int] = []
+    foreign: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
         if not asked:
@@ -288,6 +365,11 @@ def serve(argv: list[str]) -> int:
                 say(f"the server did not stop within {stop_grace:.0f} s; killing it")
                 _killpg(proc.pid, signal.SIGKILL)
             if announced is None and not asked and models_listed(reach_host, port, names):
+                if not listening_is_ours(port, proc.pid):
+                    if not foreign:
+                        say(f"port {port} answers, but not from this server (another process took it): not ready")
+                    foreign.append(port)
+                    continue
                 announced = announce(registry, reach_host, port, model, names, version)
                 say(f"ready in {time.monotonic() - started:.1f} s: serving {names} on http://{reach_host}:{port}"
                     + (f" (announced in {announced})" if announced else ""))
@@ -295,6 +377,8 @@ def serve(argv: list[str]) -> int:
         if announced is not None:
             announced.unlink(missing_ok=True)
         _killpg(proc.pid, signal.SIGKILL)  # the engine-core process, if the server left it behind
+        if port_fd is not None:
+            os.close(port_fd)  # the port's reservation ends with its server
     if asked:
         say(f"server stopped (exit status {rc})")
         return 0

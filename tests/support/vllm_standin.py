@@ -420,10 +420,30 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def reserved_elsewhere(port: int) -> bool:
+    """Whether another process holds tools/vllm_cpu.py's reservation of `port` (a flock in its port folder)."""
+    import fcntl
+
+    lock_dir = Path(os.environ.get("TUNELOOP_VLLM_PORT_DIR") or "/var/tmp/tuneloop-vllm-ports")
+    try:
+        fd = os.open(lock_dir / f"port-{port}.lock", os.O_RDWR)
+    except OSError:
+        return False  # never reserved
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we just took
+    return False
+
+
 def bind(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     """Listen on host:port, or on a free port when it is taken (all loopback-cluster pods share one IP)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     try:
+        if reserved_elsewhere(port):  # a real engine (tools/vllm_cpu.py) holds it while it loads its model
+            raise OSError(errno.EADDRINUSE, f"port {port} is reserved by a vLLM server that is starting")
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as e:
         if e.errno != errno.EADDRINUSE:

@@ -51,6 +51,7 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         body = json.dumps({"object": "list", "data": [{"id": n} for n in names()]}).encode()
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+time.sleep(float(os.environ.get("FAKE_BIND_DELAY", "0")))  # vLLM binds its port only once the model is loaded
 srv = ThreadingHTTPServer(("127.0.0.1" if a.host == "0.0.0.0" else a.host, a.port), H)
 def stop(signum, frame):
     open(out + ".signal", "w").write(signal.Signals(signum).name)
@@ -80,7 +81,8 @@ class Wrapped:
             [sys.executable, str(WRAPPER), "serve", *args],
             env={**{k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")},
                  "PYTHONPATH": str(tmp), "TUNELOOP_VLLM_SERVER_MODULE": "fakevllm", "HOSTNAME": pod,
-                 "VLLM_STANDIN_REGISTRY": str(self.registry), "FAKE_OUT": str(self.out), **env},
+                 "VLLM_STANDIN_REGISTRY": str(self.registry), "FAKE_OUT": str(self.out),
+                 "TUNELOOP_VLLM_PORT_DIR": str(tmp / "ports"), **env},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def announced(self, timeout: float = 20) -> dict:
@@ -253,3 +255,81 @@ def test_pods_run_the_real_engine_unless_a_knob_file_asks_for_faults(tmp_path: P
     (art / "vllm-standin.json").unlink()
     (base / "vllm-standin.json").write_text("{}")
     assert choose(argv, {"TUNELOOP_VLLM": str(real)})[0] is None
+
+
+def test_a_port_reserved_by_a_loading_server_is_not_taken_by_the_next(tmp_path: Path):
+    """Seen on the cluster tier: vLLM binds its port only after loading the model (40 s and more), so a second pod
+    found the rendered port still free and took it too. The first wrapper's reservation sends the second elsewhere."""
+    port = _free_port()
+    one = Wrapped(tmp_path, "pod-r1", ["/m", "--port", str(port)], FAKE_BIND_DELAY="2")
+    try:
+        time.sleep(0.5)  # one's server is still "loading": nothing listens on the port yet
+        two = Wrapped(tmp_path, "pod-r2", ["/m", "--port", str(port)])
+        try:
+            assert two.announced()["port"] != port
+            assert one.announced()["port"] == port
+        finally:
+            two.proc.send_signal(signal.SIGTERM)
+            two.finish()
+    finally:
+        one.proc.send_signal(signal.SIGTERM)
+        one.finish()
+
+
+def test_readiness_is_never_read_from_another_process_on_its_port(tmp_path: Path):
+    """The same race against a process that ignores reservations: another server answers /v1/models with the same
+    names on the port before ours binds it. The wrapper must not call that ready (it would announce, and be measured
+    as, the other server); ours then fails to bind and the pod fails."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json.dumps({"data": [{"id": "/m"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    port = _free_port()
+    w = Wrapped(tmp_path, "pod-x", ["/m", "--port", str(port)], FAKE_BIND_DELAY="3")
+    other = None
+    try:
+        time.sleep(1.0)
+        other = ThreadingHTTPServer(("127.0.0.1", port), Other)
+        threading.Thread(target=other.serve_forever, args=(0.05,), daemon=True).start()
+        rc, out = w.finish(timeout=30)
+    finally:
+        if other is not None:
+            other.shutdown()
+            other.server_close()
+    assert not w.file.exists() and ": ready in " not in out, out
+    assert f"port {port} answers, but not from this server" in out
+    assert rc != 0, out
+
+
+def test_the_stand_in_keeps_off_a_port_a_starting_engine_reserved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import fcntl
+    from http.server import BaseHTTPRequestHandler
+
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    try:
+        import vllm_standin
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setenv("TUNELOOP_VLLM_PORT_DIR", str(tmp_path))
+    port = _free_port()
+    fd = os.open(tmp_path / f"port-{port}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what tools/vllm_cpu.py holds while its engine loads
+    try:
+        server = vllm_standin.bind("0.0.0.0", port, BaseHTTPRequestHandler)
+        assert server.server_address[1] != port
+        server.server_close()
+    finally:
+        os.close(fd)
+    server = vllm_standin.bind("0.0.0.0", port, BaseHTTPRequestHandler)  # released: the port is used as asked
+    assert server.server_address[1] == port
+    server.server_close()
