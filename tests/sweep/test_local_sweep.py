@@ -99,6 +99,13 @@ def test_local_sweep_prunes_resumes_and_reports(tmp_path, tiny, capsys, monkeypa
     assert mv["spec"]["lineage"]["sweep"]["name"] == "sw" and mv["spec"]["lineage"]["sweep"]["trial"] == winner["name"]
     ev = json.loads((root / "best" / "eval.json").read_text())["record"]
     assert ev.get("split", "test") == "test"
+    # the final run evaluates the winner's own weights (the ones its validation value was measured on): not retrained
+    run = json.loads((root / "best" / "local-run.json").read_text())
+    assert [h["trainedIn"] for h in run["history"] if "trainedIn" in h] == [str(root / winner["name"])]
+    assert [s["stage"] for s in run["stages"]] == ["evaluate", "export", "report"]  # no prepare, no train
+    for f in ("adapter_model.safetensors",):
+        assert (root / "best" / "artifact" / f).read_bytes() == (root / winner["name"] / "artifact" / f).read_bytes()
+    assert "reuses" in out and winner["name"] in out
     report = (root / "report.md").read_text()
     assert "| trial | state | hyperparameters.learningRate | perplexity | 95 % interval |" in report
     assert "Pruned" in report and f"## Best trial: {winner['name']}" in report

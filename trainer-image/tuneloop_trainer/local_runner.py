@@ -110,11 +110,15 @@ def apply_overrides(spec: Any, overrides: dict[str, Any]) -> None:
 
 
 def spec_fingerprint(spec: Any) -> str:
-    """sha256 of what decides the weights: the spec (after command-line overrides) minus evaluation and registry."""
+    """sha256 of what decides the weights: the spec (after command-line overrides) minus evaluation, registry and
+    the output's location (where weights are written does not change them; a sweep's final run in another
+    directory reuses its winning trial's weights this way)."""
     import hashlib
 
     wire = spec.wire() if hasattr(spec, "wire") else dict(spec)
     keep = {k: v for k, v in wire.items() if k not in ("evaluation", "registry")}
+    if isinstance(keep.get("output"), dict):
+        keep["output"] = {k: v for k, v in keep["output"].items() if k not in ("path", "pvc")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -252,6 +252,9 @@ class Sweep:
         job_file = best_dir / local_schedule.JOB_FILE
         job_file.write_text(yaml.safe_dump(job, sort_keys=False))
         self.say(f"\n[bold]final run[/] of {winner.name} on the test split in {best_dir}")
+        if reuse_trial_weights(self.root / winner.name, best_dir, job_file):
+            self.say(f"the final run reuses {winner.name}'s weights (same training spec; they are the weights its validation "
+                     "value was measured on): evaluated on the test split without training again")
         inner = argparse.Namespace(**{**vars(self.args), "file": job_file, "workdir": best_dir, "force": False, "fresh": False,
                                       "from_stage": None, "to_stage": None, "progress_hook": None})
         rc = self.run_job(inner)
@@ -262,6 +265,58 @@ class Sweep:
         except (OSError, yaml.YAMLError):
             mv = None
         return rc, mv
+
+
+# Inputs of the evaluate and report stages that prepare and train wrote; a final run that reuses a trial's weights gets
+# them as hard links (copies across file systems). eval.json, report/ and exports are the final run's own.
+TRAINED_OUTPUTS = (layout.DATA_DIR, layout.ARTIFACT_DIR, layout.PROGRESS_FILE, "train-time.json", layout.LINEAGE_FILE,
+                   layout.RESULT_FILE, layout.result_file("prepare"), layout.result_file("train"))
+
+
+def reuse_trial_weights(trial_dir: Path, best_dir: Path, job_file: Path) -> bool:
+    """Seed BEST with the winning trial's trained outputs when both train the same spec (the local runner's
+    fingerprint ignores evaluation, registry and the output's location), so the final run only evaluates on the test
+    split. False (nothing copied) when BEST already trained, the trial's training did not finish, or the specs differ."""
+    import os
+    import shutil
+
+    from tuneloop.contract.local import TrainerMissing, load_local_runner
+
+    try:
+        runner = load_local_runner()
+    except TrainerMissing:
+        return False
+    fingerprint = runner.spec_fingerprint(runner.load_context(job_file, best_dir).spec)
+    if runner.completed_training(best_dir, fingerprint) is not None:
+        return False  # a rerun: it already has them
+    if runner.completed_training(trial_dir, fingerprint) is None:
+        return False
+    for name in TRAINED_OUTPUTS:
+        src, dst = trial_dir / name, best_dir / name
+        if not src.exists():
+            continue
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+
+        def link(a: str, b: str) -> None:
+            try:
+                os.link(a, b)
+            except OSError:
+                shutil.copy2(a, b)
+
+        if src.is_dir():
+            shutil.copytree(src, dst, copy_function=link)
+        else:
+            link(str(src), str(dst))
+    record = json.loads((trial_dir / layout.LOCAL_RUN_FILE).read_text())
+    # the trial's stage history becomes the final run's (the real cost of its weights), marked with where it ran
+    history = [*record.get("history", []), {"startedAt": record.get("startedAt"), "stages": record.get("stages", []),
+                                            "trainedIn": str(trial_dir)}]
+    (best_dir / layout.LOCAL_RUN_FILE).write_text(json.dumps(
+        {"specFingerprint": fingerprint, "history": history, "stages": []}, indent=2))
+    return True
 
 
 # --- the study report ------------------------------------------------------------------------------------------------
