@@ -98,11 +98,13 @@ def _own_progress(text: str, key: tuple[str, str], url: str) -> dict[str, Any] |
     except ValueError as exc:  # not Prometheus text
         _refuse(key, f"{url} does not answer Prometheus text ({exc}); is another program on that port?")
         return None
+    if not seen:
+        _refuse(key, f"{url} answers without any tuneloop_trainer_* metric: another program holds the port")
+        return None
     if key not in seen:
         others = ", ".join(sorted(f"{ns}/{job}" if ns or job else "(unlabelled)" for ns, job in seen))
         _refuse(key, f"{url} serves the metrics of {others}, not of this FineTuneJob: another trainer holds the port "
-                     "(pods sharing the host's ports need trainer_metrics_port_range, docs/operator.md)" if seen else
-                f"{url} answers without any tuneloop_trainer_* metric: another program holds the port")
+                     "(pods sharing the host's ports need trainer_metrics_port_range, docs/operator.md)")
         return None
     _accept(key)
     return st.parse_progress(text, key) or None
