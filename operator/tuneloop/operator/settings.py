@@ -176,10 +176,10 @@ class OperatorSettings(BaseSettings):
             text = v.strip()
             if not text:
                 return None
-            low, sep, high = text.partition("-")
-            if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            first, sep, last = text.partition("-")
+            if not sep or not first.strip().isdigit() or not last.strip().isdigit():
                 raise ValueError(f"trainer_metrics_port_range: {v!r} is not LOW-HIGH, e.g. 20000-29999")
-            v = (int(low), int(high))
+            v = (int(first), int(last))
         if isinstance(v, list | tuple) and len(v) == 2:
             low, high = int(v[0]), int(v[1])
             if not 1 <= low <= high <= 65535:
