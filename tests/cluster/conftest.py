@@ -242,7 +242,12 @@ class Env:
         self.sa = ""
         self.sa_kubeconfig: Path | None = None
         self.operator: OperatorProcess | None = None
-        self.trainer_metrics_port = free_port()
+        self.trainer_metrics_port = free_port()  # the fallback only: every training pod names its own port (below)
+        # Every pod here is 127.0.0.1 and shares the host's ports (like hostNetwork pods on one node): each FineTuneJob's
+        # trainer gets its own port in this range (the operator's trainer_metrics_port_range), so two jobs training at
+        # once (a sweep's parallel trials) do not share one. Below the kernel's ephemeral ports (32768-60999), where
+        # free_port() and client sockets land.
+        self.trainer_metrics_port_range = os.environ.get("TUNELOOP_CLUSTER_TRAINER_PORT_RANGE", "21000-28999")
         self.operator_metrics_port = free_port()  # the operator's /metrics (the drift gauges), scraped by test_5's Prometheus
         self.prometheus_url = ""
         self.state: dict[str, Any] = {}  # what earlier tests of the chain leave for later ones
@@ -255,7 +260,8 @@ class Env:
         # run the operator's trainer image (no spec.image), name no Secret, pass no denied `vllm serve` flag and no
         # toleration; a tenant-boundary test may rely on allowedImages = the trainer image, tokenSecretPrefix
         # `tuneloop-`, and the control-plane keys reserved.
-        return {**({"PYTHONPATH": src} if src else {}),"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port), "TUNELOOP_PROGRESS_INTERVAL": "3",
+        return {**({"PYTHONPATH": src} if src else {}),"TUNELOOP_TRAINER_METRICS_PORT": str(self.trainer_metrics_port),
+                "TUNELOOP_TRAINER_METRICS_PORT_RANGE": self.trainer_metrics_port_range, "TUNELOOP_PROGRESS_INTERVAL": "3",
                 "TUNELOOP_METRICS_PORT": str(self.operator_metrics_port),
                 "TUNELOOP_PROMETHEUS_URL": self.prometheus_url or "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1",
                 # each test module starts its own Prometheus on a free port after the operator (a single-tenant

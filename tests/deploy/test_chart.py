@@ -33,7 +33,7 @@ CASES = {
                    "allowUnconfinedQueries": True, "metricsMaxBytes": 2097152,
                    "allowedImages": ["ghcr.io/acme/trainer", "registry.local:5000/ml/*"], "tokenSecretPrefix": "hf-",
                    "allowedExtraArgs": ["--trust-remote-code"], "reservedNodeKeys": ["node-role.kubernetes.io/*", "dedicated"],
-                   "allowAnyToleration": True},
+                   "allowAnyToleration": True, "trainerMetricsPortRange": "20000-29999"},
         "networkPolicy": {"prometheus": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
                           "gateway": [{"podSelector": {}}]},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
@@ -153,6 +153,8 @@ def test_env_is_operator_settings(rendered):
     custom = env(one(rendered["everything-custom"], "Deployment"))
     assert custom["TUNELOOP_MODEL_CACHE_PVC"] == "hf-cache" and custom["TUNELOOP_SERVICE_ACCOUNT"] == "trainer"
     assert custom["HTTPS_PROXY"] == "http://proxy:3128" and custom["TUNELOOP_METRICS_PORT"] == "9090"
+    assert OperatorSettings(trainer_metrics_port_range=custom["TUNELOOP_TRAINER_METRICS_PORT_RANGE"]).trainer_metrics_port_range == (20000, 29999)
+    assert "TUNELOOP_TRAINER_METRICS_PORT_RANGE" not in env(one(rendered["default"], "Deployment"))  # default: the fixed port
     namespaced = env(one(rendered["namespaced"], "Deployment"))
     assert namespaced["TUNELOOP_CLUSTER_WIDE"] == "false" and namespaced["TUNELOOP_NAMESPACES"] == "ml-team,research"
 

@@ -100,6 +100,7 @@ DATA_MOUNT = "/data"
 MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/cache"
 TERMINATION_LOG = "/dev/termination-log"
+RENDEZVOUS_PORT = 29500  # torchrun's MASTER_PORT on rank 0 (the trainer's default too); never a metrics port
 
 # Environment of the stage containers (set by the operator, read by the trainer).
 ENV_JOB_NAME = "TUNELOOP_JOB_NAME"

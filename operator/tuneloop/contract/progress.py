@@ -3,6 +3,7 @@ FineTuneJob `status.progress`. One table, so a new gauge is one row."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 
@@ -28,9 +29,22 @@ GAUGES: tuple[Gauge, ...] = (
           "Model-FLOPs utilisation 0-1: model FLOPs/s over world size x the GPU's dense 16-bit peak (flops.py)."),
     Gauge("eta_seconds", "tuneloop_trainer_eta_seconds", "etaSeconds", "Estimated seconds until training ends."),
 )
+# Every gauge's labels: the FineTuneJob it belongs to (name, namespace). They are rank 0's identity: the operator
+# reads only samples labelled with the job it polls and ignores an answer that names another job (two trainers on
+# one host port, tuneloop.operator.finetunejob.progress); the trainer PodMonitor keeps them (honorLabels).
 LABELS = ("job", "namespace")
 DEFAULT_PORT = 9400  # $TUNELOOP_METRICS_PORT
 
 BY_METRIC = {g.metric: g for g in GAUGES}
 STATUS_KEYS = {g.metric: g.status_key for g in GAUGES}
 INTEGER_STATUS_KEYS = frozenset(g.status_key for g in GAUGES if g.integer)
+
+
+def identity(namespace: str, job: str) -> dict[str, str]:
+    """The labels rank 0 puts on every gauge of FineTuneJob namespace/job."""
+    return {"job": job, "namespace": namespace}
+
+
+def identity_of(labels: Mapping[str, str]) -> tuple[str, str]:
+    """(namespace, job) of a sample's labels ("" where a label is missing)."""
+    return labels.get("namespace", ""), labels.get("job", "")

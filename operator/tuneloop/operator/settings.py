@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tuneloop.contract.layout import RENDEZVOUS_PORT
+
 _PROVIDER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -79,6 +81,14 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Port of the operator's /metrics endpoint (0 disables it).")
     health_port: int = Field(default=8081, ge=0, le=65535, description="Port of Kopf's liveness endpoint /healthz (0 disables it).")
     trainer_metrics_port: int = Field(default=9400, ge=1, le=65535, description="Port of rank 0's progress metrics in training pods.")
+    trainer_metrics_port_range: Annotated[tuple[int, int] | None, NoDecode] = Field(
+        default=None,
+        description=(
+            "`LOW-HIGH` (e.g. `20000-29999`): each FineTuneJob's trainer serves its progress metrics on its own port in this "
+            "range, a hash of namespace/name, for pods that share the host's ports (hostNetwork, e.g. multi-node "
+            "DeepSpeed over RDMA). Empty: every trainer uses trainer_metrics_port."
+        ),
+    )
     progress_interval: float = Field(default=15.0, gt=0, description="Seconds between progress polls of a running training Job.")
     max_concurrent_reconciles: int = Field(
         default=32, ge=1, le=1024, description="FineTuneJob reconcile passes running at once (the rest queue, oldest first)."
@@ -156,6 +166,27 @@ class OperatorSettings(BaseSettings):
             v = json.loads(v) if v.strip() else []
         if not isinstance(v, list) or not all(isinstance(p, dict) for p in v):
             raise ValueError("a JSON list of NetworkPolicyPeer objects, e.g. [{\"namespaceSelector\": {\"matchLabels\": {...}}}]")
+        return v
+
+    @field_validator("trainer_metrics_port_range", mode="before")
+    @classmethod
+    def _port_range(cls, v: object) -> object:
+        """`LOW-HIGH` (inclusive) -> (low, high); empty -> None."""
+        if isinstance(v, str):
+            text = v.strip()
+            if not text:
+                return None
+            first, sep, last = text.partition("-")
+            if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+                raise ValueError(f"trainer_metrics_port_range: {v!r} is not LOW-HIGH, e.g. 20000-29999")
+            v = (int(first), int(last))
+        if isinstance(v, list | tuple) and len(v) == 2:
+            low, high = int(v[0]), int(v[1])
+            if not 1 <= low <= high <= 65535:
+                raise ValueError(f"trainer_metrics_port_range: {low}-{high} is not a port range (1 <= LOW <= HIGH <= 65535)")
+            if low == high == RENDEZVOUS_PORT:
+                raise ValueError(f"trainer_metrics_port_range: {low} is the training pods' rendezvous port")
+            return (low, high)
         return v
 
     @field_validator("namespaces", "allowed_images", "allowed_extra_args", "reserved_node_keys", mode="before")

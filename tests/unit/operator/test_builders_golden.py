@@ -1,6 +1,7 @@
 """Every builder against golden YAML (UPDATE_GOLDEN=1 rewrites them after a reviewed change).
 
-Cases: single GPU LoRA, 2×8 GPU full fine-tune with ZeRO-3, QLoRA, suspended, custom GPU resource name.
+Cases: single GPU LoRA, 2×8 GPU full fine-tune with ZeRO-3, QLoRA, suspended, custom GPU resource name, exports,
+and a job's own metrics port from trainer_metrics_port_range (with its NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -60,11 +61,19 @@ def _case(name: str) -> dict:
             "metadata": {"name": f"tickets-{name}", "namespace": "ml", "uid": UID, "generation": 1}, "spec": spec}
 
 
+# pods that share the host's ports: each job's trainer on its own port (env, container port, Service, NetworkPolicy)
+PORT_RANGE = CONFIG.model_copy(update={"trainer_metrics_port_range": (20000, 29999), "operator_namespace": "tuneloop-system"})
+
+
 def render(name: str) -> str:
     doc = _case(name)
     doc["metadata"].update(uid=UID, generation=1)
     spec = FineTuneJob.model_validate(doc).spec
     meta = builders.JobMeta.from_body(doc)
+    if name == "port-range":
+        docs = [builders.headless_service(spec, meta, PORT_RANGE), builders.rendezvous_policy(spec, meta, PORT_RANGE),
+                builders.train_job(spec, meta, PORT_RANGE), builders.eval_job(spec, meta, PORT_RANGE)]
+        return "---\n".join(yaml.safe_dump(d, sort_keys=False, allow_unicode=True) for d in docs)
     mv = builders.model_version(spec, meta, CONFIG, evaluation=EVALUATION, data_summary={"datasetSha256": "ab" * 32},
                                 train_summary={"seconds": 120.5, "tokens_seen": 4096}, has_report=True)
     mv_with_uid = {**mv, "metadata": {**mv["metadata"], "uid": "11111111-2222-3333-4444-555555555555"}}
@@ -86,7 +95,7 @@ def render(name: str) -> str:
     return "---\n".join(yaml.safe_dump(d, sort_keys=False, allow_unicode=True) for d in docs)
 
 
-CASES = ["single-gpu", "zero3-2x8", "qlora", "suspend", "custom-gpu", "exports"]
+CASES = ["single-gpu", "zero3-2x8", "qlora", "suspend", "custom-gpu", "exports", "port-range"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -15,7 +15,7 @@ from tuneloop.operator.kube import Connection, KubeClient
 
 pytestmark = pytest.mark.unit
 
-METRICS = "tuneloop_trainer_step 5\ntuneloop_trainer_total_steps 10\n"
+METRICS = 'tuneloop_trainer_step{job="x",namespace="ns"} 5\ntuneloop_trainer_total_steps{job="x",namespace="ns"} 10\n'
 
 
 class FakePods:

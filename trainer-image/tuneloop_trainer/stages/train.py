@@ -343,11 +343,9 @@ def _monitor(ctx: StageContext, run: _Run, started: float, world: int, main: boo
         if removed:
             print(f"tuneloop train: removed incomplete checkpoints {removed}", file=sys.stderr)
         run.metrics = TrainerMetrics(ctx.name, ctx.namespace)
-        try:
-            port = run.metrics.serve()
+        port = run.metrics.serve_or_warn()  # a taken port is said loudly; training goes on
+        if port is not None:
             print(f"tuneloop train: metrics on :{port}/metrics", file=sys.stderr)
-        except OSError as exc:
-            print(f"tuneloop train: metrics endpoint not started: {exc}", file=sys.stderr)
     run.progress = ProgressCallback(ctx.workdir / "progress.jsonl", run.metrics, ctx.on_progress, flops=run.flops,
                                     collator=run.collator, world=world)
     run.callbacks = [run.progress, CheckpointMarkerCallback()]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from tuneloop.contract.progress import GAUGES as _CONTRACT_GAUGES
+from tuneloop.contract.progress import LABELS, identity
 
 from ..settings import TrainerSettings
 
@@ -15,15 +17,17 @@ GAUGES = {g.key: (g.metric, g.help) for g in _CONTRACT_GAUGES}
 
 
 class TrainerMetrics:
-    """Gauges labelled job/namespace on a private registry; `serve()` starts the HTTP endpoint."""
+    """Gauges labelled job/namespace on a private registry; `serve()` starts the HTTP endpoint. The labels are the
+    FineTuneJob's identity (tuneloop.contract.progress): the operator reads only the samples that name the job it
+    polls, so a trainer answering on another job's port is never taken for it."""
 
     def __init__(self, job: str | None = None, namespace: str | None = None):
         from prometheus_client import CollectorRegistry, Gauge
 
         self.registry = CollectorRegistry()
         settings = TrainerSettings.from_env()
-        self.labels = {"job": job or settings.job_name, "namespace": namespace or settings.namespace}
-        self.gauges = {k: Gauge(name, doc, ["job", "namespace"], registry=self.registry).labels(**self.labels)
+        self.labels = identity(namespace or settings.namespace, job or settings.job_name)
+        self.gauges = {k: Gauge(name, doc, list(LABELS), registry=self.registry).labels(**self.labels)
                        for k, (name, doc) in GAUGES.items()}
         # NaN = not reported (yet: no logged step / no evaluation in this run; or no MFU on CPU), never a false 0
         for k in ("tokens_per_second_per_gpu", "mfu", "loss", "eval_loss"):
@@ -37,6 +41,23 @@ class TrainerMetrics:
         addr = addr or listen_address()
         self.server, _ = start_http_server(port, addr=addr, registry=self.registry)
         return self.server.server_port
+
+    def serve_or_warn(self, port: int | None = None, addr: str | None = None, out: TextIO | None = None) -> int | None:
+        """`serve()`, or None with a loud warning when the port cannot be bound (another process holds it: pods that
+        share the host's ports, hostNetwork). Training goes on without the endpoint: its live progress (the
+        FineTuneJob's status.progress, a sweep's pruning) is not reported, the results are."""
+        port = TrainerSettings.from_env().metrics_port if port is None else port
+        addr = addr or listen_address()
+        try:
+            return self.serve(port, addr)
+        except OSError as exc:
+            stream = sys.stderr if out is None else out
+            print(f"tuneloop train: WARNING: metrics endpoint NOT started: cannot listen on {addr}:{port} ({exc}).\n"
+                  f"tuneloop train: WARNING: training goes on, but {self.labels['namespace']}/{self.labels['job']}'s live "
+                  "progress (status.progress, a sweep's pruning) will not be reported. Another process holds the port; "
+                  "where training pods share the host's ports, set the operator's trainer_metrics_port_range "
+                  "(each FineTuneJob its own port).", file=stream, flush=True)
+            return None
 
     def update(self, values: dict[str, Any]) -> None:
         for k, g in self.gauges.items():

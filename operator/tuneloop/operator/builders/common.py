@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from tuneloop.api import FineTuneJobSpec
 from tuneloop.contract import layout
 from tuneloop.contract.exits import EXIT_CONFIG_ERROR
-from tuneloop.contract.layout import CACHE_MOUNT, DATA_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, SPEC_DIR, SPEC_FILE
+from tuneloop.contract.layout import CACHE_MOUNT, DATA_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, RENDEZVOUS_PORT, SPEC_DIR, SPEC_FILE
 from tuneloop.contract.names import (
     LABEL_COMPONENT,
     LABEL_JOB,
@@ -23,10 +24,31 @@ from tuneloop.contract.names import (
 from ..settings import OperatorSettings
 
 __all__ = ["CACHE_MOUNT", "DATA_MOUNT", "EXIT_CONFIG_ERROR", "LABEL_COMPONENT", "LABEL_JOB", "LABEL_MANAGED_BY", "MANAGED_BY",
-           "MODEL_MOUNT", "OUTPUT_MOUNT", "SPEC_DIR", "SPEC_FILE", "child_name", "dns_label"]
+           "MODEL_MOUNT", "OUTPUT_MOUNT", "RENDEZVOUS_PORT", "SPEC_DIR", "SPEC_FILE", "child_name", "dns_label"]
 
 CONTAINER = "trainer"
-RENDEZVOUS_PORT = 29500
+METRICS_PORT_NAME = "metrics"  # the training container's port rank 0 serves tuneloop_trainer_* on (progress polls read it)
+
+
+def port_in_range(namespace: str, name: str, low: int, high: int) -> int:
+    """The FineTuneJob namespace/name's port in [low, high]: a hash (sha256 of `namespace/name`), so every pass of
+    every operator replica computes the same port with nothing stored; never the rendezvous port (its neighbour in
+    the range instead). Two jobs may share a port (about 1 pair in `high - low + 1`): the trainer then logs that it
+    could not bind, and the operator refuses metrics that name another job (finetunejob.progress)."""
+    size = high - low + 1
+    h = int.from_bytes(hashlib.sha256(f"{namespace}/{name}".encode()).digest()[:8], "big")
+    port = low + h % size
+    if port == RENDEZVOUS_PORT and size > 1:
+        port = low + (h + 1) % size
+    return port
+
+
+def trainer_metrics_port(config: OperatorSettings, namespace: str, name: str) -> int:
+    """The port rank 0 of this FineTuneJob serves its progress metrics on: the job's own one in
+    trainer_metrics_port_range (pods sharing the host's ports), else trainer_metrics_port for every job."""
+    if config.trainer_metrics_port_range is None:
+        return config.trainer_metrics_port
+    return port_in_range(namespace, name, *config.trainer_metrics_port_range)
 
 
 class BuildError(ValueError):
@@ -173,7 +195,7 @@ def env(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> list[
     out: list[dict[str, Any]] = [
         {"name": layout.ENV_JOB_NAME, "value": meta.name},
         {"name": layout.ENV_NAMESPACE, "value": meta.namespace},
-        {"name": layout.ENV_METRICS_PORT, "value": str(config.trainer_metrics_port)},
+        {"name": layout.ENV_METRICS_PORT, "value": str(trainer_metrics_port(config, meta.namespace, meta.name))},
         {"name": layout.ENV_DATA_DIR, "value": DATA_MOUNT},
         {"name": layout.ENV_MODEL_DIR, "value": MODEL_MOUNT},
         {"name": layout.ENV_CACHE_DIR, "value": f"{CACHE_MOUNT}/tuneloop"},

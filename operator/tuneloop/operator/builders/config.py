@@ -15,7 +15,7 @@ from tuneloop.contract import deepspeed
 from tuneloop.contract.deepspeed import world_size
 
 from ..settings import OperatorSettings
-from .common import RENDEZVOUS_PORT, BuildError, JobMeta, metadata, names
+from .common import METRICS_PORT_NAME, RENDEZVOUS_PORT, BuildError, JobMeta, metadata, names, trainer_metrics_port
 
 __all__ = ["check_batch", "check_spec_batch", "config_map", "deepspeed_json", "headless_service", "spec_manifest", "world_size"]
 
@@ -147,6 +147,7 @@ def config_map(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -
 def headless_service(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings) -> dict[str, Any]:
     """Stable DNS for the training pods: `<train-job>-<index>.<service>.<ns>.svc` (rank 0 = index 0)."""
     n = names(meta.name)
+    metrics_port = trainer_metrics_port(config, meta.namespace, meta.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -157,7 +158,7 @@ def headless_service(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSetti
             "selector": {"batch.kubernetes.io/job-name": n.train_job},
             "ports": [
                 {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"},
-                {"name": "metrics", "port": config.trainer_metrics_port, "targetPort": config.trainer_metrics_port, "protocol": "TCP"},
+                {"name": METRICS_PORT_NAME, "port": metrics_port, "targetPort": metrics_port, "protocol": "TCP"},
             ],
         },
     }
@@ -176,7 +177,7 @@ def rendezvous_policy(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSett
         scrapers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}}})
     ingress: list[dict[str, Any]] = [{"from": [{"podSelector": {"matchLabels": own}}]}]
     if scrapers:
-        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": config.trainer_metrics_port}]})
+        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": trainer_metrics_port(config, meta.namespace, meta.name)}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

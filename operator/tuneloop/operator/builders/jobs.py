@@ -10,6 +10,7 @@ from tuneloop.contract import layout
 from ..settings import OperatorSettings
 from .common import (
     CONTAINER,
+    METRICS_PORT_NAME,
     RENDEZVOUS_PORT,
     SPEC_FILE,
     JobMeta,
@@ -20,6 +21,7 @@ from .common import (
     metadata,
     names,
     scheduling,
+    trainer_metrics_port,
     volumes,
     workdir,
 )
@@ -120,7 +122,8 @@ def train_job(spec: FineTuneJobSpec, meta: JobMeta, config: OperatorSettings, *,
         {"name": "MASTER_ADDR", "value": rank0_host(meta)},
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
     ]
-    ports = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}, {"name": "metrics", "containerPort": config.trainer_metrics_port}]
+    ports = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+             {"name": METRICS_PORT_NAME, "containerPort": trainer_metrics_port(config, meta.namespace, meta.name)}]
     c = _container(spec, meta, config, command=["python"], args=_stage_args("train", wd), resources=_gpu_resources(spec, r.gpus_per_node),
                    mounts=mounts, extra_env=rank_env, ports=ports)
     return _job(n.train_job, "training", spec, meta, config, container=c, vols=vols, backoff=spec.backoff_limit,

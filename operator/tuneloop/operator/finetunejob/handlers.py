@@ -32,7 +32,7 @@ import kopf
 from tuneloop.api import GROUP, VERSION
 
 from .. import kube, telemetry
-from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY
+from ..builders.common import LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, trainer_metrics_port
 from ..settings import get_settings
 from . import progress as prog
 from .reconcile import Reconciler, ValidatedSpecs
@@ -155,7 +155,7 @@ async def reconcile(key: Key, ftjs: kopf.Index, stage_jobs: kopf.Index, *, with_
                 rec = Reconciler(kube.get_client(), get_settings(), MEMORY.validated)
                 progress = None
                 if with_progress and (body.get("status") or {}).get("phase") == "Training":
-                    progress = await prog.poll(rec.client, key[0], key[1], rec.config.trainer_metrics_port,
+                    progress = await prog.poll(rec.client, key[0], key[1], trainer_metrics_port(rec.config, *key),
                                                max_bytes=rec.config.trainer_metrics_max_bytes)
                 jobs = {j["metadata"]["name"]: j for j in stage_jobs.get(key, [])}  # _slim: every Job has metadata.name
                 outcome = await rec.run(body, progress=progress, jobs=jobs)
@@ -183,6 +183,7 @@ async def finetunejob_event(event: dict[str, Any], body: kopf.Body, tuneloop_fin
     if event.get("type") == "DELETED":
         telemetry.forget(*key)
         MEMORY.forget(key)
+        prog.forget(*key)
         return
     if key not in MEMORY.seen:
         MEMORY.seen.add(key)

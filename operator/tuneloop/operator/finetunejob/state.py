@@ -144,13 +144,21 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 _TRAINER_METRICS = progress_contract.STATUS_KEYS  # trainer gauge -> status.progress key (tuneloop.contract.progress)
 
 
-def parse_progress(text: str) -> dict[str, Any]:
-    """Rank 0's /metrics (Prometheus text) → status.progress (wire form, with percent)."""
+def trainer_identities(text: str) -> set[tuple[str, str]]:
+    """The (namespace, job) every trainer gauge in a /metrics answer names (tuneloop.contract.progress.LABELS)."""
+    return {progress_contract.identity_of(sample.labels)
+            for family in text_string_to_metric_families(text) if family.name in _TRAINER_METRICS for sample in family.samples}
+
+
+def parse_progress(text: str, job: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Rank 0's /metrics (Prometheus text) → status.progress (wire form, with percent); with `job` = (namespace,
+    name), only the samples labelled with that FineTuneJob count."""
     out: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
         key = _TRAINER_METRICS.get(family.name)
-        if key and family.samples:
-            value = family.samples[0].value
+        samples = [s for s in family.samples if job is None or progress_contract.identity_of(s.labels) == job]
+        if key and samples:
+            value = samples[0].value
             if math.isnan(value):  # not reported yet
                 continue
             if key == "evalLoss" and value == 0.0:  # trainer images before 0.1.1 start this gauge at 0, not NaN
