@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 
 import pytest
+from tuneloop.api.experiment import ExperimentMetric
 from tuneloop.api.rollout import AnalysisMetric
+from tuneloop.operator.analysis.experiment import Counts
 from tuneloop.operator.analysis.provider import Histogram, MetricsProvider, Pods, ProviderError, WindowSignal
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
@@ -55,6 +57,11 @@ class FakeDatadog:
         self.asked.append(("histogram", signal, pods.model_version, window))
         self._check("histogram")
         return self.signals[signal]  # type: ignore[return-value]
+
+    async def counts(self, metric: ExperimentMetric, pods: Pods, window: str) -> Counts:
+        self.asked.append(("counts", metric.name, pods.role, pods.model_version, window))
+        self._check("counts")
+        return Counts(100.0, 40.0 if pods.role == "canary" else 30.0)
 
 
 def _factory(dd: FakeDatadog):
