@@ -88,6 +88,20 @@ def test_decisions_read_as_documented():
     assert decide(one_look, Counts(1000, 390), Counts(1000, 380), ended=False).decision == D.INCONCLUSIVE
 
 
+def test_the_builtin_experiment_metric_reads_the_guard_counter_of_each_arm_in_its_namespace():
+    from tuneloop.api.experiment import ExperimentMetric
+    from tuneloop.operator.analysis.prometheus import confine, queries
+
+    metric = ExperimentMetric(name="valid", builtin="contract-validity")
+    got = {k: queries.render(t, namespace="llm", rollout="bot", role="canary", window="1h", model_version="v2")
+           for k, t in queries.experiment_templates(metric).items()}
+    assert set(got) == {"successes", "trials"}
+    for q in got.values():
+        assert "tuneloop_guard_answers_total{" in q and 'tuneloop_dev_model_version="v2"' in q and "[1h]" in q
+        assert confine(q, "llm")  # nothing in them names another namespace
+    assert 'verdict="ok"' in got["successes"] and "verdict" not in got["trials"]
+
+
 # --- properties -----------------------------------------------------------------------------------------------------
 @st.composite
 def arm(draw, max_n: int = 3000) -> Counts:

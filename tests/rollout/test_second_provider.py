@@ -61,7 +61,7 @@ class FakeDatadog:
     async def counts(self, metric: ExperimentMetric, pods: Pods, window: str) -> Counts:
         self.asked.append(("counts", metric.name, pods.role, pods.model_version, window))
         self._check("counts")
-        return Counts(100.0, 40.0 if pods.role == "canary" else 30.0)
+        return Counts(1000.0, 400.0 if pods.role == "canary" else 300.0)
 
 
 def _factory(dd: FakeDatadog):
@@ -110,6 +110,22 @@ async def test_a_second_providers_errors_are_error_measurements_never_success(tm
         await tick(kc, rec, 60)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["phase"] == "RolledBack" and "AnalysisError" in [c["reason"] for c in st["conditions"]]
+
+
+async def test_a_second_provider_decides_an_ab_experiment(tmp_path: Path):
+    dd = FakeDatadog()
+    ro, mvs = objs()
+    ro["spec"]["steps"] = [{"experiment": {"split": 50, "minSamples": 500, "metric": {"name": "valid", "builtin": "contract-validity"}}}]
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "https://api.datadoghq.eu", provider_factory=_factory(dd))
+        await tick(kc, rec, 0)
+        await make_available(kc, "bot-canary")
+        await tick(kc, rec, 1)  # the split
+        await tick(kc, rec, 2)  # the look, initialDelay later: 40 % vs 30 % of 1000 each, one look at 95 %
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Promoted" and st["experiment"]["decision"] == "Better"
+        assert [a for a in dd.asked if a[0] == "counts"] == [("counts", "valid", "canary", "v2", "1s"), ("counts", "valid", "stable", "v1", "1s")]
 
 
 @pytest.mark.unit
