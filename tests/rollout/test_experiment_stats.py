@@ -20,10 +20,10 @@ RANK = {D.WORSE: 0, D.COLLECTING: 1, D.RUNNING: 1, D.INCONCLUSIVE: 1, D.BETTER: 
 
 # --- known values ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("xc", "nc", "xs", "ns", "low", "high"), [
-    (56, 70, 48, 80, 0.0524, 0.2813),  # Newcombe (1998), Stat Med 17:873, Table II, method 10
+    (56, 70, 48, 80, 0.0524, 0.3339),  # Newcombe (1998), Stat Med 17:873, Table II, method 10
     (9, 10, 3, 10, 0.1705, 0.8090),
     (5, 56, 0, 29, -0.0381, 0.1926),
-    (6, 7, 2, 7, 0.0342, 0.8534),
+    (6, 7, 2, 7, 0.0582, 0.8062),
 ])
 def test_newcombe_matches_the_published_intervals(xc, nc, xs, ns, low, high):
     d, lo, hi = newcombe(xc, nc, xs, ns, 0.95)
@@ -75,9 +75,9 @@ def test_decisions_read_as_documented():
     assert better.decision == D.BETTER and "better by at least minimumEffect 0.02" in better.message
     assert "candidate 0.45 (n=1000) vs stable 0.38 (n=1000); effect +0.07 [" in better.message
     assert decide(plan, Counts(1000, 300), Counts(1000, 380), ended=True).decision == D.WORSE
-    small = decide(plan, Counts(20000, 8200), Counts(20000, 8000), ended=True)  # +1 point: significant, below the minimum
+    small = decide(plan, Counts(20000, 8300), Counts(20000, 8000), ended=True)  # +1.5 points: significant, below the minimum
     assert small.decision == D.INCONCLUSIVE and "by less than minimumEffect" in small.message
-    assert decide(plan, Counts(20000, 8200), Counts(20000, 8000), ended=False).decision == D.RUNNING
+    assert decide(plan, Counts(20000, 8300), Counts(20000, 8000), ended=False).decision == D.RUNNING
     # before the end a look needs 99.9 %: +7 points on 1000 each is clear at 95 %, not at 99.9 % on 300 each
     assert decide(plan, Counts(300, 135), Counts(300, 114), ended=False).decision == D.RUNNING
     assert decide(plan, Counts(300, 135), Counts(300, 114), ended=False).effect.level == 0.999
@@ -229,7 +229,7 @@ def test_the_mean_interval_covers_the_true_difference(kc, ks, nc, ns):
 
 def test_repeated_looks_keep_the_false_decision_rate_near_its_level():
     """A/A experiments (both arms the same, 10 % positive): looked at 20 times, the last one at the end. Interim looks
-    at 99.9 % (Haybittle–Peto) and the final one at 95 % decide Better or Worse in about 5 % of them, not the ~25 %
+    at 99.9 % (Haybittle–Peto) and the final one at 95 % decide Better or Worse in about 6 % of them (5.9 % seen), not the ~25 %
     that 20 looks at 95 % would."""
     rng = np.random.default_rng(20261207)
     plan = Plan(PROPORTION, min_samples=50, minimum_effect=0.0, confidence=0.95)

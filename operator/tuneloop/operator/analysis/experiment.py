@@ -273,10 +273,15 @@ def _num(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _arm(what: str, c: Counts, kind: str) -> str:
+    est = c.estimate(kind)
+    return f"{what} {'-' if est is None else _num(est)} (n={c.samples:.0f})"
+
+
 def describe(plan: Plan, c: Counts, s: Counts, e: Effect | None) -> str:
-    ce, se = c.clean(plan.kind).estimate(plan.kind), s.clean(plan.kind).estimate(plan.kind)
-    arm = lambda what, est, n: f"{what} {'-' if est is None else _num(est)} (n={n:.0f})"  # noqa: E731
-    text = f"{plan.metric}: {arm('candidate', ce, c.samples)} vs {arm('stable', se, s.samples)}"
+    """One look in words: each arm's estimate and size, the effect and its interval."""
+    k = plan.kind
+    text = f"{plan.metric}: {_arm('candidate', c.clean(k), k)} vs {_arm('stable', s.clean(k), k)}"
     if e is not None:
         text += f"; effect {e.effect:+.4g} [{_num(e.low)}, {_num(e.high)}] at {e.level:.4g}"
     return text
