@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 
 import pytest
+from tuneloop.api.experiment import ExperimentMetric
 from tuneloop.api.rollout import AnalysisMetric
+from tuneloop.operator.analysis.experiment import Counts
 from tuneloop.operator.analysis.provider import Histogram, MetricsProvider, Pods, ProviderError, WindowSignal
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
@@ -55,6 +57,11 @@ class FakeDatadog:
         self.asked.append(("histogram", signal, pods.model_version, window))
         self._check("histogram")
         return self.signals[signal]  # type: ignore[return-value]
+
+    async def counts(self, metric: ExperimentMetric, pods: Pods, window: str) -> Counts:
+        self.asked.append(("counts", metric.name, pods.role, pods.model_version, window))
+        self._check("counts")
+        return Counts(1000.0, 400.0 if pods.role == "canary" else 300.0)
 
 
 def _factory(dd: FakeDatadog):
@@ -103,6 +110,22 @@ async def test_a_second_providers_errors_are_error_measurements_never_success(tm
         await tick(kc, rec, 60)
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["phase"] == "RolledBack" and "AnalysisError" in [c["reason"] for c in st["conditions"]]
+
+
+async def test_a_second_provider_decides_an_ab_experiment(tmp_path: Path):
+    dd = FakeDatadog()
+    ro, mvs = objs()
+    ro["spec"]["steps"] = [{"experiment": {"split": 50, "minSamples": 500, "metric": {"name": "valid", "builtin": "contract-validity"}}}]
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = Reconciler(kc.client, ServingConfig(), "https://api.datadoghq.eu", provider_factory=_factory(dd))
+        await tick(kc, rec, 0)
+        await make_available(kc, "bot-canary")
+        await tick(kc, rec, 1)  # the split
+        await tick(kc, rec, 2)  # the look, initialDelay later: 40 % vs 30 % of 1000 each, one look at 95 %
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Promoted" and st["experiment"]["decision"] == "Better"
+        assert [a for a in dd.asked if a[0] == "counts"] == [("counts", "valid", "canary", "v2", "1s"), ("counts", "valid", "stable", "v1", "1s")]
 
 
 @pytest.mark.unit

@@ -101,6 +101,8 @@ class RolloutReason(str, Enum):
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
     ANALYSIS_FAILED = "AnalysisFailed"
     ANALYSIS_ERROR = "AnalysisError"
+    EXPERIMENT_WORSE = "ExperimentWorse"  # an A/B experiment found the candidate significantly worse: rolled back
+    EXPERIMENT_INCONCLUSIVE = "ExperimentInconclusive"  # an A/B experiment ended without a decision: paused for a human
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     SERVABLE = "Servable"
     IN_SYNC = "InSync"

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, cel
 from .evaluation import EvaluationRecord, Interval
+from .experiment import ExperimentResult
 
 
 class ArtifactFormat(str, Enum):
@@ -213,6 +214,7 @@ class ModelVersionStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     rollout: str | None = Field(default=None, description="Rollout currently serving or last serving this version.")
+    experiment: ExperimentResult | None = Field(default=None, description="The decided A/B experiment of a Rollout that ran this version as its candidate.")
     message: str | None = Field(default=None, description="Human-readable summary.")
 
 

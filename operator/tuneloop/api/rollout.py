@@ -12,6 +12,7 @@ from pydantic.config import JsonDict
 from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, OneOf, Toleration, cel, one_of_rule
 from .deprecations import provider_ref
 from .durations import DURATION, parse_duration
+from .experiment import ExperimentStatus, ExperimentStep
 
 # Rate floors and caps (issue 25, finding 3): one Rollout must not be able to flood the shared Prometheus. A
 # measurement round asks at most 2 queries per metric (canary, and stable for a relative threshold), so a Rollout
@@ -126,14 +127,15 @@ class AnalysisStep(ApiModel):
 
 
 class Step(OneOf):
-    """One canary step: exactly one of setWeight, pause, analysis."""
+    """One canary step: exactly one of setWeight, pause, analysis, experiment."""
 
-    one_of = ("setWeight", "pause", "analysis")
+    one_of = ("setWeight", "pause", "analysis", "experiment")
     one_of_what = "a step"
 
     set_weight: int | None = Field(default=None, ge=0, le=100, description="Percent of traffic for the candidate.")
     pause: PauseStep | None = Field(default=None, description="Wait for a duration or for a human.")
     analysis: AnalysisStep | None = Field(default=None, description="Run Prometheus analysis.")
+    experiment: ExperimentStep | None = Field(default=None, description="A/B experiment: hold a split and compare an online quality metric.")
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -491,6 +493,7 @@ class RolloutStatus(ApiModel):
         default=None, description="When the canary Deployment may be scaled to 0 (scaleDownDelaySeconds after its traffic was removed)."
     )
     drift: DriftStatus | None = Field(default=None, description="Drift and degradation watch of the serving version (spec.driftWatch).")
+    experiment: ExperimentStatus | None = Field(default=None, description="The A/B experiment of the current (or last) experiment step.")
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="Human-readable summary.")

@@ -1,4 +1,5 @@
-"""`kubectl tuneloop report MODELVERSION`: print the experiment report (Markdown) from its ConfigMap.
+"""`kubectl tuneloop report MODELVERSION`: print the experiment report (Markdown) from its ConfigMap, followed by the
+online A/B experiment a Rollout decided for it (the ModelVersion's status.experiment), when there is one.
 
 A FineTuneJob name works too: its registered ModelVersion's report is printed. A local run's work
 directory (`kubectl tuneloop report runs/quickstart`) or a report.md file prints that report.
@@ -11,6 +12,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from tuneloop.api.experiment import ExperimentResult
 from tuneloop.contract import layout
 from tuneloop.contract.text import strip_controls
 from tuneloop.operator.kube import ApiError, KubeClient
@@ -37,14 +41,51 @@ async def fetch(client: KubeClient, ns: str, name: str) -> tuple[str | None, str
             return None, f"ModelVersion {ns}/{mv_name} (from FineTuneJob {name}) not found"
     report = (mv.get("spec") or {}).get("report") or {}
     where = f" (the report file is at {report['uri']})" if report.get("uri") else ""
+    online = experiment_section(mv)
     cm_name = report.get("configMap")
     if not cm_name:
-        return None, f"ModelVersion {mv['metadata']['name']} has no report ConfigMap{where}"
+        return (online, "") if online else (None, f"ModelVersion {mv['metadata']['name']} has no report ConfigMap{where}")
     cm = await client.get(r.CONFIGMAPS, ns, cm_name)
     text = ((cm or {}).get("data") or {}).get("report.md")
     if not text:
-        return None, f"ConfigMap {ns}/{cm_name} with the report is missing or empty{where}"
-    return text, ""
+        return (online, "") if online else (None, f"ConfigMap {ns}/{cm_name} with the report is missing or empty{where}")
+    return (text.rstrip("\n") + "\n\n" + online if online else text), ""
+
+
+def _num(v: float | None, signed: bool = False) -> str:
+    return "-" if v is None else (f"{v:+.4g}" if signed else f"{v:.4g}")
+
+
+def experiment_section(mv: dict) -> str:
+    """The ModelVersion's decided A/B experiment (status.experiment) as a Markdown section; "" without one."""
+    raw = (mv.get("status") or {}).get("experiment")
+    if not raw:
+        return ""
+    try:
+        ex = ExperimentResult.model_validate(raw)
+    except ValidationError:
+        return ""
+    rollout = (mv.get("status") or {}).get("rollout") or "?"
+    direction = "higher is better" if ex.higher_is_better else "lower is better"
+    when = f"{ex.started_at:%Y-%m-%d %H:%M} – {ex.decided_at:%Y-%m-%d %H:%M} UTC"
+    lines = [
+        "## Online A/B experiment",
+        "",
+        f"Rollout `{rollout}`, step {ex.step}: `{ex.metric}` ({ex.kind}, {direction}), {ex.split} % of traffic to the candidate, {when}.",
+        "",
+        "| Arm | ModelVersion | Samples | Estimate |",
+        "| --- | --- | --- | --- |",
+        f"| candidate | {ex.candidate.model_version or '-'} | {ex.candidate.samples:.0f} | {_num(ex.candidate.estimate)} |",
+        f"| stable | {ex.stable.model_version or '-'} | {ex.stable.samples:.0f} | {_num(ex.stable.estimate)} |",
+        "",
+    ]
+    if ex.effect is not None:
+        level = f"{ex.level * 100:.4g} %" if ex.level is not None else "?"
+        lines.append(f"Effect (candidate − stable, positive is better): {_num(ex.effect, True)}, {level} interval "
+                     f"[{_num(ex.low)}, {_num(ex.high)}] ({ex.test}); minimumEffect {_num(ex.minimum_effect)}.")
+        lines.append("")
+    lines.append(f"**Decision: {ex.decision}** — {ex.message}")
+    return "\n".join(lines) + "\n"
 
 
 async def _run(args: argparse.Namespace) -> int:

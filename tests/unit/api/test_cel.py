@@ -114,14 +114,22 @@ def test_spec_is_immutable_except_suspend() -> None:
 
 
 ROLLOUT_CASES = [
-    ("spec.steps", [{"setWeight": 10, "pause": {}}], "exactly one of setWeight, pause, analysis must be set for a step"),
-    ("spec.steps", [{}], "exactly one of setWeight, pause, analysis must be set for a step"),
+    ("spec.steps", [{"setWeight": 10, "pause": {}}], "exactly one of setWeight, pause, analysis, experiment must be set for a step"),
+    ("spec.steps", [{}], "exactly one of setWeight, pause, analysis, experiment must be set for a step"),
     ("spec.steps", [{"setWeight": 101}], "setWeight must be within 0..100"),
     ("spec.steps", [{"setWeight": -1}], "setWeight must be within 0..100"),
     ("spec.trafficRouting", {}, "exactly one of gatewayAPI, replicaWeighted must be set for trafficRouting"),
     ("spec.analysis.metrics", [{"name": "x", "query": "up", "builtin": "error-rate", "max": 1}], "exactly one of builtin, query must be set for an analysis metric"),
     ("spec.analysis.metrics", [{"name": "x", "query": "up"}], "an analysis metric needs max, min or maxRelativeToStable"),
     ("spec.promote", True, None),
+    ("spec.steps", [{"experiment": {"split": 50, "metric": {"name": "m", "builtin": "contract-validity"}}}],
+     "an experiment needs duration or minSamples"),
+    ("spec.steps", [{"experiment": {"split": 50, "duration": "500ms", "metric": {"name": "m", "builtin": "contract-validity"}}}],
+     "experiment duration must be at least 1s"),
+    ("spec.steps", [{"experiment": {"split": 50, "minSamples": 10, "metric": {"name": "m"}}}],
+     "exactly one of builtin, proportion, mean must be set for an experiment metric"),
+    ("spec.steps", [{"experiment": {"split": 50, "minSamples": 10, "metric": {"name": "m", "mean": {"count": "a", "sum": "b", "sumOfSquares": "c"}}}}],
+     None),
 ]
 
 

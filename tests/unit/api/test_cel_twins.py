@@ -138,6 +138,12 @@ def token_lengths(p: str) -> st.SearchStrategy[Edit]:
         lambda t: [(p, {"le": [2.0 ** i for i in range(t[0])], "prompt": t[1], "generation": t[2]})])
 
 
+Q = "sum(increase(app_feedback_total{ {{selector}} }[{{window}}]))"
+EXPERIMENT_METRICS = {"builtin": "contract-validity", "proportion": {"successes": Q, "trials": Q},
+                      "mean": {"count": Q, "sum": Q, "sumOfSquares": Q}}
+EXPERIMENT = {"split": 50, "duration": "1h", "metric": {"name": "m", "builtin": "contract-validity"}}
+
+
 MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
     "FineTuneJob": ftj_spec("spec"),
     "Rollout": {
@@ -146,9 +152,15 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
         "trafficRouting": ({"spec.trafficRouting"}, subset({
             "gatewayAPI": {"httpRoute": "r", "parentRefs": [{"name": "gw"}]}, "replicaWeighted": {"service": "svc"}}).map(
             lambda d: [("spec.trafficRouting", d)])),
-        "step": ({"spec.steps[]"}, st.tuples(subset({"pause": {"duration": "1m"}, "analysis": {}, "setWeight": 0}),
+        "step": ({"spec.steps[]"}, st.tuples(subset({"pause": {"duration": "1m"}, "analysis": {}, "setWeight": 0,
+                                                     "experiment": EXPERIMENT}),
                                              st.integers(0, 100)).map(
             lambda t: [("spec.steps", [{**t[0], **({"setWeight": t[1]} if "setWeight" in t[0] else {})}])])),
+        "experiment-end": ({"spec.steps[].experiment"}, st.tuples(st.one_of(st.none(), seconds), st.sampled_from([None, 1, 500])).map(
+            lambda t: [("spec.steps", [{"experiment": {k: v for k, v in (("split", 50), ("metric", EXPERIMENT["metric"]),
+                                                                       ("duration", t[0]), ("minSamples", t[1])) if v is not None}}])])),
+        "experiment-metric": ({"spec.steps[].experiment.metric"}, subset(EXPERIMENT_METRICS).map(
+            lambda d: [("spec.steps", [{"experiment": {**EXPERIMENT, "metric": {"name": "m", **d}}}])])),
         "analysis-floors": ({"spec.analysis"}, st.tuples(seconds, seconds, seconds).map(
             lambda t: [("spec.analysis.interval", t[0]), ("spec.analysis.window", t[1]),
                        ("spec.analysis.backgroundInterval", t[2])])),

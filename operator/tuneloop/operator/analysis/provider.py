@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from tuneloop.api.experiment import ExperimentMetric
 from tuneloop.api.rollout import AnalysisMetric
+
+from .experiment import Counts
 
 
 class ProviderError(Exception):
@@ -63,6 +66,11 @@ class MetricsProvider(Protocol):
 
     async def histogram(self, signal: WindowSignal, pods: Pods, window: str) -> Histogram | None:
         """A drift-watch histogram (PROMPT_TOKENS, GENERATION_TOKENS) of `pods` over `window`; None when empty."""
+
+    async def counts(self, metric: ExperimentMetric, pods: Pods, window: str) -> Counts:
+        """An A/B experiment metric's counts for one arm (`pods`: one role's pods of one version) over `window` (the
+        time since the experiment began): trials and successes (a proportion), or observations, their sum and their
+        sum of squares (a mean). A count without data is 0 (nothing happened yet), never an error."""
 
 
 # address (the Rollout's spec.analysis.prometheusAddress, else the operator's default) -> a provider

@@ -22,6 +22,7 @@ from tuneloop.api import deprecations
 from tuneloop.api.common import Condition
 from tuneloop.api.conditions import RolloutCondition, RolloutReason, find_condition
 from tuneloop.api.conditions import set_condition as set_condition_in
+from tuneloop.api.experiment import ExperimentResult, ExperimentStep
 from tuneloop.api.modelversion import ModelVersion
 from tuneloop.api.rollout import AnalysisMetric, DriftStatus, Rollout, RolloutPhase, RolloutSpec, RolloutStatus
 from tuneloop.contract import names, ownership
@@ -30,10 +31,23 @@ from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 
 from .. import policy
+from ..analysis.experiment import Sample
 from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, ProviderError, ProviderFactory, WindowSignal
 from . import drift, telemetry
 from .desired import Desired, desired
-from .steps import TERMINAL, Outcome, PodFailure, World, advance, canary_shortfall, due_metrics, next_wakeup, query_window, set_condition
+from .steps import (
+    TERMINAL,
+    Outcome,
+    PodFailure,
+    World,
+    advance,
+    canary_shortfall,
+    due_metrics,
+    experiment_due,
+    next_wakeup,
+    query_window,
+    set_condition,
+)
 from .verdicts import Assessment, QueryOutcome, assess
 
 log = logging.getLogger(__name__)
@@ -165,6 +179,24 @@ async def measure(
         return m.name, assess(m, spec.analysis, got[0], got[1] if len(got) > 1 else None)
 
     return dict(await asyncio.gather(*(metric(m) for m in metrics_)))
+
+
+async def look_at_experiment(provider: MetricsProvider, step: ExperimentStep, namespace: str, rollout: str, window: str,
+                             candidate: str | None, stable: str | None) -> Sample:
+    """One look at an A/B experiment: each arm's counts over `window` (since the split took effect), the canary's pods
+    of the candidate and the stable's of the serving version. A provider error is the look's error (never a decision)."""
+
+    async def arm(role: str, mv: str | None) -> object:
+        try:
+            return await provider.counts(step.metric, Pods(namespace, rollout, role=role, model_version=mv), window)
+        except ProviderError as exc:
+            return exc
+
+    got = await asyncio.gather(arm(names.CANARY, candidate), arm(names.STABLE, stable))
+    errors = [f"{role} query failed: {g}" for role, g in zip((names.CANARY, names.STABLE), got, strict=True) if isinstance(g, ProviderError)]
+    if errors:
+        return Sample(error="; ".join(errors))
+    return Sample(candidate=got[0], stable=got[1])  # type: ignore[arg-type]
 
 
 # which drift signals a provider's signal feeds (a failed answer leaves them unknown)
@@ -332,7 +364,8 @@ class Reconciler:
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now), stable=stable_name)
             for mname, a in assessments.items():
                 telemetry.measured(ns, name, mname, a.phase, a.value)
-        out = advance(spec, status, world, assessments)
+        sample = await self.experiment_look(spec, status, world, ns, name, stable_name) if not problem else None
+        out = advance(spec, status, world, assessments, sample)
         note_deprecations(obj, out, world)
         log_tick(ns, name, status, out, assessments)
         watched = stable_mv if err_s is None else None
@@ -345,6 +378,15 @@ class Reconciler:
         if drift_due is not None:
             wake = min(wake, max(0.05, (drift_due - now).total_seconds()))
         return wake
+
+    async def experiment_look(self, spec: RolloutSpec, status: RolloutStatus | None, world: World, ns: str, name: str,
+                              stable: str | None) -> Sample | None:
+        """This tick's look at the running A/B experiment, when one is due and the canary's pods serve (else None)."""
+        look = experiment_due(spec, status, world.now) if canary_shortfall(spec, status, world) is None else None
+        if look is None:
+            return None
+        provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
+        return await look_at_experiment(provider, look[0], ns, name, look[1], spec.candidate.name if spec.candidate else None, stable)
 
     async def refuse(self, obj: dict, msg: str, now: dt.datetime) -> None:
         """An invalid or refused spec: Degraded, waiting for a valid spec; what the status knows (the stable version,
@@ -429,6 +471,8 @@ class Reconciler:
         telemetry.set_state(ns, name, out.status.phase, out.status.canary_weight)
         for mv_name, (phase, message) in out.model_versions.items():
             await self.mark_model_version(ns, mv_name, name, phase, message)
+        for mv_name, result in out.experiments.items():
+            await self.mark_experiment(ns, mv_name, name, result)
         for type_, reason, message in out.events:
             try:
                 await self.client.event(obj, type=type_, reason=reason, message=message)
@@ -505,3 +549,13 @@ class Reconciler:
         if all(cur.get(k) == v for k, v in patch.items()):
             return
         await self.client.patch(r.MODELVERSIONS, ns, mv_name, {"status": patch}, subresource="status")
+
+    async def mark_experiment(self, ns: str, mv_name: str, rollout: str, result: ExperimentResult) -> None:
+        """The decided A/B experiment on the candidate's ModelVersion (status.experiment; `kubectl tuneloop report` prints it)."""
+        raw = await self.client.get(r.MODELVERSIONS, ns, mv_name)
+        if raw is None:
+            return
+        want = result.wire()
+        if (raw.get("status") or {}).get("experiment") == want:
+            return
+        await self.client.patch(r.MODELVERSIONS, ns, mv_name, {"status": {"rollout": rollout, "experiment": want}}, subresource="status")

@@ -10,6 +10,10 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
 - analysis: one measurement per metric per interval; Failed or Error -> rollback; Inconclusive ->
   Paused for a human; Successful -> next step. Provider errors never count as success, so an
   unreachable metrics provider (Prometheus) can never promote.
+- experiment: the split is set (as setWeight) and held; every analysis interval (and at the end of its
+  duration) both arms' counts since the split took effect are looked at (`analysis.experiment.decide`):
+  Better -> next step; Worse -> rollback; Inconclusive at the end -> Paused for a human; the result goes
+  to the candidate's ModelVersion. Background analysis runs meanwhile, as in a pause.
 - background analysis: outside analysis steps, while the canary has traffic, every metric once per
   backgroundInterval; Failed or Error -> rollback (it never succeeds and ignores Inconclusive).
 - no measurement before initialDelay after a weight change; the query window is cut to the time
@@ -37,10 +41,21 @@ from tuneloop.api import conditions
 from tuneloop.api.conditions import RolloutCondition as C
 from tuneloop.api.conditions import RolloutReason as R
 from tuneloop.api.durations import format_duration, parse_duration
+from tuneloop.api.experiment import (
+    FINAL_DECISIONS,
+    ArmResult,
+    ArmSample,
+    ExperimentDecision,
+    ExperimentMeasurement,
+    ExperimentResult,
+    ExperimentStatus,
+    ExperimentStep,
+)
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
 from tuneloop.contract import names
 
+from ..analysis.experiment import Counts, Look, Plan, Sample, decide
 from . import traffic
 from .verdicts import Assessment, Verdict, metric_verdict, record, run_verdict
 
@@ -85,6 +100,7 @@ class Outcome:
     clear_flags: bool = False
     rolled_back: bool = False
     first_failure_at: dt.datetime | None = None
+    experiments: dict[str, ExperimentResult] = field(default_factory=dict)  # candidate ModelVersion -> its decided A/B experiment
 
 
 def gateway_mode(spec: RolloutSpec) -> bool:
@@ -188,6 +204,46 @@ def query_window(spec: RolloutSpec, status: RolloutStatus | None, now: dt.dateti
     return format_duration(since)
 
 
+def running_experiment(spec: RolloutSpec, status: RolloutStatus | None) -> tuple[ExperimentStep, ExperimentStatus] | None:
+    """The current step's experiment while it runs undecided (Progressing, the split set, no final decision)."""
+    if status is None or status.phase != RolloutPhase.PROGRESSING.value or spec.candidate is None \
+            or status.candidate_model_version != spec.candidate.name:  # fmt: skip
+        return None
+    step, ex = _current_step(spec, status), status.experiment
+    if step is None or step.experiment is None or ex is None or ex.step_index != status.current_step_index \
+            or ex.candidate_model_version != status.candidate_model_version or ex.decision in FINAL_DECISIONS:  # fmt: skip
+        return None
+    return step.experiment, ex
+
+
+def next_look_at(spec: RolloutSpec, status: RolloutStatus | None) -> dt.datetime | None:
+    """When the running experiment's next look is due: initialDelay after the split took effect, then every
+    analysis.interval, and at the end of its duration (the final look)."""
+    running = running_experiment(spec, status)
+    if running is None:
+        return None
+    _, ex = running
+    first = ex.started_at + dt.timedelta(seconds=parse_duration(spec.analysis.initial_delay))
+    last = ex.measurements[-1].at if ex.measurements else None
+    if last is None:
+        return first
+    due = last + dt.timedelta(seconds=parse_duration(spec.analysis.interval))
+    if ex.ends_at is not None and last < ex.ends_at:
+        due = min(due, ex.ends_at)
+    return max(due, first)
+
+
+def experiment_due(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetime) -> tuple[ExperimentStep, str] | None:
+    """The experiment to look at now and the query window (the time since its split took effect), or None."""
+    at = next_look_at(spec, status)
+    if at is None or status is None or (at - now).total_seconds() > 0.05 or status.canary_unready_since is not None:
+        return None
+    running = running_experiment(spec, status)
+    assert running is not None
+    step, ex = running
+    return step, format_duration((now - ex.started_at).total_seconds())
+
+
 def last_measurement_at(status: RolloutStatus) -> dt.datetime | None:
     times = [m.at for m in status.measurements if m.step_index == status.current_step_index and m.at is not None]
     return max(times) if times else None
@@ -219,6 +275,9 @@ def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> f
     measure = next_measurement_at(spec, status, now)
     if measure is not None:
         times.append(measure)
+    look = next_look_at(spec, status)
+    if look is not None:
+        times.append(look)
     if status.phase == RolloutPhase.PAUSED.value:
         return _until(times, now, max(interval, 5.0))
     if status.waiting_for and status.waiting_for.startswith("pods of"):  # a first version starting: its pods take minutes
@@ -229,7 +288,7 @@ def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> f
     if step is not None and step.pause is not None and step.pause.duration and status.step_started_at is not None:
         times.append(status.step_started_at + dt.timedelta(seconds=parse_duration(step.pause.duration)))
         return _until(times, now, interval)
-    if step is not None and step.analysis is not None:
+    if step is not None and (step.analysis is not None or step.experiment is not None):
         return _until(times, now, interval)
     return _until(times, now, min(interval, 1.0))
 
@@ -332,6 +391,7 @@ class _Effects:
         st.canary_data_at = None
         st.canary_unready_since = None
         st.canary_scale_down_at = None
+        st.experiment = None
         self.enter_step(0)
         st.phase = RolloutPhase.PROGRESSING
         set_condition(st, C.ROLLED_BACK, False, R.NEW_CANDIDATE, f"rolling out {cand}", self.world)
@@ -558,6 +618,8 @@ class _Machine(_Serving, _Analysis):
     """One tick, in order: what the spec asks and what the world says first; then the states without a rollout;
     then the steps (STEP_KINDS)."""
 
+    sample: Sample | None = None  # this tick's look at the current experiment step
+
     def run(self, assessments: dict[str, Assessment]) -> Outcome:
         cand = self.prepare()
         if cand is None and self.st.stable_model_version is None:
@@ -654,9 +716,13 @@ class _Machine(_Serving, _Analysis):
 
 # --- the kinds of step: each returns True when its step is done (the walk enters the next) ----------------------------
 def _set_weight(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment]) -> bool:
+    assert step.set_weight is not None
+    return _move_weight(m, step.set_weight)
+
+
+def _move_weight(m: _Machine, w: int) -> bool:
+    """The canary weight to `w` (behind a gateway once its pods suffice: False while they do not)."""
     spec, st, world = m.spec, m.st, m.world
-    w = step.set_weight
-    assert w is not None
     if gateway_mode(spec) and w > 0:
         need = traffic.gateway_canary_replicas(spec.serving.replicas, w)
         if world.canary_available < need:
@@ -695,13 +761,118 @@ def _analysis(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment
     return False
 
 
+MAX_EXPERIMENT_MEASUREMENTS = 20
+
+
+def _arm(kind: str, c: Counts | None) -> ArmSample | None:
+    if c is None:
+        return None
+    c = c.clean(kind)
+    if kind == "proportion":
+        return ArmSample(samples=c.samples, successes=c.successes, estimate=c.estimate(kind))
+    return ArmSample(samples=c.samples, sum=c.total, sum_of_squares=c.squares, estimate=c.estimate(kind))
+
+
+def _experiment(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment]) -> bool:
+    """Hold the split; at each look decide (analysis.experiment.decide): Better -> done, Worse -> rollback,
+    Inconclusive (the end came without a decision) -> Paused for a human. Provider errors never decide: past
+    analysis.consecutiveErrorLimit in a row they roll back, as an analysis Error does."""
+    ex = step.experiment
+    assert ex is not None
+    if not _move_weight(m, ex.split):
+        return False
+    st, world, name = m.st, m.world, ex.metric.name
+    cur = st.experiment
+    if cur is None or cur.step_index != i or cur.candidate_model_version != st.candidate_model_version:
+        ends = world.now + dt.timedelta(seconds=parse_duration(ex.duration)) if ex.duration else None
+        cur = ExperimentStatus(step_index=i, metric=name, candidate_model_version=st.candidate_model_version or "",
+                               stable_model_version=st.stable_model_version, started_at=world.now, ends_at=ends,
+                               message=f"the split holds: {ex.split}% to the candidate")  # fmt: skip
+        st.experiment = cur
+        cur = st.experiment  # (the status validates assignments: the object it holds)
+        assert cur is not None
+        m.event("Normal", "ExperimentStarted", f"experiment {name} at step {i + 1}: {ex.split}% of traffic to the candidate"
+                + (f" for {ex.duration}" if ex.duration else f" until each arm has {ex.samples_needed} samples"))
+    if cur.decision == ExperimentDecision.BETTER.value:
+        return True
+    sample, m.sample = m.sample, None  # a look belongs to the experiment that was running when it was taken
+    if sample is not None and cur.started_at < world.now:
+        if _look(m, i, ex, cur, sample):
+            return True
+        if st.phase != RolloutPhase.PROGRESSING.value:
+            return False
+    until = f" until {cur.ends_at.strftime('%Y-%m-%dT%H:%M:%SZ')}" if cur.ends_at is not None else ""
+    m.progressing(f"experiment {name}{until} ({cur.message})")
+    return False
+
+
+def _look(m: _Machine, i: int, ex: ExperimentStep, cur: ExperimentStatus, sample: Sample) -> bool:
+    """Record one look and act on its decision; True when the candidate was found better (the step is done)."""
+    st, world, name, kind = m.st, m.world, ex.metric.name, ex.metric.kind
+    if sample.error is not None or sample.candidate is None or sample.stable is None:
+        err = sample.error or "no counts"
+        cur.consecutive_errors += 1
+        cur.message = f"query failed ({cur.consecutive_errors} in a row): {err}"[:512]
+        cur.measurements = [*cur.measurements, ExperimentMeasurement(at=world.now, decision=ExperimentDecision.ERROR, message=cur.message)]
+        cur.measurements = cur.measurements[-MAX_EXPERIMENT_MEASUREMENTS:]
+        if cur.consecutive_errors > m.spec.analysis.consecutive_error_limit:
+            cur.decision = ExperimentDecision.ERROR
+            m.rollback(RolloutPhase.ROLLED_BACK, R.ANALYSIS_ERROR, f"Error experiment {name} at step {i + 1}: {err}"[:1024])
+        return False
+    cur.consecutive_errors = 0
+    ended = cur.ends_at is not None and world.now >= cur.ends_at
+    look = decide(Plan.of(ex), sample.candidate, sample.stable, ended=ended)
+    e = look.effect
+    cur.decision = look.decision
+    cur.message = look.message[:512]
+    cur.measurements = [*cur.measurements, ExperimentMeasurement(
+        at=world.now, candidate=_arm(kind, sample.candidate), stable=_arm(kind, sample.stable), effect=e.effect if e else None,
+        low=e.low if e else None, high=e.high if e else None, level=e.level if e else None, decision=look.decision,
+        message=cur.message)][-MAX_EXPERIMENT_MEASUREMENTS:]  # fmt: skip
+    if look.decision not in FINAL_DECISIONS:
+        return False
+    cur.decided_at = world.now
+    cand = st.candidate_model_version
+    if cand is not None:
+        m.out.experiments[cand] = _result(i, ex, cur, look, sample, st.canary_weight)
+    what = f"experiment {name} at step {i + 1}"
+    if look.decision == ExperimentDecision.BETTER.value:
+        m.event("Normal", "ExperimentPassed", f"{what}: {look.message}"[:1024])
+        return True
+    if look.decision == ExperimentDecision.WORSE.value:
+        m.rollback(RolloutPhase.ROLLED_BACK, R.EXPERIMENT_WORSE, f"{what}: {look.message}"[:1024])
+        return False
+    m.pause(R.EXPERIMENT_INCONCLUSIVE, f"a human: {what} inconclusive (promote or abort)")
+    return False
+
+
+def _result(i: int, ex: ExperimentStep, cur: ExperimentStatus, look: Look, sample: Sample, split: int) -> ExperimentResult:
+    kind, e = ex.metric.kind, look.effect
+    c, s = (sample.candidate or Counts(0)).clean(kind), (sample.stable or Counts(0)).clean(kind)
+    return ExperimentResult(
+        step=i + 1, metric=ex.metric.name, kind=kind, higher_is_better=ex.metric.higher_is_better, split=split,
+        started_at=cur.started_at, decided_at=cur.decided_at or cur.started_at,
+        candidate=ArmResult(model_version=cur.candidate_model_version, samples=c.samples, estimate=c.estimate(kind)),
+        stable=ArmResult(model_version=cur.stable_model_version, samples=s.samples, estimate=s.estimate(kind)),
+        effect=e.effect if e else None, low=e.low if e else None, high=e.high if e else None, level=e.level if e else None,
+        minimum_effect=ex.minimum_effect, test=e.test if e else "", decision=look.decision, message=look.message[:1024],
+    )
+
+
 def step_kind(step: Step) -> str:
-    """A step is one of setWeight, pause, analysis (the API's one-of)."""
+    """A step is one of setWeight, pause, analysis, experiment (the API's one-of)."""
+    if step.experiment is not None:
+        return "experiment"
     return "setWeight" if step.set_weight is not None else "pause" if step.pause is not None else "analysis"
 
 
+def target_weight(step: Step) -> int | None:
+    """The canary weight a step moves to (setWeight, an experiment's split); None for the others."""
+    return step.experiment.split if step.experiment is not None else step.set_weight
+
+
 StepKind = Callable[[_Machine, int, Step, dict[str, Assessment]], bool]
-STEP_KINDS: dict[str, StepKind] = {"setWeight": _set_weight, "pause": _pause, "analysis": _analysis}
+STEP_KINDS: dict[str, StepKind] = {"setWeight": _set_weight, "pause": _pause, "analysis": _analysis, "experiment": _experiment}
 
 
 def _describe(failed: list[PodFailure]) -> str:
@@ -709,9 +880,13 @@ def _describe(failed: list[PodFailure]) -> str:
     return latest if len(failed) == 1 else f"{latest} (and {len(failed) - 1} more pod failure(s))"
 
 
-def advance(spec: RolloutSpec, status: RolloutStatus | None, world: World, assessments: dict[str, Assessment] | None = None) -> Outcome:
-    """One reconcile tick. `assessments` are this tick's measurements (metric name -> Assessment)."""
-    out = _Machine(spec, status, world).run(assessments or {})
+def advance(spec: RolloutSpec, status: RolloutStatus | None, world: World, assessments: dict[str, Assessment] | None = None,
+            sample: Sample | None = None) -> Outcome:
+    """One reconcile tick. `assessments` are this tick's measurements (metric name -> Assessment); `sample` is this
+    tick's look at the current experiment step (both arms' counts), when one was due (`experiment_due`)."""
+    machine = _Machine(spec, status, world)
+    machine.sample = sample
+    out = machine.run(assessments or {})
     st = out.status
     st.observed_generation = world.generation if world.generation is not None else st.observed_generation
     n, i = len(spec.steps), st.current_step_index

@@ -11,9 +11,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tuneloop.api.experiment import ExperimentMetric
 from tuneloop.api.rollout import AnalysisMetric
 from tuneloop.contract.text import clean
 
+from ..experiment import Counts
 from ..provider import HISTOGRAM_SIGNALS, Histogram, Pods, QueryClient, WindowSignal
 from . import queries
 from .client import DEFAULT_MAX_BYTES, PrometheusClient, PrometheusError, is_nodata
@@ -55,6 +57,20 @@ class PrometheusProvider:
         except ValueError as exc:
             raise PrometheusError(str(exc)) from exc
         return buckets or None
+
+    async def counts(self, metric: ExperimentMetric, pods: Pods, window: str) -> Counts:
+        assert pods.role is not None, "an experiment arm is one role's pods"
+        got: dict[str, float] = {}
+        for key, template in queries.experiment_templates(metric).items():
+            promql = queries.render(template, namespace=pods.namespace, rollout=pods.rollout, role=pods.role, window=window,
+                                    model_version=pods.model_version)
+            if metric.builtin is None and self.confined:
+                promql = confine_or_error(promql, pods.namespace)
+            value = await self.client.query(promql)
+            got[key] = 0.0 if value is None or is_nodata(value) else float(value)  # no series yet: nothing counted yet
+        if "trials" in got:
+            return Counts(samples=got["trials"], successes=got["successes"])
+        return Counts(samples=got["count"], total=got["sum"], squares=got["sumOfSquares"])
 
     @staticmethod
     def _drift(signal: WindowSignal, pods: Pods, window: str) -> str:

@@ -10,6 +10,7 @@ no data (0/0), which the metric's noDataPolicy decides.
 
 from __future__ import annotations
 
+from tuneloop.api.experiment import ExperimentBuiltin, ExperimentMetric
 from tuneloop.api.rollout import AnalysisMetric, BuiltinMetric
 
 from ..provider import WindowSignal
@@ -105,3 +106,24 @@ DRIFT_QUERIES: dict[WindowSignal, str] = {
 def render_drift(signal: WindowSignal, *, namespace: str, rollout: str, model_version: str, window: str) -> str:
     selector = prom_version_selector(namespace, rollout, model_version)
     return DRIFT_QUERIES[WindowSignal(signal)].replace("{{selector}}", selector).replace("{{window}}", window)
+
+
+# The A/B experiment step (analysis/experiment.py): one arm's counts since the experiment began ({{window}}), each a
+# PromQL template rendered like an analysis query. Keys: successes/trials (a proportion), count/sum/sumOfSquares (a mean).
+EXPERIMENT_BUILTINS: dict[str, dict[str, str]] = {
+    # the output guard's answers that follow the output contract, out of every answer it checked
+    ExperimentBuiltin.CONTRACT_VALIDITY.value: {
+        "successes": 'sum(increase(tuneloop_guard_answers_total{ {{selector}}, verdict="ok" }[{{window}}]))',
+        "trials": "sum(increase(tuneloop_guard_answers_total{ {{selector}} }[{{window}}]))",
+    },
+}
+
+
+def experiment_templates(metric: ExperimentMetric) -> dict[str, str]:
+    """The PromQL templates of an experiment metric, by count (successes, trials | count, sum, sumOfSquares)."""
+    if metric.builtin is not None:
+        return dict(EXPERIMENT_BUILTINS[ExperimentBuiltin(metric.builtin).value])
+    if metric.proportion is not None:
+        return {"successes": metric.proportion.successes, "trials": metric.proportion.trials}
+    assert metric.mean is not None
+    return {"count": metric.mean.count, "sum": metric.mean.sum, "sumOfSquares": metric.mean.sum_of_squares}
