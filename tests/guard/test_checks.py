@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tuneloop.guard import check, harmful, topic
 from tuneloop_trainer.evaluation.topic import in_topic_prompts, write_profile
+from tuneloop_trainer.report import contract as report_contract
 
 from . import quickstart
 
@@ -47,6 +48,20 @@ def profile() -> topic.Profile:
 def test_the_classifier_is_the_pinned_package_and_needs_no_download(classifier):
     assert harmful.version() == "1.9.1"  # pyproject's [guard] pin; the model files are inside the wheel
     assert classifier([]) == []
+
+
+def test_the_classifier_loads_and_scores_with_the_network_blocked():
+    """Nothing is downloaded: in a fresh interpreter whose sockets refuse to connect, the classifier loads and scores."""
+    import subprocess
+    import sys
+
+    code = ("import socket\n"
+            "def refuse(*a, **k):\n    raise OSError('network blocked by the test')\n"
+            "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
+            "from tuneloop.guard import harmful\n"
+            "print(harmful.load()(['you are a fucking idiot', 'where is my parcel'])[0] > 0.9)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
 
 
 def test_the_classifier_separates_offensive_from_benign_text_and_angry_tickets(classifier):
@@ -158,6 +173,9 @@ def test_the_evaluate_stage_writes_the_profile_and_its_record(tmp_path):
     assert record.calibration == "validation" and record.pass_rate == topic.DEFAULT_PASS_RATE
     assert record.test_prompts == 60 and record.test_pass_rate == doc["testPassRate"] >= 0.9 and doc["generalPassRate"] <= 0.1
     assert topic.load(out).threshold == pytest.approx(record.threshold, abs=1e-6)
+    section = "\n".join(report_contract.topic_section({"topicProfile": doc}))
+    assert "### Topic profile" in section and f"| In-topic test prompts | 60 | {100 * doc['testPassRate']:.1f} % |" in section
     (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"text": "plain text records have no prompts"}) + "\n")
     record, doc = write_profile(tmp_path / "data", out, None)
     assert record is None and not doc["built"] and "at least 10" in doc["reason"] and not out.exists()  # the stale one is gone
+    assert "No topic profile was built" in "\n".join(report_contract.topic_section({"topicProfile": doc}))
