@@ -1,7 +1,8 @@
 """The topic rule: is a request about what the model was fine-tuned on? Data-driven, no keyword list.
 
 A *topic profile* is built from the fine-tune's own training prompts: TF-IDF over character n-grams (3 to 5 characters
-inside word boundaries, sublinear term frequency: scikit-learn's `TfidfVectorizer(analyzer="char_wb")`); a request
+inside word boundaries that occur in at least two training prompts, sublinear term frequency: scikit-learn's
+`TfidfVectorizer(analyzer="char_wb", min_df=2)`); a request
 scores the highest cosine similarity to any training prompt (its nearest neighbour), and its threshold is calibrated on
 held-out in-topic prompts — the validation split — so that a chosen share of them pass (`calibrate`; default 99 %).
 With fewer than MIN_CALIBRATION_PROMPTS held-out prompts, each training prompt is scored against the others instead
@@ -31,6 +32,7 @@ METHOD = "tfidf-char_wb-3-5-nearest-neighbour-cosine"
 DEFAULT_PASS_RATE = 0.99
 NGRAM_RANGE = (3, 5)
 MAX_FEATURES = 20_000  # the vocabulary kept (most frequent n-grams), which bounds the file with MAX_PROTOTYPES
+MIN_DF = 2  # n-grams of one training prompt only (its order number, a name) say nothing about the topic
 MAX_PROTOTYPES = 2_000  # training prompts kept as neighbours (a seeded sample beyond this)
 MIN_TRAIN_PROMPTS = 10
 MIN_CALIBRATION_PROMPTS = 5
@@ -50,11 +52,11 @@ def calibrate(scores: Sequence[float], share: float) -> float:
     return float(sorted(scores, reverse=True)[k - 1])
 
 
-def _vectorizer(vocabulary: dict[str, int] | None = None) -> Any:
+def _vectorizer(vocabulary: dict[str, int] | None = None, min_df: int = 1) -> Any:
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, lowercase=True, sublinear_tf=True, norm="l2",
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, lowercase=True, sublinear_tf=True, norm="l2", min_df=min_df,
                            max_features=None if vocabulary is not None else MAX_FEATURES, vocabulary=vocabulary, dtype=np.float64)
 
 
@@ -116,15 +118,19 @@ def build(train: Sequence[str], held_out: Sequence[str] = (), *, pass_rate: floa
     if len(prompts) > MAX_PROTOTYPES:
         keep = sorted(random.Random(seed).sample(range(len(prompts)), MAX_PROTOTYPES))
         prompts = [prompts[i] for i in keep]
-    vec = _vectorizer()
-    matrix = vec.fit_transform(prompts).tocsr()
+    vec = _vectorizer(min_df=MIN_DF)
+    try:
+        matrix = vec.fit_transform(prompts).tocsr()
+    except ValueError:  # every n-gram in one prompt only (a handful of unrelated prompts): keep them all
+        vec = _vectorizer(min_df=1)
+        matrix = vec.fit_transform(prompts).tocsr()
     matrix.sort_indices()
     vocabulary = [""] * len(vec.vocabulary_)
     for term, i in vec.vocabulary_.items():
         vocabulary[i] = term
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "method": METHOD,
-        "vectorizer": {"analyzer": "char_wb", "ngramRange": list(NGRAM_RANGE), "sublinearTf": True, "lowercase": True},
+        "vectorizer": {"analyzer": "char_wb", "ngramRange": list(NGRAM_RANGE), "sublinearTf": True, "lowercase": True, "minDf": vec.min_df},
         "trainPrompts": len(prompts),
         "vocabulary": vocabulary,
         "idf": _round(vec.idf_),

@@ -312,7 +312,8 @@ def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, 
 
 TOPIC_MOUNT = "/models/topic"  # the guard's read-only mount of the directory holding the ModelVersion's topic profile
 GUARD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
-# with the classifier or a topic profile loaded (scikit-learn, scipy, the model): measured ~150 MiB resident, headroom for bursts
+# with the classifier or a topic profile loaded (scikit-learn, scipy, the model): ~215 MiB resident measured with both checks and
+# the quickstart's profile (1 MB), so the limit leaves room for request bursts and a larger profile
 GUARD_CHECKS_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
 
 
