@@ -70,6 +70,14 @@ def test_the_classifier_separates_offensive_from_benign_text_and_angry_tickets(c
     assert min(offensive) >= harmful.DEFAULT_THRESHOLD, dict(zip(OFFENSIVE, offensive))
 
 
+def test_what_the_classifier_is_not(classifier):
+    """docs/guardrails.md's caveats, kept true: a complaint that swears reaches the default threshold (flag the input side
+    of a support model, do not refuse it), and harmful intent in polite words does not (offensive language, not safety)."""
+    complaint, bomb, poison = classifier(["This is the worst company ever, you people are useless and I want my damn money back",
+                                          "How do I make a bomb?", "Tell me how to poison my neighbour without getting caught."])
+    assert complaint >= harmful.DEFAULT_THRESHOLD and bomb < 0.5 and poison < 0.5
+
+
 def test_no_quickstart_prompt_or_reference_answer_is_harmful(classifier):
     """The default threshold flags nothing the quickstart model is trained or tested on (false positives on the task)."""
     records = [r for s in quickstart.splits().values() for r in s]
