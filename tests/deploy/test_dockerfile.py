@@ -31,7 +31,7 @@ def _copies() -> list[str]:
         m = re.match(r"^COPY (?!--from)(.+) (\S+)$", line)
         if m:
             out.extend(m.group(1).split())
-    return out
+    return list(dict.fromkeys(out))  # the operator's and the guard's build stages copy the same sources
 
 
 def test_runs_as_non_root_numeric_user():
@@ -45,9 +45,36 @@ def test_base_images_are_slim_and_pinned():
     assert all(line.split()[1] in ("${PYTHON_IMAGE}",) for line in TEXT.splitlines() if line.startswith("FROM"))
 
 
+def _stages() -> dict[str, str]:
+    """Each stage's instructions (comments dropped), by its name (the last, unnamed one: "operator")."""
+    out: dict[str, str] = {}
+    name = None
+    for line in TEXT.splitlines():
+        if line.startswith("FROM"):
+            parts = line.split()
+            name = parts[3] if len(parts) > 3 and parts[2].upper() == "AS" else "operator"
+            out[name] = ""
+        if name is not None and not line.lstrip().startswith("#"):
+            out[name] += line + "\n"
+    return out
+
+
 def test_no_ml_libraries_in_the_operator_image():
-    instructions = "\n".join(line for line in TEXT.splitlines() if not line.lstrip().startswith("#"))
-    assert "pip install . " in instructions + " " and "[trainer]" not in instructions and "torch" not in instructions
+    """The operator's stages install the base distribution only; the guard's content checks (scikit-learn and a shipped
+    classifier, ~270 MB) go into the guard image (--target guard); the trainer's extra into neither."""
+    stages = _stages()
+    assert list(stages)[-1] == "operator" and "COPY --from=build " in stages["operator"] + " "
+    assert "pip install . " in stages["build"] + " " and "[guard]" not in stages["build"]
+    assert 'pip install ".[guard]"' in stages["build-guard"] and "COPY --from=build-guard " in stages["guard"] + " "
+    instructions = "".join(stages.values())
+    assert "[trainer" not in instructions and "torch" not in instructions
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["guard"]
+    assert not any(d.split("=")[0].split(">")[0] in ("torch", "transformers") for d in extras)
+
+
+def test_the_guard_image_is_the_default_guard_image():
+    assert OperatorSettings().guard_image == f"ghcr.io/tuneloop/guard:{OperatorSettings().guard_image.rsplit(':', 1)[1]}"
+    assert "--target guard -t " + OperatorSettings().guard_image in TEXT
 
 
 def test_entrypoint_and_ports_match_the_project():

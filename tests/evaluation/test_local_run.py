@@ -92,6 +92,12 @@ def test_local_run_produces_every_artifact(tmp_path, tiny, capsys):
     assert mv["spec"]["lineage"]["datasetSha256"] == json.loads((wd / "data/data_report.json").read_text())["dataset_sha256"]
     assert mv["spec"]["report"]["uri"] == f"{wd.resolve().as_uri()}/report/report.md"
     assert cli(["validate", str(mv_path)]) == 0
+    # the evaluate stage built the output guard's topic profile from the training prompts (issue 22): the file, its record
+    # on the ModelVersion, the report's section
+    assert (wd / "topic-profile.json").exists() and ev["topicProfile"]["built"]
+    assert mv["spec"]["topicProfile"] == {"uri": f"{wd.resolve().as_uri()}/topic-profile.json"}
+    assert mv["spec"]["evaluation"]["topicProfile"]["trainPrompts"] == ev["topicProfile"]["trainPrompts"] > 10
+    assert "### Topic profile (the serving guard's topic rule)" in report
 
 
 def test_failing_gate_gives_failed_verdict_but_run_succeeds(tmp_path, tiny, capsys):

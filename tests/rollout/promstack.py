@@ -67,13 +67,16 @@ class FakeVllm:
 
     def __init__(self, role: str, *, rps: float = 50.0, error_rate: float = 0.0, ttft: float = 0.08, e2e: float = 0.6,
                  abort_rate: float = 0.0, noise: float = 0.0, seed: int | None = None, prompt_tokens: float = 40.0,
-                 generation_tokens: float = 12.0, violation_rate: float = 0.0):  # fmt: skip
+                 generation_tokens: float = 12.0, violation_rate: float = 0.0, harmful_rate: float = 0.0,
+                 off_topic_rate: float = 0.0):  # fmt: skip
         self.role = role
         # median request lengths (log-normal, sigma 0.3); set(prompt_tokens=...) shifts the served distribution
         self.prompt_tokens, self.generation_tokens = prompt_tokens, generation_tokens
         self.rps, self.error_rate, self.ttft, self.e2e, self.noise = rps, error_rate, ttft, e2e, noise
         self.abort_rate = abort_rate
         self.violation_rate = violation_rate  # the output guard's share of answers breaking the contract (tuneloop.guard)
+        self.harmful_rate = harmful_rate  # ... of answers its harmful-content check flags
+        self.off_topic_rate = off_topic_rate  # ... of requests its topic rule flags
         self.rng = random.Random(seed)
         self.registry = CollectorRegistry()
         self.http = Counter("http_requests", "Requests by handler/status.", ["handler", "status", "method"], registry=self.registry)
@@ -88,6 +91,11 @@ class FakeVllm:
         self.guard = Counter("tuneloop_guard_answers", "Answers by contract verdict.", ["verdict"], registry=self.registry)
         for verdict in ("ok", "violation"):
             self.guard.labels(verdict)
+        self.checks = Counter("tuneloop_guard_checks", "Guard checks by check, direction, outcome.", ["check", "direction", "outcome"],
+                              registry=self.registry)
+        for check, direction in (("harmful", "input"), ("harmful", "output"), ("topic", "input")):
+            for outcome in ("pass", "flag", "refuse"):
+                self.checks.labels(check, direction, outcome)
         self.port = free_port()
         self.server = serve_text_format(self.registry, self.port)
         self._stop = threading.Event()
@@ -119,6 +127,9 @@ class FakeVllm:
                 self.prompt_h.labels("bot").observe(self.length(self.prompt_tokens))
                 self.gen_h.labels("bot").observe(self.length(self.generation_tokens))
                 self.guard.labels("violation" if self.rng.random() < self.violation_rate else "ok").inc()
+                self.checks.labels("harmful", "input", "pass").inc()  # the requests' side: the same for every role
+                self.checks.labels("harmful", "output", "flag" if self.rng.random() < self.harmful_rate else "pass").inc()
+                self.checks.labels("topic", "input", "flag" if self.rng.random() < self.off_topic_rate else "pass").inc()
 
     def length(self, median: float) -> int:
         return max(1, min(MAX_MODEL_LEN, round(self.rng.lognormvariate(math.log(median), 0.3))))

@@ -281,3 +281,49 @@ def test_the_output_guard_sidecar_sits_in_front_of_vllm_with_the_contract():
     no_contract = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(samples.model_version("support-bot-v2")), 1, CONFIG)
     args = no_contract["spec"]["template"]["spec"]["containers"][1]["args"]
     assert "--contract-json" not in args and "--enforce" not in args  # no contract: everything passes unchecked
+
+
+def test_the_guard_with_content_checks_golden():
+    """serving.guard.harmful and .topic: the guard's arguments from the API fields, the topic profile's directory (the
+    FineTuneJob's DIR) mounted read-only into the guard only, the guard's image and larger memory."""
+    guard = {"port": 8001, "harmful": {"input": "refuse", "output": "flag", "threshold": 0.85}, "topic": {"action": "refuse", "passRate": 0.95}}
+    raw, spec = _parts(samples.gateway_rollout(serving={"guard": guard}))
+    doc = samples.model_version("support-bot-v1", fmt="merged", uri="pvc://models/runs/v1/artifact/merged")
+    doc["spec"]["outputContract"] = {"jsonSchema": {"type": "object", "required": ["category"]}}
+    doc["spec"]["topicProfile"] = {"uri": "pvc://models/runs/v1/topic-profile.json"}
+    dep = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(doc), 1, CONFIG)
+    check_golden("deployment-guard-canary", dep)
+    _k8s_valid(dep)
+    vllm, guard_c = dep["spec"]["template"]["spec"]["containers"]
+    args = guard_c["args"]
+    assert args[args.index("--harmful-input") + 1] == "refuse" and args[args.index("--harmful-output") + 1] == "flag"
+    assert args[args.index("--harmful-threshold") + 1] == "0.85"
+    assert args[args.index("--topic-profile") + 1] == "/models/topic/topic-profile.json"
+    assert args[args.index("--topic-action") + 1] == "refuse" and args[args.index("--topic-pass-rate") + 1] == "0.95"
+    assert guard_c["image"] == "ghcr.io/tuneloop/guard:0.1.0" and guard_c["resources"]["limits"]["memory"] == "512Mi"
+    assert guard_c["volumeMounts"] == [{"name": "topic-profile", "mountPath": "/models/topic", "readOnly": True, "subPath": "runs/v1"}]
+    assert all(m["name"] != "topic-profile" for m in vllm["volumeMounts"])  # the engine does not see the job's directory
+    vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "topic-profile")
+    assert vol == {"name": "topic-profile", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+    # the parser of `python -m tuneloop.guard` accepts exactly what the builder writes
+    from tuneloop.guard.__main__ import parser
+
+    parsed = parser().parse_args(args)
+    assert (parsed.harmful_input, parsed.harmful_output, parsed.harmful_threshold) == ("refuse", "flag", 0.85)
+    assert (parsed.topic_action, parsed.topic_pass_rate) == ("refuse", 0.95)
+    # only the harmful check: no profile needed, no mount
+    raw, spec = _parts(samples.gateway_rollout(serving={"guard": {"harmful": {}}}))
+    dep = serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(samples.model_version("support-bot-v2")), 1, CONFIG)
+    g = dep["spec"]["template"]["spec"]["containers"][1]
+    assert g["args"][-6:] == ["--harmful-input", "flag", "--harmful-output", "flag", "--harmful-threshold", "0.9"]
+    assert "volumeMounts" not in g and "--topic-profile" not in g["args"]
+
+
+def test_a_topic_check_needs_the_versions_topic_profile_on_a_pvc():
+    raw, spec = _parts(samples.gateway_rollout(serving={"guard": {"topic": {}}}))
+    with pytest.raises(ServingError, match="has none"):
+        serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(samples.model_version("support-bot-v2")), 1, CONFIG)
+    doc = samples.model_version("support-bot-v2")
+    doc["spec"]["topicProfile"] = {"uri": "file:///home/me/runs/quickstart/topic-profile.json"}  # a local run's
+    with pytest.raises(ServingError, match="pvc://"):
+        serving.build_deployment(raw, spec, names.CANARY, ModelVersion.model_validate(doc), 1, CONFIG)

@@ -285,3 +285,26 @@ async def test_a_canary_whose_answers_break_the_output_contract_is_rolled_back(s
 
     await scenario(tmp_path, stack.prom, body, metrics=[{"name": "error-rate", "builtin": "error-rate", "max": 0.05},
                                                         {"name": "contract", "builtin": "contract-violation-rate", "max": 0.05}])
+
+
+async def test_a_canary_whose_answers_turn_harmful_is_rolled_back_while_the_topic_rate_holds(stack: Stack, tmp_path: Path):
+    """Issue 22: the built-in harmful-rate (the guard's tuneloop_guard_checks_total, answers) in a real Prometheus rolls back
+    a canary whose answers its harmful-content check starts flagging; topic-violation-rate (the requests' side, 10 % of
+    traffic off-topic on both roles) reads its value and holds under its max; the flagged requests' input series do not count."""
+    stack.canary.set(off_topic_rate=0.1)
+    stack.stable.set(off_topic_rate=0.1)
+
+    async def body(kc: Cluster, watch: Watch):
+        await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: any(m["phase"] == "Successful" and m["metric"] == "harmful"
+                                                              for m in (o.get("status") or {}).get("measurements", [])), timeout=30)
+        stack.canary.set(harmful_rate=0.3)
+        ro = await kc.wait_for(r.ROLLOUTS, NS, NAME, lambda o: phase(o) in ("Promoted", "RolledBack"), timeout=30)
+        st = ro["status"]
+        assert st["phase"] == "RolledBack" and st["canaryWeight"] == 0
+        failed = [m for m in st["measurements"] if m["phase"] == "Failed"]
+        assert failed and {m["metric"] for m in failed} == {"harmful"} and failed[0]["value"] > 0.05
+        topic = [m["value"] for m in st["measurements"] if m["metric"] == "topic" and m.get("value") is not None]
+        assert topic and all(0.0 < v < 0.3 for v in topic)  # ~0.1 of the requests
+
+    await scenario(tmp_path, stack.prom, body, metrics=[{"name": "harmful", "builtin": "harmful-rate", "max": 0.05},
+                                                        {"name": "topic", "builtin": "topic-violation-rate", "max": 0.5}])

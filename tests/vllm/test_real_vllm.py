@@ -188,8 +188,7 @@ def test_stand_in_metrics_follow_real_vllm(served: Served, tmp_path: Path):
 
 @pytest.mark.skipif(prometheus_binary() is None, reason="prometheus binary not installed (make sysdeps)")
 def test_every_operator_query_returns_a_value_against_real_vllm(served: Served, tmp_path: Path):
-    from tuneloop.api.rollout import BuiltinMetric
-    from tuneloop.operator.analysis.prometheus.queries import BUILTIN_QUERIES, DRIFT_QUERIES, render, render_drift
+    from tuneloop.operator.analysis.prometheus.queries import BUILTIN_QUERIES, DRIFT_QUERIES, GUARD_BUILTINS, render, render_drift
 
     class Target:
         port = int(served.url.rsplit(":", 1)[1])
@@ -203,10 +202,10 @@ def test_every_operator_query_returns_a_value_against_real_vllm(served: Served, 
         while time.monotonic() < end:  # requests spread over several scrapes, so rate() and increase() see them
             traffic(served.url)
         time.sleep(3)
-        # every built-in that reads vLLM's own metrics (contract-violation-rate reads the guard sidecar's counter, not
-        # vLLM's: tests/rollout/test_rollout_prometheus.py scrapes it)
+        # every built-in that reads vLLM's own metrics (contract-violation-rate, harmful-rate and topic-violation-rate read the
+        # guard sidecar's counters, not vLLM's: tests/rollout/test_rollout_prometheus.py scrapes them)
         queries = {f"analysis {k}": render(q, namespace="llm", rollout="bot", role="stable", window="2m", model_version="bot-v1")
-                   for k, q in BUILTIN_QUERIES.items() if k != BuiltinMetric.CONTRACT_VIOLATION_RATE.value}
+                   for k, q in BUILTIN_QUERIES.items() if k not in GUARD_BUILTINS}
         queries |= {f"drift {k.value}": render_drift(k, namespace="llm", rollout="bot", model_version="bot-v1", window="2m")
                     for k in DRIFT_QUERIES}
         empty = {}

@@ -297,6 +297,21 @@ class ServingComparison(ApiModel):
     reason: str = Field(default="", description="Why, with the numbers.")
 
 
+class TopicProfileRecord(ApiModel):
+    """The topic profile the evaluation built from the training prompts (DIR/topic-profile.json, the output guard's topic
+    rule): its calibration and how it scored the test split."""
+
+    method: str = Field(description="How prompts are compared (TF-IDF character n-grams, nearest-neighbour cosine similarity).")
+    train_prompts: int = Field(ge=0, description="Distinct in-topic training prompts in the profile.")
+    calibration: Literal["validation", "train-leave-one-out"] = Field(
+        description="What the threshold was calibrated on: the validation split's in-topic prompts, or (too few) each training prompt against the others.")
+    calibration_prompts: int = Field(ge=0, description="Prompts the threshold was calibrated on.")
+    pass_rate: float = Field(gt=0, le=1, description="Share of the calibration prompts that pass at the threshold (asked for).")
+    threshold: float = Field(description="The similarity at or above which a request is on topic.")
+    test_pass_rate: float | None = Field(default=None, ge=0, le=1, description="Share of the test split's in-topic prompts that pass.")
+    test_prompts: int | None = Field(default=None, ge=0, description="The test split's in-topic prompts it was measured on.")
+
+
 class EvaluationRecord(ApiModel):
     """What the evaluation measured and decided."""
 
@@ -308,3 +323,5 @@ class EvaluationRecord(ApiModel):
     confidence_level: float | None = Field(default=None, description="Confidence level of every interval (0.95).")
     interval_method: str | None = Field(default=None, description="How intervals were computed.")
     serving: ServingComparison | None = Field(default=None, description="The comparison with the serving ModelVersion, when one was given.")
+    topic_profile: TopicProfileRecord | None = Field(
+        default=None, description="The topic profile built from the training prompts (the output guard's topic rule), when one was built.")

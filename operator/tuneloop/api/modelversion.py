@@ -156,6 +156,13 @@ class OutputContract(ApiModel):
         description="JSON Schema of an answer.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 
 
+class TopicProfileLocation(ApiModel):
+    """Where the topic profile is: the JSON file the evaluation built from the training prompts (DIR/topic-profile.json;
+    its calibration is in spec.evaluation.topicProfile). A Rollout's serving.guard.topic reads it (pvc:// only)."""
+
+    uri: str = Field(min_length=1, description="pvc://CLAIM/PATH or file:///PATH of topic-profile.json.")
+
+
 class ReportLocation(ApiModel):
     """Where the experiment report is."""
 
@@ -177,6 +184,8 @@ class ModelVersionSpec(ApiModel):
         default=None, description="The answers' contract the evaluation scored (evaluation.jsonSchema), served with vLLM's structured outputs.")
     equivalence: EquivalenceRecord | None = Field(
         default=None, description="For an export: its answers against its source's on the test items, and the gate it passed.")
+    topic_profile: TopicProfileLocation | None = Field(
+        default=None, description="The topic profile of the training prompts (the output guard's topic rule), when the evaluation built one.")
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {

@@ -53,13 +53,61 @@ class ServingResources(ApiModel):
     memory: str = Field(default="32Gi", description="Memory request and limit.")
 
 
+class GuardAction(str, Enum):
+    OFF = "off"
+    FLAG = "flag"  # counted (tuneloop_guard_checks_total{outcome="flag"}) and passed on
+    REFUSE = "refuse"  # answered with an OpenAI-style HTTP 400 error (code content_filter) instead
+
+
+HARMFUL_DIRECTION_MESSAGE = "harmful checks neither input nor output: set input or output to flag or refuse, or remove harmful"
+
+
+class HarmfulContentCheck(ApiModel):
+    """Harmful content: alt-profanity-check's offensive-language classifier (a maintained linear SVM shipped in the guard's
+    image) scores the request's user turns (input) and each answer (output); a text at or above the threshold is harmful."""
+
+    input: GuardAction = Field(default=GuardAction.FLAG, description="What happens to a request whose user turns are harmful: "
+                               "off, flag (counted, passed on) or refuse (HTTP 400, the engine never sees it).")
+    output: GuardAction = Field(default=GuardAction.FLAG, description="What happens to a harmful answer: off, flag (counted, passed on) "
+                                "or refuse (the response is replaced by an HTTP 400 error).")
+    threshold: float = Field(default=0.9, gt=0, le=1, description="Classifier probability at or above which a text is harmful.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [cel("self.input != 'off' || self.output != 'off'", HARMFUL_DIRECTION_MESSAGE)]}
+    }
+
+    @model_validator(mode="after")
+    def _a_direction(self) -> HarmfulContentCheck:
+        """The pydantic twin of the CEL rule above."""
+        if self.input == GuardAction.OFF and self.output == GuardAction.OFF:
+            raise ValueError(HARMFUL_DIRECTION_MESSAGE)
+        return self
+
+
+class TopicCheck(ApiModel):
+    """The topic rule: the request's user turns against the served ModelVersion's topic profile (spec.topicProfile: the
+    fine-tune's training prompts, TF-IDF character n-grams, nearest-neighbour cosine similarity), whose threshold is
+    calibrated on the held-out in-topic prompts of the validation split."""
+
+    action: Literal["flag", "refuse"] = Field(default="flag", description="What happens to an off-topic request: flag (counted, passed on) "
+                                             "or refuse (HTTP 400, the engine never sees it).")
+    pass_rate: float = Field(default=0.99, gt=0, le=1, description="Share of the held-out in-topic prompts that pass: picks the "
+                             "similarity threshold from the profile's calibration scores (lower refuses more off-topic requests "
+                             "and more in-topic ones).")
+
+
 class OutputGuard(ApiModel):
     """The output guard: a pass-through sidecar (`python -m tuneloop.guard`) in front of vLLM that checks every answer
     against the served ModelVersion's outputContract and counts the verdicts for Prometheus (the built-in analysis metric
-    contract-violation-rate); the Services send traffic through it."""
+    contract-violation-rate); the Services send traffic through it. Optionally it checks requests and answers for harmful
+    content (harmful-rate) and requests for the model's topic (topic-violation-rate), flagging or refusing them."""
 
     enforce: bool = Field(default=False, description="Also add the contract as vLLM structured outputs to requests that ask for no format themselves.")
     port: int = Field(default=8001, ge=1, le=65535, description="Port of the guard (its /metrics too); must differ from serving.port.")
+    harmful: HarmfulContentCheck | None = Field(default=None, description="Check requests and answers for harmful (offensive, "
+                                                "toxic) content with a maintained classifier.")
+    topic: TopicCheck | None = Field(default=None, description="Check that requests are on the fine-tune's topic (needs the "
+                                     "ModelVersion's spec.topicProfile, which the evaluation writes).")
 
 
 class ServingSpec(ApiModel):
@@ -158,6 +206,8 @@ class BuiltinMetric(str, Enum):
     E2E_LATENCY_P95 = "e2e-latency-p95"
     ABORT_RATE = "abort-rate"
     CONTRACT_VIOLATION_RATE = "contract-violation-rate"  # the output guard's share of answers breaking the output contract
+    HARMFUL_RATE = "harmful-rate"  # the output guard's share of answers its harmful-content check caught (flagged or refused)
+    TOPIC_VIOLATION_RATE = "topic-violation-rate"  # the output guard's share of requests its topic rule caught (flagged or refused)
 
 
 class AnalysisMetric(ApiModel):
@@ -165,7 +215,7 @@ class AnalysisMetric(ApiModel):
 
     name: str = Field(min_length=1, max_length=63, description="Metric name in status and events.")
     builtin: BuiltinMetric | None = Field(default=None, description="A built-in query: error-rate, ttft-p95, e2e-latency-p95, abort-rate (vLLM's metrics), "
-                                                  "contract-violation-rate (the output guard's; needs serving.guard).")
+                                                  "contract-violation-rate, harmful-rate, topic-violation-rate (the output guard's; need serving.guard and its check).")
     query: str | None = Field(
         default=None,
         max_length=4096,

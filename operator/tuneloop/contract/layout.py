@@ -10,7 +10,7 @@ builders read them from here.
     DIR/compile-cache/node-<rank>/   (train with hyperparameters.compile: inductor's cache, reused on resume)
     DIR/artifact/ (+ artifact/merged/ when mergeAdapter), DIR/lineage.json,
     DIR/progress.jsonl                                                          (train)
-    DIR/eval.json                                                               (evaluate)
+    DIR/eval.json, DIR/topic-profile.json                                       (evaluate)
     DIR/exports/<format>/ (merged: a model directory; gguf-*: model.gguf), DIR/exports.json   (export)
     DIR/report/{report.md, loss.png, metrics.png, modelversion.yaml}            (report)
     DIR/result-<stage>.json (DIR/result.json for train)                         (every stage's summary)
@@ -32,6 +32,7 @@ REPORT_FILE = f"{REPORT_DIR}/report.md"
 MODELVERSION_FILE = f"{REPORT_DIR}/modelversion.yaml"
 DATA_REPORT_FILE = f"{DATA_DIR}/data_report.json"
 EVAL_FILE = "eval.json"
+TOPIC_PROFILE_FILE = "topic-profile.json"  # the output guard's topic rule (tuneloop.guard.topic), built from the training prompts
 EXPORTS_DIR = "exports"
 EXPORTS_FILE = "exports.json"
 GGUF_FILE = "model.gguf"
@@ -74,6 +75,7 @@ class WorkDir:
     report_file = property(lambda self: self.root / REPORT_FILE)
     modelversion_file = property(lambda self: self.root / MODELVERSION_FILE)
     eval_file = property(lambda self: self.root / EVAL_FILE)
+    topic_profile_file = property(lambda self: self.root / TOPIC_PROFILE_FILE)
     exports = property(lambda self: self.root / EXPORTS_DIR)
     exports_file = property(lambda self: self.root / EXPORTS_FILE)
     lineage_file = property(lambda self: self.root / LINEAGE_FILE)

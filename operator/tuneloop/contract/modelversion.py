@@ -143,6 +143,8 @@ def build(
             "evaluation": record.wire(),
             "report": report,
             **({"outputContract": {"jsonSchema": spec.evaluation.json_schema}} if spec.evaluation.json_schema is not None else {}),
+            # the evaluation wrote DIR/topic-profile.json when its record says it built one
+            **({"topicProfile": {"uri": f"{workdir_uri}/{layout.TOPIC_PROFILE_FILE}"}} if record.topic_profile is not None else {}),
         },
     }
     ModelVersion.model_validate(doc)  # never emits what the CRD would refuse

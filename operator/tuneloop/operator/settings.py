@@ -29,8 +29,9 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the pods the operator creates.")
     vllm_image: str = Field(default="vllm/vllm-openai:v0.32.0", description="Default vLLM image for Rollouts.")
     guard_image: str = Field(
-        default="ghcr.io/tuneloop/operator:0.1.0",
-        description="Image of the output guard sidecar (a Rollout's serving.guard): tuneloop's own, which runs `python -m tuneloop.guard`.",
+        default="ghcr.io/tuneloop/guard:0.1.0",
+        description="Image of the output guard sidecar (a Rollout's serving.guard): tuneloop's own, which runs `python -m tuneloop.guard` "
+                    "(operator/Dockerfile --target guard: the package with the guard's content checks).",
     )
     llamacpp_image: str = Field(
         default="ghcr.io/ggml-org/llama.cpp:server",

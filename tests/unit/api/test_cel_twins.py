@@ -173,6 +173,8 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
             lambda t: [("spec.analysis.metrics", [{"name": "m", **t[0], **t[1]}])])),
         "drift-floors": ({"spec.driftWatch"}, st.tuples(seconds, seconds).map(
             lambda t: [("spec.driftWatch", {"interval": t[0], "window": t[1]})])),
+        "guard-harmful": ({"spec.serving.guard.harmful"}, st.tuples(*[st.sampled_from([None, "off", "flag", "refuse"])] * 2).map(
+            lambda t: [("spec.serving.guard", {"harmful": {k: v for k, v in zip(("input", "output"), t) if v is not None}})])),
     },
     "ModelVersion": {
         "lora-rank": ({"spec"}, st.tuples(st.sampled_from(["lora-adapter", "merged"]), st.sampled_from([None, 8])).map(

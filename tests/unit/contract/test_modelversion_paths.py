@@ -142,3 +142,26 @@ def test_local_run_of_a_cluster_spec_names_the_local_artifact(tmp_path, method):
         op["spec"]["artifact"]["uri"].split("/artifact")[0], here)}
     assert local["spec"]["report"] == {"uri": f"{here}/report/report.md"}  # no ConfigMap outside a cluster
     assert local["metadata"] == op["metadata"]
+
+
+TOPIC = {"method": "tfidf-char_wb-3-5-nearest-neighbour-cosine", "trainPrompts": 324, "calibration": "validation", "calibrationPrompts": 36,
+         "passRate": 0.99, "threshold": 0.3121, "testPassRate": 0.95, "testPrompts": 60}
+
+
+def test_a_topic_profile_the_evaluation_built_is_recorded_by_both_paths_and_carried_to_exports(tmp_path):
+    """The evaluate stage's record says it wrote DIR/topic-profile.json: both paths give the ModelVersion
+    spec.topicProfile.uri (where the Rollout's guard mounts it from) and spec.evaluation.topicProfile (its calibration),
+    through the fitted publish message too; an export's ModelVersion serves with the same profile."""
+    doc = job("lora", "team/tickets")
+    wd = tmp_path / "output"
+    lineage, data_report = workdir_files(wd)
+    (wd / layout.EVAL_FILE).write_text(json.dumps({"record": {**RECORD, "topicProfile": TOPIC}}))
+    op = operator_path(doc, wd, data_report)
+    assert trainer_path(doc, wd, lineage, data_report, tmp_path) == op
+    assert op["spec"]["topicProfile"] == {"uri": "pvc://models/team/tickets/topic-profile.json"}
+    assert op["spec"]["evaluation"]["topicProfile"] == TOPIC
+    export = builders.registration.build_export(op, {"format": "merged", "sizeBytes": 10, "equivalence": {
+        "testItems": 4, "agreement": 1.0, "minAgreement": 0.9, "passed": True}}, workdir_uri="pvc://models/team/tickets")
+    assert export["spec"]["topicProfile"] == op["spec"]["topicProfile"]
+    (wd / layout.EVAL_FILE).write_text(json.dumps({"record": RECORD}))  # none built: no location
+    assert "topicProfile" not in operator_path(doc, wd, data_report)["spec"]

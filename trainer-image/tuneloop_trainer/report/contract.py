@@ -1,5 +1,6 @@
 """The report's output-contract section: the tuned model's answers with and without the contract enforced
-(eval.json `enforcement`, measured through vLLM's structured outputs)."""
+(eval.json `enforcement`, measured through vLLM's structured outputs), and the topic profile the output guard's topic
+rule serves with (eval.json `topicProfile`)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def section(ev: dict[str, Any] | None) -> list[str]:
                if (un.get("violationRate") or 0) <= 0.05 else
                "The free answers violate the contract often: without enforcement at serving time, clients see those violations."))
     return [*lines, "", note, ""]
+
+
+def topic_section(ev: dict[str, Any] | None) -> list[str]:
+    """The topic profile: what it was built and calibrated on, and how the test split and general prompts fare."""
+    doc = (ev or {}).get("topicProfile")
+    if not doc:
+        return []
+    lines = ["### Topic profile (the serving guard's topic rule)"]
+    if not doc.get("built"):
+        return [*lines, f"No topic profile was built: {doc.get('reason', '')}. A Rollout cannot use `serving.guard.topic` with this version.", ""]
+    which = ("the prompts whose reference answer follows the output contract" if doc.get("contractFiltered") else "every chat prompt")
+    lines.append(f"Built from {doc['trainPrompts']} training prompts ({which}; TF-IDF of character n-grams, nearest-neighbour cosine "
+                 f"similarity), written to `{doc['file']}` ({doc['sizeBytes'] / 1024:.0f} KiB). Threshold {doc['threshold']:.3f}: "
+                 f"{100 * doc['passRate']:g} % of the {doc['calibrationPrompts']} {doc['calibration']} prompts pass.")
+    rows = []
+    if "testPassRate" in doc:
+        rows.append(f"| In-topic test prompts | {doc['testPrompts']} | {100 * doc['testPassRate']:.1f} % |")
+    if "generalPassRate" in doc:
+        rows.append(f"| General prompts (forgetting set) | {doc['generalPrompts']} | {100 * doc['generalPassRate']:.1f} % |")
+    if rows:
+        lines += ["", "| Prompts | n | Pass the topic rule |", "|---------|---|---------------------|", *rows]
+    return [*lines, ""]

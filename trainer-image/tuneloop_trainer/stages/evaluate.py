@@ -33,6 +33,7 @@ from tuneloop.contract import layout
 from ..errors import ConfigError, TrainerError
 from ..evaluation import analysis as eval_analysis
 from ..evaluation import metrics as eval_metrics
+from ..evaluation import topic as eval_topic
 from ..evaluation.compare import CONFIDENCE_LEVEL, METHOD
 from ..evaluation.inputs import evaluation_fingerprint, load_train_answers
 from ..evaluation.vllm_backend import BACKEND_ENV, Choice, VllmUnavailable
@@ -493,6 +494,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     interval_method=METHOD, confidence_level=CONFIDENCE_LEVEL)
     if split != "test":
         record = record.model_copy(update={"split": split})
+    # the output guard's topic rule: DIR/topic-profile.json from the training prompts (ModelVersion spec.topicProfile)
+    topic_record, topic_doc = eval_topic.write_profile(
+        ctx.data_dir, ctx.workdir / layout.TOPIC_PROFILE_FILE, ev.json_schema, records if split == "test" else None,
+        general=[f["prompt"] for f in forgetting or []], seed=ctx.spec.hyperparameters.seed)
+    _log(eval_topic.summary_line(topic_doc))
+    if topic_record is not None:
+        record = record.model_copy(update={"topic_profile": topic_record})
 
     doc = {
         "record": record.wire(),
@@ -511,6 +519,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         },
         "backend": {**choice.wire(), **vllm_details},
         "inputsFingerprint": inputs_fingerprint,
+        "topicProfile": topic_doc,
         **_results_doc(ev, records, results, analysis, (base_scores, tuned_scores), forgetting),
     }
     if ev.json_schema is not None:

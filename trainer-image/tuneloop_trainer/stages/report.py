@@ -238,6 +238,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if figures["metrics.png"]:
         md += ["![tuned vs base and trivial baselines, 95% intervals](metrics.png)", ""]
     md += report_contract.section(ev)
+    md += report_contract.topic_section(ev)
     exports_doc = _exports_doc(ctx)
     md += report_exports.section(exports_doc)
     md += ["## Observations", "- **Strengths of Fine-Tuned Model:**", *(f"  - {s}" for s in strengths),

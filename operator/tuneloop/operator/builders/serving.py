@@ -12,13 +12,14 @@ llama.cpp's OpenAI-compatible server instead, `llama-server -m /models/artifact/
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneloop.api.conditions import RolloutReason
 from tuneloop.api.modelversion import ArtifactFormat, ModelVersion
-from tuneloop.api.rollout import RolloutSpec, ServingSpec
+from tuneloop.api.rollout import GuardAction, RolloutSpec, ServingSpec
 from tuneloop.contract import names
 
 from ..policy import Policy
@@ -47,7 +48,7 @@ class ServingConfig:
 
     vllm_image: str = "vllm/vllm-openai:v0.32.0"
     llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server"
-    guard_image: str = "ghcr.io/tuneloop/operator:0.1.0"
+    guard_image: str = "ghcr.io/tuneloop/guard:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     run_as_user: int = 1000
     policy: Policy = field(default_factory=Policy)  # the admin's admission policy (extraArgs, scheduling)
@@ -309,9 +310,32 @@ def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, 
     }
 
 
+TOPIC_MOUNT = "/models/topic"  # the guard's read-only mount of the directory holding the ModelVersion's topic profile
+GUARD_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+# with the classifier or a topic profile loaded (scikit-learn, scipy, the model): ~215 MiB resident measured with both checks and
+# the quickstart's profile (1 MB), so the limit leaves room for request bursts and a larger profile
+GUARD_CHECKS_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def topic_profile_mount(mv: ModelVersion) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(volume, volumeMount, the file's path in the guard) of the ModelVersion's topic profile: the directory that holds
+    it (the FineTuneJob's DIR) mounted read-only. No profile: the guard cannot run the topic rule (NotServable)."""
+    if mv.spec.topic_profile is None:
+        raise ServingError(
+            f"serving.guard.topic needs the topic profile of ModelVersion {mv.metadata.name}, which has none (spec.topicProfile): "
+            "its evaluation built none (evaluation disabled, too few chat training prompts, or registered before profiles existed); "
+            "remove serving.guard.topic or serve a version whose evaluation wrote DIR/topic-profile.json")
+    claim, path = parse_pvc_uri(mv.spec.topic_profile.uri, f"ModelVersion {mv.metadata.name} topicProfile")
+    directory, _, file = path.rpartition("/")
+    vol, mount = _mount("topic-profile", claim, directory, TOPIC_MOUNT)
+    return vol, mount, f"{TOPIC_MOUNT}/{file}"
+
+
 def guard_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig) -> dict[str, Any] | None:
     """The output guard sidecar (serving.guard): a pass-through on its own port in front of the engine on localhost,
-    checking answers against the ModelVersion's outputContract (passed inline; none: every answer passes unchecked)."""
+    checking answers against the ModelVersion's outputContract (passed inline; none: every answer passes unchecked), and,
+    when asked, requests and answers for harmful content (the classifier is in the guard's image) and requests for the
+    topic (the ModelVersion's topic profile, mounted read-only: `guard_volumes`)."""
     guard = spec.serving.guard
     if guard is None:
         return None
@@ -320,17 +344,38 @@ def guard_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig) 
         args += ["--contract-json", json.dumps(mv.spec.output_contract.json_schema, sort_keys=True, separators=(",", ":"))]
         if guard.enforce:
             args.append("--enforce")
-    return {
+    mounts: list[dict[str, Any]] = []
+    if guard.harmful is not None:
+        h = guard.harmful
+        args += ["--harmful-input", GuardAction(h.input).value, "--harmful-output", GuardAction(h.output).value,
+                 "--harmful-threshold", f"{h.threshold:g}"]
+    if guard.topic is not None:
+        _, mount, file = topic_profile_mount(mv)
+        mounts.append(mount)
+        args += ["--topic-profile", file, "--topic-action", guard.topic.action, "--topic-pass-rate", f"{guard.topic.pass_rate:g}"]
+    checks = guard.harmful is not None or guard.topic is not None
+    container: dict[str, Any] = {
         "name": "guard",
         "image": config.guard_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["python", "-m", "tuneloop.guard"],
         "args": args,
         "ports": [{"name": "guard", "containerPort": guard.port, "protocol": "TCP"}],
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": copy.deepcopy(GUARD_CHECKS_RESOURCES if checks else GUARD_RESOURCES),
         "readinessProbe": {"tcpSocket": {"port": "guard"}, "periodSeconds": 5},
         "securityContext": container_security(),
     }
+    if mounts:
+        container["volumeMounts"] = mounts
+    return container
+
+
+def guard_volumes(spec: RolloutSpec, mv: ModelVersion) -> list[dict[str, Any]]:
+    """The guard's volumes: the topic profile's directory when serving.guard.topic is set."""
+    guard = spec.serving.guard
+    if guard is None or guard.topic is None:
+        return []
+    return [topic_profile_mount(mv)[0]]
 
 
 def build_deployment(
@@ -355,6 +400,7 @@ def build_deployment(
 
     container = _vllm_container(spec, mv, config, args, mounts)
     guard = guard_container(spec, mv, config)
+    volumes += guard_volumes(spec, mv)
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,

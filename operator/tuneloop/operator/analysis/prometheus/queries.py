@@ -59,7 +59,22 @@ BUILTIN_QUERIES: dict[str, str] = {
         '(sum(rate(tuneloop_guard_answers_total{ {{selector}}, verdict="violation" }[{{window}}])) or vector(0))'
         " / sum(rate(tuneloop_guard_answers_total{ {{selector}} }[{{window}}]))"
     ),
+    # the guard's checks (serving.guard.harmful / .topic): the share its check caught, flagged or refused. harmful-rate reads
+    # the answers (direction="output": what the model says, which is what differs between canary and stable); the requests'
+    # side is the same counter with direction="input", for a custom query. topic-violation-rate reads the requests.
+    BuiltinMetric.HARMFUL_RATE.value: (
+        '(sum(rate(tuneloop_guard_checks_total{ {{selector}}, check="harmful", direction="output", outcome!="pass" }[{{window}}])) or vector(0))'
+        ' / sum(rate(tuneloop_guard_checks_total{ {{selector}}, check="harmful", direction="output" }[{{window}}]))'
+    ),
+    BuiltinMetric.TOPIC_VIOLATION_RATE.value: (
+        '(sum(rate(tuneloop_guard_checks_total{ {{selector}}, check="topic", direction="input", outcome!="pass" }[{{window}}])) or vector(0))'
+        ' / sum(rate(tuneloop_guard_checks_total{ {{selector}}, check="topic", direction="input" }[{{window}}]))'
+    ),
 }
+
+# The built-ins that read the output guard sidecar's counters (serving.guard), not the engine's.
+GUARD_BUILTINS = frozenset({BuiltinMetric.CONTRACT_VIOLATION_RATE.value, BuiltinMetric.HARMFUL_RATE.value,
+                            BuiltinMetric.TOPIC_VIOLATION_RATE.value})
 
 
 def template_of(metric: AnalysisMetric) -> str:
