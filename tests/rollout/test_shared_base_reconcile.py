@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tuneloop.operator.analysis.prometheus import PrometheusProvider
 from tuneloop.operator.builders.serving import ServingConfig
+from tuneloop.operator.kube import ApiError, KubeClient
 from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout.reconcile import Reconciler
 
@@ -19,7 +20,6 @@ from . import samples
 pytestmark = pytest.mark.operator
 NS = "default"
 T0 = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
-IMR_KEY = f"{r.INFERENCEMODELREWRITES.api_version}/{r.INFERENCEMODELREWRITES.plural}"
 
 
 class FakeVllm:
@@ -189,17 +189,27 @@ async def test_an_adapter_a_pod_refuses_is_rolled_back_without_traffic(tmp_path:
         st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
         assert st["phase"] == "RolledBack" and "max_lora_rank" in st["message"]
         assert any(c["reason"] == "AdapterLoadFailed" for c in st["conditions"])
-        assert await targets(kc) == [{"modelRewrite": "v1"}] and not prov.queries
+        assert await targets(kc) == [{"modelRewrite": "v1"}]
+        assert not [q for q in prov.queries if "target_model_name" in q]  # never measured (the drift watch of v1 may run)
         assert (await kc.get(r.MODELVERSIONS, NS, "v2"))["status"]["phase"] == "RolledBack"
+
+
+class NoInferenceExtension(KubeClient):
+    """The API server without the Inference Extension's CRDs: every request for its group is a 404, as a real one answers."""
+
+    async def request(self, method, path, **kw):
+        if "/apis/inference.networking.x-k8s.io/" in path:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return await super().request(method, path, **kw)
 
 
 async def test_without_the_inference_extension_the_rollout_says_what_is_missing(tmp_path: Path):
     vllm, prov = FakeVllm(), ByTarget()
     ro, mvs = objs()
     async with cluster(tmp_path) as kc:
-        del kc.emulator.resources[IMR_KEY]
         await setup(kc, ro, mvs)
-        rec = reconciler(kc, vllm, prov)
+        client = NoInferenceExtension(kc.client.conn)
+        rec = Reconciler(client, ServingConfig(), "http://prom", provider_factory=lambda _: PrometheusProvider(prov), adapter_api=vllm)
         await add_pods(kc)
         await tick(kc, rec, 0)
         await tick(kc, rec, 1)
@@ -207,7 +217,12 @@ async def test_without_the_inference_extension_the_rollout_says_what_is_missing(
         prog = next(c for c in st["conditions"] if c["type"] == "Progressing")
         assert st["phase"] == "Degraded" and prog["reason"] == "InferenceExtensionMissing", st
         assert "InferenceModelRewrite (inference.networking.x-k8s.io/v1alpha2)" in st["message"]
-        assert st["canaryWeight"] == 0 and not prov.queries
+        assert st["canaryWeight"] == 0 and not [q for q in prov.queries if "target_model_name" in q]
+        assert await kc.get(r.INFERENCEMODELREWRITES, NS, "bot") is None
+        await client.close()
+        await tick(kc, reconciler(kc, vllm, prov), 2)  # installed: the rollout proceeds by itself
+        st = (await kc.get(r.ROLLOUTS, NS, "bot"))["status"]
+        assert st["phase"] == "Progressing" and st["canaryWeight"] == 50, st
 
 
 async def test_a_candidate_of_another_base_is_refused_and_never_loaded(tmp_path: Path):

@@ -381,7 +381,7 @@ class Reconciler:
                 generation=meta.get("generation"),
             )
         assessments: dict[str, Assessment] = {}
-        due = due_metrics(spec, status, now) if not problem and canary_shortfall(spec, status, world) is None else []
+        due = due_metrics(spec, status, now) if not world.serving_error and canary_shortfall(spec, status, world) is None else []
         if due:
             provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now), stable=stable_name)
@@ -547,12 +547,11 @@ class Reconciler:
             if out.first_failure_at is not None:
                 telemetry.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
         try:
-            if want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
-                pass
-            elif shared_base(spec):
-                await self.apply_shared(obj, spec, out.status, mvs)
-            else:
-                await self.apply_serving(obj, spec, want, mvs)
+            if not want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
+                if shared_base(spec):
+                    await self.apply_shared(obj, spec, out.status, mvs)
+                else:
+                    await self.apply_serving(obj, spec, want, mvs)
                 if find_condition(out.status.conditions, RolloutCondition.OBJECTS_OWNED) is not None:
                     set_condition(out.status, RolloutCondition.OBJECTS_OWNED, True, RolloutReason.OWNED,
                                   "every object the Rollout needs is its own", world)
