@@ -5,7 +5,9 @@ an InferencePool, as the upstream one does (sigs.k8s.io/gateway-api-inference-ex
 - it watches the pool's InferenceModelRewrites (here: polls the one the Rollout writes, every 0.25 s) and rewrites a
   request's `model` to one of the first matching rule's targets, by weight (weight / sum of weights; a lone unweighted
   target takes everything);
-- it sends the request to a ready pod the InferencePool's selector picks (Discovery's pods: Running and announced);
+- it sends the request to a ready pod the InferencePool's selector picks: Discovery's pods (Running and announced) whose
+  readiness the kubelet would report — process_kubelet.py runs no probe, so the picker runs the shared Deployment's
+  readinessProbe itself (GET /v1/models lists the base and at least one adapter) every 0.25 s;
 - it exports its own request series by the model asked for and the model it was rewritten to, with the upstream names,
   labels and buckets: inference_objective_request_total{model_name, target_model_name},
   inference_objective_request_error_total{..., error_code}, inference_objective_request_duration_seconds (histogram),
@@ -98,9 +100,11 @@ class EndpointPicker(threading.Thread):
         self.lock = threading.Lock()
         self.rewrite: dict | None = None
         self.pool: dict | None = None
+        self.ready: set[str] = set()  # pods whose readinessProbe passes (the shared one: base and an adapter listed)
         self.counts: dict[tuple[str, int], int] = {}  # (target, status) ; status 0 = no answer
         self.first_ok: dict[str, float] = {}  # target -> time.time() of its first 200
         self.first_routed: dict[str, float] = {}  # target -> when a request was first rewritten to it
+        self.first_latencies: dict[str, list[float]] = {}  # target -> seconds of its first answers (200), in order
         self.registry = CollectorRegistry()
         labels = ["model_name", "target_model_name"]
         self.requests = Counter("inference_objective_request", "Counter of inference objective requests broken out for each model and target model.",
@@ -123,14 +127,22 @@ class EndpointPicker(threading.Thread):
                 pool = self.kube.get("inferencepools", self.pool_name, self.ns)
             except Exception:  # noqa: BLE001 — CRDs not installed yet, or the API server is busy
                 rewrite, pool = None, None
+            ready = {p["metadata"]["name"] for p in self._selected(pool) if self._probe(p)}
             with self.lock:
-                self.rewrite, self.pool = rewrite, pool
+                self.rewrite, self.pool, self.ready = rewrite, pool, ready
             self.stop_event.wait(0.25)
 
-    def endpoints(self) -> list[dict]:
-        """Ready pods the pool's selector picks (matchLabels, as InferencePool v1's selector)."""
-        with self.lock:
-            pool = self.pool
+    @staticmethod
+    def _probe(pod: dict) -> bool:
+        """The shared Deployment's readinessProbe (builders.serving.shared_readiness_probe), as the kubelet would run it."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{pod['_port']}/v1/models", timeout=1) as resp:
+                data = json.loads(resp.read())["data"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return any(not m.get("parent") for m in data) and any(m.get("parent") for m in data)
+
+    def _selected(self, pool: dict | None) -> list[dict]:
         sel = (((pool or {}).get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         if not sel:
             return []
@@ -138,12 +150,20 @@ class EndpointPicker(threading.Thread):
             pods = list(self.discovery.pods)
         return [p for p in pods if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())]
 
+    def endpoints(self) -> list[dict]:
+        """Ready pods the pool's selector picks (matchLabels, as InferencePool v1's selector)."""
+        with self.lock:
+            pool, ready = self.pool, set(self.ready)
+        return [p for p in self._selected(pool) if p["metadata"]["name"] in ready]
+
     # --- requests ----------------------------------------------------------------------------------------------------
     def _record(self, target: str, status: int, seconds: float | None, tokens: int | None) -> None:
         with self.lock:
             self.counts[(target, status)] = self.counts.get((target, status), 0) + 1
             if status == 200 and target not in self.first_ok:
                 self.first_ok[target] = time.time()
+            if status == 200 and seconds is not None and len(self.first_latencies.setdefault(target, [])) < 12:
+                self.first_latencies[target].append(round(seconds, 3))
         self.requests.labels(self.model, target).inc()
         if status != 200:
             self.errors.labels(self.model, target, str(status) if status else "Unavailable").inc()

@@ -8,9 +8,10 @@ In order, on one Rollout and one pod:
    installed, the first adapter is loaded and served;
 2. a good adapter (answers concisely, like the stable) is loaded into the running pod without a restart, gets its weight
    only once the pod lists it, is promoted, and the old adapter is unloaded; no second Deployment, the same pod;
-3. a bad adapter — it never stops talking: every answer runs to max_tokens, so on the real engine it is several times
-   slower than the stable — is rolled back on its p95 latency relative to the stable's, its weight removed, then
-   unloaded; still one Deployment and the same pod;
+3. a bad adapter — it never stops talking: every answer runs to max_tokens, so on the real engine it is many times
+   slower than the stable — is rolled back on its p95 latency (absolute: beside it the stable's own answers slow down
+   on the shared engine, so a ratio understates it), its weight removed, then unloaded; still one Deployment and the
+   same pod;
 4. `kubectl get rollouts` shows the mode, the step and the weights.
 The seconds from a weight change to the candidate's first answer, and from the candidate's name to its adapter being
 listed by the pod, are printed and written to the test's folder (shared-base-measurements.json).
@@ -19,7 +20,7 @@ The adapters are built here (no training): rank-8 LoRA adapters of the tiny base
 the last layer's MLP a term that is the same direction whatever the context — the end-of-sequence token's output
 embedding, scaled by a sum of squares of the input's projections (gate and up LoRA on eight neurons, SiLU(y)·y >= 0) — so
 greedy decoding ends the answer at once; the "rambling" one (v3) is a zero adapter: the random base, which never
-samples its end-of-sequence token in 32 tokens.
+samples its end-of-sequence token in the 48 tokens each request allows.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ SERVED = "support-bot"
 POOL = "support-bot-pool"
 V1, V2, V3 = (f"{SERVED}-shared-{v}" for v in ("v1", "v2", "v3"))
 TERMINAL = ("Promoted", "RolledBack", "Aborted")
+LATENCY_MAX = 0.45  # seconds: a concise adapter's p95 measured 0.03-0.34 s here, the rambling adapter's 48 tokens 0.58-0.95 s
 
 
 def make_adapter(base: Path, out: Path, *, concise: bool, seed: int, rank: int = 8, gain: float = 4.0, scale: float = 10.0) -> Path:
@@ -118,12 +120,13 @@ def shared(kube: Kube, env: Env, tmp_path_factory: pytest.TempPathFactory) -> It
     prom.start()
     disc = Discovery(kube, env.ns, prom.sd_file)
     disc.start()
-    epp = EndpointPicker(kube, disc, env.ns, rewrite=RO, pool=POOL, model=SERVED, rps=8, port=epp_port)
+    epp = EndpointPicker(kube, disc, env.ns, rewrite=RO, pool=POOL, model=SERVED, rps=8, port=epp_port, max_tokens=48)
     epp.start()
     s = SimpleNamespace(prom=prom, disc=disc, epp=epp, port=free_port(), work=work, measured={}, pods={})
     try:
         yield s
     finally:
+        s.measured["first_answers_s"] = dict(epp.first_latencies)
         (work / "shared-base-measurements.json").write_text(json.dumps(s.measured, indent=2))
         print(f"\nshared-base measurements: {json.dumps(s.measured)}")
         epp.stop()
@@ -141,10 +144,17 @@ def _rollout(s: SimpleNamespace, env: Env, candidate: str) -> dict:
                         "resources": {"gpus": 0, "cpu": "100m", "memory": "1Gi"}},
             "trafficRouting": {"inferenceModelRewrite": {"poolRef": {"name": POOL}}},
             "steps": [{"setWeight": 50}, {"analysis": {}}],
-            "analysis": {"prometheusAddress": s.prom.url, "interval": "2s", "window": "20s", "count": 4, "initialDelay": "3s",
+            "analysis": {"prometheusAddress": s.prom.url, "interval": "2s", "window": "20s", "count": 6, "initialDelay": "4s",
                          "failureLimit": 0, "inconclusiveLimit": 2,
                          "metrics": [{"name": "error-rate", "builtin": "error-rate", "max": 0.05},
-                                     {"name": "latency", "builtin": "e2e-latency-p95", "maxRelativeToStable": 2.5, "failureLimit": 1}]},
+                                     # absolute, not relative to the stable (both measured here on this tier): on one engine a
+                                     # slow adapter slows the stable's answers too (the stable's p95 rose from 0.05 s to
+                                     # 0.24 s beside a rambling candidate at 50 %, which then passed maxRelativeToStable
+                                     # 2.5 at 0.58 s), and the picker's buckets are 2x apart at tens of milliseconds (0.025,
+                                     # 0.05, 0.1, 0.2 s), so a good adapter's p95 read 0.15-0.25 s against the stable's 0.05 s
+                                     # in some windows. failureLimit 2: a few slow answers in a 6-measurement step pass; a
+                                     # rambling adapter fails every measurement
+                                     {"name": "latency", "builtin": "e2e-latency-p95", "max": LATENCY_MAX, "failureLimit": 2}]},
             "scaleDownDelaySeconds": 2,
         },
     }
@@ -214,6 +224,11 @@ def _served_after_weight(s: SimpleNamespace, ro: dict, target: str, timeout: flo
     return s.epp.first_ok[target] - changed
 
 
+def _not_found(s: SimpleNamespace) -> dict[str, int]:
+    """Requests the pod answered 404 (`The model ... does not exist`): sent for an adapter it did not hold."""
+    return {k: n for k, n in s.epp.summary().items() if k.endswith(":404")}
+
+
 def _wait_mv(kube: Kube, env: Env, name: str, want: str) -> None:
     kube.wait("modelversions", name, env.ns, lambda o: phase(o) == want, timeout=30, what=f"phase {want}")
 
@@ -226,6 +241,7 @@ def test_without_the_inference_extension_the_rollout_says_what_is_missing_then_s
     kube.create("rollouts", _rollout(s, env, V1))
     ro = _wait(kube, env, s, lambda o: (cond(o, "Progressing") or {}).get("reason") == "InferenceExtensionMissing", "InferenceExtensionMissing", 60)
     assert phase(ro) == "Degraded" and "InferenceModelRewrite (inference.networking.x-k8s.io/v1alpha2)" in ro["status"]["message"], ro["status"]
+    installed = time.monotonic()
     kube.apply([IMR_CRD, POOL_CRD])
     for name in (IMR_CRD_NAME, POOL_CRD_NAME):
         kube.wait("customresourcedefinitions", name, None, lambda o: any(c["type"] == "Established" and c["status"] == "True"
@@ -240,15 +256,22 @@ def test_without_the_inference_extension_the_rollout_says_what_is_missing_then_s
     deadline = time.monotonic() + 60
     while s.epp.ok(V1) == 0:
         assert time.monotonic() < deadline, f"no answer from {V1}: {s.epp.summary()}\n{_debug(kube, env, s)}"
-        time.sleep(0.5)
+        time.sleep(0.1)
+    s.measured["v1_first_answer_after_crds_installed_s"] = round(time.monotonic() - installed, 1)  # pod start + base load + adapter
     assert _deployments(kube, env) == [f"{RO}-shared"]
     s.pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(kube, env)}
     assert len(s.pods) == 1, s.pods
+    # the pod became ready (its probe) only once the operator had loaded the adapter: no request met a pod without it
+    assert not _not_found(s), s.epp.summary()
 
 
 def test_a_good_adapter_is_loaded_without_a_restart_promoted_and_the_old_one_unloaded(kube: Kube, env: Env, shared: SimpleNamespace):
     s = shared
     assert s.pods, "needs the first version served (the previous test)"
+    deadline = time.monotonic() + 60
+    while s.epp.ok(V1) < 40:  # the engine warm (its first batches after start are slow), as a serving pod is
+        assert time.monotonic() < deadline, s.epp.summary()
+        time.sleep(0.2)
     start = time.monotonic()
     kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": V2}}})
     s.measured["v2_listed_after_candidate_set_s"] = round(_wait_listed(kube, env, s, lambda n: V2 in n, f"listed {V2}") + 0.0, 2)
@@ -266,6 +289,7 @@ def test_a_good_adapter_is_loaded_without_a_restart_promoted_and_the_old_one_unl
     s.measured["v1_unloaded_after_promotion_s"] = round(_wait_listed(kube, env, s, lambda n: V1 not in n and V2 in n, f"dropped {V1}", 60), 2)
     assert _deployments(kube, env) == [f"{RO}-shared"]  # no second Deployment, ever
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(kube, env)} == s.pods  # the same pod: no restart
+    assert not _not_found(s), s.epp.summary()  # v2 had weight only once the pod listed it; v1 was unloaded after its traffic left
     s.measured["v2_answers"] = s.epp.ok(V2)
 
 
@@ -281,8 +305,8 @@ def test_a_slower_adapter_is_rolled_back_then_unloaded(kube: Kube, env: Env, sha
     rb = cond(ro, "RolledBack")
     assert rb and "latency" in rb.get("message", ""), ro["status"].get("conditions")
     failed = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Failed" and m.get("metric") == "latency"]
-    assert failed and failed[-1]["value"] > 2.5 * failed[-1]["stableValue"], failed
-    s.measured["v3_latency_p95_s"], s.measured["stable_latency_p95_s"] = failed[-1]["value"], failed[-1]["stableValue"]
+    assert failed and failed[-1]["value"] > LATENCY_MAX, failed
+    s.measured["v3_latency_p95_s"], s.measured["stable_latency_p95_s"] = failed[-1]["value"], failed[-1].get("stableValue")
     assert ro["status"]["stableModelVersion"] == V2 and ro["status"]["canaryWeight"] == 0
     assert _targets(kube, env) == [{"modelRewrite": V2}]
     _wait_mv(kube, env, V3, "RolledBack")
@@ -290,6 +314,7 @@ def test_a_slower_adapter_is_rolled_back_then_unloaded(kube: Kube, env: Env, sha
     s.measured["v3_unloaded_after_rollback_s"] = round(_wait_listed(kube, env, s, lambda n: V3 not in n and V2 in n, f"dropped {V3}", 60), 2)
     assert _deployments(kube, env) == [f"{RO}-shared"]
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(kube, env)} == s.pods
+    assert not _not_found(s), s.epp.summary()
     s.measured["epp_summary"] = s.epp.summary()
 
 
