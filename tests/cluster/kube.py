@@ -33,6 +33,7 @@ PREFIX = {
     "clusterroles": "/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings": "/apis/rbac.authorization.k8s.io/v1",
     "customresourcedefinitions": "/apis/apiextensions.k8s.io/v1",
     "httproutes": "/apis/gateway.networking.k8s.io/v1",
+    "inferencemodelrewrites": "/apis/inference.networking.x-k8s.io/v1alpha2", "inferencepools": "/apis/inference.networking.k8s.io/v1",
     "finetunejobs": "/apis/tuneloop.dev/v1alpha1", "modelversions": "/apis/tuneloop.dev/v1alpha1",
     "rollouts": "/apis/tuneloop.dev/v1alpha1", "finetuneschedules": "/apis/tuneloop.dev/v1alpha1",
     "finetunesweeps": "/apis/tuneloop.dev/v1alpha1",

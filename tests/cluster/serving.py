@@ -235,8 +235,10 @@ class Gateway(threading.Thread):
 class Prometheus:
     """The real `prometheus` binary scraping the file_sd targets every second."""
 
-    def __init__(self, workdir: Path, *, static_targets: dict[str, str] | None = None, rules: dict | None = None):
-        """`static_targets`: job name -> host:port scraped besides the vLLM pods (e.g. the operator's /metrics);
+    def __init__(self, workdir: Path, *, static_targets: dict[str, str] | None = None, rules: dict | None = None,
+                 static_labels: dict[str, dict[str, str]] | None = None):
+        """`static_targets`: job name -> host:port scraped besides the vLLM pods (e.g. the operator's /metrics), with
+        `static_labels[job]` as target labels (e.g. the namespace a PodMonitor would give an endpoint picker's series);
         `rules`: a rule-file document ({"groups": [...]}) Prometheus evaluates every second."""
         binary = prometheus_binary()
         if binary is None:
@@ -254,7 +256,8 @@ class Prometheus:
         }
         for job, target in (static_targets or {}).items():
             config["scrape_configs"].append({"job_name": job, "scrape_interval": "1s", "scrape_timeout": "1s",
-                                             "static_configs": [{"targets": [target]}]})
+                                             "static_configs": [{"targets": [target], **({"labels": static_labels[job]}
+                                                                                         if static_labels and job in static_labels else {})}]})
         if rules is not None:
             (workdir / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
             config["rule_files"] = [str(workdir / "rules.yaml")]

@@ -74,3 +74,16 @@ def replica_rollout(**spec_overrides: Any) -> dict[str, Any]:
     obj = gateway_rollout(**spec_overrides)
     obj["spec"]["trafficRouting"] = {"replicaWeighted": {"service": "support-bot"}}
     return obj
+
+
+def shared_rollout(**spec_overrides: Any) -> dict[str, Any]:
+    """serving.mode sharedBase: one Deployment of the base, adapters by name, weights on an InferenceModelRewrite."""
+    obj = gateway_rollout(**spec_overrides)
+    obj["spec"]["serving"] = {"mode": "sharedBase", "replicas": 2, "maxLoras": 2, "resources": {"gpus": 1}}
+    obj["spec"]["trafficRouting"] = {"inferenceModelRewrite": {"poolRef": {"name": "support-bot-pool"}}}
+    obj["spec"]["analysis"]["metrics"] = [
+        {"name": "error-rate", "builtin": "error-rate", "max": 0.05},
+        {"name": "latency", "builtin": "e2e-latency-p95", "maxRelativeToStable": 1.5},
+    ]
+    obj["spec"].update(spec_overrides)
+    return obj

@@ -122,6 +122,12 @@ class RolloutReason(str, Enum):
     SERVING_POD_FAILED = "ServingPodFailed"  # a vLLM pod of the version exited or restarted (any exit code)
     OBJECT_NOT_OWNED = "ObjectNotOwned"  # ObjectsOwned False: a Service/HTTPRoute/Deployment of that name is someone else's
     OWNED = "Owned"  # ObjectsOwned True: the conflict is gone
+    # serving.mode sharedBase (one Deployment of the base serves every version as a LoRA adapter)
+    NOT_AN_ADAPTER = "NotAnAdapter"  # a merged/full/GGUF ModelVersion: it has no base to share
+    BASE_MISMATCH = "BaseMismatch"  # the candidate's base (name, serving path or revision) is not the one the Deployment serves
+    ADAPTER_CLAIM_MISMATCH = "AdapterClaimMismatch"  # the candidate's artifact is on another claim than the one the pods mount
+    ADAPTER_LOAD_FAILED = "AdapterLoadFailed"  # a pod refused to load the adapter (vLLM's /v1/load_lora_adapter answer)
+    INFERENCE_EXTENSION_MISSING = "InferenceExtensionMissing"  # the InferenceModelRewrite API is not installed
 
 
 def step_reason(index: int) -> str:

@@ -44,10 +44,12 @@ COLUMNS = {
         AGE,
     ],
     "Rollout": [
+        {"name": "Mode", "type": "string", "jsonPath": ".spec.serving.mode"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Stable", "type": "string", "jsonPath": ".status.stableModelVersion"},
         {"name": "Candidate", "type": "string", "jsonPath": ".status.candidateModelVersion"},
         {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        {"name": "Weights", "type": "string", "jsonPath": ".status.weights"},
         {"name": "Step", "type": "string", "jsonPath": ".status.step"},
         {"name": "Message", "type": "string", "jsonPath": ".status.message"},
         AGE,

@@ -110,17 +110,40 @@ class OutputGuard(ApiModel):
                                      "ModelVersion's spec.topicProfile, which the evaluation writes).")
 
 
+class ServingMode(str, Enum):
+    """How the Rollout's ModelVersions are served: a vLLM Deployment per version, or one Deployment of the shared base
+    serving every version (a LoRA adapter) by name."""
+
+    PER_VERSION = "perVersion"
+    SHARED_BASE = "sharedBase"
+
+
+# The built-in metrics a sharedBase Rollout can measure per adapter: only the traffic layer tells adapters apart (vLLM
+# counts an adapter's requests under its base; the output guard counts per pod), and the endpoint picker exports request,
+# error and latency series by target model, no time to first token and no aborts.
+SHARED_BASE_METRICS = ("error-rate", "e2e-latency-p95")
+
+
 class ServingSpec(ApiModel):
     """How each ModelVersion is served."""
 
+    mode: ServingMode = Field(default=ServingMode.PER_VERSION, description=(
+        "perVersion: a vLLM Deployment per ModelVersion (stable, canary), traffic split between them. sharedBase: one vLLM "
+        "Deployment of the base model serves every version as a LoRA adapter loaded at runtime (no second Deployment, no "
+        "restart), traffic split by model name with an InferenceModelRewrite (needs trafficRouting.inferenceModelRewrite, "
+        "and LoRA-adapter ModelVersions of one base on one claim). Cannot change once set."),
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "serving.mode cannot change; create a new Rollout")]})
     image: str | None = Field(default=None, description="vLLM image; defaults to the operator's configured image.")
     replicas: int = Field(default=2, ge=1, le=1000, description="Replicas of the stable version (the canary scales with its weight in replica mode).")
     resources: ServingResources = Field(default_factory=ServingResources, description="Per-replica resources.")
     extra_args: list[str] = Field(default_factory=list, max_length=64, description=(
         "Extra `vllm serve` arguments. Flags that run foreign code, read files, serve other weights or reach other hosts "
         "(`--trust-remote-code`, `--allowed-local-media-path`, `--config`, `--model`, …) only where the platform admin allows them."))
-    max_loras: int = Field(default=1, ge=1, le=64, description="vLLM --max-loras for LoRA artifacts.")
-    max_lora_rank: int | None = Field(default=None, ge=1, description="vLLM --max-lora-rank; defaults to the artifact's rank.")
+    max_loras: int = Field(default=1, ge=1, le=64, description=(
+        "vLLM --max-loras for LoRA artifacts (sharedBase: at least 2, the stable and the candidate adapter in one batch)."))
+    max_lora_rank: int | None = Field(default=None, ge=1, description=(
+        "vLLM --max-lora-rank; defaults to the artifact's rank (sharedBase: to 16, vLLM's default, for every adapter the "
+        "Deployment will load)."))
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server and /metrics.")
     guard: OutputGuard | None = Field(
         default=None, description="Put the output guard in front of every pod (answers checked against the ModelVersion's outputContract).")
@@ -151,14 +174,34 @@ class ReplicaWeightedRouting(ApiModel):
     service: str = Field(min_length=1, description="Name of the Service that selects stable and canary pods.")
 
 
-class TrafficRouting(OneOf):
-    """How traffic is split: exactly one of gatewayAPI, replicaWeighted."""
+class PoolRef(ApiModel):
+    """The InferencePool (Gateway API Inference Extension) whose endpoint picker applies the rewrite; in the Rollout's
+    namespace, selecting the Rollout's pods (label tuneloop.dev/rollout)."""
 
-    one_of = ("gatewayAPI", "replicaWeighted")
+    name: str = Field(min_length=1, max_length=253, description="InferencePool name.")
+    group: str = Field(default="inference.networking.k8s.io", max_length=253, description="InferencePool API group.")
+    kind: str = Field(default="InferencePool", min_length=1, max_length=63, description="InferencePool kind.")
+
+
+class InferenceModelRewriteRouting(ApiModel):
+    """Weighted model names on a Gateway API Inference Extension InferenceModelRewrite (v1alpha2): requests for
+    servedModelName are rewritten to the stable adapter's name and the candidate's, by weight (sharedBase mode)."""
+
+    name: str | None = Field(default=None, max_length=253, description="InferenceModelRewrite name (created or updated by the operator); "
+                                                                        "defaults to the Rollout's name.")
+    pool_ref: PoolRef = Field(description="The InferencePool the rewrite applies to.")
+
+
+class TrafficRouting(OneOf):
+    """How traffic is split: exactly one of gatewayAPI, replicaWeighted, inferenceModelRewrite."""
+
+    one_of = ("gatewayAPI", "replicaWeighted", "inferenceModelRewrite")
     one_of_what = "trafficRouting"
 
     gateway_api: GatewayApiRouting | None = Field(default=None, alias="gatewayAPI", description="Gateway API HTTPRoute weights (exact).")
     replica_weighted: ReplicaWeightedRouting | None = Field(default=None, description="Replica-count weights (coarse).")
+    inference_model_rewrite: InferenceModelRewriteRouting | None = Field(
+        default=None, description="Weights between adapter names of one base on an InferenceModelRewrite (exact; serving.mode sharedBase).")
 
 
 class PauseStep(ApiModel):
@@ -370,6 +413,17 @@ class DriftWatchSpec(ApiModel):
         return self
 
 
+_SHARED = "has(self.serving) && has(self.serving.mode) && self.serving.mode == 'sharedBase'"
+SHARED_ROUTING_MESSAGE = (
+    "serving.mode sharedBase needs trafficRouting.inferenceModelRewrite (the split is between adapter names inside one "
+    "Deployment, which only an InferenceModelRewrite can express), and inferenceModelRewrite needs serving.mode sharedBase")
+SHARED_MAX_LORAS_MESSAGE = "serving.mode sharedBase needs serving.maxLoras of at least 2 (the stable and the candidate adapter are served together)"
+SHARED_GUARD_MESSAGE = "serving.guard is not supported with serving.mode sharedBase (the guard checks one ModelVersion's contract per pod)"
+SHARED_METRICS_MESSAGE = (
+    f"serving.mode sharedBase measures each adapter from the traffic layer's per-model metrics, which have only the built-ins "
+    f"{', '.join(SHARED_BASE_METRICS)} (no time to first token, aborts or guard verdicts by adapter); use a custom query for others")
+
+
 class RolloutSpec(ApiModel):
     """Desired serving state."""
 
@@ -418,6 +472,11 @@ class RolloutSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel("!(self.promote && self.abort)", "promote and abort cannot both be set"),
+                cel(f"({_SHARED}) == has(self.trafficRouting.inferenceModelRewrite)", SHARED_ROUTING_MESSAGE),
+                cel(f"!({_SHARED}) || !has(self.serving.maxLoras) || self.serving.maxLoras >= 2", SHARED_MAX_LORAS_MESSAGE),
+                cel(f"!({_SHARED}) || !has(self.serving.guard)", SHARED_GUARD_MESSAGE),
+                cel(f"!({_SHARED}) || !has(self.analysis.metrics) || self.analysis.metrics.all(m, !has(m.builtin) || m.builtin in "
+                    f"{list(SHARED_BASE_METRICS)})", SHARED_METRICS_MESSAGE),
             ]
         }
     }
@@ -426,6 +485,8 @@ class RolloutSpec(ApiModel):
     def _refs(self) -> RolloutSpec:
         if self.promote and self.abort:
             raise ValueError("promote and abort cannot both be set")
+        for problem in shared_base_problems(self):
+            raise ValueError(problem)
         names = {m.name for m in self.analysis.metrics}
         for i, step in enumerate(self.steps):
             unknown = set(step.analysis.metrics) - names if step.analysis else set()
@@ -434,6 +495,25 @@ class RolloutSpec(ApiModel):
             if step.analysis and not self.analysis.metrics:
                 raise ValueError(f"steps[{i}] is an analysis step but analysis.metrics is empty")
         return self
+
+
+def shared_base_problems(spec: RolloutSpec) -> list[str]:
+    """What a sharedBase RolloutSpec cannot do (the pydantic twin of the CEL rules above); [] otherwise."""
+    shared = spec.serving.mode == ServingMode.SHARED_BASE.value
+    out = []
+    if shared != (spec.traffic_routing.inference_model_rewrite is not None):
+        out.append(SHARED_ROUTING_MESSAGE)
+    if not shared:
+        return out
+    if spec.serving.max_loras < 2:
+        out.append(SHARED_MAX_LORAS_MESSAGE)
+    if spec.serving.guard is not None:
+        out.append(SHARED_GUARD_MESSAGE)
+    bad = sorted({str(getattr(m.builtin, "value", m.builtin)) for m in spec.analysis.metrics
+                  if m.builtin is not None and str(getattr(m.builtin, "value", m.builtin)) not in SHARED_BASE_METRICS})
+    if bad:
+        out.append(f"{SHARED_METRICS_MESSAGE}; not available: {', '.join(bad)}")
+    return out
 
 
 class RolloutPhase(str, Enum):
@@ -532,6 +612,7 @@ class RolloutStatus(ApiModel):
         default_factory=list, max_length=32, description="Per-metric totals of the current step (its analysis, or background analysis)."
     )
     step: str | None = Field(default=None, description="The current step as N/TOTAL (1-based), for kubectl get.")
+    weights: str | None = Field(default=None, description="The traffic split, e.g. `v1=90 v2=10` (ModelVersion=percent), for kubectl get.")
     weight_changed_at: datetime | None = Field(default=None, description="When the canary weight last changed.")
     canary_data_at: datetime | None = Field(default=None, description="When a measurement last got a value from the canary.")
     canary_unready_since: datetime | None = Field(

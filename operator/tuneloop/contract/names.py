@@ -27,6 +27,9 @@ ANNOTATION_SWEEP_LINEAGE = "tuneloop.dev/sweep-lineage"  # the final run's sweep
 STABLE = "stable"
 CANARY = "canary"
 ROLES = (STABLE, CANARY)
+# serving.mode sharedBase: one Deployment of the base serves every version (adapter) of the Rollout; its pods carry this
+# role and no model-version label (they serve several, and a label that changed on promotion would restart them).
+SHARED = "shared"
 
 
 def child_name(base: str, suffix: str, limit: int = 63) -> str:

@@ -44,6 +44,8 @@ RULES: list[tuple[str, list[str], list[str], str]] = [
     ("", ["events"], ["create"], "events on phase changes (the operator's and Kopf's, core/v1)"),
     ("apps", ["deployments"], ["get", "create", "patch"], "vLLM stable/canary Deployments (rollout)"),
     ("gateway.networking.k8s.io", ["httproutes"], ["get", "create", "patch"], "traffic split by HTTPRoute weights (rollout)"),
+    ("inference.networking.x-k8s.io", ["inferencemodelrewrites"], ["get", "list", "create", "patch"],
+     "traffic split between adapter names of a sharedBase Rollout (list: whether the Inference Extension is installed)"),
     ("networking.k8s.io", ["networkpolicies"], ["get", "create", "patch"],
      "a training Job's pods reachable only from the same job; a Rollout's vLLM pods only from the admin's peers"),
 ]

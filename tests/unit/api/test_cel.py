@@ -118,7 +118,7 @@ ROLLOUT_CASES = [
     ("spec.steps", [{}], "exactly one of setWeight, pause, analysis, experiment must be set for a step"),
     ("spec.steps", [{"setWeight": 101}], "setWeight must be within 0..100"),
     ("spec.steps", [{"setWeight": -1}], "setWeight must be within 0..100"),
-    ("spec.trafficRouting", {}, "exactly one of gatewayAPI, replicaWeighted must be set for trafficRouting"),
+    ("spec.trafficRouting", {}, "exactly one of gatewayAPI, replicaWeighted, inferenceModelRewrite must be set for trafficRouting"),
     ("spec.analysis.metrics", [{"name": "x", "query": "up", "builtin": "error-rate", "max": 1}], "exactly one of builtin, query must be set for an analysis metric"),
     ("spec.analysis.metrics", [{"name": "x", "query": "up"}], "an analysis metric needs max, min or maxRelativeToStable"),
     ("spec.promote", True, None),

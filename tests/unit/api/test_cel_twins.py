@@ -150,8 +150,18 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
         "promote-abort": ({"spec"}, st.tuples(st.booleans(), st.booleans()).map(
             lambda t: [("spec.promote", t[0]), ("spec.abort", t[1])])),
         "trafficRouting": ({"spec.trafficRouting"}, subset({
-            "gatewayAPI": {"httpRoute": "r", "parentRefs": [{"name": "gw"}]}, "replicaWeighted": {"service": "svc"}}).map(
-            lambda d: [("spec.trafficRouting", d)])),
+            "gatewayAPI": {"httpRoute": "r", "parentRefs": [{"name": "gw"}]}, "replicaWeighted": {"service": "svc"},
+            "inferenceModelRewrite": {"poolRef": {"name": "pool"}}}).map(lambda d: [("spec.trafficRouting", d)])),
+        # serving.mode sharedBase: its routing, maxLoras, no guard, only the built-ins the traffic layer splits by model
+        "shared-base": ({"spec"}, st.tuples(
+            st.sampled_from([None, "perVersion", "sharedBase"]), st.booleans(), st.sampled_from([None, 1, 2, 4]), st.booleans(),
+            st.sampled_from(["error-rate", "e2e-latency-p95", "ttft-p95", "abort-rate", None])).map(
+            lambda t: [("spec.serving.mode", DELETE if t[0] is None else t[0]),
+                       ("spec.trafficRouting", {"inferenceModelRewrite": {"poolRef": {"name": "pool"}}} if t[1]
+                        else {"gatewayAPI": {"httpRoute": "r", "parentRefs": [{"name": "gw"}]}}),
+                       ("spec.serving.maxLoras", DELETE if t[2] is None else t[2]),
+                       ("spec.serving.guard", {} if t[3] else DELETE),
+                       ("spec.analysis.metrics", [{"name": "m", **({"builtin": t[4]} if t[4] else {"query": "sum(up)"}), "max": 1.0}])])),
         "step": ({"spec.steps[]"}, st.tuples(subset({"pause": {"duration": "1m"}, "analysis": {}, "setWeight": 0,
                                                      "experiment": EXPERIMENT}),
                                              st.integers(0, 100)).map(

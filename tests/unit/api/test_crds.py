@@ -117,7 +117,7 @@ def test_crd_metadata(repo_root: Path) -> None:
     cols = {k: [c["name"] for c in d["spec"]["versions"][0]["additionalPrinterColumns"]] for k, d in docs.items()}
     assert cols["FineTuneJob"] == ["Phase", "Progress", "Base model", "Loss", "Tokens/s/GPU", "MFU", "Age"]
     assert cols["ModelVersion"] == ["Model", "Version", "Phase", "Verdict", "Age"]
-    assert cols["Rollout"] == ["Phase", "Stable", "Candidate", "Weight", "Step", "Message", "Age"]
+    assert cols["Rollout"] == ["Mode", "Phase", "Stable", "Candidate", "Weight", "Weights", "Step", "Message", "Age"]
     assert cols["FineTuneSchedule"] == ["Schedule", "Timezone", "Suspend", "Phase", "Last run", "Next", "Serving", "Message", "Age"]
     assert cols["FineTuneSweep"] == ["Phase", "Done", "Running", "Pruned", "Failed", "Objective", "Best", "Best trial", "Message", "Age"]
     for d in docs.values():

@@ -32,6 +32,10 @@ class Pods:
     rollout: str
     role: str | None = None
     model_version: str | None = None
+    # serving.mode sharedBase: every pod serves every version (as a LoRA adapter named after its ModelVersion), so a
+    # question about one version is about its share of the requests for this served model name, as the traffic layer
+    # that splits them by model name counts it (the version is `model_version`); None: per-version pods
+    served_model: str | None = None
 
 
 class WindowSignal(str, Enum):

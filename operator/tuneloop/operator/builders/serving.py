@@ -1,6 +1,13 @@
 """vLLM Deployment and Services of a Rollout (pure builders): one Deployment and one Service per role
 (stable/canary). The HTTPRoute and the replica-weighted mode's shared Service are `traffic.py`.
 
+serving.mode sharedBase (`build_shared_deployment`): one Deployment `<rollout>-shared` runs `vllm serve BASE
+--served-model-name SERVED-base --enable-lora --max-loras N --max-lora-rank R` with
+VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and the adapters' claim mounted whole, read-only, at /models/adapters; no adapter
+is named in its arguments (the operator loads each version's adapter into every pod at runtime, under the ModelVersion's
+name), so the pod template depends only on the base, the claim and the serving settings: a new candidate, a promotion
+or a rollback never changes it, and never restarts a pod.
+
 LoRA artifacts: `vllm serve BASE --enable-lora --lora-modules SERVED=/models/adapter ...` with the
 adapter mounted read-only from its PVC; the base model is served under `SERVED-base` so that the
 adapter, not the base, answers requests for SERVED whatever vLLM version resolves names.
@@ -27,6 +34,8 @@ from .security import container_security, pod_security
 
 ARTIFACT_MOUNT = "/models/artifact"
 BASE_MOUNT = "/models/base"
+ADAPTERS_MOUNT = "/models/adapters"  # sharedBase: the adapters' claim, whole (an adapter loaded later is already there)
+SHARED_DEFAULT_RANK = 16  # sharedBase --max-lora-rank without serving.maxLoraRank (vLLM's own default)
 # vLLM accepts only these --max-lora-rank values; an adapter's rank is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -218,6 +227,73 @@ def vllm_args(spec: RolloutSpec, mv: ModelVersion) -> tuple[list[str], list[dict
     return list(plan.args), volumes, mounts
 
 
+# --- serving.mode sharedBase -------------------------------------------------------------------------------------------
+def shared_rank(serving: ServingSpec) -> int:
+    """--max-lora-rank of a shared Deployment: serving.maxLoraRank (rounded up to a value vLLM accepts), else 16. It
+    does not follow an artifact's rank: every adapter the Deployment will ever load must fit, and changing it restarts."""
+    rank = lora_rank_flag(serving.max_lora_rank, None)
+    return rank if rank is not None else SHARED_DEFAULT_RANK
+
+
+def _base_identity(mv: ModelVersion) -> tuple[str, str | None]:
+    return base_location(mv), mv.spec.base_model.revision
+
+
+def check_shareable(spec: RolloutSpec, mv: ModelVersion, base: ModelVersion | None = None) -> None:
+    """A ModelVersion a shared Deployment can serve: a LoRA adapter on a pvc:// path whose rank fits the Deployment's
+    --max-lora-rank, and — given `base`, the version whose base the Deployment runs — of that same base (name or
+    serving path, revision) with its artifact on the same claim. ServingError with the reason otherwise."""
+    name = mv.metadata.name
+    art = mv.spec.artifact
+    if art.format != ArtifactFormat.LORA_ADAPTER.value:
+        raise ServingError(
+            f"ModelVersion {name} is a {art.format} artifact, not a LoRA adapter: serving.mode sharedBase serves LoRA adapters of "
+            "one base; serve it with serving.mode perVersion (a Rollout of its own)", RolloutReason.NOT_AN_ADAPTER.value)
+    claim, _ = parse_pvc_uri(art.uri, f"ModelVersion {name} artifact")
+    base_location(mv)  # a GGUF base cannot be served at all
+    rank = shared_rank(spec.serving)
+    if art.lora_rank is not None and art.lora_rank > rank:
+        raise ServingError(f"ModelVersion {name} has LoRA rank {art.lora_rank}, above the shared Deployment's --max-lora-rank {rank}; "
+                           "set serving.maxLoraRank (changing it restarts the pods)", RolloutReason.LORA_RANK_TOO_LARGE.value)
+    if base is None or base.metadata.name == name:
+        return
+    if _base_identity(mv) != _base_identity(base):
+        (b, rev), (mine, mine_rev) = _base_identity(base), _base_identity(mv)
+        raise ServingError(
+            f"ModelVersion {name} is an adapter of {mine}" + (f"@{mine_rev}" if mine_rev else "") + f", but the shared Deployment "
+            f"serves {b}" + (f"@{rev}" if rev else "") + f" (the base of {base.metadata.name}): two ModelVersions of different "
+            "bases cannot share one; roll it out with serving.mode perVersion or a Rollout of its own", RolloutReason.BASE_MISMATCH.value)
+    base_claim, _ = parse_pvc_uri(base.spec.artifact.uri, f"ModelVersion {base.metadata.name} artifact")
+    if claim != base_claim:
+        raise ServingError(
+            f"ModelVersion {name}'s adapter is on claim {claim}, but the shared Deployment mounts claim {base_claim} (that of "
+            f"{base.metadata.name}) for every adapter: register the adapter on {base_claim}", RolloutReason.ADAPTER_CLAIM_MISMATCH.value)
+
+
+def adapter_path(mv: ModelVersion) -> str:
+    """Where a shared pod reads a ModelVersion's adapter: its path inside the mounted claim."""
+    _, path = parse_pvc_uri(mv.spec.artifact.uri, f"ModelVersion {mv.metadata.name} artifact")
+    return f"{ADAPTERS_MOUNT}/{path}".rstrip("/")
+
+
+def shared_serve_args(mv: ModelVersion, serving: ServingSpec, served_model_name: str, *, base: str | None = None,
+                      host: str = "0.0.0.0") -> VllmServe:
+    """`vllm serve` of a shared Deployment: the base of `mv` under SERVED-base, LoRA enabled, no adapter named (each is
+    loaded at runtime), structured outputs pinned (any adapter may have an output contract), then --host --port,
+    --tensor-parallel-size, serving.extraArgs. Nothing here depends on which adapter serves."""
+    base = base_location(mv) if base is None else base
+    base_name = f"{served_model_name}-base"
+    args = [base, "--served-model-name", base_name, "--enable-lora", "--max-loras", str(serving.max_loras),
+            "--max-lora-rank", str(shared_rank(serving))]
+    if mv.spec.base_model.revision and not base.startswith("/"):
+        args += ["--revision", mv.spec.base_model.revision]
+    args += ["--structured-outputs-config", STRUCTURED_OUTPUTS_CONFIG, "--host", host, "--port", str(serving.port)]
+    if serving.resources.gpus > 1:
+        args += ["--tensor-parallel-size", str(serving.resources.gpus)]
+    args += list(serving.extra_args)
+    return VllmServe(tuple(args), (base_name,), True)
+
+
 _QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 CPU_KVCACHE_FRACTION = 4  # a quarter of the pod's memory for the KV cache; the rest holds the weights and the server
 CPU_KVCACHE_DEFAULT_GIB = 1
@@ -266,8 +342,23 @@ def readiness_probe(port: int, served_names: tuple[str, ...]) -> dict[str, Any]:
             "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3}
 
 
+# sharedBase: the adapters are loaded at runtime by the operator, so the probe cannot name them; a pod is ready once it
+# serves its base and an adapter (a pod that just started, or whose engine restarted, has none until the operator loaded
+# the stable's, so the gateway never sends it a request for an adapter it lacks).
+_SHARED_READY_CHECK = ("import json,sys,urllib.request as u; "
+                       "d=json.load(u.urlopen('http://127.0.0.1:%d/v1/models',timeout=4))['data']; "
+                       "sys.exit(0 if sys.argv[1] in {m['id'] for m in d} and any(m.get('parent') for m in d) else 1)")
+
+
+def shared_readiness_probe(port: int, base_name: str) -> dict[str, Any]:
+    """A shared pod is ready once GET /v1/models lists its base and at least one adapter."""
+    return {"exec": {"command": ["python3", "-c", _SHARED_READY_CHECK % port, base_name]},
+            "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3}
+
+
 def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, args: list[str],
-                    mounts: list[dict[str, Any]]) -> dict[str, Any]:
+                    mounts: list[dict[str, Any]], *, readiness: dict[str, Any] | None = None,
+                    extra_env: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """The vLLM container: `vllm serve` with the role's arguments, caches on writable mounts, the probes."""
     serving = spec.serving
     res = serving.resources
@@ -297,13 +388,14 @@ def _vllm_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, 
             {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"},
             {"name": "XDG_CACHE_HOME", "value": "/cache"},
             *cpu_env(serving),
+            *(extra_env or []),
         ],
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
         # startup allows 30 min for downloading and loading the model before liveness applies
         "startupProbe": probe(10, 180),
         # llama-server's /health answers 200 only once the model is loaded (and its image has no python3 for the exec probe)
-        "readinessProbe": {**probe(5, 3), "timeoutSeconds": 5} if llamacpp else readiness_probe(serving.port, served),
+        "readinessProbe": readiness or ({**probe(5, 3), "timeoutSeconds": 5} if llamacpp else readiness_probe(serving.port, served)),
         "livenessProbe": probe(15, 4),
         "securityContext": container_security(),  # vLLM writes only to /tmp (HOME), /cache, /dev/shm
         "volumeMounts": mounts,
@@ -382,30 +474,66 @@ def build_deployment(
     rollout: dict[str, Any], spec: RolloutSpec, role: str, mv: ModelVersion, replicas: int, config: ServingConfig
 ) -> dict[str, Any]:
     """The vLLM Deployment serving `mv` in `role` (stable or canary) with `replicas` pods."""
-    meta = rollout["metadata"]
-    name, ns = meta["name"], meta.get("namespace")
-    serving = spec.serving
+    name = rollout["metadata"]["name"]
     args, volumes, mounts = vllm_args(spec, mv)
     labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
-    volumes += [
+    volumes, mounts = _with_scratch(volumes, mounts)
+    container = _vllm_container(spec, mv, config, args, mounts)
+    guard = guard_container(spec, mv, config)
+    volumes += guard_volumes(spec, mv)
+    return _deployment(rollout, spec, role, labels, [container, *([guard] if guard else [])], volumes, replicas, config)
+
+
+def build_shared_deployment(rollout: dict[str, Any], spec: RolloutSpec, mv: ModelVersion, replicas: int,
+                            config: ServingConfig) -> dict[str, Any]:
+    """serving.mode sharedBase: the one Deployment `<rollout>-shared` serving the base of `mv` (any version of the
+    Rollout: they share base and claim, `check_shareable`) with runtime LoRA loading on, the adapters' claim mounted
+    whole at /models/adapters, and no adapter or version in its template (labels included)."""
+    name = rollout["metadata"]["name"]
+    claim, _ = parse_pvc_uri(mv.spec.artifact.uri, f"ModelVersion {mv.metadata.name} artifact")
+    volumes = [{"name": "adapters", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
+    mounts = [{"name": "adapters", "mountPath": ADAPTERS_MOUNT, "readOnly": True}]
+    base = base_location(mv)
+    if base.startswith("pvc://"):
+        bclaim, bpath = parse_pvc_uri(base, f"ModelVersion {mv.metadata.name} baseModel.servingPath", RolloutReason.BASE_MODEL_NOT_SERVABLE.value)
+        vol, mount = _mount("base-model", bclaim, bpath, BASE_MOUNT)
+        volumes.append(vol)
+        mounts.append(mount)
+        base = BASE_MOUNT
+    plan = shared_serve_args(mv, spec.serving, spec.served_model_name, base=base)
+    volumes, mounts = _with_scratch(volumes, mounts)
+    container = _vllm_container(spec, mv, config, list(plan.args), mounts,
+                                readiness=shared_readiness_probe(spec.serving.port, plan.served_names[0]),
+                                extra_env=[{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}])
+    labels = names.serving_labels(name) | {names.LABEL_ROLE: names.SHARED}
+    return _deployment(rollout, spec, names.SHARED, labels, [container], volumes, replicas, config)
+
+
+def _with_scratch(volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The writable emptyDirs every vLLM pod needs (shared memory, caches, /tmp) added to its volumes and mounts."""
+    volumes = volumes + [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    mounts += [
+    mounts = mounts + [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "cache", "mountPath": "/cache"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    return volumes, mounts
 
-    container = _vllm_container(spec, mv, config, args, mounts)
-    guard = guard_container(spec, mv, config)
-    volumes += guard_volumes(spec, mv)
+
+def _deployment(rollout: dict[str, Any], spec: RolloutSpec, role: str, labels: dict[str, str], containers: list[dict[str, Any]],
+                volumes: list[dict[str, Any]], replicas: int, config: ServingConfig) -> dict[str, Any]:
+    meta = rollout["metadata"]
+    name, ns = meta["name"], meta.get("namespace")
+    serving = spec.serving
     pod_spec: dict[str, Any] = {
         "securityContext": pod_security(config.run_as_user),
         "terminationGracePeriodSeconds": 60,
         "automountServiceAccountToken": False,  # vLLM never calls the API server (issue 25)
-        "containers": [container, *([guard] if guard else [])],
+        "containers": containers,
         "volumes": volumes,
     }
     if serving.node_selector:

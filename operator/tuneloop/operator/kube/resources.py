@@ -46,6 +46,8 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+# Gateway API Inference Extension: weights between model names (adapters) inside one InferencePool (sharedBase Rollouts)
+INFERENCEMODELREWRITES = Resource("inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite")
 FINETUNEJOBS = Resource(GROUP, VERSION, "finetunejobs", "FineTuneJob")
 MODELVERSIONS = Resource(GROUP, VERSION, "modelversions", "ModelVersion")
 ROLLOUTS = Resource(GROUP, VERSION, "rollouts", "Rollout")
@@ -53,7 +55,7 @@ FINETUNESCHEDULES = Resource(GROUP, VERSION, "finetuneschedules", "FineTuneSched
 FINETUNESWEEPS = Resource(GROUP, VERSION, "finetunesweeps", "FineTuneSweep")
 
 ALL = [NAMESPACES, PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, PVCS, JOBS, DEPLOYMENTS, HTTPROUTES, NETWORKPOLICIES,
-       FINETUNEJOBS, MODELVERSIONS, ROLLOUTS, FINETUNESCHEDULES, FINETUNESWEEPS]
+       INFERENCEMODELREWRITES, FINETUNEJOBS, MODELVERSIONS, ROLLOUTS, FINETUNESCHEDULES, FINETUNESWEEPS]
 _BY_KIND = {(r.api_version, r.kind): r for r in ALL}
 
 

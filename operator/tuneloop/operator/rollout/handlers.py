@@ -33,7 +33,8 @@ def _reconciler():
     # providers are the admin's (a named allowlist); tenants' custom PromQL is confined to their namespace
     return Reconciler(get_client(), ServingConfig.from_settings(settings), "default",
                       provider_factory=prometheus.Endpoints.from_settings(settings).provider,
-                      serving_from=settings.serving_from if settings.network_policies else None)
+                      serving_from=settings.serving_from if settings.network_policies else None,
+                      operator_namespace=settings.operator_namespace)
 
 
 @kopf.daemon(GROUP, VERSION, "rollouts", id="rollout-loop", cancellation_timeout=10.0)  # type: ignore[arg-type]  # Kopf types namespace str | None; these kinds are namespaced

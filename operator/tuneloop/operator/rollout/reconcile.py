@@ -1,8 +1,12 @@
 """One reconcile tick of a Rollout: read state, measure, decide (pure), apply, write status.
 
-Order of effects on a rollback: the canary's traffic goes to 0 first (HTTPRoute weight, or the
-canary scaled to 0 in replica-weighted mode), then everything else; time-to-rollback is measured
-from the first failing measurement to that first write.
+Order of effects on a rollback: the canary's traffic goes to 0 first (HTTPRoute weight, the
+InferenceModelRewrite's candidate target in sharedBase mode, or the canary scaled to 0 in replica-weighted
+mode), then everything else; time-to-rollback is measured from the first failing measurement to that first write.
+
+sharedBase mode (serving.mode): before the state machine runs, `sync_adapters` observes every live pod of the one
+shared Deployment (GET /v1/models), loads the adapters the pure `adapters.plan` says a pod lacks and unloads those
+no longer wanted (after scaleDownDelaySeconds), and observes again; the state machine reads the result (`World.adapter_pods`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from tuneloop.operator.kube import resources as r
 from .. import policy
 from ..analysis.experiment import Sample
 from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, ProviderError, ProviderFactory, WindowSignal
-from . import drift, telemetry
-from .desired import Desired, desired
+from . import adapters, drift, telemetry
+from .desired import Desired, canary_active, desired
 from .steps import (
     TERMINAL,
     Outcome,
@@ -47,8 +51,10 @@ from .steps import (
     next_wakeup,
     query_window,
     set_condition,
+    shared_base,
 )
 from .verdicts import Assessment, QueryOutcome, assess
+from .vllm_api import AdapterApi, HttpAdapterApi
 
 log = logging.getLogger(__name__)
 HASH_ANNOTATION = "tuneloop.dev/manifest-hash"
@@ -124,14 +130,17 @@ def _time(value: Any) -> dt.datetime | None:
         return None
 
 
-def serving_pod_failures(pods: list[dict]) -> tuple[PodFailure, ...]:
+def serving_pod_failures(pods: list[dict], shared_version: str | None = None) -> tuple[PodFailure, ...]:
     """vLLM pods that exited (phase Failed or Succeeded: vLLM's server can exit 0 after its engine died) or restarted,
-    whatever the exit code; pods being deleted (scale-down, rollout) are not failures. Oldest first."""
+    whatever the exit code; pods being deleted (scale-down, rollout) are not failures. Oldest first. A pod of a shared
+    Deployment (sharedBase: no version label) is the serving version's (`shared_version`), in the stable role."""
     found: list[PodFailure] = []
     for pod in pods:
         meta, st = pod.get("metadata") or {}, pod.get("status") or {}
         labels = meta.get("labels") or {}
         role, mv = labels.get(names.LABEL_ROLE), labels.get(names.LABEL_MODEL_VERSION)
+        if role == names.SHARED and mv is None and shared_version is not None:
+            role, mv = names.STABLE, shared_version
         if meta.get("deletionTimestamp") or role is None or mv is None:
             continue
         ended = st.get("phase") in ("Failed", "Succeeded")
@@ -164,10 +173,12 @@ async def measure(
 
     # each role's own version only: the pods of a role's previous version serve (and are scraped) until they are gone
     versions = {names.CANARY: spec.candidate.name if spec.candidate else None, names.STABLE: stable}
+    served = spec.served_model_name if shared_base(spec) else None  # sharedBase: each version's share of the served name
 
     async def one(m: AnalysisMetric, role: str) -> QueryOutcome:
         try:
-            return QueryOutcome(value=await provider.measure(m, Pods(namespace, rollout, role=role, model_version=versions[role]), window))
+            pods = Pods(namespace, rollout, role=role, model_version=versions[role], served_model=served)
+            return QueryOutcome(value=await provider.measure(m, pods, window))
         except ProviderError as exc:
             return QueryOutcome(error=str(exc))
 
@@ -209,9 +220,10 @@ def _number(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else float(v)
 
 
-async def measure_drift_window(provider: MetricsProvider, namespace: str, rollout: str, model_version: str, window: str) -> drift.Window:
-    """One drift-watch window of the serving version's pods: the token histograms' bucket increases, requests,
-    5xx responses and the p95 latency. A signal without an answer is named in `failed` under the drift signal(s) it feeds."""
+async def measure_drift_window(provider: MetricsProvider, namespace: str, rollout: str, model_version: str | None, window: str) -> drift.Window:
+    """One drift-watch window of the serving version's pods (None: every serving pod of the Rollout, sharedBase): the
+    token histograms' bucket increases, requests, 5xx responses and the p95 latency. A signal without an answer is named
+    in `failed` under the drift signal(s) it feeds."""
     pods = Pods(namespace, rollout, model_version=model_version)
 
     async def one(sig: WindowSignal) -> tuple[WindowSignal, object]:
@@ -293,18 +305,37 @@ def log_tick(ns: str, name: str, before: RolloutStatus | None, out: Outcome, ass
         (log.warning if type_ == "Warning" else log.info)("%s: %s: %s", who, reason, message)
 
 
+ADAPTER_POLL = 2.0  # sharedBase: seconds between looks at pods that lack an adapter they must serve
+INFERENCE_EXTENSION_MISSING = (
+    "the API server does not serve InferenceModelRewrite (inference.networking.x-k8s.io/v1alpha2): serving.mode sharedBase splits "
+    "traffic between adapter names only through the Gateway API Inference Extension; install its CRDs and an InferencePool with "
+    "its endpoint picker for the Rollout's pods (docs/rollout.md, sharedBase)")
+
+
+def pod_url(pod: dict, port: int) -> str | None:
+    """http://POD_IP:PORT of a running pod (vLLM's own port, not the guard's); None while it has no IP or is not running."""
+    st = pod.get("status") or {}
+    ip = st.get("podIP")
+    if not ip or st.get("phase") != "Running":
+        return None
+    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+
+
 class Reconciler:
     """Everything one tick needs besides the Rollout: the API client, settings, and the metrics provider
     (`provider_factory(ref)`, ref = spec.analysis.provider, else spec.analysis.prometheusAddress, else `metrics_address`;
     the operator's wiring, `handlers.py`, passes Prometheus behind the admin's allowlist: `analysis.prometheus.Endpoints`)."""
 
     def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory,
-                 serving_from: list[dict[str, Any]] | None = None):
+                 serving_from: list[dict[str, Any]] | None = None, adapter_api: AdapterApi | None = None,
+                 operator_namespace: str | None = None):
         self.client = client
         self.config = config
         self.metrics_address = metrics_address
         self.provider_factory = provider_factory
         self.serving_from = serving_from  # NetworkPolicy peers of the vLLM pods (None: no NetworkPolicy)
+        self.adapter_api: AdapterApi = adapter_api or HttpAdapterApi()  # sharedBase: vLLM's runtime LoRA API on each pod
+        self.operator_namespace = operator_namespace  # sharedBase: the operator calls each vLLM pod (NetworkPolicy peer)
 
     async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, Problem | None]:
         if name is None:
@@ -317,7 +348,10 @@ class Reconciler:
         except ValidationError as exc:
             return None, Problem(RolloutReason.MODEL_VERSION_INVALID.value, f"ModelVersion {name} is invalid: {exc.errors()[0]['msg']}")
         try:
-            serving.vllm_args(spec, mv)
+            if shared_base(spec):
+                serving.check_shareable(spec, mv)
+            else:
+                serving.vllm_args(spec, mv)
         except serving.ServingError as exc:
             return mv, Problem(exc.reason, f"ModelVersion {name} cannot be served: {exc}")
         return mv, None
@@ -344,21 +378,31 @@ class Reconciler:
         cand_mv, err_c = await self.model_version(spec, ns, cand_name if cand_name != stable_name else None)
         if cand_mv is not None and err_c is None:
             err_c = candidate_problem(spec, cand_mv)
+        if shared_base(spec) and cand_mv is not None and err_c is None and stable_mv is not None and err_s is None:
+            try:
+                serving.check_shareable(spec, cand_mv, stable_mv)
+            except serving.ServingError as exc:
+                err_c = Problem(exc.reason, f"ModelVersion {cand_name} cannot be served: {exc}")
         problem = err_c or err_s
-        canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
-        stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable_name else None
         pods = await self.client.list(r.PODS, ns, labels=names.rollout_selector(name)) if (stable_name or cand_name) else []
-        world = World(
-            now=now,
-            canary_available=available_for(canary_dep, cand_name),
-            stable_available=available_for(stable_dep, stable_name),
-            pod_failures=serving_pod_failures(pods),
-            serving_error=problem.message if problem else None,
-            serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
-            generation=meta.get("generation"),
-        )
+        if shared_base(spec):
+            shareable = {m.metadata.name: m for m, err in ((stable_mv, err_s), (cand_mv, err_c)) if m is not None and err is None}
+            world, adapters_settled = await self.observe_shared(spec, status, ns, name, pods, shareable, problem, now, meta.get("generation"))
+        else:
+            adapters_settled = True
+            canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
+            stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable_name else None
+            world = World(
+                now=now,
+                canary_available=available_for(canary_dep, cand_name),
+                stable_available=available_for(stable_dep, stable_name),
+                pod_failures=serving_pod_failures(pods),
+                serving_error=problem.message if problem else None,
+                serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
+                generation=meta.get("generation"),
+            )
         assessments: dict[str, Assessment] = {}
-        due = due_metrics(spec, status, now) if not problem and canary_shortfall(spec, status, world) is None else []
+        due = due_metrics(spec, status, now) if not world.serving_error and canary_shortfall(spec, status, world) is None else []
         if due:
             provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
             assessments = await measure(provider, due, spec, ns, name, window=query_window(spec, status, now), stable=stable_name)
@@ -377,6 +421,8 @@ class Reconciler:
         wake = next_wakeup(spec, out.status, now)
         if drift_due is not None:
             wake = min(wake, max(0.05, (drift_due - now).total_seconds()))
+        if not adapters_settled:  # sharedBase: a pod lacks an adapter it must serve (starting, restarted): look again soon
+            wake = min(wake, ADAPTER_POLL)
         return wake
 
     async def experiment_look(self, spec: RolloutSpec, status: RolloutStatus | None, world: World, ns: str, name: str,
@@ -387,6 +433,85 @@ class Reconciler:
             return None
         provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
         return await look_at_experiment(provider, look[0], ns, name, look[1], spec.candidate.name if spec.candidate else None, stable)
+
+    # --- sharedBase ------------------------------------------------------------------------------------------------
+    async def observe_shared(self, spec: RolloutSpec, status: RolloutStatus | None, ns: str, name: str, pods: list[dict],
+                             mvs: dict[str, ModelVersion], problem: Problem | None, now: dt.datetime,
+                             generation: int | None) -> tuple[World, bool]:
+        """The World of a sharedBase tick: the InferenceModelRewrite API present (else the Rollout says what is
+        missing), the adapters each live pod of the shared Deployment serves after this tick's loads and unloads
+        (`sync_adapters`), the serving version's and the candidate's coverage, a load the candidate failed. `mvs`: the
+        stable and candidate ModelVersions that can be served."""
+        stable = (status.stable_model_version if status else None) or (spec.stable.name if spec.stable else None) \
+            or (spec.candidate.name if spec.candidate else None)  # fmt: skip
+        cand = spec.candidate.name if spec.candidate and spec.candidate.name != stable else None
+        if stable is not None and problem is None and not await self.rewrite_api_installed(spec, ns, name):
+            problem = Problem(RolloutReason.INFERENCE_EXTENSION_MISSING.value, INFERENCE_EXTENSION_MISSING)
+        live = [p for p in pods if (p.get("metadata", {}).get("labels") or {}).get(names.LABEL_ROLE) == names.SHARED
+                and not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")]
+        want = adapters.wanted(spec, status, stable=stable, candidate_servable=cand is not None and cand in mvs)
+        want = frozenset(a for a in want if a in mvs)  # a version that cannot be served (not found, invalid, refused) is not loaded
+        hold = adapters.holding(status, now)
+        view, errors = await self.sync_adapters(spec, ns, name, live, want, hold, mvs)
+        failures = list(serving_pod_failures(pods, shared_version=stable))
+        if stable is not None and errors.get(stable):  # the serving version's adapter (or the first version's) cannot be loaded
+            failures.append(PodFailure(names.STABLE, stable, "?", f"a pod refused to load adapter {stable}: {errors[stable]}", now))
+        world = World(
+            now=now,
+            stable_available=adapters.coverage(view, stable)[0],
+            pod_failures=tuple(failures),
+            serving_error=problem.message if problem else None,
+            serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
+            adapter_pods=adapters.coverage(view, cand),
+            adapter_error=f"a pod refused to load adapter {cand}: {errors[cand]}" if cand is not None and errors.get(cand) else None,
+            generation=generation,
+        )
+        return world, adapters.settled(view, want, hold=hold)
+
+    async def rewrite_api_installed(self, spec: RolloutSpec, ns: str, name: str) -> bool:
+        """Whether the API server serves InferenceModelRewrite (the Inference Extension's CRDs are installed): the
+        Rollout's own object exists, or listing the kind in the namespace does not answer 404."""
+        rewrite = traffic.rewrite_name({"metadata": {"name": name}}, spec)
+        try:
+            if await self.client.get(r.INFERENCEMODELREWRITES, ns, rewrite) is not None:
+                return True
+            await self.client.list(r.INFERENCEMODELREWRITES, ns, labels=names.rollout_selector(name))
+            return True
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+
+    async def sync_adapters(self, spec: RolloutSpec, ns: str, name: str, live: list[dict], want: frozenset[str], hold: bool,
+                            mvs: dict[str, ModelVersion]) -> tuple[list[adapters.PodAdapters], dict[str, str]]:
+        """Observe every live shared pod, load and unload what `adapters.plan` says (concurrently), observe again.
+        Returns the view after the changes and, per adapter, the latest refusal to load it."""
+        urls = {p["metadata"]["name"]: pod_url(p, spec.serving.port) for p in live}
+
+        async def observe(pod: str) -> adapters.PodAdapters:
+            url = urls[pod]
+            return adapters.PodAdapters(pod, await self.adapter_api.adapters(url) if url else None)
+
+        view = list(await asyncio.gather(*(observe(p) for p in urls)))
+        todo = adapters.plan(view, want, hold=hold)
+        if todo.empty:
+            return view, {}
+        errors: dict[str, str] = {}
+
+        async def load(pod: str, adapter: str) -> None:
+            err = await self.adapter_api.load(urls[pod], adapter, serving.adapter_path(mvs[adapter]))  # type: ignore[arg-type]
+            if err:
+                errors[adapter] = f"pod {pod}: {err}"
+            log.info("rollout %s/%s: pod %s: load adapter %s: %s", ns, name, pod, adapter, err or "loaded")
+
+        async def unload(pod: str, adapter: str) -> None:
+            err = await self.adapter_api.unload(urls[pod], adapter)  # type: ignore[arg-type]
+            log.info("rollout %s/%s: pod %s: unload adapter %s: %s", ns, name, pod, adapter, err or "unloaded")
+
+        await asyncio.gather(*(load(p, a) for p, a in todo.load), *(unload(p, a) for p, a in todo.unload))
+        touched = {p for p, _ in todo.load + todo.unload}
+        again = {v.pod: v for v in await asyncio.gather(*(observe(p) for p in touched))}
+        return [again.get(v.pod, v) for v in view], errors
 
     async def refuse(self, obj: dict, msg: str, now: dt.datetime) -> None:
         """An invalid or refused spec: Degraded, waiting for a valid spec; what the status knows (the stable version,
@@ -423,7 +548,7 @@ class Reconciler:
             d = DriftStatus(model_version=serving_name, since=world.now)
             log.info("rollout %s/%s: drift watch of %s begins", ns, name, serving_name)
         provider = self.provider_factory(spec.analysis.provider_ref or self.metrics_address)
-        window = await measure_drift_window(provider, ns, name, serving_name, wd.window)
+        window = await measure_drift_window(provider, ns, name, None if shared_base(spec) else serving_name, wd.window)
         d = drift.record_baseline(wd, d, window, world.now)  # the values at promotion; a missing one is retried
         d.signals = drift.signals(wd, mv.spec.lineage.token_lengths, d, window)
         d.checked_at = world.now
@@ -447,14 +572,17 @@ class Reconciler:
         want = desired(spec, out.status, world.canary_available, world.now)
         if out.rolled_back and not want.serves_nothing:
             try:
-                await self.cut_canary_traffic(obj, spec, ns, name)
-            except NotOwned:
-                pass  # apply_serving meets the same object and reports it
+                await self.cut_canary_traffic(obj, spec, ns, name, out.status.stable_model_version)
+            except (NotOwned, serving.ServingError):
+                pass  # apply_serving meets the same object (or the missing API) and reports it
             if out.first_failure_at is not None:
                 telemetry.TIME_TO_ROLLBACK.observe(max(0.0, (utcnow() - out.first_failure_at).total_seconds()))
         try:
             if not want.serves_nothing:  # nothing to serve yet (phase Waiting): no Deployment, Service or HTTPRoute
-                await self.apply_serving(obj, spec, want, mvs)
+                if shared_base(spec):
+                    await self.apply_shared(obj, spec, out.status, mvs)
+                else:
+                    await self.apply_serving(obj, spec, want, mvs)
                 if find_condition(out.status.conditions, RolloutCondition.OBJECTS_OWNED) is not None:
                     set_condition(out.status, RolloutCondition.OBJECTS_OWNED, True, RolloutReason.OWNED,
                                   "every object the Rollout needs is its own", world)
@@ -481,8 +609,11 @@ class Reconciler:
         if out.clear_flags:
             await self.client.patch(r.ROLLOUTS, ns, name, {"spec": {"promote": False, "abort": False}})
 
-    async def cut_canary_traffic(self, obj: dict, spec: RolloutSpec, ns: str, name: str) -> None:
-        if spec.traffic_routing.gateway_api is not None:
+    async def cut_canary_traffic(self, obj: dict, spec: RolloutSpec, ns: str, name: str, stable: str | None = None) -> None:
+        if shared_base(spec):
+            if stable is not None:
+                await self.ensure_rewrite(obj, spec, stable, None, 0)
+        elif spec.traffic_routing.gateway_api is not None:
             await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, 0))
         else:
             await scale(self.client, ns, names.deployment_name(name, names.CANARY), 0)
@@ -511,6 +642,34 @@ class Reconciler:
             await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, want.canary_weight))
         else:
             await ensure(self.client, r.SERVICES, traffic.build_shared_service(obj, spec))
+
+    async def apply_shared(self, obj: dict, spec: RolloutSpec, st: RolloutStatus, mvs: dict[str, ModelVersion]) -> None:
+        """sharedBase: the one Deployment of the base (built from the serving version: its template is the same for every
+        version it may serve, so this patches nothing after a promotion) and the InferenceModelRewrite's weights. The
+        adapters themselves are `sync_adapters`' (next tick, before any weight moves)."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        stable = st.stable_model_version
+        if self.serving_from is not None:  # the operator too: it loads and lists adapters on every pod
+            peers = self.serving_from + ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.operator_namespace}}}]
+                                         if self.operator_namespace else [])
+            await ensure(self.client, r.NETWORKPOLICIES, traffic.serving_network_policy(obj, spec, peers))
+        if stable is None:
+            return
+        if stable in mvs:  # an unservable stable keeps whatever runs now
+            replicas = spec.serving.replicas
+            await ensure(self.client, r.DEPLOYMENTS, serving.build_shared_deployment(obj, spec, mvs[stable], replicas, self.config),
+                         replicas=replicas)
+        active = canary_active(st)
+        await self.ensure_rewrite(obj, spec, stable, st.candidate_model_version if active else None, st.canary_weight if active else 0)
+        log.debug("rollout %s/%s: shared Deployment and InferenceModelRewrite applied", ns, name)
+
+    async def ensure_rewrite(self, obj: dict, spec: RolloutSpec, stable: str, candidate: str | None, weight: int) -> None:
+        try:
+            await ensure(self.client, r.INFERENCEMODELREWRITES, traffic.build_inference_model_rewrite(obj, spec, stable, candidate, weight))
+        except ApiError as exc:
+            if exc.not_found:
+                raise serving.ServingError(INFERENCE_EXTENSION_MISSING, RolloutReason.INFERENCE_EXTENSION_MISSING.value) from None
+            raise
 
     async def write_status(self, obj: dict, status: RolloutStatus) -> None:
         new = status.model_dump(by_alias=True, mode="json")

@@ -5,7 +5,8 @@ it can at `now`, records measurements taken this tick, and decides promotion or 
 handler applies the effects (weights, replicas, ModelVersion phases, events, metrics).
 
 - setWeight W: behind a Gateway the weight moves only once the canary has enough available pods
-  for W (no traffic to pods that are not ready); replica-weighted routing has no such wait.
+  for W (no traffic to pods that are not ready); replica-weighted routing has no such wait. In sharedBase
+  mode (one Deployment serves every adapter) it moves only once every pod lists the candidate adapter.
 - pause: with a duration, until it elapsed; without, phase Paused until `promote` or `abort`.
 - analysis: one measurement per metric per interval; Failed or Error -> rollback; Inconclusive ->
   Paused for a human; Successful -> next step. Provider errors never count as success, so an
@@ -52,7 +53,17 @@ from tuneloop.api.experiment import (
     ExperimentStep,
 )
 from tuneloop.api.modelversion import ModelVersionPhase
-from tuneloop.api.rollout import AnalysisMetric, Measurement, MeasurementPhase, MetricResult, RolloutPhase, RolloutSpec, RolloutStatus, Step
+from tuneloop.api.rollout import (
+    AnalysisMetric,
+    Measurement,
+    MeasurementPhase,
+    MetricResult,
+    RolloutPhase,
+    RolloutSpec,
+    RolloutStatus,
+    ServingMode,
+    Step,
+)
 from tuneloop.contract import names
 
 from ..analysis.experiment import Counts, Look, Plan, Sample, decide
@@ -90,6 +101,10 @@ class World:
     serving_error: str | None = None  # the candidate/stable cannot be served (bad artifact, missing ModelVersion)
     serving_reason: str = R.SERVING_ERROR.value  # the condition reason for serving_error (e.g. CandidateNotEvaluated)
     generation: int | None = None
+    # sharedBase mode: (pods whose /v1/models lists the candidate adapter, live pods of the shared Deployment), and why a
+    # pod refused to load the candidate adapter (vLLM's answer), if one did
+    adapter_pods: tuple[int, int] = (0, 0)
+    adapter_error: str | None = None
 
 
 @dataclass
@@ -103,8 +118,30 @@ class Outcome:
     experiments: dict[str, ExperimentResult] = field(default_factory=dict)  # candidate ModelVersion -> its decided A/B experiment
 
 
+def shared_base(spec: RolloutSpec) -> bool:
+    """serving.mode sharedBase: one Deployment serves every version as an adapter; weights on an InferenceModelRewrite."""
+    return spec.serving.mode == ServingMode.SHARED_BASE.value
+
+
 def gateway_mode(spec: RolloutSpec) -> bool:
-    return spec.traffic_routing.gateway_api is not None
+    """Exact weights (an HTTPRoute, or an InferenceModelRewrite), which move only once the candidate can take them."""
+    return spec.traffic_routing.gateway_api is not None or shared_base(spec)
+
+
+def canary_capacity(spec: RolloutSpec, weight: int, world: World) -> tuple[int, int]:
+    """(available, needed) for the candidate to take `weight` % behind exact weights: its available canary pods and
+    the pods that weight needs; in sharedBase mode the pods whose /v1/models lists the candidate adapter, and all of
+    the shared Deployment's live pods (every pod, since any of them may get a request for it; at least one)."""
+    if shared_base(spec):
+        have, live = world.adapter_pods
+        return have, max(live, 1)
+    return world.canary_available, traffic.gateway_canary_replicas(spec.serving.replicas, weight)
+
+
+def capacity_text(spec: RolloutSpec, weight: int, available: int, need: int) -> str:
+    if shared_base(spec):
+        return f"the candidate adapter on every pod for {weight}%: {available}/{need} pods list it"
+    return f"canary pods ready for {weight}%: {available}/{need} available"
 
 
 def step_metrics(spec: RolloutSpec, index: int | None) -> list[AnalysisMetric]:
@@ -152,8 +189,8 @@ def canary_shortfall(spec: RolloutSpec, status: RolloutStatus | None, world: Wor
     if status is None or status.canary_weight <= 0 or not gateway_mode(spec) or status.candidate_model_version is None \
             or status.phase not in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):  # fmt: skip
         return None
-    need = traffic.gateway_canary_replicas(spec.serving.replicas, status.canary_weight)
-    return (world.canary_available, need) if world.canary_available < need else None
+    available, need = canary_capacity(spec, status.canary_weight, world)
+    return (available, need) if available < need else None
 
 
 def measure_from(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
@@ -425,14 +462,17 @@ class _Serving(_Effects):
         available, need = short
         if st.canary_unready_since is None:
             st.canary_unready_since = world.now
-            self.event("Normal", "CanaryNotReady", f"{available}/{need} canary pods available at {st.canary_weight}%: measurements wait")
+            what = capacity_text(self.spec, st.canary_weight, available, need) if shared_base(self.spec) else \
+                f"{available}/{need} canary pods available at {st.canary_weight}%"
+            self.event("Normal", "CanaryNotReady", f"{what}: measurements wait")
         elif (world.now - st.canary_unready_since).total_seconds() >= self.spec.progress_deadline_seconds:
+            what = "the candidate adapter not on every pod" if shared_base(self.spec) else "canary pods not ready"
             self.rollback(RolloutPhase.ROLLED_BACK, R.PROGRESS_DEADLINE_EXCEEDED,
-                          f"canary pods not ready at {st.canary_weight}% for {self.spec.progress_deadline_seconds}s "
-                          f"(progressDeadlineSeconds; {available}/{need} available)")
+                          f"{what} at {st.canary_weight}% for {self.spec.progress_deadline_seconds}s "
+                          f"(progressDeadlineSeconds; {available}/{need} {'pods list it' if shared_base(self.spec) else 'available'})")
             return True
         if st.phase == RolloutPhase.PROGRESSING.value:
-            self.progressing(f"canary pods ready for {st.canary_weight}%: {available}/{need} available (measurements wait)")
+            self.progressing(f"{capacity_text(self.spec, st.canary_weight, available, need)} (measurements wait)")
         return True
 
     def check_spec_stable(self) -> None:
@@ -663,6 +703,9 @@ class _Machine(_Serving, _Analysis):
             st.stable_model_version = cand  # its Deployment is made now; it is the stable once one of its pods serves
             self.bring_up()
             return True
+        if world.adapter_error and st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
+            self.rollback(RolloutPhase.ROLLED_BACK, R.ADAPTER_LOAD_FAILED, world.adapter_error)
+            return True
         failed = self.failures(names.CANARY, cand)
         if failed and st.phase in (RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value):
             self.rollback(RolloutPhase.ROLLED_BACK, R.SERVING_POD_FAILED, f"a canary pod is not serving: {_describe(failed)}")
@@ -724,9 +767,9 @@ def _move_weight(m: _Machine, w: int) -> bool:
     """The canary weight to `w` (behind a gateway once its pods suffice: False while they do not)."""
     spec, st, world = m.spec, m.st, m.world
     if gateway_mode(spec) and w > 0:
-        need = traffic.gateway_canary_replicas(spec.serving.replicas, w)
-        if world.canary_available < need:
-            m.progressing(f"canary pods ready for {w}%: {world.canary_available}/{need} available")
+        available, need = canary_capacity(spec, w, world)
+        if available < need:
+            m.progressing(capacity_text(spec, w, available, need))
             return False
     if w != st.canary_weight:
         m.event("Normal", "WeightChanged", f"canary weight {st.canary_weight}% -> {w}%")
@@ -891,4 +934,17 @@ def advance(spec: RolloutSpec, status: RolloutStatus | None, world: World, asses
     st.observed_generation = world.generation if world.generation is not None else st.observed_generation
     n, i = len(spec.steps), st.current_step_index
     st.step = None if i is None or st.candidate_model_version is None else f"{min(i + 1, n)}/{n}"
+    st.weights = weights_text(st)
     return out
+
+
+def weights_text(st: RolloutStatus) -> str | None:
+    """`kubectl get rollouts`' WEIGHTS: ModelVersion=percent of what takes traffic (`v1=90 v2=10`, `v2=100`)."""
+    if st.stable_model_version is None:
+        return None
+    cand = st.candidate_model_version
+    if st.canary_weight <= 0 or cand is None or cand == st.stable_model_version:
+        return f"{st.stable_model_version}=100"
+    if st.canary_weight >= 100:
+        return f"{cand}=100"
+    return f"{st.stable_model_version}={100 - st.canary_weight} {cand}={st.canary_weight}"

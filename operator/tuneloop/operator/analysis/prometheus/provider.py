@@ -39,8 +39,11 @@ class PrometheusProvider:
 
     async def measure(self, metric: AnalysisMetric, pods: Pods, window: str) -> float | None:
         assert pods.role is not None, "an analysis metric is measured for one role's pods"
-        promql = queries.render_metric(metric, namespace=pods.namespace, rollout=pods.rollout, role=pods.role, window=window,
-                                       model_version=pods.model_version)
+        try:
+            promql = queries.render_metric(metric, namespace=pods.namespace, rollout=pods.rollout, role=pods.role, window=window,
+                                           model_version=pods.model_version, served_model=pods.served_model)
+        except KeyError as exc:  # a built-in without a per-adapter query (validation refuses it; a stale spec is an Error)
+            raise PrometheusError(str(exc).strip("'\"")) from exc
         if metric.builtin is None and self.confined:  # the built-ins carry {{selector}}, namespace included, by construction
             promql = confine_or_error(promql, pods.namespace)
         return await self.client.query(promql)
@@ -74,7 +77,6 @@ class PrometheusProvider:
 
     @staticmethod
     def _drift(signal: WindowSignal, pods: Pods, window: str) -> str:
-        assert pods.model_version is not None, "the drift watch reads one ModelVersion's pods"
         return queries.render_drift(signal, namespace=pods.namespace, rollout=pods.rollout, model_version=pods.model_version,
                                     window=window)
 

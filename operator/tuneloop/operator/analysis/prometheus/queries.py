@@ -3,6 +3,11 @@
 Placeholders: {{namespace}}, {{rollout}}, {{role}}, {{window}} and {{selector}} (the label matchers
 of one role's pods of one ModelVersion as scraped by Prometheus: namespace, tuneloop_dev_rollout, tuneloop_dev_role,
 tuneloop_dev_model_version), {{modelVersion}}.
+sharedBase Rollouts (`render(..., served_model=...)`): one vLLM serves every version as a LoRA adapter and counts an
+adapter's requests under its base, so each version is measured from the traffic layer instead — the Gateway API
+Inference Extension's endpoint picker, whose `inference_objective_*` families carry `model_name` (what the client asked
+for) and `target_model_name` (the adapter it was rewritten to): `TRAFFIC_QUERIES`, with {{selector}} =
+`traffic_selector` (namespace, model_name, target_model_name).
 Counters that only appear after their first increment (5xx responses, aborts) are `or vector(0)`
 so a healthy version reads 0, not "no data"; a version that served no requests at all still reads
 no data (0/0), which the metric's noDataPolicy decides.
@@ -23,9 +28,11 @@ PROM_LABEL_ROLE = "tuneloop_dev_role"
 PROM_LABEL_MODEL_VERSION = "tuneloop_dev_model_version"
 
 
-def prom_version_selector(namespace: str, rollout: str, model_version: str) -> str:
-    """PromQL label matchers of one ModelVersion's pods of a Rollout (any role), for the drift watch."""
-    return f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_MODEL_VERSION}="{model_version}"'
+def prom_version_selector(namespace: str, rollout: str, model_version: str | None) -> str:
+    """PromQL label matchers of one ModelVersion's pods of a Rollout (any role), for the drift watch; None: every
+    serving pod of the Rollout (sharedBase: one engine serves the versions, and after a promotion only the serving one)."""
+    out = f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}"'
+    return out + (f', {PROM_LABEL_MODEL_VERSION}="{model_version}"' if model_version else "")
 
 
 def prom_selector(namespace: str, rollout: str, role: str, model_version: str | None = None) -> str:
@@ -77,21 +84,54 @@ GUARD_BUILTINS = frozenset({BuiltinMetric.CONTRACT_VIOLATION_RATE.value, Builtin
                             BuiltinMetric.TOPIC_VIOLATION_RATE.value})
 
 
-def template_of(metric: AnalysisMetric) -> str:
+# The endpoint picker's (EPP) request families, by the model a request asked for and the one it was rewritten to:
+# inference_objective_request_total, inference_objective_request_error_total (by error_code) and the histogram
+# inference_objective_request_duration_seconds (sigs.k8s.io/gateway-api-inference-extension pkg/epp/metrics).
+EPP_MODEL = "model_name"
+EPP_TARGET = "target_model_name"
+
+
+def traffic_selector(namespace: str, served_model: str, target: str | None) -> str:
+    """PromQL label matchers of one adapter's share of a served model's requests, as the endpoint picker counts them."""
+    out = f'namespace="{namespace}", {EPP_MODEL}="{served_model}"'
+    return out + (f', {EPP_TARGET}="{target}"' if target else "")
+
+
+TRAFFIC_QUERIES: dict[str, str] = {
+    BuiltinMetric.ERROR_RATE.value: (
+        "(sum(rate(inference_objective_request_error_total{ {{selector}} }[{{window}}])) or vector(0))"
+        " / sum(rate(inference_objective_request_total{ {{selector}} }[{{window}}]))"
+    ),
+    BuiltinMetric.E2E_LATENCY_P95.value: (
+        "histogram_quantile(0.95, sum by (le) (rate(inference_objective_request_duration_seconds_bucket{ {{selector}} }[{{window}}])))"
+    ),
+}  # the other built-ins have no per-model source there (api.rollout.SHARED_BASE_METRICS: refused by validation)
+
+
+def template_of(metric: AnalysisMetric, *, shared: bool = False) -> str:
     if metric.builtin is not None:
-        return BUILTIN_QUERIES[BuiltinMetric(metric.builtin).value]
+        name = BuiltinMetric(metric.builtin).value
+        if shared:
+            if name not in TRAFFIC_QUERIES:
+                raise KeyError(f"built-in {name} has no per-adapter query (sharedBase measures from the traffic layer)")
+            return TRAFFIC_QUERIES[name]
+        return BUILTIN_QUERIES[name]
     assert metric.query is not None
     return metric.query
 
 
-def render(template: str, *, namespace: str, rollout: str, role: str, window: str, model_version: str | None = None) -> str:
-    """Substitute the placeholders; unknown `{{...}}` placeholders are left for PromQL to reject."""
+def render(template: str, *, namespace: str, rollout: str, role: str, window: str, model_version: str | None = None,
+           served_model: str | None = None) -> str:
+    """Substitute the placeholders; unknown `{{...}}` placeholders are left for PromQL to reject. With `served_model`
+    (sharedBase), {{selector}} selects the version's requests at the traffic layer (`traffic_selector`)."""
+    selector = (traffic_selector(namespace, served_model, model_version) if served_model is not None
+                else prom_selector(namespace, rollout, role, model_version))
     values = {
         "namespace": namespace,
         "rollout": rollout,
         "role": role,
         "window": window,
-        "selector": prom_selector(namespace, rollout, role, model_version),
+        "selector": selector,
         "modelVersion": model_version or "",
     }
     out = template
@@ -100,8 +140,10 @@ def render(template: str, *, namespace: str, rollout: str, role: str, window: st
     return out
 
 
-def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role: str, window: str, model_version: str | None = None) -> str:
-    return render(template_of(metric), namespace=namespace, rollout=rollout, role=role, window=window, model_version=model_version)
+def render_metric(metric: AnalysisMetric, *, namespace: str, rollout: str, role: str, window: str, model_version: str | None = None,
+                  served_model: str | None = None) -> str:
+    return render(template_of(metric, shared=served_model is not None), namespace=namespace, rollout=rollout, role=role, window=window,
+                  model_version=model_version, served_model=served_model)
 
 
 # The drift watch (rollout/drift.py): one window of the serving ModelVersion's pods, whatever their role (after a
@@ -118,7 +160,7 @@ DRIFT_QUERIES: dict[WindowSignal, str] = {
 }  # the histograms (HISTOGRAM_SIGNALS) are answered as a vector by `le`
 
 
-def render_drift(signal: WindowSignal, *, namespace: str, rollout: str, model_version: str, window: str) -> str:
+def render_drift(signal: WindowSignal, *, namespace: str, rollout: str, model_version: str | None, window: str) -> str:
     selector = prom_version_selector(namespace, rollout, model_version)
     return DRIFT_QUERIES[WindowSignal(signal)].replace("{{selector}}", selector).replace("{{window}}", window)
 
