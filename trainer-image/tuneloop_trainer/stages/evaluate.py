@@ -459,6 +459,19 @@ def _not_evaluated(out_path: Any, started: datetime) -> dict[str, Any]:
     return {"verdict": Verdict.NOT_EVALUATED.value, "evalJson": str(out_path), "message": "evaluation.enabled is false"}
 
 
+def _with_topic_profile(ctx: StageContext, record: Any, test_records: list[dict[str, Any]] | None,
+                        forgetting: list[dict[str, Any]] | None) -> tuple[Any, Any]:
+    """The output guard's topic rule: DIR/topic-profile.json from the training prompts (ModelVersion
+    spec.topicProfile); the record with it, and the profile's document for eval.json."""
+    topic_record, topic_doc = eval_topic.write_profile(
+        ctx.data_dir, ctx.workdir / layout.TOPIC_PROFILE_FILE, ctx.spec.evaluation.json_schema, test_records,
+        general=[f["prompt"] for f in forgetting or []], seed=ctx.spec.hyperparameters.seed)
+    _log(eval_topic.summary_line(topic_doc))
+    if topic_record is not None:
+        record = record.model_copy(update={"topic_profile": topic_record})
+    return record, topic_doc
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..evaluation.gates import decide
     from ..evaluation.inputs import load_forgetting_set, load_test_split
@@ -468,7 +481,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     out_path = ctx.workdir / layout.EVAL_FILE
     if not ev.enabled:
         return _not_evaluated(out_path, started)
-
     _check_schema(ev.json_schema)
     inputs_fingerprint = evaluation_fingerprint(ctx)
     split = getattr(ev, "split", "test")
@@ -494,13 +506,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     interval_method=METHOD, confidence_level=CONFIDENCE_LEVEL)
     if split != "test":
         record = record.model_copy(update={"split": split})
-    # the output guard's topic rule: DIR/topic-profile.json from the training prompts (ModelVersion spec.topicProfile)
-    topic_record, topic_doc = eval_topic.write_profile(
-        ctx.data_dir, ctx.workdir / layout.TOPIC_PROFILE_FILE, ev.json_schema, records if split == "test" else None,
-        general=[f["prompt"] for f in forgetting or []], seed=ctx.spec.hyperparameters.seed)
-    _log(eval_topic.summary_line(topic_doc))
-    if topic_record is not None:
-        record = record.model_copy(update={"topic_profile": topic_record})
+    record, topic_doc = _with_topic_profile(ctx, record, records if split == "test" else None, forgetting)
 
     doc = {
         "record": record.wire(),

@@ -390,17 +390,7 @@ class Reconciler:
             world, adapters_settled = await self.observe_shared(spec, status, ns, name, pods, shareable, problem, now, meta.get("generation"))
         else:
             adapters_settled = True
-            canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
-            stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable_name else None
-            world = World(
-                now=now,
-                canary_available=available_for(canary_dep, cand_name),
-                stable_available=available_for(stable_dep, stable_name),
-                pod_failures=serving_pod_failures(pods),
-                serving_error=problem.message if problem else None,
-                serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
-                generation=meta.get("generation"),
-            )
+            world = await self.observe_per_version(ns, name, stable_name, cand_name, pods, problem, now, meta.get("generation"))
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not world.serving_error and canary_shortfall(spec, status, world) is None else []
         if due:
@@ -424,6 +414,21 @@ class Reconciler:
         if not adapters_settled:  # sharedBase: a pod lacks an adapter it must serve (starting, restarted): look again soon
             wake = min(wake, ADAPTER_POLL)
         return wake
+
+    async def observe_per_version(self, ns: str, name: str, stable: str | None, cand: str | None, pods: list[dict],
+                                  problem: Problem | None, now: dt.datetime, generation: int | None) -> World:
+        """The World of a perVersion tick: each role's Deployment, counted for its own ModelVersion only."""
+        canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
+        stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable else None
+        return World(
+            now=now,
+            canary_available=available_for(canary_dep, cand),
+            stable_available=available_for(stable_dep, stable),
+            pod_failures=serving_pod_failures(pods),
+            serving_error=problem.message if problem else None,
+            serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
+            generation=generation,
+        )
 
     async def experiment_look(self, spec: RolloutSpec, status: RolloutStatus | None, world: World, ns: str, name: str,
                               stable: str | None) -> Sample | None:
