@@ -165,7 +165,8 @@ def test_healthy_canary_is_promoted_across_an_operator_kill(kube: Kube, env: Env
     v1 = env.state["modelversion"]
     v2 = _clone_modelversion(kube, env, "v2")
     kube.patch("rollouts", RO, env.ns, {"spec": {"stable": {"name": v1}, "candidate": {"name": v2}}})
-    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("canaryWeight") == 50 and phase(o) == "Progressing", "canary at 50 %")
+    _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("canaryWeight") == 50 and phase(o) == "Progressing", "canary at 50 %",
+                  420)  # the real LoRA canary's engine must load first: 97 s seen, and over 160 s in vLLM's model inspection under load
     time.sleep(4)  # mid-analysis
     env.operator.kill()
     time.sleep(3)
