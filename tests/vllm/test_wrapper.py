@@ -333,3 +333,16 @@ def test_the_stand_in_keeps_off_a_port_a_starting_engine_reserved(tmp_path: Path
     server = vllm_standin.bind("0.0.0.0", port, BaseHTTPRequestHandler)  # released: the port is used as asked
     assert server.server_address[1] == port
     server.server_close()
+
+
+def test_a_stale_copy_of_the_wrapper_is_noticed(tmp_path: Path):
+    """`make vllm` copies tools/vllm_cpu.py with the venv's shebang; a copy from older code (the cluster tier ran one for
+    hours, without the port reservation) is noticed, and the pods' `vllm` then runs the repository's file."""
+    stale = _chooser().stale
+    source = (ROOT / "tools" / "vllm_cpu.py").read_text()
+    copy = tmp_path / "vllm"
+    copy.write_text("#!/some/venv/bin/python\n" + source.split("\n", 1)[1])
+    assert not stale(copy)  # only the shebang differs: up to date
+    copy.write_text("#!/some/venv/bin/python\n" + source.split("\n", 1)[1].replace("def reserve_port", "def old_reserve_port"))
+    assert stale(copy)
+    assert not stale(tmp_path / "absent")  # nothing to compare: the choice of engine says what is missing
