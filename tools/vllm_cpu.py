@@ -37,7 +37,10 @@ Around the server it adds what a pod of the loopback cluster tier (every pod on 
   stalls in start-up). TUNELOOP_VLLM_CPU_SLOTS is either a count N (slots "0" ... "N-1", one core
   each) or bind values separated by `|` (e.g. "0-1|2-3"). The lock (flock) is held by this process
   and inherited by the server, so it is free again when both are gone, however they ended. When every
-  slot is taken, stderr says so and the slot is shared (pid modulo N), never waited for.
+  slot is taken, the wrapper waits for one up to $TUNELOOP_VLLM_CPU_SLOT_WAIT seconds (default 90: a pod
+  being replaced frees its slot within seconds), then says so and shares one (pid modulo N). Sharing is
+  the last resort: an engine whose OpenMP thread is bound to a core that another engine keeps busy was seen
+  to sit in sched_setaffinity for minutes on this machine (2026-12-07, with the kernel's autogroup on).
   The slot and the environment are printed on stderr.
 
 Test hook: $TUNELOOP_VLLM_SERVER_MODULE replaces the server module (default
@@ -67,6 +70,8 @@ DEFAULT_PORT_DIR = "/var/tmp/tuneloop-vllm-ports"  # port reservations (flock) o
 PORT_DIR_ENV = "TUNELOOP_VLLM_PORT_DIR"
 SLOTS_ENV = "TUNELOOP_VLLM_CPU_SLOTS"
 SLOT_DIR_ENV = "TUNELOOP_VLLM_CPU_SLOT_DIR"
+SLOT_WAIT_ENV = "TUNELOOP_VLLM_CPU_SLOT_WAIT"  # seconds to wait for a free slot before sharing one
+DEFAULT_SLOT_WAIT = 90.0
 DEFAULT_KVCACHE_GIB = "1"
 
 
@@ -265,6 +270,25 @@ def claim_cpu_slot(env: dict[str, str]) -> int | None:
         return None
     lock_dir = Path(env.get(SLOT_DIR_ENV) or DEFAULT_SLOT_DIR)
     lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + float(env.get(SLOT_WAIT_ENV) or DEFAULT_SLOT_WAIT)
+    while True:
+        claimed = _try_slots(slots, lock_dir, env)
+        if claimed is not None or time.monotonic() >= deadline:
+            break
+        if not env.get("_TUNELOOP_SLOT_WAITING"):
+            env["_TUNELOOP_SLOT_WAITING"] = "1"
+            say(f"all {len(slots)} CPU slots in {lock_dir} are taken; waiting up to ${SLOT_WAIT_ENV} for one to free")
+        time.sleep(0.5)
+    env.pop("_TUNELOOP_SLOT_WAITING", None)
+    if claimed is not None:
+        return claimed
+    bind = slots[os.getpid() % len(slots)]
+    env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    say(f"all {len(slots)} CPU slots in {lock_dir} are taken; sharing VLLM_CPU_OMP_THREADS_BIND={bind}")
+    return None
+
+
+def _try_slots(slots: list[str], lock_dir: Path, env: dict[str, str]) -> int | None:
     for i, bind in enumerate(slots):
         fd = os.open(lock_dir / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -277,9 +301,6 @@ def claim_cpu_slot(env: dict[str, str]) -> int | None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
         say(f"CPU slot {i} of {len(slots)} claimed ({lock_dir}/slot-{i}.lock): VLLM_CPU_OMP_THREADS_BIND={bind}")
         return fd
-    bind = slots[os.getpid() % len(slots)]
-    env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    say(f"all {len(slots)} CPU slots in {lock_dir} are taken; sharing VLLM_CPU_OMP_THREADS_BIND={bind}")
     return None
 
 

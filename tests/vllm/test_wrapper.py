@@ -333,3 +333,49 @@ def test_the_stand_in_keeps_off_a_port_a_starting_engine_reserved(tmp_path: Path
     server = vllm_standin.bind("0.0.0.0", port, BaseHTTPRequestHandler)  # released: the port is used as asked
     assert server.server_address[1] == port
     server.server_close()
+
+
+def test_a_stale_copy_of_the_wrapper_is_noticed(tmp_path: Path):
+    """`make vllm` copies tools/vllm_cpu.py with the venv's shebang; a copy from older code (the cluster tier ran one for
+    hours, without the port reservation) is noticed, and the pods' `vllm` then runs the repository's file."""
+    stale = _chooser().stale
+    source = (ROOT / "tools" / "vllm_cpu.py").read_text()
+    copy = tmp_path / "vllm"
+    copy.write_text("#!/some/venv/bin/python\n" + source.split("\n", 1)[1])
+    assert not stale(copy)  # only the shebang differs: up to date
+    copy.write_text("#!/some/venv/bin/python\n" + source.split("\n", 1)[1].replace("def reserve_port", "def old_reserve_port"))
+    assert stale(copy)
+    assert not stale(tmp_path / "absent")  # nothing to compare: the choice of engine says what is missing
+
+
+def _wrapper_module():
+    loader = importlib.machinery.SourceFileLoader("vllm_cpu_wrapper", str(WRAPPER))
+    spec = importlib.util.spec_from_loader("vllm_cpu_wrapper", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def test_a_taken_slot_is_waited_for_before_it_is_shared(tmp_path: Path):
+    """A pod being replaced holds its slot for a few seconds more: the next engine waits for it rather than bind its
+    OpenMP thread to a core another engine keeps busy (seen to hang in sched_setaffinity for minutes here)."""
+    import fcntl
+    import threading
+
+    w = _wrapper_module()
+    slots = tmp_path / "slots"
+    slots.mkdir()
+    held = []
+    for i in range(2):
+        fd = os.open(slots / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    env = {"TUNELOOP_VLLM_CPU_SLOTS": "2", "TUNELOOP_VLLM_CPU_SLOT_DIR": str(slots), "TUNELOOP_VLLM_CPU_SLOT_WAIT": "0.6"}
+    assert w.claim_cpu_slot(dict(env)) is None  # nothing freed within the wait: shared, as the last resort
+    threading.Timer(0.5, os.close, args=(held[1],)).start()  # the old pod's wrapper exits
+    env["TUNELOOP_VLLM_CPU_SLOT_WAIT"] = "20"
+    t0 = time.monotonic()
+    fd = w.claim_cpu_slot(env)
+    assert fd is not None and env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and time.monotonic() - t0 < 10
+    os.close(fd)
+    os.close(held[0])
