@@ -15,6 +15,7 @@ TUNELOOP_CLUSTER_KEEP=1 to keep them) plus cluster-scoped CRDs (kept) and Persis
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -395,6 +396,11 @@ def phase(obj: dict | None) -> str | None:
 
 def cond(obj: dict, type_: str) -> dict | None:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def at(ts: str) -> dt.datetime:
+    """An API server timestamp (RFC 3339, `...Z`) as an aware datetime."""
+    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
 def pod_log(ns: str, pod: dict, container: str) -> str:

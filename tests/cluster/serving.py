@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import yaml
 
 from tests.rollout.promstack import free_port, prometheus_binary
 
+from .conftest import Env, phase, pod_log
 from .kube import Kube
 
 REGISTRY = Path(os.environ.get("VLLM_STANDIN_REGISTRY", "/var/tmp/vllm-standin/pods"))
@@ -46,6 +48,26 @@ def real_vllm() -> Path | None:
         return None
     path = Path(wanted) if wanted else ROOT / ".venv-vllm" / "bin" / "vllm"
     return path if os.access(path, os.X_OK) else None
+
+
+def rollout_debug(kube: Kube, env: Env, rollout: str, traffic: Callable[[], list[str]], pod_log_tail: int) -> str:
+    """What a test prints when a Rollout does not get where it should: the Rollout's status (its last six measurements),
+    the lines `traffic()` gives on what the test's traffic saw (a gateway's or a picker's counts, where it was sent),
+    the last `pod_log_tail` characters of every vLLM pod's log, and the tail of the operator's log."""
+    ro = kube.get("rollouts", rollout, env.ns) or {}
+    st = dict(ro.get("status") or {})
+    st["measurements"] = (st.get("measurements") or [])[-6:]
+    out = [f"--- rollout status:\n{yaml.safe_dump(st)}", *traffic()]
+    for p in kube.list("pods", env.ns, "app.kubernetes.io/name=vllm"):
+        out.append(f"--- pod {p['metadata']['name']} {p['status'].get('phase')}: " + pod_log(env.ns, p, "vllm")[-pod_log_tail:])
+    out.append(f"--- operator:\n{env.operator_log()[-6000:]}")
+    return "\n".join(out)
+
+
+def wait_modelversion(kube: Kube, env: Env, name: str, want: str) -> None:
+    """Wait (30 s) for the ModelVersion's phase `want`: phases are written right after the Rollout's status (a
+    separate request)."""
+    kube.wait("modelversions", name, env.ns, lambda o: phase(o) == want, timeout=30, what=f"phase {want}")
 
 # Gateway API is not part of Kubernetes: a minimal HTTPRoute CRD (open schema) so the operator's
 # gatewayAPI traffic routing has something to write to. Installed only when the cluster has none.

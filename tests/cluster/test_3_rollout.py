@@ -25,13 +25,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from tests.rollout.promstack import free_port
 
-from .conftest import Env, cond, phase, pod_log, pvc_dir
+from .conftest import Env, at, cond, phase, pvc_dir
 from .kube import Kube
-from .serving import Discovery, Gateway, Prometheus, real_vllm
+from .serving import Discovery, Gateway, Prometheus, real_vllm, rollout_debug, wait_modelversion
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -62,15 +61,8 @@ def serving(kube: Kube, env: Env, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _debug(kube: Kube, env: Env, s: SimpleNamespace) -> str:
-    ro = kube.get("rollouts", RO, env.ns) or {}
-    st = dict(ro.get("status") or {})
-    st["measurements"] = (st.get("measurements") or [])[-6:]
-    out = [f"--- rollout status:\n{yaml.safe_dump(st)}", f"--- gateway: {s.gw.summary()}",
-           f"--- targets: {s.prom.sd_file.read_text()}"]
-    for p in kube.list("pods", env.ns, "app.kubernetes.io/name=vllm"):
-        out.append(f"--- pod {p['metadata']['name']} {p['status'].get('phase')}: " + pod_log(env.ns, p, "vllm")[-600:])
-    out.append(f"--- operator:\n{env.operator_log()[-6000:]}")
-    return "\n".join(out)
+    return rollout_debug(kube, env, RO, lambda: [f"--- gateway: {s.gw.summary()}", f"--- targets: {s.prom.sd_file.read_text()}"],
+                         pod_log_tail=600)
 
 
 def _clone_modelversion(kube: Kube, env: Env, version: str, knobs: dict | None = None, merged_model: Path | None = None) -> str:
@@ -131,15 +123,6 @@ def _stable_pods_serve(kube: Kube, ns: str) -> set[str]:
             if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
 
 
-def _wait_mv(kube: Kube, env: Env, name: str, want: str) -> None:
-    """ModelVersion phases are written right after the Rollout's status (a separate request)."""
-    kube.wait("modelversions", name, env.ns, lambda o: phase(o) == want, timeout=30, what=f"phase {want}")
-
-
-def _at(ts: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
 def test_first_version_is_served_and_scraped(kube: Kube, env: Env, serving: SimpleNamespace):
     s = serving
     v1 = env.state["modelversion"]
@@ -175,8 +158,8 @@ def test_healthy_canary_is_promoted_across_an_operator_kill(kube: Kube, env: Env
     ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "Promoted" and o["status"].get("stableModelVersion") == v2, "v2 promoted", 420)
     measured = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Successful"]
     assert measured, ro["status"]
-    _wait_mv(kube, env, v2, "Serving")
-    _wait_mv(kube, env, v1, "Retired")
+    wait_modelversion(kube, env, v2, "Serving")
+    wait_modelversion(kube, env, v1, "Retired")
     assert _route_weights(kube, env.ns) == {f"{RO}-stable": 100, f"{RO}-canary": 0}
     kube.wait("deployments", f"{RO}-canary", env.ns, lambda d: d["spec"]["replicas"] == 0, timeout=60, what="canary scaled to 0")
     deadline = time.monotonic() + 90
@@ -197,29 +180,29 @@ def test_bad_canary_is_rolled_back(kube: Kube, env: Env, serving: SimpleNamespac
     kube.patch("rollouts", RO, env.ns, {"spec": {"candidate": {"name": v3}}})
     ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v3 and o["status"].get("canaryWeight") == 50,
                        "v3 at 50 %", 120)
-    env.state["v3_weight_changed_at"] = _at(ro["status"]["weightChangedAt"])
+    env.state["v3_weight_changed_at"] = at(ro["status"]["weightChangedAt"])
     ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "RolledBack", "v3 rolled back", 240)
     rb = cond(ro, "RolledBack")
     assert rb and "error-rate" in rb.get("message", ""), ro["status"].get("conditions")
     assert ro["status"].get("canaryWeight") == 0 and ro["status"].get("stableModelVersion") == v2
     assert _route_weights(kube, env.ns)[f"{RO}-canary"] == 0
-    _wait_mv(kube, env, v3, "RolledBack")
-    _wait_mv(kube, env, v2, "Serving")
+    wait_modelversion(kube, env, v3, "RolledBack")
+    wait_modelversion(kube, env, v2, "Serving")
     assert s.gw.counts[(f"{RO}-canary", 500)] > before, s.gw.summary()
     # weight 0 within one analysis interval (+ a scrape) of the first failing measurement
     fails = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Failed"]
     assert fails, ro["status"].get("measurements")
-    gap = (_at(rb["lastTransitionTime"]) - min(_at(m["at"]) for m in fails)).total_seconds()
+    gap = (at(rb["lastTransitionTime"]) - min(at(m["at"]) for m in fails)).total_seconds()
     assert gap <= 3.0, f"weight 0 came {gap:.1f} s after the first failed measurement"
     assert _stable_pods_serve(kube, env.ns) == {v2}
     # defect 6: no measurement before initialDelay (3 s) after the weight change; the canary is scaled down
     # scaleDownDelaySeconds (2 s) after its traffic left, not in the same tick
     changed = env.state["v3_weight_changed_at"]
-    ats = [_at(m["at"]) for m in ro["status"].get("measurements") or [] if m.get("at") and _at(m["at"]) >= changed]
+    ats = [at(m["at"]) for m in ro["status"].get("measurements") or [] if m.get("at") and at(m["at"]) >= changed]
     assert ats and min(ats) - changed >= dt.timedelta(seconds=2.8), (changed, sorted(ats)[:3])
-    rolled = _at(rb["lastTransitionTime"])
+    rolled = at(rb["lastTransitionTime"])
     scale_down_at = ro["status"].get("canaryScaleDownAt")
-    assert scale_down_at and (_at(scale_down_at) - rolled).total_seconds() >= 1.5, ro["status"]
+    assert scale_down_at and (at(scale_down_at) - rolled).total_seconds() >= 1.5, ro["status"]
     kube.wait("deployments", f"{RO}-canary", env.ns, lambda d: d["spec"]["replicas"] == 0, timeout=60, what="canary scaled to 0")
 
 
@@ -231,8 +214,8 @@ def test_removing_the_candidate_keeps_the_promoted_stable(kube: Kube, env: Env, 
     time.sleep(6)
     ro = kube.get("rollouts", RO, env.ns)
     assert ro["status"].get("stableModelVersion") == v2, ro["status"]
-    _wait_mv(kube, env, v2, "Serving")
-    _wait_mv(kube, env, v1, "Retired")
+    wait_modelversion(kube, env, v2, "Serving")
+    wait_modelversion(kube, env, v1, "Retired")
     assert _stable_pods_serve(kube, env.ns) == {v2}
     assert _route_weights(kube, env.ns)[f"{RO}-stable"] == 100
     # defect 12: `kubectl get rollouts` (server-side printing of the CRD's columns) has STEP and MESSAGE
@@ -271,9 +254,9 @@ def test_failing_canary_is_rolled_back_during_a_pause(kube: Kube, env: Env, serv
                                                  "steps": [{"setWeight": 50}, {"pause": {"duration": "5m"}}, {"analysis": {}}]}})
     ro = _wait_rollout(kube, env, s, lambda o: (o.get("status") or {}).get("candidateModelVersion") == v5 and (o["status"].get("canaryWeight") or 0) > 0,
                        "v5 gets traffic", 90)
-    start = _at(ro["status"]["weightChangedAt"]) if ro["status"].get("weightChangedAt") else dt.datetime.now(dt.UTC)
+    start = at(ro["status"]["weightChangedAt"]) if ro["status"].get("weightChangedAt") else dt.datetime.now(dt.UTC)
     ro = _wait_rollout(kube, env, s, lambda o: phase(o) == "RolledBack", "rolled back during the pause", 120)
-    rolled = _at(cond(ro, "RolledBack")["lastTransitionTime"])
+    rolled = at(cond(ro, "RolledBack")["lastTransitionTime"])
     assert (rolled - start).total_seconds() < 60, f"{(rolled - start).total_seconds():.0f} s of a 5 min pause with a failing canary"
     assert ro["status"].get("stableModelVersion") == stable
     assert not env.forbidden_lines(), "\n".join(env.forbidden_lines())
@@ -290,7 +273,7 @@ def test_manual_promote_with_the_cli(kube: Kube, env: Env, serving: SimpleNamesp
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     _wait_rollout(kube, env, s, lambda o: phase(o) == "Promoted" and o["status"].get("stableModelVersion") == v6, "v6 promoted by hand", 60)
-    _wait_mv(kube, env, v6, "Serving")
+    wait_modelversion(kube, env, v6, "Serving")
 
 
 def test_slower_canary_is_rolled_back_for_its_real_latency(kube: Kube, env: Env, serving: SimpleNamespace, tmp_path: Path):
@@ -326,7 +309,7 @@ def test_slower_canary_is_rolled_back_for_its_real_latency(kube: Kube, env: Env,
         failed = [m for m in ro["status"].get("measurements") or [] if m.get("phase") == "Failed" and m.get("metric") == "e2e-p95"]
         assert failed and failed[-1]["value"] > 1.5 * failed[-1]["stableValue"], failed
         assert ro["status"].get("stableModelVersion") == stable and _route_weights(kube, env.ns)[f"{RO}-canary"] == 0
-        _wait_mv(kube, env, v8, "RolledBack")
+        wait_modelversion(kube, env, v8, "RolledBack")
     finally:  # put the analysis and the gateway back, whatever happened
         s.gw.timeout = timeout
         kube.patch("rollouts", RO, env.ns, {"spec": {"analysis": _rollout(env, s, v2)["spec"]["analysis"]}})

@@ -36,7 +36,7 @@ import pytest
 
 from tests.rollout.promstack import free_port
 
-from .conftest import ROOT, TINY_HIDDEN, Env, cond, phase, pod_log, pvc_dir, run_cmd
+from .conftest import ROOT, TINY_HIDDEN, Env, at, cond, phase, pod_log, pvc_dir, run_cmd
 from .kube import Kube
 from .serving import Discovery, Gateway, Prometheus
 
@@ -215,10 +215,6 @@ def _artifact_dir(kube: Kube, env: Env, mv: str) -> Path:
     return pvc_dir(env.ns, claim) / path
 
 
-def _at(ts: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
 def _drift_signal(ro: dict, signal: str) -> dict:
     return next((x for x in (((ro.get("status") or {}).get("drift") or {}).get("signals") or []) if x.get("signal") == signal), {})
 
@@ -244,10 +240,10 @@ def test_cron_schedule_fires_on_the_minute(kube: Kube, env: Env, loop: SimpleNam
     run = _runs(obj)[0]
     st = obj["status"]
     assert run["trigger"] == "Schedule" and run["name"] == f"{TICK}-{int(due.timestamp()) // 60}", run
-    assert _at(st["lastScheduleTime"]) == due, st
-    assert _at(st["nextScheduleTime"]) == due + dt.timedelta(minutes=1), st
+    assert at(st["lastScheduleTime"]) == due, st
+    assert at(st["nextScheduleTime"]) == due + dt.timedelta(minutes=1), st
     ftj = kube.get("finetunejobs", run["name"], env.ns)
-    late = (_at(ftj["metadata"]["creationTimestamp"]) - due).total_seconds()
+    late = (at(ftj["metadata"]["creationTimestamp"]) - due).total_seconds()
     assert 0 <= late <= 10, f"the run was created {late:.0f} s after its cron time {due}"
     assert (ftj["metadata"].get("labels") or {}).get("team") == "e2e"  # the template's metadata
     # the run fails at the data check (the missing file), and the schedule records it

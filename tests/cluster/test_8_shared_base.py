@@ -25,7 +25,6 @@ samples its end-of-sequence token in the 96 tokens each request allows.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 import urllib.request
@@ -34,14 +33,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from tests.rollout.promstack import free_port
 
-from .conftest import Env, cond, phase, pod_log, pvc_dir, write_tiny_inputs
+from .conftest import Env, at, cond, phase, pvc_dir, write_tiny_inputs
 from .inference_gateway import IMR_CRD, IMR_CRD_NAME, POOL_CRD, POOL_CRD_NAME, EndpointPicker
 from .kube import Kube
-from .serving import Discovery, Prometheus, real_vllm
+from .serving import Discovery, Prometheus, real_vllm, rollout_debug, wait_modelversion
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
@@ -161,15 +159,9 @@ def _rollout(s: SimpleNamespace, env: Env, candidate: str) -> dict:
 
 
 def _debug(kube: Kube, env: Env, s: SimpleNamespace) -> str:
-    ro = kube.get("rollouts", RO, env.ns) or {}
-    st = dict(ro.get("status") or {})
-    st["measurements"] = (st.get("measurements") or [])[-6:]
-    out = [f"--- rollout status:\n{yaml.safe_dump(st)}", f"--- epp: {s.epp.summary()}",
-           f"--- rewrite: {json.dumps((kube.get('inferencemodelrewrites', RO, env.ns) or {}).get('spec'))}"]
-    for p in kube.list("pods", env.ns, "app.kubernetes.io/name=vllm"):
-        out.append(f"--- pod {p['metadata']['name']} {p['status'].get('phase')}: " + pod_log(env.ns, p, "vllm")[-1500:])
-    out.append(f"--- operator:\n{env.operator_log()[-6000:]}")
-    return "\n".join(out)
+    return rollout_debug(kube, env, RO, lambda: [f"--- epp: {s.epp.summary()}",
+                                                 f"--- rewrite: {json.dumps((kube.get('inferencemodelrewrites', RO, env.ns) or {}).get('spec'))}"],
+                         pod_log_tail=1500)
 
 
 def _wait(kube: Kube, env: Env, s: SimpleNamespace, pred, what: str, timeout: float = 240) -> dict:
@@ -210,15 +202,11 @@ def _deployments(kube: Kube, env: Env) -> list[str]:
     return sorted(d["metadata"]["name"] for d in kube.list("deployments", env.ns, f"tuneloop.dev/rollout={RO}"))
 
 
-def _at(ts: str) -> float:
-    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
 def _served_after_weight(s: SimpleNamespace, ro: dict, target: str, timeout: float = 60) -> float:
     """Seconds from the Rollout's weight change (status.weightChangedAt) to the candidate's first answer (200) — the
     picker seeing the new weights (it polls every 0.25 s; a real one watches), a request drawn for the candidate (8 per
     second, 50 %), and that answer; the first part is recorded as `<target>_routed_after_weight_change_s`."""
-    changed = _at(ro["status"]["weightChangedAt"])
+    changed = at(ro["status"]["weightChangedAt"]).timestamp()
     deadline = time.monotonic() + timeout
     while target not in s.epp.first_ok:
         assert time.monotonic() < deadline, f"{target} never answered: {s.epp.summary()}"
@@ -230,10 +218,6 @@ def _served_after_weight(s: SimpleNamespace, ro: dict, target: str, timeout: flo
 def _not_found(s: SimpleNamespace) -> dict[str, int]:
     """Requests the pod answered 404 (`The model ... does not exist`): sent for an adapter it did not hold."""
     return {k: n for k, n in s.epp.summary().items() if k.endswith(":404")}
-
-
-def _wait_mv(kube: Kube, env: Env, name: str, want: str) -> None:
-    kube.wait("modelversions", name, env.ns, lambda o: phase(o) == want, timeout=30, what=f"phase {want}")
 
 
 def test_without_the_inference_extension_the_rollout_says_what_is_missing_then_serves(kube: Kube, env: Env, shared: SimpleNamespace):
@@ -255,7 +239,7 @@ def test_without_the_inference_extension_the_rollout_says_what_is_missing_then_s
     # real vLLM: the base starts (30-60 s measured on the loaded 2 cores), then the operator loads the first adapter
     ro = _wait(kube, env, s, lambda o: phase(o) == "Promoted" and o["status"].get("stableModelVersion") == V1, "first adapter served", 420)
     assert _targets(kube, env) == [{"modelRewrite": V1}]
-    _wait_mv(kube, env, V1, "Serving")
+    wait_modelversion(kube, env, V1, "Serving")
     deadline = time.monotonic() + 60
     while s.epp.ok(V1) == 0:
         assert time.monotonic() < deadline, f"no answer from {V1}: {s.epp.summary()}\n{_debug(kube, env, s)}"
@@ -287,8 +271,8 @@ def test_a_good_adapter_is_loaded_without_a_restart_promoted_and_the_old_one_unl
     assert phase(ro) == "Promoted" and ro["status"]["stableModelVersion"] == V2, ro["status"]
     assert any(m.get("phase") == "Successful" and m.get("metric") == "latency" for m in ro["status"].get("measurements") or [])
     assert _targets(kube, env) == [{"modelRewrite": V2}]
-    _wait_mv(kube, env, V2, "Serving")
-    _wait_mv(kube, env, V1, "Retired")
+    wait_modelversion(kube, env, V2, "Serving")
+    wait_modelversion(kube, env, V1, "Retired")
     s.measured["v1_unloaded_after_promotion_s"] = round(_wait_listed(kube, env, s, lambda n: V1 not in n and V2 in n, f"dropped {V1}", 60), 2)
     assert _deployments(kube, env) == [f"{RO}-shared"]  # no second Deployment, ever
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(kube, env)} == s.pods  # the same pod: no restart
@@ -312,8 +296,8 @@ def test_a_slower_adapter_is_rolled_back_then_unloaded(kube: Kube, env: Env, sha
     s.measured["v3_latency_p95_s"], s.measured["stable_latency_p95_s"] = failed[-1]["value"], failed[-1].get("stableValue")
     assert ro["status"]["stableModelVersion"] == V2 and ro["status"]["canaryWeight"] == 0
     assert _targets(kube, env) == [{"modelRewrite": V2}]
-    _wait_mv(kube, env, V3, "RolledBack")
-    _wait_mv(kube, env, V2, "Serving")
+    wait_modelversion(kube, env, V3, "RolledBack")
+    wait_modelversion(kube, env, V2, "Serving")
     s.measured["v3_unloaded_after_rollback_s"] = round(_wait_listed(kube, env, s, lambda n: V3 not in n and V2 in n, f"dropped {V3}", 60), 2)
     assert _deployments(kube, env) == [f"{RO}-shared"]
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in _pods(kube, env)} == s.pods

@@ -5,7 +5,6 @@ Reconciler (an operator restart) recomputes the decision from the status and fre
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from tuneloop.operator.kube import resources as r
 from tuneloop.operator.rollout.reconcile import Reconciler
 
 from ..operator.harness import cluster
-from .test_reconcile import NS, T0, objs, setup
+from .kmock_rollout import NS, setup, ticker
+from .test_reconcile import T0, objs
 
 pytestmark = pytest.mark.operator
 
@@ -57,9 +57,7 @@ def rollout_objs(**experiment):
     return ro, mvs
 
 
-async def at(kc, rec, seconds):
-    obj = await kc.get(r.ROLLOUTS, NS, "bot")
-    return await rec.tick(obj, T0 + dt.timedelta(seconds=seconds))
+at = ticker(T0)
 
 
 async def status(kc) -> dict:

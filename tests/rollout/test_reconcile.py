@@ -17,9 +17,9 @@ from tuneloop.operator.rollout.reconcile import HASH_ANNOTATION, Reconciler, ava
 
 from ..operator.harness import cluster
 from . import samples
+from .kmock_rollout import NS, rollout_objs, setup, ticker
 
 pytestmark = pytest.mark.operator
-NS = "default"
 T0 = dt.datetime(2026, 11, 22, 5, 0, tzinfo=dt.UTC)
 
 
@@ -45,28 +45,12 @@ class Scripted:
 
 
 def objs(**spec):
-    ro = samples.gateway_rollout(**spec)
-    ro["metadata"] = {"name": "bot", "namespace": NS}
-    ro["spec"].update(stable={"name": "v1"}, candidate={"name": "v2"}, steps=[{"setWeight": 10}, {"analysis": {"count": 2}}])
+    ro, mvs = rollout_objs(samples.gateway_rollout(**spec), steps=[{"setWeight": 10}, {"analysis": {"count": 2}}])
     ro["spec"]["trafficRouting"]["gatewayAPI"]["httpRoute"] = "bot"
-    ro["spec"]["analysis"]["metrics"] = [{"name": "error-rate", "builtin": "error-rate", "max": 0.05}]
-    mvs = []
-    for n in ("v1", "v2"):
-        mv = copy.deepcopy(samples.model_version(n))
-        mv["metadata"] = {"name": n, "namespace": NS}
-        mvs.append(mv)
     return ro, mvs
 
 
-async def setup(kc, ro, mvs):
-    for mv in mvs:
-        await kc.apply(mv)
-    await kc.apply(ro)
-
-
-async def tick(kc, rec, seconds):
-    obj = await kc.get(r.ROLLOUTS, NS, "bot")
-    return await rec.tick(obj, T0 + dt.timedelta(seconds=seconds))
+tick = ticker(T0)
 
 
 async def make_available(kc, name):

@@ -3,7 +3,6 @@ vLLM runtime-LoRA API, weights on an InferenceModelRewrite, analysis from the tr
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from tuneloop.operator.rollout.reconcile import Reconciler
 
 from ..operator.harness import cluster
 from . import samples
+from .kmock_rollout import NS, rollout_objs, setup, ticker
 
 pytestmark = pytest.mark.operator
-NS = "default"
 T0 = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 
 
@@ -68,27 +67,11 @@ class ByTarget:
 
 
 def objs(candidate: str = "v2", **spec):
-    ro = samples.shared_rollout(**spec)
-    ro["metadata"] = {"name": "bot", "namespace": NS}
-    ro["spec"].update(stable={"name": "v1"}, candidate={"name": candidate}, steps=[{"setWeight": 50}, {"analysis": {"count": 2}}],
-                      scaleDownDelaySeconds=5)
-    ro["spec"]["analysis"]["metrics"] = [{"name": "error-rate", "builtin": "error-rate", "max": 0.05}]
-    mvs = []
-    for n in ("v1", candidate):
-        m = copy.deepcopy(samples.model_version(n))
-        m["metadata"] = {"name": n, "namespace": NS}
-        mvs.append(m)
-    return ro, mvs
+    return rollout_objs(samples.shared_rollout(**spec), candidate, steps=[{"setWeight": 50}, {"analysis": {"count": 2}}],
+                        scaleDownDelaySeconds=5)
 
 
-async def setup(kc, ro, mvs):
-    for m in mvs:
-        await kc.apply(m)
-    await kc.apply(ro)
-
-
-async def tick(kc, rec, seconds):
-    return await rec.tick(await kc.get(r.ROLLOUTS, NS, "bot"), T0 + dt.timedelta(seconds=seconds))
+tick = ticker(T0)
 
 
 async def add_pods(kc, n: int = 2) -> list[str]:
