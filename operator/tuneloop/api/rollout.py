@@ -522,6 +522,9 @@ class RolloutSpec(ApiModel):
                 raise ValueError(f"steps[{i}].analysis.metrics names unknown metrics: {sorted(unknown)}")
             if step.analysis and not self.analysis.metrics:
                 raise ValueError(f"steps[{i}] is an analysis step but analysis.metrics is empty")
+            if step.analysis and not step.analysis.metrics and all(m.shadow for m in self.analysis.metrics):
+                raise ValueError(f"steps[{i}] is an analysis step but analysis.metrics has only shadow-* built-ins, which only a "
+                                 "mirror step measures: add a metric of the live traffic or name the step's metrics")
         return self
 
 

@@ -102,14 +102,20 @@ def _json(text: str) -> tuple[bool, Any]:
 
 def same_answer(stable: str, candidate: str, *, structured: bool) -> bool:
     """Two answers agree when their texts are equal after whitespace normalisation or, for a model with an output
-    contract (`structured`), when both are JSON and parse to equal values (key order and spacing do not matter)."""
+    contract (`structured`), when both are JSON and parse to equal values (key order and spacing do not matter; `true` and
+    `1` differ, as do `1` and `1.0`)."""
     if normalise(stable) == normalise(candidate):
         return True
     if not structured:
         return False
     ok_s, a = _json(stable)
     ok_c, b = _json(candidate)
-    return ok_s and ok_c and a == b
+    return ok_s and ok_c and canonical(a) == canonical(b)
+
+
+def canonical(value: Any) -> str:
+    """A JSON value's canonical text (sorted keys, no spaces): equal values, equal texts; `true` is not `1`, as in JSON."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def compare(stable: list[str], candidate: list[str], *, structured: bool) -> str:

@@ -159,7 +159,13 @@ def step_metrics(spec: RolloutSpec, index: int | None) -> list[AnalysisMetric]:
     if analysis is None:
         return []
     wanted = set(analysis.metrics)
-    return [m for m in spec.analysis.metrics if not wanted or m.name in wanted]
+    return [m for m in spec.analysis.metrics if m.name in wanted] if wanted else live_metrics(spec)
+
+
+def live_metrics(spec: RolloutSpec) -> list[AnalysisMetric]:
+    """The metrics of the live traffic: all but the shadow-* built-ins, which only a mirror step's comparisons feed (an
+    analysis step that names no metrics, and background analysis, measure these)."""
+    return [m for m in spec.analysis.metrics if not m.shadow]
 
 
 def mirror_metrics(spec: RolloutSpec, step: MirrorStep) -> list[AnalysisMetric]:
@@ -182,7 +188,7 @@ def running_mirror(spec: RolloutSpec, status: RolloutStatus | None) -> MirrorSta
 
 def background_interval(spec: RolloutSpec) -> float:
     """Seconds between background measurements (0: background analysis is off)."""
-    return parse_duration(spec.analysis.background_interval or spec.analysis.interval) if spec.analysis.metrics else 0.0
+    return parse_duration(spec.analysis.background_interval or spec.analysis.interval) if live_metrics(spec) else 0.0
 
 
 def _current_step(spec: RolloutSpec, status: RolloutStatus) -> Step | None:
@@ -210,7 +216,7 @@ def _measuring(spec: RolloutSpec, status: RolloutStatus | None) -> tuple[list[An
     every = background_interval(spec)
     if status.canary_weight <= 0 or every <= 0:
         return [], 0.0
-    return list(spec.analysis.metrics), every
+    return live_metrics(spec), every
 
 
 def canary_shortfall(spec: RolloutSpec, status: RolloutStatus | None, world: World) -> tuple[int, int] | None:
@@ -679,7 +685,7 @@ class _Analysis(_Effects):
 
     def background(self, i: int, assessments: dict[str, Assessment]) -> bool:
         """Background analysis outside analysis steps: Failed or Error rolls back at once (True)."""
-        metrics = list(self.spec.analysis.metrics)
+        metrics = live_metrics(self.spec)
         verdict = self.tally(metrics, self.record_measurements(i, metrics, assessments), None, background=True)
         if verdict in (Verdict.FAILED, Verdict.ERROR):
             self.fail(i, verdict, "background analysis")
