@@ -72,8 +72,8 @@ def plan(guards: list[GuardMirror], want: dict[str, Any] | None) -> Plan:
 
 
 def coverage(guards: list[GuardMirror], want: dict[str, Any] | None) -> tuple[int, int, int]:
-    """(guards holding exactly `want`, live stable pods, guards holding another mirror: stale). Without a wanted
-    mirror the first is 0 and every held mirror is stale."""
+    """(guards holding exactly `want`, live stable pods, guards that may hold a mirror not wanted: stale — one that
+    holds another, or one that did not answer). Without a wanted mirror the first is 0."""
     held = sum(1 for g in guards if want is not None and g.holds == want)
-    stale = sum(1 for g in guards if g.holds and g.holds != want)
+    stale = sum(1 for g in guards if g.holds is None or (g.holds and g.holds != want))
     return held, len(guards), stale

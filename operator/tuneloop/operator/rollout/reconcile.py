@@ -444,14 +444,12 @@ class Reconciler:
         clear what `mirror.plan` says (concurrently), observe again. (guards holding it, live stable pods, stale ones)."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         assert spec.serving.guard is not None
-        stable = status.stable_model_version if status is not None else None
         want = mirror.config(status, serving.mirror_target(obj, spec))
         urls = {}
-        for p in pods:
-            labels, meta = p.get("metadata", {}).get("labels") or {}, p.get("metadata") or {}
+        for p in pods:  # every running stable pod, whatever its version (after a promotion the old ones may still hold it)
+            meta = p.get("metadata") or {}
             url = pod_url(p, spec.serving.guard.port)
-            if labels.get(names.LABEL_ROLE) == names.STABLE and labels.get(names.LABEL_MODEL_VERSION) == stable \
-                    and url is not None and not meta.get("deletionTimestamp"):  # fmt: skip
+            if (meta.get("labels") or {}).get(names.LABEL_ROLE) == names.STABLE and url is not None and not meta.get("deletionTimestamp"):
                 urls[meta["name"]] = url
 
         async def observe(pod: str) -> mirror.GuardMirror:
