@@ -11,6 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from tuneloop.contract import names
 from tuneloop.operator.analysis.prometheus import PrometheusProvider
 from tuneloop.operator.builders.serving import ServingConfig
 from tuneloop.operator.kube import resources as r
@@ -132,7 +133,7 @@ async def test_a_mirror_is_set_on_every_stable_guard_judged_and_cleared_then_the
         policy = await kc.get(r.NETWORKPOLICIES, NS, "bot-serving")
         own = policy["spec"]["ingress"][1]
         assert own["ports"] == [{"protocol": "TCP", "port": 8001}]
-        assert {"podSelector": {"matchLabels": {"tuneloop.dev/rollout": "bot"}}} in own["from"]
+        assert {"podSelector": {"matchLabels": names.rollout_selector("bot")}} in own["from"]
         assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tuneloop-system"}}} in own["from"]
         assert {"protocol": "TCP", "port": 8001} in policy["spec"]["ingress"][0]["ports"]  # the Services target the guard
         await at(kc, rec, 3)  # the first measurement: initialDelay (1 s) after the start

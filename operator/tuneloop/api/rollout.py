@@ -280,7 +280,8 @@ class AnalysisMetric(ApiModel):
         default=None,
         max_length=4096,
         description="PromQL template; {{namespace}}, {{rollout}}, {{selector}} (label matchers of the pods of this role and of the "
-                    "version it is measured for: the candidate for the canary, the serving version for the stable), {{role}}, {{modelVersion}} and {{window}} are substituted.",
+                    "version it is measured for: the candidate for the canary, the serving version for the stable), {{stableSelector}} (the stable "
+                    "role's pods, any version: a mirror step's comparisons), {{role}}, {{modelVersion}} and {{window}} are substituted.",
     )
     max: float | None = Field(default=None, description="Failed when the canary value is above this.")
     min: float | None = Field(default=None, description="Failed when the canary value is below this.")
