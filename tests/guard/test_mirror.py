@@ -130,7 +130,8 @@ async def test_the_client_gets_the_stable_answer_at_once_and_the_copies_are_comp
             assert _series(text, "tuneloop_shadow_latency_seconds_count", candidate="bot-v2", side=side) == 4
         assert _series(text, "tuneloop_shadow_latency_seconds_sum", candidate="bot-v2", side="candidate") >= 4 * 0.6
         assert _series(text, "tuneloop_shadow_latency_seconds_sum", candidate="bot-v2", side="stable") < 4 * 0.3
-        assert cand.seen == stable.seen and all(cand.copies) and not any(stable.copies)  # the same requests, marked as copies
+        same = sorted(json.dumps(b, sort_keys=True) for b in cand.seen) == sorted(json.dumps(b, sort_keys=True) for b in stable.seen)
+        assert same and all(cand.copies) and not any(stable.copies)  # the same requests, marked as copies
         assert _series(text, "tuneloop_guard_answers_total", verdict="ok") == 3  # the live answers are still checked
         assert _series(text, "tuneloop_guard_answers_total", verdict="violation") == 1
     finally:
@@ -290,7 +291,7 @@ def test_with_a_contract_json_answers_agree_exactly_when_their_values_are_equal(
 @settings(max_examples=200, deadline=None)
 @given(percent=st.integers(1, 100), lower=st.integers(1, 100))
 def test_sampling_copies_exactly_the_share_and_more_percent_never_copies_less(percent, lower):
-    draws = [k / 1000 for k in range(1000)]
+    draws = [(k + 0.5) / 1000 for k in range(1000)]  # uniform, none on a boundary
     assert sum(mirror.sampled(u, percent) for u in draws) == percent * 10
     low = min(percent, lower)
     assert all(mirror.sampled(u, percent) for u in draws if mirror.sampled(u, low))

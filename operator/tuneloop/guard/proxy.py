@@ -228,8 +228,8 @@ class Guard:
         try:
             async with self.session.post(cfg.target + job.path, json=mirror.mirrored_body(job.doc, cfg.model), headers={MIRROR_HEADER: "1"},
                                          timeout=aiohttp.ClientTimeout(total=self.limits.timeout)) as resp:
-                data = await resp.content.read(MAX_ANSWER_BYTES)
-                if resp.status == 200:
+                data = await resp.read()
+                if resp.status == 200 and len(data) <= MAX_ANSWER_BYTES:
                     doc = json.loads(data)
                     texts = check.answers(doc) if isinstance(doc, dict) and isinstance(doc.get("choices"), list) else None
         except (aiohttp.ClientError, TimeoutError, ValueError):

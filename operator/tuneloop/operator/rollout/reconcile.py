@@ -445,7 +445,7 @@ class Reconciler:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         assert spec.serving.guard is not None
         want = mirror.config(status, serving.mirror_target(obj, spec))
-        urls = {}
+        urls: dict[str, str] = {}
         for p in pods:  # every running stable pod, whatever its version (after a promotion the old ones may still hold it)
             meta = p.get("metadata") or {}
             url = pod_url(p, spec.serving.guard.port)
