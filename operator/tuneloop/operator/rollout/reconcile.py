@@ -425,7 +425,10 @@ class Reconciler:
         """The World of a perVersion tick: each role's Deployment, counted for its own ModelVersion only; the stable
         guards' mirror (set or cleared first: `sync_mirror`) when a mirror step runs or ended."""
         ns, name, generation = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"].get("generation")
-        guards = await self.sync_mirror(obj, spec, status, pods) if mirror.watching(status) and spec.serving.guard is not None else None
+        guards: tuple[int, int, int] | None = None
+        refused: str | None = None
+        if mirror.watching(status) and spec.serving.guard is not None:
+            guards, refused = await self.sync_mirror(obj, spec, status, pods)
         canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
         stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable else None
         return World(
@@ -437,11 +440,14 @@ class Reconciler:
             serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
             generation=generation,
             mirror_guards=guards,
+            mirror_error=refused,
         )
 
-    async def sync_mirror(self, obj: dict, spec: RolloutSpec, status: RolloutStatus | None, pods: list[dict]) -> tuple[int, int, int]:
+    async def sync_mirror(self, obj: dict, spec: RolloutSpec, status: RolloutStatus | None,
+                          pods: list[dict]) -> tuple[tuple[int, int, int], str | None]:
         """Every live stable pod's guard holds the mirror `status.mirror` wants (or none once it ended): observe, set or
-        clear what `mirror.plan` says (concurrently), observe again. (guards holding it, live stable pods, stale ones)."""
+        clear what `mirror.plan` says (concurrently), observe again. ((guards holding it, live stable pods, stale ones),
+        the first refusal of this tick's writes)."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         assert spec.serving.guard is not None
         want = mirror.config(status, serving.mirror_target(obj, spec))
@@ -455,9 +461,13 @@ class Reconciler:
         async def observe(pod: str) -> mirror.GuardMirror:
             return mirror.GuardMirror(pod, await self.guard_api.mirror(urls[pod]))
 
+        errors: list[str] = []
+
         async def write(pod: str, what: dict[str, Any] | None) -> None:
             err = await (self.guard_api.set_mirror(urls[pod], what) if what is not None else self.guard_api.clear_mirror(urls[pod]))
             log.info("rollout %s/%s: pod %s: %s mirror: %s", ns, name, pod, "set" if what is not None else "clear", err or "done")
+            if err:
+                errors.append(f"pod {pod}: {err}")
 
         view = list(await asyncio.gather(*(observe(p) for p in sorted(urls))))
         todo = mirror.plan(view, want)
@@ -465,7 +475,7 @@ class Reconciler:
             await asyncio.gather(*(write(p, want) for p in todo.set), *(write(p, None) for p in todo.clear))
             again = {g.pod: g for g in await asyncio.gather(*(observe(p) for p in todo.set + todo.clear))}
             view = [again.get(g.pod, g) for g in view]
-        return mirror.coverage(view, want)
+        return mirror.coverage(view, want), (sorted(errors)[0][:300] if errors else None)
 
     async def experiment_look(self, spec: RolloutSpec, status: RolloutStatus | None, world: World, ns: str, name: str,
                               stable: str | None) -> Sample | None:

@@ -114,6 +114,7 @@ class World:
     # a mirror step: (stable guards holding the wanted mirror, live stable pods, guards holding a mirror not wanted),
     # after this tick's writes; None when the guards were not looked at (no mirror to run or clear)
     mirror_guards: tuple[int, int, int] | None = None
+    mirror_error: str | None = None  # why a guard refused the mirror this tick (e.g. a target it was not started with)
 
 
 @dataclass
@@ -1009,7 +1010,8 @@ def _mirror_started(m: _Machine, i: int, mx: MirrorStep, cur: MirrorStatus, held
         cur.until = _mirror_until(now, mx)  # the guards were slow: a later end, written to them again
         held = 0
     if live == 0 or held < live:
-        m.progressing(f"the mirror on every stable pod's guard: {held}/{live} hold it")
+        refused = f" ({m.world.mirror_error})" if m.world.mirror_error else ""
+        m.progressing(f"the mirror on every stable pod's guard: {held}/{live} hold it{refused}")
         return False
     cur.started_at = now
     cur.ends_at = now + dt.timedelta(seconds=parse_duration(mx.duration))
