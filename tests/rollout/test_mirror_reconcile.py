@@ -32,6 +32,7 @@ class FakeGuards:
     def __init__(self):
         self.holds: dict[str, dict] = {}
         self.down: set[str] = set()
+        self.refuse: str | None = None  # every PUT answered with this error
         self.writes: list[tuple[str, str]] = []
 
     async def mirror(self, base_url):
@@ -39,6 +40,8 @@ class FakeGuards:
 
     async def set_mirror(self, base_url, want):
         self.writes.append(("set", base_url))
+        if self.refuse:
+            return self.refuse
         self.holds[base_url] = dict(want)
         return None
 
@@ -179,3 +182,21 @@ async def test_a_disagreeing_candidate_is_rolled_back_and_the_guards_cleared(tmp
         guards.down = set()
         await at(kc, rec, 6)
         assert not guards.holds and (await status(kc))["mirror"]["cleared"] is True
+
+
+async def test_a_guard_that_refuses_the_mirror_says_why_in_the_status(tmp_path: Path):
+    guards, prov = FakeGuards(), Shadow()
+    guards.refuse = "HTTP 400: target 'http://bot-canary.default.svc:8000' is not one this guard may mirror to (--mirror-target): []"
+    ro, mvs = mirror_objs()
+    async with cluster(tmp_path) as kc:
+        await setup(kc, ro, mvs)
+        rec = reconciler(kc, guards, prov)
+        await add_stable_pods(kc)
+        await at(kc, rec, 0)
+        await make_available(kc, "bot-canary")
+        await at(kc, rec, 1)
+        await at(kc, rec, 2)
+        st = await status(kc)
+        assert st["phase"] == "Progressing" and st["mirror"].get("startedAt") is None
+        assert st["waitingFor"].startswith("the mirror on every stable pod's guard: 0/2 hold it (pod bot-stable-0: HTTP 400: target")
+        assert not [q for q in prov.queries if "tuneloop_shadow_" in q]  # nothing measured before it runs
