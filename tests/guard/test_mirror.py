@@ -254,7 +254,7 @@ space = st.sampled_from([" ", "  ", "\n", "\t", " \n "])
 words = st.lists(st.text(alphabet="abcxyz{}\":,0123", min_size=1, max_size=6), min_size=0, max_size=6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(ws=words, gaps=st.lists(space, min_size=8, max_size=8), lead=space, trail=space, structured=st.booleans())
 def test_whitespace_never_changes_agreement(ws, gaps, lead, trail, structured):
     text = " ".join(ws)
@@ -263,7 +263,7 @@ def test_whitespace_never_changes_agreement(ws, gaps, lead, trail, structured):
     assert mirror.normalise(mirror.normalise(spaced)) == mirror.normalise(spaced)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(a=st.text(max_size=12), b=st.text(max_size=12), structured=st.booleans())
 def test_agreement_is_reflexive_and_symmetric_and_plain_text_is_exact(a, b, structured):
     assert mirror.same_answer(a, a, structured=structured)
@@ -277,7 +277,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.t
                            max_leaves=8)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(value=json_values, other=json_values, indent=st.sampled_from([None, 1, 2]), sort=st.booleans())
 def test_with_a_contract_json_answers_agree_exactly_when_their_values_are_equal(value, other, indent, sort):
     a, b = json.dumps(value), json.dumps(value, indent=indent, sort_keys=sort)
@@ -288,7 +288,7 @@ def test_with_a_contract_json_answers_agree_exactly_when_their_values_are_equal(
     assert mirror.compare([a, a], [b], structured=True) == mirror.DISAGREE  # another number of choices
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(percent=st.integers(1, 100), lower=st.integers(1, 100))
 def test_sampling_copies_exactly_the_share_and_more_percent_never_copies_less(percent, lower):
     draws = [(k + 0.5) / 1000 for k in range(1000)]  # uniform, none on a boundary
@@ -297,7 +297,7 @@ def test_sampling_copies_exactly_the_share_and_more_percent_never_copies_less(pe
     assert all(mirror.sampled(u, percent) for u in draws if mirror.sampled(u, low))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(percent=st.integers(1, 100), minutes=st.integers(1, 10_000), model=st.one_of(st.none(), st.just("adapter-v2")))
 def test_a_configuration_reads_back_as_written(percent, minutes, model):
     cfg = mirror.MirrorConfig(target="http://r-canary.ns.svc:8000", percent=percent, until=NOW + dt.timedelta(minutes=minutes),

@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tuneloop.api.durations import parse_duration
 from tuneloop.api.rollout import MeasurementPhase, Rollout, RolloutStatus
 from tuneloop.operator.rollout import mirror
 from tuneloop.operator.rollout.desired import desired
@@ -83,12 +84,14 @@ def running(d: Driver) -> None:
     assert desired(d.spec, out.status).canary_replicas == 1  # pods for the mirror's 25 %, no traffic
     out = d.tick(1)
     assert out.status.mirror is not None and out.status.mirror.started_at is None and "MirrorRequested" in d.reasons()
-    assert d.want() == {"target": TARGET, "percent": 25, "until": "2026-12-07T09:06:01Z", "candidate": "support-bot-v2"}
+    step = d.spec.steps[0].mirror
+    until = T0 + dt.timedelta(seconds=1 + parse_duration(step.duration) + mirror.GRACE)  # duration and grace from the request
+    assert d.want() == {"target": TARGET, "percent": 25, "until": mirror.format_time(until), "candidate": "support-bot-v2"}
     out = d.tick(1, guards=(1, 2, 0))
     assert out.status.waiting_for == "the mirror on every stable pod's guard: 1/2 hold it" and out.status.mirror.started_at is None
     assert d.measured == []  # nothing is measured before every guard mirrors
     out = d.tick(1, guards=(2, 2, 0))
-    assert out.status.mirror.started_at == d.now and out.status.mirror.ends_at == d.now + dt.timedelta(seconds=60)
+    assert out.status.mirror.started_at == d.now and out.status.mirror.ends_at == d.now + dt.timedelta(seconds=parse_duration(step.duration))
     assert "MirrorStarted" in d.reasons()
 
 
@@ -197,7 +200,7 @@ OTHER = {**WANT, "candidate": "v1"}
 holds = st.sampled_from([None, {}, WANT, OTHER, {**WANT, "until": "2026-12-07T09:07:00Z"}])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(view=st.lists(holds, max_size=6), want=st.sampled_from([None, WANT]))
 def test_after_the_plan_every_answering_guard_holds_exactly_what_is_wanted(view, want):
     guards = [mirror.GuardMirror(f"p{i}", h) for i, h in enumerate(view)]
