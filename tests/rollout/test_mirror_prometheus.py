@@ -106,7 +106,7 @@ def objects(guard_port: int) -> tuple[dict, list[dict]]:
 async def stable_pod(kc, i: int, ip: str) -> None:
     name = f"{NAME}-stable-{i}"
     await kc.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {
-        "app.kubernetes.io/name": "vllm", "tuneloop.dev/rollout": NAME, "tuneloop.dev/role": "stable",
+        "app.kubernetes.io/name": "vllm", "app.kubernetes.io/component": "serving", "tuneloop.dev/rollout": NAME, "tuneloop.dev/role": "stable",
         "tuneloop.dev/model-version": "v1"}}, "spec": {"containers": [{"name": "vllm", "image": "x"}]}})
     await kc.client.patch(r.PODS, NS, name, {"status": {"phase": "Running", "podIP": ip}}, subresource="status")
 

@@ -82,7 +82,7 @@ async def add_stable_pods(kc, n: int = 2, version: str = "v1") -> list[str]:
     for i in range(n):
         name = f"bot-stable-{i}"
         await kc.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {
-            "app.kubernetes.io/name": "vllm", "tuneloop.dev/rollout": "bot", "tuneloop.dev/role": "stable",
+            "app.kubernetes.io/name": "vllm", "app.kubernetes.io/component": "serving", "tuneloop.dev/rollout": "bot", "tuneloop.dev/role": "stable",
             "tuneloop.dev/model-version": version}}, "spec": {"containers": [{"name": "vllm", "image": "x"}]}})
         await kc.client.patch(r.PODS, NS, name, {"status": {"phase": "Running", "podIP": f"10.0.1.{i + 1}"}}, subresource="status")
         urls.append(f"http://10.0.1.{i + 1}:8001")  # the guard's port
