@@ -240,8 +240,9 @@ class Guard:
             return
         self.shadow_latency.labels(cfg.candidate, mirror.STABLE).observe(job.stable_seconds)
         self.shadow_latency.labels(cfg.candidate, mirror.CANDIDATE).observe(seconds)
-        for text in texts if self.ok is not None else ():
-            self.shadow_answers.labels(cfg.candidate, "ok" if self.ok(text) else "violation").inc()
+        if self.ok is not None:
+            for text in texts:
+                self.shadow_answers.labels(cfg.candidate, "ok" if self.ok(text) else "violation").inc()
         self.comparisons.labels(cfg.candidate, mirror.compare(job.stable, texts, structured=self.ok is not None)).inc()
 
     async def metrics(self, _: web.Request) -> web.Response:
