@@ -13,6 +13,14 @@ from .common import API_VERSION, ApiModel, Condition, ObjectMeta, ObjectRef, One
 from .deprecations import provider_ref
 from .durations import DURATION, parse_duration
 from .experiment import ExperimentStatus, ExperimentStep
+from .mirror import (
+    MIRROR_GUARD_MESSAGE,
+    MIRROR_ROUTING_MESSAGE,
+    SHADOW_METRICS,
+    SHADOW_RELATIVE_MESSAGE,
+    MirrorStatus,
+    MirrorStep,
+)
 
 # Rate floors and caps (issue 25, finding 3): one Rollout must not be able to flood the shared Prometheus. A
 # measurement round asks at most 2 queries per metric (canary, and stable for a relative threshold), so a Rollout
@@ -218,15 +226,17 @@ class AnalysisStep(ApiModel):
 
 
 class Step(OneOf):
-    """One canary step: exactly one of setWeight, pause, analysis, experiment."""
+    """One canary step: exactly one of setWeight, pause, analysis, experiment, mirror."""
 
-    one_of = ("setWeight", "pause", "analysis", "experiment")
+    one_of = ("setWeight", "pause", "analysis", "experiment", "mirror")
     one_of_what = "a step"
 
     set_weight: int | None = Field(default=None, ge=0, le=100, description="Percent of traffic for the candidate.")
     pause: PauseStep | None = Field(default=None, description="Wait for a duration or for a human.")
     analysis: AnalysisStep | None = Field(default=None, description="Run Prometheus analysis.")
     experiment: ExperimentStep | None = Field(default=None, description="A/B experiment: hold a split and compare an online quality metric.")
+    mirror: MirrorStep | None = Field(default=None, description="Shadow: copy a share of the live requests to the candidate (answers "
+                                      "not returned) and compare its answers with the stable's (needs serving.guard).")
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -251,6 +261,11 @@ class BuiltinMetric(str, Enum):
     CONTRACT_VIOLATION_RATE = "contract-violation-rate"  # the output guard's share of answers breaking the output contract
     HARMFUL_RATE = "harmful-rate"  # the output guard's share of answers its harmful-content check caught (flagged or refused)
     TOPIC_VIOLATION_RATE = "topic-violation-rate"  # the output guard's share of requests its topic rule caught (flagged or refused)
+    # a mirror step's comparisons, counted by the stable pods' guards on the same requests (api.mirror.SHADOW_METRICS)
+    SHADOW_AGREEMENT_RATE = "shadow-agreement-rate"  # the candidate's answer was the stable's (whitespace, JSON equality)
+    SHADOW_CONTRACT_VIOLATION_RATE = "shadow-contract-violation-rate"  # the candidate's answers breaking the output contract
+    SHADOW_LATENCY_RATIO = "shadow-latency-ratio"  # candidate p95 / stable p95 on the mirrored requests
+    SHADOW_ERROR_RATE = "shadow-error-rate"  # mirrored requests the candidate did not answer (HTTP error, timeout)
 
 
 class AnalysisMetric(ApiModel):
@@ -258,12 +273,15 @@ class AnalysisMetric(ApiModel):
 
     name: str = Field(min_length=1, max_length=63, description="Metric name in status and events.")
     builtin: BuiltinMetric | None = Field(default=None, description="A built-in query: error-rate, ttft-p95, e2e-latency-p95, abort-rate (vLLM's metrics), "
-                                                  "contract-violation-rate, harmful-rate, topic-violation-rate (the output guard's; need serving.guard and its check).")
+                                                  "contract-violation-rate, harmful-rate, topic-violation-rate (the output guard's; need serving.guard and its check), "
+                                                  "shadow-agreement-rate, shadow-contract-violation-rate, shadow-latency-ratio, "
+                                                  "shadow-error-rate (a mirror step's comparisons, counted by the stable pods' guards).")
     query: str | None = Field(
         default=None,
         max_length=4096,
         description="PromQL template; {{namespace}}, {{rollout}}, {{selector}} (label matchers of the pods of this role and of the "
-                    "version it is measured for: the candidate for the canary, the serving version for the stable), {{role}}, {{modelVersion}} and {{window}} are substituted.",
+                    "version it is measured for: the candidate for the canary, the serving version for the stable), {{stableSelector}} (the stable "
+                    "role's pods, any version: a mirror step's comparisons), {{role}}, {{modelVersion}} and {{window}} are substituted.",
     )
     max: float | None = Field(default=None, description="Failed when the canary value is above this.")
     min: float | None = Field(default=None, description="Failed when the canary value is below this.")
@@ -283,6 +301,7 @@ class AnalysisMetric(ApiModel):
                     "has(self.max) || has(self.min) || has(self.maxRelativeToStable)",
                     "an analysis metric needs max, min or maxRelativeToStable",
                 ),
+                cel("!has(self.builtin) || !self.builtin.startsWith('shadow-') || !has(self.maxRelativeToStable)", SHADOW_RELATIVE_MESSAGE),
             ]
         }
     }
@@ -293,7 +312,14 @@ class AnalysisMetric(ApiModel):
             raise ValueError("exactly one of builtin, query must be set for an analysis metric")
         if self.max is None and self.min is None and self.max_relative_to_stable is None:
             raise ValueError("an analysis metric needs max, min or maxRelativeToStable")
+        if self.shadow and self.max_relative_to_stable is not None:
+            raise ValueError(SHADOW_RELATIVE_MESSAGE)
         return self
+
+    @property
+    def shadow(self) -> bool:
+        """A shadow-* built-in (a mirror step's comparisons)."""
+        return self.builtin is not None and str(getattr(self.builtin, "value", self.builtin)) in SHADOW_METRICS
 
 
 class AnalysisSpec(ApiModel):
@@ -414,6 +440,7 @@ class DriftWatchSpec(ApiModel):
 
 
 _SHARED = "has(self.serving) && has(self.serving.mode) && self.serving.mode == 'sharedBase'"
+_MIRRORS = "has(self.steps) && self.steps.exists(s, has(s.mirror))"
 SHARED_ROUTING_MESSAGE = (
     "serving.mode sharedBase needs trafficRouting.inferenceModelRewrite (the split is between adapter names inside one "
     "Deployment, which only an InferenceModelRewrite can express), and inferenceModelRewrite needs serving.mode sharedBase")
@@ -477,6 +504,8 @@ class RolloutSpec(ApiModel):
                 cel(f"!({_SHARED}) || !has(self.serving.guard)", SHARED_GUARD_MESSAGE),
                 cel(f"!({_SHARED}) || !has(self.analysis.metrics) || self.analysis.metrics.all(m, !has(m.builtin) || m.builtin in "
                     f"{list(SHARED_BASE_METRICS)})", SHARED_METRICS_MESSAGE),
+                cel(f"!({_MIRRORS}) || (has(self.serving) && has(self.serving.guard))", MIRROR_GUARD_MESSAGE),
+                cel(f"!({_MIRRORS}) || has(self.trafficRouting.gatewayAPI)", MIRROR_ROUTING_MESSAGE),
             ]
         }
     }
@@ -485,7 +514,7 @@ class RolloutSpec(ApiModel):
     def _refs(self) -> RolloutSpec:
         if self.promote and self.abort:
             raise ValueError("promote and abort cannot both be set")
-        for problem in shared_base_problems(self):
+        for problem in shared_base_problems(self) + mirror_problems(self):
             raise ValueError(problem)
         names = {m.name for m in self.analysis.metrics}
         for i, step in enumerate(self.steps):
@@ -494,7 +523,31 @@ class RolloutSpec(ApiModel):
                 raise ValueError(f"steps[{i}].analysis.metrics names unknown metrics: {sorted(unknown)}")
             if step.analysis and not self.analysis.metrics:
                 raise ValueError(f"steps[{i}] is an analysis step but analysis.metrics is empty")
+            if step.analysis and not step.analysis.metrics and all(m.shadow for m in self.analysis.metrics):
+                raise ValueError(f"steps[{i}] is an analysis step but analysis.metrics has only shadow-* built-ins, which only a "
+                                 "mirror step measures: add a metric of the live traffic or name the step's metrics")
         return self
+
+
+def mirror_problems(spec: RolloutSpec) -> list[str]:
+    """What a RolloutSpec with mirror steps cannot do (the CEL rules' pydantic twins, and the metric names); [] otherwise."""
+    mirrors = [(i, s.mirror) for i, s in enumerate(spec.steps) if s.mirror is not None]
+    if not mirrors:
+        return []
+    out = []
+    if spec.serving.guard is None:
+        out.append(MIRROR_GUARD_MESSAGE)
+    if spec.traffic_routing.gateway_api is None:
+        out.append(MIRROR_ROUTING_MESSAGE)
+    names = {m.name for m in spec.analysis.metrics}
+    for i, mirror in mirrors:
+        unknown = set(mirror.metrics) - names
+        if unknown:
+            out.append(f"steps[{i}].mirror.metrics names unknown metrics: {sorted(unknown)}")
+        elif not mirror.metrics and not any(m.shadow for m in spec.analysis.metrics):
+            out.append(f"steps[{i}] is a mirror step with nothing to judge: name its metrics (mirror.metrics) or add a "
+                       f"shadow-* built-in to analysis.metrics ({', '.join(SHADOW_METRICS)})")
+    return out
 
 
 def shared_base_problems(spec: RolloutSpec) -> list[str]:
@@ -625,6 +678,7 @@ class RolloutStatus(ApiModel):
     )
     drift: DriftStatus | None = Field(default=None, description="Drift and degradation watch of the serving version (spec.driftWatch).")
     experiment: ExperimentStatus | None = Field(default=None, description="The A/B experiment of the current (or last) experiment step.")
+    mirror: MirrorStatus | None = Field(default=None, description="The mirror (shadow traffic) of the current (or last) mirror step.")
     conditions: list[Condition] = Field(default_factory=list, max_length=32, description="Latest observations.")
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     message: str | None = Field(default=None, description="Human-readable summary.")

@@ -1,6 +1,6 @@
 """`python -m tuneloop.guard --upstream http://127.0.0.1:8000 --port 8001 [--contract FILE | --contract-json SCHEMA] [--enforce]
 [--harmful-input flag|refuse --harmful-output flag|refuse --harmful-threshold 0.9] [--topic-profile FILE --topic-action flag|refuse
---topic-pass-rate 0.99]`"""
+--topic-pass-rate 0.99] [--mirror-target URL ...]`"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import check
-from .proxy import Guard, HarmfulCheck, TopicCheck
+from .proxy import Guard, HarmfulCheck, MirrorLimits, TopicCheck
 
 ACTIONS = (check.OFF, check.FLAG, check.REFUSE)
 
@@ -39,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--topic-action", choices=(check.FLAG, check.REFUSE), default=check.FLAG, help="what happens to an off-topic request")
     ap.add_argument("--topic-pass-rate", type=_share, default=None,
                     help="share of the profile's in-topic calibration prompts that pass (picks the threshold; default: the profile's own)")
+    ap.add_argument("--mirror-target", action="append", default=[],
+                    help="a base URL the operator may mirror requests to (PUT /tuneloop/mirror); repeatable; none: no mirroring")
+    ap.add_argument("--mirror-queue", type=int, default=64, help="mirrored requests waiting at most (more are dropped and counted)")
+    ap.add_argument("--mirror-concurrency", type=int, default=4, help="mirrored requests in flight at most")
+    ap.add_argument("--mirror-timeout", type=float, default=120.0, help="seconds a mirrored request may take (then it is an error)")
     return ap
 
 
@@ -60,7 +65,9 @@ def build(args: argparse.Namespace) -> Guard:
         topic = TopicCheck(profile.scores, threshold, args.topic_action)
         print(f"tuneloop guard: topic profile {args.topic_profile} ({profile.doc.get('trainPrompts')} training prompts), "
               f"threshold {threshold:.4f}", file=sys.stderr, flush=True)
-    return Guard(args.upstream, schema, enforce=args.enforce, harmful=harmful, topic=topic)
+    limits = MirrorLimits(queue=max(1, args.mirror_queue), concurrency=max(1, args.mirror_concurrency), timeout=args.mirror_timeout)
+    return Guard(args.upstream, schema, enforce=args.enforce, harmful=harmful, topic=topic, mirror_targets=tuple(args.mirror_target),
+                 limits=limits)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,25 +6,64 @@ Input checks (a completion request's user turns or prompt, before the engine see
 rule; a check that refuses answers HTTP 400 in OpenAI's error shape (code `content_filter`) and the engine is never
 called. Output checks (each answer of a non-streamed completion): the contract, and harmful content; a refusing check
 replaces the engine's response with the same kind of error. A flagging check only counts. Every check's outcome is
-counted in `tuneloop_guard_checks_total{check, direction, outcome}` (per request on input, per answer on output)."""
+counted in `tuneloop_guard_checks_total{check, direction, outcome}` (per request on input, per answer on output).
+
+Mirror (a Rollout's shadow step; `mirror` is the pure part): the operator sets a mirror with `PUT /tuneloop/mirror`
+(`GET` reads it back, `DELETE` ends it; it also ends by itself at its `until`). For a sampled share of the non-streamed
+completion requests the stable answers with HTTP 200, the client gets the stable's answer unchanged and at once; the
+request is then queued (bounded: a full queue drops the copy and counts it, the live path never waits) and a few workers
+send it to the candidate and count `tuneloop_shadow_comparisons_total{candidate, result}` (agree, disagree, error),
+`tuneloop_shadow_answers_total{candidate, verdict}` (the candidate's answers against the output contract),
+`tuneloop_shadow_latency_seconds{candidate, side}` (stable and candidate, on the same requests) and
+`tuneloop_shadow_dropped_total{candidate}`."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
+import random
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import check
+from . import check, mirror
 from .harmful import Scorer
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 HARMFUL, TOPIC = "harmful", "topic"
 INPUT, OUTPUT = "input", "output"
+MIRROR_PATH = "/tuneloop/mirror"
+MIRROR_HEADER = "x-tuneloop-mirror"  # on the copies the guard sends: a copy is never mirrored again
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """One mirrored request: what the stable answered (its texts, in `stable_seconds`) and what to send the candidate."""
+
+    config: mirror.MirrorConfig
+    path: str
+    doc: dict[str, Any]
+    stable: list[str]
+    stable_seconds: float
+
+
+@dataclass(frozen=True)
+class MirrorLimits:
+    """How much shadow work a guard takes on: queued copies (more are dropped), concurrent calls, a call's timeout."""
+
+    queue: int = 64
+    concurrency: int = 4
+    timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +87,8 @@ class TopicCheck:
 
 class Guard:
     def __init__(self, upstream: str, schema: dict[str, Any] | None, *, enforce: bool = False,
-                 harmful: HarmfulCheck | None = None, topic: TopicCheck | None = None):
+                 harmful: HarmfulCheck | None = None, topic: TopicCheck | None = None, mirror_targets: tuple[str, ...] = (),
+                 limits: MirrorLimits | None = None, clock: mirror.Clock | None = None, draw: Callable[[], float] = random.random):
         self.upstream = upstream.rstrip("/")
         self.schema = schema
         self.ok = check.validator(schema) if schema is not None else None
@@ -71,6 +111,25 @@ class Guard:
             for out in check.OUTCOMES:
                 self.checks.labels(name, direction, out)
         self.session: aiohttp.ClientSession | None = None
+        self._init_mirror(mirror_targets, limits or MirrorLimits(), clock, draw)
+
+    def _init_mirror(self, targets: tuple[str, ...], limits: MirrorLimits, clock: mirror.Clock | None, draw: Callable[[], float]) -> None:
+        self.mirror_targets = targets
+        self.limits = limits
+        self.clock: mirror.Clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.draw = draw
+        self.mirror: mirror.MirrorConfig | None = None
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=limits.queue)
+        self.workers: list[asyncio.Task[None]] = []
+        self.comparisons = Counter("tuneloop_shadow_comparisons", "Mirrored requests by result: the candidate's answer agrees with "
+                                   "the stable's, disagrees, or there was none (error).", ["candidate", "result"], registry=self.registry)
+        self.shadow_answers = Counter("tuneloop_shadow_answers", "The candidate's answers to mirrored requests against the output "
+                                      "contract, by verdict (ok, violation).", ["candidate", "verdict"], registry=self.registry)
+        self.shadow_latency = Histogram("tuneloop_shadow_latency_seconds", "Seconds to the whole answer of a mirrored request, by side "
+                                        "(stable: the live answer; candidate: its copy).", ["candidate", "side"],
+                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.shadow_dropped = Counter("tuneloop_shadow_dropped", "Mirrored requests dropped because the shadow queue was full.",
+                                      ["candidate"], registry=self.registry)
 
     def enabled(self) -> list[tuple[str, str]]:
         """(check, direction) of every check that runs."""
@@ -84,13 +143,107 @@ class Guard:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get(MIRROR_PATH, self.mirror_get)
+        app.router.add_put(MIRROR_PATH, self.mirror_put)
+        app.router.add_delete(MIRROR_PATH, self.mirror_delete)
         app.router.add_route("*", "/{tail:.*}", self.forward)
         app.on_cleanup.append(self._close)
         return app
 
     async def _close(self, _: web.Application) -> None:
+        for task in self.workers:
+            task.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
+
+    # --- the mirror ----------------------------------------------------------------------------------------------
+    def current_mirror(self) -> mirror.MirrorConfig | None:
+        """The mirror in force; one past its `until` is dropped here (it ends even if the operator never says so)."""
+        if self.mirror is not None and not self.mirror.active(self.clock()):
+            print(f"tuneloop guard: mirror to {self.mirror.target} expired at {mirror.format_time(self.mirror.until)}",
+                  file=sys.stderr, flush=True)
+            self.mirror = None
+        return self.mirror
+
+    async def mirror_get(self, _: web.Request) -> web.Response:
+        cfg = self.current_mirror()
+        return web.json_response(cfg.wire() if cfg is not None else {})
+
+    async def mirror_put(self, request: web.Request) -> web.Response:
+        try:
+            cfg = mirror.parse(json.loads(await request.read()), self.mirror_targets, self.clock())
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)[:500]}, status=400)
+        if cfg != self.mirror:
+            print(f"tuneloop guard: mirroring {cfg.percent}% to {cfg.target} ({cfg.candidate}) until {mirror.format_time(cfg.until)}",
+                  file=sys.stderr, flush=True)
+        self.mirror = cfg
+        for result in mirror.RESULTS:  # every series exists from the start: no comparison yet reads 0, not "no data"
+            self.comparisons.labels(cfg.candidate, result)
+        for verdict in ("ok", "violation") if self.ok is not None else ():
+            self.shadow_answers.labels(cfg.candidate, verdict)
+        self.shadow_dropped.labels(cfg.candidate)
+        return web.json_response(cfg.wire())
+
+    async def mirror_delete(self, _: web.Request) -> web.Response:
+        if self.mirror is not None:
+            print(f"tuneloop guard: mirror to {self.mirror.target} ended", file=sys.stderr, flush=True)
+        self.mirror = None
+        return web.json_response({})
+
+    def shadow_for(self, request: web.Request, doc: Any) -> mirror.MirrorConfig | None:
+        """The mirror this request is copied under: a non-streamed completion, not itself a copy, drawn into the share."""
+        cfg = self.current_mirror()
+        if cfg is None or not isinstance(doc, dict) or doc.get("stream") or request.headers.get(MIRROR_HEADER):
+            return None
+        return cfg if mirror.sampled(self.draw(), cfg.percent) else None
+
+    def enqueue(self, job: ShadowJob) -> None:
+        """Queue a copy for the workers; a full queue drops it (counted): the live answer never waits for shadow work."""
+        if not self.workers:
+            self.workers = [asyncio.create_task(self._worker()) for _ in range(max(1, self.limits.concurrency))]
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.shadow_dropped.labels(job.config.candidate).inc()
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self.queue.get()
+            try:
+                await self.shadow(job)
+            except Exception as exc:  # noqa: BLE001 -- a worker never dies: the failure is the comparison's error
+                print(f"tuneloop guard: mirrored request failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                self.comparisons.labels(job.config.candidate, mirror.ERROR).inc()
+            finally:
+                self.queue.task_done()
+
+    async def shadow(self, job: ShadowJob) -> None:
+        """Send one copy to the candidate and count the comparison, its contract verdicts and both latencies."""
+        cfg = job.config
+        assert self.session is not None
+        started = time.monotonic()
+        texts: list[str] | None = None
+        try:
+            async with self.session.post(cfg.target + job.path, json=mirror.mirrored_body(job.doc, cfg.model), headers={MIRROR_HEADER: "1"},
+                                         timeout=aiohttp.ClientTimeout(total=self.limits.timeout)) as resp:
+                data = await resp.read()
+                if resp.status == 200 and len(data) <= MAX_ANSWER_BYTES:
+                    doc = json.loads(data)
+                    texts = check.answers(doc) if isinstance(doc, dict) and isinstance(doc.get("choices"), list) else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            texts = None
+        seconds = time.monotonic() - started
+        if texts is None:
+            self.comparisons.labels(cfg.candidate, mirror.ERROR).inc()
+            return
+        self.shadow_latency.labels(cfg.candidate, mirror.STABLE).observe(job.stable_seconds)
+        self.shadow_latency.labels(cfg.candidate, mirror.CANDIDATE).observe(seconds)
+        if self.ok is not None:
+            for text in texts:
+                self.shadow_answers.labels(cfg.candidate, "ok" if self.ok(text) else "violation").inc()
+        self.comparisons.labels(cfg.candidate, mirror.compare(job.stable, texts, structured=self.ok is not None)).inc()
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -130,6 +283,17 @@ class Guard:
             return None
         return f"Refused by the guard: the model's answer looks harmful (score {max(refused):.2f} ≥ {self.harmful.threshold:g}) and was withheld."
 
+    def answer_texts(self, data: bytes) -> list[str] | None:
+        """The answers of an engine's response body; None (counted as unchecked when answers are checked) if it has none."""
+        try:
+            answer_doc = json.loads(data)
+        except ValueError:
+            answer_doc = None
+        texts = check.answers(answer_doc) if isinstance(answer_doc, dict) else None
+        if texts is None and self._reads_answers():
+            self.unchecked.inc()
+        return texts
+
     def _reads_answers(self) -> bool:
         return self.ok is not None or (self.harmful is not None and self.harmful.output != check.OFF)
 
@@ -139,7 +303,7 @@ class Guard:
         body = await request.read()
         completion = request.method == "POST" and request.path in check.COMPLETION_PATHS
         doc: Any = None
-        if completion and (self.schema is not None or self.enabled()):
+        if completion and (self.schema is not None or self.enabled() or self.current_mirror() is not None):
             try:
                 doc = json.loads(body)
             except ValueError:
@@ -154,22 +318,22 @@ class Guard:
                 if changed:
                     body = json.dumps(doc).encode()
                     self.enforced.inc()
+        shadow = self.shadow_for(request, doc) if completion else None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        started = time.monotonic()
         async with self.session.request(request.method, self.upstream + request.rel_url.path_qs, data=body, headers=headers) as up:
             out_headers = {k: v for k, v in up.headers.items() if k.lower() not in HOP_HEADERS}
-            if isinstance(doc, dict) and not doc.get("stream") and self._reads_answers() and up.status == 200:
+            if isinstance(doc, dict) and not doc.get("stream") and (self._reads_answers() or shadow) and up.status == 200:
                 data = await up.read()
-                try:
-                    answer_doc = json.loads(data)
-                except ValueError:
-                    answer_doc = None
-                texts = check.answers(answer_doc) if isinstance(answer_doc, dict) else None
-                if texts is None:
-                    self.unchecked.inc()
+                texts = self.answer_texts(data)
                 if texts is not None:
                     refused = self.check_output(texts)
                     if refused is not None:
                         return web.json_response(check.refusal(refused), status=400)
+                    if shadow is not None:  # queued, not awaited: the client's answer goes out now
+                        self.enqueue(ShadowJob(shadow, request.path, doc, texts, time.monotonic() - started))
+                if not self._reads_answers():  # read for the mirror only: as unchecked as before
+                    self.unchecked.inc()
                 return web.Response(status=up.status, body=data, headers=out_headers)
             if completion:
                 self.unchecked.inc()

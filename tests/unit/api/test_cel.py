@@ -9,6 +9,7 @@ import pytest
 import yaml
 from tuneloop.api import KINDS, crdgen
 from tuneloop.api.cel_rules import apply_defaults, program, violations
+from tuneloop.api.mirror import MIRROR_GUARD_MESSAGE, MIRROR_ROUTING_MESSAGE, SHADOW_RELATIVE_MESSAGE
 
 pytestmark = pytest.mark.unit
 
@@ -114,8 +115,8 @@ def test_spec_is_immutable_except_suspend() -> None:
 
 
 ROLLOUT_CASES = [
-    ("spec.steps", [{"setWeight": 10, "pause": {}}], "exactly one of setWeight, pause, analysis, experiment must be set for a step"),
-    ("spec.steps", [{}], "exactly one of setWeight, pause, analysis, experiment must be set for a step"),
+    ("spec.steps", [{"setWeight": 10, "pause": {}}], "exactly one of setWeight, pause, analysis, experiment, mirror must be set for a step"),
+    ("spec.steps", [{}], "exactly one of setWeight, pause, analysis, experiment, mirror must be set for a step"),
     ("spec.steps", [{"setWeight": 101}], "setWeight must be within 0..100"),
     ("spec.steps", [{"setWeight": -1}], "setWeight must be within 0..100"),
     ("spec.trafficRouting", {}, "exactly one of gatewayAPI, replicaWeighted, inferenceModelRewrite must be set for trafficRouting"),
@@ -130,7 +131,21 @@ ROLLOUT_CASES = [
      "exactly one of builtin, proportion, mean must be set for an experiment metric"),
     ("spec.steps", [{"experiment": {"split": 50, "minSamples": 10, "metric": {"name": "m", "mean": {"count": "a", "sum": "b", "sumOfSquares": "c"}}}}],
      None),
+    # a mirror step: the sample has no serving.guard
+    ("spec.steps", [{"mirror": {"percent": 20, "duration": "5m"}}], MIRROR_GUARD_MESSAGE),
+    ("spec.steps", [{"mirror": {"percent": 20, "duration": "500ms"}}], "mirror duration must be at least 1s"),
+    ("spec.steps", [{"mirror": {"percent": 20, "duration": "5m"}, "setWeight": 10}],
+     "exactly one of setWeight, pause, analysis, experiment, mirror must be set for a step"),
+    ("spec.analysis.metrics", [{"name": "x", "builtin": "shadow-latency-ratio", "maxRelativeToStable": 1.2}], SHADOW_RELATIVE_MESSAGE),
+    ("spec.analysis.metrics", [{"name": "x", "builtin": "shadow-latency-ratio", "max": 1.5}], None),
 ]
+
+
+def test_a_mirror_step_needs_the_guard_and_gateway_routing() -> None:
+    obj = mutate(mutate(sample("rollout.yaml"), "spec.steps", [{"mirror": {"percent": 20, "duration": "5m"}}]), "spec.serving.guard", {})
+    assert check("Rollout", obj) == []
+    replicas = mutate(obj, "spec.trafficRouting", {"replicaWeighted": {"service": "s"}})
+    assert ("spec", MIRROR_ROUTING_MESSAGE) in check("Rollout", replicas)
 
 
 @pytest.mark.parametrize("dotted,value,message", ROLLOUT_CASES)

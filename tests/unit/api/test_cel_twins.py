@@ -142,6 +142,8 @@ Q = "sum(increase(app_feedback_total{ {{selector}} }[{{window}}]))"
 EXPERIMENT_METRICS = {"builtin": "contract-validity", "proportion": {"successes": Q, "trials": Q},
                       "mean": {"count": Q, "sum": Q, "sumOfSquares": Q}}
 EXPERIMENT = {"split": 50, "duration": "1h", "metric": {"name": "m", "builtin": "contract-validity"}}
+MIRROR = {"percent": 20, "duration": "1m", "metrics": ["error-rate"]}  # the sample's metric: a mirror step with something to judge
+GATEWAY = {"gatewayAPI": {"httpRoute": "r", "parentRefs": [{"name": "gw"}]}}
 
 
 MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
@@ -163,7 +165,7 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
                        ("spec.serving.guard", {} if t[3] else DELETE),
                        ("spec.analysis.metrics", [{"name": "m", **({"builtin": t[4]} if t[4] else {"query": "sum(up)"}), "max": 1.0}])])),
         "step": ({"spec.steps[]"}, st.tuples(subset({"pause": {"duration": "1m"}, "analysis": {}, "setWeight": 0,
-                                                     "experiment": EXPERIMENT}),
+                                                     "experiment": EXPERIMENT, "mirror": MIRROR}),
                                              st.integers(0, 100)).map(
             lambda t: [("spec.steps", [{**t[0], **({"setWeight": t[1]} if "setWeight" in t[0] else {})}])])),
         "experiment-end": ({"spec.steps[].experiment"}, st.tuples(st.one_of(st.none(), seconds), st.sampled_from([None, 1, 500])).map(
@@ -171,6 +173,17 @@ MUTATORS: dict[str, dict[str, tuple[set[str], st.SearchStrategy[Edit]]]] = {
                                                                        ("duration", t[0]), ("minSamples", t[1])) if v is not None}}])])),
         "experiment-metric": ({"spec.steps[].experiment.metric"}, subset(EXPERIMENT_METRICS).map(
             lambda d: [("spec.steps", [{"experiment": {**EXPERIMENT, "metric": {"name": "m", **d}}}])])),
+        # a mirror step needs serving.guard and gatewayAPI routing; its duration has a floor
+        "mirror": ({"spec", "spec.steps[].mirror"}, st.tuples(st.booleans(), st.booleans(), seconds).map(
+            lambda t: [("spec.serving.guard", {} if t[0] else DELETE),
+                       ("spec.trafficRouting", GATEWAY if t[1] else {"replicaWeighted": {"service": "svc"}}),
+                       ("spec.steps", [{"mirror": {**MIRROR, "duration": t[2]}}, {"setWeight": 10}])])),
+        # a shadow-* built-in takes max or min, never maxRelativeToStable (a live metric beside it keeps the analysis steps valid)
+        "shadow-metric": ({"spec.analysis.metrics[]"}, st.tuples(
+            st.sampled_from(["shadow-agreement-rate", "shadow-latency-ratio", "error-rate"]),
+            subset({"max": 1.0, "min": 0.0, "maxRelativeToStable": 1.2})).map(
+            lambda t: [("spec.analysis.metrics", [{"name": "m", "builtin": t[0], **t[1]},
+                                                  {"name": "error-rate", "builtin": "error-rate", "max": 0.01}])])),
         "analysis-floors": ({"spec.analysis"}, st.tuples(seconds, seconds, seconds).map(
             lambda t: [("spec.analysis.interval", t[0]), ("spec.analysis.window", t[1]),
                        ("spec.analysis.backgroundInterval", t[2])])),

@@ -423,15 +423,24 @@ def topic_profile_mount(mv: ModelVersion) -> tuple[dict[str, Any], dict[str, Any
     return vol, mount, f"{TOPIC_MOUNT}/{file}"
 
 
-def guard_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig) -> dict[str, Any] | None:
+def mirror_target(rollout: dict[str, Any], spec: RolloutSpec) -> str:
+    """Where a stable guard sends mirrored requests (a mirror step): the candidate's role Service, in the Rollout's namespace."""
+    meta = rollout["metadata"]
+    return f"http://{names.service_name(meta['name'], names.CANARY)}.{meta.get('namespace') or 'default'}.svc:{spec.serving.port}"
+
+
+def guard_container(spec: RolloutSpec, mv: ModelVersion, config: ServingConfig, mirror_to: str | None = None) -> dict[str, Any] | None:
     """The output guard sidecar (serving.guard): a pass-through on its own port in front of the engine on localhost,
     checking answers against the ModelVersion's outputContract (passed inline; none: every answer passes unchecked), and,
     when asked, requests and answers for harmful content (the classifier is in the guard's image) and requests for the
-    topic (the ModelVersion's topic profile, mounted read-only: `guard_volumes`)."""
+    topic (the ModelVersion's topic profile, mounted read-only: `guard_volumes`). `mirror_to`: the one target the
+    operator may set a mirror to (the stable role's guards, for mirror steps: `mirror_target`)."""
     guard = spec.serving.guard
     if guard is None:
         return None
     args = ["--upstream", f"http://127.0.0.1:{spec.serving.port}", "--port", str(guard.port)]
+    if mirror_to is not None:
+        args += ["--mirror-target", mirror_to]
     if mv.spec.output_contract is not None:
         args += ["--contract-json", json.dumps(mv.spec.output_contract.json_schema, sort_keys=True, separators=(",", ":"))]
         if guard.enforce:
@@ -479,7 +488,7 @@ def build_deployment(
     labels = names.serving_labels(name) | {names.LABEL_ROLE: role, names.LABEL_MODEL_VERSION: mv.metadata.name}
     volumes, mounts = _with_scratch(volumes, mounts)
     container = _vllm_container(spec, mv, config, args, mounts)
-    guard = guard_container(spec, mv, config)
+    guard = guard_container(spec, mv, config, mirror_target(rollout, spec) if role == names.STABLE else None)
     volumes += guard_volumes(spec, mv)
     return _deployment(rollout, spec, role, labels, [container, *([guard] if guard else [])], volumes, replicas, config)
 

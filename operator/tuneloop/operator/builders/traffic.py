@@ -124,11 +124,21 @@ def build_shared_service(rollout: dict[str, Any], spec: RolloutSpec) -> dict[str
     return service_manifest(rollout, spec, rw.service, names.serving_labels(name), names.rollout_selector(name))
 
 
-def serving_network_policy(rollout: dict[str, Any], spec: RolloutSpec, peers: list[dict[str, Any]]) -> dict[str, Any]:
+def serving_network_policy(rollout: dict[str, Any], spec: RolloutSpec, peers: list[dict[str, Any]],
+                           guard_peers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The NetworkPolicy of a Rollout's vLLM pods (issue 25, finding 9): only `peers` (the admin's: the Gateway's data
-    plane and Prometheus) may connect, to the serving port only."""
+    plane and Prometheus) may connect, to the serving port (and the output guard's, which the Services target). With
+    mirror steps, `guard_peers` (the operator, which sets the mirror on each stable guard) and the Rollout's own pods
+    (a stable guard sends the copies to the candidate's Service) may reach the guard's port too."""
     meta = rollout["metadata"]
     name = meta["name"]
+    ports = [{"protocol": "TCP", "port": spec.serving.port}]
+    if spec.serving.guard is not None:
+        ports.append({"protocol": "TCP", "port": spec.serving.guard.port})
+    ingress = [{"from": [dict(p) for p in peers], "ports": ports}] if peers else []
+    if spec.serving.guard is not None and any(s.mirror is not None for s in spec.steps):
+        own = [{"podSelector": {"matchLabels": names.rollout_selector(name)}}, *[dict(p) for p in guard_peers or []]]
+        ingress.append({"from": own, "ports": [{"protocol": "TCP", "port": spec.serving.guard.port}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -141,6 +151,6 @@ def serving_network_policy(rollout: dict[str, Any], spec: RolloutSpec, peers: li
         "spec": {
             "podSelector": {"matchLabels": names.rollout_selector(name)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": [dict(p) for p in peers], "ports": [{"protocol": "TCP", "port": spec.serving.port}]}] if peers else [],
+            "ingress": ingress,
         },
     }

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tuneloop.api.rollout import RolloutPhase, RolloutSpec, RolloutStatus
 
 from . import traffic
-from .steps import gateway_mode, target_weight
+from .steps import canary_share, gateway_mode
 
 ACTIVE = {RolloutPhase.PROGRESSING.value, RolloutPhase.PAUSED.value, RolloutPhase.DEGRADED.value}
 
@@ -52,8 +52,8 @@ def desired(spec: RolloutSpec, status: RolloutStatus, canary_available: int = 0,
             return Desired(status.stable_model_version, None, total, 0, 0, canary_hold=hold)
         pending = weight
         i = status.current_step_index
-        if i is not None and i < len(spec.steps) and target_weight(spec.steps[i]) is not None:
-            pending = max(pending, target_weight(spec.steps[i]) or 0)
+        if i is not None and i < len(spec.steps) and canary_share(spec.steps[i]) is not None:
+            pending = max(pending, canary_share(spec.steps[i]) or 0)  # pods first: a mirror step's copies need them too
         return Desired(status.stable_model_version, canary_mv, total, traffic.gateway_canary_replicas(total, pending), weight)
     # replica-weighted: the split is the weight; stable shrinks only as canary pods become available
     stable_t, canary_t = traffic.replica_split(total, weight)

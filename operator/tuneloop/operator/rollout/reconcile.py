@@ -7,6 +7,9 @@ mode), then everything else; time-to-rollback is measured from the first failing
 sharedBase mode (serving.mode): before the state machine runs, `sync_adapters` observes every live pod of the one
 shared Deployment (GET /v1/models), loads the adapters the pure `adapters.plan` says a pod lacks and unloads those
 no longer wanted (after scaleDownDelaySeconds), and observes again; the state machine reads the result (`World.adapter_pods`).
+
+Mirror steps (perVersion, serving.guard): `sync_mirror` does the same with every live stable pod's output guard —
+observe (GET /tuneloop/mirror), set or clear what the pure `mirror.plan` says, observe again (`World.mirror_guards`).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from tuneloop.operator.kube import resources as r
 from .. import policy
 from ..analysis.experiment import Sample
 from ..analysis.provider import HISTOGRAM_SIGNALS, MetricsProvider, Pods, ProviderError, ProviderFactory, WindowSignal
-from . import adapters, drift, telemetry
+from . import adapters, drift, mirror, telemetry
 from .desired import Desired, canary_active, desired
+from .guard_api import GuardApi, HttpGuardApi
 from .steps import (
     TERMINAL,
     Outcome,
@@ -328,7 +332,7 @@ class Reconciler:
 
     def __init__(self, client: KubeClient, config: serving.ServingConfig, metrics_address: str, *, provider_factory: ProviderFactory,
                  serving_from: list[dict[str, Any]] | None = None, adapter_api: AdapterApi | None = None,
-                 operator_namespace: str | None = None):
+                 operator_namespace: str | None = None, guard_api: GuardApi | None = None):
         self.client = client
         self.config = config
         self.metrics_address = metrics_address
@@ -336,6 +340,7 @@ class Reconciler:
         self.serving_from = serving_from  # NetworkPolicy peers of the vLLM pods (None: no NetworkPolicy)
         self.adapter_api: AdapterApi = adapter_api or HttpAdapterApi()  # sharedBase: vLLM's runtime LoRA API on each pod
         self.operator_namespace = operator_namespace  # sharedBase: the operator calls each vLLM pod (NetworkPolicy peer)
+        self.guard_api: GuardApi = guard_api or HttpGuardApi()  # mirror steps: the stable pods' output guards
 
     async def model_version(self, spec: RolloutSpec, namespace: str, name: str | None) -> tuple[ModelVersion | None, Problem | None]:
         if name is None:
@@ -390,7 +395,7 @@ class Reconciler:
             world, adapters_settled = await self.observe_shared(spec, status, ns, name, pods, shareable, problem, now, meta.get("generation"))
         else:
             adapters_settled = True
-            world = await self.observe_per_version(ns, name, stable_name, cand_name, pods, problem, now, meta.get("generation"))
+            world = await self.observe_per_version(obj, spec, status, stable_name, cand_name, pods, problem, now)
         assessments: dict[str, Assessment] = {}
         due = due_metrics(spec, status, now) if not world.serving_error and canary_shortfall(spec, status, world) is None else []
         if due:
@@ -415,9 +420,15 @@ class Reconciler:
             wake = min(wake, ADAPTER_POLL)
         return wake
 
-    async def observe_per_version(self, ns: str, name: str, stable: str | None, cand: str | None, pods: list[dict],
-                                  problem: Problem | None, now: dt.datetime, generation: int | None) -> World:
-        """The World of a perVersion tick: each role's Deployment, counted for its own ModelVersion only."""
+    async def observe_per_version(self, obj: dict, spec: RolloutSpec, status: RolloutStatus | None, stable: str | None, cand: str | None,
+                                  pods: list[dict], problem: Problem | None, now: dt.datetime) -> World:
+        """The World of a perVersion tick: each role's Deployment, counted for its own ModelVersion only; the stable
+        guards' mirror (set or cleared first: `sync_mirror`) when a mirror step runs or ended."""
+        ns, name, generation = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"].get("generation")
+        guards: tuple[int, int, int] | None = None
+        refused: str | None = None
+        if mirror.watching(status) and spec.serving.guard is not None:
+            guards, refused = await self.sync_mirror(obj, spec, status, pods)
         canary_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.CANARY))
         stable_dep = await self.client.get(r.DEPLOYMENTS, ns, names.deployment_name(name, names.STABLE)) if stable else None
         return World(
@@ -428,7 +439,43 @@ class Reconciler:
             serving_error=problem.message if problem else None,
             serving_reason=problem.reason if problem else RolloutReason.SERVING_ERROR.value,
             generation=generation,
+            mirror_guards=guards,
+            mirror_error=refused,
         )
+
+    async def sync_mirror(self, obj: dict, spec: RolloutSpec, status: RolloutStatus | None,
+                          pods: list[dict]) -> tuple[tuple[int, int, int], str | None]:
+        """Every live stable pod's guard holds the mirror `status.mirror` wants (or none once it ended): observe, set or
+        clear what `mirror.plan` says (concurrently), observe again. ((guards holding it, live stable pods, stale ones),
+        the first refusal of this tick's writes)."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        assert spec.serving.guard is not None
+        want = mirror.config(status, serving.mirror_target(obj, spec))
+        urls: dict[str, str] = {}
+        for p in pods:  # every running stable pod, whatever its version (after a promotion the old ones may still hold it)
+            meta = p.get("metadata") or {}
+            url = pod_url(p, spec.serving.guard.port)
+            if (meta.get("labels") or {}).get(names.LABEL_ROLE) == names.STABLE and url is not None and not meta.get("deletionTimestamp"):
+                urls[meta["name"]] = url
+
+        async def observe(pod: str) -> mirror.GuardMirror:
+            return mirror.GuardMirror(pod, await self.guard_api.mirror(urls[pod]))
+
+        errors: list[str] = []
+
+        async def write(pod: str, what: dict[str, Any] | None) -> None:
+            err = await (self.guard_api.set_mirror(urls[pod], what) if what is not None else self.guard_api.clear_mirror(urls[pod]))
+            log.info("rollout %s/%s: pod %s: %s mirror: %s", ns, name, pod, "set" if what is not None else "clear", err or "done")
+            if err:
+                errors.append(f"pod {pod}: {err}")
+
+        view = list(await asyncio.gather(*(observe(p) for p in sorted(urls))))
+        todo = mirror.plan(view, want)
+        if not todo.empty:
+            await asyncio.gather(*(write(p, want) for p in todo.set), *(write(p, None) for p in todo.clear))
+            again = {g.pod: g for g in await asyncio.gather(*(observe(p) for p in todo.set + todo.clear))}
+            view = [again.get(g.pod, g) for g in view]
+        return mirror.coverage(view, want), (sorted(errors)[0][:300] if errors else None)
 
     async def experiment_look(self, spec: RolloutSpec, status: RolloutStatus | None, world: World, ns: str, name: str,
                               stable: str | None) -> Sample | None:
@@ -627,7 +674,7 @@ class Reconciler:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         gateway = spec.traffic_routing.gateway_api is not None
         if self.serving_from is not None:  # before any pod: vLLM is reachable only from the admin's peers
-            await ensure(self.client, r.NETWORKPOLICIES, traffic.serving_network_policy(obj, spec, self.serving_from))
+            await ensure(self.client, r.NETWORKPOLICIES, traffic.serving_network_policy(obj, spec, self.serving_from, self.operator_peers()))
         # traffic away from the canary before scaling it down; toward it only after its pods exist
         if gateway and want.canary_replicas == 0:
             await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, 0))
@@ -647,6 +694,11 @@ class Reconciler:
             await ensure(self.client, r.HTTPROUTES, traffic.build_http_route(obj, spec, want.canary_weight))
         else:
             await ensure(self.client, r.SERVICES, traffic.build_shared_service(obj, spec))
+
+    def operator_peers(self) -> list[dict[str, Any]]:
+        """The operator's namespace as a NetworkPolicy peer (it calls the pods: runtime LoRA loading, the guards' mirror)."""
+        ns = self.operator_namespace
+        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}] if ns else []
 
     async def apply_shared(self, obj: dict, spec: RolloutSpec, st: RolloutStatus, mvs: dict[str, ModelVersion]) -> None:
         """sharedBase: the one Deployment of the base (built from the serving version: its template is the same for every

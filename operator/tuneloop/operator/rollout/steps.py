@@ -15,7 +15,12 @@ handler applies the effects (weights, replicas, ModelVersion phases, events, met
   duration) both arms' counts since the split took effect are looked at (`analysis.experiment.decide`):
   Better -> next step; Worse -> rollback; Inconclusive at the end -> Paused for a human; the result goes
   to the candidate's ModelVersion. Background analysis runs meanwhile, as in a pause.
-- background analysis: outside analysis steps, while the canary has traffic, every metric once per
+- mirror: once the candidate has the pods for its share, every stable pod's guard is asked to copy `percent` % of
+  the requests to the candidate and compare the answers (`mirror`, done by the reconciler); once every guard holds
+  it, the step's metrics are measured every analysis interval for `duration` (from initialDelay on; the window cut
+  to the time since): Failed or Error -> rollback; Inconclusive -> Paused; at the end each metric needs a Successful
+  measurement (else Paused), then the mirror is cleared and the next step runs. The canary weight does not change.
+- background analysis: outside analysis and mirror steps, while the canary has traffic, every metric once per
   backgroundInterval; Failed or Error -> rollback (it never succeeds and ignores Inconclusive).
 - no measurement before initialDelay after a weight change; the query window is cut to the time
   since the change (`query_window`).
@@ -52,6 +57,7 @@ from tuneloop.api.experiment import (
     ExperimentStatus,
     ExperimentStep,
 )
+from tuneloop.api.mirror import MirrorStatus, MirrorStep
 from tuneloop.api.modelversion import ModelVersionPhase
 from tuneloop.api.rollout import (
     AnalysisMetric,
@@ -67,7 +73,7 @@ from tuneloop.api.rollout import (
 from tuneloop.contract import names
 
 from ..analysis.experiment import Counts, Look, Plan, Sample, decide
-from . import traffic
+from . import mirror, traffic
 from .verdicts import Assessment, Verdict, metric_verdict, record, run_verdict
 
 MAX_MEASUREMENTS = 50
@@ -105,6 +111,10 @@ class World:
     # pod refused to load the candidate adapter (vLLM's answer), if one did
     adapter_pods: tuple[int, int] = (0, 0)
     adapter_error: str | None = None
+    # a mirror step: (stable guards holding the wanted mirror, live stable pods, guards holding a mirror not wanted),
+    # after this tick's writes; None when the guards were not looked at (no mirror to run or clear)
+    mirror_guards: tuple[int, int, int] | None = None
+    mirror_error: str | None = None  # why a guard refused the mirror this tick (e.g. a target it was not started with)
 
 
 @dataclass
@@ -150,12 +160,36 @@ def step_metrics(spec: RolloutSpec, index: int | None) -> list[AnalysisMetric]:
     if analysis is None:
         return []
     wanted = set(analysis.metrics)
-    return [m for m in spec.analysis.metrics if not wanted or m.name in wanted]
+    return [m for m in spec.analysis.metrics if m.name in wanted] if wanted else live_metrics(spec)
+
+
+def live_metrics(spec: RolloutSpec) -> list[AnalysisMetric]:
+    """The metrics of the live traffic: all but the shadow-* built-ins, which only a mirror step's comparisons feed (an
+    analysis step that names no metrics, and background analysis, measure these)."""
+    return [m for m in spec.analysis.metrics if not m.shadow]
+
+
+def mirror_metrics(spec: RolloutSpec, step: MirrorStep) -> list[AnalysisMetric]:
+    """The metrics a mirror step judges: those it names, else every analysis metric with a shadow-* built-in."""
+    if step.metrics:
+        return [m for m in spec.analysis.metrics if m.name in set(step.metrics)]
+    return [m for m in spec.analysis.metrics if m.shadow]
+
+
+def running_mirror(spec: RolloutSpec, status: RolloutStatus | None) -> MirrorStatus | None:
+    """The current mirror step's mirror once every stable guard holds it (started) and until it ended."""
+    step = _current_step(spec, status) if status is not None else None
+    m = status.mirror if status is not None else None
+    if step is None or step.mirror is None or m is None or status is None or m.step_index != status.current_step_index:
+        return None
+    if m.candidate_model_version != status.candidate_model_version or m.started_at is None or m.ended_at is not None:
+        return None
+    return m
 
 
 def background_interval(spec: RolloutSpec) -> float:
     """Seconds between background measurements (0: background analysis is off)."""
-    return parse_duration(spec.analysis.background_interval or spec.analysis.interval) if spec.analysis.metrics else 0.0
+    return parse_duration(spec.analysis.background_interval or spec.analysis.interval) if live_metrics(spec) else 0.0
 
 
 def _current_step(spec: RolloutSpec, status: RolloutStatus) -> Step | None:
@@ -176,10 +210,14 @@ def _measuring(spec: RolloutSpec, status: RolloutStatus | None) -> tuple[list[An
         if status.phase != RolloutPhase.PROGRESSING.value:
             return [], 0.0
         return step_metrics(spec, status.current_step_index), parse_duration(spec.analysis.interval)
+    if step.mirror is not None:  # its own metrics while its mirror runs; no background analysis meanwhile
+        if status.phase != RolloutPhase.PROGRESSING.value or running_mirror(spec, status) is None:
+            return [], 0.0
+        return mirror_metrics(spec, step.mirror), parse_duration(spec.analysis.interval)
     every = background_interval(spec)
     if status.canary_weight <= 0 or every <= 0:
         return [], 0.0
-    return list(spec.analysis.metrics), every
+    return live_metrics(spec), every
 
 
 def canary_shortfall(spec: RolloutSpec, status: RolloutStatus | None, world: World) -> tuple[int, int] | None:
@@ -193,11 +231,20 @@ def canary_shortfall(spec: RolloutSpec, status: RolloutStatus | None, world: Wor
     return (available, need) if available < need else None
 
 
+def traffic_since(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
+    """Since when the traffic being measured is the current one: the last weight change, or in a mirror step the
+    moment every stable guard held the mirror."""
+    m = running_mirror(spec, status)
+    return m.started_at if m is not None else status.weight_changed_at
+
+
 def measure_from(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
-    """Measurements start initialDelay after the last weight change (traffic before it is not the canary's)."""
-    if status.weight_changed_at is None:
+    """Measurements start initialDelay after the last weight change (traffic before it is not the canary's), or after
+    a mirror started."""
+    since = traffic_since(spec, status)
+    if since is None:
         return None
-    return status.weight_changed_at + dt.timedelta(seconds=parse_duration(spec.analysis.initial_delay))
+    return since + dt.timedelta(seconds=parse_duration(spec.analysis.initial_delay))
 
 
 def next_measurement_at(spec: RolloutSpec, status: RolloutStatus | None, now: dt.datetime) -> dt.datetime | None:
@@ -233,9 +280,10 @@ def query_window(spec: RolloutSpec, status: RolloutStatus | None, now: dt.dateti
     """analysis.window, shortened to the time since the last weight change so that a measurement only
     covers traffic at the current weight."""
     window = spec.analysis.window
-    if status is None or status.weight_changed_at is None:
+    start = traffic_since(spec, status) if status is not None else None
+    if start is None:
         return window
-    since = (now - status.weight_changed_at).total_seconds()
+    since = (now - start).total_seconds()
     if since >= parse_duration(window):
         return window
     return format_duration(since)
@@ -297,7 +345,19 @@ def deadline_at(spec: RolloutSpec, status: RolloutStatus) -> dt.datetime | None:
 
 
 def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> float:
-    """Seconds until this Rollout needs another tick (the daemon sleeps that long unless woken)."""
+    """Seconds until this Rollout needs another tick (the daemon sleeps that long unless woken): a mirror waiting for
+    the stable guards, or one ended but perhaps still held, is looked at every `mirror.POLL` seconds; a running one at its end."""
+    wake = _next_wakeup(spec, status, now)
+    m = status.mirror
+    if m is not None and not m.cleared and (m.started_at is None or m.ended_at is not None):
+        wake = min(wake, mirror.POLL)
+    running = running_mirror(spec, status)
+    if running is not None and running.ends_at is not None and status.phase == RolloutPhase.PROGRESSING.value:
+        wake = min(wake, max(0.05, (running.ends_at - now).total_seconds()))
+    return wake
+
+
+def _next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> float:
     if status.phase == RolloutPhase.WAITING.value:
         return WAITING_RECHECK  # nothing serves, nothing is measured: only a spec change (a candidate) has work
     interval = parse_duration(spec.analysis.interval)
@@ -325,7 +385,7 @@ def next_wakeup(spec: RolloutSpec, status: RolloutStatus, now: dt.datetime) -> f
     if step is not None and step.pause is not None and step.pause.duration and status.step_started_at is not None:
         times.append(status.step_started_at + dt.timedelta(seconds=parse_duration(step.pause.duration)))
         return _until(times, now, interval)
-    if step is not None and (step.analysis is not None or step.experiment is not None):
+    if step is not None and (step.analysis is not None or step.experiment is not None or step.mirror is not None):
         return _until(times, now, interval)
     return _until(times, now, min(interval, 1.0))
 
@@ -369,7 +429,13 @@ class _Effects:
         self.st.message = msg
         set_condition(self.st, C.PROGRESSING, True, conditions.step_reason(i), msg, self.world)
 
+    def end_mirror(self) -> None:
+        """A running (or requested) mirror ends: the guards are cleared from the next tick on."""
+        if self.st.mirror is not None and self.st.mirror.ended_at is None:
+            self.st.mirror.ended_at = self.world.now
+
     def pause(self, reason: str, waiting: str) -> None:
+        self.end_mirror()
         if self.st.phase != RolloutPhase.PAUSED.value:
             self.event("Normal", reason, f"paused: waiting for {waiting}")
         self.st.phase = RolloutPhase.PAUSED
@@ -384,6 +450,7 @@ class _Effects:
     def promote(self, reason: str, how: str) -> None:
         cand, old = self.st.candidate_model_version, self.st.stable_model_version
         assert cand is not None
+        self.end_mirror()
         self.st.stable_model_version = cand
         self.st.canary_weight = 0
         self.st.canary_unready_since = None
@@ -402,6 +469,7 @@ class _Effects:
 
     def rollback(self, phase: RolloutPhase, reason: str, message: str) -> None:
         cand = self.st.candidate_model_version
+        self.end_mirror()
         self.st.canary_weight = 0
         self.st.canary_unready_since = None
         self.st.phase = phase
@@ -429,6 +497,7 @@ class _Effects:
         st.canary_unready_since = None
         st.canary_scale_down_at = None
         st.experiment = None
+        self.end_mirror()  # an earlier candidate's mirror: cleared, then replaced by this one's
         self.enter_step(0)
         st.phase = RolloutPhase.PROGRESSING
         set_condition(st, C.ROLLED_BACK, False, R.NEW_CANDIDATE, f"rolling out {cand}", self.world)
@@ -617,7 +686,7 @@ class _Analysis(_Effects):
 
     def background(self, i: int, assessments: dict[str, Assessment]) -> bool:
         """Background analysis outside analysis steps: Failed or Error rolls back at once (True)."""
-        metrics = list(self.spec.analysis.metrics)
+        metrics = live_metrics(self.spec)
         verdict = self.tally(metrics, self.record_measurements(i, metrics, assessments), None, background=True)
         if verdict in (Verdict.FAILED, Verdict.ERROR):
             self.fail(i, verdict, "background analysis")
@@ -749,7 +818,7 @@ class _Machine(_Serving, _Analysis):
                 self.promote(R.PROMOTED, f"all {len(spec.steps)} steps passed")
                 return
             step = spec.steps[i]
-            if step.analysis is None and assessments and self.background(i, assessments):
+            if step.analysis is None and step.mirror is None and assessments and self.background(i, assessments):
                 return  # background analysis of the step that was current when measured failed
             if not STEP_KINDS[step_kind(step)](self, i, step, assessments):
                 return
@@ -902,10 +971,87 @@ def _result(i: int, ex: ExperimentStep, cur: ExperimentStatus, look: Look, sampl
     )
 
 
+def _mirror(m: _Machine, i: int, step: Step, assessments: dict[str, Assessment]) -> bool:
+    """Mirror `percent` % of the stable's requests to the candidate for `duration` and judge the comparisons (the
+    step's metrics): once the candidate has the pods for its share the mirror is asked for (`status.mirror`, which the
+    reconciler writes to every stable guard); once every guard holds it, it runs. Failed or Error -> rollback,
+    Inconclusive -> Paused; at the end, each metric needs a Successful measurement (else Paused); then the next step."""
+    mx = step.mirror
+    assert mx is not None
+    st, world = m.st, m.world
+    cur = st.mirror
+    if cur is None or cur.step_index != i or cur.candidate_model_version != st.candidate_model_version or cur.ended_at is not None:
+        available = world.canary_available
+        need = traffic.gateway_canary_replicas(m.spec.serving.replicas, mx.percent)
+        if available < need:
+            m.progressing(f"candidate pods to answer mirrored requests: {available}/{need} available")
+            return False
+        st.mirror = MirrorStatus(step_index=i, candidate_model_version=st.candidate_model_version or "", percent=mx.percent,
+                                 requested_at=world.now, until=_mirror_until(world.now, mx))
+        m.event("Normal", "MirrorRequested", f"mirror at step {i + 1}: {mx.percent}% of the stable's requests to the candidate for {mx.duration}")
+        cur = st.mirror
+        assert cur is not None
+    held, live, _ = world.mirror_guards or (0, 0, 0)
+    cur.guards = f"{held}/{live}"
+    if cur.started_at is None and not _mirror_started(m, i, mx, cur, held, live):
+        return False
+    return _judge_mirror(m, i, mx, cur, assessments)
+
+
+def _mirror_until(now: dt.datetime, mx: MirrorStep) -> dt.datetime:
+    """When the guards stop by themselves: the duration, and a grace for every guard to take the mirror, from now."""
+    return now.replace(microsecond=0) + dt.timedelta(seconds=parse_duration(mx.duration) + mirror.GRACE)
+
+
+def _mirror_started(m: _Machine, i: int, mx: MirrorStep, cur: MirrorStatus, held: int, live: int) -> bool:
+    """Start the mirror once every live stable guard holds it (True); meanwhile keep `until` a duration ahead."""
+    now = m.world.now
+    if (cur.until - now).total_seconds() < parse_duration(mx.duration):
+        cur.until = _mirror_until(now, mx)  # the guards were slow: a later end, written to them again
+        held = 0
+    if live == 0 or held < live:
+        refused = f" ({m.world.mirror_error})" if m.world.mirror_error else ""
+        m.progressing(f"the mirror on every stable pod's guard: {held}/{live} hold it{refused}")
+        return False
+    cur.started_at = now
+    cur.ends_at = now + dt.timedelta(seconds=parse_duration(mx.duration))
+    m.event("Normal", "MirrorStarted", f"mirror at step {i + 1}: every stable guard ({live}) copies {mx.percent}% of its requests "
+            f"to the candidate until {cur.ends_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    return True
+
+
+def _judge_mirror(m: _Machine, i: int, mx: MirrorStep, cur: MirrorStatus, assessments: dict[str, Assessment]) -> bool:
+    metrics = mirror_metrics(m.spec, mx)
+    results = m.record_measurements(i, metrics, assessments)
+    verdict = m.tally(metrics, results, None, background=False)
+    if verdict in (Verdict.FAILED, Verdict.ERROR):
+        m.fail(i, verdict, "shadow analysis")
+        return False
+    if verdict == Verdict.INCONCLUSIVE:
+        m.pause(R.ANALYSIS_INCONCLUSIVE, f"a human: shadow analysis at step {i + 1} inconclusive (promote or abort)")
+        return False
+    assert cur.ends_at is not None
+    done = {r.metric: r for r in m.st.metric_results}
+    progress = ", ".join(f"{x.name} {done[x.name].successful if x.name in done else 0} ok" for x in metrics)
+    if m.world.now < cur.ends_at:
+        m.progressing(f"mirror {mx.percent}% until {cur.ends_at.strftime('%Y-%m-%dT%H:%M:%SZ')} ({progress}; guards {cur.guards})")
+        return False
+    unproven = [x.name for x in metrics if x.name not in done or done[x.name].successful == 0]
+    if unproven:  # never on to the next step on no evidence
+        m.pause(R.ANALYSIS_INCONCLUSIVE, f"a human: the mirror at step {i + 1} ended without a successful measurement of "
+                f"{', '.join(unproven)} (promote or abort)")
+        return False
+    m.end_mirror()
+    m.event("Normal", "MirrorPassed", f"mirror at step {i + 1} passed ({progress})")
+    return True
+
+
 def step_kind(step: Step) -> str:
-    """A step is one of setWeight, pause, analysis, experiment (the API's one-of)."""
+    """A step is one of setWeight, pause, analysis, experiment, mirror (the API's one-of)."""
     if step.experiment is not None:
         return "experiment"
+    if step.mirror is not None:
+        return "mirror"
     return "setWeight" if step.set_weight is not None else "pause" if step.pause is not None else "analysis"
 
 
@@ -914,8 +1060,14 @@ def target_weight(step: Step) -> int | None:
     return step.experiment.split if step.experiment is not None else step.set_weight
 
 
+def canary_share(step: Step) -> int | None:
+    """The share of the traffic a step asks the canary's pods to serve: its weight, or a mirror step's copies."""
+    return step.mirror.percent if step.mirror is not None else target_weight(step)
+
+
 StepKind = Callable[[_Machine, int, Step, dict[str, Assessment]], bool]
-STEP_KINDS: dict[str, StepKind] = {"setWeight": _set_weight, "pause": _pause, "analysis": _analysis, "experiment": _experiment}
+STEP_KINDS: dict[str, StepKind] = {"setWeight": _set_weight, "pause": _pause, "analysis": _analysis, "experiment": _experiment,
+                                   "mirror": _mirror}
 
 
 def _describe(failed: list[PodFailure]) -> str:
@@ -931,11 +1083,22 @@ def advance(spec: RolloutSpec, status: RolloutStatus | None, world: World, asses
     machine.sample = sample
     out = machine.run(assessments or {})
     st = out.status
+    cleared_mirror(st, world)
     st.observed_generation = world.generation if world.generation is not None else st.observed_generation
     n, i = len(spec.steps), st.current_step_index
     st.step = None if i is None or st.candidate_model_version is None else f"{min(i + 1, n)}/{n}"
     st.weights = weights_text(st)
     return out
+
+
+def cleared_mirror(st: RolloutStatus, world: World) -> None:
+    """A mirror that ended before this tick is cleared once the guards, looked at this tick (after the reconciler
+    cleared them), hold none, or once its `until` passed (the guards dropped it themselves)."""
+    m = st.mirror
+    if m is None or m.cleared or m.ended_at is None or m.ended_at >= world.now:
+        return
+    if (world.mirror_guards is not None and world.mirror_guards[2] == 0) or world.now >= m.until:
+        m.cleared = True
 
 
 def weights_text(st: RolloutStatus) -> str | None:

@@ -2,7 +2,8 @@
 
 Placeholders: {{namespace}}, {{rollout}}, {{role}}, {{window}} and {{selector}} (the label matchers
 of one role's pods of one ModelVersion as scraped by Prometheus: namespace, tuneloop_dev_rollout, tuneloop_dev_role,
-tuneloop_dev_model_version), {{modelVersion}}.
+tuneloop_dev_model_version), {{modelVersion}}, and {{stableSelector}} (the stable role's pods, any version: where a mirror
+step's comparisons are counted, by the stable guards, labelled with the candidate they were mirrored to).
 sharedBase Rollouts (`render(..., served_model=...)`): one vLLM serves every version as a LoRA adapter and counts an
 adapter's requests under its base, so each version is measured from the traffic layer instead — the Gateway API
 Inference Extension's endpoint picker, whose `inference_objective_*` families carry `model_name` (what the client asked
@@ -16,7 +17,9 @@ no data (0/0), which the metric's noDataPolicy decides.
 from __future__ import annotations
 
 from tuneloop.api.experiment import ExperimentBuiltin, ExperimentMetric
+from tuneloop.api.mirror import SHADOW_METRICS
 from tuneloop.api.rollout import AnalysisMetric, BuiltinMetric
+from tuneloop.contract import names
 
 from ..provider import WindowSignal
 
@@ -42,6 +45,9 @@ def prom_selector(namespace: str, rollout: str, role: str, model_version: str | 
     out = f'namespace="{namespace}", {PROM_LABEL_ROLLOUT}="{rollout}", {PROM_LABEL_ROLE}="{role}"'
     return out + (f', {PROM_LABEL_MODEL_VERSION}="{model_version}"' if model_version else "")
 
+
+# The stable guards' shadow series of one candidate (a mirror step).
+_SHADOW = '{{stableSelector}}, candidate="{{modelVersion}}"'
 
 # The OpenAI-compatible generation endpoints (prometheus-fastapi-instrumentator `handler` label).
 COMPLETION_HANDLERS = "/v1/completions|/v1/chat/completions"
@@ -77,11 +83,29 @@ BUILTIN_QUERIES: dict[str, str] = {
         '(sum(rate(tuneloop_guard_checks_total{ {{selector}}, check="topic", direction="input", outcome!="pass" }[{{window}}])) or vector(0))'
         ' / sum(rate(tuneloop_guard_checks_total{ {{selector}}, check="topic", direction="input" }[{{window}}]))'
     ),
+    # a mirror step's comparisons (api.mirror), counted by the stable pods' guards per candidate they mirrored to: so
+    # these read {{stableSelector}} with candidate="{{modelVersion}}" (measured for the canary: the candidate's name)
+    BuiltinMetric.SHADOW_AGREEMENT_RATE.value: (
+        'sum(rate(tuneloop_shadow_comparisons_total{ ' + _SHADOW + ', result="agree" }[{{window}}]))'
+        ' / sum(rate(tuneloop_shadow_comparisons_total{ ' + _SHADOW + ', result=~"agree|disagree" }[{{window}}]))'
+    ),
+    BuiltinMetric.SHADOW_ERROR_RATE.value: (
+        'sum(rate(tuneloop_shadow_comparisons_total{ ' + _SHADOW + ', result="error" }[{{window}}]))'
+        ' / sum(rate(tuneloop_shadow_comparisons_total{ ' + _SHADOW + ' }[{{window}}]))'
+    ),
+    BuiltinMetric.SHADOW_CONTRACT_VIOLATION_RATE.value: (
+        'sum(rate(tuneloop_shadow_answers_total{ ' + _SHADOW + ', verdict="violation" }[{{window}}]))'
+        ' / sum(rate(tuneloop_shadow_answers_total{ ' + _SHADOW + ' }[{{window}}]))'
+    ),
+    BuiltinMetric.SHADOW_LATENCY_RATIO.value: (
+        'histogram_quantile(0.95, sum by (le) (rate(tuneloop_shadow_latency_seconds_bucket{ ' + _SHADOW + ', side="candidate" }[{{window}}])))'
+        ' / histogram_quantile(0.95, sum by (le) (rate(tuneloop_shadow_latency_seconds_bucket{ ' + _SHADOW + ', side="stable" }[{{window}}])))'
+    ),
 }
 
 # The built-ins that read the output guard sidecar's counters (serving.guard), not the engine's.
 GUARD_BUILTINS = frozenset({BuiltinMetric.CONTRACT_VIOLATION_RATE.value, BuiltinMetric.HARMFUL_RATE.value,
-                            BuiltinMetric.TOPIC_VIOLATION_RATE.value})
+                            BuiltinMetric.TOPIC_VIOLATION_RATE.value, *SHADOW_METRICS})
 
 
 # The endpoint picker's (EPP) request families, by the model a request asked for and the one it was rewritten to:
@@ -132,6 +156,7 @@ def render(template: str, *, namespace: str, rollout: str, role: str, window: st
         "role": role,
         "window": window,
         "selector": selector,
+        "stableSelector": prom_selector(namespace, rollout, names.STABLE),
         "modelVersion": model_version or "",
     }
     out = template
