@@ -228,12 +228,17 @@ def test_model_given_as_option_and_unsupported_commands(tmp_path: Path):
     assert bad.returncode == 2 and "only `serve` and `--version`" in bad.stderr
 
 
-def _chooser():
-    loader = importlib.machinery.SourceFileLoader("vllm_chooser", str(CHOOSER))
-    spec = importlib.util.spec_from_loader("vllm_chooser", loader)
+def _load(path: Path, name: str):
+    """A script without a .py suffix (tests/support/bin/vllm) or outside any package (tools/vllm_cpu.py) as a module."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
     mod = importlib.util.module_from_spec(spec)
     loader.exec_module(mod)
     return mod
+
+
+def _chooser():
+    return _load(CHOOSER, "vllm_chooser")
 
 
 def test_pods_run_the_real_engine_unless_a_knob_file_asks_for_faults(tmp_path: Path):
@@ -349,11 +354,7 @@ def test_a_stale_copy_of_the_wrapper_is_noticed(tmp_path: Path):
 
 
 def _wrapper_module():
-    loader = importlib.machinery.SourceFileLoader("vllm_cpu_wrapper", str(WRAPPER))
-    spec = importlib.util.spec_from_loader("vllm_cpu_wrapper", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+    return _load(WRAPPER, "vllm_cpu_wrapper")
 
 
 def test_a_taken_slot_is_waited_for_before_it_is_shared(tmp_path: Path):
